@@ -1,0 +1,47 @@
+// Tile shapes, kept apart from the algorithms that use them (flash-attention's "kernel traits").
+#pragma once
+
+namespace ck {
+
+// Tensor-core (mma.sync m16n8k16) block tile: BM x BN outputs, BK of the reduction dimension per
+// stage, WARPS_M x WARPS_N warps each owning a (BM / WARPS_M) x (BN / WARPS_N) warp tile, and two
+// shared-memory stages (cp.async double buffering).
+template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_>
+struct MmaTileConfig {
+    static constexpr int BM = BM_, BN = BN_, BK = BK_;
+    static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
+    static constexpr int THREADS = WARPS_M * WARPS_N * 32;
+    static constexpr int WM = BM / WARPS_M;  // rows of one warp's tile
+    static constexpr int WN = BN / WARPS_N;  // columns of one warp's tile
+    static constexpr int MI = WM / 16;       // m16 fragments per warp
+    static constexpr int NI = WN / 8;        // n8 fragments per warp
+    static constexpr int STAGES = 2;
+    // Shared rows are padded by 8 elements (16 bytes): 8 consecutive rows then start in 8 distinct
+    // 16-byte bank groups, so every ldmatrix phase is conflict-free, and cp.async stays 16-B aligned.
+    static constexpr int SMEM_STRIDE = BK + 8;
+    static constexpr int SMEM_ELEMS_A = BM * SMEM_STRIDE;
+    static constexpr int SMEM_ELEMS_B = BN * SMEM_STRIDE;
+    static constexpr int SMEM_BYTES = STAGES * (SMEM_ELEMS_A + SMEM_ELEMS_B) * 2;
+
+    static_assert(BK % 16 == 0, "BK is a multiple of the MMA k (16)");
+    static_assert(WM % 16 == 0 && WN % 16 == 0, "a warp tile is made of m16 x n16 pieces");
+    static_assert((BM * BK / 8) % THREADS == 0 && (BN * BK / 8) % THREADS == 0,
+                  "every thread copies the same number of 16-byte chunks");
+};
+
+// 128 x 128 outputs per block, 8 warps of 64 x 32: 64 f32 accumulators per thread, 40 KB of
+// static shared memory, two blocks per SM.
+using Tile128 = MmaTileConfig<128, 128, 32, 2, 4>;
+
+// CUDA-core (FFMA) tile for f32 inputs: exact f32 products, no TF32 rounding.
+template <int BM_, int BN_, int BK_, int TM_, int TN_>
+struct FmaTileConfig {
+    static constexpr int BM = BM_, BN = BN_, BK = BK_;
+    static constexpr int TM = TM_, TN = TN_;  // outputs per thread, strided by BM / TM and BN / TN
+    static constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
+    static constexpr int THREADS = THREADS_M * THREADS_N;
+};
+
+using FmaTile64 = FmaTileConfig<64, 64, 16, 4, 4>;
+
+}  // namespace ck

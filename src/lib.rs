@@ -1,0 +1,36 @@
+//! contrastive-kernels: hand-written CUDA kernels for contrastive anomaly / out-of-distribution
+//! detection, launched from Rust through cudarc, with a plain-Rust CPU backend that is both the
+//! oracle every kernel is tested against and the fallback on machines without a GPU.
+//!
+//! Layers (data flows one way):
+//! * [`ops`]: the public operations. Each validates shapes and arguments, then launches its kernel
+//!   on device memory: either this crate's [`DeviceMatrix`] on the [`Gpu`]'s stream, or, through
+//!   the `*_raw` functions, a caller's raw device pointers on a caller's stream.
+//! * [`cpu`]: the oracle, one module per op, f64 accumulation.
+//! * [`Backend`]: host matrices in, host matrices out, on the GPU when there is one and on the CPU
+//!   otherwise; what the examples use.
+//! * [`gpu`]: the runtime (context, stream, embedded kernel modules, launches).
+//!
+//! See `DESIGN.md` for the maths and README.md for the status of each kernel.
+
+pub mod backend;
+pub mod build_info;
+pub mod cpu;
+pub mod dtype;
+pub mod error;
+pub mod gpu;
+pub mod matrix;
+pub mod ops;
+pub mod rng;
+
+pub use backend::Backend;
+pub use dtype::{DType, Element, Float, FloatElement};
+pub use error::{Error, Result};
+pub use gpu::{DeviceMatrix, Gpu, RawMatrix};
+pub use matrix::Matrix;
+pub use ops::similarity::SimilarityOptions;
+
+/// Re-exported so callers can name streams, events and device pointers without a direct dependency.
+pub use cudarc;
+/// Re-exported half-precision types (the f16 / bf16 host element types).
+pub use half::{bf16, f16};
