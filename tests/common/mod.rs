@@ -1,0 +1,60 @@
+//! Helpers shared by the integration tests: the GPU-or-skip rule, random inputs, error measures.
+#![allow(dead_code)]
+
+use contrastive_kernels::{rng::SplitMix64, Float, Gpu, Matrix};
+
+/// The GPU, or `None` after printing one line saying why the GPU half of a test is skipped.
+/// With CONTRASTIVE_KERNELS_REQUIRE_GPU=1 (set by scripts/gpu-run.sh) a missing GPU is a failure.
+pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
+    match Gpu::first() {
+        Ok(gpu) => Some(gpu),
+        Err(why) => {
+            if std::env::var("CONTRASTIVE_KERNELS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
+                panic!("{test}: a GPU is required (CONTRASTIVE_KERNELS_REQUIRE_GPU=1) but: {why}");
+            }
+            println!("{test}: GPU part skipped: {why}");
+            None
+        }
+    }
+}
+
+/// Standard-normal entries, rounded to T.
+pub fn random_matrix<T: Float>(rows: usize, cols: usize, seed: u64) -> Matrix<T> {
+    let mut rng = SplitMix64::new(seed);
+    Matrix::from_fn(rows, cols, |_, _| T::from_f64(rng.normal()))
+}
+
+/// max |got - want| over all entries, NaN-aware: a NaN where the other side has none is infinite error.
+pub fn max_abs_err<T: Float>(got: &[T], want: &[f64]) -> f64 {
+    assert_eq!(got.len(), want.len(), "length mismatch");
+    got.iter()
+        .zip(want)
+        .map(|(g, w)| {
+            let g = g.to_f64();
+            match (g.is_nan(), w.is_nan()) {
+                (true, true) => 0.0,
+                (false, false) => (g - w).abs(),
+                _ => f64::INFINITY,
+            }
+        })
+        .fold(0.0, f64::max)
+}
+
+/// Index and values of the first entry exceeding `bound(want)`, for failure messages. Equal values
+/// (infinities included) always pass.
+pub fn first_violation<T: Float>(got: &[T], want: &[f64], bound: impl Fn(f64) -> f64) -> Option<(usize, f64, f64)> {
+    got.iter().zip(want).enumerate().find_map(|(i, (g, &w))| {
+        let g = g.to_f64();
+        let ok = if w.is_nan() { g.is_nan() } else { g == w || (g - w).abs() <= bound(w) };
+        (!ok).then_some((i, g, w))
+    })
+}
+
+pub fn max_abs(v: &[f64]) -> f64 {
+    v.iter().filter(|x| x.is_finite()).fold(0.0, |m, x| m.max(x.abs()))
+}
+
+/// The oracle's values as the output dtype can hold them (overflow to +-inf included).
+pub fn rounded_to<T: Float>(want: &[f64]) -> Vec<f64> {
+    want.iter().map(|&w| T::from_f64(w).to_f64()).collect()
+}

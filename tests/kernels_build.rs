@@ -1,0 +1,87 @@
+//! What build.rs embedded: the fatbins are really there (required under CI=true), every kernel
+//! the ops launch is in them, and ptxas reports no local-memory spill in any kernel.
+
+use contrastive_kernels::build_info;
+
+/// Kernels the ops launch by name; each must appear in ptxas' report.
+const EXPECTED_KERNELS: &[&str] = &[
+    "l2_normalize_forward_f16_f32",
+    "l2_normalize_backward_bf16_bf16",
+    "similarity_f16_f32",
+    "similarity_bf16_f16_unaligned",
+    "similarity_f32_f32",
+];
+
+#[test]
+fn kernels_are_embedded_under_ci() {
+    if !build_info::COMPILED {
+        assert!(
+            std::env::var("CI").map_or(true, |v| v != "true"),
+            "CI=true but the crate was built without CUDA kernels: {}",
+            build_info::NOT_COMPILED_REASON
+        );
+        println!("kernels_are_embedded_under_ci: skipped, built without nvcc ({})", build_info::NOT_COMPILED_REASON);
+        return;
+    }
+    for module in ["normalize", "similarity"] {
+        let image = build_info::module_image(module).unwrap_or_else(|| panic!("module {module} not embedded"));
+        // A fatbin starts with the magic 0xBA55ED50 (little-endian).
+        assert_eq!(&image[..4], &[0x50, 0xED, 0x55, 0xBA], "module {module} is not a fatbin");
+    }
+    assert!(build_info::NVCC_VERSION.contains("release"), "nvcc version recorded: {}", build_info::NVCC_VERSION);
+}
+
+/// (kernel, arch, spill stores, spill loads) for every entry ptxas compiled.
+fn ptxas_entries(report: &str) -> Vec<(String, String, u64, u64)> {
+    let mut entries = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in report.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let mut parts = rest.split('\'');
+            let name = parts.next().unwrap_or_default().to_owned();
+            let arch = parts.nth(1).unwrap_or_default().to_owned();
+            current = Some((name, arch));
+        } else if line.contains("bytes spill stores") {
+            let numbers: Vec<u64> = line.split(|c: char| !c.is_ascii_digit()).filter_map(|t| t.parse().ok()).collect();
+            // "N bytes stack frame, S bytes spill stores, L bytes spill loads"
+            if let (Some((name, arch)), [_, stores, loads, ..]) = (current.take(), numbers.as_slice()) {
+                entries.push((name, arch, *stores, *loads));
+            }
+        }
+    }
+    entries
+}
+
+#[test]
+fn no_local_memory_spills() {
+    if !build_info::COMPILED {
+        println!("no_local_memory_spills: skipped, built without nvcc");
+        return;
+    }
+    let entries = ptxas_entries(build_info::PTXAS_REPORT);
+    for kernel in EXPECTED_KERNELS {
+        assert!(entries.iter().any(|(name, ..)| name == kernel), "ptxas report has no entry for {kernel}");
+    }
+    let spills: Vec<String> = entries
+        .iter()
+        .filter(|(_, _, stores, loads)| *stores > 0 || *loads > 0)
+        .map(|(name, arch, stores, loads)| format!("{name} ({arch}): {stores} B spill stores, {loads} B spill loads"))
+        .collect();
+    assert!(spills.is_empty(), "local-memory spills:\n{}", spills.join("\n"));
+}
+
+#[test]
+fn ptxas_parser_reads_spills() {
+    let sample = "ptxas info    : Compiling entry function 'k' for 'sm_90a'\n\
+                  ptxas info    : Function properties for k\n    8 bytes stack frame, 12 bytes spill stores, 4 bytes spill loads\n";
+    assert_eq!(ptxas_entries(sample), vec![("k".to_owned(), "sm_90a".to_owned(), 12, 4)]);
+}
+
+/// Without a driver (CI, build machines) opening the GPU is an error, never a panic.
+#[test]
+fn gpu_absence_is_an_error() {
+    match contrastive_kernels::Gpu::first() {
+        Ok(gpu) => println!("GPU present: {}", gpu.describe()),
+        Err(e) => assert!(!e.to_string().is_empty()),
+    }
+}
