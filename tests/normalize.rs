@@ -6,7 +6,7 @@ mod common;
 use common::{first_violation, gpu_or_skip, max_abs, random_matrix, rounded_to};
 use contrastive_kernels::cpu::normalize::{l2_normalize, l2_normalize_backward};
 use contrastive_kernels::dtype::unit_roundoff;
-use contrastive_kernels::{bf16, f16, Backend, Error, Float, FloatElement, Matrix};
+use contrastive_kernels::{bf16, f16, Backend, Error, FloatElement, Matrix};
 
 fn m(rows: usize, cols: usize, data: &[f64]) -> Matrix<f64> {
     Matrix::new(rows, cols, data.to_vec()).unwrap()
@@ -137,11 +137,11 @@ fn check_backward_pair<TX: FloatElement, TZ: FloatElement>(backend: &Backend) {
         // Row by row, relative to the row's natural size max|dz| / max(|x|, eps): the zero row's dx is
         // dz / eps (huge), and a d = 1 row's exact dx is 0 (the oracle leaves ~1e-16 of cancellation).
         let x_norms = contrastive_kernels::cpu::normalize::row_norms(&x);
-        for i in 0..rows {
+        for (i, &x_norm) in x_norms.iter().enumerate() {
             // A zero row's dz / eps overflows f16 to inf, as it does in torch: compare with the rounded oracle.
             let want = &rounded_to::<TX>(&dx_ref.data()[i * cols..(i + 1) * cols]);
             let dz_row: Vec<f64> = dz.row(i).iter().map(|v| v.to_f64()).collect();
-            let scale = max_abs(&dz_row) / contrastive_kernels::cpu::norm_denominator(x_norms[i]);
+            let scale = max_abs(&dz_row) / contrastive_kernels::cpu::norm_denominator(x_norm);
             if let Some((j, g, w)) = first_violation(dx.row(i), want, |w| 2.0 * u_x * w.abs() + 1e-5 * scale) {
                 panic!("l2_normalize_backward {}->{} {rows}x{cols}: dx[{i}][{j}] = {g}, oracle {w}", TX::DTYPE, TZ::DTYPE);
             }
