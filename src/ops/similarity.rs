@@ -125,7 +125,8 @@ pub unsafe fn similarity_raw(
     // Norm prologue: O(m + n) floats, the only extra memory.
     let self_similarity = a == b;
     let norm_count = if self_similarity { a.rows } else { a.rows + b.rows };
-    let mut norms = stream.alloc_zeros::<f32>(norm_count).during("similarity norm scratch")?;
+    // SAFETY: uninitialised is fine, the norm kernel writes every entry before it is read.
+    let mut norms = unsafe { stream.alloc::<f32>(norm_count) }.during("similarity norm scratch")?;
     let (norms_a, _guard) = norms.device_ptr_mut(stream);
     let norms_b = if self_similarity { norms_a } else { norms_a + 4 * a.rows as u64 };
     super::normalize::l2_normalize_raw(gpu, stream, a, None, Some(norms_a))?;
