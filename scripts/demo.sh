@@ -4,5 +4,8 @@
 # example, e.g. `bash scripts/demo.sh --rows 8192 --dim 512`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-cuda-toolchain.sh >&2
+if ! command -v nvcc >/dev/null 2>&1 && [ -z "${NVCC:-}" ] && [ -z "${CUDA_HOME:-}" ] && [ -z "${CUDA_PATH:-}" ] \
+   && [ ! -x /usr/local/cuda/bin/nvcc ]; then
+  bash scripts/install-cuda-toolchain.sh >&2
+fi
 exec cargo run --release --example quickstart -- "$@"
