@@ -12,6 +12,20 @@
 //! * [`gpu`]: the runtime (context, stream, embedded kernel modules, launches).
 //!
 //! See `DESIGN.md` for the maths and README.md for the status of each kernel.
+//!
+//! ```
+//! use contrastive_kernels::{Backend, Matrix, SimilarityOptions};
+//!
+//! // The CPU backend runs anywhere; `Backend::auto()` picks the GPU when one is usable.
+//! let x = Matrix::new(2, 2, vec![3.0f32, 4.0, 0.0, -2.0])?;
+//! let (z, norms) = Backend::Cpu.l2_normalize::<f32, f32>(&x)?;
+//! assert_eq!(z.row(0), &[0.6, 0.8]);
+//! assert_eq!(norms, vec![5.0, 2.0]);
+//!
+//! let logits = Backend::Cpu.similarity::<f32, f32>(&x, &x, &SimilarityOptions::with_temperature(0.5)?)?;
+//! assert!((logits.get(0, 1) - (-1.6)).abs() < 1e-6); // <(0.6, 0.8), (0, -1)> / 0.5
+//! # Ok::<(), contrastive_kernels::Error>(())
+//! ```
 
 pub mod backend;
 pub mod build_info;
