@@ -10,6 +10,9 @@ const EXPECTED_KERNELS: &[&str] = &[
     "similarity_f16_f32",
     "similarity_bf16_f16_unaligned",
     "similarity_f32_f32",
+    "contrastive_forward_f16",
+    "contrastive_forward_bf16_unaligned",
+    "contrastive_reduce",
 ];
 
 #[test]
@@ -23,7 +26,7 @@ fn kernels_are_embedded_under_ci() {
         println!("kernels_are_embedded_under_ci: skipped, built without nvcc ({})", build_info::NOT_COMPILED_REASON);
         return;
     }
-    for module in ["normalize", "similarity"] {
+    for module in ["contrastive", "normalize", "similarity"] {
         let image = build_info::module_image(module).unwrap_or_else(|| panic!("module {module} not embedded"));
         // A fatbin starts with the magic 0xBA55ED50 (little-endian).
         assert_eq!(&image[..4], &[0x50, 0xED, 0x55, 0xBA], "module {module} is not a fatbin");
