@@ -175,7 +175,7 @@ __device__ void contrastive_forward(RowSet<T> rows, RowSet<T> cols, RowSet<T> pr
         const bool in_matrix = role != kRoleNormPenaltyOnly;
         const float lse = in_matrix && total.max > -INFINITY ? total.max + __logf(total.sum) : -INFINITY;
         out.lse[row] = lse;
-        out.positives[row] = total.pos_count;
+        out.positives[row] = in_matrix ? total.pos_count : 0;
         out.per_anchor[row] =
             role == kRoleAnchor && total.pos_count > 0 ? scale * (lse - total.pos_sum / total.pos_count) : 0.f;
     }

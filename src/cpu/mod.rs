@@ -2,6 +2,7 @@
 //! obviously right rather than fast. GPU results are tested against it, and the [`crate::Backend`]
 //! falls back to it on machines without a GPU.
 
+pub mod contrastive;
 pub mod normalize;
 pub mod similarity;
 

@@ -364,8 +364,10 @@ pub fn forward_gpu<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &
         None => None,
     };
 
-    let rows_of = |m: &Option<(DeviceMatrix<T>, CudaSlice<i32>, Option<CudaSlice<i32>>)>| m.as_ref().map_or(0, |k| k.0.rows());
-    let n_keys = if loss.geometry == Geometry::Pairwise { rows_of(&keys) } else { n };
+    let n_keys = match (loss.geometry, &keys) {
+        (Geometry::Pairwise, Some(k)) => k.0.rows(),
+        _ => n,
+    };
     let n_centers = protos.as_ref().map_or(0, |p| p.0.rows());
     let alloc_f32 = |len: usize| -> Result<CudaSlice<f32>> { stream.alloc_zeros::<f32>(len.max(1)).during("device allocation") };
     let (mut norms, mut key_norms, mut center_norms) = (alloc_f32(n)?, alloc_f32(n_keys)?, alloc_f32(n_centers)?);

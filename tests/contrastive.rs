@@ -1,0 +1,382 @@
+//! The generalized contrastive loss: the oracle against hand-computed values and against central
+//! finite differences for every loss kind, input errors, and the fused GPU forward against the oracle.
+
+mod common;
+
+use common::{gpu_or_skip, random_matrix};
+use contrastive_kernels::cpu::contrastive::{backward, forward};
+use contrastive_kernels::ops::contrastive::{
+    forward_gpu, ContrastiveLoss, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, Reduction, RowRole,
+};
+use contrastive_kernels::ops::contrastive::ForwardResult;
+use contrastive_kernels::{bf16, f16, Error, FloatElement, Matrix};
+
+fn m(rows: usize, cols: usize, data: &[f64]) -> Matrix<f64> {
+    Matrix::new(rows, cols, data.to_vec()).unwrap()
+}
+
+fn close(got: f64, want: f64) {
+    assert!((got - want).abs() <= 1e-12 * (1.0 + want.abs()), "got {got}, want {want}");
+}
+
+const E: f64 = std::f64::consts::E;
+
+#[test]
+fn nt_xent_hand_computed() {
+    // Rows (1,0), (2,0) are views of instance 0, (0,1), (0,3) of instance 1. For row 0 the columns
+    // are rows 1, 2, 3 with cosines 1, 0, 0: L_0 = ln(e^{1/t} + 2) - 1/t; every row is alike.
+    let x = m(4, 2, &[1.0, 0.0, 2.0, 0.0, 0.0, 1.0, 0.0, 3.0]);
+    let instance = [0, 0, 1, 1];
+    for tau in [1.0f32, 0.5] {
+        let t = 1.0 / tau as f64;
+        let out = forward(&ContrastiveLoss::nt_xent(tau), &LossInputs::new(&x, &instance)).unwrap();
+        let want = (t.exp() + 2.0).ln() - t;
+        close(out.loss, want);
+        for i in 0..4 {
+            close(out.per_anchor[i], want);
+            close(out.lse[i], (t.exp() + 2.0).ln());
+            assert_eq!(out.positive_count[i], 1);
+        }
+    }
+}
+
+#[test]
+fn supcon_hand_computed() {
+    // Same rows, one label for all: row 0's positives are rows 1, 2, 3 (cosines 1, 0, 0), so
+    // L_0 = scale * (ln(e + 2) - 1/3), scale = tau / base_tau = 1 / 0.5 = 2.
+    let x = m(4, 2, &[1.0, 0.0, 2.0, 0.0, 0.0, 1.0, 0.0, 3.0]);
+    let (instance, label) = ([0, 0, 1, 1], [0, 0, 0, 0]);
+    let inputs = LossInputs { label: Some(&label), ..LossInputs::new(&x, &instance) };
+    let out = forward(&ContrastiveLoss::supcon(1.0, 0.5), &inputs).unwrap();
+    close(out.per_anchor[0], 2.0 * ((E + 2.0).ln() - 1.0 / 3.0));
+    assert_eq!(out.positive_count[0], 3);
+}
+
+#[test]
+fn firm_pairwise_hand_computed() {
+    // Anchors (1,0), (0,1); keys (1,0), (0,1) are their other views, instances 0, 1; no labels shared
+    // (anchor 1 is an outlier, -1). Anchor 0: keys' cosines 1, 0 and its own other view is the
+    // positive: L_0 = ln(e + 1) - 1. Same for anchor 1.
+    let anchors = m(2, 2, &[1.0, 0.0, 0.0, 1.0]);
+    let keys = m(2, 2, &[1.0, 0.0, 0.0, 1.0]);
+    let (instance, label) = ([0, 1], [0, -1]);
+    let inputs = LossInputs {
+        label: Some(&label),
+        keys: Some(KeyRows { features: &keys, instance: &instance, label: Some(&label) }),
+        ..LossInputs::new(&anchors, &instance)
+    };
+    let out = forward(&ContrastiveLoss::firm_pairwise(1.0), &inputs).unwrap();
+    close(out.loss, (E + 1.0).ln() - 1.0);
+}
+
+#[test]
+fn cluster_aware_hand_computed() {
+    // Rows (1,0), (1,0): one instance, cluster 0; prototypes (1,0), (0,1). Row 0's columns: row 1
+    // (cos 1, positive), prototype 0 (cos 1, its own: positive), prototype 1 (cos 0):
+    // L_0 = ln(2e + 1) - (1 + 1) / 2.
+    let x = m(2, 2, &[1.0, 0.0, 1.0, 0.0]);
+    let centers = m(2, 2, &[1.0, 0.0, 0.0, 1.0]);
+    let (instance, label, proto_of) = ([0, 0], [0, 0], [0, 0]);
+    let inputs = LossInputs {
+        label: Some(&label),
+        prototypes: Some(PrototypeColumns { centers: &centers, proto_of: &proto_of }),
+        ..LossInputs::new(&x, &instance)
+    };
+    let out = forward(&ContrastiveLoss::cluster_aware(1.0), &inputs).unwrap();
+    close(out.per_anchor[0], (2.0 * E + 1.0).ln() - 1.0);
+    assert_eq!(out.positive_count[0], 2);
+}
+
+#[test]
+fn oecl_and_outlier_exposure_hand_computed() {
+    // OECL: rows (1,0), (1,0) are the in-distribution views; (3,4) is an outlier outside the matrix.
+    // Row 0's only column is row 1 (cos 1, positive): L = 1 - 1 = 0; penalty 0.5 * ||(3,4)|| = 2.5.
+    let x = m(3, 2, &[1.0, 0.0, 1.0, 0.0, 3.0, 4.0]);
+    let instance = [0, 0, 1];
+    let roles = [RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly];
+    let inputs = LossInputs { role: Some(&roles), ..LossInputs::new(&x, &instance) };
+    let out = forward(&ContrastiveLoss::oecl(1.0, 0.5), &inputs).unwrap();
+    close(out.loss, 2.5);
+    assert_eq!(out.lse[2], f64::NEG_INFINITY);
+
+    // Outlier exposure: the outlier (0,1) only enters the denominators: L_0 = ln(e + 1) - 1, and the
+    // mean is over the 2 anchors.
+    let x = m(3, 2, &[1.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+    let roles = [RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly];
+    let inputs = LossInputs { role: Some(&roles), ..LossInputs::new(&x, &instance) };
+    let out = forward(&ContrastiveLoss::outlier_exposure(1.0), &inputs).unwrap();
+    close(out.loss, (E + 1.0).ln() - 1.0);
+    assert_eq!(out.per_anchor[2], 0.0);
+}
+
+#[test]
+fn empty_positives_policy() {
+    let x = m(3, 2, &[1.0, 0.0, 1.0, 0.0, 0.0, 1.0]);
+    let instance = [0, 0, 7];
+    let err = forward(&ContrastiveLoss::nt_xent(1.0), &LossInputs::new(&x, &instance)).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument { arg: "instance", reason } if reason.contains("row 2")), "{err}");
+    // Zero: row 2 contributes 0 but is counted by the mean: (2 * (ln(e + 1) - 1) + 0) / 3.
+    let loss = ContrastiveLoss::nt_xent(1.0).with_empty_positives(EmptyPositives::Zero);
+    let out = forward(&loss, &LossInputs::new(&x, &instance)).unwrap();
+    close(out.loss, 2.0 * ((E + 1.0).ln() - 1.0) / 3.0);
+}
+
+#[test]
+fn input_errors() {
+    let x: Matrix<f64> = random_matrix(4, 3, 1);
+    let instance = [0, 0, 1, 1];
+    let nt = ContrastiveLoss::nt_xent(0.5);
+    fn arg_of<R>(r: contrastive_kernels::Result<R>) -> &'static str {
+        match r {
+            Err(Error::InvalidArgument { arg, .. }) | Err(Error::Shape { arg, .. }) => arg,
+            Err(e) => panic!("unexpected error {e}"),
+            Ok(_) => panic!("expected an error"),
+        }
+    }
+    assert_eq!(arg_of(forward(&nt, &LossInputs::new(&x, &[0, 0, 1]))), "instance");
+    assert_eq!(arg_of(forward(&ContrastiveLoss::nt_xent(-1.0), &LossInputs::new(&x, &instance))), "temperature");
+    assert_eq!(arg_of(forward(&ContrastiveLoss::nt_xent(f32::NAN), &LossInputs::new(&x, &instance))), "temperature");
+    assert_eq!(arg_of(forward(&ContrastiveLoss::supcon(0.1, 0.07), &LossInputs::new(&x, &instance))), "label");
+    let bad_label = [0, -2, 1, 1];
+    assert_eq!(arg_of(forward(&ContrastiveLoss::firm(0.2), &LossInputs { label: Some(&bad_label), ..LossInputs::new(&x, &instance) })), "label");
+    let short = [0, 1];
+    assert_eq!(arg_of(forward(&ContrastiveLoss::firm(0.2), &LossInputs { label: Some(&short), ..LossInputs::new(&x, &instance) })), "label");
+    let weight = [1.0f32, -1.0, 1.0, 1.0];
+    assert_eq!(arg_of(forward(&nt, &LossInputs { weight: Some(&weight), ..LossInputs::new(&x, &instance) })), "weight");
+    let mut nan = x.clone();
+    nan.data_mut()[5] = f64::NAN;
+    assert_eq!(arg_of(forward(&nt, &LossInputs::new(&nan, &instance))), "features");
+    assert_eq!(arg_of(forward(&ContrastiveLoss::firm_pairwise(0.2), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) })), "keys");
+    let keys = KeyRows { features: &x, instance: &instance, label: None };
+    assert_eq!(arg_of(forward(&nt, &LossInputs { keys: Some(keys), ..LossInputs::new(&x, &instance) })), "keys");
+    let centers: Matrix<f64> = random_matrix(2, 3, 2);
+    let proto_of = [0, 1, 2, -1];
+    let protos = PrototypeColumns { centers: &centers, proto_of: &proto_of };
+    assert_eq!(arg_of(forward(&nt, &LossInputs { prototypes: Some(protos), ..LossInputs::new(&x, &instance) })), "prototypes.proto_of");
+    let roles = [RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::Anchor, RowRole::Anchor];
+    assert_eq!(arg_of(forward(&nt, &LossInputs { role: Some(&roles), ..LossInputs::new(&x, &instance) })), "role");
+    assert_eq!(arg_of(backward(&nt, &LossInputs::new(&x, &instance), &[1.0, 2.0])), "upstream");
+}
+
+#[test]
+fn invariant_to_row_scale_and_supcon_with_instance_labels_is_nt_xent() {
+    let x: Matrix<f64> = random_matrix(6, 5, 3);
+    let instance = [0, 0, 1, 1, 2, 2];
+    let nt = forward(&ContrastiveLoss::nt_xent(0.3), &LossInputs::new(&x, &instance)).unwrap();
+    let mut scaled = x.clone();
+    for v in &mut scaled.data_mut()[5..10] {
+        *v *= 7.5;
+    }
+    close(forward(&ContrastiveLoss::nt_xent(0.3), &LossInputs::new(&scaled, &instance)).unwrap().loss, nt.loss);
+    let sup = forward(&ContrastiveLoss::supcon(0.3, 0.3), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) }).unwrap();
+    close(sup.loss, nt.loss);
+}
+
+/// Pairwise keys: features, instance ids, labels.
+type Keys = (Matrix<f64>, Vec<i32>, Option<Vec<i32>>);
+
+/// One finite-difference case: the loss, the batch, and what is perturbed.
+struct Case {
+    name: &'static str,
+    loss: ContrastiveLoss,
+    features: Matrix<f64>,
+    instance: Vec<i32>,
+    label: Option<Vec<i32>>,
+    role: Option<Vec<RowRole>>,
+    weight: Option<Vec<f32>>,
+    keys: Option<Keys>,
+    protos: Option<(Matrix<f64>, Vec<i32>)>,
+}
+
+impl Case {
+    fn inputs<'a>(&'a self, features: &'a Matrix<f64>, keys: Option<&'a Matrix<f64>>, centers: Option<&'a Matrix<f64>>) -> LossInputs<'a, f64> {
+        LossInputs {
+            features,
+            instance: &self.instance,
+            label: self.label.as_deref(),
+            role: self.role.as_deref(),
+            weight: self.weight.as_deref(),
+            keys: self.keys.as_ref().map(|(_, i, l)| KeyRows { features: keys.unwrap(), instance: i, label: l.as_deref() }),
+            prototypes: self.protos.as_ref().map(|(_, p)| PrototypeColumns { centers: centers.unwrap(), proto_of: p }),
+        }
+    }
+}
+
+fn cases() -> Vec<Case> {
+    let x = |rows, seed| random_matrix::<f64>(rows, 6, seed);
+    let base = |name, loss, rows: usize, instance: Vec<i32>| Case {
+        name,
+        loss,
+        features: x(rows, rows as u64 + 11),
+        instance,
+        label: None,
+        role: None,
+        weight: None,
+        keys: None,
+        protos: None,
+    };
+    vec![
+        base("nt_xent", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 2]),
+        // CSI-style: 2 samples x 2 rotations x 2 views, each (sample, rotation) its own instance.
+        base("nt_xent_shifted", ContrastiveLoss::nt_xent(0.5), 8, vec![0, 1, 2, 3, 0, 1, 2, 3]),
+        Case { label: Some(vec![0, 1, 0, 0, 1, 0]), ..base("supcon", ContrastiveLoss::supcon(0.1, 0.07), 6, vec![0, 1, 2, 0, 1, 2]) },
+        Case { label: Some(vec![0, -1, 0, 0, -1, 0]), ..base("firm", ContrastiveLoss::firm(0.2), 6, vec![0, 1, 2, 0, 1, 2]) },
+        Case {
+            label: Some(vec![0, -1, 0]),
+            keys: Some((x(5, 99), vec![0, 1, 2, 7, 8], Some(vec![0, -1, 0, 1, -1]))),
+            ..base("firm_pairwise_queue", ContrastiveLoss::firm_pairwise(0.2), 3, vec![0, 1, 2])
+        },
+        Case {
+            role: Some(vec![RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly]),
+            ..base("oecl", ContrastiveLoss::oecl(0.5, 0.1), 6, vec![0, 1, 9, 0, 1, 9])
+        },
+        Case {
+            role: Some(vec![RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor]),
+            ..base("outlier_exposure", ContrastiveLoss::outlier_exposure(0.5), 6, vec![0, 5, 2, 0, 6, 2])
+        },
+        Case {
+            label: Some(vec![0, 1, 0, 0, 1, 1]),
+            protos: Some((x(3, 77), vec![0, 1, 0, 0, 1, -1])),
+            ..base("cluster_aware", ContrastiveLoss::cluster_aware(0.5), 6, vec![0, 1, 2, 0, 1, 2])
+        },
+        Case {
+            weight: Some(vec![0.5, 1.0, 2.0, 0.0, 1.5, 1.0]),
+            loss: ContrastiveLoss::nt_xent(0.5).with_empty_positives(EmptyPositives::Zero),
+            ..base("weighted_with_empty_anchor", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 9])
+        },
+    ]
+}
+
+/// d(reduced loss)/d(inputs) from `backward` against central differences of `forward`, for the
+/// features, the keys and the prototypes, under every reduction.
+#[test]
+fn oracle_gradients_match_finite_differences() {
+    for case in cases() {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::PerAnchor] {
+            let loss = case.loss.with_reduction(reduction);
+            let n = case.features.rows();
+            // PerAnchor: the scalar is sum_i v_i L_i + penalty with upstream v.
+            let upstream: Vec<f64> = if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.3 + 0.2 * i as f64).collect() } else { vec![1.7] };
+            let keys0 = case.keys.as_ref().map(|k| k.0.clone());
+            let centers0 = case.protos.as_ref().map(|p| p.0.clone());
+            let objective = |f: &Matrix<f64>, k: Option<&Matrix<f64>>, c: Option<&Matrix<f64>>| -> f64 {
+                let out = forward(&loss, &case.inputs(f, k, c)).unwrap();
+                if reduction == Reduction::PerAnchor {
+                    let penalty = out.loss - out.per_anchor.iter().zip(case.weight.as_deref().map_or(vec![1.0; n], |w| w.to_vec())).map(|(l, w)| l * w as f64).sum::<f64>();
+                    out.per_anchor.iter().zip(&upstream).zip(case.weight.as_deref().map_or(vec![1.0; n], |w| w.to_vec())).map(|((l, v), w)| l * v * w as f64).sum::<f64>() + penalty
+                } else {
+                    upstream[0] * out.loss
+                }
+            };
+            let grads = backward(&loss, &case.inputs(&case.features, keys0.as_ref(), centers0.as_ref()), &upstream).unwrap();
+            let h = 1e-6;
+            let check = |what: &str, grad: &Matrix<f64>, perturb: &dyn Fn(usize, f64) -> f64| {
+                for k in 0..grad.data().len() {
+                    let fd = (perturb(k, h) - perturb(k, -h)) / (2.0 * h);
+                    let g = grad.data()[k];
+                    assert!((fd - g).abs() <= 1e-6 * (1.0 + fd.abs()), "{} {reduction:?} d{what}[{k}]: backward {g}, finite difference {fd}", case.name);
+                }
+            };
+            check("features", &grads.features, &|k, dh| {
+                let mut f = case.features.clone();
+                f.data_mut()[k] += dh;
+                objective(&f, keys0.as_ref(), centers0.as_ref())
+            });
+            if let Some(keys) = &keys0 {
+                check("keys", grads.keys.as_ref().expect("pairwise gives key gradients"), &|k, dh| {
+                    let mut kk = keys.clone();
+                    kk.data_mut()[k] += dh;
+                    objective(&case.features, Some(&kk), centers0.as_ref())
+                });
+            }
+            if let Some(centers) = &centers0 {
+                check("prototypes", grads.prototypes.as_ref().expect("prototype gradients"), &|k, dh| {
+                    let mut c = centers.clone();
+                    c.data_mut()[k] += dh;
+                    objective(&case.features, keys0.as_ref(), Some(&c))
+                });
+            }
+        }
+    }
+}
+
+/// The fused GPU forward against the oracle on the same (rounded) inputs, every loss kind, shapes
+/// that hit the tails (rows not a multiple of 128, d not a multiple of 8 or 32). Tolerances of
+/// DESIGN.md section 7: loss relative error 2e-3 (f16) / 5e-3 (bf16); per-anchor values likewise
+/// relative to the largest |L_i| plus |LSE|.
+fn check_forward_against_oracle<T: FloatElement>(run: &dyn Fn(&ContrastiveLoss, &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult>, rel: f64) {
+    for (rows, d) in [(6usize, 6usize), (200, 3), (300, 64), (130, 200), (257, 128), (70, 512)] {
+        for case in cases() {
+            // Tile the small case's ids over `rows` rows so every shape has positives.
+            let base_n = case.features.rows();
+            let reps = rows / base_n.max(1) + 1;
+            let n = base_n * reps;
+            let tile = |v: &[i32], offset: i32| -> Vec<i32> { (0..n).map(|i| if v[i % base_n] < 0 { v[i % base_n] } else { v[i % base_n] + offset * (i / base_n) as i32 }).collect() };
+            let instance = tile(&case.instance, 100);
+            let label = case.label.as_ref().map(|l| tile(l, 0));
+            let role: Option<Vec<RowRole>> = case.role.as_ref().map(|r| (0..n).map(|i| r[i % base_n]).collect());
+            let weight: Option<Vec<f32>> = case.weight.as_ref().map(|w| (0..n).map(|i| w[i % base_n]).collect());
+            let x: Matrix<T> = random_matrix(n, d, (rows * d) as u64);
+            let keys_x: Option<Matrix<T>> = case.keys.as_ref().map(|_| random_matrix(n + 37, d, 5));
+            let key_instance: Vec<i32> = (0..n as i32 + 37).map(|i| if i < n as i32 { instance[i as usize] } else { 10_000 + i }).collect();
+            let key_label: Option<Vec<i32>> = label.as_ref().map(|l| (0..n + 37).map(|i| if i < n { l[i] } else { -1 }).collect());
+            let centers: Option<Matrix<T>> = case.protos.as_ref().map(|_| random_matrix(5, d, 6));
+            let proto_of: Option<Vec<i32>> = case.protos.as_ref().map(|(_, p)| (0..n).map(|i| p[i % base_n]).collect());
+            let inputs = LossInputs {
+                features: &x,
+                instance: &instance,
+                label: label.as_deref(),
+                role: role.as_deref(),
+                weight: weight.as_deref(),
+                keys: keys_x.as_ref().map(|k| KeyRows { features: k, instance: &key_instance, label: key_label.as_deref() }),
+                prototypes: centers.as_ref().map(|c| PrototypeColumns { centers: c, proto_of: proto_of.as_deref().unwrap() }),
+            };
+            let want = forward(&case.loss, &inputs).unwrap();
+            let got = run(&case.loss, &inputs).unwrap();
+            let what = format!("{} {} {n}x{d}", case.name, T::DTYPE);
+            assert!((got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3), "{what}: loss {} vs oracle {}", got.loss, want.loss);
+            let scale = want.per_anchor.iter().chain(want.lse.iter().filter(|v| v.is_finite())).fold(0.0f64, |m, v| m.max(v.abs()));
+            for i in 0..n {
+                assert_eq!(got.positives[i] as usize, want.positive_count[i], "{what}: |P({i})|");
+                assert!((got.per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale, "{what}: L_{i} {} vs {}", got.per_anchor[i], want.per_anchor[i]);
+                let (g, w) = (got.lse[i] as f64, want.lse[i]);
+                assert!(g == w || (g - w).abs() <= rel * scale, "{what}: lse_{i} {g} vs {w}");
+            }
+        }
+    }
+}
+
+#[test]
+fn gpu_forward_matches_oracle() {
+    let Some(gpu) = gpu_or_skip("gpu_forward_matches_oracle") else { return };
+    check_forward_against_oracle::<f16>(&|loss, inputs| forward_gpu(&gpu, loss, inputs), 2e-3);
+    check_forward_against_oracle::<bf16>(&|loss, inputs| forward_gpu(&gpu, loss, inputs), 5e-3);
+}
+
+/// The oracle rounded to f32 through the same harness: checks the harness's inputs are valid and
+/// its bounds admit the exact answer.
+#[test]
+fn oracle_passes_the_gpu_harness() {
+    fn rounded<T: FloatElement>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult> {
+        let out = forward(loss, inputs)?;
+        Ok(ForwardResult {
+            loss: out.loss as f32,
+            per_anchor: out.per_anchor.iter().map(|&v| v as f32).collect(),
+            lse: out.lse.iter().map(|&v| v as f32).collect(),
+            positives: out.positive_count.iter().map(|&c| c as i32).collect(),
+        })
+    }
+    check_forward_against_oracle::<f16>(&rounded::<f16>, 2e-3);
+    check_forward_against_oracle::<bf16>(&rounded::<bf16>, 5e-3);
+}
+
+#[test]
+fn gpu_forward_errors() {
+    let Some(gpu) = gpu_or_skip("gpu_forward_errors") else { return };
+    let x: Matrix<f16> = random_matrix(3, 8, 1);
+    let err = forward_gpu(&gpu, &ContrastiveLoss::nt_xent(0.5), &LossInputs::new(&x, &[0, 0, 5])).unwrap_err();
+    assert!(matches!(&err, Error::InvalidArgument { arg: "instance", reason } if reason.contains("row 2")), "{err}");
+    let x32: Matrix<f32> = random_matrix(4, 8, 1);
+    assert!(matches!(forward_gpu(&gpu, &ContrastiveLoss::nt_xent(0.5), &LossInputs::new(&x32, &[0, 0, 1, 1])), Err(Error::InvalidArgument { arg: "features", .. })));
+    let _ = f16::from_f64(0.0);
+}
