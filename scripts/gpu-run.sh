@@ -5,14 +5,18 @@
 #   bash .gpu/gpu-run.sh [OUT_DIR]        # OUT_DIR defaults to $OUT, then ./gpu-report
 #
 # Writes OUT_DIR/report.md (device, driver, every test's result, every bench's output), the raw
-# logs, and criterion's data as criterion.tar.gz. GPU tests run with CONTRASTIVE_KERNELS_REQUIRE_GPU=1,
+# logs as logs.tar.gz, and criterion's data as criterion.tar.gz (three files: the device tool
+# returns at most eight). With the device tool: carry [".gpu"], command `bash .gpu/gpu-run.sh "$OUT"`. GPU tests run with CONTRASTIVE_KERNELS_REQUIRE_GPU=1,
 # so a test that cannot reach the GPU fails instead of skipping. Exits non-zero if a test failed,
 # after writing the report. Extra bench arguments: CK_BENCH_ARGS (default: short criterion runs).
 set -uo pipefail
 kit="$(cd "$(dirname "$0")" && pwd)"
 out="${1:-${OUT:-./gpu-report}}"
-mkdir -p "$out/logs"
+mkdir -p "$out"
 out="$(cd "$out" && pwd)"
+# The device tool returns at most 8 files from $OUT: logs and criterion's data travel as tarballs.
+logs="$(mktemp -d)/logs"
+mkdir -p "$logs"
 report="$out/report.md"
 bench_args="${CK_BENCH_ARGS:---warm-up-time 1 --measurement-time 3}"
 
@@ -55,7 +59,7 @@ test_lines=""
 for bin in "$kit"/tests/*; do
   [ -x "$bin" ] || continue
   name="$(basename "$bin")"
-  log="$out/logs/test-$name.log"
+  log="$logs/test-$name.log"
   echo "== test binary $name"
   "$bin" --test-threads=1 > "$log" 2>&1
   rc=$?
@@ -75,7 +79,7 @@ export CRITERION_HOME="$out/criterion"
 for bin in "$kit"/benches/*; do
   [ -x "$bin" ] || continue
   name="$(basename "$bin")"
-  log="$out/logs/bench-$name.log"
+  log="$logs/bench-$name.log"
   echo "== bench $name"
   # shellcheck disable=SC2086
   "$bin" --bench $bench_args > "$log" 2>&1
@@ -86,6 +90,7 @@ done
 if [ -d "$out/criterion" ]; then
   tar -czf "$out/criterion.tar.gz" -C "$out" criterion && rm -rf "$out/criterion"
 fi
+tar -czf "$out/logs.tar.gz" -C "$(dirname "$logs")" logs
 
 {
   echo "# GPU run $(date -u +%Y-%m-%d) on ${gpu_name}"
