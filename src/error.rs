@@ -11,7 +11,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[non_exhaustive]
 pub enum Error {
     /// The crate was built without nvcc, so no kernel is embedded.
-    KernelsNotCompiled(&'static str),
+    KernelsNotCompiled(String),
     /// libcuda (the NVIDIA driver) could not be loaded.
     NoDriver(String),
     /// The driver loaded but there is no usable device (or not the requested ordinal).

@@ -42,7 +42,7 @@ impl Gpu {
     /// PyTorch included) and loads every embedded kernel module.
     pub fn new(ordinal: usize) -> Result<Self> {
         if !build_info::COMPILED {
-            return Err(Error::KernelsNotCompiled(build_info::NOT_COMPILED_REASON));
+            return Err(Error::KernelsNotCompiled(build_info::NOT_COMPILED_REASON.into()));
         }
         // cudarc panics on first use when libcuda is absent; ask first.
         if !unsafe { sys::is_culib_present() } {
@@ -112,7 +112,7 @@ impl Gpu {
             return Ok(f.clone());
         }
         let m = self.inner.modules.get(module).ok_or_else(|| {
-            Error::KernelsNotCompiled(Box::leak(format!("module `{module}` is not embedded").into_boxed_str()))
+            Error::KernelsNotCompiled(format!("module `{module}` is not embedded"))
         })?;
         let f = m.load_function(name).during(format_args!("loading kernel `{name}`"))?;
         cache.insert(name.to_owned(), f.clone());
