@@ -4,8 +4,5 @@
 # example, e.g. `bash scripts/demo.sh --rows 8192 --dim 512`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v nvcc >/dev/null 2>&1 && [ -z "${NVCC:-}" ] && [ -z "${CUDA_HOME:-}" ] && [ -z "${CUDA_PATH:-}" ] \
-   && [ ! -x /usr/local/cuda/bin/nvcc ]; then
-  bash scripts/install-cuda-toolchain.sh >&2
-fi
+bash scripts/ensure-nvcc.sh >/dev/null
 exec cargo run --release --example quickstart -- "$@"
