@@ -70,6 +70,137 @@ fn firm_pairwise_hand_computed() {
 }
 
 #[test]
+fn nt_xent_with_opposite_views_under_every_reduction() {
+    // Rows (1,0), (2,0): instance 0; (0,1), (-3,0): instance 1. tau = 0.5, so logits are 2 * cos.
+    //   row 0: columns 1, 2, 3 with cos 1, 0, -1, positive row 1:  L_0 = ln(e^2 + 1 + e^-2) - 2
+    //   row 1: the same cosines to rows 0, 2, 3:                   L_1 = L_0
+    //   row 2: cos 0, 0, 0 to rows 0, 1, 3, positive row 3:         L_2 = ln 3 - 0
+    //   row 3: cos -1, -1, 0 to rows 0, 1, 2, positive row 2:       L_3 = ln(2 e^-2 + 1) - 0
+    // Weights (1, 0.5, 2, 0): Sum = L_0 + 0.5 L_1 + 2 L_2, Mean = Sum / 4, PerAnchor's loss = Sum.
+    let x = m(4, 2, &[1.0, 0.0, 2.0, 0.0, 0.0, 1.0, -3.0, 0.0]);
+    let instance = [0, 0, 1, 1];
+    let weight = [1.0f32, 0.5, 2.0, 0.0];
+    let lse = [(E * E + 1.0 + 1.0 / (E * E)).ln(), (E * E + 1.0 + 1.0 / (E * E)).ln(), 3f64.ln(), (2.0 / (E * E) + 1.0).ln()];
+    let per_anchor = [lse[0] - 2.0, lse[1] - 2.0, lse[2], lse[3]];
+    let sum = per_anchor[0] + 0.5 * per_anchor[1] + 2.0 * per_anchor[2];
+    let inputs = LossInputs { weight: Some(&weight), ..LossInputs::new(&x, &instance) };
+    for (reduction, want) in [(Reduction::Mean, sum / 4.0), (Reduction::Sum, sum), (Reduction::PerAnchor, sum)] {
+        let out = forward(&ContrastiveLoss::nt_xent(0.5).with_reduction(reduction), &inputs).unwrap();
+        close(out.loss, want);
+        for i in 0..4 {
+            close(out.per_anchor[i], per_anchor[i]);
+            close(out.lse[i], lse[i]);
+        }
+        assert_eq!(out.positive_count, vec![1; 4]);
+    }
+}
+
+#[test]
+fn firm_pairwise_with_a_queue_hand_computed() {
+    // Anchors (1,0) [instance 0, label 0], (0,1) [instance 1, outlier -1]. Keys: their other views
+    // (1,0), (0,2), then a queue (-1,0) [instance 7, label 0] and (0,-1) [instance 8, outlier]. tau = 1.
+    //   anchor 0: cos 1, 0, -1, 0; positives key 0 (instance) and key 2 (label):
+    //             L_0 = ln(e + 1 + e^-1 + 1) - (1 + (-1)) / 2
+    //   anchor 1: cos 0, 1, 0, -1; positive key 1 only (outliers pair by instance alone):
+    //             L_1 = ln(1 + e + 1 + e^-1) - 1
+    let anchors = m(2, 2, &[1.0, 0.0, 0.0, 1.0]);
+    let keys = m(4, 2, &[1.0, 0.0, 0.0, 2.0, -1.0, 0.0, 0.0, -1.0]);
+    let (instance, label) = ([0, 1], [0, -1]);
+    let (key_instance, key_label) = ([0, 1, 7, 8], [0, -1, 0, -1]);
+    let inputs = LossInputs {
+        label: Some(&label),
+        keys: Some(KeyRows { features: &keys, instance: &key_instance, label: Some(&key_label) }),
+        ..LossInputs::new(&anchors, &instance)
+    };
+    let out = forward(&ContrastiveLoss::firm_pairwise(1.0), &inputs).unwrap();
+    let lse = (E + 2.0 + 1.0 / E).ln();
+    close(out.per_anchor[0], lse);
+    close(out.per_anchor[1], lse - 1.0);
+    close(out.loss, (2.0 * lse - 1.0) / 2.0);
+    assert_eq!(out.positive_count, vec![2, 1]);
+}
+
+#[test]
+fn pairwise_gradient_hand_computed() {
+    // One anchor x = (2,0) (u = (1,0)), keys (1,0) [its other view] and (0,3), tau = 1, upstream 2.
+    // Logits s = (1, 0), softmax p = (e, 1) / (e + 1); G = 2 * (p - [1, 0]) = 2 (-1, 1) / (e + 1).
+    //   dU_anchor = G U_keys = 2 (-1, 1) / (e + 1); through the norm (||x|| = 2, u = (1,0)):
+    //     dx = (du - u <u, du>) / 2 = (0, 1) / (e + 1)
+    //   dU_key0 = G_0 u = 2 (-1, 0) / (e + 1): parallel to key 0, so its dx is 0.
+    //   dU_key1 = G_1 u = 2 (1, 0) / (e + 1): orthogonal to key 1 (norm 3): dx = 2 (1, 0) / (3 (e + 1)).
+    let anchor = m(1, 2, &[2.0, 0.0]);
+    let keys = m(2, 2, &[1.0, 0.0, 0.0, 3.0]);
+    let (instance, label, key_instance, key_label) = ([0], [-1], [0, 1], [-1, -1]);
+    let inputs = LossInputs {
+        label: Some(&label),
+        keys: Some(KeyRows { features: &keys, instance: &key_instance, label: Some(&key_label) }),
+        ..LossInputs::new(&anchor, &instance)
+    };
+    let k = 1.0 / (E + 1.0);
+    for reduction in [Reduction::Mean, Reduction::Sum, Reduction::PerAnchor] {
+        let g = backward(&ContrastiveLoss::firm_pairwise(1.0).with_reduction(reduction), &inputs, &[2.0]).unwrap();
+        let want_features = [0.0, k];
+        let want_keys = [0.0, 0.0, 2.0 * k / 3.0, 0.0];
+        for (got, want) in g.features.data().iter().zip(want_features) {
+            close(*got, want);
+        }
+        for (got, want) in g.keys.as_ref().unwrap().data().iter().zip(want_keys) {
+            close(*got, want);
+        }
+        assert!(g.prototypes.is_none());
+    }
+}
+
+#[test]
+fn oecl_penalty_value_and_gradient() {
+    // In-distribution rows (1,0), (1,0) (one instance: each is the other's only column, so
+    // L_i = s - s = 0 and G = softmax - 1 = 0); penalty rows (3,4), (0,-2), alpha = 0.5:
+    //   penalty = 0.5 * (5 + 2) / 2 = 1.75
+    //   d/dx_o = upstream * 0.5 / 2 * x_o / ||x_o||: upstream 2 gives (0.3, 0.4) and (0, -0.5).
+    // PerAnchor: the penalty's upstream is 1, giving half of that.
+    let x = m(4, 2, &[1.0, 0.0, 1.0, 0.0, 3.0, 4.0, 0.0, -2.0]);
+    let instance = [0, 0, 1, 1];
+    let roles = [RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::NormPenaltyOnly];
+    let inputs = LossInputs { role: Some(&roles), ..LossInputs::new(&x, &instance) };
+    let want = [0.0, 0.0, 0.0, 0.0, 0.3, 0.4, 0.0, -0.5];
+    for (reduction, upstream, factor) in [(Reduction::Mean, vec![2.0], 1.0), (Reduction::Sum, vec![2.0], 1.0), (Reduction::PerAnchor, vec![2.0; 4], 0.5)] {
+        let loss = ContrastiveLoss::oecl(1.0, 0.5).with_reduction(reduction);
+        let out = forward(&loss, &inputs).unwrap();
+        close(out.loss, 1.75);
+        assert_eq!(&out.positive_count, &[1, 1, 0, 0]);
+        assert_eq!(&out.lse[2..], &[f64::NEG_INFINITY; 2]);
+        let g = backward(&loss, &inputs, &upstream).unwrap();
+        for (got, want) in g.features.data().iter().zip(want) {
+            close(*got, factor * want);
+        }
+    }
+}
+
+#[test]
+fn no_anchor_gives_zero_loss() {
+    // Every row NegativeOnly: no anchor, no empty-positive error, Mean = 0 (not 0/0), zero gradient.
+    let x: Matrix<f64> = random_matrix(3, 4, 8);
+    let instance = [0, 1, 2];
+    let roles = [RowRole::NegativeOnly; 3];
+    let inputs = LossInputs { role: Some(&roles), ..LossInputs::new(&x, &instance) };
+    for reduction in [Reduction::Mean, Reduction::Sum] {
+        let loss = ContrastiveLoss::nt_xent(0.5).with_reduction(reduction);
+        let out = forward(&loss, &inputs).unwrap();
+        assert_eq!(out.loss, 0.0);
+        assert_eq!(out.per_anchor, vec![0.0; 3]);
+        assert!(backward(&loss, &inputs, &[1.0]).unwrap().features.data().iter().all(|g| *g == 0.0));
+    }
+    // With an OECL penalty row beside a lone NegativeOnly row: the loss is the penalty alone,
+    // 1.5 * ||(0,2)|| = 3, and the NegativeOnly row has no column at all (LSE of nothing = -inf).
+    let x = m(2, 2, &[1.0, 0.0, 0.0, 2.0]);
+    let roles = [RowRole::NegativeOnly, RowRole::NormPenaltyOnly];
+    let inputs = LossInputs { role: Some(&roles), ..LossInputs::new(&x, &[0, 1]) };
+    let out = forward(&ContrastiveLoss::oecl(0.5, 1.5), &inputs).unwrap();
+    close(out.loss, 3.0);
+    assert_eq!(out.lse, vec![f64::NEG_INFINITY; 2]);
+}
+
+#[test]
 fn cluster_aware_hand_computed() {
     // Rows (1,0), (1,0): one instance, cluster 0; prototypes (1,0), (0,1). Row 0's columns: row 1
     // (cos 1, positive), prototype 0 (cos 1, its own: positive), prototype 1 (cos 0):
@@ -121,41 +252,123 @@ fn empty_positives_policy() {
     close(out.loss, 2.0 * ((E + 1.0).ln() - 1.0) / 3.0);
 }
 
+/// The `arg` of an `Error::Shape`, panicking on anything else.
+fn shape_arg<R>(r: contrastive_kernels::Result<R>) -> &'static str {
+    match r {
+        Err(Error::Shape { arg, .. }) => arg,
+        Err(e) => panic!("expected Error::Shape, got {e}"),
+        Ok(_) => panic!("expected Error::Shape, got Ok"),
+    }
+}
+
+/// The `arg` of an `Error::InvalidArgument`, panicking on anything else.
+fn invalid_arg<R>(r: contrastive_kernels::Result<R>) -> &'static str {
+    match r {
+        Err(Error::InvalidArgument { arg, .. }) => arg,
+        Err(e) => panic!("expected Error::InvalidArgument, got {e}"),
+        Ok(_) => panic!("expected Error::InvalidArgument, got Ok"),
+    }
+}
+
 #[test]
 fn input_errors() {
     let x: Matrix<f64> = random_matrix(4, 3, 1);
     let instance = [0, 0, 1, 1];
     let nt = ContrastiveLoss::nt_xent(0.5);
-    fn arg_of<R>(r: contrastive_kernels::Result<R>) -> &'static str {
-        match r {
-            Err(Error::InvalidArgument { arg, .. }) | Err(Error::Shape { arg, .. }) => arg,
-            Err(e) => panic!("unexpected error {e}"),
-            Ok(_) => panic!("expected an error"),
-        }
-    }
-    assert_eq!(arg_of(forward(&nt, &LossInputs::new(&x, &[0, 0, 1]))), "instance");
-    assert_eq!(arg_of(forward(&ContrastiveLoss::nt_xent(-1.0), &LossInputs::new(&x, &instance))), "temperature");
-    assert_eq!(arg_of(forward(&ContrastiveLoss::nt_xent(f32::NAN), &LossInputs::new(&x, &instance))), "temperature");
-    assert_eq!(arg_of(forward(&ContrastiveLoss::supcon(0.1, 0.07), &LossInputs::new(&x, &instance))), "label");
-    let bad_label = [0, -2, 1, 1];
-    assert_eq!(arg_of(forward(&ContrastiveLoss::firm(0.2), &LossInputs { label: Some(&bad_label), ..LossInputs::new(&x, &instance) })), "label");
+    let plain = LossInputs::new(&x, &instance);
+
+    // Lengths.
+    assert_eq!(shape_arg(forward(&nt, &LossInputs::new(&x, &[0, 0, 1]))), "instance");
     let short = [0, 1];
-    assert_eq!(arg_of(forward(&ContrastiveLoss::firm(0.2), &LossInputs { label: Some(&short), ..LossInputs::new(&x, &instance) })), "label");
-    let weight = [1.0f32, -1.0, 1.0, 1.0];
-    assert_eq!(arg_of(forward(&nt, &LossInputs { weight: Some(&weight), ..LossInputs::new(&x, &instance) })), "weight");
+    assert_eq!(shape_arg(forward(&ContrastiveLoss::firm(0.2), &LossInputs { label: Some(&short), ..plain })), "label");
+    let short_weight = [1.0f32; 3];
+    assert_eq!(shape_arg(forward(&nt, &LossInputs { weight: Some(&short_weight), ..plain })), "weight");
+    let short_roles = [RowRole::Anchor; 5];
+    assert_eq!(shape_arg(forward(&nt, &LossInputs { role: Some(&short_roles), ..plain })), "role");
+    let centers: Matrix<f64> = random_matrix(2, 3, 2);
+    let short_proto_of = [0, 1, -1];
+    let protos = PrototypeColumns { centers: &centers, proto_of: &short_proto_of };
+    assert_eq!(shape_arg(forward(&nt, &LossInputs { prototypes: Some(protos), ..plain })), "prototypes.proto_of");
+    let narrow: Matrix<f64> = random_matrix(2, 2, 2);
+    let proto_of = [0, 1, 1, -1];
+    let protos = PrototypeColumns { centers: &narrow, proto_of: &proto_of };
+    assert_eq!(shape_arg(forward(&nt, &LossInputs { prototypes: Some(protos), ..plain })), "prototypes.centers");
+    let empty: Matrix<f64> = Matrix::new(4, 0, vec![]).unwrap();
+    assert_eq!(shape_arg(forward(&nt, &LossInputs::new(&empty, &instance))), "features");
+
+    // Scalars.
+    for tau in [-1.0f32, 0.0, f32::NAN, f32::INFINITY] {
+        assert_eq!(invalid_arg(forward(&ContrastiveLoss::nt_xent(tau), &plain)), "temperature", "tau = {tau}");
+    }
+    assert_eq!(invalid_arg(forward(&ContrastiveLoss::oecl(0.5, -0.1), &plain)), "norm_penalty");
+
+    // Values.
     let mut nan = x.clone();
     nan.data_mut()[5] = f64::NAN;
-    assert_eq!(arg_of(forward(&nt, &LossInputs::new(&nan, &instance))), "features");
-    assert_eq!(arg_of(forward(&ContrastiveLoss::firm_pairwise(0.2), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) })), "keys");
-    let keys = KeyRows { features: &x, instance: &instance, label: None };
-    assert_eq!(arg_of(forward(&nt, &LossInputs { keys: Some(keys), ..LossInputs::new(&x, &instance) })), "keys");
-    let centers: Matrix<f64> = random_matrix(2, 3, 2);
-    let proto_of = [0, 1, 2, -1];
-    let protos = PrototypeColumns { centers: &centers, proto_of: &proto_of };
-    assert_eq!(arg_of(forward(&nt, &LossInputs { prototypes: Some(protos), ..LossInputs::new(&x, &instance) })), "prototypes.proto_of");
+    assert_eq!(invalid_arg(forward(&nt, &LossInputs::new(&nan, &instance))), "features");
+    let bad_label = [0, -2, 1, 1];
+    assert_eq!(invalid_arg(forward(&ContrastiveLoss::firm(0.2), &LossInputs { label: Some(&bad_label), ..plain })), "label");
+    assert_eq!(invalid_arg(forward(&ContrastiveLoss::supcon(0.1, 0.07), &plain)), "label");
+    for w in [-1.0f32, f32::NAN] {
+        let weight = [1.0f32, w, 1.0, 1.0];
+        assert_eq!(invalid_arg(forward(&nt, &LossInputs { weight: Some(&weight), ..plain })), "weight");
+    }
+    for bad in [2, -2] {
+        let proto_of = [0, 1, bad, -1];
+        let protos = PrototypeColumns { centers: &centers, proto_of: &proto_of };
+        assert_eq!(invalid_arg(forward(&nt, &LossInputs { prototypes: Some(protos), ..plain })), "prototypes.proto_of");
+    }
+    let mut nan_centers = centers.clone();
+    nan_centers.data_mut()[4] = f64::INFINITY;
+    let proto_of = [0, 1, 1, -1];
+    let protos = PrototypeColumns { centers: &nan_centers, proto_of: &proto_of };
+    assert_eq!(invalid_arg(forward(&nt, &LossInputs { prototypes: Some(protos), ..plain })), "prototypes.centers");
     let roles = [RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::Anchor, RowRole::Anchor];
-    assert_eq!(arg_of(forward(&nt, &LossInputs { role: Some(&roles), ..LossInputs::new(&x, &instance) })), "role");
-    assert_eq!(arg_of(backward(&nt, &LossInputs::new(&x, &instance), &[1.0, 2.0])), "upstream");
+    assert_eq!(invalid_arg(forward(&nt, &LossInputs { role: Some(&roles), ..plain })), "role");
+
+    // Keys: required by the pairwise geometry, refused by the self geometry, checked like features.
+    let fp = ContrastiveLoss::firm_pairwise(0.2);
+    let with_labels = LossInputs { label: Some(&instance), ..plain };
+    assert_eq!(invalid_arg(forward(&fp, &with_labels)), "keys");
+    let keys = KeyRows { features: &x, instance: &instance, label: None };
+    assert_eq!(invalid_arg(forward(&nt, &LossInputs { keys: Some(keys), ..plain })), "keys");
+    assert_eq!(invalid_arg(forward(&fp, &LossInputs { keys: Some(keys), ..with_labels })), "keys.label");
+    let keys = KeyRows { features: &x, instance: &instance[..3], label: Some(&instance) };
+    assert_eq!(shape_arg(forward(&fp, &LossInputs { keys: Some(keys), ..with_labels })), "keys.instance");
+    let keys = KeyRows { features: &x, instance: &instance, label: Some(&instance[..2]) };
+    assert_eq!(shape_arg(forward(&fp, &LossInputs { keys: Some(keys), ..with_labels })), "keys.label");
+    let keys = KeyRows { features: &narrow, instance: &instance[..2], label: Some(&instance[..2]) };
+    assert_eq!(shape_arg(forward(&fp, &LossInputs { keys: Some(keys), ..with_labels })), "keys.features");
+    let keys = KeyRows { features: &nan, instance: &instance, label: Some(&instance) };
+    assert_eq!(invalid_arg(forward(&fp, &LossInputs { keys: Some(keys), ..with_labels })), "keys.features");
+
+    // The backward validates the same way, and checks the upstream's length per reduction.
+    assert_eq!(invalid_arg(backward(&ContrastiveLoss::nt_xent(0.0), &plain, &[1.0])), "temperature");
+    assert_eq!(shape_arg(backward(&nt, &plain, &[1.0, 2.0])), "upstream");
+    assert_eq!(shape_arg(backward(&nt, &plain, &[])), "upstream");
+    assert_eq!(shape_arg(backward(&nt.with_reduction(Reduction::Sum), &plain, &[1.0; 4])), "upstream");
+    assert_eq!(shape_arg(backward(&nt.with_reduction(Reduction::PerAnchor), &plain, &[1.0])), "upstream");
+    assert!(backward(&nt.with_reduction(Reduction::PerAnchor), &plain, &[1.0; 4]).is_ok());
+}
+
+#[test]
+fn empty_positive_errors_name_the_row_in_both_directions() {
+    // Row 3 (instance 4) is the only empty anchor; row 1 (instance 5) is one too but NegativeOnly,
+    // which never needs a positive.
+    let x: Matrix<f64> = random_matrix(5, 3, 4);
+    let instance = [0, 5, 0, 4, 0];
+    let roles = [RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::Anchor, RowRole::Anchor];
+    let inputs = LossInputs { role: Some(&roles), ..LossInputs::new(&x, &instance) };
+    let nt = ContrastiveLoss::nt_xent(0.5);
+    for err in [forward(&nt, &inputs).unwrap_err(), backward(&nt, &inputs, &[1.0]).unwrap_err()] {
+        assert!(matches!(&err, Error::InvalidArgument { arg: "instance", reason } if reason.contains("row 3 has no positive")), "{err}");
+    }
+    let zero = nt.with_empty_positives(EmptyPositives::Zero);
+    let out = forward(&zero, &inputs).unwrap();
+    assert_eq!(out.positive_count, vec![2, 0, 2, 0, 2]);
+    assert_eq!((out.per_anchor[1], out.per_anchor[3]), (0.0, 0.0));
+    assert!(out.lse[1].is_finite() && out.lse[3].is_finite(), "rows in the matrix have an LSE");
+    assert!(backward(&zero, &inputs, &[1.0]).is_ok());
 }
 
 #[test]
@@ -170,6 +383,55 @@ fn invariant_to_row_scale_and_supcon_with_instance_labels_is_nt_xent() {
     close(forward(&ContrastiveLoss::nt_xent(0.3), &LossInputs::new(&scaled, &instance)).unwrap().loss, nt.loss);
     let sup = forward(&ContrastiveLoss::supcon(0.3, 0.3), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) }).unwrap();
     close(sup.loss, nt.loss);
+    for (a, b) in sup.per_anchor.iter().zip(&nt.per_anchor) {
+        close(*a, *b);
+    }
+    let g_nt = backward(&ContrastiveLoss::nt_xent(0.3), &LossInputs::new(&x, &instance), &[1.0]).unwrap();
+    let g_sup = backward(&ContrastiveLoss::supcon(0.3, 0.3), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) }, &[1.0]).unwrap();
+    for (a, b) in g_sup.features.data().iter().zip(g_nt.features.data()) {
+        close(*a, *b);
+    }
+}
+
+#[test]
+fn invariant_to_key_and_prototype_scale() {
+    // Keys and prototypes are normalized like the rows: scaling one by a positive constant changes
+    // nothing, and its gradient scales by the inverse (d(x/||x||)/dx is homogeneous of degree -1).
+    let x: Matrix<f64> = random_matrix(3, 4, 21);
+    let keys: Matrix<f64> = random_matrix(5, 4, 22);
+    let centers: Matrix<f64> = random_matrix(2, 4, 23);
+    let (instance, label, key_instance, key_label, proto_of) = ([0, 1, 2], [0, -1, 1], [0, 1, 2, 3, 4], [0, -1, 1, 1, -1], [0, -1, 1]);
+    let mut scaled_keys = keys.clone();
+    let mut scaled_centers = centers.clone();
+    for v in &mut scaled_keys.data_mut()[8..12] {
+        *v *= 0.25;
+    }
+    for v in &mut scaled_centers.data_mut()[4..8] {
+        *v *= 40.0;
+    }
+    let inputs = |scaled: bool| {
+        let (kk, cc) = if scaled { (&scaled_keys, &scaled_centers) } else { (&keys, &centers) };
+        LossInputs {
+            label: Some(&label[..]),
+            keys: Some(KeyRows { features: kk, instance: &key_instance[..], label: Some(&key_label[..]) }),
+            prototypes: Some(PrototypeColumns { centers: cc, proto_of: &proto_of[..] }),
+            ..LossInputs::new(&x, &instance[..])
+        }
+    };
+    let loss = ContrastiveLoss::firm_pairwise(0.2);
+    let (a, b) = (forward(&loss, &inputs(false)).unwrap(), forward(&loss, &inputs(true)).unwrap());
+    close(b.loss, a.loss);
+    let (ga, gb) = (backward(&loss, &inputs(false), &[1.0]).unwrap(), backward(&loss, &inputs(true), &[1.0]).unwrap());
+    let (ka, kb) = (ga.keys.unwrap(), gb.keys.unwrap());
+    let (ca, cb) = (ga.prototypes.unwrap(), gb.prototypes.unwrap());
+    for t in 0..20 {
+        let f = if (8..12).contains(&t) { 4.0 } else { 1.0 };
+        assert!((kb.data()[t] - f * ka.data()[t]).abs() <= 1e-12 * (1.0 + ka.data()[t].abs() * f), "keys[{t}]");
+    }
+    for t in 0..8 {
+        let f = if t >= 4 { 1.0 / 40.0 } else { 1.0 };
+        assert!((cb.data()[t] - f * ca.data()[t]).abs() <= 1e-12 * (1.0 + ca.data()[t].abs()), "prototypes[{t}]");
+    }
 }
 
 /// Pairwise keys: features, instance ids, labels.
@@ -247,11 +509,43 @@ fn cases() -> Vec<Case> {
     ]
 }
 
+/// Mixtures the GPU harness does not need, for the finite-difference check only.
+fn gradient_only_cases() -> Vec<Case> {
+    let x = |rows, seed| random_matrix::<f64>(rows, 5, seed);
+    vec![
+        // Pairwise with prototypes, a queue and weights: gradients for all three inputs at once.
+        Case {
+            name: "pairwise_prototypes_weighted",
+            loss: ContrastiveLoss::firm_pairwise(0.3),
+            features: x(4, 31),
+            instance: vec![0, 1, 2, 3],
+            label: Some(vec![0, 1, 0, -1]),
+            role: None,
+            weight: Some(vec![1.0, 0.25, 2.0, 0.5]),
+            keys: Some((x(6, 32), vec![0, 1, 2, 3, 10, 11], Some(vec![0, 1, 0, -1, 1, -1]))),
+            protos: Some((x(2, 33), vec![0, 1, 0, -1])),
+        },
+        // SupCon with an outlier whose instance is unique (empty positives, Zero) next to
+        // NegativeOnly and NormPenaltyOnly rows, weighted.
+        Case {
+            name: "supcon_mixed_roles",
+            loss: ContrastiveLoss { norm_penalty: 0.7, ..ContrastiveLoss::supcon(0.2, 0.07).with_empty_positives(EmptyPositives::Zero) },
+            features: x(7, 34),
+            instance: vec![0, 1, 2, 0, 1, 5, 6],
+            label: Some(vec![0, 1, 0, 0, 1, -1, 1]),
+            role: Some(vec![RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::NormPenaltyOnly]),
+            weight: Some(vec![1.5, 1.0, 3.0, 0.5, 1.0, 2.0, 1.0]),
+            keys: None,
+            protos: None,
+        },
+    ]
+}
+
 /// d(reduced loss)/d(inputs) from `backward` against central differences of `forward`, for the
 /// features, the keys and the prototypes, under every reduction.
 #[test]
 fn oracle_gradients_match_finite_differences() {
-    for case in cases() {
+    for case in cases().into_iter().chain(gradient_only_cases()) {
         for reduction in [Reduction::Mean, Reduction::Sum, Reduction::PerAnchor] {
             let loss = case.loss.with_reduction(reduction);
             let n = case.features.rows();

@@ -11,13 +11,16 @@ use crate::ops::contrastive::{check_inputs, empty_positive_error, ContrastiveLos
 /// The forward's results, per feature row where not said otherwise.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LossForward {
-    /// Reduced loss (Mean / Sum of w_i L_i; Sum for `PerAnchor`) plus the OECL norm penalty.
+    /// Reduced loss (Mean / Sum of w_i L_i; the weighted Sum for `PerAnchor`) plus the OECL norm
+    /// penalty. Mean divides by the number of `Anchor` rows (empty-positive ones included) and is
+    /// 0 when there is none.
     pub loss: f64,
     /// L_i (unweighted): 0 for non-anchors and for anchors without positives.
     pub per_anchor: Vec<f64>,
-    /// LSE over A(i); -inf for `NormPenaltyOnly` rows.
+    /// LSE over A(i) for every row in the matrix (`NegativeOnly` rows included, as the kernel
+    /// saves it); -inf for `NormPenaltyOnly` rows and for rows with no column at all.
     pub lse: Vec<f64>,
-    /// |P(i)|.
+    /// |P(i)| (also for `NegativeOnly` rows; 0 for `NormPenaltyOnly` rows).
     pub positive_count: Vec<usize>,
 }
 
@@ -166,8 +169,11 @@ pub fn forward<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>) -> 
     Ok(LossForward { loss: reduced + norm_penalty(loss, inputs).1, per_anchor, lse, positive_count })
 }
 
-/// The backward: `upstream` is dLoss (one value) for Mean / Sum, or dL_i per feature row for
-/// `PerAnchor` (whose norm penalty, if any, then takes an upstream of 1).
+/// The backward of DESIGN.md section 4: G_ij = c_i * scale * (softmax_{A(i)}(s_i)_j - [j in P(i)] / |P(i)|)
+/// with c_i = upstream * w_i (/ number of anchors for Mean), pushed through the logits and the
+/// normalization to the raw features, keys and prototypes. `upstream` is dLoss (one value) for
+/// Mean / Sum, or dL_i per feature row for `PerAnchor` (weighted by w_i like the forward's `loss`;
+/// the norm penalty, if any, then takes an upstream of 1). Fails like the forward.
 pub fn backward<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>, upstream: &[f64]) -> Result<LossGradients> {
     check_inputs(loss, inputs)?;
     let n = inputs.features.rows();
