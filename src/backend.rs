@@ -3,7 +3,7 @@
 
 use crate::cpu;
 use crate::dtype::FloatElement;
-use crate::error::{Error, Result};
+use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceMatrix, Gpu};
 use crate::matrix::Matrix;
 use crate::ops::{self, similarity::SimilarityOptions};
@@ -43,7 +43,7 @@ impl Backend {
             Backend::Gpu(gpu) => {
                 let dx = DeviceMatrix::upload(gpu, x)?;
                 let (z, norms) = ops::normalize::l2_normalize::<TX, TZ>(gpu, &dx)?;
-                let norms = gpu.stream().clone_dtoh(&norms).map_err(|source| Error::Cuda { op: "device-to-host copy".into(), source })?;
+                let norms = gpu.stream().clone_dtoh(&norms).during("device-to-host copy")?;
                 Ok((z.download(gpu)?, norms[..x.rows()].to_vec()))
             }
         }

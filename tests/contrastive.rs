@@ -3,17 +3,13 @@
 
 mod common;
 
-use common::{gpu_or_skip, random_matrix};
+use common::{gpu_or_skip, m, random_matrix};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
 use contrastive_kernels::ops::contrastive::{
     forward_gpu, ContrastiveLoss, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, Reduction, RowRole,
 };
 use contrastive_kernels::ops::contrastive::ForwardResult;
 use contrastive_kernels::{bf16, f16, Error, FloatElement, Matrix};
-
-fn m(rows: usize, cols: usize, data: &[f64]) -> Matrix<f64> {
-    Matrix::new(rows, cols, data.to_vec()).unwrap()
-}
 
 fn close(got: f64, want: f64) {
     assert!((got - want).abs() <= 1e-12 * (1.0 + want.abs()), "got {got}, want {want}");

@@ -3,14 +3,10 @@
 
 mod common;
 
-use common::{first_violation, gpu_or_skip, max_abs, random_matrix, rounded_to};
+use common::{first_violation, gpu_or_skip, m, max_abs, random_matrix, rounded_to};
 use contrastive_kernels::cpu::normalize::{l2_normalize, l2_normalize_backward};
 use contrastive_kernels::dtype::unit_roundoff;
 use contrastive_kernels::{bf16, f16, Backend, Error, FloatElement, Matrix};
-
-fn m(rows: usize, cols: usize, data: &[f64]) -> Matrix<f64> {
-    Matrix::new(rows, cols, data.to_vec()).unwrap()
-}
 
 #[test]
 fn oracle_hand_computed() {

@@ -3,15 +3,11 @@
 
 mod common;
 
-use common::{first_violation, gpu_or_skip, random_matrix, rounded_to};
+use common::{first_violation, gpu_or_skip, m, random_matrix, rounded_to};
 use contrastive_kernels::cpu::similarity::similarity;
 use contrastive_kernels::dtype::unit_roundoff;
 use contrastive_kernels::ops::similarity::similarity_raw;
 use contrastive_kernels::{bf16, f16, Backend, DType, DeviceMatrix, Error, FloatElement, Matrix, RawMatrix, SimilarityOptions};
-
-fn m(rows: usize, cols: usize, data: &[f64]) -> Matrix<f64> {
-    Matrix::new(rows, cols, data.to_vec()).unwrap()
-}
 
 #[test]
 fn oracle_hand_computed() {

@@ -18,6 +18,11 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     }
 }
 
+/// A literal f64 matrix for hand-computed cases.
+pub fn m(rows: usize, cols: usize, data: &[f64]) -> Matrix<f64> {
+    Matrix::new(rows, cols, data.to_vec()).unwrap()
+}
+
 /// Standard-normal entries, rounded to T.
 pub fn random_matrix<T: Float>(rows: usize, cols: usize, seed: u64) -> Matrix<T> {
     let mut rng = SplitMix64::new(seed);
