@@ -232,6 +232,291 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Backward (DESIGN.md section 4). With G_ij = c_i scale (softmax_{A(i)}(s_i)_j - [j in P(i)] / |P(i)|),
+// the gradient of a row k with respect to its unit vector is (1 / tau) sum_j H_kj u_j, where
+// H_kj = G_kj (k as an anchor) + G_jk (k as a column of anchor j): (G + G^T) U in the self geometry.
+// Every output row gets its whole gradient from the one pass in which it is the "own" side:
+//   self geometry: own = the rows, other = the rows (both anchor sides), then the prototypes;
+//   pairwise:      own = anchors, other = keys, then the prototypes; and own = keys, other = anchors;
+//   prototypes:    own = the prototypes, other = the anchor rows.
+// A block owns 64 own rows and a 128-wide chunk of d. It sweeps the other side in tiles of 64 rows:
+// recomputes the logit tile from the packed unit rows with the tensor cores, forms H in registers
+// from the saved LSE (Tile64RowWarps: a warp owns whole rows, so its accumulator fragment of S is
+// the A fragment of H U), and multiplies it into the other side's unit rows. No n x n matrix, no
+// atomics: deterministic. Two GEMM-equivalents per pass.
+//
+// H is scaled by sigma (a power of two, contrastive_backward_prepare) so that |H| <= 2^14: f16's
+// range holds it and its small entries stay above f16's subnormals; the epilogue divides it out.
+
+// One side of a backward pass. Optional arrays may be null.
+struct GradSide {
+    const void* u;              // packed unit rows: count x dp of the kernel's dtype, zero padded
+    const int* instance;        // null: this side is the prototypes
+    const int* label;           // null: labels make no positives
+    const unsigned char* role;  // null: every row an anchor
+    const int* proto_of;        // each row's own prototype (-1: none); null: no prototypes
+    const float* lse;           // saved LSE; null: this side's rows are not anchors in this pass
+    const float* coef_a;        // sigma c_i scale: weight of the softmax term of anchor i
+    const float* coef_b;        // coef_a / |P(i)|: weight of each of its positives
+    int count;
+    int reserved;
+};
+static_assert(sizeof(GradSide) == 72, "GradSide mirrors ops::contrastive::GradSide (8 pointers, 2 ints)");
+
+constexpr int kGradChunk = 128;                   // d columns of the gradient per block (grid.y)
+constexpr int kGradChunkStride = kGradChunk + 8;  // padded like the tile stages: conflict-free ldmatrix
+
+template <typename T> struct BackwardShared {
+    T stages[Tile64RowWarps::SMEM_BYTES / sizeof(T)];
+    T other[Tile64RowWarps::BN * kGradChunkStride];  // the other side's unit rows, one d chunk
+};
+
+// What a thread keeps about each of its two own rows.
+struct OwnRow {
+    bool live;  // inside the matrix (not past the end, not NormPenaltyOnly)
+    int instance, label, proto;
+    float lse, a, b;
+};
+
+__device__ __forceinline__ OwnRow load_own_row(const GradSide& own, int row) {
+    OwnRow r{false, -1, -1, -1, 0.f, 0.f, 0.f};
+    if (row >= own.count || (own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly)) return r;
+    r.live = true;
+    if (own.instance != nullptr) {
+        r.instance = own.instance[row];
+        r.label = own.label != nullptr ? own.label[row] : -1;
+        r.proto = own.proto_of != nullptr ? own.proto_of[row] : -1;
+    }
+    if (own.lse != nullptr) {
+        r.lse = own.lse[row];
+        r.a = own.coef_a[row];
+        r.b = own.coef_b[row];
+    }
+    return r;
+}
+
+template <typename T> __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
+    const typename Pair<T>::type v = Pair<T>::make(lo, hi);  // lo in the low 16 bits
+    uint32_t r;
+    memcpy(&r, &v, sizeof(r));
+    return r;
+}
+
+// acc rows: lane / 4 (+ 8), columns ni * 8 + 2 (lane % 4) + {0, 1}; H U accumulated into dacc.
+template <typename T>
+__device__ __forceinline__ void sweep_other(float (&dacc)[kGradChunk / 8][4], BackwardShared<T>& sh,
+                                            const GradSide& own, const OwnRow (&mine)[2], const GradSide& other,
+                                            int row0, int dc0, int dp, bool exclude_self, float inv_tau) {
+    using Cfg = Tile64RowWarps;
+    static_assert(Cfg::MI == 1 && Cfg::WARPS_N == 1, "a warp owns 16 whole rows of the tile");
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int own_row[2] = {row0 + warp * 16 + lane / 4, row0 + warp * 16 + lane / 4 + 8};
+    const T* own_u = static_cast<const T*>(own.u);
+    const T* other_u = static_cast<const T*>(other.u);
+    float acc[1][Cfg::NI][4];
+    for (int col0 = 0; col0 < other.count; col0 += Cfg::BN) {
+        // The B operand of H U is issued first: it lands while the logits are recomputed
+        // (mma_block_tile's waits drain this group too, and it ends with a barrier).
+        load_tile_async<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0,
+                                                                             dc0);
+        cp_async_commit();
+        mma_block_tile<Cfg, true>(acc, sh.stages, own_u, other_u, own.count, other.count, dp, row0, col0);
+
+        float h[2][Cfg::NI * 2];
+#pragma unroll
+        for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+                const int k = ni * 2 + e;
+                const int col = col0 + ni * 8 + (lane % 4) * 2 + e;
+                h[0][k] = h[1][k] = 0.f;
+                if (col >= other.count || (other.role != nullptr && other.role[col] == kRoleNormPenaltyOnly)) continue;
+                int col_instance = -1, col_label = -1, col_proto = -1;
+                if (other.instance != nullptr) {
+                    col_instance = other.instance[col];
+                    col_label = other.label != nullptr ? other.label[col] : -1;
+                    col_proto = other.proto_of != nullptr ? other.proto_of[col] : -1;
+                }
+                float col_lse = 0.f, col_a = 0.f, col_b = 0.f;
+                if (other.lse != nullptr) {
+                    col_lse = other.lse[col];
+                    col_a = other.coef_a[col];
+                    col_b = other.coef_b[col];
+                }
+#pragma unroll
+                for (int half = 0; half < 2; ++half) {
+                    const OwnRow& r = mine[half];
+                    if (!r.live || (exclude_self && col == own_row[half])) continue;
+                    const bool positive = other.instance == nullptr ? col == r.proto
+                                          : own.instance == nullptr
+                                              ? col_proto == own_row[half]
+                                              : col_instance == r.instance || (r.label >= 0 && col_label == r.label);
+                    const float s = acc[0][ni][half * 2 + e] * inv_tau;
+                    float v = 0.f;
+                    if (r.a != 0.f) v += r.a * __expf(s - r.lse) - (positive ? r.b : 0.f);
+                    if (col_a != 0.f) v += col_a * __expf(s - col_lse) - (positive ? col_b : 0.f);
+                    h[half][k] = v;
+                }
+            }
+
+        // H's accumulator layout is the m16k16 A layout: n8 blocks 2 kk and 2 kk + 1 are one k16 step.
+#pragma unroll
+        for (int kk = 0; kk < Cfg::NI / 2; ++kk) {
+            uint32_t a[4];
+            a[0] = pack_pair<T>(h[0][4 * kk], h[0][4 * kk + 1]);
+            a[1] = pack_pair<T>(h[1][4 * kk], h[1][4 * kk + 1]);
+            a[2] = pack_pair<T>(h[0][4 * kk + 2], h[0][4 * kk + 3]);
+            a[3] = pack_pair<T>(h[1][4 * kk + 2], h[1][4 * kk + 3]);
+            // sh.other is row-major (other row j) x (feature c): a k x n tile, so ldmatrix.trans
+            // yields the "col" B fragments. Matrix m = lane / 8: k half m % 2, n8 block m / 2.
+            const int m = lane / 8;
+            const T* base = sh.other + (kk * 16 + (m % 2) * 8 + lane % 8) * kGradChunkStride + (m / 2) * 8;
+#pragma unroll
+            for (int nb = 0; nb < kGradChunk / 8; nb += 2) {
+                uint32_t r[4];
+                ldmatrix_x4_trans(r, base + nb * 8);
+                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                Mma16816<T>::run(dacc[nb], a, b0);
+                Mma16816<T>::run(dacc[nb + 1], a, b1);
+            }
+        }
+        __syncthreads();  // sh.other is refilled by the next tile
+    }
+}
+
+template <typename T>
+__device__ void contrastive_backward(GradSide own, GradSide other, GradSide protos, int dp, int d, int exclude_self,
+                                     float inv_tau, const float* scalars, float* du) {
+    using Cfg = Tile64RowWarps;
+    __shared__ __align__(128) BackwardShared<T> sh;
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * kGradChunk;
+    const OwnRow mine[2] = {load_own_row(own, row0 + warp * 16 + lane / 4),
+                            load_own_row(own, row0 + warp * 16 + lane / 4 + 8)};
+    float dacc[kGradChunk / 8][4];
+#pragma unroll
+    for (int nb = 0; nb < kGradChunk / 8; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) dacc[nb][e] = 0.f;
+
+    sweep_other<T>(dacc, sh, own, mine, other, row0, dc0, dp, exclude_self != 0, inv_tau);
+    if (protos.count > 0) sweep_other<T>(dacc, sh, own, mine, protos, row0, dc0, dp, false, inv_tau);
+
+    const float out_scale = inv_tau * scalars[0];  // 1 / (sigma tau)
+#pragma unroll
+    for (int nb = 0; nb < kGradChunk / 8; ++nb)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+            const int row = row0 + warp * 16 + lane / 4 + half * 8;
+            const int col = dc0 + nb * 8 + (lane % 4) * 2;
+            store_pair<float>(du, own.count, d, row, col, dacc[nb][half * 2] * out_scale,
+                              dacc[nb][half * 2 + 1] * out_scale, d % 2 == 0);
+        }
+}
+
+// u = x / max(||x||, eps) into rows of dp >= d elements (zero padded to a multiple of 8, so the
+// backward's loads are whole aligned 16-byte chunks). One warp per row.
+constexpr int kPackThreads = 256;
+
+template <typename T> __device__ void pack_unit_rows(const T* __restrict__ x, int n, int d, int dp, T* __restrict__ u) {
+    const int lane = threadIdx.x % 32;
+    const long row = (long)blockIdx.x * (kPackThreads / 32) + threadIdx.x / 32;
+    if (row >= n) return;
+    const T* xr = x + row * d;
+    float sum_sq = 0.f;
+    for (int j = lane; j < d; j += 32) {
+        const float v = to_float(xr[j]);
+        sum_sq = fmaf(v, v, sum_sq);
+    }
+    const float denom = norm_denominator(sqrtf(warp_sum(sum_sq)));
+    T* ur = u + row * dp;
+    for (int j = lane; j < dp; j += 32) ur[j] = from_float<T>(j < d ? to_float(xr[j]) / denom : 0.f);
+}
+
+// Per-row coefficients of the backward, one block:
+//   c_i = upstream_i w_i / divisor for anchors with a positive (upstream_i = upstream[0] unless
+//   per_row), 0 otherwise; coef_a = sigma c_i scale, coef_b = coef_a / |P(i)|;
+//   scalars[0] = 1 / sigma, scalars[1] = the number of NormPenaltyOnly rows.
+constexpr int kPrepareThreads = 1024;
+
+__device__ __forceinline__ float anchor_coef(int i, const unsigned char* role, const float* weight,
+                                             const int* positives, const float* upstream, int per_row, float divisor) {
+    const unsigned char r = role != nullptr ? role[i] : kRoleAnchor;
+    if (r != kRoleAnchor || positives[i] == 0) return 0.f;
+    // Reciprocals (__frcp_rn) instead of divisions keep the IEEE-division slow path, a call with a
+    // stack frame, out of the kernel.
+    return (per_row ? upstream[i] : upstream[0]) * (weight != nullptr ? weight[i] : 1.f) * __frcp_rn(divisor);
+}
+
+__device__ void contrastive_backward_prepare(const unsigned char* role, const float* weight, const int* positives,
+                                             const float* upstream, int per_row, float divisor, float scale, int n,
+                                             float* coef_a, float* coef_b, float* scalars) {
+    __shared__ float s_max[kPrepareThreads / 32];
+    __shared__ int s_count[kPrepareThreads / 32];
+    __shared__ float s_sigma;
+    float local_max = 0.f;
+    int penalized = 0;
+    for (int i = threadIdx.x; i < n; i += kPrepareThreads) {
+        local_max = fmaxf(local_max, fabsf(anchor_coef(i, role, weight, positives, upstream, per_row, divisor) * scale));
+        penalized += role != nullptr && role[i] == kRoleNormPenaltyOnly;
+    }
+    local_max = warp_max(local_max);
+#pragma unroll
+    for (int offset = 16; offset > 0; offset >>= 1) penalized += __shfl_xor_sync(0xffffffffu, penalized, offset);
+    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+    if (lane == 0) {
+        s_max[warp] = local_max;
+        s_count[warp] = penalized;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        float m = 0.f;
+        int count = 0;
+        for (int w = 0; w < kPrepareThreads / 32; ++w) {
+            m = fmaxf(m, s_max[w]);
+            count += s_count[w];
+        }
+        // max |c scale| lands in [2^12, 2^13): |H| <= 2 max <= 2^14.
+        // (Exponent arithmetic on the bits: scalbnf / ilogbf are calls with a stack frame.)
+        float sigma = 1.f;
+        if (m > 0.f && m < INFINITY) {
+            const int exponent = ((__float_as_int(m) >> 23) & 0xff) - 127;  // floor(log2 m); -127: subnormal
+            sigma = __int_as_float((min(max(12 - exponent, -126), 127) + 127) << 23);
+        }
+        s_sigma = sigma;
+        scalars[0] = __frcp_rn(sigma);  // exact: a power of two
+        scalars[1] = (float)count;
+    }
+    __syncthreads();
+    const float sigma = s_sigma;
+    for (int i = threadIdx.x; i < n; i += kPrepareThreads) {
+        const float a = sigma * anchor_coef(i, role, weight, positives, upstream, per_row, divisor) * scale;
+        coef_a[i] = a;
+        coef_b[i] = a != 0.f ? a * __frcp_rn((float)positives[i]) : 0.f;
+    }
+}
+
+// OECL's penalty: dx_o = upstream alpha / n_o * x_o / max(||x_o||, eps) on NormPenaltyOnly rows
+// (whose gradient from the matrix is 0), written over the normalization backward's zeros.
+template <typename T>
+__device__ void norm_penalty_backward(const T* __restrict__ x, const unsigned char* __restrict__ role, int n, int d,
+                                      const float* upstream, int per_row, float alpha, const float* scalars,
+                                      T* __restrict__ dx) {
+    const int lane = threadIdx.x % 32;
+    const long row = (long)blockIdx.x * (kPackThreads / 32) + threadIdx.x / 32;
+    if (row >= n || role[row] != kRoleNormPenaltyOnly) return;
+    const T* xr = x + row * d;
+    float sum_sq = 0.f;
+    for (int j = lane; j < d; j += 32) {
+        const float v = to_float(xr[j]);
+        sum_sq = fmaf(v, v, sum_sq);
+    }
+    const float denom = norm_denominator(sqrtf(warp_sum(sum_sq)));
+    const float factor = (per_row ? 1.f : upstream[0]) * alpha / scalars[1];
+    for (int j = lane; j < d; j += 32) dx[row * d + j] = from_float<T>(factor * to_float(xr[j]) / denom);
+}
+
 }  // namespace ck
 
 #define CK_CONTRASTIVE_FORWARD(name, type, suffix, aligned)                                                     \
@@ -254,6 +539,62 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 
 CK_CONTRASTIVE_FORWARD_BOTH(f16, __half)
 CK_CONTRASTIVE_FORWARD_BOTH(bf16, __nv_bfloat16)
+
+#define CK_CONTRASTIVE_BACKWARD(name, type)                                                                  \
+    extern "C" __global__ void __launch_bounds__(ck::Tile64RowWarps::THREADS) contrastive_backward_##name(          \
+        ck::GradSide own, ck::GradSide other, ck::GradSide protos, int dp, int d, int exclude_self, float inv_tau, \
+        const float* scalars, float* du) {                                                                     \
+        ck::contrastive_backward<type>(own, other, protos, dp, d, exclude_self, inv_tau, scalars, du);        \
+    }                                                                                                          \
+    extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
+        contrastive_pack_##name(const type* x, int n, int d, int dp, type* u) {                                \
+        ck::pack_unit_rows<type>(x, n, d, dp, u);                                                              \
+    }
+
+CK_CONTRASTIVE_BACKWARD(f16, __half)
+CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
+
+#define CK_NORM_PENALTY_BACKWARD(name, type)                                                                   \
+    extern "C" __global__ void __launch_bounds__(ck::kPackThreads) contrastive_norm_penalty_backward_##name(   \
+        const type* x, const unsigned char* role, int n, int d, const float* upstream, int per_row, float alpha, \
+        const float* scalars, type* dx) {                                                                      \
+        ck::norm_penalty_backward<type>(x, role, n, d, upstream, per_row, alpha, scalars, dx);                 \
+    }
+CK_FOR_EACH_FLOAT(CK_NORM_PENALTY_BACKWARD)
+
+extern "C" __global__ void __launch_bounds__(ck::kPrepareThreads)
+    contrastive_backward_prepare(const unsigned char* role, const float* weight, const int* positives,
+                                 const float* upstream, int per_row, float divisor, float scale, int n, float* coef_a,
+                                 float* coef_b, float* scalars) {
+    ck::contrastive_backward_prepare(role, weight, positives, upstream, per_row, divisor, scale, n, coef_a, coef_b,
+                                     scalars);
+}
+
+// Checks of device-resident inputs (the host API checks on the host): flags[k] becomes the first
+// offending row of check k (atomicMin: the result does not depend on the schedule), or stays
+// INT_MAX. Non-finite features show as non-finite norms.
+//   0 features non-finite, 1 label < -1, 2 role > 2, 3 weight < 0 or non-finite,
+//   4 proto_of outside -1..n_centers, 5 keys non-finite, 6 key label < -1, 7 prototypes non-finite.
+extern "C" __global__ void contrastive_check_inputs(const float* norms, const int* label, const unsigned char* role,
+                                                    const float* weight, const int* proto_of, int n,
+                                                    const float* key_norms, const int* key_label, int n_keys,
+                                                    const float* center_norms, int n_centers, int* flags) {
+    const int stride = gridDim.x * blockDim.x;
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < max(max(n, n_keys), n_centers); i += stride) {
+        if (i < n) {
+            if (!isfinite(norms[i])) atomicMin(&flags[0], i);
+            if (label != nullptr && label[i] < -1) atomicMin(&flags[1], i);
+            if (role != nullptr && role[i] > 2) atomicMin(&flags[2], i);
+            if (weight != nullptr && !(weight[i] >= 0.f && isfinite(weight[i]))) atomicMin(&flags[3], i);
+            if (proto_of != nullptr && (proto_of[i] < -1 || proto_of[i] >= n_centers)) atomicMin(&flags[4], i);
+        }
+        if (i < n_keys && key_norms != nullptr) {
+            if (!isfinite(key_norms[i])) atomicMin(&flags[5], i);
+            if (key_label != nullptr && key_label[i] < -1) atomicMin(&flags[6], i);
+        }
+        if (i < n_centers && !isfinite(center_norms[i])) atomicMin(&flags[7], i);
+    }
+}
 
 extern "C" __global__ void __launch_bounds__(ck::kReduceThreads)
     contrastive_reduce(const float* per_anchor, const float* weight, const unsigned char* role, const int* positives,

@@ -1,15 +1,16 @@
 //! The generalized contrastive loss: the oracle against hand-computed values and against central
-//! finite differences for every loss kind, input errors, and the fused GPU forward against the oracle.
+//! finite differences for every loss kind, input errors, and the fused GPU forward and backward
+//! (through the host API's forward / backward pair) against the oracle.
 
 mod common;
 
 use common::{gpu_or_skip, m, random_matrix};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
 use contrastive_kernels::ops::contrastive::{
-    forward_gpu, ContrastiveLoss, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, Reduction, RowRole,
+    ContrastiveLoss, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, Reduction, RowRole,
 };
 use contrastive_kernels::ops::contrastive::ForwardResult;
-use contrastive_kernels::{bf16, f16, Error, FloatElement, Matrix};
+use contrastive_kernels::{bf16, f16, Backend, Error, FloatElement, Gpu, Matrix};
 
 fn close(got: f64, want: f64) {
     assert!((got - want).abs() <= 1e-12 * (1.0 + want.abs()), "got {got}, want {want}");
@@ -590,11 +591,9 @@ fn oracle_gradients_match_finite_differences() {
     }
 }
 
-/// The fused GPU forward against the oracle on the same (rounded) inputs, every loss kind, shapes
-/// that hit the tails (rows not a multiple of 128, d not a multiple of 8 or 32). Tolerances of
-/// DESIGN.md section 7: loss relative error 2e-3 (f16) / 5e-3 (bf16); per-anchor values likewise
-/// relative to the largest |L_i| plus |LSE|.
-fn check_forward_against_oracle<T: FloatElement>(run: &dyn Fn(&ContrastiveLoss, &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult>, rel: f64) {
+/// Runs `check` over every loss kind on shapes that hit the tails (rows not a multiple of the
+/// tiles, d in {3, 6, 64, 128, 200, 512}), with inputs rounded to `T`.
+fn for_each_harness_case<T: FloatElement>(check: &mut dyn FnMut(&str, &ContrastiveLoss, &LossInputs<'_, T>)) {
     for (rows, d) in [(6usize, 6usize), (200, 3), (300, 64), (130, 200), (257, 128), (70, 512)] {
         for case in cases() {
             // Tile the small case's ids over `rows` rows so every shape has positives.
@@ -621,52 +620,124 @@ fn check_forward_against_oracle<T: FloatElement>(run: &dyn Fn(&ContrastiveLoss, 
                 keys: keys_x.as_ref().map(|k| KeyRows { features: k, instance: &key_instance, label: key_label.as_deref() }),
                 prototypes: centers.as_ref().map(|c| PrototypeColumns { centers: c, proto_of: proto_of.as_deref().unwrap() }),
             };
-            let want = forward(&case.loss, &inputs).unwrap();
-            let got = run(&case.loss, &inputs).unwrap();
-            let what = format!("{} {} {n}x{d}", case.name, T::DTYPE);
-            assert!((got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3), "{what}: loss {} vs oracle {}", got.loss, want.loss);
-            let scale = want.per_anchor.iter().chain(want.lse.iter().filter(|v| v.is_finite())).fold(0.0f64, |m, v| m.max(v.abs()));
-            for i in 0..n {
-                assert_eq!(got.positives[i] as usize, want.positive_count[i], "{what}: |P({i})|");
-                assert!((got.per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale, "{what}: L_{i} {} vs {}", got.per_anchor[i], want.per_anchor[i]);
-                let (g, w) = (got.lse[i] as f64, want.lse[i]);
-                assert!(g == w || (g - w).abs() <= rel * scale, "{what}: lse_{i} {g} vs {w}");
-            }
+            check(&format!("{} {} {n}x{d}", case.name, T::DTYPE), &case.loss, &inputs);
         }
     }
+}
+
+/// The forward against the oracle on the same (rounded) inputs. Tolerances of DESIGN.md section 7:
+/// loss relative error 2e-3 (f16) / 5e-3 (bf16); per-anchor values and LSE likewise, relative to
+/// the largest |L_i| and |LSE|.
+fn check_forward_against_oracle<T: FloatElement>(run: &dyn Fn(&ContrastiveLoss, &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult>, rel: f64) {
+    for_each_harness_case::<T>(&mut |what, loss, inputs| {
+        let n = inputs.features.rows();
+        let want = forward(loss, inputs).unwrap();
+        let got = run(loss, inputs).unwrap();
+        assert!((got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3), "{what}: loss {} vs oracle {}", got.loss, want.loss);
+        let scale = want.per_anchor.iter().chain(want.lse.iter().filter(|v| v.is_finite())).fold(0.0f64, |m, v| m.max(v.abs()));
+        for i in 0..n {
+            assert_eq!(got.positives[i] as usize, want.positive_count[i], "{what}: |P({i})|");
+            assert!((got.per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale, "{what}: L_{i} {} vs {}", got.per_anchor[i], want.per_anchor[i]);
+            let (g, w) = (got.lse[i] as f64, want.lse[i]);
+            assert!(g == w || (g - w).abs() <= rel * scale, "{what}: lse_{i} {g} vs {w}");
+        }
+    });
+}
+
+/// max |got - want| <= rel * max |want| (DESIGN.md section 7's gradient bound), elementwise report.
+fn assert_grad_close<T: FloatElement>(what: &str, got: &Matrix<T>, want: &Matrix<f64>, rel: f64) {
+    assert_eq!((got.rows(), got.cols()), (want.rows(), want.cols()), "{what}: shape");
+    let scale = want.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (k, (g, w)) in got.data().iter().zip(want.data()).enumerate() {
+        let g = g.to_f64();
+        assert!((g - w).abs() <= rel * scale + 1e-30, "{what}: [{}, {}] = {g} vs oracle {w} (max |grad| {scale})", k / want.cols(), k % want.cols());
+    }
+}
+
+/// The backward through the host API of `backend` against the oracle's gradients on the same
+/// inputs, under Mean and PerAnchor (per-row upstream), features, keys and prototypes.
+fn check_backward_against_oracle<T: FloatElement>(backend: &Backend, rel: f64) {
+    for_each_harness_case::<T>(&mut |what, loss, inputs| {
+        for reduction in [Reduction::Mean, Reduction::PerAnchor] {
+            let loss = loss.with_reduction(reduction);
+            let n = inputs.features.rows();
+            let upstream: Vec<f32> = if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect() } else { vec![1.5] };
+            let want = backward(&loss, inputs, &upstream.iter().map(|&v| v as f64).collect::<Vec<_>>()).unwrap();
+            let (_, context) = loss.forward(backend, inputs).unwrap();
+            let got = loss.backward(backend, inputs, context, &upstream).unwrap();
+            let what = format!("{what} {reduction:?}");
+            assert_grad_close(&format!("{what} dfeatures"), &got.features, &want.features, rel);
+            match (&got.keys, &want.keys) {
+                (Some(g), Some(w)) => assert_grad_close(&format!("{what} dkeys"), g, w, rel),
+                (None, None) => {}
+                _ => panic!("{what}: key gradients present on one side only"),
+            }
+            match (&got.prototypes, &want.prototypes) {
+                (Some(g), Some(w)) => assert_grad_close(&format!("{what} dprototypes"), g, w, rel),
+                (None, None) => {}
+                _ => panic!("{what}: prototype gradients present on one side only"),
+            }
+        }
+    });
+}
+
+fn gpu_forward(gpu: &Gpu) -> impl Fn(&ContrastiveLoss, &LossInputs<'_, f16>) -> contrastive_kernels::Result<ForwardResult> + '_ {
+    move |loss, inputs| loss.forward(&Backend::Gpu(gpu.clone()), inputs).map(|r| r.0)
 }
 
 #[test]
 fn gpu_forward_matches_oracle() {
     let Some(gpu) = gpu_or_skip("gpu_forward_matches_oracle") else { return };
-    check_forward_against_oracle::<f16>(&|loss, inputs| forward_gpu(&gpu, loss, inputs), 2e-3);
-    check_forward_against_oracle::<bf16>(&|loss, inputs| forward_gpu(&gpu, loss, inputs), 5e-3);
+    let backend = Backend::Gpu(gpu.clone());
+    check_forward_against_oracle::<f16>(&gpu_forward(&gpu), 2e-3);
+    check_forward_against_oracle::<bf16>(&|loss, inputs| loss.forward(&backend, inputs).map(|r| r.0), 5e-3);
 }
 
-/// The oracle rounded to f32 through the same harness: checks the harness's inputs are valid and
-/// its bounds admit the exact answer.
+/// Gradients: DESIGN.md section 7 bounds them by 1e-2 x max |grad| for f16 / bf16 inputs.
+#[test]
+fn gpu_backward_matches_oracle() {
+    let Some(gpu) = gpu_or_skip("gpu_backward_matches_oracle") else { return };
+    let backend = Backend::Gpu(gpu);
+    check_backward_against_oracle::<f16>(&backend, 1e-2);
+    check_backward_against_oracle::<bf16>(&backend, 1e-2);
+}
+
+/// The oracle rounded to f32 through the same harnesses (the CPU backend of the host API): checks
+/// the harness's inputs are valid, its bounds admit the exact answer, and the CPU backend's
+/// forward / backward pair agrees with the oracle's functions.
 #[test]
 fn oracle_passes_the_gpu_harness() {
-    fn rounded<T: FloatElement>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult> {
-        let out = forward(loss, inputs)?;
-        Ok(ForwardResult {
-            loss: out.loss as f32,
-            per_anchor: out.per_anchor.iter().map(|&v| v as f32).collect(),
-            lse: out.lse.iter().map(|&v| v as f32).collect(),
-            positives: out.positive_count.iter().map(|&c| c as i32).collect(),
-        })
-    }
-    check_forward_against_oracle::<f16>(&rounded::<f16>, 2e-3);
-    check_forward_against_oracle::<bf16>(&rounded::<bf16>, 5e-3);
+    check_forward_against_oracle::<f16>(&|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 2e-3);
+    check_forward_against_oracle::<bf16>(&|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 5e-3);
+    // The CPU backend rounds its f64 gradients to bf16 (unit roundoff 2^-8).
+    check_backward_against_oracle::<bf16>(&Backend::Cpu, 2f64.powi(-8));
 }
 
 #[test]
 fn gpu_forward_errors() {
     let Some(gpu) = gpu_or_skip("gpu_forward_errors") else { return };
+    let backend = Backend::Gpu(gpu);
     let x: Matrix<f16> = random_matrix(3, 8, 1);
-    let err = forward_gpu(&gpu, &ContrastiveLoss::nt_xent(0.5), &LossInputs::new(&x, &[0, 0, 5])).unwrap_err();
+    let err = ContrastiveLoss::nt_xent(0.5).forward(&backend, &LossInputs::new(&x, &[0, 0, 5])).err().unwrap();
     assert!(matches!(&err, Error::InvalidArgument { arg: "instance", reason } if reason.contains("row 2")), "{err}");
     let x32: Matrix<f32> = random_matrix(4, 8, 1);
-    assert!(matches!(forward_gpu(&gpu, &ContrastiveLoss::nt_xent(0.5), &LossInputs::new(&x32, &[0, 0, 1, 1])), Err(Error::InvalidArgument { arg: "features", .. })));
-    let _ = f16::from_f64(0.0);
+    assert!(matches!(ContrastiveLoss::nt_xent(0.5).forward(&backend, &LossInputs::new(&x32, &[0, 0, 1, 1])), Err(Error::InvalidArgument { arg: "features", .. })));
+}
+
+/// The backward's own argument checks, on both backends: the upstream's length, and a context from
+/// another backend.
+#[test]
+fn backward_errors() {
+    let x: Matrix<f16> = random_matrix(4, 8, 1);
+    let inputs = LossInputs::new(&x, &[0, 1, 0, 1]);
+    let loss = ContrastiveLoss::nt_xent(0.5);
+    let (_, ctx) = loss.forward(&Backend::Cpu, &inputs).unwrap();
+    assert_eq!(shape_arg(loss.backward(&Backend::Cpu, &inputs, ctx, &[1.0, 2.0])), "upstream");
+    let per_anchor = loss.with_reduction(Reduction::PerAnchor);
+    let (_, ctx) = per_anchor.forward(&Backend::Cpu, &inputs).unwrap();
+    assert_eq!(shape_arg(per_anchor.backward(&Backend::Cpu, &inputs, ctx, &[1.0])), "upstream");
+    if let Some(gpu) = gpu_or_skip("backward_errors (GPU half)") {
+        let (_, ctx) = loss.forward(&Backend::Cpu, &inputs).unwrap();
+        assert_eq!(invalid_arg(loss.backward(&Backend::Gpu(gpu), &inputs, ctx, &[1.0])), "context");
+    }
 }

@@ -13,6 +13,12 @@ const EXPECTED_KERNELS: &[&str] = &[
     "contrastive_forward_f16",
     "contrastive_forward_bf16_unaligned",
     "contrastive_reduce",
+    "contrastive_check_inputs",
+    "contrastive_backward_f16",
+    "contrastive_backward_bf16",
+    "contrastive_backward_prepare",
+    "contrastive_pack_bf16",
+    "contrastive_norm_penalty_backward_f16",
 ];
 
 #[test]

@@ -35,6 +35,15 @@ __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
                  : "r"(smem_addr(p)));
 }
 
+// The transposing form: lane t receives rows 2 (t % 4) + {0, 1} of column t / 4 of each 8 x 8
+// matrix, i.e. a row-major k x n tile in shared memory arrives as the "col" B fragment (see
+// warp_mma_stage's layouts), without a transposed copy in memory.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(smem_addr(p)));
+}
+
 template <typename T> struct Mma16816;
 template <> struct Mma16816<__half> {
     static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {

@@ -33,6 +33,11 @@ struct MmaTileConfig {
 // static shared memory, two blocks per SM.
 using Tile128 = MmaTileConfig<128, 128, 32, 2, 4>;
 
+// 64 x 64 per block, 4 warps stacked along M: each warp owns 16 complete rows of the tile, so its
+// accumulator fragment of S is also the A fragment of a second product S' V (FlashAttention-2's
+// P V), with no trip through shared memory. 20 KB of shared stages.
+using Tile64RowWarps = MmaTileConfig<64, 64, 32, 4, 1>;
+
 // CUDA-core (FFMA) tile for f32 inputs: exact f32 products, no TF32 rounding.
 template <int BM_, int BN_, int BK_, int TM_, int TN_>
 struct FmaTileConfig {

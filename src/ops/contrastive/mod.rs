@@ -2,8 +2,10 @@
 //! geometries, optional prototypes) from which NT-Xent / InfoNCE, SupCon, FIRM (both forms), OECL,
 //! outlier-exposure negatives and the cluster-aware loss are thin configurations.
 //!
-//! Status: the configuration, its validation and the CPU oracle ([`crate::cpu::contrastive`]) are
-//! in; the fused GPU kernels (`kernels/contrastive.cu`) are the next step of the loss issue.
+//! Entry points: [`ContrastiveLoss::forward`] / [`ContrastiveLoss::backward`] on host matrices and a
+//! [`crate::Backend`] (the fused GPU kernels or the f64 oracle [`crate::cpu::contrastive`]), and
+//! [`forward_device`] / [`backward_device`] on device buffers (the fused kernels of
+//! `kernels/contrastive.cu`; memory beyond the inputs and gradients is O(n d), never O(n^2)).
 //!
 //! Per anchor i (logits s_ij = <u_i, u_j> / tau on unit rows):
 //!   L_i = scale * ( LSE_{j in A(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip )
@@ -18,11 +20,13 @@
 //!   included in the count under `EmptyPositives::Zero` (SupContrast after its PR #142); `Sum`;
 //!   `PerAnchor` returns every L_i (0 for non-anchors) and takes one upstream gradient per row.
 
-use cudarc::driver::{CudaSlice, DevicePtr, DevicePtrMut, LaunchConfig};
+mod fused;
+mod host;
 
-use crate::dtype::{DType, Float, FloatElement};
-use crate::error::CudaContext as _;
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu};
+pub use fused::{backward as backward_device, forward as forward_device, DeviceForward, DeviceGradients, DeviceKeyRows, DeviceLossInputs, DevicePrototypeColumns, SavedForward, Upstream};
+pub use host::{Gradients, LossContext};
+
+use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 
@@ -292,7 +296,7 @@ pub fn check_inputs<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>
     Ok(())
 }
 
-/// What the fused forward returns (f32, as the kernels compute it).
+/// What the forward returns on the host (f32, as the kernels compute it).
 #[derive(Clone, Debug, PartialEq)]
 pub struct ForwardResult {
     /// The reduced loss (Mean / Sum of w_i L_i; Sum for `PerAnchor`) plus the OECL norm penalty.
@@ -303,151 +307,6 @@ pub struct ForwardResult {
     pub lse: Vec<f32>,
     /// |P(i)| per row.
     pub positives: Vec<i32>,
-}
-
-const MODULE: &str = "contrastive";
-/// Mirrors kernels/common/tile_config.cuh (Tile128) and contrastive_reduce's block.
-const ROW_BLOCK: usize = 128;
-const THREADS: u32 = 256;
-const REDUCE_THREADS: u32 = 1024;
-
-/// The number of anchors `Mean` divides by.
-fn anchor_count<T: Float>(inputs: &LossInputs<'_, T>) -> usize {
-    (0..inputs.features.rows()).filter(|&i| inputs.role_of(i) == RowRole::Anchor).count()
-}
-
-/// The fused forward on the GPU from host inputs (uploads them, runs, downloads the result).
-/// f16 / bf16 features; f32 features are not supported by the fused kernels yet.
-pub fn forward_gpu<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>) -> Result<ForwardResult> {
-    check_inputs(loss, inputs)?;
-    if T::DTYPE == DType::F32 {
-        return Err(Error::invalid("features", "the fused GPU loss takes f16 or bf16 features (f32 is not implemented yet); use Backend::Cpu"));
-    }
-    let stream = gpu.stream();
-    let x = inputs.features;
-    let (n, d) = (x.rows(), x.cols());
-    let upload_i32 = |v: &[i32]| -> Result<CudaSlice<i32>> {
-        if v.is_empty() {
-            stream.alloc_zeros::<i32>(1)
-        } else {
-            stream.clone_htod(v)
-        }
-        .during("host-to-device copy")
-    };
-    let x_dev = DeviceMatrix::upload(gpu, x)?;
-    let instance = upload_i32(inputs.instance)?;
-    let label = match (loss.use_labels, inputs.label) {
-        (true, Some(l)) => Some(upload_i32(l)?),
-        _ => None,
-    };
-    let role: Option<CudaSlice<u8>> = match inputs.role {
-        Some(r) => Some(stream.clone_htod(&r.iter().map(|&r| r as u8).collect::<Vec<u8>>()).during("host-to-device copy")?),
-        None => None,
-    };
-    let weight: Option<CudaSlice<f32>> = match inputs.weight {
-        Some(w) => Some(stream.clone_htod(w).during("host-to-device copy")?),
-        None => None,
-    };
-    let keys = match &inputs.keys {
-        Some(k) => Some((
-            DeviceMatrix::upload(gpu, k.features)?,
-            upload_i32(k.instance)?,
-            match (loss.use_labels, k.label) {
-                (true, Some(l)) => Some(upload_i32(l)?),
-                _ => None,
-            },
-        )),
-        None => None,
-    };
-    let protos = match &inputs.prototypes {
-        Some(p) => Some((DeviceMatrix::upload(gpu, p.centers)?, upload_i32(p.proto_of)?)),
-        None => None,
-    };
-
-    let n_keys = match (loss.geometry, &keys) {
-        (Geometry::Pairwise, Some(k)) => k.0.rows(),
-        _ => n,
-    };
-    let n_centers = protos.as_ref().map_or(0, |p| p.0.rows());
-    let alloc_f32 = |len: usize| -> Result<CudaSlice<f32>> { stream.alloc_zeros::<f32>(len.max(1)).during("device allocation") };
-    let (mut norms, mut key_norms, mut center_norms) = (alloc_f32(n)?, alloc_f32(n_keys)?, alloc_f32(n_centers)?);
-    let mut per_anchor = alloc_f32(n)?;
-    let mut lse = alloc_f32(n)?;
-    let mut positives = stream.alloc_zeros::<i32>(n.max(1)).during("device allocation")?;
-    let mut total = alloc_f32(1)?;
-    let mut first_empty = stream.alloc_zeros::<i32>(1).during("device allocation")?;
-
-    {
-        // Raw pointers for the launches; the guards keep cudarc's stream ordering until queued.
-        let ptr = |s: &CudaSlice<_>| -> u64 { s.device_ptr(stream).0 };
-        let x_raw = x_dev.raw(stream).0;
-        let norms_p = norms.device_ptr_mut(stream).0;
-        let key_norms_p = key_norms.device_ptr_mut(stream).0;
-        let center_norms_p = center_norms.device_ptr_mut(stream).0;
-        // SAFETY: every pointer is a live allocation sized for the shapes passed along with it.
-        unsafe {
-            super::normalize::l2_normalize_raw(gpu, stream, x_raw, None, Some(norms_p))?;
-            if let Some((k, _, _)) = &keys {
-                super::normalize::l2_normalize_raw(gpu, stream, k.raw(stream).0, None, Some(key_norms_p))?;
-            }
-            if let Some((c, _)) = &protos {
-                super::normalize::l2_normalize_raw(gpu, stream, c.raw(stream).0, None, Some(center_norms_p))?;
-            }
-        }
-        let opt_ptr = |s: &Option<CudaSlice<i32>>| s.as_ref().map_or(0u64, |s| s.device_ptr(stream).0);
-        let (instance_p, label_p) = (ptr(&instance), opt_ptr(&label));
-        let role_p = role.as_ref().map_or(0u64, |r| r.device_ptr(stream).0);
-        let (keys_x, key_inst, key_label, key_role, key_norms_arg) = match (loss.geometry, &keys) {
-            (Geometry::Pairwise, Some((k, ki, kl))) => (k.raw(stream).0.ptr, ptr(ki), opt_ptr(kl), 0u64, key_norms_p),
-            _ => (x_raw.ptr, instance_p, label_p, role_p, norms_p),
-        };
-        let (centers_x, proto_of_p) = match &protos {
-            Some((c, p)) => (c.raw(stream).0.ptr, ptr(p)),
-            None => (0u64, 0u64),
-        };
-        let aligned = d % 8 == 0 && x_raw.ptr % 16 == 0 && keys_x % 16 == 0 && centers_x % 16 == 0;
-        let name = format!("contrastive_forward_{}{}", T::DTYPE, if aligned { "" } else { "_unaligned" });
-        let (n_i, nk_i, nc_i, d_i) = (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_keys)?, dim_i32("prototypes.rows", n_centers)?, dim_i32("features.cols", d)?);
-        let exclude_self = (loss.geometry == Geometry::SelfSimilarity) as i32;
-        let inv_tau = 1.0f32 / loss.temperature;
-        let (per_anchor_p, lse_p, positives_p) = (per_anchor.device_ptr_mut(stream).0, lse.device_ptr_mut(stream).0, positives.device_ptr_mut(stream).0);
-        let cfg = LaunchConfig { grid_dim: (n.div_ceil(ROW_BLOCK) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 };
-        let params = &mut kernel_args![
-            &x_raw.ptr, &norms_p, &instance_p, &label_p, &role_p, &n_i,
-            &keys_x, &key_norms_arg, &key_inst, &key_label, &key_role, &nk_i,
-            &centers_x, &center_norms_p, &nc_i, &proto_of_p,
-            &d_i, &exclude_self, &inv_tau, &loss.scale, &per_anchor_p, &lse_p, &positives_p
-        ];
-        if n > 0 {
-            // SAFETY: as above; the argument list matches CK_CONTRASTIVE_FORWARD.
-            unsafe { gpu.launch(stream, MODULE, &name, cfg, params)? };
-        }
-
-        let anchors = anchor_count(inputs);
-        let divisor = if loss.reduction == Reduction::Mean { anchors.max(1) as f32 } else { 1.0 };
-        let weight_p = weight.as_ref().map_or(0u64, |w| w.device_ptr(stream).0);
-        let (total_p, first_empty_p) = (total.device_ptr_mut(stream).0, first_empty.device_ptr_mut(stream).0);
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (REDUCE_THREADS, 1, 1), shared_mem_bytes: 0 };
-        let params = &mut kernel_args![&per_anchor_p, &weight_p, &role_p, &positives_p, &norms_p, &n_i, &divisor, &loss.norm_penalty, &total_p, &first_empty_p];
-        // SAFETY: as above; the argument list matches contrastive_reduce.
-        unsafe { gpu.launch(stream, MODULE, "contrastive_reduce", cfg, params)? };
-    }
-
-    let download_f32 = |s: &CudaSlice<f32>| stream.clone_dtoh(s).during("device-to-host copy");
-    let first_empty = stream.clone_dtoh(&first_empty).during("device-to-host copy")?[0];
-    if first_empty >= 0 && loss.empty_positives == EmptyPositives::Error {
-        return Err(empty_positive_error(first_empty as usize));
-    }
-    let mut result = ForwardResult {
-        loss: download_f32(&total)?[0],
-        per_anchor: download_f32(&per_anchor)?,
-        lse: download_f32(&lse)?,
-        positives: stream.clone_dtoh(&positives).during("device-to-host copy")?,
-    };
-    result.per_anchor.truncate(n);
-    result.lse.truncate(n);
-    result.positives.truncate(n);
-    Ok(result)
 }
 
 /// The `EmptyPositives::Error` failure, shared by every backend.
