@@ -8,6 +8,7 @@
 #   .gpu/benches/<name>   every bench binary (benches/*.rs)
 #   .gpu/gpu-run.sh       copy of scripts/gpu-run.sh; on the GPU machine: bash .gpu/gpu-run.sh "$OUT"
 #   .gpu/MANIFEST.txt     commit, build date, toolchain, size and sha256 of every file
+#   .gpu/binaries.tar.xz  tests/ and benches/ packed (when xz is present; gpu-run.sh unpacks it)
 #
 # With the device tool: run with carry [".gpu"] and the command `bash .gpu/gpu-run.sh "$OUT"`.
 # The binaries load libcuda at run time and link only libc/libm/libgcc, so they run there as they
@@ -131,6 +132,16 @@ if [ $(( $(count_kit_bytes) + tree_bytes )) -gt "$limit_bytes" ] && command -v s
   strip --strip-unneeded "$kit"/tests/* "$kit"/benches/* 2>/dev/null || true
 fi
 write_manifest
+# Every binary embeds the same fatbins, so one xz archive with a dictionary larger than the tar
+# (-9: 64 MiB) stores them about once: the kit shrinks several-fold. gpu-run.sh unpacks it.
+if command -v xz >/dev/null 2>&1; then
+  tar -C "$kit" -cf - tests benches | xz -9 -T1 > "$kit/binaries.tar.xz" || die "packing the binaries failed"
+  listing_tests="$(ls "$kit/tests" | tr '\n' ' ')"
+  listing_benches="$(ls "$kit/benches" | tr '\n' ' ')"
+  rm -rf "$kit/tests" "$kit/benches"
+else
+  echo "gpu-kit: warning: xz not found; the binaries are carried as plain files" >&2
+fi
 kit_bytes=$(count_kit_bytes)
 total_bytes=$((kit_bytes + tree_bytes))
 
@@ -141,6 +152,6 @@ if [ "$total_bytes" -gt "$limit_bytes" ]; then
   die ".gpu/ ($(mib "$kit_bytes")) plus the working tree ($(mib "$tree_bytes")) is over the ${limit_mib} MiB a device call carries; drop a binary or shrink the embedded kernels (CONTRASTIVE_KERNELS_CUDA_ARCHS)"
 fi
 echo
-echo "tests: $(ls "$kit/tests" | tr '\n' ' ')"
-echo "benches: $(ls "$kit/benches" | tr '\n' ' ')"
+echo "tests: ${listing_tests:-$(ls "$kit/tests" | tr '\n' ' ')}"
+echo "benches: ${listing_benches:-$(ls "$kit/benches" | tr '\n' ' ')}"
 echo "next: device tool run with carry [\".gpu\"] and command: bash .gpu/gpu-run.sh \"\$OUT\""

@@ -34,6 +34,18 @@ else
   kit="$script_dir"
 fi
 
+# gpu-kit.sh packs the binaries into one xz archive: unpack it beside itself, or in a temporary
+# folder when the kit's folder is read-only.
+if [ -f "$kit/binaries.tar.xz" ] && [ ! -d "$kit/tests" ]; then
+  if ! tar -xJf "$kit/binaries.tar.xz" -C "$kit" 2>/dev/null; then
+    unpacked="$(mktemp -d)"
+    python3 -c 'import sys, tarfile; tarfile.open(sys.argv[1], "r:xz").extractall(sys.argv[2])' \
+      "$kit/binaries.tar.xz" "$unpacked" || { echo "gpu-run: cannot unpack $kit/binaries.tar.xz" >&2; exit 2; }
+    cp "$kit/MANIFEST.txt" "$unpacked/" 2>/dev/null || true
+    kit="$unpacked"
+  fi
+fi
+
 out="${1:-${OUT:-./gpu-report}}"
 if ! mkdir -p "$out"; then echo "gpu-run: cannot create the output folder $out" >&2; exit 2; fi
 out="$(cd "$out" && pwd)"
