@@ -109,9 +109,9 @@ __device__ __forceinline__ void fold_tile(RowStats (&stats)[ROW_SLOTS], const fl
 template <typename T, bool ALIGNED>
 __device__ void contrastive_forward(RowSet<T> rows, RowSet<T> cols, RowSet<T> protos, const int* proto_of,
                                     int d, int exclude_self, float inv_tau, float scale, ForwardOut out) {
-    using Cfg = Tile128;
+    using Cfg = typename TileFor<T, Tile128, Tile128F32>::type;
     constexpr int ROW_SLOTS = Cfg::MI * 2;
-    __shared__ __align__(128) T smem[Cfg::SMEM_BYTES / sizeof(T)];
+    __shared__ __align__(128) T smem[Cfg::SMEM_ELEMS];
     const int row0 = blockIdx.x * Cfg::BM;
     RowStats stats[ROW_SLOTS];
 #pragma unroll
@@ -264,12 +264,17 @@ struct GradSide {
 };
 static_assert(sizeof(GradSide) == 72, "GradSide mirrors ops::contrastive::GradSide (8 pointers, 2 ints)");
 
-constexpr int kGradChunk = 128;                   // d columns of the gradient per block (grid.y)
-constexpr int kGradChunkStride = kGradChunk + 8;  // padded like the tile stages: conflict-free ldmatrix
+// The backward's tile and the d columns of the gradient per block (grid.y): 128 for f16 / bf16,
+// 64 for f32 (whose FFMA stages and chunk must still fit 48 KB of static shared memory).
+template <typename T> struct BackwardTraits {
+    using Cfg = typename TileFor<T, Tile64RowWarps, Tile64RowWarpsF32>::type;
+    static constexpr int CHUNK = sizeof(T) == 2 ? 128 : 64;
+    static constexpr int CHUNK_STRIDE = CHUNK + 16 / (int)sizeof(T);  // padded like the stages
+};
 
 template <typename T> struct BackwardShared {
-    T stages[Tile64RowWarps::SMEM_BYTES / sizeof(T)];
-    T other[Tile64RowWarps::BN * kGradChunkStride];  // the other side's unit rows, one d chunk
+    T stages[BackwardTraits<T>::Cfg::SMEM_ELEMS];
+    T other[BackwardTraits<T>::Cfg::BN * BackwardTraits<T>::CHUNK_STRIDE];  // the other side's unit rows, one d chunk
 };
 
 // What a thread keeps about each of its two own rows.
@@ -303,12 +308,66 @@ template <typename T> __device__ __forceinline__ uint32_t pack_pair(float lo, fl
     return r;
 }
 
-// acc rows: lane / 4 (+ 8), columns ni * 8 + 2 (lane % 4) + {0, 1}; H U accumulated into dacc.
+// dacc += H U_other for one tile. h[half][k] holds H in the accumulator layout (rows group and
+// group + 8; column 8 ni + 2 quad + e at k = 2 ni + e); other_tile is (other row) x (d chunk).
+template <typename T, class Cfg>
+__device__ __forceinline__ void accumulate_hu(float (&dacc)[BackwardTraits<T>::CHUNK / 8][4],
+                                              const float (&h)[2][Cfg::NI * 2], const T* other_tile) {
+    constexpr int kGradChunk = BackwardTraits<T>::CHUNK, kGradChunkStride = BackwardTraits<T>::CHUNK_STRIDE;
+    const int lane = threadIdx.x % 32;
+    if constexpr (sizeof(T) == 4) {
+        // f32: exact FFMA. H[row][j] for each column j = 8 jn + 2 q + e of the tile comes from the
+        // quad lane that holds it (lane 4 group + q, element 2 jn + e).
+#pragma unroll
+        for (int jn = 0; jn < Cfg::NI; ++jn)
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int src = (lane & ~3) | q;
+                    const float h0 = __shfl_sync(0xffffffffu, h[0][jn * 2 + e], src);
+                    const float h1 = __shfl_sync(0xffffffffu, h[1][jn * 2 + e], src);
+                    const T* u_row = other_tile + (jn * 8 + q * 2 + e) * kGradChunkStride + (lane % 4) * 2;
+#pragma unroll
+                    for (int nb = 0; nb < kGradChunk / 8; ++nb)
+#pragma unroll
+                        for (int c = 0; c < 2; ++c) {
+                            const float u = u_row[nb * 8 + c];
+                            dacc[nb][c] = fmaf(h0, u, dacc[nb][c]);
+                            dacc[nb][2 + c] = fmaf(h1, u, dacc[nb][2 + c]);
+                        }
+                }
+    } else {
+        // H's accumulator layout is the m16k16 A layout: n8 blocks 2 kk and 2 kk + 1 are one k16 step.
+#pragma unroll
+        for (int kk = 0; kk < Cfg::NI / 2; ++kk) {
+            uint32_t a[4];
+            a[0] = pack_pair<T>(h[0][4 * kk], h[0][4 * kk + 1]);
+            a[1] = pack_pair<T>(h[1][4 * kk], h[1][4 * kk + 1]);
+            a[2] = pack_pair<T>(h[0][4 * kk + 2], h[0][4 * kk + 3]);
+            a[3] = pack_pair<T>(h[1][4 * kk + 2], h[1][4 * kk + 3]);
+            // other_tile is row-major (other row j) x (feature c): a k x n tile, so ldmatrix.trans
+            // yields the "col" B fragments. Matrix m = lane / 8: k half m % 2, n8 block m / 2.
+            const int m = lane / 8;
+            const T* base = other_tile + (kk * 16 + (m % 2) * 8 + lane % 8) * kGradChunkStride + (m / 2) * 8;
+#pragma unroll
+            for (int nb = 0; nb < kGradChunk / 8; nb += 2) {
+                uint32_t r[4];
+                ldmatrix_x4_trans(r, base + nb * 8);
+                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                Mma16816<T>::run(dacc[nb], a, b0);
+                Mma16816<T>::run(dacc[nb + 1], a, b1);
+            }
+        }
+    }
+}
+
 template <typename T>
-__device__ __forceinline__ void sweep_other(float (&dacc)[kGradChunk / 8][4], BackwardShared<T>& sh,
+__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHUNK / 8][4], BackwardShared<T>& sh,
                                             const GradSide& own, const OwnRow (&mine)[2], const GradSide& other,
                                             int row0, int dc0, int dp, bool exclude_self, float inv_tau) {
-    using Cfg = Tile64RowWarps;
+    using Cfg = typename BackwardTraits<T>::Cfg;
+    constexpr int kGradChunk = BackwardTraits<T>::CHUNK, kGradChunkStride = BackwardTraits<T>::CHUNK_STRIDE;
     static_assert(Cfg::MI == 1 && Cfg::WARPS_N == 1, "a warp owns 16 whole rows of the tile");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int own_row[2] = {row0 + warp * 16 + lane / 4, row0 + warp * 16 + lane / 4 + 8};
@@ -318,9 +377,14 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[kGradChunk / 8][4], Ba
     for (int col0 = 0; col0 < other.count; col0 += Cfg::BN) {
         // The B operand of H U is issued first: it lands while the logits are recomputed
         // (mma_block_tile's waits drain this group too, and it ends with a barrier).
-        load_tile_async<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0,
-                                                                             dc0);
-        cp_async_commit();
+        if constexpr (sizeof(T) == 2) {
+            load_tile_async<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp,
+                                                                                 col0, dc0);
+            cp_async_commit();
+        } else {
+            load_tile_sync<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp,
+                                                                                col0, dc0);
+        }
         mma_block_tile<Cfg, true>(acc, sh.stages, own_u, other_u, own.count, other.count, dp, row0, col0);
 
         float h[2][Cfg::NI * 2];
@@ -360,27 +424,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[kGradChunk / 8][4], Ba
                 }
             }
 
-        // H's accumulator layout is the m16k16 A layout: n8 blocks 2 kk and 2 kk + 1 are one k16 step.
-#pragma unroll
-        for (int kk = 0; kk < Cfg::NI / 2; ++kk) {
-            uint32_t a[4];
-            a[0] = pack_pair<T>(h[0][4 * kk], h[0][4 * kk + 1]);
-            a[1] = pack_pair<T>(h[1][4 * kk], h[1][4 * kk + 1]);
-            a[2] = pack_pair<T>(h[0][4 * kk + 2], h[0][4 * kk + 3]);
-            a[3] = pack_pair<T>(h[1][4 * kk + 2], h[1][4 * kk + 3]);
-            // sh.other is row-major (other row j) x (feature c): a k x n tile, so ldmatrix.trans
-            // yields the "col" B fragments. Matrix m = lane / 8: k half m % 2, n8 block m / 2.
-            const int m = lane / 8;
-            const T* base = sh.other + (kk * 16 + (m % 2) * 8 + lane % 8) * kGradChunkStride + (m / 2) * 8;
-#pragma unroll
-            for (int nb = 0; nb < kGradChunk / 8; nb += 2) {
-                uint32_t r[4];
-                ldmatrix_x4_trans(r, base + nb * 8);
-                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                Mma16816<T>::run(dacc[nb], a, b0);
-                Mma16816<T>::run(dacc[nb + 1], a, b1);
-            }
-        }
+        accumulate_hu<T, Cfg>(dacc, h, sh.other);
         __syncthreads();  // sh.other is refilled by the next tile
     }
 }
@@ -388,7 +432,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[kGradChunk / 8][4], Ba
 template <typename T>
 __device__ void contrastive_backward(GradSide own, GradSide other, GradSide protos, int dp, int d, int exclude_self,
                                      float inv_tau, const float* scalars, float* du) {
-    using Cfg = Tile64RowWarps;
+    using Cfg = typename BackwardTraits<T>::Cfg;
+    constexpr int kGradChunk = BackwardTraits<T>::CHUNK;
     __shared__ __align__(128) BackwardShared<T> sh;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * kGradChunk;
@@ -519,8 +564,11 @@ __device__ void norm_penalty_backward(const T* __restrict__ x, const unsigned ch
 
 }  // namespace ck
 
+static_assert(ck::Tile128::THREADS == 256 && ck::Tile128F32::THREADS == 256, "forward launch bounds");
+static_assert(ck::Tile64RowWarps::THREADS == 128 && ck::Tile64RowWarpsF32::THREADS == 128, "backward launch bounds");
+
 #define CK_CONTRASTIVE_FORWARD(name, type, suffix, aligned)                                                     \
-    extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS) contrastive_forward_##name##suffix(      \
+    extern "C" __global__ void __launch_bounds__(256) contrastive_forward_##name##suffix(                           \
         const type* x, const float* norms, const int* instance, const int* label, const unsigned char* role,   \
         int n, const type* keys, const float* key_norms, const int* key_instance, const int* key_label,        \
         const unsigned char* key_role, int n_keys, const type* centers, const float* center_norms, int n_centers, \
@@ -539,9 +587,12 @@ __device__ void norm_penalty_backward(const T* __restrict__ x, const unsigned ch
 
 CK_CONTRASTIVE_FORWARD_BOTH(f16, __half)
 CK_CONTRASTIVE_FORWARD_BOTH(bf16, __nv_bfloat16)
+// f32 always loads element-wise, so both names are the same kernel.
+CK_CONTRASTIVE_FORWARD(f32, float, , false)
+CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
 
 #define CK_CONTRASTIVE_BACKWARD(name, type)                                                                  \
-    extern "C" __global__ void __launch_bounds__(ck::Tile64RowWarps::THREADS) contrastive_backward_##name(          \
+    extern "C" __global__ void __launch_bounds__(128) contrastive_backward_##name(                                   \
         ck::GradSide own, ck::GradSide other, ck::GradSide protos, int dp, int d, int exclude_self, float inv_tau, \
         const float* scalars, float* du) {                                                                     \
         ck::contrastive_backward<type>(own, other, protos, dp, d, exclude_self, inv_tau, scalars, du);        \
@@ -551,6 +602,7 @@ CK_CONTRASTIVE_FORWARD_BOTH(bf16, __nv_bfloat16)
         ck::pack_unit_rows<type>(x, n, d, dp, u);                                                              \
     }
 
+CK_CONTRASTIVE_BACKWARD(f32, float)
 CK_CONTRASTIVE_BACKWARD(f16, __half)
 CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
 

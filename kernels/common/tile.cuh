@@ -138,9 +138,39 @@ __device__ __forceinline__ void warp_mma_stage(float (&acc)[Cfg::MI][Cfg::NI][4]
     }
 }
 
+// The f32 form: the same accumulator elements (see the C layout above), by exact FFMA from the
+// f32 stage. A thread reads rows group (+ 8) of A and columns 2 quad + {0, 1} of B per k.
+template <class Cfg>
+__device__ __forceinline__ void warp_mma_stage(float (&acc)[Cfg::MI][Cfg::NI][4], const float* sA, const float* sB,
+                                               int warp_m, int warp_n) {
+    static_assert(Cfg::ELEM_BYTES == 4, "an f32 stage needs an f32 tile config");
+    const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
+#pragma unroll 4
+    for (int k = 0; k < Cfg::BK; ++k) {
+        float a[Cfg::MI][2], b[Cfg::NI][2];
+#pragma unroll
+        for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) a[mi][h] = sA[(warp_m * Cfg::WM + mi * 16 + group + 8 * h) * Cfg::SMEM_STRIDE + k];
+#pragma unroll
+        for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+            for (int e = 0; e < 2; ++e) b[ni][e] = sB[(warp_n * Cfg::WN + ni * 8 + 2 * quad + e) * Cfg::SMEM_STRIDE + k];
+#pragma unroll
+        for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+                for (int h = 0; h < 2; ++h)
+#pragma unroll
+                    for (int e = 0; e < 2; ++e) acc[mi][ni][2 * h + e] = fmaf(a[mi][h], b[ni][e], acc[mi][ni][2 * h + e]);
+    }
+}
+
 // The k-loop of one BM x BN block tile: acc = A[row0 : row0 + BM] B[col0 : col0 + BN]^T over all of d,
 // double-buffered (the next stage's copy is in flight while this stage's MMAs run).
-// ALIGNED selects load_tile_async (d % 8 == 0, 16-byte aligned bases) over load_tile_sync.
+// ALIGNED selects load_tile_async (d % 8 == 0, 16-byte aligned bases) over load_tile_sync; f32
+// always loads element-wise (the async loader moves 8 two-byte elements per 16-byte copy).
 template <class Cfg, bool ALIGNED, typename T>
 __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4], T* smem, const T* __restrict__ A,
                                                const T* __restrict__ B, int m, int n, int d, int row0, int col0) {
@@ -156,7 +186,7 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
     auto stage_a = [&](int s) { return smem + s * (Cfg::SMEM_ELEMS_A + Cfg::SMEM_ELEMS_B); };
     auto stage_b = [&](int s) { return stage_a(s) + Cfg::SMEM_ELEMS_A; };
     auto load_stage = [&](int s, int k0) {
-        if constexpr (ALIGNED) {
+        if constexpr (ALIGNED && sizeof(T) == 2) {
             load_tile_async<Cfg::BM, Cfg::BK, Cfg::SMEM_STRIDE, Cfg::THREADS>(stage_a(s), A, m, d, row0, k0);
             load_tile_async<Cfg::BN, Cfg::BK, Cfg::SMEM_STRIDE, Cfg::THREADS>(stage_b(s), B, n, d, col0, k0);
         } else {

@@ -6,22 +6,29 @@ namespace ck {
 // Tensor-core (mma.sync m16n8k16) block tile: BM x BN outputs, BK of the reduction dimension per
 // stage, WARPS_M x WARPS_N warps each owning a (BM / WARPS_M) x (BN / WARPS_N) warp tile, and two
 // shared-memory stages (cp.async double buffering).
-template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_>
+//
+// ELEM_BYTES = 4 is the f32 form of the same tile: warp_mma_stage then runs exact FFMA on CUDA
+// cores with each thread owning the very accumulator elements the tensor-core fragments would, so
+// every epilogue written against the fragment layout serves f32 unchanged.
+template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_, int ELEM_BYTES_ = 2>
 struct MmaTileConfig {
     static constexpr int BM = BM_, BN = BN_, BK = BK_;
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
+    static constexpr int ELEM_BYTES = ELEM_BYTES_;
     static constexpr int THREADS = WARPS_M * WARPS_N * 32;
     static constexpr int WM = BM / WARPS_M;  // rows of one warp's tile
     static constexpr int WN = BN / WARPS_N;  // columns of one warp's tile
     static constexpr int MI = WM / 16;       // m16 fragments per warp
     static constexpr int NI = WN / 8;        // n8 fragments per warp
     static constexpr int STAGES = 2;
-    // Shared rows are padded by 8 elements (16 bytes): 8 consecutive rows then start in 8 distinct
-    // 16-byte bank groups, so every ldmatrix phase is conflict-free, and cp.async stays 16-B aligned.
-    static constexpr int SMEM_STRIDE = BK + 8;
+    // Shared rows are padded by 16 bytes: 8 consecutive rows then start in 8 distinct 16-byte bank
+    // groups, so every ldmatrix phase is conflict-free (and the f32 FFMA reads of 8 rows hit 8
+    // distinct banks), and cp.async stays 16-B aligned.
+    static constexpr int SMEM_STRIDE = BK + 16 / ELEM_BYTES;
     static constexpr int SMEM_ELEMS_A = BM * SMEM_STRIDE;
     static constexpr int SMEM_ELEMS_B = BN * SMEM_STRIDE;
-    static constexpr int SMEM_BYTES = STAGES * (SMEM_ELEMS_A + SMEM_ELEMS_B) * 2;
+    static constexpr int SMEM_ELEMS = STAGES * (SMEM_ELEMS_A + SMEM_ELEMS_B);
+    static constexpr int SMEM_BYTES = SMEM_ELEMS * ELEM_BYTES;
 
     static_assert(BK % 16 == 0, "BK is a multiple of the MMA k (16)");
     static_assert(WM % 16 == 0 && WN % 16 == 0, "a warp tile is made of m16 x n16 pieces");
@@ -37,6 +44,14 @@ using Tile128 = MmaTileConfig<128, 128, 32, 2, 4>;
 // accumulator fragment of S is also the A fragment of a second product S' V (FlashAttention-2's
 // P V), with no trip through shared memory. 20 KB of shared stages.
 using Tile64RowWarps = MmaTileConfig<64, 64, 32, 4, 1>;
+
+// The f32 (FFMA) forms: BK = 16 keeps two stages within the 48 KB of static shared memory.
+using Tile128F32 = MmaTileConfig<128, 128, 16, 2, 4, 4>;
+using Tile64RowWarpsF32 = MmaTileConfig<64, 64, 16, 4, 1, 4>;
+
+// The tile a kernel uses for element type T: Tile<T, Tile128, Tile128F32>::type.
+template <typename T, class Half, class Single> struct TileFor { using type = Half; };
+template <class Half, class Single> struct TileFor<float, Half, Single> { using type = Single; };
 
 // CUDA-core (FFMA) tile for f32 inputs: exact f32 products, no TF32 rounding.
 template <int BM_, int BN_, int BK_, int TM_, int TN_>

@@ -4,7 +4,8 @@
 //! per-row statistics (O(n)), and in the backward a packed unit-row copy (n x d in the input dtype)
 //! plus an f32 gradient scratch (n x d): 48 MiB at n = 65536, d = 128 bf16; never O(n^2).
 //!
-//! f16 and bf16 features (tensor cores, f32 accumulation); f32 features take the CPU oracle for now.
+//! f16 and bf16 features run on the tensor cores (f32 accumulation); f32 features run the same
+//! kernels with exact FFMA in place of the MMA (same fragment layout), for f32 accuracy.
 
 use std::sync::Arc;
 
@@ -16,13 +17,20 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
 
 const MODULE: &str = "contrastive";
-/// Mirrors kernels/common/tile_config.cuh: Tile128 rows per forward block, Tile64RowWarps rows and
-/// kGradChunk gradient columns per backward block.
+/// Mirrors kernels/common/tile_config.cuh: Tile128 rows per forward block, Tile64RowWarps rows per
+/// backward block (the same for their f32 forms).
 const FORWARD_ROWS: usize = 128;
 const FORWARD_THREADS: u32 = 256;
 const BACKWARD_ROWS: usize = 64;
 const BACKWARD_THREADS: u32 = 128;
-const GRAD_CHUNK: usize = 128;
+/// kGradChunk: d columns of the gradient per backward block (BackwardTraits in contrastive.cu).
+fn grad_chunk(dtype: DType) -> usize {
+    if dtype == DType::F32 {
+        64
+    } else {
+        128
+    }
+}
 const ROW_KERNEL_THREADS: u32 = 256; // one warp per row: pack, norm penalty
 const SINGLE_BLOCK_THREADS: u32 = 1024; // contrastive_reduce, contrastive_backward_prepare
 
@@ -114,9 +122,6 @@ fn check_slice<E>(arg: &'static str, s: &CudaSlice<E>, rows: usize, of: &str) ->
 /// by the forward (contrastive_check_inputs).
 pub fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<()> {
     loss.validate()?;
-    if T::DTYPE == DType::F32 {
-        return Err(Error::invalid("features", "the fused GPU loss takes f16 or bf16 features (f32 is not implemented yet); use Backend::Cpu"));
-    }
     let x = inputs.features;
     let (n, d) = (x.rows(), x.cols());
     super::super::check_features("features", n, d)?;
@@ -431,7 +436,7 @@ pub fn backward<T: FloatElement>(
             return Ok(());
         }
         let cfg = LaunchConfig {
-            grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(GRAD_CHUNK) as u32, 1),
+            grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(grad_chunk(T::DTYPE)) as u32, 1),
             block_dim: (BACKWARD_THREADS, 1, 1),
             shared_mem_bytes: 0,
         };

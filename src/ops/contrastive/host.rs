@@ -91,7 +91,7 @@ fn download<E: cudarc::driver::DeviceRepr>(gpu: &Gpu, s: &CudaSlice<E>, len: usi
 
 impl ContrastiveLoss {
     /// The loss of `inputs` (and per-anchor losses, LSE, positive counts), plus the context its
-    /// backward needs. On the GPU: the fused kernels, f16 / bf16 features.
+    /// backward needs. On the GPU: the fused kernels (f16 / bf16 on tensor cores, f32 by FFMA).
     pub fn forward<T: FloatElement>(&self, backend: &Backend, inputs: &LossInputs<'_, T>) -> Result<(ForwardResult, LossContext<T>)> {
         check_inputs(self, inputs)?;
         match backend {
