@@ -182,20 +182,22 @@ __device__ void contrastive_forward(RowSet<T> rows, RowSet<T> cols, RowSet<T> pr
 }
 
 // Deterministic reduction of the per-anchor losses, one block:
-//   out[0] = sum_i w_i L_i / divisor + penalty / n_o * sum_{role == NormPenaltyOnly} ||x_o||
+//   out[0] = sum_i w_i L_i / divisor + penalty / n_o * sum_{role == NormPenaltyOnly} ||x_o||,
+//   divisor = the number of anchor rows (at least 1) when mean, else 1;
 //   first_empty[0] = the smallest anchor row with no positive, or -1.
 constexpr int kReduceThreads = 1024;
 
 __device__ void contrastive_reduce(const float* per_anchor, const float* weight, const unsigned char* role,
-                                   const int* positives, const float* norms, int n, float divisor, float penalty,
+                                   const int* positives, const float* norms, int n, int mean, float penalty,
                                    float* out, int* first_empty) {
     __shared__ float s_loss[kReduceThreads / 32], s_norm[kReduceThreads / 32];
-    __shared__ int s_penalized[kReduceThreads / 32], s_empty[kReduceThreads / 32];
+    __shared__ int s_penalized[kReduceThreads / 32], s_empty[kReduceThreads / 32], s_anchors[kReduceThreads / 32];
     float loss = 0.f, norm_sum = 0.f;
-    int penalized = 0, empty = 0x7fffffff;
+    int penalized = 0, empty = 0x7fffffff, anchors = 0;
     for (int i = threadIdx.x; i < n; i += kReduceThreads) {
         const unsigned char r = role != nullptr ? role[i] : kRoleAnchor;
         if (r == kRoleAnchor) {
+            anchors += 1;
             loss += (weight != nullptr ? weight[i] : 1.f) * per_anchor[i];
             if (positives[i] == 0) empty = min(empty, i);
         } else if (r == kRoleNormPenaltyOnly) {
@@ -208,6 +210,7 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 #pragma unroll
     for (int offset = 16; offset > 0; offset >>= 1) {
         penalized += __shfl_xor_sync(0xffffffffu, penalized, offset);
+        anchors += __shfl_xor_sync(0xffffffffu, anchors, offset);
         empty = min(empty, __shfl_xor_sync(0xffffffffu, empty, offset));
     }
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -215,18 +218,21 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
         s_loss[warp] = loss;
         s_norm[warp] = norm_sum;
         s_penalized[warp] = penalized;
+        s_anchors[warp] = anchors;
         s_empty[warp] = empty;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         float total = 0.f, norms_total = 0.f;
-        int count = 0, first = 0x7fffffff;
+        int count = 0, first = 0x7fffffff, anchor_count = 0;
         for (int w = 0; w < kReduceThreads / 32; ++w) {
             total += s_loss[w];
             norms_total += s_norm[w];
             count += s_penalized[w];
+            anchor_count += s_anchors[w];
             first = min(first, s_empty[w]);
         }
+        const float divisor = mean ? (float)max(anchor_count, 1) : 1.f;
         out[0] = total / divisor + (count > 0 ? penalty * norms_total / count : 0.f);
         first_empty[0] = first == 0x7fffffff ? -1 : first;
     }
@@ -481,64 +487,79 @@ template <typename T> __device__ void pack_unit_rows(const T* __restrict__ x, in
 
 // Per-row coefficients of the backward, one block:
 //   c_i = upstream_i w_i / divisor for anchors with a positive (upstream_i = upstream[0] unless
-//   per_row), 0 otherwise; coef_a = sigma c_i scale, coef_b = coef_a / |P(i)|;
+//   per_row; divisor = the number of anchor rows when mean, else 1), 0 otherwise;
+//   coef_a = sigma c_i scale, coef_b = coef_a / |P(i)|;
 //   scalars[0] = 1 / sigma, scalars[1] = the number of NormPenaltyOnly rows.
 constexpr int kPrepareThreads = 1024;
 
-__device__ __forceinline__ float anchor_coef(int i, const unsigned char* role, const float* weight,
-                                             const int* positives, const float* upstream, int per_row, float divisor) {
+// upstream_i w_i scale for anchors with a positive, else 0 (before the division by the count).
+__device__ __forceinline__ float anchor_weight(int i, const unsigned char* role, const float* weight,
+                                               const int* positives, const float* upstream, int per_row, float scale) {
     const unsigned char r = role != nullptr ? role[i] : kRoleAnchor;
     if (r != kRoleAnchor || positives[i] == 0) return 0.f;
-    // Reciprocals (__frcp_rn) instead of divisions keep the IEEE-division slow path, a call with a
-    // stack frame, out of the kernel.
-    return (per_row ? upstream[i] : upstream[0]) * (weight != nullptr ? weight[i] : 1.f) * __frcp_rn(divisor);
+    return (per_row ? upstream[i] : upstream[0]) * (weight != nullptr ? weight[i] : 1.f) * scale;
 }
 
 __device__ void contrastive_backward_prepare(const unsigned char* role, const float* weight, const int* positives,
-                                             const float* upstream, int per_row, float divisor, float scale, int n,
+                                             const float* upstream, int per_row, int mean, float scale, int n,
                                              float* coef_a, float* coef_b, float* scalars) {
     __shared__ float s_max[kPrepareThreads / 32];
-    __shared__ int s_count[kPrepareThreads / 32];
-    __shared__ float s_sigma;
+    __shared__ int s_count[kPrepareThreads / 32], s_anchors[kPrepareThreads / 32];
+    __shared__ float s_factor;
     float local_max = 0.f;
-    int penalized = 0;
+    int penalized = 0, anchors = 0;
+    // Not unrolled: at 1024 threads a thread has 64 registers, and unrolled bodies spill.
+#pragma unroll 1
     for (int i = threadIdx.x; i < n; i += kPrepareThreads) {
-        local_max = fmaxf(local_max, fabsf(anchor_coef(i, role, weight, positives, upstream, per_row, divisor) * scale));
-        penalized += role != nullptr && role[i] == kRoleNormPenaltyOnly;
+        local_max = fmaxf(local_max, fabsf(anchor_weight(i, role, weight, positives, upstream, per_row, scale)));
+        const unsigned char r = role != nullptr ? role[i] : kRoleAnchor;
+        penalized += r == kRoleNormPenaltyOnly;
+        anchors += r == kRoleAnchor;
     }
     local_max = warp_max(local_max);
 #pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) penalized += __shfl_xor_sync(0xffffffffu, penalized, offset);
+    for (int offset = 16; offset > 0; offset >>= 1) {
+        penalized += __shfl_xor_sync(0xffffffffu, penalized, offset);
+        anchors += __shfl_xor_sync(0xffffffffu, anchors, offset);
+    }
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     if (lane == 0) {
         s_max[warp] = local_max;
         s_count[warp] = penalized;
+        s_anchors[warp] = anchors;
     }
     __syncthreads();
     if (threadIdx.x == 0) {
         float m = 0.f;
-        int count = 0;
+        int count = 0, anchor_count = 0;
         for (int w = 0; w < kPrepareThreads / 32; ++w) {
             m = fmaxf(m, s_max[w]);
             count += s_count[w];
+            anchor_count += s_anchors[w];
         }
+        // Mean divides by every anchor row (empty-positive ones included), at least 1. The approximate
+        // division (2 ulp) keeps the IEEE division's slow path, a call with a stack frame (and
+        // spills at 1024 threads), out of the kernel.
+        const float inv_divisor = mean ? __fdividef(1.f, (float)max(anchor_count, 1)) : 1.f;
+        m *= inv_divisor;
         // max |c scale| lands in [2^12, 2^13): |H| <= 2 max <= 2^14.
         // (Exponent arithmetic on the bits: scalbnf / ilogbf are calls with a stack frame.)
-        float sigma = 1.f;
+        int sigma_exponent = 0;
         if (m > 0.f && m < INFINITY) {
             const int exponent = ((__float_as_int(m) >> 23) & 0xff) - 127;  // floor(log2 m); -127: subnormal
-            sigma = __int_as_float((min(max(12 - exponent, -126), 127) + 127) << 23);
+            sigma_exponent = min(max(12 - exponent, -126), 126);
         }
-        s_sigma = sigma;
-        scalars[0] = __frcp_rn(sigma);  // exact: a power of two
+        s_factor = __int_as_float((sigma_exponent + 127) << 23) * inv_divisor;
+        scalars[0] = __int_as_float((127 - sigma_exponent) << 23);  // 1 / sigma, exactly
         scalars[1] = (float)count;
     }
     __syncthreads();
-    const float sigma = s_sigma;
+    const float factor = s_factor;
+#pragma unroll 1
     for (int i = threadIdx.x; i < n; i += kPrepareThreads) {
-        const float a = sigma * anchor_coef(i, role, weight, positives, upstream, per_row, divisor) * scale;
+        const float a = factor * anchor_weight(i, role, weight, positives, upstream, per_row, scale);
         coef_a[i] = a;
-        coef_b[i] = a != 0.f ? a * __frcp_rn((float)positives[i]) : 0.f;
+        coef_b[i] = a != 0.f ? __fdividef(a, (float)positives[i]) : 0.f;
     }
 }
 
@@ -616,9 +637,9 @@ CK_FOR_EACH_FLOAT(CK_NORM_PENALTY_BACKWARD)
 
 extern "C" __global__ void __launch_bounds__(ck::kPrepareThreads)
     contrastive_backward_prepare(const unsigned char* role, const float* weight, const int* positives,
-                                 const float* upstream, int per_row, float divisor, float scale, int n, float* coef_a,
+                                 const float* upstream, int per_row, int mean, float scale, int n, float* coef_a,
                                  float* coef_b, float* scalars) {
-    ck::contrastive_backward_prepare(role, weight, positives, upstream, per_row, divisor, scale, n, coef_a, coef_b,
+    ck::contrastive_backward_prepare(role, weight, positives, upstream, per_row, mean, scale, n, coef_a, coef_b,
                                      scalars);
 }
 
@@ -626,17 +647,20 @@ extern "C" __global__ void __launch_bounds__(ck::kPrepareThreads)
 // offending row of check k (atomicMin: the result does not depend on the schedule), or stays
 // INT_MAX. Non-finite features show as non-finite norms.
 //   0 features non-finite, 1 label < -1, 2 role > 2, 3 weight < 0 or non-finite,
-//   4 proto_of outside -1..n_centers, 5 keys non-finite, 6 key label < -1, 7 prototypes non-finite.
+//   4 proto_of outside -1..n_centers, 5 keys non-finite, 6 key label < -1, 7 prototypes non-finite,
+//   8 a NormPenaltyOnly row while the loss has no norm penalty.
 extern "C" __global__ void contrastive_check_inputs(const float* norms, const int* label, const unsigned char* role,
                                                     const float* weight, const int* proto_of, int n,
                                                     const float* key_norms, const int* key_label, int n_keys,
-                                                    const float* center_norms, int n_centers, int* flags) {
+                                                    const float* center_norms, int n_centers, int has_penalty,
+                                                    int* flags) {
     const int stride = gridDim.x * blockDim.x;
     for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < max(max(n, n_keys), n_centers); i += stride) {
         if (i < n) {
             if (!isfinite(norms[i])) atomicMin(&flags[0], i);
             if (label != nullptr && label[i] < -1) atomicMin(&flags[1], i);
             if (role != nullptr && role[i] > 2) atomicMin(&flags[2], i);
+            if (role != nullptr && role[i] == ck::kRoleNormPenaltyOnly && !has_penalty) atomicMin(&flags[8], i);
             if (weight != nullptr && !(weight[i] >= 0.f && isfinite(weight[i]))) atomicMin(&flags[3], i);
             if (proto_of != nullptr && (proto_of[i] < -1 || proto_of[i] >= n_centers)) atomicMin(&flags[4], i);
         }
@@ -650,6 +674,6 @@ extern "C" __global__ void contrastive_check_inputs(const float* norms, const in
 
 extern "C" __global__ void __launch_bounds__(ck::kReduceThreads)
     contrastive_reduce(const float* per_anchor, const float* weight, const unsigned char* role, const int* positives,
-                       const float* norms, int n, float divisor, float penalty, float* out, int* first_empty) {
-    ck::contrastive_reduce(per_anchor, weight, role, positives, norms, n, divisor, penalty, out, first_empty);
+                       const float* norms, int n, int mean, float penalty, float* out, int* first_empty) {
+    ck::contrastive_reduce(per_anchor, weight, role, positives, norms, n, mean, penalty, out, first_empty);
 }

@@ -19,6 +19,8 @@ const EXPECTED_KERNELS: &[&str] = &[
     "contrastive_backward_prepare",
     "contrastive_pack_bf16",
     "contrastive_norm_penalty_backward_f16",
+    "contrastive_forward_f32",
+    "contrastive_backward_f32",
 ];
 
 #[test]

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
-use super::{empty_positive_error, ContrastiveLoss, Geometry, Reduction, RowRole};
+use super::{empty_positive_error, ContrastiveLoss, Geometry, Reduction};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
@@ -176,10 +176,6 @@ fn opt_ptr<E>(s: Option<&CudaSlice<E>>, stream: &CudaStream) -> u64 {
     s.map_or(0, |s| ptr(s, stream))
 }
 
-fn raw<T: FloatElement>(m: &DeviceMatrix<T>, stream: &CudaStream) -> RawMatrix {
-    m.raw(stream).0
-}
-
 fn alloc_f32(stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<f32>> {
     stream.alloc_zeros::<f32>(len.max(1)).during("device allocation")
 }
@@ -188,24 +184,9 @@ fn rows_config(rows: usize, rows_per_block: usize, threads: u32) -> LaunchConfig
     LaunchConfig { grid_dim: (rows.div_ceil(rows_per_block).max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
-/// The number of anchors `Mean` divides by (counted on the host from the role slice).
-fn divisor(loss: &ContrastiveLoss, anchors: usize) -> f32 {
-    if loss.reduction == Reduction::Mean {
-        anchors.max(1) as f32
-    } else {
-        1.0
-    }
-}
+const SINGLE_BLOCK: LaunchConfig = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
 
-fn count_anchors(stream: &Arc<CudaStream>, role: Option<&CudaSlice<u8>>, n: usize) -> Result<usize> {
-    match role {
-        None => Ok(n),
-        Some(_) if n == 0 => Ok(0),
-        Some(r) => Ok(stream.clone_dtoh(r).during("device-to-host copy")?.iter().take(n).filter(|&&r| r == RowRole::Anchor as u8).count()),
-    }
-}
-
-const CHECK_NAMES: [(&str, &str); 8] = [
+const CHECK_NAMES: [(&str, &str); 9] = [
     ("features", "holds a non-finite value"),
     ("label", "has an id below -1 (ids are >= 0, or -1 for none)"),
     ("role", "has a role above 2 (0 anchor, 1 negative-only, 2 norm-penalty-only)"),
@@ -214,105 +195,202 @@ const CHECK_NAMES: [(&str, &str); 8] = [
     ("keys.features", "holds a non-finite value"),
     ("keys.label", "has an id below -1"),
     ("prototypes.centers", "holds a non-finite value"),
+    ("role", "is NormPenaltyOnly, which needs a loss with norm_penalty > 0 (ContrastiveLoss::oecl)"),
 ];
 
-/// The fused forward on the GPU's default stream.
-pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<DeviceForward> {
-    check_device_inputs(loss, inputs)?;
-    let stream = gpu.stream();
-    let x = raw(inputs.features, stream);
-    let (n, d) = (x.rows, x.cols);
-    let keys = inputs.keys.as_ref().map(|k| (raw(k.features, stream), ptr(k.instance, stream), opt_ptr(k.label.filter(|_| loss.use_labels), stream)));
-    let protos = inputs.prototypes.as_ref().map(|p| (raw(p.centers, stream), ptr(p.proto_of, stream)));
-    let n_keys = keys.as_ref().map_or(n, |k| k.0.rows);
-    let n_centers = protos.as_ref().map_or(0, |p| p.0.rows);
+/// One loss evaluation in caller-owned device memory: the form the C ABI and frameworks use.
+/// Pointers are `CUdeviceptr`s; 0 means absent (only `features` and `instance` are required, and
+/// `keys` / `key_instance` in the pairwise geometry). Ids are i32, roles u8, weights f32, one per
+/// row of their side; features, keys and prototypes are row-major with `d` columns of `dtype`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawLossInputs {
+    pub dtype: DType,
+    pub n: usize,
+    pub d: usize,
+    pub features: u64,
+    pub instance: u64,
+    pub label: u64,
+    pub role: u64,
+    pub weight: u64,
+    pub n_keys: usize,
+    pub keys: u64,
+    pub key_instance: u64,
+    pub key_label: u64,
+    pub n_centers: usize,
+    pub centers: u64,
+    pub proto_of: u64,
+}
 
+impl RawLossInputs {
+    fn features(&self) -> RawMatrix {
+        RawMatrix::new(self.features, self.n, self.d, self.dtype)
+    }
+    fn keys(&self) -> Option<RawMatrix> {
+        (self.keys != 0 || self.n_keys > 0).then(|| RawMatrix::new(self.keys, self.n_keys, self.d, self.dtype))
+    }
+    fn centers(&self) -> Option<RawMatrix> {
+        (self.centers != 0 || self.n_centers > 0).then(|| RawMatrix::new(self.centers, self.n_centers, self.d, self.dtype))
+    }
+    /// The column count of the self geometry's rows or the pairwise keys.
+    fn columns(&self) -> usize {
+        self.keys().map_or(self.n, |k| k.rows)
+    }
+}
+
+fn check_array(arg: &'static str, p: u64, rows: usize, align: u64, required: bool) -> Result<()> {
+    if p == 0 {
+        if required && rows > 0 {
+            return Err(Error::invalid(arg, "null device pointer"));
+        }
+        return Ok(());
+    }
+    if p % align != 0 {
+        return Err(Error::invalid(arg, format!("device pointer {p:#x} is not aligned to its {align}-byte elements")));
+    }
+    Ok(())
+}
+
+/// The checks a raw description allows on the host: dtypes, shapes, geometry, null and misaligned
+/// pointers. Ids and finiteness are checked on the device by the forward.
+pub fn check_raw_inputs(loss: &ContrastiveLoss, r: &RawLossInputs) -> Result<()> {
+    loss.validate()?;
+    super::super::check_float("features", r.dtype)?;
+    super::super::check_features("features", r.n, r.d)?;
+    r.features().check_pointer("features")?;
+    check_array("instance", r.instance, r.n, 4, true)?;
+    if loss.use_labels {
+        check_array("label", r.label, r.n, 4, true)?;
+    }
+    check_array("role", r.role, r.n, 1, false)?;
+    check_array("weight", r.weight, r.n, 4, false)?;
+    match (loss.geometry, r.keys()) {
+        (Geometry::Pairwise, None) => return Err(Error::invalid("keys", "required by the pairwise geometry")),
+        (Geometry::SelfSimilarity, Some(_)) => {
+            return Err(Error::invalid("keys", "only the pairwise geometry takes keys; the self geometry's columns are its rows"))
+        }
+        (Geometry::Pairwise, Some(k)) => {
+            super::super::check_features("keys", k.rows, r.d)?;
+            k.check_pointer("keys")?;
+            check_array("keys.instance", r.key_instance, k.rows, 4, true)?;
+            if loss.use_labels {
+                check_array("keys.label", r.key_label, k.rows, 4, true)?;
+            }
+        }
+        (Geometry::SelfSimilarity, None) => {}
+    }
+    if let Some(c) = r.centers() {
+        super::super::check_features("prototypes.centers", c.rows, r.d)?;
+        c.check_pointer("prototypes.centers")?;
+        check_array("prototypes.proto_of", r.proto_of, r.n, 4, true)?;
+    }
+    Ok(())
+}
+
+/// Where the forward writes: `loss` (1 f32), `per_anchor`, `lse` (n f32 each) and `positives`
+/// (n i32). `lse` and `positives` are what the backward needs; `per_anchor` may be 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawForwardOutputs {
+    pub loss: u64,
+    pub per_anchor: u64,
+    pub lse: u64,
+    pub positives: u64,
+}
+
+/// The forward on caller memory and stream. Returns the loss value: it waits for the stream once,
+/// to read the device-side input checks and the empty-positive flag back.
+///
+/// # Safety
+/// Every pointer must be device memory of this GPU's context, valid for the shape described, and
+/// stay valid until the stream has run the work queued here.
+pub unsafe fn forward_raw(gpu: &Gpu, stream: &Arc<CudaStream>, loss: &ContrastiveLoss, r: &RawLossInputs, out: &RawForwardOutputs) -> Result<f32> {
+    check_raw_inputs(loss, r)?;
+    check_array("loss", out.loss, 1, 4, true)?;
+    check_array("per_anchor", out.per_anchor, r.n, 4, false)?;
+    check_array("lse", out.lse, r.n, 4, true)?;
+    check_array("positives", out.positives, r.n, 4, true)?;
+    let (n, d, n_keys, n_centers) = (r.n, r.d, r.columns(), r.centers().map_or(0, |c| c.rows));
     let norms = alloc_f32(stream, n)?;
     let key_norms = alloc_f32(stream, n_keys)?;
     let center_norms = alloc_f32(stream, n_centers)?;
-    let per_anchor = alloc_f32(stream, n)?;
-    let lse = alloc_f32(stream, n)?;
-    let positives = stream.alloc_zeros::<i32>(n.max(1)).during("device allocation")?;
-    let total = alloc_f32(stream, 1)?;
+    let per_anchor_scratch = if out.per_anchor == 0 { Some(alloc_f32(stream, n)?) } else { None };
     let first_empty = stream.alloc_zeros::<i32>(1).during("device allocation")?;
-    let flags = stream.clone_htod(&[i32::MAX; 8]).during("host-to-device copy")?;
+    let flags = stream.clone_htod(&[i32::MAX; CHECK_NAMES.len()]).during("host-to-device copy")?;
 
     let (norms_p, key_norms_p, center_norms_p) = (ptr(&norms, stream), ptr(&key_norms, stream), ptr(&center_norms, stream));
-    let instance_p = ptr(inputs.instance, stream);
-    let label_p = opt_ptr(inputs.label.filter(|_| loss.use_labels), stream);
-    let role_p = opt_ptr(inputs.role, stream);
-    let weight_p = opt_ptr(inputs.weight, stream);
+    let label_p = if loss.use_labels { r.label } else { 0 };
+    let key_label_p = if loss.use_labels { r.key_label } else { 0 };
     let (n_i, nk_i, nc_i, d_i) = (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_keys)?, dim_i32("prototypes.rows", n_centers)?, dim_i32("features.cols", d)?);
-    // SAFETY: every pointer is a live allocation of this GPU sized for the shape passed with it
-    // (checked above), and every argument list matches its kernel's signature.
-    unsafe {
-        super::super::normalize::l2_normalize_raw(gpu, stream, x, None, Some(norms_p))?;
-        if let Some((k, _, _)) = keys {
-            super::super::normalize::l2_normalize_raw(gpu, stream, k, None, Some(key_norms_p))?;
-        }
-        if let Some((c, _)) = protos {
-            super::super::normalize::l2_normalize_raw(gpu, stream, c, None, Some(center_norms_p))?;
-        }
-        let (key_norms_arg, key_label_arg) = match keys {
-            Some((_, _, kl)) => (key_norms_p, kl),
-            None => (0u64, 0u64),
-        };
-        let proto_of_p = protos.map_or(0, |p| p.1);
-        let flags_p = ptr(&flags, stream);
-        let checked = n.max(n_keys).max(n_centers);
-        let cfg = LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-        gpu.launch(stream, MODULE, "contrastive_check_inputs", cfg, &mut kernel_args![
-            &norms_p, &label_p, &role_p, &weight_p, &proto_of_p, &n_i, &key_norms_arg, &key_label_arg, &nk_i, &center_norms_p, &nc_i, &flags_p
-        ])?;
+    super::super::normalize::l2_normalize_raw(gpu, stream, r.features(), None, Some(norms_p))?;
+    if let Some(k) = r.keys() {
+        super::super::normalize::l2_normalize_raw(gpu, stream, k, None, Some(key_norms_p))?;
+    }
+    if let Some(c) = r.centers() {
+        super::super::normalize::l2_normalize_raw(gpu, stream, c, None, Some(center_norms_p))?;
+    }
+    let pairwise = r.keys().is_some();
+    let key_norms_arg = if pairwise { key_norms_p } else { 0 };
+    let key_label_arg = if pairwise { key_label_p } else { 0 };
+    let has_penalty = (loss.norm_penalty > 0.0) as i32;
+    let flags_p = ptr(&flags, stream);
+    let checked = n.max(n_keys).max(n_centers);
+    let cfg = LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    gpu.launch(stream, MODULE, "contrastive_check_inputs", cfg, &mut kernel_args![
+        &norms_p, &label_p, &r.role, &r.weight, &r.proto_of, &n_i, &key_norms_arg, &key_label_arg, &nk_i, &center_norms_p, &nc_i, &has_penalty, &flags_p
+    ])?;
 
-        let (cols_x, cols_norms, cols_inst, cols_label, cols_role) = match keys {
-            Some((k, ki, kl)) => (k.ptr, key_norms_p, ki, kl, 0u64),
-            None => (x.ptr, norms_p, instance_p, label_p, role_p),
-        };
-        let centers_x = protos.map_or(0, |p| p.0.ptr);
-        let aligned = d % 8 == 0 && x.ptr % 16 == 0 && cols_x % 16 == 0 && centers_x % 16 == 0;
-        let name = format!("contrastive_forward_{}{}", T::DTYPE, if aligned { "" } else { "_unaligned" });
-        let exclude_self = (loss.geometry == Geometry::SelfSimilarity) as i32;
-        let inv_tau = 1.0f32 / loss.temperature;
-        let (per_anchor_p, lse_p, positives_p) = (ptr(&per_anchor, stream), ptr(&lse, stream), ptr(&positives, stream));
-        if n > 0 {
-            gpu.launch(stream, MODULE, &name, rows_config(n, FORWARD_ROWS, FORWARD_THREADS), &mut kernel_args![
-                &x.ptr, &norms_p, &instance_p, &label_p, &role_p, &n_i,
-                &cols_x, &cols_norms, &cols_inst, &cols_label, &cols_role, &nk_i,
-                &centers_x, &center_norms_p, &nc_i, &proto_of_p,
-                &d_i, &exclude_self, &inv_tau, &loss.scale, &per_anchor_p, &lse_p, &positives_p
-            ])?;
-        }
-        let div = divisor(loss, count_anchors(stream, inputs.role, n)?);
-        let (total_p, first_empty_p) = (ptr(&total, stream), ptr(&first_empty, stream));
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
-        gpu.launch(stream, MODULE, "contrastive_reduce", cfg, &mut kernel_args![
-            &per_anchor_p, &weight_p, &role_p, &positives_p, &norms_p, &n_i, &div, &loss.norm_penalty, &total_p, &first_empty_p
+    let (cols_x, cols_norms, cols_inst, cols_label, cols_role) = if pairwise {
+        (r.keys, key_norms_p, r.key_instance, key_label_p, 0u64)
+    } else {
+        (r.features, norms_p, r.instance, label_p, r.role)
+    };
+    let aligned = d % 8 == 0 && r.features % 16 == 0 && cols_x % 16 == 0 && r.centers % 16 == 0;
+    let name = format!("contrastive_forward_{}{}", r.dtype, if aligned { "" } else { "_unaligned" });
+    let exclude_self = (!pairwise) as i32;
+    let inv_tau = 1.0f32 / loss.temperature;
+    let per_anchor_p = per_anchor_scratch.as_ref().map_or(out.per_anchor, |s| ptr(s, stream));
+    if n > 0 {
+        gpu.launch(stream, MODULE, &name, rows_config(n, FORWARD_ROWS, FORWARD_THREADS), &mut kernel_args![
+            &r.features, &norms_p, &r.instance, &label_p, &r.role, &n_i,
+            &cols_x, &cols_norms, &cols_inst, &cols_label, &cols_role, &nk_i,
+            &r.centers, &center_norms_p, &nc_i, &r.proto_of,
+            &d_i, &exclude_self, &inv_tau, &loss.scale, &per_anchor_p, &out.lse, &out.positives
         ])?;
     }
+    let mean = (loss.reduction == Reduction::Mean) as i32;
+    let first_empty_p = ptr(&first_empty, stream);
+    gpu.launch(stream, MODULE, "contrastive_reduce", SINGLE_BLOCK, &mut kernel_args![
+        &per_anchor_p, &r.weight, &r.role, &out.positives, &norms_p, &n_i, &mean, &loss.norm_penalty, &out.loss, &first_empty_p
+    ])?;
 
     let flags = stream.clone_dtoh(&flags).during("device-to-host copy")?;
     if let Some((k, row)) = flags.iter().enumerate().find(|(_, &row)| row != i32::MAX) {
         let (arg, what) = CHECK_NAMES[k];
         return Err(Error::invalid(arg, format!("row {row} {what}")));
     }
-    if loss.norm_penalty == 0.0 && inputs.role.is_some() {
-        let roles = stream.clone_dtoh(inputs.role.unwrap()).during("device-to-host copy")?;
-        if roles.iter().take(n).any(|&r| r == RowRole::NormPenaltyOnly as u8) {
-            return Err(Error::invalid("role", "NormPenaltyOnly rows need a loss with norm_penalty > 0 (ContrastiveLoss::oecl)"));
-        }
-    }
     let first_empty = stream.clone_dtoh(&first_empty).during("device-to-host copy")?[0];
     if first_empty >= 0 && loss.empty_positives == super::EmptyPositives::Error {
         return Err(empty_positive_error(first_empty as usize));
     }
-    let loss_value = stream.clone_dtoh(&total).during("device-to-host copy")?[0];
-    Ok(DeviceForward {
-        loss: loss_value,
-        loss_device: total,
-        per_anchor,
-        saved: SavedForward { lse, positives, shape: (n, n_keys, n_centers, d), features_ptr: x.ptr },
-    })
+    let mut value = [0f32];
+    cudarc::driver::result::memcpy_dtoh_async(&mut value, out.loss, stream.cu_stream()).during("device-to-host copy")?;
+    stream.synchronize().during("stream synchronize")?;
+    Ok(value[0])
+}
+
+/// The upstream gradient on the device: one f32 (dLoss, `Mean` / `Sum`) or n (dL_i, `PerAnchor`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawUpstream {
+    pub ptr: u64,
+    pub per_row: bool,
+}
+
+/// Where the backward writes the gradients, in the input dtype, shaped as their inputs (`keys`
+/// for the pairwise geometry, `prototypes` when there are prototypes; 0 otherwise).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RawGradOutputs {
+    pub features: u64,
+    pub keys: u64,
+    pub prototypes: u64,
 }
 
 /// One side of a backward pass; mirrors `ck::GradSide` (kernels/contrastive.cu), passed by value.
@@ -332,18 +410,193 @@ struct GradSide {
 }
 const _: () = assert!(std::mem::size_of::<GradSide>() == 72);
 
-/// Unit rows x / max(||x||, eps) in `T`, rows padded with zeros to `dp` (a multiple of 8).
-fn pack<T: FloatElement>(gpu: &Gpu, m: RawMatrix, dp: usize) -> Result<CudaSlice<T>> {
-    let stream = gpu.stream();
-    let out = stream.alloc_zeros::<T>((m.rows * dp).max(1)).during("device allocation")?;
+/// Unit rows x / max(||x||, eps) in the input dtype, rows padded with zeros to `dp` (a multiple of
+/// 8), as raw bytes.
+unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
+    let out = stream.alloc_zeros::<u8>((m.rows * dp * m.dtype.size_bytes()).max(16)).during("device allocation")?;
     if m.rows > 0 {
         let (n, d, dp_i, out_p) = (dim_i32("rows", m.rows)?, dim_i32("cols", m.cols)?, dim_i32("cols", dp)?, ptr(&out, stream));
-        // SAFETY: `m` is a live rows x cols matrix of T, `out` holds rows x dp elements.
-        unsafe {
-            gpu.launch(stream, MODULE, &format!("contrastive_pack_{}", T::DTYPE), rows_config(m.rows, 8, ROW_KERNEL_THREADS), &mut kernel_args![&m.ptr, &n, &d, &dp_i, &out_p])?;
-        }
+        gpu.launch(stream, MODULE, &format!("contrastive_pack_{}", m.dtype), rows_config(m.rows, 8, ROW_KERNEL_THREADS), &mut kernel_args![&m.ptr, &n, &d, &dp_i, &out_p])?;
     }
     Ok(out)
+}
+
+/// The backward on caller memory and stream: consumes the forward's `lse` and `positives` (same
+/// inputs) and writes the gradients. Queues work and returns (no host synchronization).
+///
+/// # Safety
+/// As [`forward_raw`]; `lse` and `positives` are the forward's outputs for these inputs.
+pub unsafe fn backward_raw(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    loss: &ContrastiveLoss,
+    r: &RawLossInputs,
+    lse: u64,
+    positives: u64,
+    upstream: RawUpstream,
+    out: &RawGradOutputs,
+) -> Result<()> {
+    check_raw_inputs(loss, r)?;
+    check_array("lse", lse, r.n, 4, true)?;
+    check_array("positives", positives, r.n, 4, true)?;
+    let per_row = loss.reduction == Reduction::PerAnchor;
+    if upstream.per_row != per_row {
+        return Err(Error::invalid("upstream", if per_row { "Reduction::PerAnchor takes one dL_i per feature row" } else { "Mean and Sum take one dLoss" }));
+    }
+    check_array("upstream", upstream.ptr, 1, 4, true)?;
+    let (n, d) = (r.n, r.d);
+    let keys = r.keys();
+    let centers = r.centers();
+    let grad = |arg: &'static str, p: u64, rows: usize| -> Result<RawMatrix> {
+        let m = RawMatrix::new(p, rows, d, r.dtype);
+        if p == 0 && rows > 0 {
+            return Err(Error::invalid(arg, "null device pointer (this input has a gradient)"));
+        }
+        m.check_pointer(arg)?;
+        Ok(m)
+    };
+    let dx = grad("grad.features", out.features, n)?;
+    let dk = keys.map(|k| grad("grad.keys", out.keys, k.rows)).transpose()?;
+    let dc = centers.map(|c| grad("grad.prototypes", out.prototypes, c.rows)).transpose()?;
+
+    let dp = d.div_ceil(8) * 8;
+    let u_rows = pack(gpu, stream, r.features(), dp)?;
+    let u_keys = keys.map(|k| pack(gpu, stream, k, dp)).transpose()?;
+    let u_protos = centers.map(|c| pack(gpu, stream, c, dp)).transpose()?;
+    let coef_a = alloc_f32(stream, n)?;
+    let coef_b = alloc_f32(stream, n)?;
+    let scalars = alloc_f32(stream, 2)?;
+    let (n_i, d_i, dp_i) = (dim_i32("features.rows", n)?, dim_i32("features.cols", d)?, dim_i32("features.cols", dp)?);
+    let label_p = if loss.use_labels { r.label } else { 0 };
+    let scalars_p = ptr(&scalars, stream);
+    let rows_side = GradSide {
+        u: ptr(&u_rows, stream),
+        instance: r.instance,
+        label: label_p,
+        role: r.role,
+        proto_of: r.proto_of,
+        lse,
+        coef_a: ptr(&coef_a, stream),
+        coef_b: ptr(&coef_b, stream),
+        count: n_i,
+        reserved: 0,
+    };
+    // Keys and prototypes are only ever columns of the anchors' logits: no anchor terms of their own.
+    let keys_side = match (keys, &u_keys) {
+        (Some(k), Some(u)) => Some(GradSide {
+            u: ptr(u, stream),
+            instance: r.key_instance,
+            label: if loss.use_labels { r.key_label } else { 0 },
+            count: dim_i32("keys.rows", k.rows)?,
+            ..GradSide::default()
+        }),
+        _ => None,
+    };
+    let protos_side = match (centers, &u_protos) {
+        (Some(c), Some(u)) => GradSide { u: ptr(u, stream), count: dim_i32("prototypes.rows", c.rows)?, ..GradSide::default() },
+        _ => GradSide::default(),
+    };
+
+    let du_rows = alloc_f32(stream, n * d)?;
+    let du_keys = keys.map(|k| alloc_f32(stream, k.rows * d)).transpose()?;
+    let du_protos = centers.map(|c| alloc_f32(stream, c.rows * d)).transpose()?;
+    let inv_tau = 1.0f32 / loss.temperature;
+    let name = format!("contrastive_backward_{}", r.dtype);
+    let chunk = grad_chunk(r.dtype);
+    let pass = |own: GradSide, other: GradSide, extra: GradSide, exclude_self: i32, du: &CudaSlice<f32>| -> Result<()> {
+        if own.count == 0 {
+            return Ok(());
+        }
+        let cfg = LaunchConfig {
+            grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(chunk) as u32, 1),
+            block_dim: (BACKWARD_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        let du_p = ptr(du, stream);
+        // SAFETY: every side's pointers are live buffers sized by its count (packed rows: count x dp),
+        // `du` holds count x d floats, and the arguments match contrastive_backward_*.
+        unsafe { gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&own, &other, &extra, &dp_i, &d_i, &exclude_self, &inv_tau, &scalars_p, &du_p]) }
+    };
+
+    let (per_row_i, mean) = (per_row as i32, (loss.reduction == Reduction::Mean) as i32);
+    let (coef_a_p, coef_b_p) = (rows_side.coef_a, rows_side.coef_b);
+    gpu.launch(stream, MODULE, "contrastive_backward_prepare", SINGLE_BLOCK, &mut kernel_args![
+        &r.role, &r.weight, &positives, &upstream.ptr, &per_row_i, &mean, &loss.scale, &n_i, &coef_a_p, &coef_b_p, &scalars_p
+    ])?;
+    match keys_side {
+        None => pass(rows_side, rows_side, protos_side, 1, &du_rows)?,
+        Some(keys_side) => {
+            pass(rows_side, keys_side, protos_side, 0, &du_rows)?;
+            pass(keys_side, rows_side, GradSide::default(), 0, du_keys.as_ref().expect("keys"))?;
+        }
+    }
+    if let Some(du) = &du_protos {
+        // Prototypes are columns of the anchor rows only (never anchors, never of each other).
+        pass(protos_side, rows_side, GradSide::default(), 0, du)?;
+    }
+
+    // Normalization backward, then OECL's penalty on its rows (whose matrix gradient is 0).
+    let to_dx = |m: RawMatrix, du: &CudaSlice<f32>, dx: RawMatrix| -> Result<()> {
+        let dz = RawMatrix::new(ptr(du, stream), m.rows, m.cols, DType::F32);
+        // SAFETY: x, dz and dx are live m.rows x m.cols matrices of their dtypes.
+        unsafe { super::super::normalize::l2_normalize_backward_raw(gpu, stream, m, dz, dx) }
+    };
+    to_dx(r.features(), &du_rows, dx)?;
+    if loss.norm_penalty > 0.0 && r.role != 0 && n > 0 {
+        gpu.launch(stream, MODULE, &format!("contrastive_norm_penalty_backward_{}", r.dtype), rows_config(n, 8, ROW_KERNEL_THREADS), &mut kernel_args![
+            &r.features, &r.role, &n_i, &d_i, &upstream.ptr, &per_row_i, &loss.norm_penalty, &scalars_p, &dx.ptr
+        ])?;
+    }
+    if let (Some(k), Some(du), Some(dk)) = (keys, &du_keys, dk) {
+        to_dx(k, du, dk)?;
+    }
+    if let (Some(c), Some(du), Some(dc)) = (centers, &du_protos, dc) {
+        to_dx(c, du, dc)?;
+    }
+    Ok(())
+}
+
+/// The raw description of device inputs; the slices' guards drop at once (one stream throughout).
+fn describe<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>, stream: &CudaStream) -> RawLossInputs {
+    let x = inputs.features;
+    RawLossInputs {
+        dtype: T::DTYPE,
+        n: x.rows(),
+        d: x.cols(),
+        features: x.raw(stream).0.ptr,
+        instance: ptr(inputs.instance, stream),
+        label: opt_ptr(inputs.label.filter(|_| loss.use_labels), stream),
+        role: opt_ptr(inputs.role, stream),
+        weight: opt_ptr(inputs.weight, stream),
+        n_keys: inputs.keys.as_ref().map_or(0, |k| k.features.rows()),
+        keys: inputs.keys.as_ref().map_or(0, |k| k.features.raw(stream).0.ptr),
+        key_instance: inputs.keys.as_ref().map_or(0, |k| ptr(k.instance, stream)),
+        key_label: inputs.keys.as_ref().map_or(0, |k| opt_ptr(k.label.filter(|_| loss.use_labels), stream)),
+        n_centers: inputs.prototypes.as_ref().map_or(0, |p| p.centers.rows()),
+        centers: inputs.prototypes.as_ref().map_or(0, |p| p.centers.raw(stream).0.ptr),
+        proto_of: inputs.prototypes.as_ref().map_or(0, |p| ptr(p.proto_of, stream)),
+    }
+}
+
+/// The fused forward on the GPU's default stream.
+pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<DeviceForward> {
+    check_device_inputs(loss, inputs)?;
+    let stream = gpu.stream();
+    let raw = describe(loss, inputs, stream);
+    let n = raw.n;
+    let loss_device = alloc_f32(stream, 1)?;
+    let per_anchor = alloc_f32(stream, n)?;
+    let lse = alloc_f32(stream, n)?;
+    let positives = stream.alloc_zeros::<i32>(n.max(1)).during("device allocation")?;
+    let out = RawForwardOutputs { loss: ptr(&loss_device, stream), per_anchor: ptr(&per_anchor, stream), lse: ptr(&lse, stream), positives: ptr(&positives, stream) };
+    // SAFETY: the description comes from live, checked device buffers; the outputs are sized n.
+    let value = unsafe { forward_raw(gpu, stream, loss, &raw, &out)? };
+    Ok(DeviceForward {
+        loss: value,
+        loss_device,
+        per_anchor,
+        saved: SavedForward { lse, positives, shape: (n, raw.columns(), raw.n_centers, raw.d), features_ptr: raw.features },
+    })
 }
 
 /// The fused backward: gradients with respect to the raw features (and keys, prototypes), in the
@@ -357,13 +610,9 @@ pub fn backward<T: FloatElement>(
 ) -> Result<DeviceGradients<T>> {
     check_device_inputs(loss, inputs)?;
     let stream = gpu.stream();
-    let x = raw(inputs.features, stream);
-    let (n, d) = (x.rows, x.cols);
-    let keys = inputs.keys.as_ref().map(|k| raw(k.features, stream));
-    let protos = inputs.prototypes.as_ref().map(|p| raw(p.centers, stream));
-    let n_keys = keys.map_or(n, |k| k.rows);
-    let n_centers = protos.map_or(0, |p| p.rows);
-    if saved.shape != (n, n_keys, n_centers, d) || saved.features_ptr != x.ptr {
+    let raw = describe(loss, inputs, stream);
+    let n = raw.n;
+    if saved.shape != (n, raw.columns(), raw.n_centers, raw.d) || saved.features_ptr != raw.features {
         return Err(Error::invalid("saved", "comes from a forward over other inputs (backward takes the forward's own inputs)"));
     }
     let per_row = loss.reduction == Reduction::PerAnchor;
@@ -384,118 +633,18 @@ pub fn backward<T: FloatElement>(
         (_, true) => return Err(Error::invalid("upstream", "Reduction::PerAnchor takes Upstream::PerRow (one dL_i per feature row)")),
         (_, false) => return Err(Error::invalid("upstream", "Mean and Sum take one dLoss: Upstream::Value or Upstream::Device")),
     };
-
-    let dp = d.div_ceil(8) * 8;
-    let u_rows = pack::<T>(gpu, x, dp)?;
-    let u_keys = keys.map(|k| pack::<T>(gpu, k, dp)).transpose()?;
-    let u_protos = protos.map(|c| pack::<T>(gpu, c, dp)).transpose()?;
-    let coef_a = alloc_f32(stream, n)?;
-    let coef_b = alloc_f32(stream, n)?;
-    let scalars = alloc_f32(stream, 2)?;
-    let anchors = count_anchors(stream, inputs.role, n)?;
-    let (n_i, d_i, dp_i) = (dim_i32("features.rows", n)?, dim_i32("features.cols", d)?, dim_i32("features.cols", dp)?);
-    let role_p = opt_ptr(inputs.role, stream);
-    let label_p = opt_ptr(inputs.label.filter(|_| loss.use_labels), stream);
-    let proto_of_p = opt_ptr(inputs.prototypes.as_ref().map(|p| p.proto_of), stream);
-    let (scalars_p, upstream_p) = (ptr(&scalars, stream), ptr(upstream_slice, stream));
-    let rows_side = GradSide {
-        u: ptr(&u_rows, stream),
-        instance: ptr(inputs.instance, stream),
-        label: label_p,
-        role: role_p,
-        proto_of: proto_of_p,
-        lse: ptr(&saved.lse, stream),
-        coef_a: ptr(&coef_a, stream),
-        coef_b: ptr(&coef_b, stream),
-        count: n_i,
-        reserved: 0,
+    let mut features = DeviceMatrix::<T>::zeros(gpu, n, raw.d)?;
+    let mut keys = inputs.keys.as_ref().map(|k| DeviceMatrix::<T>::zeros(gpu, k.features.rows(), raw.d)).transpose()?;
+    let mut prototypes = inputs.prototypes.as_ref().map(|p| DeviceMatrix::<T>::zeros(gpu, p.centers.rows(), raw.d)).transpose()?;
+    let out = RawGradOutputs {
+        features: ptr(features.slice_mut(), stream),
+        keys: keys.as_mut().map_or(0, |k| ptr(k.slice_mut(), stream)),
+        prototypes: prototypes.as_mut().map_or(0, |p| ptr(p.slice_mut(), stream)),
     };
-    // Keys and prototypes are only ever columns of the anchors' logits: no anchor terms of their own.
-    let keys_side = match (&inputs.keys, &u_keys) {
-        (Some(k), Some(u)) => Some(GradSide {
-            u: ptr(u, stream),
-            instance: ptr(k.instance, stream),
-            label: opt_ptr(k.label.filter(|_| loss.use_labels), stream),
-            count: dim_i32("keys.rows", n_keys)?,
-            ..GradSide::default()
-        }),
-        _ => None,
-    };
-    let protos_side = match &u_protos {
-        Some(u) => GradSide { u: ptr(u, stream), count: dim_i32("prototypes.rows", n_centers)?, ..GradSide::default() },
-        None => GradSide::default(),
-    };
-
-    let du_rows = alloc_f32(stream, n * d)?;
-    let du_keys = keys.map(|k| alloc_f32(stream, k.rows * d)).transpose()?;
-    let du_protos = protos.map(|c| alloc_f32(stream, c.rows * d)).transpose()?;
-    let inv_tau = 1.0f32 / loss.temperature;
-    let name = format!("contrastive_backward_{}", T::DTYPE);
-    let pass = |own: GradSide, other: GradSide, extra: GradSide, exclude_self: i32, du: &CudaSlice<f32>| -> Result<()> {
-        if own.count == 0 {
-            return Ok(());
-        }
-        let cfg = LaunchConfig {
-            grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(grad_chunk(T::DTYPE)) as u32, 1),
-            block_dim: (BACKWARD_THREADS, 1, 1),
-            shared_mem_bytes: 0,
-        };
-        let du_p = ptr(du, stream);
-        // SAFETY: every side's pointers are live buffers sized by its count (packed rows: count x dp),
-        // `du` holds count x d floats, and the arguments match contrastive_backward_*.
-        unsafe { gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&own, &other, &extra, &dp_i, &d_i, &exclude_self, &inv_tau, &scalars_p, &du_p]) }
-    };
-
-    // SAFETY: as in the forward.
-    unsafe {
-        let div = divisor(loss, anchors);
-        let (per_row_i, positives_p) = (per_row as i32, ptr(&saved.positives, stream));
-        let weight_p = opt_ptr(inputs.weight, stream);
-        let (coef_a_p, coef_b_p) = (rows_side.coef_a, rows_side.coef_b);
-        let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
-        gpu.launch(stream, MODULE, "contrastive_backward_prepare", cfg, &mut kernel_args![
-            &role_p, &weight_p, &positives_p, &upstream_p, &per_row_i, &div, &loss.scale, &n_i, &coef_a_p, &coef_b_p, &scalars_p
-        ])?;
-    }
-    match keys_side {
-        None => pass(rows_side, rows_side, protos_side, 1, &du_rows)?,
-        Some(keys_side) => {
-            pass(rows_side, keys_side, protos_side, 0, &du_rows)?;
-            pass(keys_side, rows_side, GradSide::default(), 0, du_keys.as_ref().expect("keys"))?;
-        }
-    }
-    if let Some(du) = &du_protos {
-        // Prototypes are columns of the anchor rows only (never anchors, never of each other).
-        pass(protos_side, rows_side, GradSide::default(), 0, du)?;
-    }
-
-    // Normalization backward, then OECL's penalty on its rows.
-    let to_dx = |m: RawMatrix, du: &CudaSlice<f32>| -> Result<DeviceMatrix<T>> {
-        let mut dx = DeviceMatrix::<T>::zeros(gpu, m.rows, m.cols)?;
-        let dz = RawMatrix::new(ptr(du, stream), m.rows, m.cols, DType::F32);
-        let dx_raw = RawMatrix::new(ptr(dx.slice_mut(), stream), m.rows, m.cols, T::DTYPE);
-        // SAFETY: x, dz and dx are live m.rows x m.cols matrices of their dtypes.
-        unsafe { super::super::normalize::l2_normalize_backward_raw(gpu, stream, m, dz, dx_raw)? };
-        Ok(dx)
-    };
-    let mut features = to_dx(x, &du_rows)?;
-    if loss.norm_penalty > 0.0 && inputs.role.is_some() && n > 0 {
-        let dx_p = ptr(features.slice_mut(), stream);
-        // SAFETY: as above; the kernel writes only NormPenaltyOnly rows of dx.
-        unsafe {
-            gpu.launch(stream, MODULE, &format!("contrastive_norm_penalty_backward_{}", T::DTYPE), rows_config(n, 8, ROW_KERNEL_THREADS), &mut kernel_args![
-                &x.ptr, &role_p, &n_i, &d_i, &upstream_p, &(per_row as i32), &loss.norm_penalty, &scalars_p, &dx_p
-            ])?;
-        }
-    }
-    let keys_grad = match (keys, &du_keys) {
-        (Some(k), Some(du)) => Some(to_dx(k, du)?),
-        _ => None,
-    };
-    let protos_grad = match (protos, &du_protos) {
-        (Some(c), Some(du)) => Some(to_dx(c, du)?),
-        _ => None,
-    };
+    let up = RawUpstream { ptr: ptr(upstream_slice, stream), per_row };
+    // SAFETY: as in `forward`; the gradients are allocated with their inputs' shapes.
+    unsafe { backward_raw(gpu, stream, loss, &raw, ptr(&saved.lse, stream), ptr(&saved.positives, stream), up, &out)? };
+    // The scratch and `saved` are freed stream-ordered, after the kernels that read them.
     drop(saved);
-    Ok(DeviceGradients { features, keys: keys_grad, prototypes: protos_grad })
+    Ok(DeviceGradients { features, keys, prototypes })
 }

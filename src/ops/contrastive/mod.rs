@@ -23,7 +23,10 @@
 mod fused;
 mod host;
 
-pub use fused::{backward as backward_device, forward as forward_device, DeviceForward, DeviceGradients, DeviceKeyRows, DeviceLossInputs, DevicePrototypeColumns, SavedForward, Upstream};
+pub use fused::{
+    backward as backward_device, backward_raw, forward as forward_device, forward_raw, DeviceForward, DeviceGradients, DeviceKeyRows,
+    DeviceLossInputs, DevicePrototypeColumns, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream, SavedForward, Upstream,
+};
 pub use host::{Gradients, LossContext};
 
 use crate::dtype::Float;
