@@ -10,6 +10,7 @@
 //! * [`Backend`]: host matrices in, host matrices out, on the GPU when there is one and on the CPU
 //!   otherwise; what the examples use.
 //! * [`gpu`]: the runtime (context, stream, embedded kernel modules, launches).
+//! * [`ffi`]: the C ABI over the `*_raw` functions (`include/contrastive_kernels.h`).
 //!
 //! See `DESIGN.md` for the maths and README.md for the status of each kernel.
 //!
@@ -32,6 +33,7 @@ pub mod build_info;
 pub mod cpu;
 pub mod dtype;
 pub mod error;
+pub mod ffi;
 pub mod gpu;
 pub mod matrix;
 pub mod ops;
