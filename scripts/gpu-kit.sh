@@ -8,7 +8,8 @@
 #   .gpu/benches/<name>   every bench binary (benches/*.rs)
 #   .gpu/gpu-run.sh       copy of scripts/gpu-run.sh; on the GPU machine: bash .gpu/gpu-run.sh "$OUT"
 #   .gpu/MANIFEST.txt     commit, build date, toolchain, size and sha256 of every file
-#   .gpu/binaries.tar.xz  tests/ and benches/ packed (when xz is present; gpu-run.sh unpacks it)
+#   .gpu/lib/             the cdylib, for python/ and scripts/parity.py
+#   .gpu/binaries.tar.xz  tests/, benches/ and lib/ packed (when xz is present; gpu-run.sh unpacks it)
 #
 # With the device tool: run with carry [".gpu"] and the command `bash .gpu/gpu-run.sh "$OUT"`.
 # The binaries load libcuda at run time and link only libc/libm/libgcc, so they run there as they
@@ -99,6 +100,11 @@ copy_all() { # folder, "name<TAB>path" lines
 }
 copy_all tests "$tests"
 copy_all benches "$benches"
+# The cdylib, for the Python module and scripts/parity.py (cargo test built it with the lib).
+cargo build --release --lib --quiet || die "cargo build --release --lib failed"
+mkdir -p "$kit/lib"
+cp target/release/libcontrastive_kernels.so "$kit/lib/"
+if [ "${#strip_cmd[@]}" -gt 0 ]; then "${strip_cmd[@]}" "$kit/lib/libcontrastive_kernels.so"; fi
 cp scripts/gpu-run.sh "$kit/gpu-run.sh"
 chmod 755 "$kit/gpu-run.sh"
 
@@ -135,10 +141,10 @@ write_manifest
 # Every binary embeds the same fatbins, so one xz archive with a dictionary larger than the tar
 # (-9: 64 MiB) stores them about once: the kit shrinks several-fold. gpu-run.sh unpacks it.
 if command -v xz >/dev/null 2>&1; then
-  tar -C "$kit" -cf - tests benches | xz -9 -T1 > "$kit/binaries.tar.xz" || die "packing the binaries failed"
+  tar -C "$kit" -cf - tests benches lib | xz -9 -T1 > "$kit/binaries.tar.xz" || die "packing the binaries failed"
   listing_tests="$(ls "$kit/tests" | tr '\n' ' ')"
   listing_benches="$(ls "$kit/benches" | tr '\n' ' ')"
-  rm -rf "$kit/tests" "$kit/benches"
+  rm -rf "$kit/tests" "$kit/benches" "$kit/lib"
 else
   echo "gpu-kit: warning: xz not found; the binaries are carried as plain files" >&2
 fi

@@ -181,6 +181,7 @@ test_lines=""       # every "test NAME ... RESULT" line, prefixed with its binar
 skip_lines=""       # lines saying a GPU part was skipped
 failure_blocks=""   # libtest's failures sections, or a crash's last lines
 bench_sections=""
+parity_section="Not run (it needs a GPU, PyTorch, scripts/parity.py and lib/ in the kit)."
 tests_failed=0
 binaries_failed=0
 benches_failed=0
@@ -262,6 +263,10 @@ write_report() {
       echo "Arguments: \`--bench ${bench_args}\`; ${criterion_note}; $benches_failed of $n_benches failed."
       printf '%s\n' "$bench_sections"
     fi
+    echo
+    echo "## Parity with PyTorch references (parity.json)"
+    echo
+    printf '%s\n' "$parity_section"
   } > "$report.tmp" && mv "$report.tmp" "$report"
 }
 write_report
@@ -353,18 +358,37 @@ for bin in "$kit"/benches/*; do
   tail -n 30 "$log" | sed 's/^/  /'
 done
 
+# --- PyTorch parity: scripts/parity.py through the kit's cdylib ---------------------------------
+parity_failed=0
+if [ "$gpu_present" = 1 ] && [ -f "$kit/lib/libcontrastive_kernels.so" ] && [ -f scripts/parity.py ]; then
+  if python3 -c "import torch" >/dev/null 2>&1; then
+    say "parity (PyTorch references)"
+    status="running scripts/parity.py"
+    write_report
+    run_limited "$bench_timeout" python3 scripts/parity.py --lib "$kit/lib/libcontrastive_kernels.so" \
+      --out "$out/parity.json" > "$logs/parity.log" 2>&1
+    prc=$?
+    [ "$prc" = 0 ] || parity_failed=1
+    parity_section="$(fence "scripts/parity.py ($(exit_note "$prc"))" "$(cat "$logs/parity.log")")"
+    tail -n 5 "$logs/parity.log" | sed 's/^/  /'
+  else
+    parity_section="PyTorch is not installed here: parity not run."
+  fi
+fi
+
 # --- pack ----------------------------------------------------------------------------------------
 if [ -d "$out/criterion" ]; then
   tar -czf "$out/criterion.tar.gz" -C "$out" criterion && rm -rf "$out/criterion"
 fi
 tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"
 
-if [ "$tests_failed" = 0 ] && [ "$benches_failed" = 0 ]; then
+if [ "$tests_failed" = 0 ] && [ "$benches_failed" = 0 ] && [ "$parity_failed" = 0 ]; then
   status="complete: every test passed"
   [ "$n_benches" = 0 ] || status="$status, every bench ran"
   rc=0
 else
   status="complete: $tests_failed failed test(s), $benches_failed failed bench(es)"
+  [ "$parity_failed" = 0 ] || status="$status, parity FAILED"
   rc=1
 fi
 if [ "$gpu_present" = 0 ]; then status="$status (dry run: no GPU)"; fi

@@ -7,8 +7,15 @@ use std::process::Command;
 
 const HEADER: &str = "include/contrastive_kernels.h";
 
-fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+/// The sources: where this was built, or the working directory (a GPU kit runs the test binary
+/// from a copy of the repository elsewhere).
+fn root() -> PathBuf {
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    if built.join(HEADER).exists() {
+        built
+    } else {
+        std::env::current_dir().unwrap()
+    }
 }
 
 fn generate_header() -> String {
@@ -47,10 +54,19 @@ fn header_is_current() {
     );
 }
 
-/// The directory cargo put this profile's libraries in (target/<profile>).
+/// The directory holding libcontrastive_kernels.so: $CONTRASTIVE_KERNELS_LIB's, or the one cargo
+/// put this profile's libraries in (target/<profile>, above deps/), or a GPU kit's lib/.
 fn lib_dir() -> PathBuf {
+    if let Some(lib) = std::env::var_os("CONTRASTIVE_KERNELS_LIB") {
+        return PathBuf::from(lib).parent().unwrap().to_path_buf();
+    }
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).expect("test binaries live in target/<profile>/deps").to_path_buf()
+    let above = exe.parent().and_then(Path::parent).expect("test binaries live in a folder").to_path_buf();
+    if above.join("libcontrastive_kernels.so").exists() {
+        above
+    } else {
+        above.join("lib")
+    }
 }
 
 fn compiler(names: &[&str]) -> Option<String> {
