@@ -30,6 +30,7 @@
 pub mod backend;
 pub mod build_info;
 pub mod cpu;
+pub mod data;
 pub mod dtype;
 pub mod error;
 pub mod gpu;
