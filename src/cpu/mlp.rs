@@ -61,7 +61,7 @@ fn to_f64<T: Float>(m: &Matrix<T>) -> Matrix<f64> {
 }
 
 /// Y = X W^T + b, then ReLU when `relu` (the forward kernel). X: batch x in, W: out x in.
-pub fn linear_forward<T: Float, P: Float>(x: &Matrix<T>, w: &Matrix<P>, b: &[P], relu: bool) -> Matrix<f64> {
+pub fn linear_forward<T: Float, P: Float, B: Float>(x: &Matrix<T>, w: &Matrix<P>, b: &[B], relu: bool) -> Matrix<f64> {
     let (x, w) = (to_f64(x), to_f64(w));
     let b: Vec<f64> = b.iter().map(|v| v.to_f64()).collect();
     let out = w.rows();
