@@ -474,6 +474,10 @@ impl<T: FloatElement> GpuMlp<T> {
         &self.config
     }
 
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
     /// AdamW steps taken.
     pub fn step(&self) -> u64 {
         self.step
