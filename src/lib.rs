@@ -31,6 +31,8 @@
 pub mod backend;
 pub mod build_info;
 pub mod cpu;
+pub mod data;
+pub mod detect;
 pub mod dtype;
 pub mod error;
 pub mod ffi;

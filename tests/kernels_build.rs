@@ -21,6 +21,15 @@ const EXPECTED_KERNELS: &[&str] = &[
     "contrastive_norm_penalty_backward_f16",
     "contrastive_forward_f32",
     "contrastive_backward_f32",
+    "linear_forward_f16",
+    "linear_forward_bf16_unaligned",
+    "linear_backward_data_bf16",
+    "linear_backward_data_f16_unaligned",
+    "linear_backward_weight_f16",
+    "linear_backward_weight_bf16_unaligned",
+    "column_sums_bf16",
+    "adamw_f16",
+    "convert_f32_bf16",
 ];
 
 #[test]
@@ -34,7 +43,7 @@ fn kernels_are_embedded_under_ci() {
         println!("kernels_are_embedded_under_ci: skipped, built without nvcc ({})", build_info::NOT_COMPILED_REASON);
         return;
     }
-    for module in ["contrastive", "normalize", "similarity"] {
+    for module in ["contrastive", "mlp", "normalize", "similarity"] {
         let image = build_info::module_image(module).unwrap_or_else(|| panic!("module {module} not embedded"));
         // A fatbin starts with the magic 0xBA55ED50 (little-endian).
         assert_eq!(&image[..4], &[0x50, 0xED, 0x55, 0xBA], "module {module} is not a fatbin");

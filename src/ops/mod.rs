@@ -10,6 +10,7 @@
 //! whichever backend runs.
 
 pub mod contrastive;
+pub mod mlp;
 pub mod normalize;
 pub mod similarity;
 

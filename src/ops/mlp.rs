@@ -1,0 +1,660 @@
+//! The minimal encoder: an MLP `input -> hidden (ReLU) ... -> feature (ReLU) -> head (ReLU) ... ->
+//! output (linear)`, its deterministic initialisation and AdamW. The types here are shared by both
+//! backends; the oracle is [`crate::cpu::mlp`], the kernels are `kernels/mlp.cu`, driven by the
+//! `*_raw` functions below (caller memory, any stream) and by [`GpuMlp`] (this crate's buffers).
+//!
+//! GPU precision: f32 master weights and AdamW state; a T = f16 / bf16 compute copy of the
+//! weights, T activations and upstream gradients, f32 accumulation in the tensor cores, f32 weight
+//! and bias gradients.
+//!
+//! Layer l (1..=L) maps widths[l-1] -> widths[l]: y = x W^T + b with W stored out x in (row-major,
+//! as torch.nn.Linear), followed by ReLU on every layer except the last. The representation used
+//! for scoring is the (post-ReLU) output of `feature_layer`; the layers after it are the
+//! projection head the loss sees (SimCLR's h and z).
+
+use cudarc::driver::{sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
+
+use super::{check_same_shape, check_features};
+use crate::dtype::{DType, Float, FloatElement};
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::matrix::Matrix;
+use crate::rng::SplitMix64;
+
+/// The widths of the MLP and which layer's output is the feature.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MlpConfig {
+    /// widths[0] = input, widths[L] = output; L >= 1 layers.
+    pub widths: Vec<usize>,
+    /// 1..=L: the layer whose output is the representation (SimCLR's h).
+    pub feature_layer: usize,
+}
+
+impl MlpConfig {
+    /// `input -> hidden... -> feature -> head...`; with an empty `head` the feature layer is the
+    /// output (and linear).
+    pub fn new(input: usize, hidden: &[usize], feature: usize, head: &[usize]) -> Result<Self> {
+        let mut widths = vec![input];
+        widths.extend_from_slice(hidden);
+        widths.push(feature);
+        widths.extend_from_slice(head);
+        let config = MlpConfig { widths, feature_layer: hidden.len() + 1 };
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn layers(&self) -> usize {
+        self.widths.len().saturating_sub(1)
+    }
+    pub fn input(&self) -> usize {
+        self.widths[0]
+    }
+    pub fn output(&self) -> usize {
+        *self.widths.last().unwrap_or(&0)
+    }
+    pub fn feature(&self) -> usize {
+        self.widths[self.feature_layer]
+    }
+    /// Whether layer l (1..=L) ends in a ReLU: every layer but the last.
+    pub fn relu(&self, layer: usize) -> bool {
+        layer < self.layers()
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        if self.widths.len() < 2 {
+            return Err(Error::invalid("widths", "an MLP needs an input width and at least one layer"));
+        }
+        if let Some(k) = self.widths.iter().position(|&w| w == 0 || w > i32::MAX as usize) {
+            return Err(Error::invalid("widths", format!("widths are in 1..2^31; entry {k} is {}", self.widths[k])));
+        }
+        if !(1..=self.layers()).contains(&self.feature_layer) {
+            return Err(Error::invalid("feature_layer", format!("must be in 1..={}, got {}", self.layers(), self.feature_layer)));
+        }
+        Ok(())
+    }
+
+    /// Number of weights plus biases.
+    pub fn parameter_count(&self) -> usize {
+        self.widths.windows(2).map(|w| w[0] * w[1] + w[1]).sum()
+    }
+}
+
+/// One layer's parameters: `weight` is out x in (row-major), `bias` has `out` entries.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Linear<P> {
+    pub weight: Matrix<P>,
+    pub bias: Vec<P>,
+}
+
+/// The MLP's parameters. `P = f32` are the master weights both backends train; the oracle also
+/// runs on `P = f64` (finite-difference tests).
+#[derive(Clone, Debug, PartialEq)]
+pub struct MlpParams<P = f32> {
+    pub config: MlpConfig,
+    pub layers: Vec<Linear<P>>,
+}
+
+impl<P: Float> MlpParams<P> {
+    /// He-uniform weights, U(-sqrt(6 / fan_in), sqrt(6 / fan_in)) (keeps the activations' scale
+    /// through ReLU layers; torch's default is sqrt(3) times smaller), zero biases; a pure
+    /// function of `seed` (SplitMix64, layer by layer, row by row).
+    pub fn init(config: &MlpConfig, seed: u64) -> Result<Self> {
+        config.validate()?;
+        let mut rng = SplitMix64::new(seed);
+        let layers = config
+            .widths
+            .windows(2)
+            .map(|w| {
+                let (fan_in, out) = (w[0], w[1]);
+                let bound = (6.0 / fan_in as f64).sqrt();
+                let weight = Matrix::from_fn(out, fan_in, |_, _| P::from_f64(bound * (2.0 * rng.uniform() - 1.0)));
+                Linear { weight, bias: vec![P::from_f64(0.0); out] }
+            })
+            .collect();
+        Ok(MlpParams { config: config.clone(), layers })
+    }
+
+    /// Element-wise conversion (f32 master weights to the f64 oracle, say).
+    pub fn cast<Q: Float>(&self) -> MlpParams<Q> {
+        MlpParams {
+            config: self.config.clone(),
+            layers: self.layers.iter().map(|l| Linear { weight: l.weight.cast(), bias: l.bias.iter().map(|b| Q::from_f64(b.to_f64())).collect() }).collect(),
+        }
+    }
+
+    /// Checks that the tensors have the shapes the config says.
+    pub fn validate(&self) -> Result<()> {
+        self.config.validate()?;
+        if self.layers.len() != self.config.layers() {
+            return Err(Error::shape("layers", format!("{} layers (the config's)", self.config.layers()), format!("{}", self.layers.len())));
+        }
+        for (l, (layer, w)) in self.layers.iter().zip(self.config.widths.windows(2)).enumerate() {
+            if (layer.weight.rows(), layer.weight.cols()) != (w[1], w[0]) {
+                return Err(Error::shape("layers.weight", format!("layer {} weight {} x {} (out x in)", l + 1, w[1], w[0]), format!("{} x {}", layer.weight.rows(), layer.weight.cols())));
+            }
+            if layer.bias.len() != w[1] {
+                return Err(Error::shape("layers.bias", format!("layer {} bias of {}", l + 1, w[1]), format!("{}", layer.bias.len())));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// AdamW hyper-parameters (Loshchilov & Hutter; torch.optim.AdamW's update). Weight decay is
+/// applied to the weights, not the biases (the usual parameter-group choice).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct AdamW {
+    pub lr: f32,
+    pub beta1: f32,
+    pub beta2: f32,
+    pub eps: f32,
+    pub weight_decay: f32,
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        AdamW { lr: 1e-3, beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 1e-4 }
+    }
+}
+
+impl AdamW {
+    pub fn validate(&self) -> Result<()> {
+        let check = |arg: &'static str, v: f32, ok: bool| if ok { Ok(()) } else { Err(Error::invalid(arg, format!("out of range: {v}"))) };
+        check("lr", self.lr, self.lr >= 0.0 && self.lr.is_finite())?;
+        check("beta1", self.beta1, (0.0..1.0).contains(&self.beta1))?;
+        check("beta2", self.beta2, (0.0..1.0).contains(&self.beta2))?;
+        check("eps", self.eps, self.eps > 0.0 && self.eps.is_finite())?;
+        check("weight_decay", self.weight_decay, self.weight_decay >= 0.0 && self.weight_decay.is_finite())
+    }
+
+    /// The bias corrections 1 - beta^t of step t (1-based), computed in f64 on the host for both
+    /// backends so they agree exactly.
+    pub fn bias_corrections(&self, step: u64) -> (f64, f64) {
+        let t = step.min(i32::MAX as u64) as i32;
+        (1.0 - (self.beta1 as f64).powi(t), 1.0 - (self.beta2 as f64).powi(t))
+    }
+}
+
+/// Checks a batch for the MLP: `x` is batch x input.
+pub fn check_input(config: &MlpConfig, rows: usize, cols: usize) -> Result<()> {
+    config.validate()?;
+    if cols != config.input() {
+        return Err(Error::shape("x", format!("{} columns (the MLP's input width)", config.input()), format!("{rows} x {cols}")));
+    }
+    if rows > i32::MAX as usize {
+        return Err(Error::shape("x", "fewer than 2^31 rows", format!("{rows} rows")));
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// GPU: kernels/mlp.cu
+
+const MODULE: &str = "mlp";
+/// Mirrors kernels/common/tile_config.cuh (Tile128: 128 x 128 outputs, 256 threads) and the
+/// 32 x 8 block of column_sums.
+const TILE: usize = 128;
+const GEMM_THREADS: u32 = 256;
+const COLSUM_X: u32 = 32;
+const COLSUM_Y: u32 = 8;
+const ELEMENTWISE_THREADS: u32 = 256;
+
+fn check_compute_dtype(arg: &'static str, dtype: DType) -> Result<()> {
+    match dtype {
+        DType::F16 | DType::BF16 => Ok(()),
+        other => Err(Error::invalid(arg, format!("the encoder kernels compute in f16 or bf16, got {other} (use the CPU backend for f32)"))),
+    }
+}
+
+fn check_same_dtype(arg: &'static str, of: &str, want: DType, got: DType) -> Result<()> {
+    if want == got {
+        Ok(())
+    } else {
+        Err(Error::invalid(arg, format!("must have the dtype of {of} ({want}), got {got}")))
+    }
+}
+
+fn gemm_grid(rows: usize, cols: usize, arg: &'static str) -> Result<LaunchConfig> {
+    if rows.div_ceil(TILE) > 65_535 {
+        return Err(Error::shape(arg, format!("at most {} rows", 65_535 * TILE), format!("{rows} rows")));
+    }
+    Ok(LaunchConfig { grid_dim: (cols.div_ceil(TILE) as u32, rows.div_ceil(TILE) as u32, 1), block_dim: (GEMM_THREADS, 1, 1), shared_mem_bytes: 0 })
+}
+
+fn elementwise_grid(count: usize) -> LaunchConfig {
+    // Grid-stride loops: a bounded grid is enough.
+    let blocks = count.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 4096) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 }
+}
+
+fn suffix(aligned: bool) -> &'static str {
+    if aligned {
+        ""
+    } else {
+        "_unaligned"
+    }
+}
+
+/// Y = X W^T (+ bias) (then ReLU): `x` m x k, `w` n x k, `y` m x n, all f16 or all bf16; `bias`
+/// n f32 values or none.
+///
+/// # Safety
+/// Every pointer must be valid device memory of this GPU's context for the shape and dtype it is
+/// described with (`bias`: n f32), and stay valid until the stream has run the kernel.
+pub unsafe fn linear_forward_raw(gpu: &Gpu, stream: &CudaStream, x: RawMatrix, w: RawMatrix, bias: Option<CUdeviceptr>, y: RawMatrix, relu: bool) -> Result<()> {
+    check_compute_dtype("x", x.dtype)?;
+    check_same_dtype("w", "x", x.dtype, w.dtype)?;
+    check_same_dtype("y", "x", x.dtype, y.dtype)?;
+    check_features("x", x.rows, x.cols)?;
+    check_features("w", w.rows, w.cols)?;
+    if w.cols != x.cols {
+        return Err(Error::shape("w", format!("{} columns (the k of x)", x.cols), format!("{} x {}", w.rows, w.cols)));
+    }
+    check_same_shape("y", (x.rows, w.rows), (y.rows, y.cols))?;
+    x.check_pointer("x")?;
+    w.check_pointer("w")?;
+    y.check_pointer("y")?;
+    if let Some(b) = bias {
+        RawMatrix::new(b, w.rows, 1, DType::F32).check_pointer("bias")?;
+    }
+    let cfg = gemm_grid(x.rows, w.rows, "x")?;
+    if x.rows == 0 {
+        return Ok(());
+    }
+    let aligned = x.cols % 8 == 0 && x.ptr % 16 == 0 && w.ptr % 16 == 0;
+    let name = format!("linear_forward_{}{}", x.dtype, suffix(aligned));
+    let (m, n, k) = (dim_i32("x.rows", x.rows)?, dim_i32("w.rows", w.rows)?, dim_i32("x.cols", x.cols)?);
+    let (bias_p, relu_i) = (bias.unwrap_or(0), relu as i32);
+    gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&x.ptr, &w.ptr, &bias_p, &y.ptr, &m, &n, &k, &relu_i])
+}
+
+/// dX = dZ W, masked to where `relu_of` > 0 when given (the previous layer's ReLU'): `dz` m x n,
+/// `w` n x k, `relu_of` and `dx` m x k; one dtype (f16 or bf16).
+///
+/// # Safety
+/// As [`linear_forward_raw`].
+pub unsafe fn linear_backward_data_raw(gpu: &Gpu, stream: &CudaStream, dz: RawMatrix, w: RawMatrix, relu_of: Option<RawMatrix>, dx: RawMatrix) -> Result<()> {
+    check_compute_dtype("dz", dz.dtype)?;
+    check_same_dtype("w", "dz", dz.dtype, w.dtype)?;
+    check_same_dtype("dx", "dz", dz.dtype, dx.dtype)?;
+    check_features("dz", dz.rows, dz.cols)?;
+    check_features("w", w.rows, w.cols)?;
+    if w.rows != dz.cols {
+        return Err(Error::shape("w", format!("{} rows (the n of dz)", dz.cols), format!("{} x {}", w.rows, w.cols)));
+    }
+    check_same_shape("dx", (dz.rows, w.cols), (dx.rows, dx.cols))?;
+    if let Some(mask) = relu_of {
+        check_same_dtype("relu_of", "dz", dz.dtype, mask.dtype)?;
+        check_same_shape("relu_of", (dz.rows, w.cols), (mask.rows, mask.cols))?;
+        mask.check_pointer("relu_of")?;
+    }
+    dz.check_pointer("dz")?;
+    w.check_pointer("w")?;
+    dx.check_pointer("dx")?;
+    let cfg = gemm_grid(dz.rows, w.cols, "dz")?;
+    if dz.rows == 0 {
+        return Ok(());
+    }
+    let aligned = dz.cols % 8 == 0 && w.cols % 8 == 0 && dz.ptr % 16 == 0 && w.ptr % 16 == 0;
+    let name = format!("linear_backward_data_{}{}", dz.dtype, suffix(aligned));
+    let (m, n, k) = (dim_i32("dz.rows", dz.rows)?, dim_i32("dz.cols", dz.cols)?, dim_i32("w.cols", w.cols)?);
+    let mask_p = relu_of.map_or(0, |r| r.ptr);
+    gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&dz.ptr, &w.ptr, &mask_p, &dx.ptr, &m, &n, &k])
+}
+
+/// dW = dZ^T X (f32, n x k): `dz` m x n and `x` m x k in one dtype (f16 or bf16). With m = 0
+/// (an empty batch) dW is zeros.
+///
+/// # Safety
+/// As [`linear_forward_raw`].
+pub unsafe fn linear_backward_weight_raw(gpu: &Gpu, stream: &CudaStream, dz: RawMatrix, x: RawMatrix, dw: RawMatrix) -> Result<()> {
+    check_compute_dtype("dz", dz.dtype)?;
+    check_same_dtype("x", "dz", dz.dtype, x.dtype)?;
+    check_same_dtype("dw", "f32 gradients", DType::F32, dw.dtype)?;
+    check_features("dz", dz.rows, dz.cols)?;
+    check_features("x", x.rows, x.cols)?;
+    if x.rows != dz.rows {
+        return Err(Error::shape("x", format!("{} rows (the batch of dz)", dz.rows), format!("{} x {}", x.rows, x.cols)));
+    }
+    check_same_shape("dw", (dz.cols, x.cols), (dw.rows, dw.cols))?;
+    dz.check_pointer("dz")?;
+    x.check_pointer("x")?;
+    dw.check_pointer("dw")?;
+    let cfg = gemm_grid(dz.cols, x.cols, "dz")?;
+    let aligned = dz.cols % 8 == 0 && x.cols % 8 == 0 && dz.ptr % 16 == 0 && x.ptr % 16 == 0;
+    let name = format!("linear_backward_weight_{}{}", dz.dtype, suffix(aligned));
+    let (m, n, k) = (dim_i32("dz.rows", dz.rows)?, dim_i32("dz.cols", dz.cols)?, dim_i32("x.cols", x.cols)?);
+    gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&dz.ptr, &x.ptr, &dw.ptr, &m, &n, &k])
+}
+
+/// db = column sums of `dz` (m x n, f16 or bf16) into `out` (n f32), in a fixed order.
+///
+/// # Safety
+/// As [`linear_forward_raw`] (`out`: n f32).
+pub unsafe fn column_sums_raw(gpu: &Gpu, stream: &CudaStream, dz: RawMatrix, out: CUdeviceptr) -> Result<()> {
+    check_compute_dtype("dz", dz.dtype)?;
+    check_features("dz", dz.rows, dz.cols)?;
+    dz.check_pointer("dz")?;
+    RawMatrix::new(out, dz.cols, 1, DType::F32).check_pointer("out")?;
+    let (m, n) = (dim_i32("dz.rows", dz.rows)?, dim_i32("dz.cols", dz.cols)?);
+    let cfg = LaunchConfig { grid_dim: ((dz.cols as u32).div_ceil(COLSUM_X), 1, 1), block_dim: (COLSUM_X, COLSUM_Y, 1), shared_mem_bytes: 0 };
+    gpu.launch(stream, MODULE, &format!("column_sums_{}", dz.dtype), cfg, &mut kernel_args![&dz.ptr, &out, &m, &n])
+}
+
+/// One AdamW update of `count` f32 parameters `p` with gradients `g` and moments `m`, `v` (all
+/// f32), at step `step` (1-based), writing the compute copy `compute` (count elements of
+/// `compute_dtype`, f16 or bf16) when given.
+///
+/// # Safety
+/// As [`linear_forward_raw`]: each pointer valid for `count` elements of its type.
+#[allow(clippy::too_many_arguments)]
+pub unsafe fn adamw_raw(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    p: CUdeviceptr,
+    g: CUdeviceptr,
+    m: CUdeviceptr,
+    v: CUdeviceptr,
+    compute: Option<CUdeviceptr>,
+    compute_dtype: DType,
+    count: usize,
+    hp: &AdamW,
+    weight_decay: f32,
+    step: u64,
+) -> Result<()> {
+    hp.validate()?;
+    check_compute_dtype("compute_dtype", compute_dtype)?;
+    if step == 0 {
+        return Err(Error::invalid("step", "steps count from 1"));
+    }
+    if !(weight_decay >= 0.0 && weight_decay.is_finite()) {
+        return Err(Error::invalid("weight_decay", format!("must be finite and >= 0, got {weight_decay}")));
+    }
+    for (arg, ptr) in [("p", p), ("g", g), ("m", m), ("v", v)] {
+        RawMatrix::new(ptr, count, 1, DType::F32).check_pointer(arg)?;
+    }
+    if let Some(c) = compute {
+        RawMatrix::new(c, count, 1, compute_dtype).check_pointer("compute")?;
+    }
+    if count == 0 {
+        return Ok(());
+    }
+    let (c1, c2) = hp.bias_corrections(step);
+    let (c1, c2) = (c1 as f32, c2 as f32);
+    let count_i = dim_i32("count", count)?;
+    let compute_p = compute.unwrap_or(0);
+    let name = format!("adamw_{compute_dtype}");
+    gpu.launch(
+        stream,
+        MODULE,
+        &name,
+        elementwise_grid(count),
+        &mut kernel_args![&p, &g, &m, &v, &compute_p, &count_i, &hp.lr, &hp.beta1, &hp.beta2, &hp.eps, &weight_decay, &c1, &c2],
+    )
+}
+
+/// `dst` (count elements of `dst_dtype`, f16 or bf16) = `src` (count f32), rounded to nearest.
+///
+/// # Safety
+/// As [`linear_forward_raw`].
+pub unsafe fn convert_f32_raw(gpu: &Gpu, stream: &CudaStream, src: CUdeviceptr, dst: CUdeviceptr, dst_dtype: DType, count: usize) -> Result<()> {
+    check_compute_dtype("dst_dtype", dst_dtype)?;
+    RawMatrix::new(src, count, 1, DType::F32).check_pointer("src")?;
+    RawMatrix::new(dst, count, 1, dst_dtype).check_pointer("dst")?;
+    if count == 0 {
+        return Ok(());
+    }
+    let count_i = dim_i32("count", count)?;
+    gpu.launch(stream, MODULE, &format!("convert_f32_{dst_dtype}"), elementwise_grid(count), &mut kernel_args![&src, &dst, &count_i])
+}
+
+/// The raw view of a matrix the kernel writes (all launches are on the one stream, so the
+/// guard's event bookkeeping is not needed past the call).
+fn raw_mut<T: FloatElement>(m: &mut DeviceMatrix<T>, stream: &CudaStream) -> RawMatrix {
+    let (rows, cols) = (m.rows(), m.cols());
+    RawMatrix::new(m.slice_mut().device_ptr_mut(stream).0, rows, cols, T::DTYPE)
+}
+
+/// One layer's device state: f32 master weights and biases with their AdamW moments and
+/// gradients, and the T compute copy of the weights.
+struct GpuLinear<T> {
+    weight: CudaSlice<f32>,
+    bias: CudaSlice<f32>,
+    weight_compute: DeviceMatrix<T>,
+    d_weight: CudaSlice<f32>,
+    d_bias: CudaSlice<f32>,
+    m_weight: CudaSlice<f32>,
+    v_weight: CudaSlice<f32>,
+    m_bias: CudaSlice<f32>,
+    v_bias: CudaSlice<f32>,
+}
+
+/// The MLP on the GPU: forward, backward into its gradient buffers, AdamW. T = f16 or bf16.
+pub struct GpuMlp<T> {
+    gpu: Gpu,
+    config: MlpConfig,
+    layers: Vec<GpuLinear<T>>,
+    step: u64,
+}
+
+impl<T: FloatElement> GpuMlp<T> {
+    /// Uploads `params` (the f32 master weights) and writes the compute copy.
+    pub fn new(gpu: &Gpu, params: &MlpParams<f32>) -> Result<Self> {
+        check_compute_dtype("T", T::DTYPE)?;
+        params.validate()?;
+        let stream = gpu.stream();
+        let upload = |v: &[f32]| stream.clone_htod(v).during("host-to-device copy");
+        let zeros = |len: usize| stream.alloc_zeros::<f32>(len.max(1)).during("device allocation");
+        let mut layers = Vec::with_capacity(params.layers.len());
+        for layer in &params.layers {
+            let (out, inp) = (layer.weight.rows(), layer.weight.cols());
+            let weight = upload(layer.weight.data())?;
+            let mut weight_compute = DeviceMatrix::<T>::zeros(gpu, out, inp)?;
+            {
+                let (src, dst) = (weight.device_ptr(stream).0, weight_compute.slice_mut().device_ptr_mut(stream).0);
+                // SAFETY: both buffers hold out * inp elements of their types.
+                unsafe { convert_f32_raw(gpu, stream, src, dst, T::DTYPE, out * inp)? };
+            }
+            layers.push(GpuLinear {
+                weight,
+                bias: upload(&layer.bias)?,
+                weight_compute,
+                d_weight: zeros(out * inp)?,
+                d_bias: zeros(out)?,
+                m_weight: zeros(out * inp)?,
+                v_weight: zeros(out * inp)?,
+                m_bias: zeros(out)?,
+                v_bias: zeros(out)?,
+            });
+        }
+        Ok(GpuMlp { gpu: gpu.clone(), config: params.config.clone(), layers, step: 0 })
+    }
+
+    pub fn config(&self) -> &MlpConfig {
+        &self.config
+    }
+
+    pub fn gpu(&self) -> &Gpu {
+        &self.gpu
+    }
+
+    /// AdamW steps taken.
+    pub fn step(&self) -> u64 {
+        self.step
+    }
+
+    /// Every layer's output for the batch `x` (batch x input): outputs[l - 1] of layer l.
+    pub fn forward(&self, x: &DeviceMatrix<T>) -> Result<Vec<DeviceMatrix<T>>> {
+        check_input(&self.config, x.rows(), x.cols())?;
+        let (gpu, stream) = (&self.gpu, self.gpu.stream());
+        let mut outputs: Vec<DeviceMatrix<T>> = Vec::with_capacity(self.layers.len());
+        for (l, layer) in self.layers.iter().enumerate() {
+            let mut y = DeviceMatrix::<T>::zeros(gpu, x.rows(), self.config.widths[l + 1])?;
+            let input = if l == 0 { x } else { &outputs[l - 1] };
+            let x_raw = input.raw(stream).0;
+            let w_raw = layer.weight_compute.raw(stream).0;
+            let bias = layer.bias.device_ptr(stream).0;
+            let y_raw = raw_mut(&mut y, stream);
+            // SAFETY: live buffers of the described shapes; everything runs on the one stream.
+            unsafe { linear_forward_raw(gpu, stream, x_raw, w_raw, Some(bias), y_raw, self.config.relu(l + 1))? };
+            outputs.push(y);
+        }
+        Ok(outputs)
+    }
+
+    /// Backward from the gradient of the MLP's output (`d_output`, batch x output) given the
+    /// batch `x` and the `outputs` of [`Self::forward`]: fills the weight and bias gradients and
+    /// returns dX.
+    pub fn backward(&mut self, x: &DeviceMatrix<T>, outputs: &[DeviceMatrix<T>], d_output: &DeviceMatrix<T>) -> Result<DeviceMatrix<T>> {
+        check_input(&self.config, x.rows(), x.cols())?;
+        if outputs.len() != self.layers.len() {
+            return Err(Error::shape("outputs", format!("{} layer outputs", self.layers.len()), format!("{}", outputs.len())));
+        }
+        check_same_shape("d_output", (x.rows(), self.config.output()), (d_output.rows(), d_output.cols()))?;
+        let (gpu, stream) = (&self.gpu, self.gpu.stream());
+        let batch = x.rows();
+        let mut owned_dz: Option<DeviceMatrix<T>> = None;
+        for l in (1..=self.layers.len()).rev() {
+            let input = if l == 1 { x } else { &outputs[l - 2] };
+            let dz = owned_dz.as_ref().unwrap_or(d_output);
+            let layer = &mut self.layers[l - 1];
+            let dz_raw = dz.raw(stream).0;
+            let x_raw = input.raw(stream).0;
+            let dw_raw = RawMatrix::new(layer.d_weight.device_ptr_mut(stream).0, layer.weight_compute.rows(), layer.weight_compute.cols(), DType::F32);
+            let db = layer.d_bias.device_ptr_mut(stream).0;
+            // SAFETY: live buffers of the described shapes on the one stream.
+            unsafe {
+                linear_backward_weight_raw(gpu, stream, dz_raw, x_raw, dw_raw)?;
+                column_sums_raw(gpu, stream, dz_raw, db)?;
+            }
+            let mut dx = DeviceMatrix::<T>::zeros(gpu, batch, self.config.widths[l - 1])?;
+            let dx_raw = raw_mut(&mut dx, stream);
+            let mask = (l > 1 && self.config.relu(l - 1)).then_some(x_raw);
+            let w_raw = layer.weight_compute.raw(stream).0;
+            // SAFETY: as above.
+            unsafe { linear_backward_data_raw(gpu, stream, dz_raw, w_raw, mask, dx_raw)? };
+            owned_dz = Some(dx);
+        }
+        Ok(owned_dz.expect("at least one layer"))
+    }
+
+    /// One AdamW step from the gradients of the last [`Self::backward`] (weights decayed, biases not).
+    pub fn adamw_step(&mut self, hp: &AdamW) -> Result<()> {
+        hp.validate()?;
+        self.step += 1;
+        let (gpu, stream) = (&self.gpu, self.gpu.stream());
+        for layer in &mut self.layers {
+            let count_w = layer.weight_compute.rows() * layer.weight_compute.cols();
+            let count_b = layer.weight_compute.rows();
+            let compute = layer.weight_compute.slice_mut().device_ptr_mut(stream).0;
+            // SAFETY: every buffer holds count_w (weights) or count_b (biases) elements.
+            unsafe {
+                adamw_raw(
+                    gpu,
+                    stream,
+                    layer.weight.device_ptr_mut(stream).0,
+                    layer.d_weight.device_ptr(stream).0,
+                    layer.m_weight.device_ptr_mut(stream).0,
+                    layer.v_weight.device_ptr_mut(stream).0,
+                    Some(compute),
+                    T::DTYPE,
+                    count_w,
+                    hp,
+                    hp.weight_decay,
+                    self.step,
+                )?;
+                adamw_raw(
+                    gpu,
+                    stream,
+                    layer.bias.device_ptr_mut(stream).0,
+                    layer.d_bias.device_ptr(stream).0,
+                    layer.m_bias.device_ptr_mut(stream).0,
+                    layer.v_bias.device_ptr_mut(stream).0,
+                    None,
+                    T::DTYPE,
+                    count_b,
+                    hp,
+                    0.0,
+                    self.step,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    fn download_f32(&self, s: &CudaSlice<f32>, len: usize) -> Result<Vec<f32>> {
+        let mut v = self.gpu.stream().clone_dtoh(s).during("device-to-host copy")?;
+        v.truncate(len);
+        Ok(v)
+    }
+
+    /// The f32 master weights.
+    pub fn params(&self) -> Result<MlpParams<f32>> {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let (out, inp) = (l.weight_compute.rows(), l.weight_compute.cols());
+                Ok(Linear { weight: Matrix::new(out, inp, self.download_f32(&l.weight, out * inp)?)?, bias: self.download_f32(&l.bias, out)? })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(MlpParams { config: self.config.clone(), layers })
+    }
+
+    /// The gradients of the last backward (f32), layer by layer.
+    pub fn gradients(&self) -> Result<Vec<Linear<f32>>> {
+        self.layers
+            .iter()
+            .map(|l| {
+                let (out, inp) = (l.weight_compute.rows(), l.weight_compute.cols());
+                Ok(Linear { weight: Matrix::new(out, inp, self.download_f32(&l.d_weight, out * inp)?)?, bias: self.download_f32(&l.d_bias, out)? })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_shapes_and_errors() {
+        let c = MlpConfig::new(64, &[128, 96], 48, &[32, 16]).unwrap();
+        assert_eq!(c.widths, vec![64, 128, 96, 48, 32, 16]);
+        assert_eq!((c.layers(), c.feature_layer, c.feature(), c.output()), (5, 3, 48, 16));
+        assert!(c.relu(4) && !c.relu(5));
+        assert_eq!(c.parameter_count(), 64 * 128 + 128 + 128 * 96 + 96 + 96 * 48 + 48 + 48 * 32 + 32 + 32 * 16 + 16);
+        assert!(matches!(MlpConfig::new(0, &[], 4, &[]), Err(Error::InvalidArgument { arg: "widths", .. })));
+        let bad = MlpConfig { widths: vec![3, 4], feature_layer: 2 };
+        assert!(matches!(bad.validate(), Err(Error::InvalidArgument { arg: "feature_layer", .. })));
+        assert!(matches!(check_input(&c, 5, 63), Err(Error::Shape { arg: "x", .. })));
+    }
+
+    #[test]
+    fn init_is_seeded_and_bounded() {
+        let c = MlpConfig::new(24, &[16], 8, &[]).unwrap();
+        let a = MlpParams::<f32>::init(&c, 3).unwrap();
+        assert_eq!(a, MlpParams::<f32>::init(&c, 3).unwrap());
+        assert_ne!(a, MlpParams::<f32>::init(&c, 4).unwrap());
+        a.validate().unwrap();
+        let bound = (6.0f32 / 24.0).sqrt();
+        assert!(a.layers[0].weight.data().iter().all(|w| w.abs() <= bound));
+        // Uniform on [-b, b] has variance b^2 / 3: the sample agrees within 10 %.
+        let var = a.layers[0].weight.data().iter().map(|w| (w * w) as f64).sum::<f64>() / (16.0 * 24.0);
+        assert!((var / (bound as f64 * bound as f64 / 3.0) - 1.0).abs() < 0.1, "variance {var}");
+        assert!(a.layers.iter().all(|l| l.bias.iter().all(|&b| b == 0.0)));
+        let mut broken = a.clone();
+        broken.layers[1].bias.pop();
+        assert!(matches!(broken.validate(), Err(Error::Shape { arg: "layers.bias", .. })));
+    }
+
+    #[test]
+    fn adamw_validation() {
+        AdamW::default().validate().unwrap();
+        assert!(matches!(AdamW { beta1: 1.0, ..AdamW::default() }.validate(), Err(Error::InvalidArgument { arg: "beta1", .. })));
+        assert!(matches!(AdamW { lr: f32::NAN, ..AdamW::default() }.validate(), Err(Error::InvalidArgument { arg: "lr", .. })));
+        let (c1, c2) = AdamW::default().bias_corrections(1);
+        // beta1 = 0.9f32 is 0.9 only to f32 precision.
+        assert!((c1 - 0.1).abs() < 1e-6 && (c2 - 0.001).abs() < 1e-6, "{c1} {c2}");
+    }
+}
