@@ -19,6 +19,10 @@ const EXPECTED_KERNELS: &[&str] = &[
     "contrastive_backward_prepare",
     "contrastive_pack_bf16",
     "contrastive_norm_penalty_backward_f16",
+    "contrastive_unfused_softmax",
+    "contrastive_unfused_grad_f16",
+    "contrastive_unfused_grad_bf16",
+    "contrastive_unfused_grad_f32",
 ];
 
 #[test]
@@ -32,7 +36,7 @@ fn kernels_are_embedded_under_ci() {
         println!("kernels_are_embedded_under_ci: skipped, built without nvcc ({})", build_info::NOT_COMPILED_REASON);
         return;
     }
-    for module in ["contrastive", "normalize", "similarity"] {
+    for module in ["contrastive", "contrastive_unfused", "normalize", "similarity"] {
         let image = build_info::module_image(module).unwrap_or_else(|| panic!("module {module} not embedded"));
         // A fatbin starts with the magic 0xBA55ED50 (little-endian).
         assert_eq!(&image[..4], &[0x50, 0xED, 0x55, 0xBA], "module {module} is not a fatbin");

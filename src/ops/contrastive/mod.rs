@@ -22,6 +22,7 @@
 
 mod fused;
 mod host;
+pub mod unfused;
 
 pub use fused::{backward as backward_device, forward as forward_device, DeviceForward, DeviceGradients, DeviceKeyRows, DeviceLossInputs, DevicePrototypeColumns, SavedForward, Upstream};
 pub use host::{Gradients, LossContext};
