@@ -4,6 +4,7 @@
 
 mod common;
 
+use common::contrastive_harness::{assert_grad_close, cases, for_each_harness_case, Case};
 use common::{gpu_or_skip, m, random_matrix};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
 use contrastive_kernels::ops::contrastive::{
@@ -431,81 +432,6 @@ fn invariant_to_key_and_prototype_scale() {
     }
 }
 
-/// Pairwise keys: features, instance ids, labels.
-type Keys = (Matrix<f64>, Vec<i32>, Option<Vec<i32>>);
-
-/// One finite-difference case: the loss, the batch, and what is perturbed.
-struct Case {
-    name: &'static str,
-    loss: ContrastiveLoss,
-    features: Matrix<f64>,
-    instance: Vec<i32>,
-    label: Option<Vec<i32>>,
-    role: Option<Vec<RowRole>>,
-    weight: Option<Vec<f32>>,
-    keys: Option<Keys>,
-    protos: Option<(Matrix<f64>, Vec<i32>)>,
-}
-
-impl Case {
-    fn inputs<'a>(&'a self, features: &'a Matrix<f64>, keys: Option<&'a Matrix<f64>>, centers: Option<&'a Matrix<f64>>) -> LossInputs<'a, f64> {
-        LossInputs {
-            features,
-            instance: &self.instance,
-            label: self.label.as_deref(),
-            role: self.role.as_deref(),
-            weight: self.weight.as_deref(),
-            keys: self.keys.as_ref().map(|(_, i, l)| KeyRows { features: keys.unwrap(), instance: i, label: l.as_deref() }),
-            prototypes: self.protos.as_ref().map(|(_, p)| PrototypeColumns { centers: centers.unwrap(), proto_of: p }),
-        }
-    }
-}
-
-fn cases() -> Vec<Case> {
-    let x = |rows, seed| random_matrix::<f64>(rows, 6, seed);
-    let base = |name, loss, rows: usize, instance: Vec<i32>| Case {
-        name,
-        loss,
-        features: x(rows, rows as u64 + 11),
-        instance,
-        label: None,
-        role: None,
-        weight: None,
-        keys: None,
-        protos: None,
-    };
-    vec![
-        base("nt_xent", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 2]),
-        // CSI-style: 2 samples x 2 rotations x 2 views, each (sample, rotation) its own instance.
-        base("nt_xent_shifted", ContrastiveLoss::nt_xent(0.5), 8, vec![0, 1, 2, 3, 0, 1, 2, 3]),
-        Case { label: Some(vec![0, 1, 0, 0, 1, 0]), ..base("supcon", ContrastiveLoss::supcon(0.1, 0.07), 6, vec![0, 1, 2, 0, 1, 2]) },
-        Case { label: Some(vec![0, -1, 0, 0, -1, 0]), ..base("firm", ContrastiveLoss::firm(0.2), 6, vec![0, 1, 2, 0, 1, 2]) },
-        Case {
-            label: Some(vec![0, -1, 0]),
-            keys: Some((x(5, 99), vec![0, 1, 2, 7, 8], Some(vec![0, -1, 0, 1, -1]))),
-            ..base("firm_pairwise_queue", ContrastiveLoss::firm_pairwise(0.2), 3, vec![0, 1, 2])
-        },
-        Case {
-            role: Some(vec![RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly]),
-            ..base("oecl", ContrastiveLoss::oecl(0.5, 0.1), 6, vec![0, 1, 9, 0, 1, 9])
-        },
-        Case {
-            role: Some(vec![RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor]),
-            ..base("outlier_exposure", ContrastiveLoss::outlier_exposure(0.5), 6, vec![0, 5, 2, 0, 6, 2])
-        },
-        Case {
-            label: Some(vec![0, 1, 0, 0, 1, 1]),
-            protos: Some((x(3, 77), vec![0, 1, 0, 0, 1, -1])),
-            ..base("cluster_aware", ContrastiveLoss::cluster_aware(0.5), 6, vec![0, 1, 2, 0, 1, 2])
-        },
-        Case {
-            weight: Some(vec![0.5, 1.0, 2.0, 0.0, 1.5, 1.0]),
-            loss: ContrastiveLoss::nt_xent(0.5).with_empty_positives(EmptyPositives::Zero),
-            ..base("weighted_with_empty_anchor", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 9])
-        },
-    ]
-}
-
 /// Mixtures the GPU harness does not need, for the finite-difference check only.
 fn gradient_only_cases() -> Vec<Case> {
     let x = |rows, seed| random_matrix::<f64>(rows, 5, seed);
@@ -591,40 +517,6 @@ fn oracle_gradients_match_finite_differences() {
     }
 }
 
-/// Runs `check` over every loss kind on shapes that hit the tails (rows not a multiple of the
-/// tiles, d in {3, 6, 64, 128, 200, 512}), with inputs rounded to `T`.
-fn for_each_harness_case<T: FloatElement>(check: &mut dyn FnMut(&str, &ContrastiveLoss, &LossInputs<'_, T>)) {
-    for (rows, d) in [(6usize, 6usize), (200, 3), (300, 64), (130, 200), (257, 128), (70, 512)] {
-        for case in cases() {
-            // Tile the small case's ids over `rows` rows so every shape has positives.
-            let base_n = case.features.rows();
-            let reps = rows / base_n.max(1) + 1;
-            let n = base_n * reps;
-            let tile = |v: &[i32], offset: i32| -> Vec<i32> { (0..n).map(|i| if v[i % base_n] < 0 { v[i % base_n] } else { v[i % base_n] + offset * (i / base_n) as i32 }).collect() };
-            let instance = tile(&case.instance, 100);
-            let label = case.label.as_ref().map(|l| tile(l, 0));
-            let role: Option<Vec<RowRole>> = case.role.as_ref().map(|r| (0..n).map(|i| r[i % base_n]).collect());
-            let weight: Option<Vec<f32>> = case.weight.as_ref().map(|w| (0..n).map(|i| w[i % base_n]).collect());
-            let x: Matrix<T> = random_matrix(n, d, (rows * d) as u64);
-            let keys_x: Option<Matrix<T>> = case.keys.as_ref().map(|_| random_matrix(n + 37, d, 5));
-            let key_instance: Vec<i32> = (0..n as i32 + 37).map(|i| if i < n as i32 { instance[i as usize] } else { 10_000 + i }).collect();
-            let key_label: Option<Vec<i32>> = label.as_ref().map(|l| (0..n + 37).map(|i| if i < n { l[i] } else { -1 }).collect());
-            let centers: Option<Matrix<T>> = case.protos.as_ref().map(|_| random_matrix(5, d, 6));
-            let proto_of: Option<Vec<i32>> = case.protos.as_ref().map(|(_, p)| (0..n).map(|i| p[i % base_n]).collect());
-            let inputs = LossInputs {
-                features: &x,
-                instance: &instance,
-                label: label.as_deref(),
-                role: role.as_deref(),
-                weight: weight.as_deref(),
-                keys: keys_x.as_ref().map(|k| KeyRows { features: k, instance: &key_instance, label: key_label.as_deref() }),
-                prototypes: centers.as_ref().map(|c| PrototypeColumns { centers: c, proto_of: proto_of.as_deref().unwrap() }),
-            };
-            check(&format!("{} {} {n}x{d}", case.name, T::DTYPE), &case.loss, &inputs);
-        }
-    }
-}
-
 /// The forward against the oracle on the same (rounded) inputs. Tolerances of DESIGN.md section 7:
 /// loss relative error 2e-3 (f16) / 5e-3 (bf16); per-anchor values and LSE likewise, relative to
 /// the largest |L_i| and |LSE|.
@@ -642,16 +534,6 @@ fn check_forward_against_oracle<T: FloatElement>(run: &dyn Fn(&ContrastiveLoss, 
             assert!(g == w || (g - w).abs() <= rel * scale, "{what}: lse_{i} {g} vs {w}");
         }
     });
-}
-
-/// max |got - want| <= rel * max |want| + abs (DESIGN.md section 7's gradient bound), elementwise report.
-fn assert_grad_close<T: FloatElement>(what: &str, got: &Matrix<T>, want: &Matrix<f64>, rel: f64, abs: f64) {
-    assert_eq!((got.rows(), got.cols()), (want.rows(), want.cols()), "{what}: shape");
-    let scale = want.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
-    for (k, (g, w)) in got.data().iter().zip(want.data()).enumerate() {
-        let g = g.to_f64();
-        assert!((g - w).abs() <= rel * scale + abs, "{what}: [{}, {}] = {g} vs oracle {w} (max |grad| {scale})", k / want.cols(), k % want.cols());
-    }
 }
 
 /// The backward through the host API of `backend` against the oracle's gradients on the same

@@ -30,6 +30,10 @@ const EXPECTED_KERNELS: &[&str] = &[
     "column_sums_bf16",
     "adamw_f16",
     "convert_f32_bf16",
+    "contrastive_unfused_softmax",
+    "contrastive_unfused_grad_f16",
+    "contrastive_unfused_grad_bf16",
+    "contrastive_unfused_grad_f32",
 ];
 
 #[test]
@@ -43,7 +47,7 @@ fn kernels_are_embedded_under_ci() {
         println!("kernels_are_embedded_under_ci: skipped, built without nvcc ({})", build_info::NOT_COMPILED_REASON);
         return;
     }
-    for module in ["contrastive", "mlp", "normalize", "similarity"] {
+    for module in ["contrastive", "contrastive_unfused", "mlp", "normalize", "similarity"] {
         let image = build_info::module_image(module).unwrap_or_else(|| panic!("module {module} not embedded"));
         // A fatbin starts with the magic 0xBA55ED50 (little-endian).
         assert_eq!(&image[..4], &[0x50, 0xED, 0x55, 0xBA], "module {module} is not a fatbin");

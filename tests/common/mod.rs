@@ -63,3 +63,4 @@ pub fn max_abs(v: &[f64]) -> f64 {
 pub fn rounded_to<T: Float>(want: &[f64]) -> Vec<f64> {
     want.iter().map(|&w| T::from_f64(w).to_f64()).collect()
 }
+pub mod contrastive_harness;

@@ -31,8 +31,8 @@ fn grad_chunk(dtype: DType) -> usize {
         128
     }
 }
-const ROW_KERNEL_THREADS: u32 = 256; // one warp per row: pack, norm penalty
-const SINGLE_BLOCK_THREADS: u32 = 1024; // contrastive_reduce, contrastive_backward_prepare
+pub(super) const ROW_KERNEL_THREADS: u32 = 256; // one warp per row: pack, norm penalty
+pub(super) const SINGLE_BLOCK_THREADS: u32 = 1024; // contrastive_reduce, contrastive_backward_prepare
 
 /// The rows of one loss evaluation in device memory (the device twin of [`super::LossInputs`]).
 /// Id and weight slices hold one entry per row.
@@ -109,7 +109,7 @@ pub struct DeviceGradients<T> {
     pub prototypes: Option<DeviceMatrix<T>>,
 }
 
-fn check_slice<E>(arg: &'static str, s: &CudaSlice<E>, rows: usize, of: &str) -> Result<()> {
+pub(super) fn check_slice<E>(arg: &'static str, s: &CudaSlice<E>, rows: usize, of: &str) -> Result<()> {
     // A zero-row input still holds one element (the driver allocates no empty buffers).
     if s.len() == rows || (rows == 0 && s.len() <= 1) {
         Ok(())
@@ -166,13 +166,13 @@ pub fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, inputs: &Dev
     Ok(())
 }
 
-fn ptr<E>(s: &CudaSlice<E>, stream: &CudaStream) -> u64 {
+pub(super) fn ptr<E>(s: &CudaSlice<E>, stream: &CudaStream) -> u64 {
     // Everything here runs on one stream, so the read/write events cudarc records are not needed
     // beyond the launch: the guard may drop at once.
     s.device_ptr(stream).0
 }
 
-fn opt_ptr<E>(s: Option<&CudaSlice<E>>, stream: &CudaStream) -> u64 {
+pub(super) fn opt_ptr<E>(s: Option<&CudaSlice<E>>, stream: &CudaStream) -> u64 {
     s.map_or(0, |s| ptr(s, stream))
 }
 
@@ -180,13 +180,13 @@ fn alloc_f32(stream: &Arc<CudaStream>, len: usize) -> Result<CudaSlice<f32>> {
     stream.alloc_zeros::<f32>(len.max(1)).during("device allocation")
 }
 
-fn rows_config(rows: usize, rows_per_block: usize, threads: u32) -> LaunchConfig {
+pub(super) fn rows_config(rows: usize, rows_per_block: usize, threads: u32) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.div_ceil(rows_per_block).max(1) as u32, 1, 1), block_dim: (threads, 1, 1), shared_mem_bytes: 0 }
 }
 
 const SINGLE_BLOCK: LaunchConfig = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
 
-const CHECK_NAMES: [(&str, &str); 9] = [
+pub(super) const CHECK_NAMES: [(&str, &str); 9] = [
     ("features", "holds a non-finite value"),
     ("label", "has an id below -1 (ids are >= 0, or -1 for none)"),
     ("role", "has a role above 2 (0 anchor, 1 negative-only, 2 norm-penalty-only)"),

@@ -22,6 +22,7 @@
 
 mod fused;
 mod host;
+pub mod unfused;
 
 pub use fused::{
     backward as backward_device, backward_raw, forward as forward_device, forward_raw, DeviceForward, DeviceGradients, DeviceKeyRows,

@@ -1,0 +1,183 @@
+//! The contrastive loss's GPU harness, shared by the test binaries that check a GPU path against
+//! the f64 oracle: one small case per loss kind, tiled over shapes that hit every tail, and the
+//! upload of host inputs to the device-buffer API.
+
+use contrastive_kernels::cudarc::driver::CudaSlice;
+use contrastive_kernels::ops::contrastive::{
+    ContrastiveLoss, DeviceKeyRows, DeviceLossInputs, DevicePrototypeColumns, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, RowRole,
+};
+use contrastive_kernels::{DeviceMatrix, FloatElement, Gpu, Matrix};
+
+use super::random_matrix;
+
+/// Pairwise keys: features, instance ids, labels.
+pub type Keys = (Matrix<f64>, Vec<i32>, Option<Vec<i32>>);
+
+/// One small batch of one loss kind; the harness tiles its ids over larger shapes.
+pub struct Case {
+    pub name: &'static str,
+    pub loss: ContrastiveLoss,
+    pub features: Matrix<f64>,
+    pub instance: Vec<i32>,
+    pub label: Option<Vec<i32>>,
+    pub role: Option<Vec<RowRole>>,
+    pub weight: Option<Vec<f32>>,
+    pub keys: Option<Keys>,
+    pub protos: Option<(Matrix<f64>, Vec<i32>)>,
+}
+
+impl Case {
+    /// The case's inputs with `features` (and keys, centers) in place of its own, for perturbations.
+    pub fn inputs<'a>(&'a self, features: &'a Matrix<f64>, keys: Option<&'a Matrix<f64>>, centers: Option<&'a Matrix<f64>>) -> LossInputs<'a, f64> {
+        LossInputs {
+            features,
+            instance: &self.instance,
+            label: self.label.as_deref(),
+            role: self.role.as_deref(),
+            weight: self.weight.as_deref(),
+            keys: self.keys.as_ref().map(|(_, i, l)| KeyRows { features: keys.unwrap(), instance: i, label: l.as_deref() }),
+            prototypes: self.protos.as_ref().map(|(_, p)| PrototypeColumns { centers: centers.unwrap(), proto_of: p }),
+        }
+    }
+}
+
+/// Every loss kind of DESIGN.md section 3.
+pub fn cases() -> Vec<Case> {
+    let x = |rows, seed| random_matrix::<f64>(rows, 6, seed);
+    let base = |name, loss, rows: usize, instance: Vec<i32>| Case {
+        name,
+        loss,
+        features: x(rows, rows as u64 + 11),
+        instance,
+        label: None,
+        role: None,
+        weight: None,
+        keys: None,
+        protos: None,
+    };
+    vec![
+        base("nt_xent", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 2]),
+        base("nt_xent_shifted", ContrastiveLoss::nt_xent(0.5), 8, vec![0, 1, 2, 3, 0, 1, 2, 3]),
+        Case { label: Some(vec![0, 1, 0, 0, 1, 0]), ..base("supcon", ContrastiveLoss::supcon(0.1, 0.07), 6, vec![0, 1, 2, 0, 1, 2]) },
+        Case { label: Some(vec![0, -1, 0, 0, -1, 0]), ..base("firm", ContrastiveLoss::firm(0.2), 6, vec![0, 1, 2, 0, 1, 2]) },
+        Case {
+            label: Some(vec![0, -1, 0]),
+            keys: Some((x(5, 99), vec![0, 1, 2, 7, 8], Some(vec![0, -1, 0, 1, -1]))),
+            ..base("firm_pairwise_queue", ContrastiveLoss::firm_pairwise(0.2), 3, vec![0, 1, 2])
+        },
+        Case {
+            role: Some(vec![RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly]),
+            ..base("oecl", ContrastiveLoss::oecl(0.5, 0.1), 6, vec![0, 1, 9, 0, 1, 9])
+        },
+        Case {
+            role: Some(vec![RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor]),
+            ..base("outlier_exposure", ContrastiveLoss::outlier_exposure(0.5), 6, vec![0, 5, 2, 0, 6, 2])
+        },
+        Case {
+            label: Some(vec![0, 1, 0, 0, 1, 1]),
+            protos: Some((x(3, 77), vec![0, 1, 0, 0, 1, -1])),
+            ..base("cluster_aware", ContrastiveLoss::cluster_aware(0.5), 6, vec![0, 1, 2, 0, 1, 2])
+        },
+        Case {
+            weight: Some(vec![0.5, 1.0, 2.0, 0.0, 1.5, 1.0]),
+            loss: ContrastiveLoss::nt_xent(0.5).with_empty_positives(EmptyPositives::Zero),
+            ..base("weighted_with_empty_anchor", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 9])
+        },
+    ]
+}
+
+/// Runs `check` over every loss kind on shapes that hit the tails (rows not a multiple of the
+/// tiles, d in {3, 6, 64, 128, 200, 512}), with inputs rounded to `T`.
+pub fn for_each_harness_case<T: FloatElement>(check: &mut dyn FnMut(&str, &ContrastiveLoss, &LossInputs<'_, T>)) {
+    for (rows, d) in [(6usize, 6usize), (200, 3), (300, 64), (130, 200), (257, 128), (70, 512)] {
+        for case in cases() {
+            // Tile the small case's ids over `rows` rows so every shape has positives.
+            let base_n = case.features.rows();
+            let reps = rows / base_n.max(1) + 1;
+            let n = base_n * reps;
+            let tile = |v: &[i32], offset: i32| -> Vec<i32> { (0..n).map(|i| if v[i % base_n] < 0 { v[i % base_n] } else { v[i % base_n] + offset * (i / base_n) as i32 }).collect() };
+            let instance = tile(&case.instance, 100);
+            let label = case.label.as_ref().map(|l| tile(l, 0));
+            let role: Option<Vec<RowRole>> = case.role.as_ref().map(|r| (0..n).map(|i| r[i % base_n]).collect());
+            let weight: Option<Vec<f32>> = case.weight.as_ref().map(|w| (0..n).map(|i| w[i % base_n]).collect());
+            let x: Matrix<T> = random_matrix(n, d, (rows * d) as u64);
+            let keys_x: Option<Matrix<T>> = case.keys.as_ref().map(|_| random_matrix(n + 37, d, 5));
+            let key_instance: Vec<i32> = (0..n as i32 + 37).map(|i| if i < n as i32 { instance[i as usize] } else { 10_000 + i }).collect();
+            let key_label: Option<Vec<i32>> = label.as_ref().map(|l| (0..n + 37).map(|i| if i < n { l[i] } else { -1 }).collect());
+            let centers: Option<Matrix<T>> = case.protos.as_ref().map(|_| random_matrix(5, d, 6));
+            let proto_of: Option<Vec<i32>> = case.protos.as_ref().map(|(_, p)| (0..n).map(|i| p[i % base_n]).collect());
+            let inputs = LossInputs {
+                features: &x,
+                instance: &instance,
+                label: label.as_deref(),
+                role: role.as_deref(),
+                weight: weight.as_deref(),
+                keys: keys_x.as_ref().map(|k| KeyRows { features: k, instance: &key_instance, label: key_label.as_deref() }),
+                prototypes: centers.as_ref().map(|c| PrototypeColumns { centers: c, proto_of: proto_of.as_deref().unwrap() }),
+            };
+            check(&format!("{} {} {n}x{d}", case.name, T::DTYPE), &case.loss, &inputs);
+        }
+    }
+}
+
+/// Host loss inputs copied to the device, owned; [`DeviceInputs::view`] is what the
+/// device-buffer API takes.
+pub struct DeviceInputs<T> {
+    pub features: DeviceMatrix<T>,
+    pub instance: CudaSlice<i32>,
+    pub label: Option<CudaSlice<i32>>,
+    pub role: Option<CudaSlice<u8>>,
+    pub weight: Option<CudaSlice<f32>>,
+    pub keys: Option<(DeviceMatrix<T>, CudaSlice<i32>, Option<CudaSlice<i32>>)>,
+    pub prototypes: Option<(DeviceMatrix<T>, CudaSlice<i32>)>,
+}
+
+pub fn upload_slice<E: contrastive_kernels::cudarc::driver::DeviceRepr + contrastive_kernels::cudarc::driver::ValidAsZeroBits>(gpu: &Gpu, v: &[E]) -> CudaSlice<E> {
+    if v.is_empty() {
+        gpu.stream().alloc_zeros::<E>(1).unwrap()
+    } else {
+        gpu.stream().clone_htod(v).unwrap()
+    }
+}
+
+impl<T: FloatElement> DeviceInputs<T> {
+    pub fn upload(gpu: &Gpu, inputs: &LossInputs<'_, T>) -> Self {
+        DeviceInputs {
+            features: DeviceMatrix::upload(gpu, inputs.features).unwrap(),
+            instance: upload_slice(gpu, inputs.instance),
+            label: inputs.label.map(|l| upload_slice(gpu, l)),
+            role: inputs.role.map(|r| upload_slice(gpu, &r.iter().map(|&r| r as u8).collect::<Vec<u8>>())),
+            weight: inputs.weight.map(|w| upload_slice(gpu, w)),
+            keys: inputs.keys.as_ref().map(|k| (DeviceMatrix::upload(gpu, k.features).unwrap(), upload_slice(gpu, k.instance), k.label.map(|l| upload_slice(gpu, l)))),
+            prototypes: inputs.prototypes.as_ref().map(|p| (DeviceMatrix::upload(gpu, p.centers).unwrap(), upload_slice(gpu, p.proto_of))),
+        }
+    }
+
+    pub fn view(&self) -> DeviceLossInputs<'_, T> {
+        DeviceLossInputs {
+            features: &self.features,
+            instance: &self.instance,
+            label: self.label.as_ref(),
+            role: self.role.as_ref(),
+            weight: self.weight.as_ref(),
+            keys: self.keys.as_ref().map(|(features, instance, label)| DeviceKeyRows { features, instance, label: label.as_ref() }),
+            prototypes: self.prototypes.as_ref().map(|(centers, proto_of)| DevicePrototypeColumns { centers, proto_of }),
+        }
+    }
+}
+
+pub fn download<E: contrastive_kernels::cudarc::driver::DeviceRepr>(gpu: &Gpu, s: &CudaSlice<E>, len: usize) -> Vec<E> {
+    let mut v = gpu.stream().clone_dtoh(s).unwrap();
+    v.truncate(len);
+    v
+}
+
+/// max |got - want| <= rel * max |want| + abs (DESIGN.md section 7's gradient bound), elementwise report.
+pub fn assert_grad_close<T: FloatElement>(what: &str, got: &Matrix<T>, want: &Matrix<f64>, rel: f64, abs: f64) {
+    assert_eq!((got.rows(), got.cols()), (want.rows(), want.cols()), "{what}: shape");
+    let scale = want.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (k, (g, w)) in got.data().iter().zip(want.data()).enumerate() {
+        let g = g.to_f64();
+        assert!((g - w).abs() <= rel * scale + abs, "{what}: [{}, {}] = {g} vs {w} (max |grad| {scale})", k / want.cols(), k % want.cols());
+    }
+}
