@@ -5,8 +5,9 @@
 //!
 //! Backends: [`Backend::Cpu`] runs everything in the f64 oracle (encoder [`crate::cpu::mlp`], loss
 //! [`crate::cpu::contrastive`]); [`Backend::Gpu`] runs the encoder's forward, backward and AdamW
-//! on the GPU kernels (f16 compute, f32 master weights) and, until the device-buffer loss API
-//! lands, the loss forward + backward on the host oracle (features down, gradients up).
+//! on the GPU kernels (f16 compute, f32 master weights) and the loss forward + backward on the
+//! fused loss kernels (f32 features, through the host API: features down, gradients up; keeping
+//! them on the device is the next step).
 //!
 //! The batch of one step, for B normal images (row blocks in this order):
 //! `view 1 (B) | view 2 (B) | rotated view 1 (B) | rotated view 2 (B)`, the rotated blocks only for
@@ -273,8 +274,9 @@ impl Encoder {
 }
 
 /// The loss inputs of one batch (layout in the module docs) and the loss value and gradient with
-/// respect to the batch's features `z`, from the f64 oracle.
-pub fn batch_loss(cfg: &DetectorConfig, z: &Matrix<f64>, normals: usize, rotations: &[u32]) -> Result<(f64, Matrix<f64>)> {
+/// respect to the batch's features `z`: the fused loss kernels on a GPU backend (f32 features), the
+/// f64 oracle on the CPU.
+pub fn batch_loss(backend: &Backend, cfg: &DetectorConfig, z: &Matrix<f64>, normals: usize, rotations: &[u32]) -> Result<(f64, Matrix<f64>)> {
     let b = normals;
     let outliers = rotations.len();
     let rows = 2 * b + 2 * outliers;
@@ -302,6 +304,14 @@ pub fn batch_loss(cfg: &DetectorConfig, z: &Matrix<f64>, normals: usize, rotatio
     let mut inputs = LossInputs::new(z, &instance);
     inputs.label = label.as_deref();
     inputs.role = role.as_deref();
+    if let Backend::Gpu(_) = backend {
+        let z32: Matrix<f32> = z.cast();
+        let inputs32 = LossInputs { features: &z32, ..LossInputs::new(&z32, &instance) };
+        let inputs32 = LossInputs { label: inputs.label, role: inputs.role, ..inputs32 };
+        let (out, context) = loss.forward(backend, &inputs32)?;
+        let grads = loss.backward(backend, &inputs32, context, &[1.0])?;
+        return Ok((out.loss as f64, grads.features.cast()));
+    }
     let value = cpu::contrastive::forward(&loss, &inputs)?.loss;
     let grads = cpu::contrastive::backward(&loss, &inputs, &[1.0])?;
     Ok((value, grads.features))
@@ -356,7 +366,7 @@ pub fn train_one_class(
         let rows = blocks.iter().map(Matrix::rows).sum();
         let data: Vec<f32> = blocks.into_iter().flat_map(Matrix::into_vec).collect();
         let x = Matrix::new(rows, shape.len(), data)?;
-        let loss = encoder.train_step(&x, &cfg.adamw, |z| batch_loss(cfg, z, b, &rotations))?;
+        let loss = encoder.train_step(&x, &cfg.adamw, |z| batch_loss(backend, cfg, z, b, &rotations))?;
         if !loss.is_finite() {
             return Err(Error::invalid("adamw", format!("class {class}: the loss became {loss} at step {step}; lower the learning rate")));
         }
@@ -520,7 +530,7 @@ mod tests {
             let rows = if kind.uses_outliers() { 8 } else { 4 };
             let zk = Matrix::from_fn(rows, 4, |i, j| *z.get(i, j));
             let rot: &[u32] = if kind.uses_outliers() { &rotations } else { &[] };
-            let (value, grad) = batch_loss(&cfg, &zk, 2, rot).unwrap();
+            let (value, grad) = batch_loss(&Backend::Cpu, &cfg, &zk, 2, rot).unwrap();
             assert_eq!((grad.rows(), grad.cols()), (rows, 4));
             let instance: Vec<i32> = if kind.uses_outliers() { vec![0, 1, 0, 1, 2, 3, 2, 3] } else { vec![0, 1, 0, 1] };
             let loss = cfg.contrastive_loss();
@@ -549,7 +559,7 @@ mod tests {
             assert_eq!(value, want, "{kind:?}");
         }
         let cfg = DetectorConfig::digits(LossKind::Firm);
-        assert!(matches!(batch_loss(&cfg, &z, 3, &rotations), Err(Error::Shape { arg: "z", .. })));
+        assert!(matches!(batch_loss(&Backend::Cpu, &cfg, &z, 3, &rotations), Err(Error::Shape { arg: "z", .. })));
     }
 
     #[test]
