@@ -9,6 +9,7 @@
 #   .gpu/gpu-run.sh       copy of scripts/gpu-run.sh; on the GPU machine: bash .gpu/gpu-run.sh "$OUT"
 #   .gpu/MANIFEST.txt     commit, build date, toolchain, size and sha256 of every file
 #   .gpu/lib/             the cdylib, for python/ and scripts/parity.py
+#   .gpu/bin/             ckbench (the loss table) and the detect example (the demo on the GPU)
 #   .gpu/binaries.tar.xz  tests/, benches/ and lib/ packed (when xz is present; gpu-run.sh unpacks it)
 #
 # With the device tool: run with carry [".gpu"] and the command `bash .gpu/gpu-run.sh "$OUT"`.
@@ -102,9 +103,14 @@ copy_all tests "$tests"
 copy_all benches "$benches"
 # The cdylib, for the Python module and scripts/parity.py (cargo test built it with the lib).
 cargo build --release --lib --quiet || die "cargo build --release --lib failed"
-mkdir -p "$kit/lib"
+mkdir -p "$kit/lib" "$kit/bin"
 cp target/release/libcontrastive_kernels.so "$kit/lib/"
-if [ "${#strip_cmd[@]}" -gt 0 ]; then "${strip_cmd[@]}" "$kit/lib/libcontrastive_kernels.so"; fi
+# The CLIs: the loss table and the detector demo.
+cargo build --release --bin ckbench --example detect --quiet || die "building ckbench and the detect example failed"
+cp target/release/ckbench target/release/examples/detect "$kit/bin/"
+for f in "$kit/lib/libcontrastive_kernels.so" "$kit/bin/ckbench" "$kit/bin/detect"; do
+  if [ "${#strip_cmd[@]}" -gt 0 ]; then "${strip_cmd[@]}" "$f"; fi
+done
 cp scripts/gpu-run.sh "$kit/gpu-run.sh"
 chmod 755 "$kit/gpu-run.sh"
 
@@ -141,10 +147,10 @@ write_manifest
 # Every binary embeds the same fatbins, so one xz archive with a dictionary larger than the tar
 # (-9: 64 MiB) stores them about once: the kit shrinks several-fold. gpu-run.sh unpacks it.
 if command -v xz >/dev/null 2>&1; then
-  tar -C "$kit" -cf - tests benches lib | xz -9 -T1 > "$kit/binaries.tar.xz" || die "packing the binaries failed"
+  tar -C "$kit" -cf - tests benches lib bin | xz -9 -T1 > "$kit/binaries.tar.xz" || die "packing the binaries failed"
   listing_tests="$(ls "$kit/tests" | tr '\n' ' ')"
   listing_benches="$(ls "$kit/benches" | tr '\n' ' ')"
-  rm -rf "$kit/tests" "$kit/benches" "$kit/lib"
+  rm -rf "$kit/tests" "$kit/benches" "$kit/lib" "$kit/bin"
 else
   echo "gpu-kit: warning: xz not found; the binaries are carried as plain files" >&2
 fi

@@ -29,6 +29,7 @@
 //! ```
 
 pub mod backend;
+pub mod bench;
 pub mod build_info;
 pub mod cpu;
 pub mod data;

@@ -662,3 +662,24 @@ fn gpu_device_input_checks() {
     let short = stream.clone_htod(&[0i32, 1, 2]).unwrap();
     assert_eq!(shape_arg(forward_device(&gpu, &loss, &DeviceLossInputs::new(&good, &short))), "instance");
 }
+
+/// The fused path's extra memory, by hand, and issue 3's target: under 64 MiB at n = 65536,
+/// d = 128 (the unfused path needs over 16 GiB there).
+#[test]
+fn fused_extra_memory_by_hand() {
+    use contrastive_kernels::ops::contrastive::fused_extra_bytes;
+    use contrastive_kernels::DType;
+    let (n, kib) = (65536usize, 1024usize);
+    let b = fused_extra_bytes(n, None, 0, 128, DType::BF16);
+    // Saved: loss 4 B + per-anchor, LSE, |P| 3 x 256 KiB. Scratch: row norms and column norms
+    // 2 x 256 KiB, one empty prototype-norm slot, first-empty and 9 check flags.
+    assert_eq!(b.saved, 4 + 3 * 256 * kib);
+    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4);
+    // Backward: upstream 4 B, packed bf16 unit rows 16 MiB, coef_a / coef_b 2 x 256 KiB, 2 scalars,
+    // f32 gradient scratch 32 MiB.
+    assert_eq!(b.backward, 4 + 16 * kib * kib + 2 * 256 * kib + 8 + 32 * kib * kib);
+    assert!(b.peak() < 64 << 20, "{} MiB", b.peak() >> 20);
+    // d = 3 pads to 8 in the packed copy; keys and prototypes add their own copies and scratch.
+    let p = fused_extra_bytes(4, Some(6), 2, 3, DType::F16);
+    assert_eq!(p.backward, 4 + 4 * 8 * 2 + 2 * 16 + 8 + 4 * 3 * 4 + (6 * 8 * 2 + 6 * 3 * 4) + (2 * 8 * 2).max(16) + 2 * 3 * 4);
+}

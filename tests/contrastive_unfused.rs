@@ -15,16 +15,16 @@ use contrastive_kernels::{bf16, f16, DType, Error, FloatElement, Gpu, Matrix};
 #[test]
 fn extra_bytes_by_hand() {
     // Self geometry, n = 8192, d = 128, bf16: unit rows 2 MiB, norms 32 KiB, S 256 MiB,
-    // per_anchor / lse / positives 3 x 32 KiB, loss + first_empty + flags 40 B.
+    // per_anchor / lse / positives 3 x 32 KiB, loss + first_empty + 9 check flags 44 B.
     let mib = 1usize << 20;
     let b = unfused::extra_bytes(8192, None, 0, 128, DType::BF16);
-    assert_eq!(b.forward, 2 * mib + 32768 + 256 * mib + 3 * 32768 + 40);
+    assert_eq!(b.forward, 2 * mib + 32768 + 256 * mib + 3 * 32768 + 44);
     // Backward: upstream 4 B, coef_a / coef_b 2 x 32 KiB, scalars 8 B, gemm scalars 12 B, G 128 MiB, dU 4 MiB.
     assert_eq!(b.backward, 4 + 2 * 32768 + 8 + 12 + 128 * mib + 4 * mib);
     assert_eq!(b.peak(), b.forward + b.backward);
     // Pairwise, 4 anchors x 6 keys + 2 prototypes, d = 3, f16: S and G are 4 x 8.
     let p = unfused::extra_bytes(4, Some(6), 2, 3, DType::F16);
-    assert_eq!(p.forward, (12 * 2 + 16) + (18 * 2 + 24) + (6 * 2 + 8) + 32 * 4 + 3 * 16 + 40);
+    assert_eq!(p.forward, (12 * 2 + 16) + (18 * 2 + 24) + (6 * 2 + 8) + 32 * 4 + 3 * 16 + 44);
     assert_eq!(p.backward, 4 + 2 * 16 + 8 + 12 + 32 * 2 + (12 + 18 + 6) * 4);
     // The reference point: n = 65536, d = 128 needs over 16 GiB (S alone is 16 GiB).
     assert!(unfused::extra_bytes(65536, None, 0, 128, DType::BF16).forward > 16 << 30);

@@ -556,6 +556,47 @@ pub unsafe fn backward_raw(
     Ok(())
 }
 
+/// Device memory the fused path allocates beyond its inputs and the returned gradients, in bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FusedBytes {
+    /// Allocated by [`forward`]: its outputs (loss, per-anchor, LSE, |P|; the last two are the
+    /// saved statistics) and its scratch (norms, flags), freed on return.
+    pub forward: usize,
+    /// What stays allocated between the two calls: the saved statistics and the per-anchor losses.
+    pub saved: usize,
+    /// Allocated by [`backward`] on top of `saved`: the packed unit rows (input dtype, d rounded up
+    /// to 8), the f32 gradient scratch, the per-row coefficients and the upstream.
+    pub backward: usize,
+}
+
+impl FusedBytes {
+    /// Peak extra memory of a forward followed by its backward.
+    pub fn peak(&self) -> usize {
+        self.forward.max(self.saved + self.backward)
+    }
+}
+
+/// The exact allocations of [`forward`] and [`backward`] (the safe API, `Upstream::Value`) for n
+/// feature rows, `keys` key rows (pairwise; `None` in the self geometry), `centers` prototypes and
+/// d features of `dtype`. O(n d), never O(n^2).
+pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtype: DType) -> FusedBytes {
+    let f = 4usize;
+    let buf = |elems: usize, size: usize| elems.max(1).saturating_mul(size);
+    let cols = keys.unwrap_or(n);
+    let saved = buf(1, f) + 3 * buf(n, f); // loss, per_anchor, lse, positives
+    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f; // norms, first_empty, flags
+    let dp = d.div_ceil(8) * 8;
+    let packed = |rows: usize| (rows * dp * dtype.size_bytes()).max(16);
+    let mut backward = f + packed(n) + 2 * buf(n, f) + 2 * f + buf(n * d, f); // upstream, U, coef_a / coef_b, scalars, dU
+    if let Some(k) = keys {
+        backward += packed(k) + buf(k * d, f);
+    }
+    if centers > 0 {
+        backward += packed(centers) + buf(centers * d, f);
+    }
+    FusedBytes { forward: saved + scratch, saved, backward }
+}
+
 /// The raw description of device inputs; the slices' guards drop at once (one stream throughout).
 fn describe<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>, stream: &CudaStream) -> RawLossInputs {
     let x = inputs.features;

@@ -25,7 +25,7 @@ mod host;
 pub mod unfused;
 
 pub use fused::{
-    backward as backward_device, backward_raw, forward as forward_device, forward_raw, DeviceForward, DeviceGradients, DeviceKeyRows,
+    backward as backward_device, backward_raw, extra_bytes as fused_extra_bytes, forward as forward_device, forward_raw, DeviceForward, DeviceGradients, DeviceKeyRows, FusedBytes,
     DeviceLossInputs, DevicePrototypeColumns, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream, SavedForward, Upstream,
 };
 pub use host::{Gradients, LossContext};

@@ -81,7 +81,7 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
         forward += buf(centers * d, t) + buf(centers, f);
     }
     forward += buf(n.saturating_mul(m), f); // S
-    forward += 3 * buf(n, f) + f + f + 8 * f; // per_anchor, lse, positives, loss, first_empty, flags
+    forward += 3 * buf(n, f) + f + f + CHECK_NAMES.len() * f; // per_anchor, lse, positives, loss, first_empty, flags
     let mut backward = f + 2 * buf(n, f) + 2 * f + 3 * f; // upstream, coef_a, coef_b, scalars, gemm_scalars
     backward += buf(n.saturating_mul(m), t); // G
     backward += buf(n * d, f); // dU rows
