@@ -19,6 +19,7 @@ cargo test --release "$@"
 if [ "$#" -eq 0 ]; then
   # The Python module over the C ABI: loads the cdylib cargo test just built; needs no torch or GPU.
   echo "== python3 -m unittest (python/tests: the ctypes module over the C ABI)"
+  cargo build --release --lib   # puts the cdylib in target/release, where the module looks
   python3 -m unittest discover -s python/tests
 fi
 echo "== cargo bench --no-run (the benches must build)"

@@ -54,19 +54,20 @@ fn header_is_current() {
     );
 }
 
-/// The directory holding libcontrastive_kernels.so: $CONTRASTIVE_KERNELS_LIB's, or the one cargo
-/// put this profile's libraries in (target/<profile>, above deps/), or a GPU kit's lib/.
+/// The directory holding libcontrastive_kernels.so: $CONTRASTIVE_KERNELS_LIB's, else this test
+/// binary's own (cargo test leaves the cdylib in target/<profile>/deps; only `cargo build` copies it
+/// up to target/<profile>), its parent, or a GPU kit's lib/ beside it.
 fn lib_dir() -> PathBuf {
     if let Some(lib) = std::env::var_os("CONTRASTIVE_KERNELS_LIB") {
         return PathBuf::from(lib).parent().unwrap().to_path_buf();
     }
     let exe = std::env::current_exe().unwrap();
-    let above = exe.parent().and_then(Path::parent).expect("test binaries live in a folder").to_path_buf();
-    if above.join("libcontrastive_kernels.so").exists() {
-        above
-    } else {
-        above.join("lib")
-    }
+    let here = exe.parent().expect("the test binary lives in a folder").to_path_buf();
+    let above = here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.clone());
+    [here.clone(), above.clone(), above.join("lib")]
+        .into_iter()
+        .find(|dir| dir.join("libcontrastive_kernels.so").exists())
+        .unwrap_or(here)
 }
 
 fn compiler(names: &[&str]) -> Option<String> {
