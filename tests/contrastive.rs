@@ -683,3 +683,22 @@ fn fused_extra_memory_by_hand() {
     let p = fused_extra_bytes(4, Some(6), 2, 3, DType::F16);
     assert_eq!(p.backward, 4 + 4 * 8 * 2 + 2 * 16 + 8 + 4 * 3 * 4 + (6 * 8 * 2 + 6 * 3 * 4) + (2 * 8 * 2).max(16) + 2 * 3 * 4);
 }
+
+/// The fused forward and backward are deterministic: two runs give the same bits (no float
+/// atomics; every reduction has a fixed order).
+#[test]
+fn gpu_results_are_bitwise_repeatable() {
+    let Some(gpu) = gpu_or_skip("gpu_results_are_bitwise_repeatable") else { return };
+    let backend = Backend::Gpu(gpu);
+    let x: Matrix<bf16> = random_matrix(300, 72, 9);
+    let instance: Vec<i32> = (0..300).map(|i| i % 150).collect();
+    let label: Vec<i32> = (0..300).map(|i| if i % 7 == 0 { -1 } else { (i % 150) % 5 }).collect();
+    let inputs = LossInputs { label: Some(&label), ..LossInputs::new(&x, &instance) };
+    let loss = ContrastiveLoss::firm(0.2);
+    let run = || {
+        let (out, ctx) = loss.forward(&backend, &inputs).unwrap();
+        let grads = loss.backward(&backend, &inputs, ctx, &[1.0]).unwrap();
+        (out.loss.to_bits(), grads.features.data().iter().map(|v| v.to_bits()).collect::<Vec<u16>>())
+    };
+    assert_eq!(run(), run());
+}
