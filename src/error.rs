@@ -22,6 +22,8 @@ pub enum Error {
     InvalidArgument { arg: &'static str, reason: String },
     /// A CUDA driver call failed; `op` names the kernel or operation.
     Cuda { op: String, source: DriverError },
+    /// A cuBLAS call failed (the unfused baseline); `op` names it.
+    Blas { op: String, message: String },
 }
 
 impl Error {
@@ -42,6 +44,7 @@ impl fmt::Display for Error {
             Error::Shape { arg, expected, got } => write!(f, "`{arg}`: expected {expected}, got {got}"),
             Error::InvalidArgument { arg, reason } => write!(f, "`{arg}`: {reason}"),
             Error::Cuda { op, source } => write!(f, "CUDA error in {op}: {source}"),
+            Error::Blas { op, message } => write!(f, "cuBLAS error in {op}: {message}"),
         }
     }
 }

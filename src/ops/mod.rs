@@ -12,6 +12,7 @@
 pub mod contrastive;
 pub mod normalize;
 pub mod similarity;
+pub mod topk;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
