@@ -240,6 +240,7 @@ __device__ __forceinline__ void topk_sweep(const Sweep<T>& sw, const SweepOut& o
                     s_key[r] = theta;
                     s_count[r] = out.k;
                 }
+                __syncwarp();  // the end phase below reads s_count[r] from every lane of this warp
             }
         } else {
 #pragma unroll

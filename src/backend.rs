@@ -7,7 +7,7 @@ use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceMatrix, Gpu};
 use crate::matrix::Matrix;
 use crate::cpu::topk::TopK;
-use crate::ops::{self, similarity::SimilarityOptions, topk::TopKOptions};
+use crate::ops::{self, kmeans::{KMeans, KMeansOptions}, similarity::SimilarityOptions, topk::TopKOptions};
 
 #[derive(Clone, Debug)]
 pub enum Backend {
@@ -87,6 +87,15 @@ impl Backend {
                 let (dq, db) = (DeviceMatrix::upload(gpu, queries)?, DeviceMatrix::upload(gpu, bank)?);
                 ops::topk::topk(gpu, &dq, &db, opts)?.download(gpu)
             }
+        }
+    }
+
+    /// k-means of the rows of `x` (spherical by default; see [`ops::kmeans`] for the rules).
+    pub fn kmeans<T: FloatElement>(&self, x: &Matrix<T>, opts: &KMeansOptions) -> Result<KMeans<T>> {
+        ops::kmeans::check(x.rows(), x.cols(), opts)?;
+        match self {
+            Backend::Cpu => cpu::kmeans::kmeans(x, opts),
+            Backend::Gpu(gpu) => ops::kmeans::kmeans(gpu, &DeviceMatrix::upload(gpu, x)?, opts),
         }
     }
 }

@@ -23,6 +23,9 @@ const EXPECTED_KERNELS: &[&str] = &[
     "topk_radix_step",
     "topk_sort_rows",
     "topk_dense_rows",
+    "kmeans_mean_f16_f32",
+    "kmeans_mean_bf16_bf16",
+    "kmeans_mean_f32_f32",
 ];
 
 #[test]
@@ -36,7 +39,7 @@ fn kernels_are_embedded_under_ci() {
         println!("kernels_are_embedded_under_ci: skipped, built without nvcc ({})", build_info::NOT_COMPILED_REASON);
         return;
     }
-    for module in ["contrastive", "normalize", "similarity", "topk"] {
+    for module in ["contrastive", "kmeans", "normalize", "similarity", "topk"] {
         let image = build_info::module_image(module).unwrap_or_else(|| panic!("module {module} not embedded"));
         // A fatbin starts with the magic 0xBA55ED50 (little-endian).
         assert_eq!(&image[..4], &[0x50, 0xED, 0x55, 0xBA], "module {module} is not a fatbin");

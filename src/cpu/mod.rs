@@ -3,6 +3,7 @@
 //! falls back to it on machines without a GPU.
 
 pub mod contrastive;
+pub mod kmeans;
 pub mod normalize;
 pub mod similarity;
 pub mod topk;

@@ -10,6 +10,7 @@
 //! whichever backend runs.
 
 pub mod contrastive;
+pub mod kmeans;
 pub mod normalize;
 pub mod similarity;
 pub mod topk;

@@ -238,7 +238,6 @@ fn check_raw(queries: RawMatrix, bank: RawMatrix, values: CUdeviceptr, indices: 
 ///
 /// # Safety
 /// As [`topk_raw`]; `bias` holds bank.rows f32.
-#[allow(dead_code)] // used by k-means (next)
 pub(crate) unsafe fn top1_biased_raw(gpu: &Gpu, stream: &Arc<CudaStream>, queries: RawMatrix, bank: RawMatrix, bias: CUdeviceptr, normalized: bool, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
     let opts = TopKOptions::new(1).normalized(normalized);
     check_raw(queries, bank, values, indices, &opts)?;
