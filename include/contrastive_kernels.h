@@ -39,7 +39,7 @@
 #define CK_ERR_NOT_COMPILED 5
 
 /**
- * A CUDA driver call failed.
+ * A CUDA driver (or cuBLAS) call failed.
  */
 #define CK_ERR_CUDA 6
 

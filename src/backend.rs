@@ -6,7 +6,8 @@ use crate::dtype::FloatElement;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceMatrix, Gpu};
 use crate::matrix::Matrix;
-use crate::ops::{self, similarity::SimilarityOptions};
+use crate::cpu::topk::TopK;
+use crate::ops::{self, kmeans::{KMeans, KMeansOptions}, similarity::SimilarityOptions, topk::TopKOptions};
 
 #[derive(Clone, Debug)]
 pub enum Backend {
@@ -72,5 +73,29 @@ impl Backend {
             }
         }
     }
-}
 
+    /// The k nearest bank rows of each query (cosine similarity), sorted, ties to the smaller
+    /// index, NaN similarities last. CPU: the f64 oracle, values rounded to f32.
+    pub fn topk<T: FloatElement>(&self, queries: &Matrix<T>, bank: &Matrix<T>, opts: &TopKOptions) -> Result<TopK<f32>> {
+        ops::topk::check((queries.rows(), queries.cols()), (bank.rows(), bank.cols()), opts)?;
+        match self {
+            Backend::Cpu => {
+                let t = cpu::topk::topk(queries, bank, opts)?;
+                Ok(TopK { rows: t.rows, k: t.k, values: t.values.iter().map(|&v| v as f32).collect(), indices: t.indices })
+            }
+            Backend::Gpu(gpu) => {
+                let (dq, db) = (DeviceMatrix::upload(gpu, queries)?, DeviceMatrix::upload(gpu, bank)?);
+                ops::topk::topk(gpu, &dq, &db, opts)?.download(gpu)
+            }
+        }
+    }
+
+    /// k-means of the rows of `x` (spherical by default; see [`ops::kmeans`] for the rules).
+    pub fn kmeans<T: FloatElement>(&self, x: &Matrix<T>, opts: &KMeansOptions) -> Result<KMeans<T>> {
+        ops::kmeans::check(x.rows(), x.cols(), opts)?;
+        match self {
+            Backend::Cpu => cpu::kmeans::kmeans(x, opts),
+            Backend::Gpu(gpu) => ops::kmeans::kmeans(gpu, &DeviceMatrix::upload(gpu, x)?, opts),
+        }
+    }
+}

@@ -40,7 +40,7 @@ pub const CK_ERR_NO_DRIVER: i32 = 3;
 pub const CK_ERR_NO_DEVICE: i32 = 4;
 /// The library was built without nvcc: it holds no kernels.
 pub const CK_ERR_NOT_COMPILED: i32 = 5;
-/// A CUDA driver call failed.
+/// A CUDA driver (or cuBLAS) call failed.
 pub const CK_ERR_CUDA: i32 = 6;
 /// A bug in the library (a caught panic).
 pub const CK_ERR_INTERNAL: i32 = 7;
@@ -128,7 +128,7 @@ fn status_of(e: &Error) -> i32 {
         Error::NoDriver(_) => CK_ERR_NO_DRIVER,
         Error::NoDevice(_) => CK_ERR_NO_DEVICE,
         Error::KernelsNotCompiled(_) => CK_ERR_NOT_COMPILED,
-        Error::Cuda { .. } => CK_ERR_CUDA,
+        Error::Cuda { .. } | Error::Blas { .. } => CK_ERR_CUDA,
         #[allow(unreachable_patterns)]
         _ => CK_ERR_INTERNAL,
     }

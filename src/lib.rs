@@ -39,8 +39,10 @@ pub mod error;
 pub mod ffi;
 pub mod gpu;
 pub mod matrix;
+pub mod metrics;
 pub mod ops;
 pub mod rng;
+pub mod scores;
 
 pub use backend::Backend;
 pub use dtype::{DType, Element, Float, FloatElement};
@@ -48,6 +50,8 @@ pub use error::{Error, Result};
 pub use gpu::{DeviceMatrix, Gpu, RawMatrix};
 pub use matrix::Matrix;
 pub use ops::similarity::SimilarityOptions;
+pub use ops::topk::{Exclusion, TopKOptions};
+pub use cpu::topk::TopK;
 
 /// Re-exported so callers can name streams, events and device pointers without a direct dependency.
 pub use cudarc;

@@ -34,6 +34,19 @@ const EXPECTED_KERNELS: &[&str] = &[
     "contrastive_unfused_grad_f16",
     "contrastive_unfused_grad_bf16",
     "contrastive_unfused_grad_f32",
+    "topk_tiles_f16",
+    "topk_tiles_bf16_unaligned",
+    "topk_tiles_f32",
+    "topk_merge",
+    "topk_radix_hist_f16",
+    "topk_radix_collect_bf16_unaligned",
+    "topk_radix_hist_f32",
+    "topk_radix_step",
+    "topk_sort_rows",
+    "topk_dense_rows",
+    "kmeans_mean_f16_f32",
+    "kmeans_mean_bf16_bf16",
+    "kmeans_mean_f32_f32",
 ];
 
 #[test]
@@ -47,7 +60,7 @@ fn kernels_are_embedded_under_ci() {
         println!("kernels_are_embedded_under_ci: skipped, built without nvcc ({})", build_info::NOT_COMPILED_REASON);
         return;
     }
-    for module in ["contrastive", "contrastive_unfused", "mlp", "normalize", "similarity"] {
+    for module in ["contrastive", "contrastive_unfused", "kmeans", "mlp", "normalize", "similarity", "topk"] {
         let image = build_info::module_image(module).unwrap_or_else(|| panic!("module {module} not embedded"));
         // A fatbin starts with the magic 0xBA55ED50 (little-endian).
         assert_eq!(&image[..4], &[0x50, 0xED, 0x55, 0xBA], "module {module} is not a fatbin");

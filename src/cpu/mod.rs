@@ -4,8 +4,11 @@
 
 pub mod contrastive;
 pub mod mlp;
+pub mod kmeans;
 pub mod normalize;
 pub mod similarity;
+pub mod topk;
+mod select_model;
 
 /// torch.nn.functional.normalize's eps, applied to the norm.
 pub const NORM_EPS: f64 = 1e-12;

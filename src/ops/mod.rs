@@ -11,8 +11,10 @@
 
 pub mod contrastive;
 pub mod mlp;
+pub mod kmeans;
 pub mod normalize;
 pub mod similarity;
+pub mod topk;
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};

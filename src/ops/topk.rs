@@ -1,0 +1,692 @@
+//! `topk`: for queries Q (nq x d) and a bank B (nb x d), the k largest cosine similarities of
+//! each query and their bank indices, sorted, ties to the smaller index, NaN similarities last
+//! (the order of [`crate::cpu::topk`], the oracle). Kernels: `kernels/topk.cu` (its header explains
+//! the selection); the nq x nb similarity matrix is never written.
+//!
+//! * k <= 1024: one fused sweep (tile core + threshold filter + per-query pools), then a merge.
+//! * k > 1024 (up to the bank's rows): multi-pass radix select over recomputed tiles, about 3 - 5
+//!   GEMM-equivalents, with one small device-to-host read per pass (the stream is synchronized).
+//! * Banks on the device ([`topk`], [`topk_raw`]) or in host memory, streamed in chunks through
+//!   pinned buffers on a second stream while the previous chunk computes ([`topk_host_bank`]);
+//!   per-chunk results are merged exactly, so the result is bit for bit the unchunked one.
+//! * f16 / bf16: tensor cores; f32: exact FFMA. Any d; `normalized` skips the norm prologue.
+//! * [`topk_unfused`]: the baseline (cuBLAS GEMM writing similarity blocks, then a plain top-k).
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::{result::gemm_ex, sys as blas_sys, CudaBlas};
+use cudarc::driver::sys::{CUdevice_attribute, CUdeviceptr, CUfunction_attribute};
+use cudarc::driver::{result as driver, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
+
+use super::{check_features, check_float};
+use crate::cpu::topk::TopK;
+use crate::dtype::{DType, FloatElement};
+use crate::error::{CudaContext as _, Error, Result};
+use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::matrix::Matrix;
+
+/// Bank rows a query must not return (leave-one-out scoring of the bank's own rows).
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub enum Exclusion {
+    #[default]
+    None,
+    /// Query i is bank row `i + offset`, which it skips.
+    Diagonal { offset: usize },
+    /// Query i skips bank row `v[i]` (-1: nothing), one entry per query.
+    Indices(Vec<i32>),
+}
+
+/// Parameters of [`topk`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TopKOptions {
+    /// Neighbours per query, 1 ..= the bank's usable rows.
+    pub k: usize,
+    /// The rows are already unit vectors: use raw dot products (no norm prologue).
+    pub normalized: bool,
+    pub exclude: Exclusion,
+}
+
+impl TopKOptions {
+    pub fn new(k: usize) -> Self {
+        TopKOptions { k, normalized: false, exclude: Exclusion::None }
+    }
+    pub fn normalized(mut self, yes: bool) -> Self {
+        self.normalized = yes;
+        self
+    }
+    /// Query i is bank row i (the queries are the bank): skip it.
+    pub fn exclude_self(mut self) -> Self {
+        self.exclude = Exclusion::Diagonal { offset: 0 };
+        self
+    }
+    pub fn exclude(mut self, exclude: Exclusion) -> Self {
+        self.exclude = exclude;
+        self
+    }
+}
+
+/// Validation shared by every backend.
+pub fn check(queries: (usize, usize), bank: (usize, usize), opts: &TopKOptions) -> Result<()> {
+    check_features("queries", queries.0, queries.1)?;
+    check_features("bank", bank.0, bank.1)?;
+    if bank.1 != queries.1 {
+        return Err(Error::shape("bank", format!("{} columns (the d of queries)", queries.1), format!("{} x {}", bank.0, bank.1)));
+    }
+    let (nq, nb) = (queries.0, bank.0);
+    match &opts.exclude {
+        Exclusion::None => {}
+        Exclusion::Diagonal { offset } => {
+            if nq > 0 && offset + nq > nb {
+                return Err(Error::invalid("exclude", format!("query i is bank row i + {offset}, so the bank needs {} rows, it has {nb}", offset + nq)));
+            }
+        }
+        Exclusion::Indices(v) => {
+            if v.len() != nq {
+                return Err(Error::shape("exclude", format!("{nq} indices (one per query)"), format!("{}", v.len())));
+            }
+            if let Some((i, &e)) = v.iter().enumerate().find(|(_, &e)| e < -1 || e as i64 >= nb as i64) {
+                return Err(Error::invalid("exclude", format!("entry {i} is {e}, expected -1 or a bank row in 0..{nb}")));
+            }
+        }
+    }
+    let excluding = opts.exclude != Exclusion::None;
+    let usable = nb - excluding as usize;
+    if opts.k == 0 {
+        return Err(Error::invalid("k", "must be at least 1"));
+    }
+    if opts.k > usable {
+        let why = if excluding { format!("the bank's {nb} rows minus the excluded one") } else { format!("the bank's {nb} rows") };
+        return Err(Error::invalid("k", format!("must be at most {usable} ({why}), got {}", opts.k)));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// Mirrors of kernels/topk.cu.
+
+const MODULE: &str = "topk";
+/// Tile128 / FmaTile128: 128 x 128 tiles, 256 threads.
+const TILE: usize = 128;
+const TILE_THREADS: u32 = 256;
+/// The largest k of the fused strategy (topk_merge's buffers).
+pub const MAX_FUSED_K: usize = 1024;
+const MERGE_WARPS: usize = 4;
+const STEP_WARPS: usize = 4;
+const SORT_THREADS: u32 = 512;
+const DENSE_THREADS: u32 = 512;
+const RADIX_BINS: usize = 128;
+const RADIX_LEVELS: usize = 10;
+/// Dynamic shared memory: the pool kernels' compaction histograms (8 warps x 256 words) and the
+/// radix passes' histograms (128 rows x 128 bins).
+const POOL_DYN_SMEM: usize = 8 * 256 * 4;
+const HIST_DYN_SMEM: usize = TILE * RADIX_BINS * 4;
+/// Sorting in shared memory up to this many keys (dynamic, no opt-in needed below 48 KB).
+const SORT_SMEM_KEYS: usize = 4096;
+/// Per-query pools are global scratch; queries are processed in batches to bound it.
+const POOL_BUDGET_BYTES: usize = 512 << 20;
+/// Most bank slices per query block (each adds a k-key list to the merge).
+const MAX_SLICES: usize = 64;
+
+/// Capacity of a query's pool: k kept keys plus room for at least two tile rows of survivors.
+pub fn pool_capacity(k: usize) -> usize {
+    k + k.max(256)
+}
+
+/// The result on the device: `values` / `indices` are rows x k, row-major.
+pub struct DeviceTopK {
+    pub rows: usize,
+    pub k: usize,
+    pub values: CudaSlice<f32>,
+    pub indices: CudaSlice<i32>,
+}
+
+impl DeviceTopK {
+    fn alloc(gpu: &Gpu, rows: usize, k: usize) -> Result<Self> {
+        let stream = gpu.stream();
+        let len = (rows * k).max(1);
+        Ok(DeviceTopK {
+            rows,
+            k,
+            values: stream.alloc_zeros::<f32>(len).during("device allocation")?,
+            indices: stream.alloc_zeros::<i32>(len).during("device allocation")?,
+        })
+    }
+
+    pub fn download(&self, gpu: &Gpu) -> Result<TopK<f32>> {
+        let stream = gpu.stream();
+        let mut values = stream.clone_dtoh(&self.values).during("device-to-host copy")?;
+        let mut indices = stream.clone_dtoh(&self.indices).during("device-to-host copy")?;
+        values.truncate(self.rows * self.k);
+        indices.truncate(self.rows * self.k);
+        Ok(TopK { rows: self.rows, k: self.k, values, indices })
+    }
+}
+
+/// Top k of each query against a bank in device memory, on the GPU's default stream.
+pub fn topk<T: FloatElement>(gpu: &Gpu, queries: &DeviceMatrix<T>, bank: &DeviceMatrix<T>, opts: &TopKOptions) -> Result<DeviceTopK> {
+    check((queries.rows(), queries.cols()), (bank.rows(), bank.cols()), opts)?;
+    let stream = gpu.stream();
+    let mut out = DeviceTopK::alloc(gpu, queries.rows(), opts.k)?;
+    let (q, _qg) = queries.raw(stream);
+    let (b, _bg) = bank.raw(stream);
+    let (values, _vg) = out.values.device_ptr_mut(stream);
+    let (indices, _ig) = out.indices.device_ptr_mut(stream);
+    // SAFETY: live allocations of the described shapes, guarded until the work is queued.
+    unsafe { topk_raw(gpu, stream, q, b, values, indices, opts)? };
+    drop((_qg, _bg, _vg, _ig));
+    Ok(out)
+}
+
+/// Top k of each query against a bank in host memory, streamed to the device `chunk_rows` bank
+/// rows at a time: each chunk is staged in pinned memory and copied on a second stream while the
+/// previous chunk is searched; per-chunk results are merged exactly (the result equals
+/// [`topk`]'s bit for bit). Device memory: two chunks plus O(nq k). For k > 1024 every radix pass
+/// streams the bank again.
+pub fn topk_host_bank<T: FloatElement>(gpu: &Gpu, queries: &DeviceMatrix<T>, bank: &Matrix<T>, chunk_rows: usize, opts: &TopKOptions) -> Result<DeviceTopK> {
+    check((queries.rows(), queries.cols()), (bank.rows(), bank.cols()), opts)?;
+    if chunk_rows == 0 {
+        return Err(Error::invalid("chunk_rows", "must be at least 1"));
+    }
+    let stream = gpu.stream();
+    let mut out = DeviceTopK::alloc(gpu, queries.rows(), opts.k)?;
+    if queries.rows() == 0 {
+        return Ok(out);
+    }
+    let (q, _qg) = queries.raw(stream);
+    let values = out.values.device_ptr_mut(stream).0;
+    let indices = out.indices.device_ptr_mut(stream).0;
+    let mut source = HostBank::new(gpu, bank, chunk_rows.min(bank.rows()))?;
+    // SAFETY: as in `topk`; the host bank outlives the call, which waits for its copies.
+    unsafe { run(gpu, stream, q, &mut source, opts, 0, values, indices)? };
+    source.finish()?;
+    drop(_qg);
+    Ok(out)
+}
+
+/// Top k on caller memory, queued on `stream`: `queries` and `bank` share a float dtype and d;
+/// `values` (f32) and `indices` (i32) are queries.rows x k. Scratch (norms, pools) is allocated
+/// stream-ordered on `stream`. For k > 1024 the call synchronizes `stream` once per radix pass.
+///
+/// # Safety
+/// Every pointer must be valid device memory of this GPU's context for the shape and dtype it
+/// is described with, and stay valid until the stream has run the kernels.
+pub unsafe fn topk_raw(gpu: &Gpu, stream: &Arc<CudaStream>, queries: RawMatrix, bank: RawMatrix, values: CUdeviceptr, indices: CUdeviceptr, opts: &TopKOptions) -> Result<()> {
+    check_raw(queries, bank, values, indices, opts)?;
+    if queries.rows == 0 {
+        return Ok(());
+    }
+    let mut source = DeviceBank { bank, norms: None };
+    run(gpu, stream, queries, &mut source, opts, 0, values, indices)
+}
+
+fn check_raw(queries: RawMatrix, bank: RawMatrix, values: CUdeviceptr, indices: CUdeviceptr, opts: &TopKOptions) -> Result<()> {
+    check_float("queries", queries.dtype)?;
+    if bank.dtype != queries.dtype {
+        return Err(Error::invalid("bank", format!("must have the dtype of queries ({}), got {}", queries.dtype, bank.dtype)));
+    }
+    check((queries.rows, queries.cols), (bank.rows, bank.cols), opts)?;
+    queries.check_pointer("queries")?;
+    bank.check_pointer("bank")?;
+    RawMatrix::new(values, queries.rows, opts.k, DType::F32).check_pointer("values")?;
+    RawMatrix::new(indices, queries.rows, opts.k, DType::I32).check_pointer("indices")?;
+    Ok(())
+}
+
+/// Top-1 with a per-bank-row bias added to the similarity (k-means' euclidean assignment:
+/// raw dot products, bias -|c|^2 / 2). Crate-internal.
+///
+/// # Safety
+/// As [`topk_raw`]; `bias` holds bank.rows f32.
+pub(crate) unsafe fn top1_biased_raw(gpu: &Gpu, stream: &Arc<CudaStream>, queries: RawMatrix, bank: RawMatrix, bias: CUdeviceptr, normalized: bool, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
+    let opts = TopKOptions::new(1).normalized(normalized);
+    check_raw(queries, bank, values, indices, &opts)?;
+    if queries.rows == 0 {
+        return Ok(());
+    }
+    let mut source = DeviceBank { bank, norms: None };
+    run(gpu, stream, queries, &mut source, &opts, bias, values, indices)
+}
+
+// ------------------------------------------------------------------------------------------------
+// Bank sources: the whole bank on the device, or host chunks streamed through pinned buffers.
+
+/// One piece of the bank as the kernels see it.
+#[derive(Clone, Copy)]
+struct Chunk {
+    x: RawMatrix,
+    /// f32 row norms of this chunk, or 0 when the rows are taken as normalized.
+    norms: CUdeviceptr,
+    /// Global index of the chunk's first row.
+    base: usize,
+    last: bool,
+}
+
+trait BankSource {
+    fn rows(&self) -> usize;
+    fn max_chunk_rows(&self) -> usize;
+    fn chunks(&self) -> usize;
+    /// Calls `f` for every chunk in order, with the chunk resident on the device for the work
+    /// `f` queues on `stream`.
+    fn for_each_chunk(&mut self, gpu: &Gpu, stream: &Arc<CudaStream>, normalized: bool, f: &mut dyn FnMut(Chunk) -> Result<()>) -> Result<()>;
+}
+
+struct DeviceBank {
+    bank: RawMatrix,
+    norms: Option<CudaSlice<f32>>,
+}
+
+impl BankSource for DeviceBank {
+    fn rows(&self) -> usize {
+        self.bank.rows
+    }
+    fn max_chunk_rows(&self) -> usize {
+        self.bank.rows
+    }
+    fn chunks(&self) -> usize {
+        1
+    }
+    fn for_each_chunk(&mut self, gpu: &Gpu, stream: &Arc<CudaStream>, normalized: bool, f: &mut dyn FnMut(Chunk) -> Result<()>) -> Result<()> {
+        let norms = if normalized {
+            0
+        } else {
+            if self.norms.is_none() {
+                // SAFETY: written by the norm kernel before any read.
+                let mut n = unsafe { stream.alloc::<f32>(self.bank.rows.max(1)) }.during("bank norm scratch")?;
+                let p = n.device_ptr_mut(stream).0;
+                // SAFETY: the bank is valid per the caller's contract; p holds bank.rows floats.
+                unsafe { super::normalize::l2_normalize_raw(gpu, stream, self.bank, None, Some(p))? };
+                self.norms = Some(n);
+            }
+            self.norms.as_ref().map(|n| n.device_ptr(stream).0).unwrap_or(0)
+        };
+        f(Chunk { x: self.bank, norms, base: 0, last: true })
+    }
+}
+
+struct HostBank<'a, T: FloatElement> {
+    data: &'a [T],
+    rows: usize,
+    d: usize,
+    chunk_rows: usize,
+    copy: Arc<CudaStream>,
+    staging: Vec<cudarc::driver::PinnedHostSlice<T>>,
+    device: Vec<CudaSlice<T>>,
+    norms: Vec<CudaSlice<f32>>,
+    /// Per buffer: the compute stream is done reading it / the copy out of its staging is done.
+    freed: Vec<Option<cudarc::driver::CudaEvent>>,
+    staged: Vec<Option<cudarc::driver::CudaEvent>>,
+}
+
+impl<'a, T: FloatElement> HostBank<'a, T> {
+    fn new(gpu: &Gpu, bank: &'a Matrix<T>, chunk_rows: usize) -> Result<Self> {
+        let (d, chunk_rows) = (bank.cols(), chunk_rows.max(1));
+        let ctx = gpu.context();
+        let stream = gpu.stream();
+        let copy = ctx.new_stream().during("creating the copy stream")?;
+        let mut staging = Vec::new();
+        let mut device = Vec::new();
+        let mut norms = Vec::new();
+        for _ in 0..2 {
+            // SAFETY: pinned memory is written by the host before each copy reads it.
+            staging.push(unsafe { ctx.alloc_pinned::<T>(chunk_rows * d) }.during("pinned staging allocation")?);
+            device.push(stream.alloc_zeros::<T>(chunk_rows * d).during("bank chunk allocation")?);
+            norms.push(stream.alloc_zeros::<f32>(chunk_rows).during("bank chunk norms")?);
+        }
+        // The copy stream may only write the buffers once their allocation has run.
+        let mut freed = Vec::new();
+        for _ in 0..2 {
+            freed.push(Some(stream.record_event(None).during("recording an event")?));
+        }
+        Ok(HostBank { data: bank.data(), rows: bank.rows(), d, chunk_rows, copy, staging, device, norms, freed, staged: vec![None, None] })
+    }
+
+    /// Waits for the copies (the pinned buffers must outlive them).
+    fn finish(&self) -> Result<()> {
+        self.copy.synchronize().during("copy stream synchronize")
+    }
+}
+
+impl<T: FloatElement> Drop for HostBank<'_, T> {
+    /// Also on an error path: the pinned buffers must outlive the copies reading them.
+    fn drop(&mut self) {
+        let _ = self.copy.synchronize();
+    }
+}
+
+impl<T: FloatElement> BankSource for HostBank<'_, T> {
+    fn rows(&self) -> usize {
+        self.rows
+    }
+    fn max_chunk_rows(&self) -> usize {
+        self.chunk_rows
+    }
+    fn chunks(&self) -> usize {
+        self.rows.div_ceil(self.chunk_rows)
+    }
+    fn for_each_chunk(&mut self, gpu: &Gpu, stream: &Arc<CudaStream>, normalized: bool, f: &mut dyn FnMut(Chunk) -> Result<()>) -> Result<()> {
+        let chunks = self.chunks();
+        for c in 0..chunks {
+            let b = c % 2;
+            let start = c * self.chunk_rows;
+            let len = self.chunk_rows.min(self.rows - start);
+            let elems = len * self.d;
+            // Host: refill staging[b] once its previous copy has finished.
+            if let Some(ev) = self.staged[b].take() {
+                ev.synchronize().during("waiting for a staging copy")?;
+            }
+            let host = self.staging[b].as_mut_slice().during("pinned staging")?;
+            host[..elems].copy_from_slice(&self.data[start * self.d..start * self.d + elems]);
+            // Copy stream: device[b] once the compute stream is done with its previous chunk.
+            if let Some(ev) = self.freed[b].take() {
+                self.copy.wait(&ev).during("copy stream wait")?;
+            }
+            let dst = self.device[b].device_ptr_mut(&self.copy).0;
+            // SAFETY: dst holds chunk_rows * d elements; the pinned source stays untouched until
+            // `staged[b]` has completed (checked above before the next refill, and in finish()).
+            unsafe { driver::memcpy_htod_async(dst, &host[..elems], self.copy.cu_stream()) }.during("bank chunk host-to-device copy")?;
+            self.staged[b] = Some(self.copy.record_event(None).during("recording an event")?);
+            stream.wait(self.staged[b].as_ref().unwrap()).during("compute stream wait")?;
+
+            let x = RawMatrix::new(self.device[b].device_ptr(stream).0, len, self.d, T::DTYPE);
+            let norms = if normalized {
+                0
+            } else {
+                let p = self.norms[b].device_ptr_mut(stream).0;
+                // SAFETY: x is the chunk just copied; p holds chunk_rows floats.
+                unsafe { super::normalize::l2_normalize_raw(gpu, stream, x, None, Some(p))? };
+                p
+            };
+            f(Chunk { x, norms, base: start, last: c + 1 == chunks })?;
+            self.freed[b] = Some(stream.record_event(None).during("recording an event")?);
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------------------------------------
+// The two strategies.
+
+/// Query-side state shared by every launch.
+struct Queries {
+    x: RawMatrix,
+    norms: CUdeviceptr,
+    exclude: CUdeviceptr,
+    diag_offset: i64,
+}
+
+impl Queries {
+    /// The rows [start, start + len) as their own matrix, with their norms and exclusions.
+    fn batch(&self, start: usize, len: usize) -> (RawMatrix, CUdeviceptr, CUdeviceptr, i32) {
+        let x = RawMatrix::new(self.x.ptr + (start * self.x.cols * self.x.dtype.size_bytes()) as u64, len, self.x.cols, self.x.dtype);
+        let norms = if self.norms == 0 { 0 } else { self.norms + 4 * start as u64 };
+        let exclude = if self.exclude == 0 { 0 } else { self.exclude + 4 * start as u64 };
+        let diag = if self.diag_offset >= 0 { (self.diag_offset + start as i64) as i32 } else { -1 };
+        (x, norms, exclude, diag)
+    }
+}
+
+fn multiprocessors(gpu: &Gpu) -> usize {
+    gpu.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_or(132, |n| n.max(1) as usize)
+}
+
+/// Bank slices per query block: enough blocks for about two per SM, at most MAX_SLICES.
+fn slices_for(sms: usize, query_rows: usize, bank_rows: usize) -> (usize, usize) {
+    let col_tiles = bank_rows.div_ceil(TILE).max(1);
+    let row_blocks = query_rows.div_ceil(TILE).max(1);
+    let want = (2 * sms).div_ceil(row_blocks).clamp(1, MAX_SLICES.min(col_tiles));
+    let per_slice = col_tiles.div_ceil(want);
+    (col_tiles.div_ceil(per_slice), per_slice)
+}
+
+fn sweep_kernel(prefix: &str, dtype: DType, aligned: bool) -> String {
+    match dtype {
+        DType::F32 => format!("{prefix}_f32"),
+        _ => format!("{prefix}_{dtype}{}", if aligned { "" } else { "_unaligned" }),
+    }
+}
+
+fn aligned(q: &RawMatrix, b: &RawMatrix) -> bool {
+    q.cols % 8 == 0 && q.ptr % 16 == 0 && b.ptr % 16 == 0
+}
+
+/// Launches a kernel that needs more than the default 48 KB of shared memory in total.
+unsafe fn launch_with_smem(gpu: &Gpu, stream: &CudaStream, name: &str, cfg: LaunchConfig, params: &mut [*mut c_void]) -> Result<()> {
+    gpu.function(MODULE, name)?
+        .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
+        .during(format_args!("kernel `{name}` shared memory size"))?;
+    gpu.launch(stream, MODULE, name, cfg, params)
+}
+
+#[allow(clippy::too_many_arguments)]
+unsafe fn run(gpu: &Gpu, stream: &Arc<CudaStream>, q: RawMatrix, bank: &mut dyn BankSource, opts: &TopKOptions, bias: CUdeviceptr, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
+    let nq = q.rows;
+    dim_i32("bank.rows", bank.rows())?;
+    let q_norms = if opts.normalized {
+        None
+    } else {
+        let mut n = stream.alloc::<f32>(nq).during("query norm scratch")?;
+        let p = n.device_ptr_mut(stream).0;
+        super::normalize::l2_normalize_raw(gpu, stream, q, None, Some(p))?;
+        Some(n)
+    };
+    let (exclude_dev, diag_offset) = match &opts.exclude {
+        Exclusion::None => (None, -1i64),
+        Exclusion::Diagonal { offset } => (None, *offset as i64),
+        Exclusion::Indices(v) => (Some(stream.clone_htod(v).during("host-to-device copy")?), -1),
+    };
+    if diag_offset > i32::MAX as i64 - nq as i64 {
+        return Err(Error::invalid("exclude", "the diagonal offset exceeds the kernels' i32 index range"));
+    }
+    let queries = Queries {
+        x: q,
+        norms: q_norms.as_ref().map_or(0, |n| n.device_ptr(stream).0),
+        exclude: exclude_dev.as_ref().map_or(0, |e| e.device_ptr(stream).0),
+        diag_offset,
+    };
+    if opts.k <= MAX_FUSED_K {
+        fused(gpu, stream, &queries, bank, opts, bias, values, indices)
+    } else {
+        radix(gpu, stream, &queries, bank, opts, bias, values, indices)
+    }
+}
+
+/// Strategy 1 (k <= 1024): topk_tiles per chunk and query batch, then topk_merge.
+#[allow(clippy::too_many_arguments)]
+unsafe fn fused(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &mut dyn BankSource, opts: &TopKOptions, bias: CUdeviceptr, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
+    let (nq, k) = (queries.x.rows, opts.k);
+    let cap = pool_capacity(k);
+    let sms = multiprocessors(gpu);
+    let (max_slices, _) = slices_for(sms, nq, bank.max_chunk_rows());
+    let per_batch_row = max_slices * cap * 8;
+    let batch_rows = ((POOL_BUDGET_BYTES / per_batch_row) / TILE * TILE).max(TILE).min(nq);
+    let mut pools = stream.alloc::<u64>(batch_rows * max_slices * cap).during("top-k pool scratch")?;
+    let pools_p = pools.device_ptr_mut(stream).0;
+    // Several chunks: a running top k per query, merged in place after each chunk.
+    let mut running = if bank.chunks() > 1 { Some(stream.alloc_zeros::<u64>(nq * k).during("running top-k")?) } else { None };
+    let running_p = running.as_mut().map_or(0, |r| r.device_ptr_mut(stream).0);
+    let (k_i, cap_i) = (k as i32, cap as i32);
+
+    bank.for_each_chunk(gpu, stream, opts.normalized, &mut |chunk: Chunk| {
+        let (slices, per_slice) = slices_for(sms, nq, chunk.x.rows);
+        let (nb, d, base, per) = (dim_i32("bank.rows", chunk.x.rows)?, dim_i32("queries.cols", chunk.x.cols)?, dim_i32("bank.rows", chunk.base)?, per_slice as i32);
+        let bias_p = if bias == 0 { 0 } else { bias + 4 * chunk.base as u64 };
+        let mut start = 0;
+        while start < nq {
+            let len = batch_rows.min(nq - start);
+            let (qx, qn, ex, diag) = queries.batch(start, len);
+            let name = sweep_kernel("topk_tiles", qx.dtype, aligned(&qx, &chunk.x));
+            let cfg = LaunchConfig { grid_dim: (len.div_ceil(TILE) as u32, slices as u32, 1), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: POOL_DYN_SMEM as u32 };
+            let nq_i = len as i32;
+            let params = &mut kernel_args![&qx.ptr, &chunk.x.ptr, &qn, &chunk.norms, &bias_p, &ex, &diag, &nq_i, &nb, &d, &base, &per, &k_i, &cap_i, &pools_p];
+            launch_with_smem(gpu, stream, &name, cfg, params)?;
+
+            let run_p = if running_p == 0 { 0 } else { running_p + (start * k * 8) as u64 };
+            let (vals, idx) = if chunk.last { (values + (start * k * 4) as u64, indices + (start * k * 4) as u64) } else { (0, 0) };
+            let slices_i = slices as i32;
+            let cfg = LaunchConfig { grid_dim: (len.div_ceil(MERGE_WARPS) as u32, 1, 1), block_dim: (32 * MERGE_WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+            let params = &mut kernel_args![&pools_p, &slices_i, &cap_i, &run_p, &nq_i, &k_i, &run_p, &vals, &idx];
+            gpu.launch(stream, MODULE, "topk_merge", cfg, params)?;
+            start += len;
+        }
+        Ok(())
+    })?;
+    drop((pools, running));
+    Ok(())
+}
+
+/// Strategy 2 (any k): radix passes over recomputed tiles, collect, sort.
+#[allow(clippy::too_many_arguments)]
+unsafe fn radix(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &mut dyn BankSource, opts: &TopKOptions, bias: CUdeviceptr, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
+    let (nq, k) = (queries.x.rows, opts.k);
+    let nq_i = dim_i32("queries.rows", nq)?;
+    let sms = multiprocessors(gpu);
+    // RadixRow: prefix, mask, want | done << 32.
+    let state_host: Vec<u64> = (0..nq).flat_map(|_| [0u64, 0u64, k as u64]).collect();
+    let mut state = stream.clone_htod(&state_host).during("host-to-device copy")?;
+    let mut hist = stream.alloc_zeros::<u32>(nq * RADIX_BINS).during("radix histograms")?;
+    let mut unfinished = stream.alloc_zeros::<i32>(1).during("device allocation")?;
+    let (state_p, hist_p) = (state.device_ptr_mut(stream).0, hist.device_ptr_mut(stream).0);
+    let unfinished_p = unfinished.device_ptr_mut(stream).0;
+
+    // One sweep of every chunk with `launch(kernel name, chunk, its sweep parameters)`.
+    let sweep = |bank: &mut dyn BankSource, prefix: &str, tail: &mut dyn FnMut(&mut Vec<*mut c_void>) -> Result<()>| -> Result<()> {
+        bank.for_each_chunk(gpu, stream, opts.normalized, &mut |chunk: Chunk| {
+            let (slices, per_slice) = slices_for(sms, nq, chunk.x.rows);
+            let (nb, d, base, per) = (dim_i32("bank.rows", chunk.x.rows)?, dim_i32("queries.cols", chunk.x.cols)?, dim_i32("bank.rows", chunk.base)?, per_slice as i32);
+            let bias_p = if bias == 0 { 0 } else { bias + 4 * chunk.base as u64 };
+            let (qx, qn, ex, diag) = queries.batch(0, nq);
+            let name = sweep_kernel(prefix, qx.dtype, aligned(&qx, &chunk.x));
+            let dyn_smem = if prefix == "topk_radix_hist" { HIST_DYN_SMEM } else { 0 };
+            let cfg = LaunchConfig { grid_dim: (nq.div_ceil(TILE) as u32, slices as u32, 1), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: dyn_smem as u32 };
+            let mut params: Vec<*mut c_void> = kernel_args![&qx.ptr, &chunk.x.ptr, &qn, &chunk.norms, &bias_p, &ex, &diag, &nq_i, &nb, &d, &base, &per].to_vec();
+            tail(&mut params)?;
+            launch_with_smem(gpu, stream, &name, cfg, &mut params)
+        })
+    };
+
+    for level in 0..RADIX_LEVELS {
+        let level_i = level as i32;
+        sweep(bank, "topk_radix_hist", &mut |p| {
+            p.extend(kernel_args![&state_p, &level_i, &hist_p]);
+            Ok(())
+        })?;
+        driver::memset_d8_async(unfinished_p, 0, 4, stream.cu_stream()).during("memset")?;
+        let cfg = LaunchConfig { grid_dim: (nq.div_ceil(STEP_WARPS) as u32, 1, 1), block_dim: (32 * STEP_WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+        gpu.launch(stream, MODULE, "topk_radix_step", cfg, &mut kernel_args![&state_p, &hist_p, &nq_i, &level_i, &unfinished_p])?;
+        if stream.clone_dtoh(&unfinished).during("device-to-host copy")?[0] == 0 {
+            break;
+        }
+    }
+
+    let kpad = k.next_power_of_two();
+    let (k_i, kpad_i) = (dim_i32("k", k)?, dim_i32("k", kpad)?);
+    let mut keys = stream.alloc_zeros::<u64>(nq * kpad).during("top-k key buffer")?;
+    let mut counts = stream.alloc_zeros::<i32>(nq).during("device allocation")?;
+    let (keys_p, counts_p) = (keys.device_ptr_mut(stream).0, counts.device_ptr_mut(stream).0);
+    sweep(bank, "topk_radix_collect", &mut |p| {
+        p.extend(kernel_args![&state_p, &k_i, &keys_p, &kpad_i, &counts_p]);
+        Ok(())
+    })?;
+    let use_smem = (kpad <= SORT_SMEM_KEYS) as i32;
+    let cfg = LaunchConfig { grid_dim: (nq as u32, 1, 1), block_dim: (SORT_THREADS, 1, 1), shared_mem_bytes: if use_smem == 1 { (kpad * 8) as u32 } else { 0 } };
+    gpu.launch(stream, MODULE, "topk_sort_rows", cfg, &mut kernel_args![&keys_p, &k_i, &kpad_i, &use_smem, &values, &indices])?;
+    drop((state, hist, unfinished, keys, counts));
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------------------------
+// The unfused baseline.
+
+/// The baseline the fused kernel is measured against, and a second oracle: norms, then per block
+/// of query rows a cuBLAS GEMM writing the raw f32 dot products (rows x nb) to global memory, then
+/// a plain top-k over each row (block radix select, `topk_dense_rows`), normalization applied
+/// there. `blas` must be bound to the GPU's default stream. Same order and tie rule as [`topk`];
+/// values differ from the fused kernel's by f32 accumulation order only.
+pub fn topk_unfused<T: FloatElement>(gpu: &Gpu, blas: &CudaBlas, queries: &DeviceMatrix<T>, bank: &DeviceMatrix<T>, opts: &TopKOptions) -> Result<DeviceTopK> {
+    check((queries.rows(), queries.cols()), (bank.rows(), bank.cols()), opts)?;
+    let stream = gpu.stream();
+    let (nq, nb, d, k) = (queries.rows(), bank.rows(), queries.cols(), opts.k);
+    let mut out = DeviceTopK::alloc(gpu, nq, k)?;
+    if nq == 0 {
+        return Ok(out);
+    }
+    let (q, b) = (queries.raw(stream).0, bank.raw(stream).0);
+    let mut norms = stream.alloc_zeros::<f32>(nq + nb).during("norm scratch")?;
+    let (qn, bn) = if opts.normalized {
+        (0, 0)
+    } else {
+        let p = norms.device_ptr_mut(stream).0;
+        // SAFETY: live allocations of the described shapes.
+        unsafe {
+            super::normalize::l2_normalize_raw(gpu, stream, q, None, Some(p))?;
+            super::normalize::l2_normalize_raw(gpu, stream, b, None, Some(p + 4 * nq as u64))?;
+        }
+        (p, p + 4 * nq as u64)
+    };
+    let exclude = match &opts.exclude {
+        Exclusion::Indices(v) => Some(stream.clone_htod(v).during("host-to-device copy")?),
+        _ => None,
+    };
+    let diag: i64 = match opts.exclude {
+        Exclusion::Diagonal { offset } => offset as i64,
+        _ => -1,
+    };
+    let block_rows = ((1usize << 30) / (nb * 4)).clamp(1, nq);
+    let mut s = stream.alloc_zeros::<f32>(block_rows * nb).during("similarity block")?;
+    let kpad = k.next_power_of_two();
+    let use_smem = (kpad <= SORT_SMEM_KEYS) as i32;
+    let mut scratch = stream.alloc_zeros::<u64>(if use_smem == 1 { 1 } else { block_rows * kpad }).during("top-k scratch")?;
+    let (s_p, scratch_p) = (s.device_ptr_mut(stream).0, scratch.device_ptr_mut(stream).0);
+    let ex_p = exclude.as_ref().map_or(0, |e| e.device_ptr(stream).0);
+    let (values, indices) = (out.values.device_ptr_mut(stream).0, out.indices.device_ptr_mut(stream).0);
+    let in_type = match T::DTYPE {
+        DType::F16 => blas_sys::cudaDataType::CUDA_R_16F,
+        DType::BF16 => blas_sys::cudaDataType::CUDA_R_16BF,
+        _ => blas_sys::cudaDataType::CUDA_R_32F,
+    };
+    let (nb_i, d_i, k_i, kpad_i) = (dim_i32("bank.rows", nb)?, dim_i32("queries.cols", d)?, dim_i32("k", k)?, dim_i32("k", kpad)?);
+    let elem = T::DTYPE.size_bytes() as u64;
+    let mut r0 = 0;
+    while r0 < nq {
+        let rows = block_rows.min(nq - r0);
+        let (alpha, beta) = (1.0f32, 0.0f32);
+        // Row-major S (rows x nb) is column-major S^T = B Q^T (see benches/similarity.rs).
+        // SAFETY: buffers sized for these shapes; the handle is on `stream`.
+        unsafe {
+            gemm_ex(
+                *blas.handle(),
+                blas_sys::cublasOperation_t::CUBLAS_OP_T,
+                blas_sys::cublasOperation_t::CUBLAS_OP_N,
+                nb_i,
+                rows as i32,
+                d_i,
+                &alpha as *const f32 as *const c_void,
+                b.ptr as *const c_void,
+                in_type,
+                d_i,
+                (q.ptr + r0 as u64 * d as u64 * elem) as *const c_void,
+                in_type,
+                d_i,
+                &beta as *const f32 as *const c_void,
+                s_p as *mut c_void,
+                blas_sys::cudaDataType::CUDA_R_32F,
+                nb_i,
+                blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )
+        }
+        .map_err(|e| Error::Blas { op: "gemm_ex (unfused top-k baseline)".into(), reason: format!("{e:?}") })?;
+        let qn_r = if qn == 0 { 0 } else { qn + 4 * r0 as u64 };
+        let ex_r = if ex_p == 0 { 0 } else { ex_p + 4 * r0 as u64 };
+        let diag_r = if diag >= 0 { dim_i32("exclude", diag as usize + r0)? } else { -1 };
+        let (vals_r, idx_r) = (values + (r0 * k * 4) as u64, indices + (r0 * k * 4) as u64);
+        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (DENSE_THREADS, 1, 1), shared_mem_bytes: if use_smem == 1 { (kpad * 8) as u32 } else { 0 } };
+        // SAFETY: as above; the argument list matches topk_dense_rows.
+        unsafe { gpu.launch(stream, MODULE, "topk_dense_rows", cfg, &mut kernel_args![&s_p, &nb_i, &qn_r, &bn, &ex_r, &diag_r, &k_i, &kpad_i, &scratch_p, &use_smem, &vals_r, &idx_r])? };
+        r0 += rows;
+    }
+    gpu.synchronize()?;
+    drop((norms, s, scratch, exclude));
+    Ok(out)
+}
