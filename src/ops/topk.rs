@@ -264,7 +264,6 @@ struct Chunk {
 
 trait BankSource {
     fn rows(&self) -> usize;
-    fn max_chunk_rows(&self) -> usize;
     fn chunks(&self) -> usize;
     /// Calls `f` for every chunk in order, with the chunk resident on the device for the work
     /// `f` queues on `stream`.
@@ -278,9 +277,6 @@ struct DeviceBank {
 
 impl BankSource for DeviceBank {
     fn rows(&self) -> usize {
-        self.bank.rows
-    }
-    fn max_chunk_rows(&self) -> usize {
         self.bank.rows
     }
     fn chunks(&self) -> usize {
@@ -358,9 +354,6 @@ impl<T: FloatElement> BankSource for HostBank<'_, T> {
     fn rows(&self) -> usize {
         self.rows
     }
-    fn max_chunk_rows(&self) -> usize {
-        self.chunk_rows
-    }
     fn chunks(&self) -> usize {
         self.rows.div_ceil(self.chunk_rows)
     }
@@ -430,11 +423,15 @@ fn multiprocessors(gpu: &Gpu) -> usize {
     gpu.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_or(132, |n| n.max(1) as usize)
 }
 
-/// Bank slices per query block: enough blocks for about two per SM, at most MAX_SLICES.
+/// The most bank slices per query block: enough blocks for about two per SM, at most MAX_SLICES.
+fn max_slices(sms: usize, query_rows: usize) -> usize {
+    (2 * sms).div_ceil(query_rows.div_ceil(TILE).max(1)).clamp(1, MAX_SLICES)
+}
+
+/// (slices, tiles per slice) for a bank of `bank_rows`: at most `max_slices`, none empty.
 fn slices_for(sms: usize, query_rows: usize, bank_rows: usize) -> (usize, usize) {
     let col_tiles = bank_rows.div_ceil(TILE).max(1);
-    let row_blocks = query_rows.div_ceil(TILE).max(1);
-    let want = (2 * sms).div_ceil(row_blocks).clamp(1, MAX_SLICES.min(col_tiles));
+    let want = max_slices(sms, query_rows).min(col_tiles);
     let per_slice = col_tiles.div_ceil(want);
     (col_tiles.div_ceil(per_slice), per_slice)
 }
@@ -497,10 +494,12 @@ unsafe fn fused(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &m
     let (nq, k) = (queries.x.rows, opts.k);
     let cap = pool_capacity(k);
     let sms = multiprocessors(gpu);
-    let (max_slices, _) = slices_for(sms, nq, bank.max_chunk_rows());
-    let per_batch_row = max_slices * cap * 8;
+    // Every chunk's slice count is at most max_slices (a smaller chunk may have more slices
+    // than a larger one, never more than this).
+    let slice_bound = max_slices(sms, nq);
+    let per_batch_row = slice_bound * cap * 8;
     let batch_rows = ((POOL_BUDGET_BYTES / per_batch_row) / TILE * TILE).max(TILE).min(nq);
-    let mut pools = stream.alloc::<u64>(batch_rows * max_slices * cap).during("top-k pool scratch")?;
+    let mut pools = stream.alloc::<u64>(batch_rows * slice_bound * cap).during("top-k pool scratch")?;
     let pools_p = pools.device_ptr_mut(stream).0;
     // Several chunks: a running top k per query, merged in place after each chunk.
     let mut running = if bank.chunks() > 1 { Some(stream.alloc_zeros::<u64>(nq * k).during("running top-k")?) } else { None };
@@ -689,4 +688,35 @@ pub fn topk_unfused<T: FloatElement>(gpu: &Gpu, blas: &CudaBlas, queries: &Devic
     gpu.synchronize()?;
     drop((norms, s, scratch, exclude));
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slicing_covers_every_tile_within_the_pool_bound() {
+        for sms in [1, 7, 108, 132] {
+            for nq in [1, 128, 129, 1000, 10_000, 1 << 20] {
+                let bound = max_slices(sms, nq);
+                for bank_rows in (1..3000).step_by(37).chain([127, 128, 129, 896, 1_000_000]) {
+                    let (slices, per) = slices_for(sms, nq, bank_rows);
+                    let tiles = bank_rows.div_ceil(TILE);
+                    assert!(slices >= 1 && slices <= bound, "sms {sms} nq {nq} nb {bank_rows}: {slices} > {bound}");
+                    assert!(slices * per >= tiles && (slices - 1) * per < tiles, "no tile missed, no empty slice");
+                }
+            }
+        }
+        // The case that once overflowed the pools: 7 tiles -> 4 slices, 6 tiles -> 6 slices.
+        assert_eq!(slices_for(3, 128, 7 * 128), (4, 2));
+        assert_eq!(slices_for(3, 128, 6 * 128), (6, 1));
+        assert_eq!(max_slices(3, 128), 6);
+    }
+
+    #[test]
+    fn pool_room_for_a_tile_row_after_compaction() {
+        for k in [1, 2, 50, 255, 256, 257, 1000, MAX_FUSED_K] {
+            assert!(pool_capacity(k) >= k + 2 * TILE, "k {k}");
+        }
+    }
 }
