@@ -6,9 +6,8 @@
 //! * `CONTRASTIVE_KERNELS_CUDA_ARCHS` overrides the targets: a comma-separated list where
 //!   `compute_XY` embeds PTX (JIT-compiled by the driver) and `sm_XY[a]` embeds SASS.
 //!   Default: `compute_80,sm_90,sm_90a` (PTX for Ampere and newer, SASS for Hopper).
-//! * Fatbins are size-compressed (`--compress-mode=size`). Warnings are errors. ptxas' per-kernel
-//!   report (registers, spills, shared memory) is kept and embedded too, so a test can fail on
-//!   local-memory spills.
+//! * Warnings are errors. ptxas' per-kernel report (registers, spills, shared memory) is kept
+//!   and embedded too, so a test can fail on local-memory spills.
 //! * Without nvcc the build still succeeds (with a `cargo:warning`); the GPU backend then
 //!   reports "built without CUDA kernels: ..." and the CPU backend works.
 
@@ -171,10 +170,6 @@ fn compile(nvcc: &Path, src: &Path, include: &Path, out: &Path, gencode: &[Strin
         .arg("-fatbin")
         .args(gencode)
         .args(["-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Werror", "all-warnings", "-Xptxas", "-v"])
-        // Every test and bench binary embeds every fatbin, and the GPU kit must stay under the
-        // 64 MiB a device call carries: size-compressed fatbins are ~7x smaller than the
-        // default; the driver decompresses them when the module is loaded.
-        .arg("--compress-mode=size")
         .arg("-I")
         .arg(include)
         .arg("-o")
