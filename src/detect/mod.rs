@@ -15,7 +15,6 @@
 //! of 90 degrees (CSI, OECL, FIRM), then augmented. Instance ids pair the two views of an image.
 
 pub mod knn;
-pub mod metrics;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
@@ -385,7 +384,12 @@ pub struct Metrics {
 
 impl Metrics {
     pub fn of(scores: &[f64], is_anomaly: &[bool]) -> Result<Self> {
-        Ok(Metrics { auroc: metrics::auroc(scores, is_anomaly)?, aupr: metrics::aupr(scores, is_anomaly)?, fpr95: metrics::fpr_at_95_tpr(scores, is_anomaly)? })
+        if scores.len() != is_anomaly.len() {
+            return Err(Error::shape("is_anomaly", format!("{} entries (one per score)", scores.len()), format!("{}", is_anomaly.len())));
+        }
+        let pick = |anomalous: bool| -> Vec<f64> { scores.iter().zip(is_anomaly).filter(|(_, &a)| a == anomalous).map(|(s, _)| *s).collect() };
+        let report = crate::metrics::report(&pick(false), &pick(true))?;
+        Ok(Metrics { auroc: report.auroc, aupr: report.aupr, fpr95: report.fpr_at_95_tpr })
     }
 
     /// The mean of each metric.
@@ -441,8 +445,8 @@ pub fn evaluate_one_class(
         ScoreLayer::Feature => encoder.config().feature_layer,
         ScoreLayer::Output => encoder.config().layers(),
     };
-    let trained_scores = knn::knn_scores(&encoder.layer_output(&normal, layer)?, &encoder.layer_output(&test.images, layer)?, k)?;
-    let raw_scores = knn::knn_scores(&normal, &test.images, k)?;
+    let trained_scores = knn::knn_scores(backend, &encoder.layer_output(&normal, layer)?, &encoder.layer_output(&test.images, layer)?, k)?;
+    let raw_scores = knn::knn_scores(backend, &normal, &test.images, k)?;
     let test_anomalies = is_anomaly.iter().filter(|a| **a).count();
     Ok(ClassResult {
         class,
