@@ -151,6 +151,16 @@ typedef struct CkLossInputs {
   const int32_t *proto_of;
 } CkLossInputs;
 
+/**
+ * AUROC, AUPR and FPR at 95% TPR (anomalies positive, higher score = more anomalous; ties
+ * handled exactly, `src/metrics.rs`) of host score arrays. Needs no GPU.
+ */
+typedef struct CkDetectionReport {
+  double auroc;
+  double aupr;
+  double fpr_at_95_tpr;
+} CkDetectionReport;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -310,6 +320,68 @@ int32_t ck_contrastive_backward(int32_t device,
                                 void *grad_features,
                                 void *grad_keys,
                                 void *grad_centers);
+
+/**
+ * The k most similar bank rows of each query by cosine similarity, exact: `values` (nq x k f32,
+ * descending) and `indices` (nq x k i32, ties to the smaller index), on device memory. Queries and
+ * bank share `dtype` and d. `normalized` nonzero: the rows are unit already (no norm prologue).
+ * `exclude_offset` >= 0: query i skips bank row i + exclude_offset (leave-one-out scoring of the
+ * bank itself, offset 0); -1: no exclusion. For k > 1024 the call waits for `stream` once per
+ * radix pass.
+ *
+ * # Safety
+ * As `ck_l2_normalize`.
+ */
+int32_t ck_topk(int32_t device,
+                void *stream,
+                int32_t dtype,
+                const void *queries,
+                int64_t nq,
+                const void *bank,
+                int64_t nb,
+                int64_t d,
+                int64_t k,
+                int32_t normalized,
+                int64_t exclude_offset,
+                float *values,
+                int32_t *indices);
+
+/**
+ * k-means of the n x d rows of `x` (device memory, `dtype`): spherical (`spherical` nonzero, the
+ * default of the Rust API) or Euclidean, k-means++ seeding from `seed`, at most `max_iterations`
+ * Lloyd steps. Results go to host memory: `centroids` (clusters x d of `dtype`, may be NULL),
+ * `assignment` (n i32, may be NULL), `objective` (sum of squared distances, may be NULL).
+ * Waits for `stream` first, then runs on the library's own stream and waits for it (the result
+ * is on the host).
+ *
+ * # Safety
+ * As `ck_l2_normalize`; the host pointers are valid for their sizes.
+ */
+int32_t ck_kmeans(int32_t device,
+                  void *stream,
+                  int32_t dtype,
+                  const void *x,
+                  int64_t n,
+                  int64_t d,
+                  int64_t clusters,
+                  int64_t max_iterations,
+                  uint64_t seed,
+                  int32_t spherical,
+                  void *centroids,
+                  int32_t *assignment,
+                  double *objective);
+
+/**
+ * Fills `out` from `n_inliers` inlier and `n_outliers` outlier scores (host memory).
+ *
+ * # Safety
+ * The arrays hold their counts of doubles; `out` is valid to write.
+ */
+int32_t ck_detection_report(const double *inlier_scores,
+                            int64_t n_inliers,
+                            const double *outlier_scores,
+                            int64_t n_outliers,
+                            struct CkDetectionReport *out);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -16,6 +16,7 @@ takes raw ones and normalizes itself):
   * FIRM, Willtl/firm `firm/loss.py`: "concat" (2B x 2B; inliers are positives of every inlier,
     outliers only of their paired view) and "pairwise" (B x B view 1 against view 2; outliers only
     the diagonal). Target distribution = mask / row count, loss = -sum(p * log_softmax) / rows.
+  * Top-k: torch.mm of the normalized rows + torch.topk, in float64.
 
   python3 scripts/parity.py [--out parity.json] [--lib path/to/libcontrastive_kernels.so]
 """
@@ -113,6 +114,25 @@ def compare(name, dtype, b, d, lib_fn, ref_fn, inputs):
     return row
 
 
+def compare_topk(dtype, dev, gen, nq=1000, nb=5000, d=128, k=50):
+    """The library's top-k against torch.mm + torch.topk on float64 cosines of the same inputs: the
+    neighbours' true similarities must be the true top-k values (a different index is allowed only
+    where similarities tie within the tolerance), and the returned values must match them."""
+    q = torch.randn(nq, d, generator=gen).to(dev, dtype)
+    b = torch.randn(nb, d, generator=gen).to(dev, dtype)
+    values, indices = ck.topk(q, b, k)
+    sims = F.normalize(q.double(), dim=1) @ F.normalize(b.double(), dim=1).T
+    want = torch.topk(sims, k, dim=1).values
+    got_true = sims.gather(1, indices.long())
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    rank_err = (got_true.sort(dim=1, descending=True).values - want).abs().max().item()
+    value_err = (values.double() - got_true).abs().max().item()
+    ok = rank_err <= tol and value_err <= tol
+    name = str(dtype).replace("torch.", "")
+    print(f"{'topk':14s} {name:9s} nq={nq} nb={nb} d={d} k={k}  neighbour-rank err {rank_err:.2e}, value err {value_err:.2e} (<= {tol:.0e})  {'ok' if ok else 'FAIL'}")
+    return {"loss": "topk", "dtype": name, "B": nq, "d": d, "k": k, "rank_err": rank_err, "value_err": value_err, "tol": tol, "ok": ok}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", help="write the rows as JSON here")
@@ -157,6 +177,8 @@ def main():
             rows.append(compare("firm_pairwise", dtype, b, d,
                                 lambda t, k: ck.contrastive_loss(t, inst1, config=cfg, label=fl1, keys=k, key_instance=inst1, key_label=fl1),
                                 lambda t, k: firm_pairwise_reference(t, k, firm_labels, 0.2), [x[:b].contiguous(), x[b:].contiguous()]))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        rows.append(compare_topk(dtype, dev, gen))
     failed = [r for r in rows if not r["ok"]]
     print(f"parity: {len(rows) - len(failed)} of {len(rows)} within DESIGN.md's tolerances")
     if args.out:

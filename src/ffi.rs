@@ -25,7 +25,9 @@ use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{Gpu, RawMatrix};
 use crate::ops::contrastive::{self, ContrastiveLoss, EmptyPositives, Geometry, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream, Reduction};
+use crate::ops::kmeans::{KMeansMetric, KMeansOptions};
 use crate::ops::similarity::SimilarityOptions;
+use crate::ops::topk::{Exclusion, TopKOptions};
 
 /// Success.
 pub const CK_OK: i32 = 0;
@@ -523,6 +525,148 @@ pub unsafe extern "C" fn ck_contrastive_backward(
     })
 }
 
+/// The k most similar bank rows of each query by cosine similarity, exact: `values` (nq x k f32,
+/// descending) and `indices` (nq x k i32, ties to the smaller index), on device memory. Queries and
+/// bank share `dtype` and d. `normalized` nonzero: the rows are unit already (no norm prologue).
+/// `exclude_offset` >= 0: query i skips bank row i + exclude_offset (leave-one-out scoring of the
+/// bank itself, offset 0); -1: no exclusion. For k > 1024 the call waits for `stream` once per
+/// radix pass.
+///
+/// # Safety
+/// As `ck_l2_normalize`.
+#[no_mangle]
+pub unsafe extern "C" fn ck_topk(
+    device: i32,
+    stream: *mut c_void,
+    dtype: i32,
+    queries: *const c_void,
+    nq: i64,
+    bank: *const c_void,
+    nb: i64,
+    d: i64,
+    k: i64,
+    normalized: i32,
+    exclude_offset: i64,
+    values: *mut f32,
+    indices: *mut i32,
+) -> i32 {
+    guard(|| {
+        let gpu = self::device(device)?;
+        let t = self::dtype("dtype", dtype)?;
+        let (nq, nb, d, k) = (size("nq", nq)?, size("nb", nb)?, size("d", d)?, size("k", k)?);
+        let exclude = match exclude_offset {
+            -1 => Exclusion::None,
+            o if o >= 0 => Exclusion::Diagonal { offset: o as usize },
+            o => return Err(Error::invalid("exclude_offset", format!("-1 (none) or an offset >= 0, got {o}"))),
+        };
+        let opts = TopKOptions::new(k).normalized(normalized != 0).exclude(exclude);
+        crate::ops::topk::topk_raw(&gpu, &stream_of(&gpu, stream), matrix(queries, nq, d, t), matrix(bank, nb, d, t), values as u64, indices as u64, &opts)
+    })
+}
+
+/// k-means of the n x d rows of `x` (device memory, `dtype`): spherical (`spherical` nonzero, the
+/// default of the Rust API) or Euclidean, k-means++ seeding from `seed`, at most `max_iterations`
+/// Lloyd steps. Results go to host memory: `centroids` (clusters x d of `dtype`, may be NULL),
+/// `assignment` (n i32, may be NULL), `objective` (sum of squared distances, may be NULL).
+/// Waits for `stream` first, then runs on the library's own stream and waits for it (the result
+/// is on the host).
+///
+/// # Safety
+/// As `ck_l2_normalize`; the host pointers are valid for their sizes.
+#[no_mangle]
+pub unsafe extern "C" fn ck_kmeans(
+    device: i32,
+    stream: *mut c_void,
+    dtype: i32,
+    x: *const c_void,
+    n: i64,
+    d: i64,
+    clusters: i64,
+    max_iterations: i64,
+    seed: u64,
+    spherical: i32,
+    centroids: *mut c_void,
+    assignment: *mut i32,
+    objective: *mut f64,
+) -> i32 {
+    guard(|| {
+        let gpu = self::device(device)?;
+        let t = self::dtype("dtype", dtype)?;
+        let (n, d) = (size("n", n)?, size("d", d)?);
+        let opts = KMeansOptions::new(size("clusters", clusters)?)
+            .max_iterations(size("max_iterations", max_iterations)?)
+            .seed(seed)
+            .metric(if spherical != 0 { KMeansMetric::Spherical } else { KMeansMetric::Euclidean });
+        crate::ops::kmeans::check(n, d, &opts)?;
+        let raw = matrix(x, n, d, t);
+        raw.check_pointer("x")?;
+        stream_of(&gpu, stream).synchronize().during("stream synchronize")?;
+        fn run<T: crate::FloatElement>(gpu: &Gpu, raw: RawMatrix, opts: &KMeansOptions, centroids: *mut c_void, assignment: *mut i32, objective: *mut f64) -> Result<()> {
+            let mut copy = crate::gpu::DeviceMatrix::<T>::zeros(gpu, raw.rows, raw.cols)?;
+            let bytes = raw.rows * raw.cols * std::mem::size_of::<T>();
+            if bytes > 0 {
+                let dst = cudarc::driver::DevicePtrMut::device_ptr_mut(copy.slice_mut(), gpu.stream()).0;
+                gpu.synchronize()?;
+                // SAFETY: both are live device buffers of `bytes` bytes.
+                unsafe { cudarc::driver::result::memcpy_dtod_sync(dst, raw.ptr, bytes) }.during("cuMemcpyDtoD")?;
+            }
+            let result = crate::ops::kmeans::kmeans(gpu, &copy, opts)?;
+            // SAFETY: the C contract: the host pointers are NULL or valid for their sizes.
+            unsafe {
+                if !centroids.is_null() {
+                    std::ptr::copy_nonoverlapping(result.centroids.data().as_ptr(), centroids as *mut T, result.centroids.data().len());
+                }
+                if !assignment.is_null() {
+                    std::ptr::copy_nonoverlapping(result.assignment.as_ptr(), assignment, result.assignment.len());
+                }
+                if !objective.is_null() {
+                    objective.write(result.objective);
+                }
+            }
+            Ok(())
+        }
+        match t {
+            DType::F32 => run::<f32>(&gpu, raw, &opts, centroids, assignment, objective),
+            DType::F16 => run::<half::f16>(&gpu, raw, &opts, centroids, assignment, objective),
+            _ => run::<half::bf16>(&gpu, raw, &opts, centroids, assignment, objective),
+        }
+    })
+}
+
+/// AUROC, AUPR and FPR at 95% TPR (anomalies positive, higher score = more anomalous; ties
+/// handled exactly, `src/metrics.rs`) of host score arrays. Needs no GPU.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CkDetectionReport {
+    pub auroc: f64,
+    pub aupr: f64,
+    pub fpr_at_95_tpr: f64,
+}
+
+/// Fills `out` from `n_inliers` inlier and `n_outliers` outlier scores (host memory).
+///
+/// # Safety
+/// The arrays hold their counts of doubles; `out` is valid to write.
+#[no_mangle]
+pub unsafe extern "C" fn ck_detection_report(inlier_scores: *const f64, n_inliers: i64, outlier_scores: *const f64, n_outliers: i64, out: *mut CkDetectionReport) -> i32 {
+    guard(|| {
+        let slice = |arg: &'static str, p: *const f64, n: i64| -> Result<&[f64]> {
+            let n = size(arg, n)?;
+            if p.is_null() {
+                return if n == 0 { Ok(&[]) } else { Err(Error::invalid(arg, "null pointer")) };
+            }
+            // SAFETY: the C contract above.
+            Ok(unsafe { std::slice::from_raw_parts(p, n) })
+        };
+        if out.is_null() {
+            return Err(Error::invalid("out", "null pointer"));
+        }
+        let r = crate::metrics::report(slice("inlier_scores", inlier_scores, n_inliers)?, slice("outlier_scores", outlier_scores, n_outliers)?)?;
+        out.write(CkDetectionReport { auroc: r.auroc, aupr: r.aupr, fpr_at_95_tpr: r.fpr_at_95_tpr });
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -540,6 +684,18 @@ mod tests {
         assert!(message().contains("boom"));
         assert_eq!(guard(|| Ok(())), CK_OK);
         assert_eq!(message(), "");
+    }
+
+    #[test]
+    fn detection_report_without_a_gpu() {
+        let (inl, out) = ([0.1, 0.2, 0.3], [0.25, 0.9]);
+        let mut r = CkDetectionReport { auroc: 0.0, aupr: 0.0, fpr_at_95_tpr: 0.0 };
+        // SAFETY: valid arrays and output.
+        assert_eq!(unsafe { ck_detection_report(inl.as_ptr(), 3, out.as_ptr(), 2, &mut r) }, CK_OK);
+        // Pairs (outlier > inlier): 0.25 beats 0.1, 0.2; 0.9 beats all three: 5 of 6.
+        assert!((r.auroc - 5.0 / 6.0).abs() < 1e-12, "{r:?}");
+        assert_eq!(unsafe { ck_detection_report(std::ptr::null(), 3, out.as_ptr(), 2, &mut r) }, CK_ERR_INVALID_ARGUMENT);
+        assert!(message().contains("inlier_scores"));
     }
 
     #[test]

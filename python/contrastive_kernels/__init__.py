@@ -18,6 +18,8 @@ from typing import Optional
 
 __all__ = [
     "CkError",
+    "detection_report",
+    "topk",
     "LossConfig",
     "ContrastiveLossFunction",
     "contrastive_loss",
@@ -111,6 +113,14 @@ _SIGNATURES = {
         ctypes.c_int32,
     ),
     "ck_l2_normalize": ([ctypes.c_int32, _P, ctypes.c_int32, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, _P, _P], ctypes.c_int32),
+    "ck_topk": (
+        [ctypes.c_int32, _P, ctypes.c_int32, _P, ctypes.c_int64, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int64, _P, _P],
+        ctypes.c_int32,
+    ),
+    "ck_detection_report": (
+        [ctypes.POINTER(ctypes.c_double), ctypes.c_int64, ctypes.POINTER(ctypes.c_double), ctypes.c_int64, ctypes.c_void_p],
+        ctypes.c_int32,
+    ),
     "ck_similarity": (
         [ctypes.c_int32, _P, ctypes.c_int32, _P, ctypes.c_int64, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, _P, ctypes.c_float, ctypes.c_int32, ctypes.c_float],
         ctypes.c_int32,
@@ -361,3 +371,47 @@ def contrastive_loss(features, instance, *, config: LossConfig, label=None, role
     """The fused loss of ``config`` on CUDA tensors, differentiable with respect to features,
     keys and centers. Ids are int32, roles uint8, weights float32, one per row."""
     return ContrastiveLossFunction().apply(config, features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of)
+
+
+class _DetectionReport(ctypes.Structure):
+    _fields_ = [("auroc", ctypes.c_double), ("aupr", ctypes.c_double), ("fpr_at_95_tpr", ctypes.c_double)]
+
+
+def detection_report(inlier_scores, outlier_scores) -> dict:
+    """AUROC, AUPR and FPR at 95% TPR (anomalies positive, higher = more anomalous) of two
+    sequences of scores, by the library's metrics (no GPU needed)."""
+    inl = [float(v) for v in inlier_scores]
+    out = [float(v) for v in outlier_scores]
+    a = (ctypes.c_double * max(len(inl), 1))(*inl)
+    b = (ctypes.c_double * max(len(out), 1))(*out)
+    r = _DetectionReport()
+    _check(load_library().ck_detection_report(a, len(inl), b, len(out), ctypes.byref(r)))
+    return {"auroc": r.auroc, "aupr": r.aupr, "fpr_at_95_tpr": r.fpr_at_95_tpr}
+
+
+def topk(queries, bank, k: int, *, normalized: bool = False, exclude_self: bool = False):
+    """The k most similar bank rows of each query (cosine), exact, on CUDA tensors: returns
+    (values float32 [nq, k] descending, indices int32 [nq, k], ties to the smaller index).
+    ``exclude_self``: the queries are the bank's rows (leave-one-out scoring)."""
+    torch = _torch()
+    for name, t in (("queries", queries), ("bank", bank)):
+        if len(tuple(t.shape)) != 2:
+            raise ValueError(f"{name}: expected a matrix, got shape {tuple(t.shape)}")
+    nq, d = tuple(queries.shape)
+    nb = tuple(bank.shape)[0]
+    code = _dtype_code("queries", queries)
+    _check_tensor("queries", queries, shape=(nq, d))
+    _check_tensor("bank", bank, shape=(nb, d), dtype=str(queries.dtype), device=queries.device)
+    if not 1 <= k <= nb:
+        raise ValueError(f"k: must be in 1..={nb} (the bank's rows), got {k}")
+    dev = queries.device
+    values = torch.empty((nq, k), dtype=torch.float32, device=dev)
+    indices = torch.empty((nq, k), dtype=torch.int32, device=dev)
+    stream = torch.cuda.current_stream(dev).cuda_stream
+    _check(
+        load_library().ck_topk(
+            dev.index or 0, stream, code, queries.data_ptr(), nq, bank.data_ptr(), nb, d, k,
+            int(normalized), 0 if exclude_self else -1, values.data_ptr(), indices.data_ptr(),
+        )
+    )
+    return values, indices

@@ -73,6 +73,16 @@ class LibraryTests(unittest.TestCase):
         self.assertIn("inputs", lib.ck_last_error().decode())
 
 
+class MetricsTests(unittest.TestCase):
+    def test_detection_report_by_hand(self):
+        # Pairs (outlier > inlier): 0.25 beats 0.1 and 0.2, 0.9 beats all three: 5 of 6.
+        r = ck.detection_report([0.1, 0.2, 0.3], [0.25, 0.9])
+        self.assertAlmostEqual(r["auroc"], 5 / 6, places=12)
+        with self.assertRaises(ck.CkError) as e:
+            ck.detection_report([], [0.5])
+        self.assertIn("inlier_scores", e.exception.message)
+
+
 class TensorCheckTests(unittest.TestCase):
     def setUp(self):
         self.nt_xent = ck.LossConfig.preset("nt_xent", 0.5)
