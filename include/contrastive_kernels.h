@@ -82,6 +82,14 @@
 
 #define CK_LOSS_CLUSTER_AWARE 6
 
+#define CK_SCORE_KNN_DISTANCE 0
+
+#define CK_SCORE_MEAN_TOPK 1
+
+#define CK_SCORE_NORM_WEIGHTED_MEAN_TOPK 2
+
+#define CK_SCORE_CSI 3
+
 /**
  * A contrastive loss (DESIGN.md sections 2-3); fill it with `ck_loss_preset`, then adjust.
  */
@@ -382,6 +390,47 @@ int32_t ck_detection_report(const double *inlier_scores,
                             const double *outlier_scores,
                             int64_t n_outliers,
                             struct CkDetectionReport *out);
+
+/**
+ * An anomaly score per query from `ck_topk`'s values copied to the host (`values`: rows x k f32,
+ * descending), DESIGN.md section 5: `CK_SCORE_KNN_DISTANCE` (2 - 2 s_(kth), higher = more
+ * anomalous), `CK_SCORE_MEAN_TOPK` (mean of the first kth, FIRM's cos_k; higher = more normal),
+ * `CK_SCORE_NORM_WEIGHTED_MEAN_TOPK` (that times the query's norm from `norms`), `CK_SCORE_CSI`
+ * (max cosine times the norm). `norms` (rows f32) may be NULL for the first two. Host only.
+ *
+ * # Safety
+ * The host arrays hold their sizes; `out` holds `rows` doubles.
+ */
+int32_t ck_topk_score(int32_t kind,
+                      const float *values,
+                      int64_t rows,
+                      int64_t k,
+                      int64_t kth,
+                      const float *norms,
+                      double *out);
+
+/**
+ * OECL's norm score (||x|| of each row; higher = more normal) of n x d host features.
+ *
+ * # Safety
+ * `features` holds n x d floats, `out` n doubles.
+ */
+int32_t ck_norm_score(const float *features, int64_t n, int64_t d, double *out);
+
+/**
+ * MCOD's memory score ||h - M^T softmax(M h / temperature)||^2 (higher = more anomalous) of n x d
+ * host features `h` against `k` x d memory items. Host only.
+ *
+ * # Safety
+ * The arrays hold their sizes; `out` holds n doubles.
+ */
+int32_t ck_mcod_score(const float *h,
+                      int64_t n,
+                      int64_t d,
+                      const float *memory,
+                      int64_t k,
+                      double temperature,
+                      double *out);
 
 #ifdef __cplusplus
 }  // extern "C"

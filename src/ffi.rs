@@ -667,6 +667,89 @@ pub unsafe extern "C" fn ck_detection_report(inlier_scores: *const f64, n_inlier
     })
 }
 
+pub const CK_SCORE_KNN_DISTANCE: i32 = 0;
+pub const CK_SCORE_MEAN_TOPK: i32 = 1;
+pub const CK_SCORE_NORM_WEIGHTED_MEAN_TOPK: i32 = 2;
+pub const CK_SCORE_CSI: i32 = 3;
+
+unsafe fn host_slice<'a, E>(arg: &'static str, p: *const E, len: usize) -> Result<&'a [E]> {
+    if p.is_null() {
+        return if len == 0 { Ok(&[]) } else { Err(Error::invalid(arg, "null pointer")) };
+    }
+    // SAFETY: the C contract: `p` holds `len` elements.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+unsafe fn host_matrix(arg: &'static str, p: *const f32, rows: i64, cols: i64) -> Result<crate::Matrix<f32>> {
+    let (rows, cols) = (size(arg, rows)?, size(arg, cols)?);
+    crate::Matrix::new(rows, cols, unsafe { host_slice(arg, p, rows * cols)? }.to_vec())
+}
+
+/// An anomaly score per query from `ck_topk`'s values copied to the host (`values`: rows x k f32,
+/// descending), DESIGN.md section 5: `CK_SCORE_KNN_DISTANCE` (2 - 2 s_(kth), higher = more
+/// anomalous), `CK_SCORE_MEAN_TOPK` (mean of the first kth, FIRM's cos_k; higher = more normal),
+/// `CK_SCORE_NORM_WEIGHTED_MEAN_TOPK` (that times the query's norm from `norms`), `CK_SCORE_CSI`
+/// (max cosine times the norm). `norms` (rows f32) may be NULL for the first two. Host only.
+///
+/// # Safety
+/// The host arrays hold their sizes; `out` holds `rows` doubles.
+#[no_mangle]
+pub unsafe extern "C" fn ck_topk_score(kind: i32, values: *const f32, rows: i64, k: i64, kth: i64, norms: *const f32, out: *mut f64) -> i32 {
+    guard(|| {
+        let (rows, k, kth) = (size("rows", rows)?, size("k", k)?, size("kth", kth)?);
+        let topk = crate::cpu::topk::TopK { rows, k, values: unsafe { host_slice("values", values, rows * k)? }.to_vec(), indices: vec![0; rows * k] };
+        let norms = || unsafe { host_slice("norms", norms, rows) };
+        let scores = match kind {
+            CK_SCORE_KNN_DISTANCE => crate::scores::knn_distance(&topk, kth)?,
+            CK_SCORE_MEAN_TOPK => crate::scores::mean_topk_similarity(&topk, kth)?,
+            CK_SCORE_NORM_WEIGHTED_MEAN_TOPK => crate::scores::norm_weighted_mean_topk(&topk, kth, norms()?)?,
+            CK_SCORE_CSI => crate::scores::csi_score(&topk, norms()?)?,
+            _ => return Err(Error::invalid("kind", format!("CK_SCORE_KNN_DISTANCE (0) .. CK_SCORE_CSI (3); got {kind}"))),
+        };
+        if out.is_null() {
+            return Err(Error::invalid("out", "null pointer"));
+        }
+        unsafe { std::ptr::copy_nonoverlapping(scores.as_ptr(), out, rows) };
+        Ok(())
+    })
+}
+
+/// OECL's norm score (||x|| of each row; higher = more normal) of n x d host features.
+///
+/// # Safety
+/// `features` holds n x d floats, `out` n doubles.
+#[no_mangle]
+pub unsafe extern "C" fn ck_norm_score(features: *const f32, n: i64, d: i64, out: *mut f64) -> i32 {
+    guard(|| {
+        let x = unsafe { host_matrix("features", features, n, d)? };
+        if out.is_null() {
+            return Err(Error::invalid("out", "null pointer"));
+        }
+        let scores = crate::scores::norm_score(&x);
+        unsafe { std::ptr::copy_nonoverlapping(scores.as_ptr(), out, scores.len()) };
+        Ok(())
+    })
+}
+
+/// MCOD's memory score ||h - M^T softmax(M h / temperature)||^2 (higher = more anomalous) of n x d
+/// host features `h` against `k` x d memory items. Host only.
+///
+/// # Safety
+/// The arrays hold their sizes; `out` holds n doubles.
+#[no_mangle]
+pub unsafe extern "C" fn ck_mcod_score(h: *const f32, n: i64, d: i64, memory: *const f32, k: i64, temperature: f64, out: *mut f64) -> i32 {
+    guard(|| {
+        let h = unsafe { host_matrix("h", h, n, d)? };
+        let memory = unsafe { host_matrix("memory", memory, k, d)? };
+        if out.is_null() {
+            return Err(Error::invalid("out", "null pointer"));
+        }
+        let scores = crate::scores::mcod_memory_score(&h, &memory, temperature)?;
+        unsafe { std::ptr::copy_nonoverlapping(scores.as_ptr(), out, scores.len()) };
+        Ok(())
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -696,6 +779,26 @@ mod tests {
         assert!((r.auroc - 5.0 / 6.0).abs() < 1e-12, "{r:?}");
         assert_eq!(unsafe { ck_detection_report(std::ptr::null(), 3, out.as_ptr(), 2, &mut r) }, CK_ERR_INVALID_ARGUMENT);
         assert!(message().contains("inlier_scores"));
+    }
+
+    #[test]
+    fn scores_without_a_gpu() {
+        // Two queries, k = 2: values (0.9, 0.5) and (0.2, -0.4).
+        let values = [0.9f32, 0.5, 0.2, -0.4];
+        let norms = [2.0f32, 0.5];
+        let mut out = [0.0f64; 2];
+        let run = |kind, kth, norms: *const f32, out: &mut [f64; 2]| unsafe { ck_topk_score(kind, values.as_ptr(), 2, 2, kth, norms, out.as_mut_ptr()) };
+        assert_eq!(run(CK_SCORE_KNN_DISTANCE, 2, std::ptr::null(), &mut out), CK_OK);
+        assert!((out[0] - 1.0).abs() < 1e-6 && (out[1] - 2.8).abs() < 1e-6, "{out:?}");
+        assert_eq!(run(CK_SCORE_CSI, 1, norms.as_ptr(), &mut out), CK_OK);
+        assert!((out[0] - 1.8).abs() < 1e-6 && (out[1] - 0.1).abs() < 1e-6, "{out:?}");
+        assert_eq!(run(CK_SCORE_CSI, 1, std::ptr::null(), &mut out), CK_ERR_INVALID_ARGUMENT);
+        assert!(message().contains("norms"));
+        assert_eq!(run(9, 1, std::ptr::null(), &mut out), CK_ERR_INVALID_ARGUMENT);
+        let x = [3.0f32, 4.0];
+        let mut n = [0.0f64];
+        assert_eq!(unsafe { ck_norm_score(x.as_ptr(), 1, 2, n.as_mut_ptr()) }, CK_OK);
+        assert_eq!(n[0], 5.0);
     }
 
     #[test]
