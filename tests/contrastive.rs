@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::contrastive_harness::{assert_grad_close, cases, for_each_harness_case, Case};
+use common::contrastive_harness::{assert_grad_close, cases, for_each_harness_case, gradient_only_cases};
 use common::{gpu_or_skip, m, random_matrix};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
 use contrastive_kernels::ops::contrastive::{
@@ -430,38 +430,6 @@ fn invariant_to_key_and_prototype_scale() {
         let f = if t >= 4 { 1.0 / 40.0 } else { 1.0 };
         assert!((cb.data()[t] - f * ca.data()[t]).abs() <= 1e-12 * (1.0 + ca.data()[t].abs()), "prototypes[{t}]");
     }
-}
-
-/// Mixtures the GPU harness does not need, for the finite-difference check only.
-fn gradient_only_cases() -> Vec<Case> {
-    let x = |rows, seed| random_matrix::<f64>(rows, 5, seed);
-    vec![
-        // Pairwise with prototypes, a queue and weights: gradients for all three inputs at once.
-        Case {
-            name: "pairwise_prototypes_weighted",
-            loss: ContrastiveLoss::firm_pairwise(0.3),
-            features: x(4, 31),
-            instance: vec![0, 1, 2, 3],
-            label: Some(vec![0, 1, 0, -1]),
-            role: None,
-            weight: Some(vec![1.0, 0.25, 2.0, 0.5]),
-            keys: Some((x(6, 32), vec![0, 1, 2, 3, 10, 11], Some(vec![0, 1, 0, -1, 1, -1]))),
-            protos: Some((x(2, 33), vec![0, 1, 0, -1])),
-        },
-        // SupCon with an outlier whose instance is unique (empty positives, Zero) next to
-        // NegativeOnly and NormPenaltyOnly rows, weighted.
-        Case {
-            name: "supcon_mixed_roles",
-            loss: ContrastiveLoss { norm_penalty: 0.7, ..ContrastiveLoss::supcon(0.2, 0.07).with_empty_positives(EmptyPositives::Zero) },
-            features: x(7, 34),
-            instance: vec![0, 1, 2, 0, 1, 5, 6],
-            label: Some(vec![0, 1, 0, 0, 1, -1, 1]),
-            role: Some(vec![RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::NormPenaltyOnly]),
-            weight: Some(vec![1.5, 1.0, 3.0, 0.5, 1.0, 2.0, 1.0]),
-            keys: None,
-            protos: None,
-        },
-    ]
 }
 
 /// d(reduced loss)/d(inputs) from `backward` against central differences of `forward`, for the

@@ -86,6 +86,39 @@ pub fn cases() -> Vec<Case> {
     ]
 }
 
+/// Mixtures the GPU harness does not need, for the CPU-only gradient checks (finite differences,
+/// the backward model): pairwise with prototypes, a queue and weights; mixed roles.
+pub fn gradient_only_cases() -> Vec<Case> {
+    let x = |rows, seed| random_matrix::<f64>(rows, 5, seed);
+    vec![
+        // Pairwise with prototypes, a queue and weights: gradients for all three inputs at once.
+        Case {
+            name: "pairwise_prototypes_weighted",
+            loss: ContrastiveLoss::firm_pairwise(0.3),
+            features: x(4, 31),
+            instance: vec![0, 1, 2, 3],
+            label: Some(vec![0, 1, 0, -1]),
+            role: None,
+            weight: Some(vec![1.0, 0.25, 2.0, 0.5]),
+            keys: Some((x(6, 32), vec![0, 1, 2, 3, 10, 11], Some(vec![0, 1, 0, -1, 1, -1]))),
+            protos: Some((x(2, 33), vec![0, 1, 0, -1])),
+        },
+        // SupCon with an outlier whose instance is unique (empty positives, Zero) next to
+        // NegativeOnly and NormPenaltyOnly rows, weighted.
+        Case {
+            name: "supcon_mixed_roles",
+            loss: ContrastiveLoss { norm_penalty: 0.7, ..ContrastiveLoss::supcon(0.2, 0.07).with_empty_positives(EmptyPositives::Zero) },
+            features: x(7, 34),
+            instance: vec![0, 1, 2, 0, 1, 5, 6],
+            label: Some(vec![0, 1, 0, 0, 1, -1, 1]),
+            role: Some(vec![RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::NormPenaltyOnly]),
+            weight: Some(vec![1.5, 1.0, 3.0, 0.5, 1.0, 2.0, 1.0]),
+            keys: None,
+            protos: None,
+        },
+    ]
+}
+
 /// Runs `check` over every loss kind on shapes that hit the tails (rows not a multiple of the
 /// tiles, d in {3, 6, 64, 128, 200, 512}), with inputs rounded to `T`.
 pub fn for_each_harness_case<T: FloatElement>(check: &mut dyn FnMut(&str, &ContrastiveLoss, &LossInputs<'_, T>)) {

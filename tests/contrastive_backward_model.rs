@@ -1,0 +1,216 @@
+//! A CPU model of the fused backward's decomposition (kernels/contrastive.cu), checked against the
+//! oracle's gradients for every loss kind: the per-row coefficients of contrastive_backward_prepare
+//! (with the power-of-two scaling sigma), the passes fused.rs launches (self: rows x rows plus the
+//! prototypes; pairwise: anchors x keys plus the prototypes, then keys x anchors; prototypes x
+//! anchor rows), the H entry of sweep_other (validity, the positive relation, the two anchor terms),
+//! the normalization backward and the OECL penalty. The model follows the kernel's branches line by
+//! line, in f64, so a wrong pass, flag or relation fails here on any machine; the fragment mapping
+//! and the rounding are the GPU tests' business.
+
+mod common;
+
+use common::contrastive_harness::{cases, gradient_only_cases};
+use contrastive_kernels::cpu::contrastive::{backward, forward};
+use contrastive_kernels::ops::contrastive::{ContrastiveLoss, Geometry, LossInputs, Reduction, RowRole};
+use contrastive_kernels::Matrix;
+
+/// ck::GradSide, host form: unit rows and the per-row arrays; `anchor` = lse / coef_a / coef_b set.
+struct Side<'a> {
+    u: Vec<Vec<f64>>,
+    instance: Option<&'a [i32]>,
+    label: Option<&'a [i32]>,
+    role: Option<&'a [RowRole]>,
+    proto_of: Option<&'a [i32]>,
+    anchor: Option<(&'a [f64], &'a [f64], &'a [f64])>,
+}
+
+fn unit_rows(x: &Matrix<f64>) -> Vec<Vec<f64>> {
+    (0..x.rows())
+        .map(|i| {
+            let n = x.row(i).iter().map(|v| v * v).sum::<f64>().sqrt();
+            let den = if n <= 1e-12 { 1e-12 } else { n };
+            x.row(i).iter().map(|v| v / den).collect()
+        })
+        .collect()
+}
+
+fn dot(a: &[f64], b: &[f64]) -> f64 {
+    a.iter().zip(b).map(|(x, y)| x * y).sum()
+}
+
+/// contrastive_backward_prepare: (coef_a, coef_b, 1 / sigma, penalized rows).
+fn prepare(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, positives: &[usize], upstream: &[f64]) -> (Vec<f64>, Vec<f64>, f64, usize) {
+    let n = inputs.features.rows();
+    let per_row = loss.reduction == Reduction::PerAnchor;
+    let role = |i: usize| inputs.role_of(i);
+    let weight = |i: usize| -> f64 {
+        if role(i) != RowRole::Anchor || positives[i] == 0 {
+            return 0.0;
+        }
+        (if per_row { upstream[i] } else { upstream[0] }) * inputs.weight.map_or(1.0, |w| w[i] as f64) * loss.scale as f64
+    };
+    let anchors = (0..n).filter(|&i| role(i) == RowRole::Anchor).count();
+    let penalized = (0..n).filter(|&i| role(i) == RowRole::NormPenaltyOnly).count();
+    let inv_divisor = if loss.reduction == Reduction::Mean { 1.0 / anchors.max(1) as f64 } else { 1.0 };
+    let max = (0..n).map(|i| weight(i).abs()).fold(0.0, f64::max) * inv_divisor;
+    let sigma = if max > 0.0 { 2f64.powi(12 - max.log2().floor() as i32) } else { 1.0 };
+    let a: Vec<f64> = (0..n).map(|i| sigma * inv_divisor * weight(i)).collect();
+    let b: Vec<f64> = (0..n).map(|i| if a[i] != 0.0 { a[i] / positives[i] as f64 } else { 0.0 }).collect();
+    (a, b, 1.0 / sigma, penalized)
+}
+
+/// sweep_other over all of `other` for every own row: du[own] += sum_o H(own, o) u_o (unscaled).
+fn sweep(du: &mut [Vec<f64>], own: &Side, other: &Side, exclude_self: bool, inv_tau: f64) {
+    for (r, du_r) in du.iter_mut().enumerate() {
+        // load_own_row
+        if own.role.is_some_and(|role| role[r] == RowRole::NormPenaltyOnly) {
+            continue;
+        }
+        let (r_instance, r_label, r_proto) = match own.instance {
+            Some(inst) => (inst[r], own.label.map_or(-1, |l| l[r]), own.proto_of.map_or(-1, |p| p[r])),
+            None => (-1, -1, -1),
+        };
+        let (r_lse, r_a, r_b) = own.anchor.map_or((0.0, 0.0, 0.0), |(lse, a, b)| (lse[r], a[r], b[r]));
+        for o in 0..other.u.len() {
+            if other.role.is_some_and(|role| role[o] == RowRole::NormPenaltyOnly) || (exclude_self && o == r) {
+                continue;
+            }
+            let (o_instance, o_label, o_proto) = match other.instance {
+                Some(inst) => (inst[o], other.label.map_or(-1, |l| l[o]), other.proto_of.map_or(-1, |p| p[o])),
+                None => (-1, -1, -1),
+            };
+            let (o_lse, o_a, o_b) = other.anchor.map_or((0.0, 0.0, 0.0), |(lse, a, b)| (lse[o], a[o], b[o]));
+            let positive = if other.instance.is_none() {
+                o as i32 == r_proto
+            } else if own.instance.is_none() {
+                o_proto == r as i32
+            } else {
+                o_instance == r_instance || (r_label >= 0 && o_label == r_label)
+            };
+            let s = dot(&own.u[r], &other.u[o]) * inv_tau;
+            let mut h = 0.0;
+            if r_a != 0.0 {
+                h += r_a * (s - r_lse).exp() - if positive { r_b } else { 0.0 };
+            }
+            if o_a != 0.0 {
+                h += o_a * (s - o_lse).exp() - if positive { o_b } else { 0.0 };
+            }
+            for (t, v) in du_r.iter_mut().enumerate() {
+                *v += h * other.u[o][t];
+            }
+        }
+    }
+}
+
+/// dx = (du - u <u, du>) / max(|x|, eps), the kernel's l2_normalize_backward.
+fn normalize_backward(x: &Matrix<f64>, du: &[Vec<f64>]) -> Matrix<f64> {
+    Matrix::from_fn(x.rows(), x.cols(), |i, j| {
+        let n = x.row(i).iter().map(|v| v * v).sum::<f64>().sqrt();
+        if n <= 1e-12 {
+            return du[i][j] / 1e-12;
+        }
+        let proj = dot(x.row(i), &du[i]) / (n * n);
+        (du[i][j] - x.get(i, j) * proj) / n
+    })
+}
+
+struct ModelGrads {
+    features: Matrix<f64>,
+    keys: Option<Matrix<f64>>,
+    prototypes: Option<Matrix<f64>>,
+}
+
+fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream: &[f64]) -> ModelGrads {
+    let fwd = forward(loss, inputs).unwrap();
+    let (a, b, inv_sigma, penalized) = prepare(loss, inputs, &fwd.positive_count, upstream);
+    let inv_tau = 1.0 / loss.temperature as f64;
+    let d = inputs.features.cols();
+    let rows = Side {
+        u: unit_rows(inputs.features),
+        instance: Some(inputs.instance),
+        label: inputs.label.filter(|_| loss.use_labels),
+        role: inputs.role,
+        proto_of: inputs.prototypes.as_ref().map(|p| p.proto_of),
+        anchor: Some((&fwd.lse, &a, &b)),
+    };
+    let keys = inputs.keys.as_ref().map(|k| Side {
+        u: unit_rows(k.features),
+        instance: Some(k.instance),
+        label: k.label.filter(|_| loss.use_labels),
+        role: None,
+        proto_of: None,
+        anchor: None,
+    });
+    let protos = inputs.prototypes.as_ref().map(|p| Side { u: unit_rows(p.centers), instance: None, label: None, role: None, proto_of: None, anchor: None });
+    let zeros = |n: usize| vec![vec![0.0; d]; n];
+    let mut du_rows = zeros(rows.u.len());
+    match (loss.geometry, &keys) {
+        (Geometry::SelfSimilarity, _) => sweep(&mut du_rows, &rows, &rows, true, inv_tau),
+        (Geometry::Pairwise, Some(k)) => sweep(&mut du_rows, &rows, k, false, inv_tau),
+        (Geometry::Pairwise, None) => unreachable!("pairwise has keys"),
+    }
+    if let Some(p) = &protos {
+        sweep(&mut du_rows, &rows, p, false, inv_tau);
+    }
+    let scale = |du: &mut Vec<Vec<f64>>| du.iter_mut().flatten().for_each(|v| *v *= inv_tau * inv_sigma);
+    scale(&mut du_rows);
+    let mut features = normalize_backward(inputs.features, &du_rows);
+    if loss.norm_penalty > 0.0 && penalized > 0 {
+        let g = if loss.reduction == Reduction::PerAnchor { 1.0 } else { upstream[0] };
+        let factor = g * loss.norm_penalty as f64 / penalized as f64;
+        for i in (0..inputs.features.rows()).filter(|&i| inputs.role_of(i) == RowRole::NormPenaltyOnly) {
+            let n = inputs.features.row(i).iter().map(|v| v * v).sum::<f64>().sqrt().max(1e-12);
+            for j in 0..d {
+                features.data_mut()[i * d + j] = factor * inputs.features.get(i, j) / n;
+            }
+        }
+    }
+    let keys_grad = keys.as_ref().map(|k| {
+        let mut du = zeros(k.u.len());
+        sweep(&mut du, k, &rows, false, inv_tau);
+        scale(&mut du);
+        normalize_backward(inputs.keys.as_ref().unwrap().features, &du)
+    });
+    let protos_grad = protos.as_ref().map(|p| {
+        let mut du = zeros(p.u.len());
+        sweep(&mut du, p, &rows, false, inv_tau);
+        scale(&mut du);
+        normalize_backward(inputs.prototypes.as_ref().unwrap().centers, &du)
+    });
+    ModelGrads { features, keys: keys_grad, prototypes: protos_grad }
+}
+
+fn assert_close(what: &str, got: &Matrix<f64>, want: &Matrix<f64>) {
+    let scale = want.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    for (k, (g, w)) in got.data().iter().zip(want.data()).enumerate() {
+        assert!((g - w).abs() <= 1e-10 * (1.0 + scale), "{what}[{k}]: model {g} vs oracle {w}");
+    }
+}
+
+#[test]
+fn the_kernels_decomposition_gives_the_oracles_gradients() {
+    for case in cases().into_iter().chain(gradient_only_cases()) {
+        for reduction in [Reduction::Mean, Reduction::Sum, Reduction::PerAnchor] {
+            let loss = case.loss.with_reduction(reduction);
+            let n = case.features.rows();
+            let upstream: Vec<f64> = if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.3 + 0.2 * i as f64).collect() } else { vec![1.7] };
+            let keys = case.keys.as_ref().map(|k| k.0.clone());
+            let centers = case.protos.as_ref().map(|p| p.0.clone());
+            let inputs = case.inputs(&case.features, keys.as_ref(), centers.as_ref());
+            let want = backward(&loss, &inputs, &upstream).unwrap();
+            let got = model_backward(&loss, &inputs, &upstream);
+            let what = format!("{} {reduction:?}", case.name);
+            assert_close(&format!("{what} dfeatures"), &got.features, &want.features);
+            match (&got.keys, &want.keys) {
+                (Some(g), Some(w)) => assert_close(&format!("{what} dkeys"), g, w),
+                (None, None) => {}
+                _ => panic!("{what}: key gradients on one side only"),
+            }
+            match (&got.prototypes, &want.prototypes) {
+                (Some(g), Some(w)) => assert_close(&format!("{what} dprototypes"), g, w),
+                (None, None) => {}
+                _ => panic!("{what}: prototype gradients on one side only"),
+            }
+        }
+    }
+}
