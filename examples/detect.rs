@@ -20,7 +20,7 @@ use contrastive_kernels::Backend;
 
 const USAGE: &str = "usage: detect [options]
   --data SRC          digits (built in, default) | mnist:DIR | fashion:DIR (IDX files) | cifar10:DIR (binary batches)
-  --loss NAME         nt_xent | supcon | firm (default) | oecl | outlier_exposure
+  --loss NAME         nt_xent | supcon | firm (default) | oecl | outlier_exposure | cluster_aware
   --classes LIST      normal classes to run, e.g. 0,3,7 (default: all)
   --steps N           optimizer steps per class (digits: 150)
   --batch N           normal images per step (digits: 256, i.e. all)

@@ -29,9 +29,13 @@ use crate::error::{Error, Result};
 use crate::f16;
 use crate::gpu::DeviceMatrix;
 use crate::matrix::Matrix;
-use crate::ops::contrastive::{ContrastiveLoss, LossInputs, RowRole};
+use crate::ops::contrastive::{ContrastiveLoss, LossInputs, PrototypeColumns, RowRole};
+use crate::ops::kmeans::KMeansOptions;
 use crate::ops::mlp::{AdamW, GpuMlp, MlpConfig, MlpParams};
 use crate::rng::SplitMix64;
+
+/// Clusters of the cluster-aware loss (at most the batch size).
+pub const CLUSTER_AWARE_CLUSTERS: usize = 4;
 
 /// The training loss of the detector (DESIGN.md section 3, in the one-class setting).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,12 +53,17 @@ pub enum LossKind {
     Oecl,
     /// NT-Xent whose denominators also hold the rotated rows (role NegativeOnly).
     OutlierExposure,
+    /// Cluster-aware (CCL): each step clusters the batch's outputs (spherical k-means, seeded);
+    /// a sample's cluster id is the label of both its views, the cluster centres are prototype
+    /// columns (constants of the step), the own centre a positive.
+    ClusterAware,
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 5] = [LossKind::NtXent, LossKind::SupCon, LossKind::Firm, LossKind::Oecl, LossKind::OutlierExposure];
+    pub const ALL: [LossKind; 6] = [LossKind::NtXent, LossKind::SupCon, LossKind::Firm, LossKind::Oecl, LossKind::OutlierExposure, LossKind::ClusterAware];
 
-    /// `nt_xent` (also `infonce`, `simclr`), `supcon`, `firm`, `oecl`, `outlier_exposure` (also `oe`).
+    /// `nt_xent` (also `infonce`, `simclr`), `supcon`, `firm`, `oecl`, `outlier_exposure` (also `oe`),
+    /// `cluster_aware` (also `ccl`).
     pub fn parse(name: &str) -> Result<Self> {
         match name.to_ascii_lowercase().replace('-', "_").as_str() {
             "nt_xent" | "ntxent" | "infonce" | "simclr" => Ok(LossKind::NtXent),
@@ -62,8 +71,8 @@ impl LossKind {
             "firm" => Ok(LossKind::Firm),
             "oecl" => Ok(LossKind::Oecl),
             "outlier_exposure" | "oe" => Ok(LossKind::OutlierExposure),
-            "cluster_aware" | "ccl" => Err(Error::invalid("loss", "cluster_aware is not in the detector yet (the loss oracle has it); use nt_xent, supcon, firm, oecl or outlier_exposure")),
-            other => Err(Error::invalid("loss", format!("unknown loss `{other}`; expected nt_xent, supcon, firm, oecl or outlier_exposure"))),
+            "cluster_aware" | "ccl" => Ok(LossKind::ClusterAware),
+            other => Err(Error::invalid("loss", format!("unknown loss `{other}`; expected nt_xent, supcon, firm, oecl, outlier_exposure or cluster_aware"))),
         }
     }
 
@@ -74,20 +83,21 @@ impl LossKind {
             LossKind::Firm => "firm",
             LossKind::Oecl => "oecl",
             LossKind::OutlierExposure => "outlier_exposure",
+            LossKind::ClusterAware => "cluster_aware",
         }
     }
 
     /// The reference code's temperatures: CSI / OECL 0.5, FIRM 0.2; SupCon at FIRM's 0.2.
     pub fn default_temperature(self) -> f32 {
         match self {
-            LossKind::NtXent | LossKind::Oecl | LossKind::OutlierExposure => 0.5,
+            LossKind::NtXent | LossKind::Oecl | LossKind::OutlierExposure | LossKind::ClusterAware => 0.5,
             LossKind::SupCon | LossKind::Firm => 0.2,
         }
     }
 
     /// Whether the batch carries rotated images.
     pub fn uses_outliers(self) -> bool {
-        !matches!(self, LossKind::NtXent)
+        !matches!(self, LossKind::NtXent | LossKind::ClusterAware)
     }
 }
 
@@ -160,6 +170,7 @@ impl DetectorConfig {
             LossKind::Firm => ContrastiveLoss::firm(t),
             LossKind::Oecl => ContrastiveLoss::oecl(t, self.oecl_alpha),
             LossKind::OutlierExposure => ContrastiveLoss::outlier_exposure(t),
+            LossKind::ClusterAware => ContrastiveLoss::cluster_aware(t),
         }
     }
 
@@ -299,14 +310,34 @@ pub fn batch_loss(backend: &Backend, cfg: &DetectorConfig, z: &Matrix<f64>, norm
         LossKind::OutlierExposure => Some([vec![RowRole::Anchor; 2 * b], vec![RowRole::NegativeOnly; 2 * outliers]].concat()),
         _ => None,
     };
+    // Cluster-aware: spherical k-means of the view-1 outputs (seeded by the batch size, so a run
+    // stays deterministic); both views of a sample take its cluster.
+    let clusters = match cfg.loss {
+        LossKind::ClusterAware => {
+            let view1 = Matrix::from_fn(b, z.cols(), |i, j| *z.get(i, j) as f32);
+            let k = CLUSTER_AWARE_CLUSTERS.min(b);
+            let km = backend.kmeans(&view1, &KMeansOptions::new(k).seed(b as u64))?;
+            Some((km.centroids.cast::<f64>(), [km.assignment.clone(), km.assignment].concat()))
+        }
+        _ => None,
+    };
+    let label = match &clusters {
+        Some((_, ids)) => Some(ids.clone()),
+        None => label,
+    };
     let loss = cfg.contrastive_loss();
     let mut inputs = LossInputs::new(z, &instance);
     inputs.label = label.as_deref();
     inputs.role = role.as_deref();
+    inputs.prototypes = clusters.as_ref().map(|(centers, ids)| PrototypeColumns { centers, proto_of: ids });
     if let Backend::Gpu(_) = backend {
         let z32: Matrix<f32> = z.cast();
-        let inputs32 = LossInputs { features: &z32, ..LossInputs::new(&z32, &instance) };
-        let inputs32 = LossInputs { label: inputs.label, role: inputs.role, ..inputs32 };
+        let centers32: Option<Matrix<f32>> = clusters.as_ref().map(|(c, _)| c.cast());
+        let prototypes = match (&centers32, &clusters) {
+            (Some(centers), Some((_, ids))) => Some(PrototypeColumns { centers, proto_of: ids }),
+            _ => None,
+        };
+        let inputs32 = LossInputs { label: inputs.label, role: inputs.role, prototypes, ..LossInputs::new(&z32, &instance) };
         let (out, context) = loss.forward(backend, &inputs32)?;
         let grads = loss.backward(backend, &inputs32, context, &[1.0])?;
         return Ok((out.loss as f64, grads.features.cast()));
@@ -522,6 +553,27 @@ mod tests {
         assert!(matches!(LossKind::parse("triplet"), Err(Error::InvalidArgument { arg: "loss", .. })));
     }
 
+    /// Cluster-aware: the batch's labels and prototypes are the spherical k-means of the view-1
+    /// outputs (both views of a sample in its cluster), and the loss is the oracle's on them.
+    #[test]
+    fn cluster_aware_batch() {
+        let mut rng = SplitMix64::new(5);
+        let b = 6;
+        let z = Matrix::from_fn(2 * b, 3, |_, _| rng.normal());
+        let cfg = DetectorConfig::digits(LossKind::ClusterAware);
+        let (value, grad) = batch_loss(&Backend::Cpu, &cfg, &z, b, &[]).unwrap();
+        assert_eq!((grad.rows(), grad.cols()), (2 * b, 3));
+        let view1 = Matrix::from_fn(b, 3, |i, j| *z.get(i, j) as f32);
+        let km = cpu::kmeans::kmeans(&view1, &KMeansOptions::new(CLUSTER_AWARE_CLUSTERS).seed(b as u64)).unwrap();
+        let ids = [km.assignment.clone(), km.assignment.clone()].concat();
+        let centers = km.centroids.cast::<f64>();
+        let instance: Vec<i32> = (0..2 * b).map(|i| (i % b) as i32).collect();
+        let inputs = LossInputs { label: Some(&ids), prototypes: Some(PrototypeColumns { centers: &centers, proto_of: &ids }), ..LossInputs::new(&z, &instance) };
+        let want = cpu::contrastive::forward(&ContrastiveLoss::cluster_aware(0.5), &inputs).unwrap().loss;
+        assert!((value - want).abs() <= 1e-12 * want.abs().max(1.0), "{value} vs {want}");
+        assert!(ids.iter().all(|&c| (0..CLUSTER_AWARE_CLUSTERS as i32).contains(&c)));
+    }
+
     /// The batch layout gives each loss the roles the module docs describe: checked through the
     /// loss values of a tiny batch against direct oracle calls.
     #[test]
@@ -558,6 +610,8 @@ mod tests {
                     inputs.role = Some(&role);
                 }
                 LossKind::NtXent => {}
+                // Its labels and prototypes come from k-means: checked by `cluster_aware_batch`.
+                LossKind::ClusterAware => continue,
             }
             let want = cpu::contrastive::forward(&loss, &inputs).unwrap().loss;
             assert_eq!(value, want, "{kind:?}");
