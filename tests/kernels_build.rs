@@ -13,6 +13,8 @@ const EXPECTED_KERNELS: &[&str] = &[
     "contrastive_forward_f16",
     "contrastive_forward_bf16_unaligned",
     "contrastive_reduce",
+    "augment_views",
+    "rotate_views",
     "contrastive_check_inputs",
     "contrastive_backward_f16",
     "contrastive_backward_bf16",
@@ -60,7 +62,7 @@ fn kernels_are_embedded_under_ci() {
         println!("kernels_are_embedded_under_ci: skipped, built without nvcc ({})", build_info::NOT_COMPILED_REASON);
         return;
     }
-    for module in ["contrastive", "contrastive_unfused", "kmeans", "mlp", "normalize", "similarity", "topk"] {
+    for module in ["augment", "contrastive", "contrastive_unfused", "kmeans", "mlp", "normalize", "similarity", "topk"] {
         let image = build_info::module_image(module).unwrap_or_else(|| panic!("module {module} not embedded"));
         // A fatbin starts with the magic 0xBA55ED50 (little-endian).
         assert_eq!(&image[..4], &[0x50, 0xED, 0x55, 0xBA], "module {module} is not a fatbin");

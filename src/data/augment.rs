@@ -1,4 +1,5 @@
-//! Views and synthetic outliers for small images, seeded (CPU).
+//! Views and synthetic outliers for small images, seeded (CPU; the GPU twins are in
+//! [`crate::ops::augment`], with [`Augment::views_seeded`] as their oracle).
 //!
 //! * [`Augment`]: the random view transform of contrastive training: a random translation with
 //!   zero fill (= the "pad and random-crop" of SimCLR / CSI on small images), an optional
@@ -95,6 +96,68 @@ impl Augment {
             self.apply(shape, images.row(r), &mut out.data_mut()[k * shape.len()..(k + 1) * shape.len()], rng);
         }
         Ok(out)
+    }
+}
+
+/// The random draws of one view in the seeded form: everything but the noise is drawn from the
+/// caller's generator, and the noise of pixel p is the p-th normal of a generator of its own
+/// (`noise_seed`), so a GPU thread can draw it without the others (SplitMix64 jumps ahead in O(1)).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ViewDraw {
+    pub shift_y: i32,
+    pub shift_x: i32,
+    pub flip: bool,
+    /// The gain's bits (f32), so the struct stays Eq.
+    pub gain_bits: u32,
+    pub noise_seed: u64,
+}
+
+impl ViewDraw {
+    pub fn gain(&self) -> f32 {
+        f32::from_bits(self.gain_bits)
+    }
+}
+
+impl Augment {
+    /// One view's draws, in `apply`'s order (shifts, flip, gain), then the noise seed.
+    pub fn draw(&self, rng: &mut SplitMix64) -> ViewDraw {
+        let s = self.max_shift as isize;
+        let (dy, dx) = if s > 0 { (rng.below(2 * s as usize + 1) as isize - s, rng.below(2 * s as usize + 1) as isize - s) } else { (0, 0) };
+        let flip = self.horizontal_flip && rng.below(2) == 1;
+        let gain = if self.intensity_jitter > 0.0 { 1.0 + self.intensity_jitter * (2.0 * rng.uniform() as f32 - 1.0) } else { 1.0 };
+        ViewDraw { shift_y: dy as i32, shift_x: dx as i32, flip, gain_bits: gain.to_bits(), noise_seed: rng.next_u64() }
+    }
+
+    /// The view of `src` that `draw` describes (the oracle of `ops::augment::views`).
+    pub fn apply_drawn(&self, shape: ImageShape, draw: &ViewDraw, src: &[f32], dst: &mut [f32]) {
+        let (h, w) = (shape.height as isize, shape.width as isize);
+        let (dy, dx) = (draw.shift_y as isize, draw.shift_x as isize);
+        let mut noise = SplitMix64::new(draw.noise_seed);
+        for c in 0..shape.channels {
+            let plane = c * shape.height * shape.width;
+            for y in 0..h {
+                for x in 0..w {
+                    let xs = if draw.flip { w - 1 - x } else { x };
+                    let (sy, sx) = (y - dy, xs - dx);
+                    let v = if (0..h).contains(&sy) && (0..w).contains(&sx) { src[plane + (sy * w + sx) as usize] } else { 0.0 };
+                    let n = if self.noise_std > 0.0 { self.noise_std * noise.normal() as f32 } else { 0.0 };
+                    dst[plane + (y * w + x) as usize] = (v * draw.gain() + n).clamp(0.0, 1.0);
+                }
+            }
+        }
+    }
+
+    /// Views in the seeded form (the CPU twin of the GPU views): `views`' transform, with each
+    /// view's noise from its own seed.
+    pub fn views_seeded(&self, shape: ImageShape, images: &Matrix<f32>, rows: &[usize], rng: &mut SplitMix64) -> Result<(Matrix<f32>, Vec<ViewDraw>)> {
+        check_images(shape, images, rows)?;
+        self.validate(shape)?;
+        let draws: Vec<ViewDraw> = rows.iter().map(|_| self.draw(rng)).collect();
+        let mut out = Matrix::from_fn(rows.len(), shape.len(), |_, _| 0.0f32);
+        for (k, (&r, d)) in rows.iter().zip(&draws).enumerate() {
+            self.apply_drawn(shape, d, images.row(r), &mut out.data_mut()[k * shape.len()..(k + 1) * shape.len()]);
+        }
+        Ok((out, draws))
     }
 }
 

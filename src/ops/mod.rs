@@ -9,6 +9,7 @@
 //! All of them validate with the same `check_*` functions, so bad input gets the same `Err`
 //! whichever backend runs.
 
+pub mod augment;
 pub mod contrastive;
 pub mod mlp;
 pub mod kmeans;
