@@ -475,12 +475,7 @@ template <typename T> __device__ void pack_unit_rows(const T* __restrict__ x, in
     const long row = (long)blockIdx.x * (kPackThreads / 32) + threadIdx.x / 32;
     if (row >= n) return;
     const T* xr = x + row * d;
-    float sum_sq = 0.f;
-    for (int j = lane; j < d; j += 32) {
-        const float v = to_float(xr[j]);
-        sum_sq = fmaf(v, v, sum_sq);
-    }
-    const float denom = norm_denominator(sqrtf(warp_sum(sum_sq)));
+    const float denom = norm_denominator(warp_row_norm(xr, d));
     T* ur = u + row * dp;
     for (int j = lane; j < dp; j += 32) ur[j] = from_float<T>(j < d ? to_float(xr[j]) / denom : 0.f);
 }
@@ -573,12 +568,7 @@ __device__ void norm_penalty_backward(const T* __restrict__ x, const unsigned ch
     const long row = (long)blockIdx.x * (kPackThreads / 32) + threadIdx.x / 32;
     if (row >= n || role[row] != kRoleNormPenaltyOnly) return;
     const T* xr = x + row * d;
-    float sum_sq = 0.f;
-    for (int j = lane; j < d; j += 32) {
-        const float v = to_float(xr[j]);
-        sum_sq = fmaf(v, v, sum_sq);
-    }
-    const float denom = norm_denominator(sqrtf(warp_sum(sum_sq)));
+    const float denom = norm_denominator(warp_row_norm(xr, d));
     const float factor = (per_row ? 1.f : upstream[0]) * alpha / scalars[1];
     for (int j = lane; j < d; j += 32) dx[row * d + j] = from_float<T>(factor * to_float(xr[j]) / denom);
 }

@@ -20,12 +20,7 @@ __device__ void l2_normalize_forward(const TX* __restrict__ x, TZ* __restrict__ 
     const long row = (long)blockIdx.x * kRowsPerBlock + threadIdx.x / 32;
     if (row >= n) return;
     const TX* xr = x + row * d;
-    float sum_sq = 0.f;
-    for (int j = lane; j < d; j += 32) {
-        const float v = to_float(xr[j]);
-        sum_sq = fmaf(v, v, sum_sq);
-    }
-    const float norm = sqrtf(warp_sum(sum_sq));
+    const float norm = warp_row_norm(xr, d);
     if (z != nullptr) {
         const float denom = norm_denominator(norm);
         TZ* zr = z + row * d;

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::contrastive_harness::{assert_grad_close, download, for_each_harness_case, upload_slice, DeviceInputs};
+use common::contrastive_harness::{assert_grad_close, download, for_each_harness_case, upload_inputs, upload_slice};
 use common::{gpu_or_skip, random_matrix};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
 use contrastive_kernels::ops::contrastive::{self as loss_ops, unfused, ContrastiveLoss, LossInputs, Reduction, Upstream};
@@ -35,7 +35,7 @@ fn extra_bytes_by_hand() {
 fn gpu_with_cublas(test: &str) -> Option<Gpu> {
     let gpu = gpu_or_skip(test)?;
     let x: Matrix<f16> = random_matrix(4, 8, 1);
-    let dev = DeviceInputs::upload(&gpu, &LossInputs::new(&x, &[0, 1, 0, 1]));
+    let dev = upload_inputs(&gpu, &LossInputs::new(&x, &[0, 1, 0, 1]));
     match unfused::forward(&gpu, &ContrastiveLoss::nt_xent(0.5), &dev.view()) {
         Err(e @ Error::Blas { .. }) => {
             if std::env::var("CONTRASTIVE_KERNELS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
@@ -58,7 +58,7 @@ fn check_forward<T: FloatElement>(gpu: &Gpu, rel: f64) {
     for_each_harness_case::<T>(&mut |what, loss, inputs| {
         let n = inputs.features.rows();
         let want = forward(loss, inputs).unwrap();
-        let dev = DeviceInputs::upload(gpu, inputs);
+        let dev = upload_inputs(gpu, inputs);
         let got = unfused::forward(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what}: {e}"));
         assert!((got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3), "{what}: loss {} vs oracle {}", got.loss, want.loss);
         let per_anchor = download(gpu, &got.per_anchor, n);
@@ -96,7 +96,7 @@ fn check_backward<T: FloatElement>(gpu: &Gpu, rel: f64) {
             let n = inputs.features.rows();
             let upstream = upstream_for(reduction, n);
             let want = backward(&loss, inputs, &upstream.iter().map(|&v| v as f64).collect::<Vec<_>>()).unwrap();
-            let dev = DeviceInputs::upload(gpu, inputs);
+            let dev = upload_inputs(gpu, inputs);
             let fwd = unfused::forward(gpu, &loss, &dev.view()).unwrap();
             let per_row = upload_slice(gpu, &upstream);
             let up = if reduction == Reduction::PerAnchor { Upstream::PerRow(&per_row) } else { Upstream::Value(upstream[0]) };
@@ -141,7 +141,7 @@ fn gpu_unfused_backward_matches_oracle() {
 fn check_fused_vs_unfused<T: FloatElement>(gpu: &Gpu, rel: f64) {
     for_each_harness_case::<T>(&mut |what, loss, inputs| {
         let n = inputs.features.rows();
-        let dev = DeviceInputs::upload(gpu, inputs);
+        let dev = upload_inputs(gpu, inputs);
         let fused = loss_ops::forward_device(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what} fused: {e}"));
         let plain = unfused::forward(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what} unfused: {e}"));
         assert!((fused.loss - plain.loss).abs() as f64 <= 2.0 * rel * (plain.loss.abs() as f64).max(1e-3), "{what}: loss fused {} vs unfused {}", fused.loss, plain.loss);
@@ -182,7 +182,7 @@ fn gpu_unfused_errors() {
     let n = 200_000;
     let x: Matrix<f16> = random_matrix(n, 1, 3);
     let instance: Vec<i32> = (0..n as i32).map(|i| i / 2).collect();
-    let dev = DeviceInputs::upload(&gpu, &LossInputs::new(&x, &instance));
+    let dev = upload_inputs(&gpu, &LossInputs::new(&x, &instance));
     match unfused::forward(&gpu, &nt, &dev.view()) {
         Err(Error::InvalidArgument { arg: "features", reason }) => assert!(reason.contains("200000 x 200000"), "{reason}"),
         Err(e) => panic!("expected a features error naming the shape, got {e}"),
@@ -194,13 +194,13 @@ fn gpu_unfused_errors() {
     let x: Matrix<bf16> = random_matrix(6, 8, 4);
     let y: Matrix<bf16> = random_matrix(6, 8, 5);
     let instance = [0, 1, 2, 0, 1, 2];
-    let (dx, dy) = (DeviceInputs::upload(&gpu, &LossInputs::new(&x, &instance)), DeviceInputs::upload(&gpu, &LossInputs::new(&y, &instance)));
+    let (dx, dy) = (upload_inputs(&gpu, &LossInputs::new(&x, &instance)), upload_inputs(&gpu, &LossInputs::new(&y, &instance)));
     let saved = unfused::forward(&gpu, &nt, &dx.view()).unwrap().saved;
     assert!(matches!(unfused::backward(&gpu, &nt, &dy.view(), saved, Upstream::Value(1.0)), Err(Error::InvalidArgument { arg: "saved", .. })));
     let saved = unfused::forward(&gpu, &nt, &dx.view()).unwrap().saved;
     let per_row = upload_slice(&gpu, &[1.0f32; 6]);
     assert!(matches!(unfused::backward(&gpu, &nt, &dx.view(), saved, Upstream::PerRow(&per_row)), Err(Error::InvalidArgument { arg: "upstream", .. })));
-    let lonely = DeviceInputs::upload(&gpu, &LossInputs::new(&x, &[0, 1, 2, 0, 1, 7]));
+    let lonely = upload_inputs(&gpu, &LossInputs::new(&x, &[0, 1, 2, 0, 1, 7]));
     match unfused::forward(&gpu, &nt, &lonely.view()) {
         Err(Error::InvalidArgument { arg: "instance", reason }) => assert!(reason.contains("row 2"), "{reason}"),
         Err(e) => panic!("expected the empty-positive error, got {e}"),

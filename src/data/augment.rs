@@ -162,11 +162,16 @@ impl Augment {
 }
 
 fn check_images(shape: ImageShape, images: &Matrix<f32>, rows: &[usize]) -> Result<()> {
-    if images.cols() != shape.len() {
-        return Err(Error::shape("images", format!("{} columns ({shape:?})", shape.len()), format!("{} x {}", images.rows(), images.cols())));
+    check_image_rows(shape, (images.rows(), images.cols()), rows)
+}
+
+/// `images` (rows x cols, one image per row) holds images of `shape`, and `rows` index into it.
+pub(crate) fn check_image_rows(shape: ImageShape, images: (usize, usize), rows: &[usize]) -> Result<()> {
+    if images.1 != shape.len() {
+        return Err(Error::shape("images", format!("{} columns ({shape:?})", shape.len()), format!("{} x {}", images.0, images.1)));
     }
-    if let Some(&r) = rows.iter().find(|&&r| r >= images.rows()) {
-        return Err(Error::invalid("rows", format!("row {r} is out of range ({} images)", images.rows())));
+    if let Some(&r) = rows.iter().find(|&&r| r >= images.0) {
+        return Err(Error::invalid("rows", format!("row {r} is out of range ({} images)", images.0)));
     }
     Ok(())
 }

@@ -6,7 +6,7 @@
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 
-use crate::data::augment::{Augment, ViewDraw};
+use crate::data::augment::{check_image_rows, Augment, ViewDraw};
 use crate::data::ImageShape;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu};
@@ -16,13 +16,7 @@ const MODULE: &str = "augment";
 const THREADS: u32 = 256;
 
 fn check(shape: ImageShape, images: &DeviceMatrix<f32>, rows: &[usize]) -> Result<()> {
-    if images.cols() != shape.len() {
-        return Err(Error::shape("images", format!("{} columns ({shape:?})", shape.len()), format!("{} x {}", images.rows(), images.cols())));
-    }
-    if let Some(&r) = rows.iter().find(|&&r| r >= images.rows()) {
-        return Err(Error::invalid("rows", format!("row {r} is out of range ({} images)", images.rows())));
-    }
-    Ok(())
+    check_image_rows(shape, (images.rows(), images.cols()), rows)
 }
 
 fn upload<E: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(gpu: &Gpu, v: &[E]) -> Result<CudaSlice<E>> {

@@ -4,9 +4,9 @@
 
 use contrastive_kernels::cudarc::driver::CudaSlice;
 use contrastive_kernels::ops::contrastive::{
-    ContrastiveLoss, DeviceKeyRows, DeviceLossInputs, DevicePrototypeColumns, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, RowRole,
+    ContrastiveLoss, DeviceLossBuffers, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, RowRole,
 };
-use contrastive_kernels::{DeviceMatrix, FloatElement, Gpu, Matrix};
+use contrastive_kernels::{FloatElement, Gpu, Matrix};
 
 use super::random_matrix;
 
@@ -153,16 +153,9 @@ pub fn for_each_harness_case<T: FloatElement>(check: &mut dyn FnMut(&str, &Contr
     }
 }
 
-/// Host loss inputs copied to the device, owned; [`DeviceInputs::view`] is what the
-/// device-buffer API takes.
-pub struct DeviceInputs<T> {
-    pub features: DeviceMatrix<T>,
-    pub instance: CudaSlice<i32>,
-    pub label: Option<CudaSlice<i32>>,
-    pub role: Option<CudaSlice<u8>>,
-    pub weight: Option<CudaSlice<f32>>,
-    pub keys: Option<(DeviceMatrix<T>, CudaSlice<i32>, Option<CudaSlice<i32>>)>,
-    pub prototypes: Option<(DeviceMatrix<T>, CudaSlice<i32>)>,
+/// Host inputs on the device (the library's own upload), unwrapped for tests.
+pub fn upload_inputs<T: FloatElement>(gpu: &Gpu, inputs: &LossInputs<'_, T>) -> DeviceLossBuffers<T> {
+    DeviceLossBuffers::upload(gpu, inputs).unwrap()
 }
 
 pub fn upload_slice<E: contrastive_kernels::cudarc::driver::DeviceRepr + contrastive_kernels::cudarc::driver::ValidAsZeroBits>(gpu: &Gpu, v: &[E]) -> CudaSlice<E> {
@@ -170,32 +163,6 @@ pub fn upload_slice<E: contrastive_kernels::cudarc::driver::DeviceRepr + contras
         gpu.stream().alloc_zeros::<E>(1).unwrap()
     } else {
         gpu.stream().clone_htod(v).unwrap()
-    }
-}
-
-impl<T: FloatElement> DeviceInputs<T> {
-    pub fn upload(gpu: &Gpu, inputs: &LossInputs<'_, T>) -> Self {
-        DeviceInputs {
-            features: DeviceMatrix::upload(gpu, inputs.features).unwrap(),
-            instance: upload_slice(gpu, inputs.instance),
-            label: inputs.label.map(|l| upload_slice(gpu, l)),
-            role: inputs.role.map(|r| upload_slice(gpu, &r.iter().map(|&r| r as u8).collect::<Vec<u8>>())),
-            weight: inputs.weight.map(|w| upload_slice(gpu, w)),
-            keys: inputs.keys.as_ref().map(|k| (DeviceMatrix::upload(gpu, k.features).unwrap(), upload_slice(gpu, k.instance), k.label.map(|l| upload_slice(gpu, l)))),
-            prototypes: inputs.prototypes.as_ref().map(|p| (DeviceMatrix::upload(gpu, p.centers).unwrap(), upload_slice(gpu, p.proto_of))),
-        }
-    }
-
-    pub fn view(&self) -> DeviceLossInputs<'_, T> {
-        DeviceLossInputs {
-            features: &self.features,
-            instance: &self.instance,
-            label: self.label.as_ref(),
-            role: self.role.as_ref(),
-            weight: self.weight.as_ref(),
-            keys: self.keys.as_ref().map(|(features, instance, label)| DeviceKeyRows { features, instance, label: label.as_ref() }),
-            prototypes: self.prototypes.as_ref().map(|(centers, proto_of)| DevicePrototypeColumns { centers, proto_of }),
-        }
     }
 }
 

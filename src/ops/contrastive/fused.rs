@@ -640,6 +640,24 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
     })
 }
 
+/// The device slice holding `upstream` for `loss`'s reduction: one dLoss for Mean / Sum (a host
+/// value is uploaded into `buf`), one dL_i per feature row for PerAnchor; else the error.
+pub(super) fn upstream_on_device<'a>(
+    stream: &Arc<CudaStream>,
+    loss: &ContrastiveLoss,
+    upstream: Upstream<'a>,
+    n: usize,
+    buf: &'a mut Option<CudaSlice<f32>>,
+) -> Result<&'a CudaSlice<f32>> {
+    match (upstream, loss.reduction == Reduction::PerAnchor) {
+        (Upstream::Value(g), false) => Ok(buf.insert(stream.clone_htod(&[g]).during("host-to-device copy")?)),
+        (Upstream::Device(g), false) => check_slice("upstream", g, 1, "loss").map(|_| g),
+        (Upstream::PerRow(g), true) => check_slice("upstream", g, n, "feature row").map(|_| g),
+        (_, true) => Err(Error::invalid("upstream", "Reduction::PerAnchor takes Upstream::PerRow (one dL_i per feature row)")),
+        (_, false) => Err(Error::invalid("upstream", "Mean and Sum take one dLoss: Upstream::Value or Upstream::Device")),
+    }
+}
+
 /// The fused backward: gradients with respect to the raw features (and keys, prototypes), in the
 /// input dtype. Consumes the forward's saved statistics; `inputs` must be the forward's.
 pub fn backward<T: FloatElement>(
@@ -657,23 +675,8 @@ pub fn backward<T: FloatElement>(
         return Err(Error::invalid("saved", "comes from a forward over other inputs (backward takes the forward's own inputs)"));
     }
     let per_row = loss.reduction == Reduction::PerAnchor;
-    let upstream_buf;
-    let upstream_slice = match (upstream, per_row) {
-        (Upstream::Value(g), false) => {
-            upstream_buf = stream.clone_htod(&[g]).during("host-to-device copy")?;
-            &upstream_buf
-        }
-        (Upstream::Device(g), false) => {
-            check_slice("upstream", g, 1, "loss")?;
-            g
-        }
-        (Upstream::PerRow(g), true) => {
-            check_slice("upstream", g, n, "feature row")?;
-            g
-        }
-        (_, true) => return Err(Error::invalid("upstream", "Reduction::PerAnchor takes Upstream::PerRow (one dL_i per feature row)")),
-        (_, false) => return Err(Error::invalid("upstream", "Mean and Sum take one dLoss: Upstream::Value or Upstream::Device")),
-    };
+    let mut upstream_buf = None;
+    let upstream_slice = upstream_on_device(stream, loss, upstream, n, &mut upstream_buf)?;
     let mut features = DeviceMatrix::<T>::zeros(gpu, n, raw.d)?;
     let mut keys = inputs.keys.as_ref().map(|k| DeviceMatrix::<T>::zeros(gpu, k.features.rows(), raw.d)).transpose()?;
     let mut prototypes = inputs.prototypes.as_ref().map(|p| DeviceMatrix::<T>::zeros(gpu, p.centers.rows(), raw.d)).transpose()?;

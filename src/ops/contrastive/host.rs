@@ -29,11 +29,12 @@ pub struct LossContext<T> {
 
 enum Saved<T> {
     Cpu,
-    Gpu { uploaded: Uploaded<T>, saved: SavedForward },
+    Gpu { uploaded: DeviceLossBuffers<T>, saved: SavedForward },
 }
 
-/// Host inputs copied to the device, owned.
-struct Uploaded<T> {
+/// Host [`LossInputs`] copied to the device and owned; [`Self::view`] is their
+/// [`DeviceLossInputs`].
+pub struct DeviceLossBuffers<T> {
     features: DeviceMatrix<T>,
     instance: CudaSlice<i32>,
     label: Option<CudaSlice<i32>>,
@@ -51,9 +52,9 @@ fn upload<E: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(gpu: 
     }
 }
 
-impl<T: FloatElement> Uploaded<T> {
-    fn new(gpu: &Gpu, inputs: &LossInputs<'_, T>) -> Result<Self> {
-        Ok(Uploaded {
+impl<T: FloatElement> DeviceLossBuffers<T> {
+    pub fn upload(gpu: &Gpu, inputs: &LossInputs<'_, T>) -> Result<Self> {
+        Ok(DeviceLossBuffers {
             features: DeviceMatrix::upload(gpu, inputs.features)?,
             instance: upload(gpu, inputs.instance)?,
             label: inputs.label.map(|l| upload(gpu, l)).transpose()?,
@@ -70,7 +71,7 @@ impl<T: FloatElement> Uploaded<T> {
         })
     }
 
-    fn view(&self) -> DeviceLossInputs<'_, T> {
+    pub fn view(&self) -> DeviceLossInputs<'_, T> {
         DeviceLossInputs {
             features: &self.features,
             instance: &self.instance,
@@ -106,7 +107,7 @@ impl ContrastiveLoss {
                 Ok((result, LossContext { inner: Saved::Cpu }))
             }
             Backend::Gpu(gpu) => {
-                let uploaded = Uploaded::new(gpu, inputs)?;
+                let uploaded = DeviceLossBuffers::upload(gpu, inputs)?;
                 let out = fused::forward(gpu, self, &uploaded.view())?;
                 let n = inputs.features.rows();
                 let result = ForwardResult {

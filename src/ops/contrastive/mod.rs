@@ -28,7 +28,7 @@ pub use fused::{
     backward as backward_device, backward_raw, extra_bytes as fused_extra_bytes, forward as forward_device, forward_raw, DeviceForward, DeviceGradients, DeviceKeyRows, FusedBytes,
     DeviceLossInputs, DevicePrototypeColumns, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream, SavedForward, Upstream,
 };
-pub use host::{Gradients, LossContext};
+pub use host::{DeviceLossBuffers, Gradients, LossContext};
 
 use crate::dtype::Float;
 use crate::error::{Error, Result};

@@ -26,7 +26,7 @@ use cudarc::cublas::{result::gemm_ex, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig};
 
 
-use super::fused::{check_device_inputs, check_slice, opt_ptr, ptr, rows_config, CHECK_NAMES, ROW_KERNEL_THREADS, SINGLE_BLOCK_THREADS};
+use super::fused::{check_device_inputs, upstream_on_device, opt_ptr, ptr, rows_config, CHECK_NAMES, ROW_KERNEL_THREADS, SINGLE_BLOCK_THREADS};
 use super::{empty_positive_error, ContrastiveLoss, DeviceGradients, DeviceLossInputs, EmptyPositives, Geometry, Reduction, Upstream};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
@@ -382,24 +382,11 @@ pub fn backward_measured<T: FloatElement>(
     }
     let per_row = loss.reduction == Reduction::PerAnchor;
     let mut tally = saved.bytes;
-    let upstream_buf;
-    let upstream_slice = match (upstream, per_row) {
-        (Upstream::Value(g), false) => {
-            tally += 4;
-            upstream_buf = stream.clone_htod(&[g]).during("host-to-device copy")?;
-            &upstream_buf
-        }
-        (Upstream::Device(g), false) => {
-            check_slice("upstream", g, 1, "loss")?;
-            g
-        }
-        (Upstream::PerRow(g), true) => {
-            check_slice("upstream", g, n, "feature row")?;
-            g
-        }
-        (_, true) => return Err(Error::invalid("upstream", "Reduction::PerAnchor takes Upstream::PerRow (one dL_i per feature row)")),
-        (_, false) => return Err(Error::invalid("upstream", "Mean and Sum take one dLoss: Upstream::Value or Upstream::Device")),
-    };
+    let mut upstream_buf = None;
+    let upstream_slice = upstream_on_device(stream, loss, upstream, n, &mut upstream_buf)?;
+    if matches!(upstream, Upstream::Value(_)) {
+        tally += 4; // the uploaded dLoss
+    }
     let plan = extra_bytes(n, keys.map(|k| k.rows), n_centers, d, T::DTYPE);
     check_fits(gpu, plan.backward, n, m, "backward")?;
 
