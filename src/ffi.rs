@@ -650,14 +650,8 @@ pub struct CkDetectionReport {
 #[no_mangle]
 pub unsafe extern "C" fn ck_detection_report(inlier_scores: *const f64, n_inliers: i64, outlier_scores: *const f64, n_outliers: i64, out: *mut CkDetectionReport) -> i32 {
     guard(|| {
-        let slice = |arg: &'static str, p: *const f64, n: i64| -> Result<&[f64]> {
-            let n = size(arg, n)?;
-            if p.is_null() {
-                return if n == 0 { Ok(&[]) } else { Err(Error::invalid(arg, "null pointer")) };
-            }
-            // SAFETY: the C contract above.
-            Ok(unsafe { std::slice::from_raw_parts(p, n) })
-        };
+        // SAFETY: the C contract above.
+        let slice = |arg: &'static str, p: *const f64, n: i64| -> Result<&[f64]> { unsafe { host_slice(arg, p, size(arg, n)?) } };
         if out.is_null() {
             return Err(Error::invalid("out", "null pointer"));
         }
