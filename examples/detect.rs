@@ -4,7 +4,7 @@
 //! the test split with kNN (k-th largest cosine) and report AUROC / AUPR / FPR@95, next to raw
 //! pixels scored the same way. GPU when one is usable, CPU otherwise.
 //!
-//!     cargo run --release --example detect -- --data digits --loss firm
+//!     cargo run --release --example detect -- --data digits --loss supcon
 //!
 //! Progress goes to stderr, the table (or `--json`) to stdout. `--help` lists the options.
 
@@ -15,12 +15,12 @@ use std::time::Instant;
 
 use contrastive_kernels::data::augment::Augment;
 use contrastive_kernels::data::{cifar10, digits, idx, Dataset};
-use contrastive_kernels::detect::{evaluate, ClassResult, DetectorConfig, LossKind, Metrics, StepInfo};
+use contrastive_kernels::detect::{evaluate, ClassResult, DetectorConfig, LossKind, Metrics, Scorer, StepInfo};
 use contrastive_kernels::Backend;
 
 const USAGE: &str = "usage: detect [options]
   --data SRC          digits (built in, default) | mnist:DIR | fashion:DIR (IDX files) | cifar10:DIR (binary batches)
-  --loss NAME         nt_xent | supcon | firm (default) | oecl | outlier_exposure | cluster_aware
+  --loss NAME         supcon (default) | nt_xent | firm | oecl | outlier_exposure | cluster_aware
   --classes LIST      normal classes to run, e.g. 0,3,7 (default: all)
   --steps N           optimizer steps per class (digits: 150)
   --batch N           normal images per step (digits: 256, i.e. all)
@@ -29,9 +29,11 @@ const USAGE: &str = "usage: detect [options]
   --hidden LIST       hidden widths, e.g. 128 or 256,128 (an empty string for none)
   --feature N         feature-layer width
   --head LIST         projection-head widths, e.g. 64,32
-  --shift N           views: random translation of up to N pixels (digits: 1)
+  --shift N           views: random translation of up to N pixels (digits: 0, mnist: 3, cifar10: 4)
   --noise X           views: Gaussian pixel noise std (digits: 0.05)
   --k K               kNN scorer's k (1)
+  --scorer S          rotations (default: CSI's ensemble of kNN over the 4 quarter turns; on raw
+                      pixels it equals plain kNN) | knn (plain; needed for non-square images)
   --score-layer L     feature (default) | output: which layer's output is scored
   --seed S            seed of the split, the initialisation and the views (0)
   --train-limit N     at most N training images per class (mnist / cifar10 on the CPU: try 500)
@@ -55,6 +57,7 @@ struct Args {
     feature: Option<usize>,
     head: Option<Vec<usize>>,
     score_output: bool,
+    scorer: Option<Scorer>,
     seed: u64,
     train_limit: Option<usize>,
     test_limit: Option<usize>,
@@ -66,7 +69,7 @@ struct Args {
 fn parse_args() -> Result<Args, String> {
     let mut a = Args {
         data: "digits".into(),
-        loss: LossKind::Firm,
+        loss: LossKind::SupCon,
         classes: None,
         steps: None,
         batch: None,
@@ -79,6 +82,7 @@ fn parse_args() -> Result<Args, String> {
         feature: None,
         head: None,
         score_output: false,
+        scorer: None,
         seed: 0,
         train_limit: None,
         test_limit: None,
@@ -116,6 +120,7 @@ fn parse_args() -> Result<Args, String> {
                     other => return Err(format!("--score-layer: `{other}` is neither feature nor output")),
                 }
             }
+            "--scorer" => a.scorer = Some(Scorer::parse(&value()?).map_err(|e| e.to_string())?),
             "--seed" => a.seed = num(&flag, value()?)?,
             "--train-limit" => a.train_limit = Some(num(&flag, value()?)?),
             "--test-limit" => a.test_limit = Some(num(&flag, value()?)?),
@@ -239,6 +244,9 @@ fn run(args: &Args) -> contrastive_kernels::Result<()> {
     if let Some(v) = &args.head {
         cfg.head = v.clone();
     }
+    if let Some(v) = args.scorer {
+        cfg.scorer = v;
+    }
     if args.score_output {
         cfg.score_layer = contrastive_kernels::detect::ScoreLayer::Output;
     }
@@ -246,13 +254,13 @@ fn run(args: &Args) -> contrastive_kernels::Result<()> {
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let backend_line = match &backend {
         Backend::Cpu => format!("CPU (f64 oracle; {} classes at a time)", threads.min(classes.len()).max(1)),
-        Backend::Gpu(_) => format!("{} (encoder kernels f16; loss on the host oracle)", backend.describe()),
+        Backend::Gpu(_) => format!("{} (encoder kernels f16; loss on the fused loss kernels, f32 features)", backend.describe()),
     };
     eprintln!("backend: {backend_line}");
     eprintln!(
-        "data: {} ({} train / {} test images, {}x{}x{}); loss {} (tau {}); encoder {:?}; {} steps; kNN k = {}",
+        "data: {} ({} train / {} test images, {}x{}x{}); loss {} (tau {}); encoder {:?}; {} steps; scorer {} (k = {})",
         train.name, train.len(), test.len(), train.shape.channels, train.shape.height, train.shape.width, cfg.loss.name(), cfg.temperature,
-        cfg.mlp_config(train.shape.len())?.widths, cfg.steps, cfg.k
+        cfg.mlp_config(train.shape.len())?.widths, cfg.steps, cfg.scorer.name(), cfg.k
     );
 
     // One progress line on stderr: steps done over all classes, throughput, last loss.
@@ -290,7 +298,7 @@ fn run(args: &Args) -> contrastive_kernels::Result<()> {
 
 fn print_table(backend: &str, train: &Dataset, cfg: &DetectorConfig, results: &[ClassResult], elapsed: f64) {
     println!("backend: {backend}");
-    println!("data: {}, loss: {} (tau {}), {} steps per class, kNN k = {}, seed {}", train.name, cfg.loss.name(), cfg.temperature, cfg.steps, cfg.k, cfg.seed);
+    println!("data: {}, loss: {} (tau {}), {} steps per class, scorer {} (k = {}), seed {}", train.name, cfg.loss.name(), cfg.temperature, cfg.steps, cfg.scorer.name(), cfg.k, cfg.seed);
     println!();
     println!("| normal class | AUROC | AUPR | FPR@95 | raw-pixel AUROC | train / test normal / test anomalous | final loss |");
     println!("|---:|---:|---:|---:|---:|---|---:|");
@@ -324,7 +332,7 @@ fn json(backend: &str, train: &Dataset, cfg: &DetectorConfig, results: &[ClassRe
     let trained = Metrics::mean(&results.iter().map(|r| r.trained).collect::<Vec<_>>());
     let raw = Metrics::mean(&results.iter().map(|r| r.raw_pixels).collect::<Vec<_>>());
     format!(
-        "{{\n  \"backend\": {:?},\n  \"data\": {:?},\n  \"loss\": {:?},\n  \"temperature\": {},\n  \"steps\": {},\n  \"k\": {},\n  \"seed\": {},\n  \"seconds\": {:.3},\n  \"mean\": {{\"trained\": {}, \"raw_pixels\": {}}},\n  \"classes\": [\n{}\n  ]\n}}",
-        backend, train.name, cfg.loss.name(), cfg.temperature, cfg.steps, cfg.k, cfg.seed, elapsed, metrics(&trained), metrics(&raw), per_class.join(",\n")
+        "{{\n  \"backend\": {:?},\n  \"data\": {:?},\n  \"loss\": {:?},\n  \"temperature\": {},\n  \"steps\": {},\n  \"scorer\": {:?},\n  \"k\": {},\n  \"seed\": {},\n  \"seconds\": {:.3},\n  \"mean\": {{\"trained\": {}, \"raw_pixels\": {}}},\n  \"classes\": [\n{}\n  ]\n}}",
+        backend, train.name, cfg.loss.name(), cfg.temperature, cfg.steps, cfg.scorer.name(), cfg.k, cfg.seed, elapsed, metrics(&trained), metrics(&raw), per_class.join(",\n")
     )
 }

@@ -418,13 +418,13 @@ fi
 demo_failed=0
 if [ "$gpu_present" = 1 ] && [ -f "$kit/bin/detect" ]; then
   chmod +x "$kit/bin/detect" 2>/dev/null
-  say "detector demo (digits, FIRM)"
+  say "detector demo (digits, SupCon, the default)"
   status="running the detector demo"
   write_report
-  run_limited "$bench_timeout" "$kit/bin/detect" --data digits --loss firm > "$logs/detect.log" 2> "$logs/detect.err"
+  run_limited "$bench_timeout" "$kit/bin/detect" --data digits > "$logs/detect.log" 2> "$logs/detect.err"
   drc=$?
   [ "$drc" = 0 ] || demo_failed=1
-  demo_section="$(fence "detect --data digits --loss firm ($(exit_note "$drc"))" "$(cat "$logs/detect.log"; tail -n 5 "$logs/detect.err" | tr '\r' '\n' | tail -n 5)")"
+  demo_section="$(fence "detect --data digits ($(exit_note "$drc"))" "$(cat "$logs/detect.log"; tail -n 5 "$logs/detect.err" | tr '\r' '\n' | tail -n 5)")"
 fi
 
 # --- pack ----------------------------------------------------------------------------------------

