@@ -179,12 +179,17 @@ pub(crate) fn check_image_rows(shape: ImageShape, images: (usize, usize), rows: 
     Ok(())
 }
 
-/// Rotates `src` counter-clockwise by `quarter_turns` x 90 degrees into `dst` (as numpy's rot90),
-/// every channel alike. Square images only (a non-square image changes shape when rotated).
-pub fn rotate(shape: ImageShape, src: &[f32], dst: &mut [f32], quarter_turns: u32) -> Result<()> {
+fn check_square(shape: ImageShape) -> Result<()> {
     if shape.height != shape.width {
         return Err(Error::invalid("shape", format!("rotations need square images, got {}x{}", shape.height, shape.width)));
     }
+    Ok(())
+}
+
+/// Rotates `src` counter-clockwise by `quarter_turns` x 90 degrees into `dst` (as numpy's rot90),
+/// every channel alike. Square images only (a non-square image changes shape when rotated).
+pub fn rotate(shape: ImageShape, src: &[f32], dst: &mut [f32], quarter_turns: u32) -> Result<()> {
+    check_square(shape)?;
     if src.len() != shape.len() || dst.len() != shape.len() {
         return Err(Error::shape("src", format!("{} values", shape.len()), format!("{} and {}", src.len(), dst.len())));
     }
@@ -208,6 +213,7 @@ pub fn rotate(shape: ImageShape, src: &[f32], dst: &mut [f32], quarter_turns: u3
 
 /// Image `rows[k]` rotated by `quarter_turns[k]` x 90 degrees, as row k of the result.
 pub fn rotated(shape: ImageShape, images: &Matrix<f32>, rows: &[usize], quarter_turns: &[u32]) -> Result<Matrix<f32>> {
+    check_square(shape)?; // up front, so an empty selection of a non-square shape is refused too
     check_images(shape, images, rows)?;
     if quarter_turns.len() != rows.len() {
         return Err(Error::shape("quarter_turns", format!("{} entries (one per row)", rows.len()), format!("{}", quarter_turns.len())));

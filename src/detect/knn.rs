@@ -39,7 +39,8 @@ pub fn knn_scores(backend: &Backend, bank: &Matrix<f32>, queries: &Matrix<f32>, 
 
 /// CSI's rotation ensemble: the mean over r in {0, 1, 2, 3} quarter turns of
 /// `knn_scores(embed(rot_r(bank_images)), embed(rot_r(query_images)), k)`. `embed` maps image rows
-/// (of `shape`, square) to feature rows: an encoder's layer, or the identity for raw pixels.
+/// (of `shape`, square: [`rotated`] refuses others) to feature rows: an encoder's layer, or the
+/// identity for raw pixels.
 pub fn rotation_ensemble_scores(
     backend: &Backend,
     shape: ImageShape,
@@ -48,9 +49,6 @@ pub fn rotation_ensemble_scores(
     k: usize,
     embed: &dyn Fn(&Matrix<f32>) -> Result<Matrix<f32>>,
 ) -> Result<Vec<f64>> {
-    if shape.height != shape.width {
-        return Err(Error::invalid("shape", format!("the rotation ensemble turns images, which needs square ones, got {}x{}", shape.height, shape.width)));
-    }
     let turned = |images: &Matrix<f32>, r: u32| -> Result<Matrix<f32>> {
         let rows: Vec<usize> = (0..images.rows()).collect();
         rotated(shape, images, &rows, &vec![r; rows.len()])
