@@ -25,6 +25,10 @@ template <> struct Dtype<__nv_bfloat16> {
 };
 
 template <typename T> __device__ __forceinline__ float to_float(T x) { return Dtype<T>::to_float(x); }
+
+// std::enable_if without <type_traits> in device code: EnableIf<cond>::type is void when cond holds.
+template <bool B> struct EnableIf {};
+template <> struct EnableIf<true> { using type = void; };
 template <typename T> __device__ __forceinline__ T from_float(float x) { return Dtype<T>::from_float(x); }
 
 }  // namespace ck

@@ -15,52 +15,83 @@
 namespace ck {
 
 // ---------------------------------------------------------------------------------------------
-// PTX wrappers
+// PTX wrappers. Under the CPU emulator (emu/, CK_EMULATOR) each has one host branch: the emulated
+// instruction of emu/include/ckemu/runtime.h, with the semantics of the PTX ISA.
 __device__ __forceinline__ uint32_t smem_addr(const void* p) {
     return static_cast<uint32_t>(__cvta_generic_to_shared(p));
 }
 
 // 16-byte async copy; bytes < 16 zero-fills the rest (0 = a pure zero fill, src is not read).
 __device__ __forceinline__ void cp_async_16(void* dst, const void* src, int bytes) {
+#ifdef CK_EMULATOR
+    ckemu::cp_async_16(CKEMU_SITE, dst, src, bytes);
+#else
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_addr(dst)), "l"(src), "r"(bytes));
+#endif
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_commit() {
+#ifdef CK_EMULATOR
+    ckemu::cp_async_commit(CKEMU_SITE);
+#else
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
 template <int N> __device__ __forceinline__ void cp_async_wait() {
+#ifdef CK_EMULATOR
+    ckemu::cp_async_wait(CKEMU_SITE, N);
+#else
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+#endif
 }
 
 __device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+#ifdef CK_EMULATOR
+    ckemu::ldmatrix_x4(CKEMU_SITE, r, p, false);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
+#endif
 }
 
 // The transposing form: lane t receives rows 2 (t % 4) + {0, 1} of column t / 4 of each 8 x 8
 // matrix, i.e. a row-major k x n tile in shared memory arrives as the "col" B fragment (see
 // warp_mma_stage's layouts), without a transposed copy in memory.
 __device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+#ifdef CK_EMULATOR
+    ckemu::ldmatrix_x4(CKEMU_SITE, r, p, true);
+#else
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_addr(p)));
+#endif
 }
 
 template <typename T> struct Mma16816;
 template <> struct Mma16816<__half> {
     static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef CK_EMULATOR
+        ckemu::mma_m16n8k16(CKEMU_SITE, c, a, b, ckemu::MmaType::F16);
+#else
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
             "{%0, %1, %2, %3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
     }
 };
 template <> struct Mma16816<__nv_bfloat16> {
     static __device__ __forceinline__ void run(float (&c)[4], const uint32_t (&a)[4], const uint32_t (&b)[2]) {
+#ifdef CK_EMULATOR
+        ckemu::mma_m16n8k16(CKEMU_SITE, c, a, b, ckemu::MmaType::BF16);
+#else
         asm volatile(
             "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
             "{%0, %1, %2, %3};\n"
             : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
             : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#endif
     }
 };
 
@@ -108,9 +139,12 @@ __device__ __forceinline__ void load_tile_sync(T* smem, const T* __restrict__ g,
 //   A: lane l addresses row (l % 16), column 8 (l / 16)        -> r0..r3 = a0..a3
 //   B: lane l addresses row (l % 8) + 8 (l / 16), column 8 ((l / 8) % 2)
 //                                                               -> r0, r1 = b0, b1 of n8 block 0; r2, r3 of block 1
+// (The 16-bit overload is limited to 2-byte types, so that the f32 call below is not ambiguous for
+// a C++ compiler that ranks the two like g++ does.)
 template <class Cfg, typename T>
-__device__ __forceinline__ void warp_mma_stage(float (&acc)[Cfg::MI][Cfg::NI][4], const T* sA, const T* sB,
-                                               int warp_m, int warp_n) {
+__device__ __forceinline__ typename EnableIf<sizeof(T) == 2>::type warp_mma_stage(float (&acc)[Cfg::MI][Cfg::NI][4],
+                                                                                const T* sA, const T* sB, int warp_m,
+                                                                                int warp_n) {
     const int lane = threadIdx.x % 32;
 #pragma unroll
     for (int kk = 0; kk < Cfg::BK; kk += 16) {

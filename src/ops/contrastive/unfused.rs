@@ -268,7 +268,7 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
     let positives = alloc::<i32>(gpu, n, &mut tally)?;
     let total = alloc::<f32>(gpu, 1, &mut tally)?;
     let first_empty = alloc::<i32>(gpu, 1, &mut tally)?;
-    tally += 8 * 4;
+    tally += CHECK_NAMES.len() * 4; // the flags buffer below
     let flags = stream.clone_htod(&[i32::MAX; CHECK_NAMES.len()]).during("host-to-device copy")?;
 
     let norms_p = ptr(&norms, stream);
