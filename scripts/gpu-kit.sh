@@ -6,13 +6,19 @@
 #
 #   .gpu/tests/<name>     every test binary: the lib's unit tests (contrastive_kernels) and tests/*.rs
 #   .gpu/benches/<name>   every bench binary (benches/*.rs)
-#   .gpu/gpu-run.sh       copy of scripts/gpu-run.sh; on the GPU machine: bash .gpu/gpu-run.sh "$OUT"
+#   .gpu/gpu-run.sh       copy of scripts/gpu-run.sh; on the GPU machine: bash .gpu/gpu-run.sh PHASE "$OUT"
 #   .gpu/MANIFEST.txt     commit, build date, toolchain, size and sha256 of every file
 #   .gpu/lib/             the cdylib, for python/ and scripts/parity.py
 #   .gpu/bin/             ckbench (the loss table) and the detect example (the demo on the GPU)
-#   .gpu/binaries.tar.xz  tests/, benches/ and lib/ packed (when xz is present; gpu-run.sh unpacks it)
+#   .gpu/sanitizer/       compute-sanitizer 13.0 (pinned PyPI wheel nvidia-cuda-sanitizer-api, cached
+#                         like the CUDA toolchain), for gpu-run.sh's phase 2: the GPU machine has the
+#                         driver and PyTorch, no CUDA toolkit. Best effort: without pip or PyPI, or
+#                         with CK_KIT_SANITIZER=0, the kit has none (and phase 2's report says so)
+#   .gpu/binaries.tar.xz  tests/, benches/, lib/ and bin/ packed (when xz is present; gpu-run.sh unpacks it)
+#   .gpu/sanitizer.tar.xz sanitizer/ packed (about 4.5 MiB); left out if the kit would not fit
 #
-# With the device tool: run with carry [".gpu"] and the command `bash .gpu/gpu-run.sh "$OUT"`.
+# With the device tool: carry [".gpu"], one call per phase: `bash .gpu/gpu-run.sh 1 "$OUT"`, then 2,
+# then 3 (README, "GPU run kit").
 # The binaries load libcuda at run time and link only libc/libm/libgcc, so they run there as they
 # are. They are stripped; the kit plus the working tree must stay under the 64 MiB a device call
 # carries, and the script fails if it does not. It also fails if the build embedded no kernels.
@@ -114,6 +120,57 @@ done
 cp scripts/gpu-run.sh "$kit/gpu-run.sh"
 chmod 755 "$kit/gpu-run.sh"
 
+# compute-sanitizer from the pinned wheel, unpacked once into a cache folder, flat (the binary finds
+# its injection libraries beside itself, as in the toolkit's compute-sanitizer/ folder).
+SANITIZER_PIN="nvidia-cuda-sanitizer-api==13.0.85"
+sanitizer_note="not included"
+add_sanitizer() {
+  local cache="${CONTRASTIVE_KERNELS_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/contrastive-kernels}/sanitizer-13.0.85"
+  if [ "${CK_KIT_SANITIZER:-1}" = 0 ]; then sanitizer_note="not included (CK_KIT_SANITIZER=0)"; return; fi
+  if [ ! -f "$cache/.installed" ]; then
+    echo "== fetching compute-sanitizer ($SANITIZER_PIN) into $cache"
+    local tmp
+    tmp="$(mktemp -d)"
+    if ! python3 -m pip download --quiet --no-deps --only-binary=:all: "$SANITIZER_PIN" -d "$tmp" >&2; then
+      echo "gpu-kit: warning: pip could not download $SANITIZER_PIN: the kit has no compute-sanitizer" >&2
+      sanitizer_note="not included (pip download failed)"; rm -rf "$tmp"; return
+    fi
+    rm -rf "$cache.tmp" && mkdir -p "$cache.tmp"
+    if ! python3 - "$tmp" "$cache.tmp" <<'PY'
+import glob, os, sys, zipfile
+wheel = glob.glob(os.path.join(sys.argv[1], "*.whl"))[0]
+dest = sys.argv[2]
+with zipfile.ZipFile(wheel) as z:
+    for info in z.infolist():
+        parts = info.filename.split("/")
+        if len(parts) < 2 or parts[-2] not in ("bin", "lib") or not parts[-1]:
+            continue
+        name = parts[-1]
+        if name != "compute-sanitizer" and not name.endswith(".so"):
+            continue
+        if os.path.exists(os.path.join(dest, name)):
+            continue  # libsanitizer-collection.so is in both bin/ and lib/
+        with z.open(info) as src, open(os.path.join(dest, name), "wb") as out:
+            out.write(src.read())
+os.chmod(os.path.join(dest, "compute-sanitizer"), 0o755)
+PY
+    then
+      echo "gpu-kit: warning: unpacking $SANITIZER_PIN failed: the kit has no compute-sanitizer" >&2
+      sanitizer_note="not included (unpacking the wheel failed)"; rm -rf "$tmp" "$cache.tmp"; return
+    fi
+    rm -rf "$tmp"
+    if ! "$cache.tmp/compute-sanitizer" --version >/dev/null 2>&1; then
+      echo "gpu-kit: warning: the unpacked compute-sanitizer does not run: the kit has none" >&2
+      sanitizer_note="not included (compute-sanitizer --version failed)"; rm -rf "$cache.tmp"; return
+    fi
+    echo "$SANITIZER_PIN" > "$cache.tmp/.installed"
+    rm -rf "$cache" && mv "$cache.tmp" "$cache"
+  fi
+  mkdir -p "$kit/sanitizer"
+  cp "$cache"/compute-sanitizer "$cache"/*.so "$kit/sanitizer/"
+  sanitizer_note="$SANITIZER_PIN ($("$kit/sanitizer/compute-sanitizer" --version 2>/dev/null | grep Version | head -n1 || true))"
+}
+
 write_manifest() {
   commit="$(git rev-parse HEAD 2>/dev/null || echo unknown)"
   if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
@@ -124,6 +181,7 @@ write_manifest() {
     echo "built: $(date -u +%Y-%m-%dT%H:%M:%SZ) on $(uname -sm)"
     echo "nvcc: $nvcc ($("$nvcc" --version 2>/dev/null | grep -m1 release | sed 's/^ *//'))"
     echo "archs: ${CONTRASTIVE_KERNELS_CUDA_ARCHS:-default (build.rs)}"
+    echo "compute-sanitizer: $sanitizer_note"
     echo "rustc: $(rustc --version 2>/dev/null || echo unknown)"
     echo
     echo "bytes sha256 file"
@@ -143,19 +201,31 @@ if [ $(( $(count_kit_bytes) + tree_bytes )) -gt "$limit_bytes" ] && command -v s
   echo "gpu-kit: $(mib "$(count_kit_bytes)") is too much to carry; stripping the symbol tables too" >&2
   strip --strip-unneeded "$kit"/tests/* "$kit"/benches/* 2>/dev/null || true
 fi
+add_sanitizer
 write_manifest
 # Every binary embeds the same fatbins, so one xz archive with a dictionary larger than the tar
 # (-9: 64 MiB) stores them about once: the kit shrinks several-fold. gpu-run.sh unpacks it.
 if command -v xz >/dev/null 2>&1; then
   tar -C "$kit" -cf - tests benches lib bin | xz -9 -T1 > "$kit/binaries.tar.xz" || die "packing the binaries failed"
+  if [ -d "$kit/sanitizer" ]; then
+    tar -C "$kit" -cf - sanitizer | xz -9 -T1 > "$kit/sanitizer.tar.xz" || die "packing compute-sanitizer failed"
+  fi
   listing_tests="$(ls "$kit/tests" | tr '\n' ' ')"
   listing_benches="$(ls "$kit/benches" | tr '\n' ' ')"
-  rm -rf "$kit/tests" "$kit/benches" "$kit/lib" "$kit/bin"
+  rm -rf "$kit/tests" "$kit/benches" "$kit/lib" "$kit/bin" "$kit/sanitizer"
 else
   echo "gpu-kit: warning: xz not found; the binaries are carried as plain files" >&2
 fi
 kit_bytes=$(count_kit_bytes)
 total_bytes=$((kit_bytes + tree_bytes))
+# compute-sanitizer is the first thing to go when the kit does not fit.
+if [ "$total_bytes" -gt "$limit_bytes" ] && { [ -f "$kit/sanitizer.tar.xz" ] || [ -d "$kit/sanitizer" ]; }; then
+  echo "gpu-kit: warning: the kit does not fit with compute-sanitizer: left out (phase 2 runs without it)" >&2
+  rm -rf "$kit/sanitizer.tar.xz" "$kit/sanitizer"
+  echo "compute-sanitizer: left out after all (the kit did not fit with it)" >> "$kit/MANIFEST.txt"
+  kit_bytes=$(count_kit_bytes)
+  total_bytes=$((kit_bytes + tree_bytes))
+fi
 
 echo
 echo "GPU kit in .gpu/: $(mib "$kit_bytes") (+ $(mib "$tree_bytes") working tree = $(mib "$total_bytes") of the ${limit_mib} MiB a device call carries)"
@@ -166,4 +236,7 @@ fi
 echo
 echo "tests: ${listing_tests:-$(ls "$kit/tests" | tr '\n' ' ')}"
 echo "benches: ${listing_benches:-$(ls "$kit/benches" | tr '\n' ' ')}"
-echo "next: device tool run with carry [\".gpu\"] and command: bash .gpu/gpu-run.sh \"\$OUT\""
+echo "next: three device tool runs with carry [\".gpu\"], one per phase (each fits 5 minutes):"
+echo "  bash .gpu/gpu-run.sh 1 \"\$OUT\"   # tests"
+echo "  bash .gpu/gpu-run.sh 2 \"\$OUT\"   # compute-sanitizer on a few GPU tests, benches at the target shapes"
+echo "  bash .gpu/gpu-run.sh 3 \"\$OUT\"   # parity with PyTorch, the loss table, the detector demo"
