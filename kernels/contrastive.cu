@@ -247,17 +247,27 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 //   pairwise:      own = anchors, other = keys, then the prototypes; and own = keys, other = anchors;
 //   prototypes:    own = the prototypes, other = the anchor rows.
 // A block owns 64 own rows and a 128-wide chunk of d. It sweeps the other side in tiles of 64 rows:
-// recomputes the logit tile from the packed unit rows with the tensor cores, forms H in registers
+// recomputes the logit tile with the tensor cores exactly as the forward computed it (raw rows, the
+// same k order, scaled by the same f32 inverse norms in the same order: the saved LSE normalizes
+// precisely these logits, which a separately rounded unit-row copy would not), forms H in registers
 // from the saved LSE (Tile64RowWarps: a warp owns whole rows, so its accumulator fragment of S is
-// the A fragment of H U), and multiplies it into the other side's unit rows. No n x n matrix, no
-// atomics: deterministic. Two GEMM-equivalents per pass.
+// the A fragment of H U), and multiplies it into the other side's rows. Those are not unit rows
+// rounded to the input dtype: in the gradient of a row the radial part is large and the
+// normalization backward removes it, so a per-element rounding of u_j leaks into the small
+// tangential result (about 2 % of max |grad| for bf16 SupCon at tau = 0.07 on two close views,
+// found with the CPU emulator). The packed copy holds x_j scaled by a power of two instead (exact,
+// norm in [1, 2)), and H_kj carries the scalar w_j = 2^e_j / max(|x_j|, eps) that makes it u_j:
+// its rounding error stays along u_j. No n x n matrix, no atomics: deterministic. Two
+// GEMM-equivalents per pass.
 //
 // H is scaled by sigma (a power of two, contrastive_backward_prepare) so that |H| <= 2^14: f16's
 // range holds it and its small entries stay above f16's subnormals; the epilogue divides it out.
 
 // One side of a backward pass. Optional arrays may be null.
 struct GradSide {
-    const void* u;              // packed unit rows: count x dp of the kernel's dtype, zero padded
+    const void* x;              // the raw rows (count x d of the kernel's dtype), as the forward read them
+    const float* norms;         // their f32 norms (the forward's l2_normalize prologue)
+    const void* u;              // x / 2^e per row (exact, norm in [1, 2)): count x dp, zero padded
     const int* instance;        // null: this side is the prototypes
     const int* label;           // null: labels make no positives
     const unsigned char* role;  // null: every row an anchor
@@ -268,7 +278,7 @@ struct GradSide {
     int count;
     int reserved;
 };
-static_assert(sizeof(GradSide) == 72, "GradSide mirrors ops::contrastive::GradSide (8 pointers, 2 ints)");
+static_assert(sizeof(GradSide) == 88, "GradSide mirrors ops::contrastive::GradSide (10 pointers, 2 ints)");
 
 // The backward's tile and the d columns of the gradient per block (grid.y): 128 for f16 / bf16,
 // 64 for f32 (whose FFMA stages and chunk must still fit 48 KB of static shared memory).
@@ -288,12 +298,16 @@ struct OwnRow {
     bool live;  // inside the matrix (not past the end, not NormPenaltyOnly)
     int instance, label, proto;
     float lse, a, b;
+    float factor;  // inv_tau / max(|x|, eps): the forward's row factor when this row is the anchor
+    float denom;   // max(|x|, eps): the forward's column divisor when this row is a column
 };
 
-__device__ __forceinline__ OwnRow load_own_row(const GradSide& own, int row) {
-    OwnRow r{false, -1, -1, -1, 0.f, 0.f, 0.f};
+__device__ __forceinline__ OwnRow load_own_row(const GradSide& own, int row, float inv_tau) {
+    OwnRow r{false, -1, -1, -1, 0.f, 0.f, 0.f, 0.f, 1.f};
     if (row >= own.count || (own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly)) return r;
     r.live = true;
+    r.denom = norm_denominator(own.norms[row]);
+    r.factor = inv_tau / r.denom;
     if (own.instance != nullptr) {
         r.instance = own.instance[row];
         r.label = own.label != nullptr ? own.label[row] : -1;
@@ -368,16 +382,17 @@ __device__ __forceinline__ void accumulate_hu(float (&dacc)[BackwardTraits<T>::C
     }
 }
 
-template <typename T>
+template <typename T, bool ALIGNED>
 __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHUNK / 8][4], BackwardShared<T>& sh,
                                             const GradSide& own, const OwnRow (&mine)[2], const GradSide& other,
-                                            int row0, int dc0, int dp, bool exclude_self, float inv_tau) {
+                                            int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
     using Cfg = typename BackwardTraits<T>::Cfg;
     constexpr int kGradChunk = BackwardTraits<T>::CHUNK, kGradChunkStride = BackwardTraits<T>::CHUNK_STRIDE;
     static_assert(Cfg::MI == 1 && Cfg::WARPS_N == 1, "a warp owns 16 whole rows of the tile");
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int own_row[2] = {row0 + warp * 16 + lane / 4, row0 + warp * 16 + lane / 4 + 8};
-    const T* own_u = static_cast<const T*>(own.u);
+    const T* own_x = static_cast<const T*>(own.x);
+    const T* other_x = static_cast<const T*>(other.x);
     const T* other_u = static_cast<const T*>(other.u);
     float acc[1][Cfg::NI][4];
     for (int col0 = 0; col0 < other.count; col0 += Cfg::BN) {
@@ -391,7 +406,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
             load_tile_sync<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp,
                                                                                 col0, dc0);
         }
-        mma_block_tile<Cfg, true>(acc, sh.stages, own_u, other_u, own.count, other.count, dp, row0, col0);
+        mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
 
         float h[2][Cfg::NI * 2];
 #pragma unroll
@@ -409,6 +424,9 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
                     col_proto = other.proto_of != nullptr ? other.proto_of[col] : -1;
                 }
                 float col_lse = 0.f, col_a = 0.f, col_b = 0.f;
+                const float col_denom = norm_denominator(other.norms[col]);
+                const float col_factor = inv_tau / col_denom;
+                const float col_w = pow2_floor(col_denom) / col_denom;  // packed row -> unit row
                 if (other.lse != nullptr) {
                     col_lse = other.lse[col];
                     col_a = other.coef_a[col];
@@ -422,11 +440,13 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
                                           : own.instance == nullptr
                                               ? col_proto == own_row[half]
                                               : col_instance == r.instance || (r.label >= 0 && col_label == r.label);
-                    const float s = acc[0][ni][half * 2 + e] * inv_tau;
+                    // The forward's logits, bit for bit: (raw product x the anchor's factor) / the
+                    // column's divisor, once with this row as the anchor, once as the column.
+                    const float p = acc[0][ni][half * 2 + e];
                     float v = 0.f;
-                    if (r.a != 0.f) v += r.a * __expf(s - r.lse) - (positive ? r.b : 0.f);
-                    if (col_a != 0.f) v += col_a * __expf(s - col_lse) - (positive ? col_b : 0.f);
-                    h[half][k] = v;
+                    if (r.a != 0.f) v += r.a * __expf(p * r.factor / col_denom - r.lse) - (positive ? r.b : 0.f);
+                    if (col_a != 0.f) v += col_a * __expf(p * col_factor / r.denom - col_lse) - (positive ? col_b : 0.f);
+                    h[half][k] = v * col_w;
                 }
             }
 
@@ -435,7 +455,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
     }
 }
 
-template <typename T>
+template <typename T, bool ALIGNED>
 __device__ void contrastive_backward(GradSide own, GradSide other, GradSide protos, int dp, int d, int exclude_self,
                                      float inv_tau, const float* scalars, float* du) {
     using Cfg = typename BackwardTraits<T>::Cfg;
@@ -443,16 +463,16 @@ __device__ void contrastive_backward(GradSide own, GradSide other, GradSide prot
     __shared__ __align__(128) BackwardShared<T> sh;
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * kGradChunk;
-    const OwnRow mine[2] = {load_own_row(own, row0 + warp * 16 + lane / 4),
-                            load_own_row(own, row0 + warp * 16 + lane / 4 + 8)};
+    const OwnRow mine[2] = {load_own_row(own, row0 + warp * 16 + lane / 4, inv_tau),
+                            load_own_row(own, row0 + warp * 16 + lane / 4 + 8, inv_tau)};
     float dacc[kGradChunk / 8][4];
 #pragma unroll
     for (int nb = 0; nb < kGradChunk / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[nb][e] = 0.f;
 
-    sweep_other<T>(dacc, sh, own, mine, other, row0, dc0, dp, exclude_self != 0, inv_tau);
-    if (protos.count > 0) sweep_other<T>(dacc, sh, own, mine, protos, row0, dc0, dp, false, inv_tau);
+    sweep_other<T, ALIGNED>(dacc, sh, own, mine, other, row0, dc0, dp, d, exclude_self != 0, inv_tau);
+    if (protos.count > 0) sweep_other<T, ALIGNED>(dacc, sh, own, mine, protos, row0, dc0, dp, d, false, inv_tau);
 
     const float out_scale = inv_tau * scalars[0];  // 1 / (sigma tau)
 #pragma unroll
@@ -466,18 +486,20 @@ __device__ void contrastive_backward(GradSide own, GradSide other, GradSide prot
         }
 }
 
-// u = x / max(||x||, eps) into rows of dp >= d elements (zero padded to a multiple of 8, so the
-// backward's loads are whole aligned 16-byte chunks). One warp per row.
+// u = x / 2^e with 2^e = pow2_floor(max(||x||, eps)): exact in T (an exponent shift; only parts
+// below T's subnormals of a row whose norm is far above 1 are lost), into rows of dp >= d elements
+// (zero padded to a multiple of 8, so the backward's loads are whole aligned 16-byte chunks). One
+// warp per row.
 constexpr int kPackThreads = 256;
 
-template <typename T> __device__ void pack_unit_rows(const T* __restrict__ x, int n, int d, int dp, T* __restrict__ u) {
+template <typename T> __device__ void pack_scaled_rows(const T* __restrict__ x, int n, int d, int dp, T* __restrict__ u) {
     const int lane = threadIdx.x % 32;
     const long row = (long)blockIdx.x * (kPackThreads / 32) + threadIdx.x / 32;
     if (row >= n) return;
     const T* xr = x + row * d;
-    const float denom = norm_denominator(warp_row_norm(xr, d));
+    const float inv_scale = inv_pow2_floor(norm_denominator(warp_row_norm(xr, d)));
     T* ur = u + row * dp;
-    for (int j = lane; j < dp; j += 32) ur[j] = from_float<T>(j < d ? to_float(xr[j]) / denom : 0.f);
+    for (int j = lane; j < dp; j += 32) ur[j] = from_float<T>(j < d ? to_float(xr[j]) * inv_scale : 0.f);
 }
 
 // Per-row coefficients of the backward, one block:
@@ -602,15 +624,20 @@ CK_CONTRASTIVE_FORWARD_BOTH(bf16, __nv_bfloat16)
 CK_CONTRASTIVE_FORWARD(f32, float, , false)
 CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
 
-#define CK_CONTRASTIVE_BACKWARD(name, type)                                                                  \
-    extern "C" __global__ void __launch_bounds__(128) contrastive_backward_##name(                                   \
+// `_unaligned`: d % 8 != 0 or a raw-row base not 16-byte aligned (element-wise loads of the raw
+// rows, as the forward's `_unaligned`); f32 always loads element-wise, so both are one kernel.
+#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned)                                          \
+    extern "C" __global__ void __launch_bounds__(128) contrastive_backward_##name##suffix(                    \
         ck::GradSide own, ck::GradSide other, ck::GradSide protos, int dp, int d, int exclude_self, float inv_tau, \
         const float* scalars, float* du) {                                                                     \
-        ck::contrastive_backward<type>(own, other, protos, dp, d, exclude_self, inv_tau, scalars, du);        \
-    }                                                                                                          \
+        ck::contrastive_backward<type, aligned>(own, other, protos, dp, d, exclude_self, inv_tau, scalars, du); \
+    }
+#define CK_CONTRASTIVE_BACKWARD(name, type)                                                                  \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2)                                            \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false)                                              \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
         contrastive_pack_##name(const type* x, int n, int d, int dp, type* u) {                                \
-        ck::pack_unit_rows<type>(x, n, d, dp, u);                                                              \
+        ck::pack_scaled_rows<type>(x, n, d, dp, u);                                                              \
     }
 
 CK_CONTRASTIVE_BACKWARD(f32, float)
@@ -644,21 +671,23 @@ extern "C" __global__ void contrastive_check_inputs(const float* norms, const in
                                                     const float* key_norms, const int* key_label, int n_keys,
                                                     const float* center_norms, int n_centers, int has_penalty,
                                                     int* flags) {
-    const int stride = gridDim.x * blockDim.x;
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < max(max(n, n_keys), n_centers); i += stride) {
-        if (i < n) {
-            if (!isfinite(norms[i])) atomicMin(&flags[0], i);
-            if (label != nullptr && label[i] < -1) atomicMin(&flags[1], i);
-            if (role != nullptr && role[i] > 2) atomicMin(&flags[2], i);
-            if (role != nullptr && role[i] == ck::kRoleNormPenaltyOnly && !has_penalty) atomicMin(&flags[8], i);
-            if (weight != nullptr && !(weight[i] >= 0.f && isfinite(weight[i]))) atomicMin(&flags[3], i);
-            if (proto_of != nullptr && (proto_of[i] < -1 || proto_of[i] >= n_centers)) atomicMin(&flags[4], i);
+    // 64-bit index: with an int, n near 2^31 overflows `i += stride`.
+    const long long stride = (long long)gridDim.x * blockDim.x, end = max(max(n, n_keys), n_centers);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < end; i += stride) {
+        const int row = (int)i;  // < end <= INT_MAX
+        if (row < n) {
+            if (!isfinite(norms[row])) atomicMin(&flags[0], row);
+            if (label != nullptr && label[row] < -1) atomicMin(&flags[1], row);
+            if (role != nullptr && role[row] > 2) atomicMin(&flags[2], row);
+            if (role != nullptr && role[row] == ck::kRoleNormPenaltyOnly && !has_penalty) atomicMin(&flags[8], row);
+            if (weight != nullptr && !(weight[row] >= 0.f && isfinite(weight[row]))) atomicMin(&flags[3], row);
+            if (proto_of != nullptr && (proto_of[row] < -1 || proto_of[row] >= n_centers)) atomicMin(&flags[4], row);
         }
-        if (i < n_keys && key_norms != nullptr) {
-            if (!isfinite(key_norms[i])) atomicMin(&flags[5], i);
-            if (key_label != nullptr && key_label[i] < -1) atomicMin(&flags[6], i);
+        if (row < n_keys && key_norms != nullptr) {
+            if (!isfinite(key_norms[row])) atomicMin(&flags[5], row);
+            if (key_label != nullptr && key_label[row] < -1) atomicMin(&flags[6], row);
         }
-        if (i < n_centers && !isfinite(center_norms[i])) atomicMin(&flags[7], i);
+        if (row < n_centers && !isfinite(center_norms[row])) atomicMin(&flags[7], row);
     }
 }
 

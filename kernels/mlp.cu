@@ -105,10 +105,11 @@ struct AdamWArgs {
     float lr, beta1, beta2, eps, weight_decay, c1, c2;
 };
 
+// Grid-stride loops index in 64 bits: with an int index, count near 2^31 overflows `i += stride`.
 template <typename T>
 __device__ void adamw(float* __restrict__ p, const float* __restrict__ g, float* __restrict__ m_state,
                       float* __restrict__ v_state, T* __restrict__ p_compute, int count, AdamWArgs a) {
-    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x) {
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (long long)gridDim.x * blockDim.x) {
         const float gi = g[i];
         const float mi = a.beta1 * m_state[i] + (1.f - a.beta1) * gi;
         const float vi = a.beta2 * v_state[i] + (1.f - a.beta2) * gi * gi;
@@ -163,7 +164,8 @@ __device__ void adamw(float* __restrict__ p, const float* __restrict__ g, float*
                         {lr, beta1, beta2, eps, weight_decay, c1, c2});                                         \
     }                                                                                                           \
     extern "C" __global__ void convert_f32_##name(const float* src, type* dst, int count) {                     \
-        for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < count; i += gridDim.x * blockDim.x)             \
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count;                         \
+             i += (long long)gridDim.x * blockDim.x)                                                            \
             dst[i] = ck::from_float<type>(src[i]);                                                              \
     }
 

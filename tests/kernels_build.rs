@@ -18,6 +18,8 @@ const EXPECTED_KERNELS: &[&str] = &[
     "contrastive_check_inputs",
     "contrastive_backward_f16",
     "contrastive_backward_bf16",
+    "contrastive_backward_bf16_unaligned",
+    "contrastive_backward_f32_unaligned",
     "contrastive_backward_prepare",
     "contrastive_pack_bf16",
     "contrastive_norm_penalty_backward_f16",
@@ -123,4 +125,33 @@ fn gpu_absence_is_an_error() {
         Ok(gpu) => println!("GPU present: {}", gpu.describe()),
         Err(e) => assert!(!e.to_string().is_empty()),
     }
+}
+
+/// Grid-stride loops and block offsets index in 64 bits: an `int` index overflows `i += stride`
+/// when the count nears 2^31 (adamw, convert and check_inputs did; found in the CPU emulator's
+/// review). Too large to run in a test (8 GiB per f32 buffer), so the sources are checked.
+#[test]
+fn no_32_bit_grid_stride_index() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
+    let mut files: Vec<std::path::PathBuf> = Vec::new();
+    for d in [dir.clone(), dir.join("common")] {
+        files.extend(std::fs::read_dir(&d).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu" || e == "cuh")));
+    }
+    let mut bad = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (i, line) in text.lines().enumerate() {
+            let code = line.split("//").next().unwrap_or("");
+            let declares_32_bit = ["int ", "unsigned ", "uint32_t "].iter().any(|t| {
+                code.split(t).skip(1).any(|rest| {
+                    let name_end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
+                    name_end > 0 && rest[name_end..].trim_start().starts_with('=') && rest.split(';').next().is_some_and(|e| e.contains("gridDim"))
+                })
+            });
+            if declares_32_bit || (code.contains("gridDim") && code.contains("for (int ")) {
+                bad.push(format!("{}:{}: {}", f.display(), i + 1, line.trim()));
+            }
+        }
+    }
+    assert!(bad.is_empty(), "32-bit grid-stride indices:\n{}", bad.join("\n"));
 }

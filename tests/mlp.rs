@@ -205,3 +205,19 @@ fn gpu_argument_errors() {
     assert!(matches!(mlp.forward(&DeviceMatrix::zeros(&gpu, 2, 9).unwrap()), Err(Error::Shape { arg: "x", .. })));
     assert!(matches!(GpuMlp::<f32>::new(&gpu, &params), Err(Error::InvalidArgument { arg: "T", .. })));
 }
+
+/// Regression, found by the CPU emulator: dW = dZ^T X over an empty batch (m = 0) left a
+/// committed cp.async group that no wait retired (the k-loop ran zero times after issuing its first
+/// stage). The k-loop now issues nothing for an empty reduction; dW is zeros.
+#[test]
+fn gpu_linear_backward_weight_of_an_empty_batch() {
+    let Some(gpu) = gpu_or_skip("gpu_linear_backward_weight_of_an_empty_batch") else { return };
+    for (n, k) in [(16, 24), (5, 3)] {
+        let mut dz = DeviceMatrix::<f16>::zeros(&gpu, 0, n).unwrap();
+        let mut x = DeviceMatrix::<f16>::zeros(&gpu, 0, k).unwrap();
+        let mut dw = DeviceMatrix::<f32>::upload(&gpu, &Matrix::from_fn(n, k, |_, _| 7.0f32)).unwrap();
+        let (dzr, xr, dwr) = (raw(&mut dz, &gpu), raw(&mut x, &gpu), raw(&mut dw, &gpu));
+        unsafe { linear_backward_weight_raw(&gpu, gpu.stream(), dzr, xr, dwr).unwrap() };
+        assert!(dw.download(&gpu).unwrap().data().iter().all(|&v| v == 0.0), "{n} x {k}: dW of no rows is zero");
+    }
+}

@@ -51,7 +51,10 @@ __device__ __forceinline__ float select_key_floor(SelectKey key) {
 // ---------------------------------------------------------------------------------------------
 // Bucket search over a histogram of BINS bins (BINS a multiple of 32), by one full warp: the bin
 // b such that (keys in bins above b) < want <= (keys in bins above b) + hist[b], scanning from the
-// largest digit down. Lane l owns bins [l * PER, (l + 1) * PER).
+// largest digit down. Lane l owns bins [l * PER, (l + 1) * PER). `want` is clamped to [1, total]:
+// a rank past the last key gives the bucket of the smallest key (the callers then select every
+// key), and an empty histogram gives bin 0 with no keys, never digit -1 (found by the CPU
+// emulator's review; src/cpu/select_model.rs models the same rule).
 struct Bucket {
     int digit;
     unsigned above;  // keys in the bins above `digit`
@@ -76,6 +79,8 @@ __device__ __forceinline__ Bucket find_bucket(const unsigned* hist, unsigned wan
         const unsigned y = __shfl_down_sync(kFullMask, suffix, offset);
         if (lane + offset < 32) suffix += y;
     }
+    const unsigned keys = __shfl_sync(kFullMask, suffix, 0);  // every key of the histogram
+    want = want < 1u ? 1u : (want > keys ? keys : want);
     unsigned run = suffix - total;
     int found = -1;
     unsigned found_above = 0, found_count = 0;
@@ -89,7 +94,8 @@ __device__ __forceinline__ Bucket find_bucket(const unsigned* hist, unsigned wan
         run += c[j];
     }
     const unsigned ballot = __ballot_sync(kFullMask, found >= 0);
-    const int src = ballot ? __ffs(ballot) - 1 : 0;
+    if (ballot == 0) return Bucket{0, 0u, 0u};  // no keys at all
+    const int src = __ffs(ballot) - 1;
     Bucket b;
     b.digit = __shfl_sync(kFullMask, found, src);
     b.above = __shfl_sync(kFullMask, found_above, src);
@@ -113,7 +119,7 @@ template <class Src>
 __device__ __forceinline__ SelectKey warp_select_kth(const Src& src, int n, int k, unsigned* hist) {
     const int lane = threadIdx.x % 32;
     SelectKey prefix = 0, mask = 0;
-    unsigned want = (unsigned)k;
+    unsigned want = (unsigned)min(k, n);  // k > n: every key is in the top k
     for (int shift = 56; shift >= 0; shift -= 8) {
         for (int i = lane; i < 256; i += 32) hist[i] = 0;
         __syncwarp();
@@ -194,7 +200,7 @@ template <int THREADS, class Src>
 __device__ SelectKey block_select_kth(const Src& src, int n, int k, unsigned* hist, Bucket* bucket, SelectKey* result) {
     const int lane = threadIdx.x % 32;
     SelectKey prefix = 0, mask = 0;
-    unsigned want = (unsigned)k;
+    unsigned want = (unsigned)min(k, n);  // k > n: every key is in the top k
     for (int shift = 56; shift >= 0; shift -= 8) {
         for (int i = threadIdx.x; i < 256; i += THREADS) hist[i] = 0;
         __syncthreads();

@@ -231,6 +231,7 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
     };
 
     const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
+    if (k_tiles == 0) return;  // d = 0: a zero tile, and no copy issued that no wait would retire
     load_stage(0, 0);
     for (int kt = 0; kt < k_tiles; ++kt) {
         if (kt + 1 < k_tiles) {

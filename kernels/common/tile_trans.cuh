@@ -145,6 +145,9 @@ __device__ __forceinline__ void mma_block_tile_op(float (&acc)[Cfg::MI][Cfg::NI]
     };
 
     const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
+    // An empty reduction (a batch of 0 rows for dW) is a zero tile: issue no copy, since no wait
+    // would retire it (found by the CPU emulator).
+    if (k_tiles == 0) return;
     load_stage(0, 0);
     for (int kt = 0; kt < k_tiles; ++kt) {
         if (kt + 1 < k_tiles) {

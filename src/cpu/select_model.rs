@@ -18,7 +18,8 @@ struct Bucket {
     count: u32,
 }
 
-/// find_bucket<BINS>: one warp, lane l owns bins [l * PER, (l + 1) * PER).
+/// find_bucket<BINS>: one warp, lane l owns bins [l * PER, (l + 1) * PER). `want` is clamped to
+/// [1, total]; an empty histogram gives bin 0 with no keys.
 fn find_bucket(hist: &[u32], want: u32) -> Bucket {
     let per = hist.len() / LANES;
     let total: Vec<u32> = (0..LANES).map(|l| hist[l * per..(l + 1) * per].iter().sum()).collect();
@@ -33,6 +34,8 @@ fn find_bucket(hist: &[u32], want: u32) -> Bucket {
         }
         offset <<= 1;
     }
+    let keys = suffix[0]; // __shfl_sync(suffix, 0)
+    let want = want.clamp(1, keys.max(1)).min(keys);
     let mut found: Vec<Option<Bucket>> = vec![None; LANES];
     for lane in 0..LANES {
         let mut run = suffix[lane] - total[lane];
@@ -45,6 +48,9 @@ fn find_bucket(hist: &[u32], want: u32) -> Bucket {
         }
     }
     let ballot: u32 = (0..LANES).filter(|&l| found[l].is_some()).fold(0, |b, l| b | 1 << l);
+    if ballot == 0 {
+        return Bucket { digit: 0, above: 0, count: 0 };
+    }
     assert_eq!(ballot.count_ones(), 1, "exactly one bin holds the wanted rank");
     found[ballot.trailing_zeros() as usize].unwrap()
 }
@@ -52,7 +58,7 @@ fn find_bucket(hist: &[u32], want: u32) -> Bucket {
 /// warp_select_kth: the k-th largest of src[0..n).
 fn warp_select_kth(src: &[u64], k: usize) -> u64 {
     let n = src.len();
-    let (mut prefix, mut mask, mut want) = (0u64, 0u64, k as u32);
+    let (mut prefix, mut mask, mut want) = (0u64, 0u64, k.min(n) as u32);
     let mut shift: i32 = 56;
     while shift >= 0 {
         let mut hist = vec![0u32; 256];
@@ -365,6 +371,28 @@ mod tests {
         let mut buf = keys.clone();
         assert_eq!(warp_compact_top_in_place(&mut buf, 40, 20, theta), 10);
         assert_eq!(reference_top(buf[..20].to_vec(), 20), reference_top(keys, 20));
+    }
+
+    /// find_bucket's rule at the edges (kernels/common/select.cuh): the wanted rank is clamped to
+    /// [1, total], so a rank past the last key finds the smallest key's bin, and an empty histogram
+    /// bin 0 with no keys; before, both gave digit -1, which the radix prefix then shifted in.
+    #[test]
+    fn find_bucket_clamps_the_rank() {
+        let mut hist = vec![0u32; 256];
+        hist[200] = 3; // the 3 largest keys
+        hist[7] = 2; // then 2 more
+        let b = |want| find_bucket(&hist, want);
+        assert_eq!((b(1).digit, b(1).above, b(1).count), (200, 0, 3));
+        assert_eq!((b(4).digit, b(4).above, b(4).count), (7, 3, 2));
+        for past in [6, 7, 1000, u32::MAX] {
+            assert_eq!((b(past).digit, b(past).above, b(past).count), (7, 3, 2), "want {past}");
+        }
+        assert_eq!(b(0).digit, 200, "rank 0 is clamped to the largest key");
+        let empty = find_bucket(&[0u32; 256], 5);
+        assert_eq!((empty.digit, empty.above, empty.count), (0, 0, 0));
+        // k past n selects every key: theta is the smallest, the compaction keeps the rest.
+        let keys: Vec<u64> = vec![(9 << 32) | 5, (3 << 32) | 1, (7 << 32) | 2];
+        assert_eq!(warp_select_kth(&keys, 5), (3 << 32) | 1);
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The fused GPU path over device buffers: the forward (an online log-sum-exp over column tiles,
 //! O(n) saved statistics) and the backward ((G + G^T) U from recomputed logit tiles), both in
 //! `kernels/contrastive.cu`. Device memory beyond the inputs and the gradients: the norms and
-//! per-row statistics (O(n)), and in the backward a packed unit-row copy (n x d in the input dtype)
-//! plus an f32 gradient scratch (n x d): 48 MiB at n = 65536, d = 128 bf16; never O(n^2).
+//! per-row statistics (O(n)), and in the backward a packed copy of the rows scaled by powers of two
+//! (n x d in the input dtype) plus an f32 gradient scratch (n x d): 48 MiB at n = 65536, d = 128
+//! bf16; never O(n^2).
 //!
 //! f16 and bf16 features run on the tensor cores (f32 accumulation); f32 features run the same
 //! kernels with exact FFMA in place of the MMA (same fragment layout), for f32 accuracy.
@@ -397,6 +398,8 @@ pub struct RawGradOutputs {
 #[repr(C)]
 #[derive(Clone, Copy, Default)]
 struct GradSide {
+    x: u64,
+    norms: u64,
     u: u64,
     instance: u64,
     label: u64,
@@ -408,10 +411,11 @@ struct GradSide {
     count: i32,
     reserved: i32,
 }
-const _: () = assert!(std::mem::size_of::<GradSide>() == 72);
+const _: () = assert!(std::mem::size_of::<GradSide>() == 88);
 
-/// Unit rows x / max(||x||, eps) in the input dtype, rows padded with zeros to `dp` (a multiple of
-/// 8), as raw bytes.
+/// Rows x / 2^e (2^e = the power of two at or below max(||x||, eps): exact, norm in [1, 2)) in the
+/// input dtype, padded with zeros to `dp` (a multiple of 8), as raw bytes: the backward's H U
+/// operand (contrastive.cu's backward comment says why not rounded unit rows).
 unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
     let out = stream.alloc_zeros::<u8>((m.rows * dp * m.dtype.size_bytes()).max(16)).during("device allocation")?;
     if m.rows > 0 {
@@ -463,6 +467,16 @@ pub unsafe fn backward_raw(
     let u_rows = pack(gpu, stream, r.features(), dp)?;
     let u_keys = keys.map(|k| pack(gpu, stream, k, dp)).transpose()?;
     let u_protos = centers.map(|c| pack(gpu, stream, c, dp)).transpose()?;
+    // The backward recomputes the forward's logits from the raw rows: with the forward's norms,
+    // from the same kernel on the same rows (so the same bits).
+    let norms_of = |m: RawMatrix| -> Result<CudaSlice<f32>> {
+        let norms = alloc_f32(stream, m.rows)?;
+        super::super::normalize::l2_normalize_raw(gpu, stream, m, None, Some(ptr(&norms, stream)))?;
+        Ok(norms)
+    };
+    let norms_rows = norms_of(r.features())?;
+    let norms_keys = keys.map(norms_of).transpose()?;
+    let norms_protos = centers.map(norms_of).transpose()?;
     let coef_a = alloc_f32(stream, n)?;
     let coef_b = alloc_f32(stream, n)?;
     let scalars = alloc_f32(stream, 2)?;
@@ -470,6 +484,8 @@ pub unsafe fn backward_raw(
     let label_p = if loss.use_labels { r.label } else { 0 };
     let scalars_p = ptr(&scalars, stream);
     let rows_side = GradSide {
+        x: r.features,
+        norms: ptr(&norms_rows, stream),
         u: ptr(&u_rows, stream),
         instance: r.instance,
         label: label_p,
@@ -482,8 +498,10 @@ pub unsafe fn backward_raw(
         reserved: 0,
     };
     // Keys and prototypes are only ever columns of the anchors' logits: no anchor terms of their own.
-    let keys_side = match (keys, &u_keys) {
-        (Some(k), Some(u)) => Some(GradSide {
+    let keys_side = match (keys, &u_keys, &norms_keys) {
+        (Some(k), Some(u), Some(norms)) => Some(GradSide {
+            x: r.keys,
+            norms: ptr(norms, stream),
             u: ptr(u, stream),
             instance: r.key_instance,
             label: if loss.use_labels { r.key_label } else { 0 },
@@ -492,8 +510,14 @@ pub unsafe fn backward_raw(
         }),
         _ => None,
     };
-    let protos_side = match (centers, &u_protos) {
-        (Some(c), Some(u)) => GradSide { u: ptr(u, stream), count: dim_i32("prototypes.rows", c.rows)?, ..GradSide::default() },
+    let protos_side = match (centers, &u_protos, &norms_protos) {
+        (Some(c), Some(u), Some(norms)) => GradSide {
+            x: r.centers,
+            norms: ptr(norms, stream),
+            u: ptr(u, stream),
+            count: dim_i32("prototypes.rows", c.rows)?,
+            ..GradSide::default()
+        },
         _ => GradSide::default(),
     };
 
@@ -501,7 +525,9 @@ pub unsafe fn backward_raw(
     let du_keys = keys.map(|k| alloc_f32(stream, k.rows * d)).transpose()?;
     let du_protos = centers.map(|c| alloc_f32(stream, c.rows * d)).transpose()?;
     let inv_tau = 1.0f32 / loss.temperature;
-    let name = format!("contrastive_backward_{}", r.dtype);
+    // The raw-row loads as the forward's: 16-byte chunks when d % 8 == 0 and every base is aligned.
+    let aligned = d % 8 == 0 && r.features % 16 == 0 && r.keys % 16 == 0 && r.centers % 16 == 0;
+    let name = format!("contrastive_backward_{}{}", r.dtype, if aligned { "" } else { "_unaligned" });
     let chunk = grad_chunk(r.dtype);
     let pass = |own: GradSide, other: GradSide, extra: GradSide, exclude_self: i32, du: &CudaSlice<f32>| -> Result<()> {
         if own.count == 0 {
@@ -513,8 +539,9 @@ pub unsafe fn backward_raw(
             shared_mem_bytes: 0,
         };
         let du_p = ptr(du, stream);
-        // SAFETY: every side's pointers are live buffers sized by its count (packed rows: count x dp),
-        // `du` holds count x d floats, and the arguments match contrastive_backward_*.
+        // SAFETY: every side's pointers are live buffers sized by its count (raw rows: count x d,
+        // packed rows: count x dp, norms: count), `du` holds count x d floats, and the arguments
+        // match contrastive_backward_*.
         unsafe { gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&own, &other, &extra, &dp_i, &d_i, &exclude_self, &inv_tau, &scalars_p, &du_p]) }
     };
 
@@ -565,7 +592,7 @@ pub struct FusedBytes {
     /// What stays allocated between the two calls: the saved statistics and the per-anchor losses.
     pub saved: usize,
     /// Allocated by [`backward`] on top of `saved`: the packed unit rows (input dtype, d rounded up
-    /// to 8), the f32 gradient scratch, the per-row coefficients and the upstream.
+    /// to 8), the row norms, the f32 gradient scratch, the per-row coefficients and the upstream.
     pub backward: usize,
 }
 
@@ -587,12 +614,13 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
     let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f; // norms, first_empty, flags
     let dp = d.div_ceil(8) * 8;
     let packed = |rows: usize| (rows * dp * dtype.size_bytes()).max(16);
-    let mut backward = f + packed(n) + 2 * buf(n, f) + 2 * f + buf(n * d, f); // upstream, U, coef_a / coef_b, scalars, dU
+    // upstream, U, norms, coef_a / coef_b, scalars, dU
+    let mut backward = f + packed(n) + buf(n, f) + 2 * buf(n, f) + 2 * f + buf(n * d, f);
     if let Some(k) = keys {
-        backward += packed(k) + buf(k * d, f);
+        backward += packed(k) + buf(k, f) + buf(k * d, f);
     }
     if centers > 0 {
-        backward += packed(centers) + buf(centers * d, f);
+        backward += packed(centers) + buf(centers, f) + buf(centers * d, f);
     }
     FusedBytes { forward: saved + scratch, saved, backward }
 }
