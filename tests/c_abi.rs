@@ -90,8 +90,11 @@ fn header_compiles_as_c_and_cpp() {
     }
 }
 
+/// The C example (examples/c/nt_xent.c) builds against the header and the cdylib and runs: on a
+/// GPU (or the CPU emulator) a real forward and backward, whose printed loss and gradient norm
+/// equal the oracle's on the example's data; without one, the documented statuses.
 #[test]
-fn c_example_builds_and_runs() {
+fn gpu_c_example_builds_and_runs() {
     let Some(cc) = compiler(&["cc", "gcc", "clang"]) else {
         eprintln!("no C compiler: C example skipped");
         return;
@@ -116,11 +119,32 @@ fn c_example_builds_and_runs() {
     let stdout = String::from_utf8_lossy(&run.stdout);
     assert!(run.status.success(), "the C example failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
     assert!(stdout.contains(&format!("contrastive-kernels {}", env!("CARGO_PKG_VERSION"))), "{stdout}");
-    if contrastive_kernels::Gpu::first().is_ok() {
-        assert!(stdout.contains("NT-Xent loss"), "{stdout}");
+    let require_gpu = std::env::var("CONTRASTIVE_KERNELS_REQUIRE_GPU").is_ok_and(|v| v == "1");
+    if contrastive_kernels::Gpu::first().is_ok() || require_gpu {
+        let line = stdout.lines().find(|l| l.starts_with("NT-Xent loss")).unwrap_or_else(|| panic!("no loss line:\n{stdout}"));
+        // "NT-Xent loss L, |d loss / d x| G"
+        let numbers: Vec<f64> = line.split(|c: char| c == ' ' || c == ',').filter_map(|w| w.parse().ok()).collect();
+        let (want_loss, want_norm) = c_example_oracle();
+        assert!((numbers[0] - want_loss).abs() <= 1e-5 * (1.0 + want_loss.abs()), "{line}: loss, oracle {want_loss}");
+        assert!((numbers[1] - want_norm).abs() <= 1e-4 * want_norm + 1e-6, "{line}: gradient norm, oracle {want_norm}");
     } else {
         // The documented statuses: no device (or no kernels), then CK_ERR_INVALID_ARGUMENT for NULL inputs.
         assert!(stdout.contains("no usable GPU: CK_ERR_"), "{stdout}");
         assert!(stdout.contains("forward with inputs = NULL: CK_ERR_INVALID_ARGUMENT: `inputs`: null pointer"), "{stdout}");
     }
+}
+
+/// The oracle on the C example's data: B = 4 samples, two views (rows i and i + 4), d = 8,
+/// x[i][j] = sinf(1.3 (i % 4) + 0.7 j) + 0.05 (i / 4) in f32; NT-Xent at tau 0.5, mean, dLoss = 1.
+fn c_example_oracle() -> (f64, f64) {
+    use contrastive_kernels::cpu::contrastive::{backward, forward};
+    use contrastive_kernels::ops::contrastive::{ContrastiveLoss, LossInputs};
+    let (b, n, d) = (4usize, 8usize, 8usize);
+    let x = contrastive_kernels::Matrix::from_fn(n, d, |i, j| ((1.3f32 * (i % b) as f32 + 0.7f32 * j as f32).sin() + 0.05f32 * (i / b) as f32) as f64);
+    let instance: Vec<i32> = (0..n as i32).map(|i| i % b as i32).collect();
+    let loss = ContrastiveLoss::nt_xent(0.5);
+    let inputs = LossInputs::new(&x, &instance);
+    let out = forward(&loss, &inputs).unwrap();
+    let grads = backward(&loss, &inputs, &[1.0]).unwrap();
+    (out.loss, grads.features.data().iter().map(|g| g * g).sum::<f64>().sqrt())
 }

@@ -42,8 +42,8 @@ extern "C" __global__ void ckemu_isa_mma(const uint32_t* a, const uint32_t* b, c
 // cp.async.cg.shared.global 16 with commit_group / wait_group, per lane (each thread has its own
 // groups). src holds 3 x 32 chunks of 16 bytes (sets X, Y, Z); out[lane][stage] gets the lane's
 // shared 16 bytes at each stage:
-//   0: after issue + commit, before any wait (the emulator lands copies only at wait_group: the old
-//      contents; on a GPU this read would race with the copy)
+//   0: after issue + commit, before any wait (undefined on a GPU, where it races with the copy; the
+//      emulator shows 0xff bytes there until wait_group lands the data)
 //   1: after wait_group 0 (X)
 //   2: the zero-fill form with source size lane % 17 (lanes 16 and 17.. cover 16 and 0 too)
 //   3, 4: two groups (Y into slot 0, then Z into slot 1), after wait_group 1: slot 0, slot 1

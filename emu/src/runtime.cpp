@@ -142,7 +142,14 @@ struct Worker {
     std::vector<void*> stacks;  // one per GPU thread, with a guard page below
     size_t stack_size = 0;
     void* altstack = nullptr;
+    // AddressSanitizer: a failed block abandons its fibers mid-call, leaving their frames' redzones
+    // poisoned; the next block then unpoisons whole stacks instead of their tops.
+    bool stacks_dirty = true;
 };
+
+// The part of a fiber stack in use when a GPU thread exits normally: every frame of the kernel has
+// returned (unpoisoning its redzones); only fiber_main's and thread_exit's frames remain.
+constexpr size_t kStackTopInUse = 64 * 1024;
 
 size_t page_size() {
     static const size_t p = (size_t)sysconf(_SC_PAGESIZE);
@@ -672,7 +679,11 @@ bool run_block(Worker& wk, const ckemu_kernel* kernel, void** args, uint3 block_
         t.wait_site = Site{nullptr, 0};
         t.open_copies.clear();
         t.committed.clear();
-        unpoison(wk.stacks[(size_t)i], wk.stack_size);
+        if (CKEMU_ASAN) {
+            char* stack = static_cast<char*>(wk.stacks[(size_t)i]);
+            const size_t top = wk.stacks_dirty || wk.stack_size <= kStackTopInUse ? wk.stack_size : kStackTopInUse;
+            unpoison(stack + wk.stack_size - top, top);
+        }
         fiber_init(t.ctx, wk.stacks[(size_t)i], wk.stack_size, fiber_main, &t);
     }
     tls_worker = &wk;
@@ -689,6 +700,7 @@ bool run_block(Worker& wk, const ckemu_kernel* kernel, void** args, uint3 block_
         if (!ran && !b.failed && b.alive > 0) deadlock(b);
     }
     tls_worker = nullptr;
+    wk.stacks_dirty = b.failed;
     if (b.failed) error = b.error;
     return !b.failed;
 }
@@ -914,6 +926,11 @@ void cp_async_16(Site site, void* dst, const void* src, int bytes) {
     memset(c.bytes, 0, 16);
     if (bytes > 0) memcpy(c.bytes, src, (size_t)bytes);  // read now: the source may not change meanwhile
     t.open_copies.push_back(c);
+    // Until a wait_group retires the copy its destination is undefined (the copy may land at any
+    // moment): it reads as poison, so both a read before the wait (a missing wait) and a read by
+    // another thread still using the old contents (a missing barrier before the buffer is reused)
+    // see NaN instead of plausible data.
+    memset(dst, kSharedFill, 16);
 }
 
 void cp_async_commit(Site) {

@@ -1,0 +1,66 @@
+#!/usr/bin/env bash
+# Planted bugs the CPU emulator must catch: each mutant is a one-line change to a copy of kernels/
+# (a missing cp.async.wait_group, a missing __syncthreads, an off-by-one k tail, a swapped mma
+# fragment register, a column tail taken one past the end), compiled into its own emulator build
+# (CKEMU_KERNELS_DIR, its own target folder), under which a few GPU tests must FAIL. The test
+# binaries are the ones `cargo test --release` built: only the emulated libcuda changes.
+#
+#   bash scripts/emu-mutants.sh          # every mutant; exit 1 if one survives (its tests pass)
+#
+# Prints one line per mutant: caught (and the first failure) or SURVIVED. Run by scripts/test.sh
+# when CK_EMU_MUTANTS=1 (CI sets it). About 40 s per mutant on 2 cores.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+bash scripts/ensure-nvcc.sh >/dev/null
+cargo test --release --no-run --test similarity --test contrastive >/dev/null 2>&1 || cargo test --release --no-run --test similarity --test contrastive
+bin() { # the newest test binary of tests/$1.rs
+  ls -t target/release/deps/"$1"-* 2>/dev/null | grep -v '\.d$' | head -n 1
+}
+similarity="$(bin similarity)"
+contrastive="$(bin contrastive)"
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+# name | file under kernels/ | literal text | replacement | test binary and test name
+mutants=(
+  "missing wait_group|common/tile.cuh|            cp_async_wait<1>();  // this stage's group is done; the next one may still fly|            /* planted: no wait */|$similarity gpu_matches_oracle"
+  "missing barrier before the buffer is reloaded|common/tile.cuh|        __syncthreads();  // the buffer is overwritten by the load two iterations on|        /* planted: no barrier */|$similarity gpu_matches_oracle"
+  "off-by-one k tail|common/tile.cuh|    const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;|    const int k_tiles = d / Cfg::BK;|$similarity gpu_matches_oracle"
+  "swapped B fragment registers|common/tile.cuh|            b[ni + 1][0] = r[2];|            b[ni + 1][0] = r[3];|$similarity gpu_matches_oracle"
+  "column tail one past the end|contrastive.cu|valid[k] = col < cols.count|valid[k] = col <= cols.count|$contrastive gpu_forward_matches_oracle"
+)
+
+survived=0
+for m in "${mutants[@]}"; do
+  IFS='|' read -r name file from to test <<<"$m"
+  rm -rf "$work/kernels"
+  cp -r kernels "$work/kernels"
+  python3 - "$work/kernels/$file" "$from" "$to" <<'EOF'
+import sys
+path, old, new = sys.argv[1:]
+text = open(path).read()
+if text.count(old) != 1:
+    sys.exit(f"emu-mutants: the text to mutate occurs {text.count(old)} times in {path}: {old!r}")
+open(path, "w").write(text.replace(old, new))
+EOF
+  CKEMU_KERNELS_DIR="$work/kernels" CARGO_TARGET_DIR="$PWD/target/emu-mutant" cargo build --release -p ckemu >/dev/null 2>&1 \
+    || { echo "emu-mutants: the mutant '$name' does not compile" >&2; exit 1; }
+  mkdir -p target/emu-mutant/lib
+  ln -sfn "$PWD/target/emu-mutant/release/libckemu.so" target/emu-mutant/lib/libcuda.so
+  read -r binary filter <<<"$test"
+  out="$(LD_LIBRARY_PATH="$PWD/target/emu-mutant/lib" CONTRASTIVE_KERNELS_REQUIRE_GPU=1 timeout 300 "$binary" --exact "$filter" 2>&1)" && status=0 || status=$?
+  if [ "$status" -eq 0 ]; then
+    echo "mutant '$name': SURVIVED ($(basename "$binary") $filter passed)"
+    survived=$((survived + 1))
+  else
+    why="$(grep -m1 -E "panicked|ckemu: kernel|ERROR" <<<"$out" -A1 | tr '\n' ' ' | cut -c1-200)"
+    echo "mutant '$name': caught by $filter: $why"
+  fi
+done
+if [ "$survived" -gt 0 ]; then
+  echo "emu-mutants: $survived planted bugs survived" >&2
+  exit 1
+fi
+echo "emu-mutants: every planted bug was caught"
