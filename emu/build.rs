@@ -115,7 +115,8 @@ fn main() {
                     Job::Kernel(module, path) => compile_kernel(&cxx, &flags, &include_flags, &manifest, &out, module, path),
                     Job::Plain(path) => {
                         let obj = out.join(format!("{}.o", path.file_stem().unwrap().to_str().unwrap()));
-                        run(Command::new(&cxx).args(&flags).args(&include_flags).arg("-c").arg(path).arg("-o").arg(&obj))
+                        // -O3 for the executor: the emulated mma's loops vectorize.
+                        run(Command::new(&cxx).args(&flags).arg("-O3").args(&include_flags).arg("-c").arg(path).arg("-o").arg(&obj))
                             .map(|_| obj)
                     }
                 };

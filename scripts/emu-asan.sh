@@ -9,8 +9,9 @@
 #   bash scripts/emu-asan.sh --test topk  # extra arguments go to `cargo test` (default filter: gpu)
 #
 # The Rust test binaries are not instrumented; libasan is preloaded so the instrumented kernels find
-# its runtime (leak checking is off: the tests' process-lifetime allocations are not leaks). Run
-# by scripts/test.sh when CK_EMU_ASAN=1 (CI sets it). Takes a few minutes on 2 cores.
+# its runtime (leak checking is off: the tests' process-lifetime allocations are not leaks). It
+# runs the emulator's `reverse` schedule (CKEMU_SCHEDULE; the plain pass runs `warps`), so CI sees
+# two schedules. Run by scripts/test.sh when CK_EMU_ASAN=1 (CI sets it). Several minutes on 2 cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -28,7 +29,7 @@ status=0
 LD_LIBRARY_PATH="$lib_dir${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
   LD_PRELOAD="$asan_rt${LD_PRELOAD:+:$LD_PRELOAD}" \
   ASAN_OPTIONS="detect_leaks=0:verify_asan_link_order=0:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=0${ASAN_OPTIONS:+:$ASAN_OPTIONS}" \
-  CONTRASTIVE_KERNELS_REQUIRE_GPU=1 \
+  CKEMU_SCHEDULE="${CKEMU_SCHEDULE:-reverse}" CONTRASTIVE_KERNELS_REQUIRE_GPU=1 \
   cargo test --release "${args[@]}" 2>&1 | tee "$log" || status=$?
 reports=$(grep -c 'ERROR: AddressSanitizer' "$log" || true)
 executed=$(grep -cE '^test [^ ]*gpu[^ ]* \.\.\. ok$' "$log" || true)

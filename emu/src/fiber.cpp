@@ -116,11 +116,9 @@ void fiber_switch(FiberContext& from, FiberContext& to, bool from_exiting) {
 #endif
 }
 
-void fiber_started(FiberContext& scheduler) {
+void fiber_started() {
 #if CKEMU_ASAN
-    __sanitizer_finish_switch_fiber(nullptr, &scheduler.stack_bottom, &scheduler.stack_size);
-#else
-    (void)scheduler;
+    __sanitizer_finish_switch_fiber(nullptr, nullptr, nullptr);
 #endif
 }
 

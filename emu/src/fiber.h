@@ -44,6 +44,6 @@ void fiber_init(FiberContext& ctx, void* stack, size_t size, void (*entry)(void*
 void fiber_switch(FiberContext& from, FiberContext& to, bool from_exiting = false);
 
 // Called first thing in a fiber's entry function (AddressSanitizer bookkeeping).
-void fiber_started(FiberContext& scheduler);
+void fiber_started();
 
 }  // namespace ckemu

@@ -10,6 +10,7 @@
 #include "ckemu/runtime.h"
 
 #include <math.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -46,6 +47,7 @@ constexpr unsigned char kSharedFill = 0xff;  // uninitialized shared memory read
 constexpr int kMaxWarpOps = 4;               // collectives with disjoint masks pending at once in one warp
 
 enum class State : uint8_t { Runnable, AtBarrier, AtWarp, Exited };
+enum class Schedule : uint8_t { Warps, Threads, Reverse };
 
 enum class Op : uint8_t { SyncWarp, ShflIdx, ShflXor, ShflDown, ShflUp, Ballot, MatchAny, Ldmatrix, LdmatrixTrans, MmaF16, MmaBF16 };
 
@@ -131,7 +133,7 @@ struct Block {
     unsigned char* arena = nullptr;
     size_t arena_cap = 0, dyn_offset = 0, dyn_size = 0, static_end = 0, static_used = 0;
     std::vector<SharedVar> vars;
-    bool reverse = false;
+    Schedule schedule = Schedule::Warps;
     bool failed = false;
     std::string error;
     FiberContext sched;
@@ -169,12 +171,22 @@ size_t fiber_stack_bytes() {
     return bytes;
 }
 
-bool reverse_schedule() {
-    static const bool r = [] {
+// CKEMU_SCHEDULE: the order GPU threads run in, each a valid GPU schedule that exposes different
+// missing synchronization.
+//   warps (default): a warp runs until it waits at a block barrier or exits, warps in index order;
+//       so one warp gets far ahead of the others (a missing barrier before a buffer is reused)
+//   threads: thread by thread, so the warps advance in lockstep, one collective per round
+//   reverse: as warps, with warps and blocks in reverse order
+Schedule schedule_from_env() {
+    static const Schedule s = [] {
         const char* v = getenv("CKEMU_SCHEDULE");
-        return v != nullptr && strcmp(v, "reverse") == 0;
+        if (v == nullptr || *v == 0 || strcmp(v, "warps") == 0) return Schedule::Warps;
+        if (strcmp(v, "threads") == 0) return Schedule::Threads;
+        if (strcmp(v, "reverse") == 0) return Schedule::Reverse;
+        fprintf(stderr, "ckemu: CKEMU_SCHEDULE=%s is not one of warps, threads, reverse; using warps\n", v);
+        return Schedule::Warps;
     }();
-    return r;
+    return s;
 }
 
 Thread& cur() {
@@ -243,11 +255,40 @@ std::string ranges(const std::vector<int>& v) {
     return s;
 }
 
-// Switches from the current fiber to its block's scheduler; returns when resumed.
+// The next runnable thread in schedule order from `t` (null: the first of a new round), see
+// schedule_from_env. Warps / Reverse: the lanes of t's own warp first (those a completed
+// collective released), then the warps after it in order.
+Thread* next_runnable(Block& b, const Thread* t) {
+    const int n = b.nthreads, nwarps = (n + 31) / 32;
+    if (b.schedule == Schedule::Threads) {
+        for (int k = t != nullptr ? t->linear + 1 : 0; k < n; ++k)
+            if (b.threads[(size_t)k].state == State::Runnable) return &b.threads[(size_t)k];
+        return nullptr;
+    }
+    const bool reverse = b.schedule == Schedule::Reverse;
+    for (int p = t != nullptr ? (reverse ? nwarps - 1 - t->warp : t->warp) : 0; p < nwarps; ++p) {
+        const int w = reverse ? nwarps - 1 - p : p;
+        const int end = (w + 1) * 32 < n ? (w + 1) * 32 : n;
+        for (int k = w * 32; k < end; ++k)
+            if (b.threads[(size_t)k].state == State::Runnable) return &b.threads[(size_t)k];
+    }
+    return nullptr;
+}
+
+// Leaves the current fiber for the next runnable thread of the round (directly: one switch, not
+// two through the scheduler), or for the scheduler at the end of the round. Returns when resumed.
+void switch_away(Thread& t, bool exiting) {
+    Block& b = *t.blk;
+    Thread* next = next_runnable(b, &t);
+    tls_thread = next;
+    fiber_switch(t.ctx, next != nullptr ? next->ctx : b.sched, exiting);
+    tls_thread = &t;
+}
+
 void yield_to_scheduler(Thread& t, State state, Site site) {
     t.state = state;
     t.wait_site = site;
-    fiber_switch(t.ctx, t.blk->sched);
+    switch_away(t, false);
 }
 
 [[noreturn]] void fail_thread(Thread& t, Site site, const std::string& what) {
@@ -582,13 +623,13 @@ void thread_exit(Thread& t) {
     w.exited |= 1u << t.lane;
     for (int i = w.pending_count - 1; i >= 0; --i)
         if (w.pending[i].mask >> t.lane & 1u) try_complete(t, w, i);
-    fiber_switch(t.ctx, b.sched, true);
+    switch_away(t, true);
     abort();
 }
 
 void fiber_main(void* p) {
     Thread& t = *static_cast<Thread*>(p);
-    fiber_started(t.blk->sched);
+    fiber_started();
     t.blk->kernel->invoke(t.blk->args);
     thread_exit(t);
 }
@@ -634,6 +675,28 @@ void* map_stack(size_t size) {
 // Fiber stacks of the worker running now, for the fault handler's stack-overflow diagnosis.
 thread_local Worker* tls_worker = nullptr;
 
+// The calling OS thread's stack (the scheduler runs on it), for AddressSanitizer's fiber switches.
+void current_stack(const void*& bottom, size_t& size) {
+#if CKEMU_ASAN
+    thread_local const void* cached_bottom = nullptr;
+    thread_local size_t cached_size = 0;
+    if (cached_bottom == nullptr) {
+        pthread_attr_t attr;
+        void* addr = nullptr;
+        if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+            pthread_attr_getstack(&attr, &addr, &cached_size);
+            pthread_attr_destroy(&attr);
+        }
+        cached_bottom = addr;
+    }
+    bottom = cached_bottom;
+    size = cached_size;
+#else
+    bottom = nullptr;
+    size = 0;
+#endif
+}
+
 bool run_block(Worker& wk, const ckemu_kernel* kernel, void** args, uint3 block_idx, dim3 grid, dim3 block,
                size_t dyn_shared, std::string& error) {
     Block& b = wk.block;
@@ -650,7 +713,7 @@ bool run_block(Worker& wk, const ckemu_kernel* kernel, void** args, uint3 block_
     b.barrier_site = Site{nullptr, 0};
     b.failed = false;
     b.error.clear();
-    b.reverse = reverse_schedule();
+    b.schedule = schedule_from_env();
     arena_reset(b, dyn_shared);
     if (b.threads.size() < (size_t)n) b.threads.resize((size_t)n);
     const int nwarps = (n + 31) / 32;
@@ -687,17 +750,18 @@ bool run_block(Worker& wk, const ckemu_kernel* kernel, void** args, uint3 block_
         fiber_init(t.ctx, wk.stacks[(size_t)i], wk.stack_size, fiber_main, &t);
     }
     tls_worker = &wk;
+    current_stack(b.sched.stack_bottom, b.sched.stack_size);
+    // Rounds: the first runnable thread runs; each fiber that waits or exits hands over to the next
+    // runnable one (switch_away); the last of the round comes back here.
     while (b.alive > 0 && !b.failed) {
-        bool ran = false;
-        for (int k = 0; k < n && !b.failed; ++k) {
-            Thread& t = b.threads[(size_t)(b.reverse ? n - 1 - k : k)];
-            if (t.state != State::Runnable) continue;
-            tls_thread = &t;
-            fiber_switch(b.sched, t.ctx);
-            tls_thread = nullptr;
-            ran = true;
+        Thread* first = next_runnable(b, nullptr);
+        if (first == nullptr) {
+            deadlock(b);
+            break;
         }
-        if (!ran && !b.failed && b.alive > 0) deadlock(b);
+        tls_thread = first;
+        fiber_switch(b.sched, first->ctx);
+        tls_thread = nullptr;
     }
     tls_worker = nullptr;
     wk.stacks_dirty = b.failed;
@@ -1048,7 +1112,7 @@ extern "C" int ckemu_launch(const ckemu_kernel* kernel, const unsigned grid[3], 
     const dim3 g(grid[0], grid[1], grid[2]), bl(block[0], block[1], block[2]);
     const uint64_t total = (uint64_t)g.x * g.y * g.z;
     if (total == 0 || (uint64_t)bl.x * bl.y * bl.z == 0) return 0;
-    const bool reverse = reverse_schedule();
+    const bool reverse = schedule_from_env() == Schedule::Reverse;
     std::atomic<uint64_t> next{0};
     std::atomic<bool> stop{false};
     std::mutex failure_mutex;
