@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::contrastive_harness::{assert_grad_close, cases, for_each_harness_case, gradient_only_cases};
+use common::contrastive_harness::{assert_grad_close, cases, for_each_harness_case, gradient_only_cases, shapes_for, SHAPES};
 use common::{gpu_or_skip, m, random_matrix};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
 use contrastive_kernels::ops::contrastive::{
@@ -488,8 +488,8 @@ fn oracle_gradients_match_finite_differences() {
 /// The forward against the oracle on the same (rounded) inputs. Tolerances of DESIGN.md section 7:
 /// loss relative error 2e-3 (f16) / 5e-3 (bf16); per-anchor values and LSE likewise, relative to
 /// the largest |L_i| and |LSE|.
-fn check_forward_against_oracle<T: FloatElement>(run: &dyn Fn(&ContrastiveLoss, &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult>, rel: f64) {
-    for_each_harness_case::<T>(&mut |what, loss, inputs| {
+fn check_forward_against_oracle<T: FloatElement>(shapes: &[(usize, usize)], run: &dyn Fn(&ContrastiveLoss, &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult>, rel: f64) {
+    for_each_harness_case::<T>(shapes, &mut |what, loss, inputs| {
         let n = inputs.features.rows();
         let want = forward(loss, inputs).unwrap();
         let got = run(loss, inputs).unwrap();
@@ -507,7 +507,11 @@ fn check_forward_against_oracle<T: FloatElement>(run: &dyn Fn(&ContrastiveLoss, 
 /// The backward through the host API of `backend` against the oracle's gradients on the same
 /// inputs, under Mean and PerAnchor (per-row upstream), features, keys and prototypes.
 fn check_backward_against_oracle<T: FloatElement>(backend: &Backend, rel: f64, abs: f64) {
-    for_each_harness_case::<T>(&mut |what, loss, inputs| {
+    let gpu = match backend {
+        Backend::Gpu(gpu) => Some(gpu),
+        Backend::Cpu => None,
+    };
+    for_each_harness_case::<T>(shapes_for(gpu), &mut |what, loss, inputs| {
         for reduction in [Reduction::Mean, Reduction::PerAnchor] {
             let loss = loss.with_reduction(reduction);
             let n = inputs.features.rows();
@@ -539,10 +543,11 @@ fn gpu_forward(gpu: &Gpu) -> impl Fn(&ContrastiveLoss, &LossInputs<'_, f16>) -> 
 fn gpu_forward_matches_oracle() {
     let Some(gpu) = gpu_or_skip("gpu_forward_matches_oracle") else { return };
     let backend = Backend::Gpu(gpu.clone());
-    check_forward_against_oracle::<f16>(&gpu_forward(&gpu), 2e-3);
-    check_forward_against_oracle::<bf16>(&|loss, inputs| loss.forward(&backend, inputs).map(|r| r.0), 5e-3);
+    let shapes = shapes_for(Some(&gpu));
+    check_forward_against_oracle::<f16>(shapes, &gpu_forward(&gpu), 2e-3);
+    check_forward_against_oracle::<bf16>(shapes, &|loss, inputs| loss.forward(&backend, inputs).map(|r| r.0), 5e-3);
     // f32: exact FFMA products, so DESIGN.md's 1e-4.
-    check_forward_against_oracle::<f32>(&|loss, inputs| loss.forward(&backend, inputs).map(|r| r.0), 1e-4);
+    check_forward_against_oracle::<f32>(shapes, &|loss, inputs| loss.forward(&backend, inputs).map(|r| r.0), 1e-4);
 }
 
 /// Gradients: DESIGN.md section 7 bounds them by 1e-2 x max |grad| for f16 / bf16 inputs and by
@@ -561,9 +566,9 @@ fn gpu_backward_matches_oracle() {
 /// forward / backward pair agrees with the oracle's functions.
 #[test]
 fn oracle_passes_the_gpu_harness() {
-    check_forward_against_oracle::<f16>(&|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 2e-3);
-    check_forward_against_oracle::<bf16>(&|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 5e-3);
-    check_forward_against_oracle::<f32>(&|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 1e-4);
+    check_forward_against_oracle::<f16>(SHAPES, &|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 2e-3);
+    check_forward_against_oracle::<bf16>(SHAPES, &|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 5e-3);
+    check_forward_against_oracle::<f32>(SHAPES, &|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 1e-4);
     // The CPU backend rounds its f64 gradients to bf16 (unit roundoff 2^-8).
     check_backward_against_oracle::<bf16>(&Backend::Cpu, 2f64.powi(-8), 0.0);
     check_backward_against_oracle::<f32>(&Backend::Cpu, 2f64.powi(-24), 1e-30);

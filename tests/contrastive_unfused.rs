@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::contrastive_harness::{assert_grad_close, download, for_each_harness_case, upload_inputs, upload_slice};
+use common::contrastive_harness::{assert_grad_close, download, for_each_harness_case, shapes_for, upload_inputs, upload_slice};
 use common::{gpu_or_skip, random_matrix};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
 use contrastive_kernels::ops::contrastive::{self as loss_ops, unfused, ContrastiveLoss, LossInputs, Reduction, Upstream};
@@ -55,7 +55,7 @@ fn gpu_with_cublas(test: &str) -> Option<Gpu> {
 /// values and LSE relative to the largest |L_i| / |LSE|, |P(i)| exact; the bytes it reports equal
 /// the plan's.
 fn check_forward<T: FloatElement>(gpu: &Gpu, rel: f64) {
-    for_each_harness_case::<T>(&mut |what, loss, inputs| {
+    for_each_harness_case::<T>(shapes_for(Some(gpu)), &mut |what, loss, inputs| {
         let n = inputs.features.rows();
         let want = forward(loss, inputs).unwrap();
         let dev = upload_inputs(gpu, inputs);
@@ -90,7 +90,7 @@ fn upstream_for(reduction: Reduction, n: usize) -> Vec<f32> {
 /// Backward against the oracle under Mean and PerAnchor: gradients within 1e-2 x max |grad|
 /// (DESIGN.md section 7, f16 / bf16), features, keys and prototypes; the measured peak equals the plan.
 fn check_backward<T: FloatElement>(gpu: &Gpu, rel: f64) {
-    for_each_harness_case::<T>(&mut |what, loss, inputs| {
+    for_each_harness_case::<T>(shapes_for(Some(gpu)), &mut |what, loss, inputs| {
         for reduction in [Reduction::Mean, Reduction::PerAnchor] {
             let loss = loss.with_reduction(reduction);
             let n = inputs.features.rows();
@@ -144,7 +144,7 @@ fn gpu_unfused_backward_matches_oracle() {
 /// The two GPU paths on the same device inputs: both are within the oracle bounds, so they agree
 /// within twice those bounds (loss, L_i, LSE, |P(i)| exactly; gradients 2e-2 x max |grad|).
 fn check_fused_vs_unfused<T: FloatElement>(gpu: &Gpu, rel: f64) {
-    for_each_harness_case::<T>(&mut |what, loss, inputs| {
+    for_each_harness_case::<T>(shapes_for(Some(gpu)), &mut |what, loss, inputs| {
         let n = inputs.features.rows();
         let dev = upload_inputs(gpu, inputs);
         let fused = loss_ops::forward_device(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what} fused: {e}"));

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{gpu_or_skip, m, random_matrix};
+use common::{gpu_or_skip, m, on_emulator, random_matrix};
 use contrastive_kernels::cpu::topk::{excluded_index, result_order, similarities, topk as oracle_topk, TopK};
 use contrastive_kernels::ops::topk::{topk, topk_host_bank, topk_raw, topk_unfused, MAX_FUSED_K};
 use contrastive_kernels::{bf16, f16, Backend, DType, DeviceMatrix, Error, Exclusion, Float, FloatElement, Gpu, Matrix, RawMatrix, TopKOptions};
@@ -132,11 +132,17 @@ const DIMS: &[usize] = &[3, 64, 128, 512, 2048];
 /// Not a multiple of any tile (128) or chunk; at least the largest k.
 const NB: usize = 4133;
 const NQ: usize = 37;
+/// On the CPU emulator: the same k list with the radix strategy's k at 1100 (k > 1024) on a
+/// smaller bank (1500 = 11 x 128 + 92), and d = 3 (unaligned loader), 64 and 200 (aligned, not a
+/// multiple of the 32-wide k stage) instead of the long rows.
+const EMU_KS: &[usize] = &[1, 2, 7, 32, 50, 100, 1000, 1100];
+const EMU_DIMS: &[usize] = &[3, 64, 200];
+const EMU_NB: usize = 1500;
 
-fn check_all_k<T: FloatElement>(backend: &Backend, ks: &[usize], dims: &[usize]) {
+fn check_all_k<T: FloatElement>(backend: &Backend, nb: usize, ks: &[usize], dims: &[usize]) {
     for (s, &d) in dims.iter().enumerate() {
         let q: Matrix<T> = random_matrix(NQ, d, 10 + s as u64);
-        let bank: Matrix<T> = random_matrix(NB, d, 20 + s as u64);
+        let bank: Matrix<T> = random_matrix(nb, d, 20 + s as u64);
         let reference = Reference::new(&q, &bank, false, &Exclusion::None);
         for &k in ks {
             let got = backend.topk(&q, &bank, &TopKOptions::new(k)).unwrap();
@@ -149,16 +155,18 @@ fn check_all_k<T: FloatElement>(backend: &Backend, ks: &[usize], dims: &[usize])
 /// The harness itself, on the CPU backend (f64 oracle rounded to f32): the bounds admit it.
 #[test]
 fn cpu_backend_within_bounds() {
-    check_all_k::<f32>(&Backend::Cpu, &[1, 7, 100, 4096], &[3, 64]);
+    check_all_k::<f32>(&Backend::Cpu, NB, &[1, 7, 100, 4096], &[3, 64]);
 }
 
 #[test]
 fn gpu_matches_oracle_every_k_and_d() {
     let Some(gpu) = gpu_or_skip("gpu_matches_oracle_every_k_and_d") else { return };
+    // The full lists take minutes per dtype on the CPU emulator; its lists keep both strategies and loaders.
+    let (nb, ks, dims) = if on_emulator(&gpu) { (EMU_NB, EMU_KS, EMU_DIMS) } else { (NB, KS, DIMS) };
     let backend = Backend::Gpu(gpu);
-    check_all_k::<f16>(&backend, KS, DIMS);
-    check_all_k::<bf16>(&backend, KS, DIMS);
-    check_all_k::<f32>(&backend, KS, DIMS);
+    check_all_k::<f16>(&backend, nb, ks, dims);
+    check_all_k::<bf16>(&backend, nb, ks, dims);
+    check_all_k::<f32>(&backend, nb, ks, dims);
 }
 
 /// Duplicated bank rows give bit-identical similarities: they must come out in index order.
@@ -270,15 +278,22 @@ fn gpu_exclusion_and_edges() {
 /// both strategies and chunk sizes that do and do not align with the tiles, and with exclusion.
 fn chunked<T: FloatElement>(gpu: &Gpu) {
     let d = 72;
+    // The CPU emulator spends tens of ms per chunk: a bank of 1100 rows (8 tiles + 76, still
+    // k > 1024 for the radix strategy), tiny chunks of 37 rows instead of 1 (3001 chunks take
+    // minutes there), a fused k of 600 (still above the 128-row chunks), and no chunk of exactly
+    // nb rows (5000 is clamped to that same single chunk).
+    let emulator = on_emulator(gpu);
+    let (nb, k_fused, k_radix) = if emulator { (1100, 600, 1050) } else { (3001, 1000, 1500) };
+    let chunk_sizes: &[usize] = if emulator { &[37, 128, 777, 5000] } else { &[1, 128, 777, 3001, 5000] };
     let q: Matrix<T> = random_matrix(130, d, 30);
-    let bank: Matrix<T> = random_matrix(3001, d, 31);
+    let bank: Matrix<T> = random_matrix(nb, d, 31);
     let dq = DeviceMatrix::upload(gpu, &q).unwrap();
     let db = DeviceMatrix::upload(gpu, &bank).unwrap();
-    for opts in [TopKOptions::new(1), TopKOptions::new(50), TopKOptions::new(1000), TopKOptions::new(1500), TopKOptions::new(40).exclude_self()] {
+    for opts in [TopKOptions::new(1), TopKOptions::new(50), TopKOptions::new(k_fused), TopKOptions::new(k_radix), TopKOptions::new(40).exclude_self()] {
         let whole = topk(gpu, &dq, &db, &opts).unwrap().download(gpu).unwrap();
-        for chunk_rows in [1, 128, 777, 3001, 5000] {
-            if chunk_rows == 1 && opts.k > 100 {
-                continue; // 3001 chunks x up to 10 passes: slow, and 128 already covers tiny chunks
+        for &chunk_rows in chunk_sizes {
+            if chunk_rows == chunk_sizes[0] && opts.k > 100 {
+                continue; // many chunks x up to 10 passes: slow, and 128 already covers tiny chunks
             }
             let streamed = topk_host_bank(gpu, &dq, &bank, chunk_rows, &opts).unwrap().download(gpu).unwrap();
             assert_eq!(streamed.indices, whole.indices, "{} k {} chunk {chunk_rows}: indices", T::DTYPE, opts.k);
@@ -303,8 +318,11 @@ fn gpu_chunked_equals_unchunked() {
 #[test]
 fn gpu_deterministic() {
     let Some(gpu) = gpu_or_skip("gpu_deterministic") else { return };
-    let q: Matrix<f16> = random_matrix(300, 128, 40);
-    let bank: Matrix<f16> = random_matrix(20000, 128, 41);
+    // The CPU emulator: one query tile, d = 32 and a smaller bank that still gives every slice 3
+    // column tiles (132 SMs), so the pools' compaction and threshold filter run as on the GPU.
+    let (nq, nb, d) = if on_emulator(&gpu) { (100, 16500, 32) } else { (300, 20000, 128) };
+    let q: Matrix<f16> = random_matrix(nq, d, 40);
+    let bank: Matrix<f16> = random_matrix(nb, d, 41);
     for k in [5, 700, 1200] {
         let a = Backend::Gpu(gpu.clone()).topk(&q, &bank, &TopKOptions::new(k)).unwrap();
         let b = Backend::Gpu(gpu.clone()).topk(&q, &bank, &TopKOptions::new(k)).unwrap();

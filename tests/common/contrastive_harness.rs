@@ -8,7 +8,7 @@ use contrastive_kernels::ops::contrastive::{
 };
 use contrastive_kernels::{FloatElement, Gpu, Matrix};
 
-use super::random_matrix;
+use super::{on_emulator, random_matrix};
 
 /// Pairwise keys: features, instance ids, labels.
 pub type Keys = (Matrix<f64>, Vec<i32>, Option<Vec<i32>>);
@@ -119,10 +119,27 @@ pub fn gradient_only_cases() -> Vec<Case> {
     ]
 }
 
-/// Runs `check` over every loss kind on shapes that hit the tails (rows not a multiple of the
-/// tiles, d in {3, 6, 64, 128, 200, 512}), with inputs rounded to `T`.
-pub fn for_each_harness_case<T: FloatElement>(check: &mut dyn FnMut(&str, &ContrastiveLoss, &LossInputs<'_, T>)) {
-    for (rows, d) in [(6usize, 6usize), (200, 3), (300, 64), (130, 200), (257, 128), (70, 512)] {
+/// The harness's (rows, d): rows not a multiple of the tiles, d in {3, 6, 64, 128, 200, 512}.
+pub const SHAPES: &[(usize, usize)] = &[(6, 6), (200, 3), (300, 64), (130, 200), (257, 128), (70, 512)];
+
+/// The harness's shapes on the CPU emulator: still a row tail in every tile, d below 8 (3, 6: the
+/// padded rows), one whole d chunk of the backward (128) and several with a tail (200); without
+/// the longest rows (512) and the largest n (300), which cost it the most.
+pub const EMULATOR_SHAPES: &[(usize, usize)] = &[(6, 6), (200, 3), (130, 200), (257, 128)];
+
+/// [`EMULATOR_SHAPES`] when `gpu` is the CPU emulator, else [`SHAPES`] (a GPU, or the CPU backend).
+pub fn shapes_for(gpu: Option<&Gpu>) -> &'static [(usize, usize)] {
+    if gpu.is_some_and(on_emulator) {
+        EMULATOR_SHAPES
+    } else {
+        SHAPES
+    }
+}
+
+/// Runs `check` over every loss kind on `shapes` (normally [`SHAPES`] or [`shapes_for`]'s), with
+/// inputs rounded to `T`.
+pub fn for_each_harness_case<T: FloatElement>(shapes: &[(usize, usize)], check: &mut dyn FnMut(&str, &ContrastiveLoss, &LossInputs<'_, T>)) {
+    for &(rows, d) in shapes {
         for case in cases() {
             // Tile the small case's ids over `rows` rows so every shape has positives.
             let base_n = case.features.rows();

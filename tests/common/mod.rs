@@ -18,6 +18,15 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
     }
 }
 
+/// Whether `gpu` is the CPU emulator of the CUDA driver (emu/, crate ckemu: device name "CPU
+/// emulator (contrastive-kernels ckemu)"), which runs the real kernels on the host, far slower than
+/// a GPU. Production code never special-cases the emulator; only tests use this, to choose smaller
+/// shapes that keep every code path they cover (strategies, tails, unaligned loaders, dtypes), so
+/// that the whole suite fits a 2-core CI machine. The large shapes stay for a real GPU.
+pub fn on_emulator(gpu: &Gpu) -> bool {
+    gpu.describe().contains("CPU emulator")
+}
+
 /// A literal f64 matrix for hand-computed cases.
 pub fn m(rows: usize, cols: usize, data: &[f64]) -> Matrix<f64> {
     Matrix::new(rows, cols, data.to_vec()).unwrap()
