@@ -314,7 +314,9 @@ fn gpu_chunked_equals_unchunked() {
     chunked::<f32>(&gpu);
 }
 
-/// Runs twice: identical bits (deterministic).
+/// Runs twice: identical bits (deterministic), and right: the bank is large enough that every
+/// slice sweeps several column tiles, so the pools' threshold filter and compaction run (the only
+/// test that reaches them), checked against the oracle.
 #[test]
 fn gpu_deterministic() {
     let Some(gpu) = gpu_or_skip("gpu_deterministic") else { return };
@@ -323,9 +325,11 @@ fn gpu_deterministic() {
     let (nq, nb, d) = if on_emulator(&gpu) { (100, 16500, 32) } else { (300, 20000, 128) };
     let q: Matrix<f16> = random_matrix(nq, d, 40);
     let bank: Matrix<f16> = random_matrix(nb, d, 41);
+    let reference = Reference::new(&q, &bank, false, &Exclusion::None);
     for k in [5, 700, 1200] {
         let a = Backend::Gpu(gpu.clone()).topk(&q, &bank, &TopKOptions::new(k)).unwrap();
         let b = Backend::Gpu(gpu.clone()).topk(&q, &bank, &TopKOptions::new(k)).unwrap();
+        reference.check(&a, k, tolerance(DType::F16), &Exclusion::None, &format!("deterministic k {k}"));
         assert_eq!(a.indices, b.indices, "k {k}");
         assert!(a.values.iter().zip(&b.values).all(|(x, y)| x.to_bits() == y.to_bits()), "k {k}");
     }

@@ -266,10 +266,21 @@ Thread* next_runnable(Block& b, const Thread* t) {
         return nullptr;
     }
     const bool reverse = b.schedule == Schedule::Reverse;
-    for (int p = t != nullptr ? (reverse ? nwarps - 1 - t->warp : t->warp) : 0; p < nwarps; ++p) {
+    auto warp_end = [&](int w) { return (w + 1) * 32 < n ? (w + 1) * 32 : n; };
+    int p = 0;
+    if (t != nullptr) {
+        // t's warp: the lanes after t (not yet at the collective t waits at), then those before it
+        // (released by a collective that completed).
+        const int w = t->warp, end = warp_end(w);
+        for (int k = t->linear + 1; k < end; ++k)
+            if (b.threads[(size_t)k].state == State::Runnable) return &b.threads[(size_t)k];
+        for (int k = w * 32; k < t->linear; ++k)
+            if (b.threads[(size_t)k].state == State::Runnable) return &b.threads[(size_t)k];
+        p = (reverse ? nwarps - 1 - w : w) + 1;
+    }
+    for (; p < nwarps; ++p) {
         const int w = reverse ? nwarps - 1 - p : p;
-        const int end = (w + 1) * 32 < n ? (w + 1) * 32 : n;
-        for (int k = w * 32; k < end; ++k)
+        for (int k = w * 32; k < warp_end(w); ++k)
             if (b.threads[(size_t)k].state == State::Runnable) return &b.threads[(size_t)k];
     }
     return nullptr;
@@ -504,7 +515,7 @@ void execute(Thread& t, Warp& w, WarpOp& op) {
             //   A 16 x 16: a_i (i = 0..7, two per register), row group + 8 [i % 4 >= 2], col 2 tig + (i % 2) + 8 [i >= 4]
             //   B 16 x 8:  b_i (i = 0..3),  row (k) 2 tig + (i % 2) + 8 [i >= 2], col group
             //   C 16 x 8:  c_i (i = 0..3),  row group + 8 [i >= 2], col 2 tig + (i % 2)
-            double A[16][16], Bt[8][16], C[16][8];
+            double A[16][16], B[16][8], C[16][8];
             const float* to_float = op.op == Op::MmaBF16 ? bf16_table() : half_table();
             for (int l = 0; l < 32; ++l) {
                 const int g = l / 4, tig = l % 4;
@@ -512,19 +523,21 @@ void execute(Thread& t, Warp& w, WarpOp& op) {
                 for (int i = 0; i < 8; ++i)
                     A[g + 8 * ((i % 4) >= 2)][2 * tig + (i % 2) + 8 * (i >= 4)] = to_float[(uint16_t)(a.a[i / 2] >> (16 * (i % 2)))];
                 for (int i = 0; i < 4; ++i)
-                    Bt[g][2 * tig + (i % 2) + 8 * (i >= 2)] = to_float[(uint16_t)(a.b[i / 2] >> (16 * (i % 2)))];
+                    B[2 * tig + (i % 2) + 8 * (i >= 2)][g] = to_float[(uint16_t)(a.b[i / 2] >> (16 * (i % 2)))];
                 for (int i = 0; i < 4; ++i) C[g + 8 * (i >= 2)][2 * tig + (i % 2)] = a.c[i];
             }
             // Products of 16-bit floats are exact in double and the sum of 16 of them nearly so; the
             // result is rounded to f32 once (the tensor cores' internal rounding differs in the last
             // bits: compare with tolerances).
+            // k outermost per row, n innermost: every output sums its k terms in order, and the n loop
+            // vectorizes without reassociation.
             float D[16][8];
-            for (int r = 0; r < 16; ++r)
-                for (int n = 0; n < 8; ++n) {
-                    double s = 0.0;
-                    for (int k = 0; k < 16; ++k) s += A[r][k] * Bt[n][k];
-                    D[r][n] = (float)(s + C[r][n]);
-                }
+            for (int r = 0; r < 16; ++r) {
+                double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+                for (int k = 0; k < 16; ++k)
+                    for (int n = 0; n < 8; ++n) s[n] += A[r][k] * B[k][n];
+                for (int n = 0; n < 8; ++n) D[r][n] = (float)(s[n] + C[r][n]);
+            }
             for (int l = 0; l < 32; ++l) {
                 const int g = l / 4, tig = l % 4;
                 for (int i = 0; i < 4; ++i) op.args[l]->c[i] = D[g + 8 * (i >= 2)][2 * tig + (i % 2)];
