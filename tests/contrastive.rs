@@ -589,7 +589,7 @@ fn gpu_forward_errors() {
 /// The backward's own argument checks, on both backends: the upstream's length, and a context from
 /// another backend.
 #[test]
-fn backward_errors() {
+fn backward_errors_cpu_and_gpu() {
     let x: Matrix<f16> = random_matrix(4, 8, 1);
     let inputs = LossInputs::new(&x, &[0, 1, 0, 1]);
     let loss = ContrastiveLoss::nt_xent(0.5);
@@ -598,7 +598,7 @@ fn backward_errors() {
     let per_anchor = loss.with_reduction(Reduction::PerAnchor);
     let (_, ctx) = per_anchor.forward(&Backend::Cpu, &inputs).unwrap();
     assert_eq!(shape_arg(per_anchor.backward(&Backend::Cpu, &inputs, ctx, &[1.0])), "upstream");
-    if let Some(gpu) = gpu_or_skip("backward_errors (GPU half)") {
+    if let Some(gpu) = gpu_or_skip("backward_errors_cpu_and_gpu (GPU half)") {
         let (_, ctx) = loss.forward(&Backend::Cpu, &inputs).unwrap();
         assert_eq!(invalid_arg(loss.backward(&Backend::Gpu(gpu), &inputs, ctx, &[1.0])), "context");
     }
