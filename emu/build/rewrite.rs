@@ -395,6 +395,13 @@ mod tests {
     }
 
     #[test]
+    fn every_module_is_registered() {
+        let all = all_modules(&["topk".into(), "mlp".into()]);
+        assert!(all.contains("extern \"C\" void ckemu_module_topk(void);"), "{all}");
+        assert!(all.contains("void ckemu_register_all_modules(void) {\n    ckemu_module_topk();\n    ckemu_module_mlp();\n}"), "{all}");
+    }
+
+    #[test]
     fn kernels_need_c_linkage() {
         let e = rewrite("__global__ void k(int n) {}").unwrap_err();
         assert!(e.contains("extern \"C\""), "{e}");

@@ -2,21 +2,12 @@
 //! (copies past an allocation, double frees, zero-byte allocations, launches over the device's or
 //! the kernel's limits), and the entry points it does not implement.
 
-use std::ffi::{c_int, c_uint, c_void, CStr, CString};
+use std::ffi::{c_int, c_void, CStr, CString};
 
 use ckemu::driver::*;
 
-fn function(name: &str) -> CUfunction {
-    static IMAGE: u8 = 0;
-    let cname = CString::new(name).unwrap();
-    let (mut module, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
-    unsafe {
-        assert_eq!(cuInit(0), CUDA_SUCCESS);
-        assert_eq!(cuModuleLoadData(&mut module, &IMAGE as *const u8 as *const c_void), CUDA_SUCCESS);
-        assert_eq!(cuModuleGetFunction(&mut f, module, cname.as_ptr()), CUDA_SUCCESS, "{name}");
-    }
-    f
-}
+mod common;
+use common::{function, launch_fn as launch};
 
 #[test]
 fn the_device_is_an_sm90_like_cpu_emulator() {
@@ -69,10 +60,6 @@ fn memory_misuse_is_rejected() {
         assert_eq!(cuMemGetInfo_v2(&mut free, &mut total), CUDA_SUCCESS);
         assert!(free > 0 && free <= total);
     }
-}
-
-fn launch(f: CUfunction, block: c_uint, shared: c_uint, args: &mut [*mut c_void]) -> ckemu::CUresult {
-    unsafe { cuLaunchKernel(f, 1, 1, 1, block, 1, 1, shared, std::ptr::null_mut(), args.as_mut_ptr(), std::ptr::null_mut()) }
 }
 
 #[test]

@@ -9,67 +9,14 @@
 // Loops over lanes and register indices are how the ISA's tables are written.
 #![allow(clippy::needless_range_loop)]
 
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::{c_int, c_void};
 use std::sync::Mutex;
 
 use ckemu::driver::*;
 use ckemu::CUresult;
 
-// ---------------------------------------------------------------------------------------------
-// Driver helpers
-
-fn check(what: &str, r: CUresult) {
-    assert_eq!(r, CUDA_SUCCESS, "{what} returned {r}");
-}
-
-/// A device buffer holding a copy of `data`, freed on drop.
-struct Buf {
-    ptr: CUdeviceptr,
-    bytes: usize,
-}
-
-impl Buf {
-    fn new<T: Copy>(data: &[T]) -> Buf {
-        let bytes = std::mem::size_of_val(data);
-        let mut ptr = 0;
-        unsafe {
-            check("cuMemAlloc", cuMemAlloc_v2(&mut ptr, bytes));
-            check("cuMemcpyHtoD", cuMemcpyHtoD_v2(ptr, data.as_ptr() as *const c_void, bytes));
-        }
-        Buf { ptr, bytes }
-    }
-    fn read<T: Copy + Default>(&self) -> Vec<T> {
-        let mut v = vec![T::default(); self.bytes / std::mem::size_of::<T>()];
-        unsafe { check("cuMemcpyDtoH", cuMemcpyDtoH_v2(v.as_mut_ptr() as *mut c_void, self.ptr, self.bytes)) };
-        v
-    }
-}
-
-impl Drop for Buf {
-    fn drop(&mut self) {
-        check("cuMemFree", cuMemFree_v2(self.ptr));
-    }
-}
-
-/// Launches kernel `name` on one block of `threads` threads; `args` are pointers to the argument values.
-fn launch(name: &str, threads: u32, args: &mut [*mut c_void]) -> CUresult {
-    static IMAGE: u8 = 0; // the emulator resolves kernels by name from any non-null image
-    let cname = CString::new(name).unwrap();
-    let (mut module, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
-    unsafe {
-        check("cuInit", cuInit(0));
-        check("cuModuleLoadData", cuModuleLoadData(&mut module, &IMAGE as *const u8 as *const c_void));
-        check("cuModuleGetFunction", cuModuleGetFunction(&mut f, module, cname.as_ptr()));
-        let r =
-            cuLaunchKernel(f, 1, 1, 1, threads, 1, 1, 0, std::ptr::null_mut(), args.as_mut_ptr(), std::ptr::null_mut());
-        check("cuModuleUnload", cuModuleUnload(module));
-        r
-    }
-}
-
-fn arg<T>(v: &mut T) -> *mut c_void {
-    v as *mut T as *mut c_void
-}
+mod common;
+use common::{arg, check, launch, Buf};
 
 // ---------------------------------------------------------------------------------------------
 // ldmatrix.sync.aligned.m8n8.x4[.trans].shared.b16

@@ -1,51 +1,20 @@
 //! The library's device functions (kernels/common/*.cuh) on edge cases, through the emulator
 //! (kernels: emu/kernels/units.cu). Expected values follow the functions' documented contracts.
 
-use std::ffi::{c_int, c_void, CString};
+use std::ffi::{c_int, c_void};
 
-use ckemu::driver::*;
-
-fn alloc<T: Copy>(data: &[T]) -> CUdeviceptr {
-    let mut p = 0;
-    unsafe {
-        assert_eq!(cuMemAlloc_v2(&mut p, std::mem::size_of_val(data)), CUDA_SUCCESS);
-        assert_eq!(cuMemcpyHtoD_v2(p, data.as_ptr() as *const c_void, std::mem::size_of_val(data)), CUDA_SUCCESS);
-    }
-    p
-}
-
-fn read<T: Copy + Default>(p: CUdeviceptr, n: usize) -> Vec<T> {
-    let mut v = vec![T::default(); n];
-    unsafe {
-        assert_eq!(cuMemcpyDtoH_v2(v.as_mut_ptr() as *mut c_void, p, n * std::mem::size_of::<T>()), CUDA_SUCCESS);
-        assert_eq!(cuMemFree_v2(p), CUDA_SUCCESS);
-    }
-    v
-}
+mod common;
+use common::{arg, check, Buf};
 
 fn launch(name: &str, args: &mut [*mut c_void]) {
-    static IMAGE: u8 = 0;
-    let cname = CString::new(name).unwrap();
-    let (mut module, mut f) = (std::ptr::null_mut(), std::ptr::null_mut());
-    unsafe {
-        assert_eq!(cuInit(0), CUDA_SUCCESS);
-        assert_eq!(cuModuleLoadData(&mut module, &IMAGE as *const u8 as *const c_void), CUDA_SUCCESS);
-        assert_eq!(cuModuleGetFunction(&mut f, module, cname.as_ptr()), CUDA_SUCCESS);
-        let r = cuLaunchKernel(f, 1, 1, 1, 32, 1, 1, 0, std::ptr::null_mut(), args.as_mut_ptr(), std::ptr::null_mut());
-        assert_eq!(r, CUDA_SUCCESS, "{name}");
-        cuModuleUnload(module);
-    }
-}
-
-fn arg<T>(v: &mut T) -> *mut c_void {
-    v as *mut T as *mut c_void
+    check(name, common::launch(name, 32, args));
 }
 
 fn find_bucket(hist: &[u32; 256], want: u32) -> (i32, u32, u32) {
-    let (mut h, mut out, mut w) = (alloc(hist), alloc(&[0i32; 3]), want);
-    launch("ckemu_unit_find_bucket", &mut [arg(&mut h), arg(&mut w), arg(&mut out)]);
-    unsafe { cuMemFree_v2(h) };
-    let v: Vec<i32> = read(out, 3);
+    let (h, out) = (Buf::new(hist), Buf::new(&[0i32; 3]));
+    let (mut hp, mut op, mut w) = (h.ptr, out.ptr, want);
+    launch("ckemu_unit_find_bucket", &mut [arg(&mut hp), arg(&mut w), arg(&mut op)]);
+    let v: Vec<i32> = out.read();
     (v[0], v[1] as u32, v[2] as u32)
 }
 
@@ -87,10 +56,9 @@ fn find_bucket_inside_and_past_the_keys() {
 fn select_kth_with_k_past_n() {
     let keys: Vec<u64> = vec![(9 << 32) | 5, (3 << 32) | 1, (7 << 32) | 2, (3 << 32) | 4];
     for (k, want) in [(1, keys[0]), (2, keys[2]), (4, keys[1]), (5, keys[1]), (40, keys[1])] {
-        let (mut kp, mut out) = (alloc(&keys), alloc(&[0u64]));
-        let (mut n, mut kk) = (keys.len() as c_int, k as c_int);
-        launch("ckemu_unit_select_kth", &mut [arg(&mut kp), arg(&mut n), arg(&mut kk), arg(&mut out)]);
-        unsafe { cuMemFree_v2(kp) };
-        assert_eq!(read::<u64>(out, 1)[0], want, "k {k}");
+        let (kb, out) = (Buf::new(&keys), Buf::new(&[0u64]));
+        let (mut kp, mut op, mut n, mut kk) = (kb.ptr, out.ptr, keys.len() as c_int, k as c_int);
+        launch("ckemu_unit_select_kth", &mut [arg(&mut kp), arg(&mut n), arg(&mut kk), arg(&mut op)]);
+        assert_eq!(out.read::<u64>()[0], want, "k {k}");
     }
 }
