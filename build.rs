@@ -11,14 +11,18 @@
 //! * Without nvcc the build still succeeds (with a `cargo:warning`); the GPU backend then
 //!   reports "built without CUDA kernels: ..." and the CPU backend works.
 
+#[path = "build_support/cuda.rs"]
+mod cuda;
+
 use std::env;
 use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use cuda::{find_nvcc, toolchain_dir};
+
 const DEFAULT_ARCHS: &str = "compute_80,sm_90,sm_90a";
-const TOOLCHAIN_VERSION_DIR: &str = "cuda-13.0.88";
 
 fn main() {
     for var in [
@@ -35,6 +39,7 @@ fn main() {
     }
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build.rs");
+    println!("cargo:rerun-if-changed=build_support/cuda.rs");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernel_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("kernels");
@@ -124,34 +129,6 @@ fn gencode_flags(archs: &str) -> Result<Vec<String>, String> {
         return Err("no architecture given".into());
     }
     Ok(flags)
-}
-
-fn toolchain_dir() -> PathBuf {
-    if let Ok(dir) = env::var("CONTRASTIVE_KERNELS_TOOLCHAIN") {
-        return PathBuf::from(dir);
-    }
-    let cache = env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache"));
-    cache.join("contrastive-kernels").join(TOOLCHAIN_VERSION_DIR)
-}
-
-fn find_nvcc() -> Option<PathBuf> {
-    let mut candidates: Vec<PathBuf> = Vec::new();
-    if let Ok(nvcc) = env::var("NVCC") {
-        candidates.push(nvcc.into());
-    }
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Ok(root) = env::var(var) {
-            candidates.push(Path::new(&root).join("bin").join("nvcc"));
-        }
-    }
-    if let Some(path) = env::var_os("PATH") {
-        candidates.extend(env::split_paths(&path).map(|dir| dir.join("nvcc")));
-    }
-    candidates.push("/usr/local/cuda/bin/nvcc".into());
-    candidates.push(toolchain_dir().join("nvidia/cu13/bin/nvcc"));
-    candidates.into_iter().find(|p| p.is_file())
 }
 
 fn nvcc_version(nvcc: &Path) -> String {

@@ -17,6 +17,8 @@
 
 #[path = "build/rewrite.rs"]
 mod rewrite;
+#[path = "../build_support/cuda.rs"]
+mod cuda;
 
 use std::env;
 use std::fs;
@@ -24,10 +26,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
 
-const TOOLCHAIN_VERSION_DIR: &str = "cuda-13.0.88";
-
 fn main() {
-    for var in ["CKEMU_KERNELS_DIR", "CKEMU_SANITIZE", "CXX", "CUDA_HOME", "CUDA_PATH", "PATH", "HOME", "XDG_CACHE_HOME", "CONTRASTIVE_KERNELS_TOOLCHAIN"] {
+    for var in ["CKEMU_KERNELS_DIR", "CKEMU_SANITIZE", "CXX", "NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "HOME", "XDG_CACHE_HOME", "CONTRASTIVE_KERNELS_TOOLCHAIN"] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -36,6 +36,7 @@ fn main() {
         .map(PathBuf::from)
         .unwrap_or_else(|_| manifest.join("../kernels"));
     let kernels_dir = kernels_dir.canonicalize().unwrap_or_else(|e| panic!("kernels folder {}: {e}", kernels_dir.display()));
+    println!("cargo:rerun-if-changed={}", manifest.join("../build_support/cuda.rs").display());
     for dir in [manifest.join("include/ckemu"), manifest.join("src"), manifest.join("build"), manifest.join("kernels"), kernels_dir.clone(), kernels_dir.join("common")] {
         println!("cargo:rerun-if-changed={}", dir.display());
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
@@ -43,7 +44,7 @@ fn main() {
         }
     }
 
-    let cuda_include = cuda_include().unwrap_or_else(|| {
+    let cuda_include = cuda::cuda_include().unwrap_or_else(|| {
         panic!(
             "the CUDA headers (cuda_fp16.h, vector_types.h) were not found: run `bash scripts/install-cuda-toolchain.sh` \
              or set CUDA_PATH"
@@ -199,36 +200,6 @@ fn run(cmd: &mut Command) -> Result<String, String> {
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }
-
-fn toolchain_dir() -> PathBuf {
-    if let Ok(dir) = env::var("CONTRASTIVE_KERNELS_TOOLCHAIN") {
-        return PathBuf::from(dir);
-    }
-    let cache = env::var("XDG_CACHE_HOME")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env::var("HOME").unwrap_or_else(|_| "/root".into())).join(".cache"));
-    cache.join("contrastive-kernels").join(TOOLCHAIN_VERSION_DIR)
-}
-
-fn cuda_include() -> Option<PathBuf> {
-    let mut roots: Vec<PathBuf> = Vec::new();
-    for var in ["CUDA_HOME", "CUDA_PATH"] {
-        if let Ok(r) = env::var(var) {
-            roots.push(r.into());
-        }
-    }
-    if let Some(path) = env::var_os("PATH") {
-        for dir in env::split_paths(&path) {
-            if dir.join("nvcc").is_file() {
-                roots.push(dir.join(".."));
-            }
-        }
-    }
-    roots.push("/usr/local/cuda".into());
-    roots.push(toolchain_dir().join("nvidia/cu13"));
-    roots.into_iter().map(|r| r.join("include")).find(|inc| inc.join("cuda_fp16.h").is_file() && inc.join("vector_types.h").is_file())
-}
-
 /// stubs.rs: every entry point of src/api/{driver,cublas}.txt that src/*.rs does not define, as a
 /// function that logs its name and returns CUDA_ERROR_NOT_SUPPORTED / CUBLAS_STATUS_NOT_SUPPORTED
 /// (instead of cudarc's "Missing symbol" panic). Their parameters are ignored: every entry point

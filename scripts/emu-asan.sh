@@ -5,7 +5,7 @@
 # the dynamic shared memory (each has poisoned gaps around it) stops the test with a report naming
 # the kernel, block and thread. Clean means: every test passes and no AddressSanitizer report.
 #
-#   bash scripts/emu-asan.sh              # every test whose name contains "gpu", all test binaries
+#   bash scripts/emu-asan.sh              # every test whose name contains "gpu", all test binaries (--tests)
 #   bash scripts/emu-asan.sh --test topk  # extra arguments go to `cargo test` (default filter: gpu)
 #
 # The Rust test binaries are not instrumented; libasan is preloaded so the instrumented kernels find
@@ -20,7 +20,11 @@ asan_rt="$(g++ -print-file-name=libasan.so)"
 [ -f "$asan_rt" ] || { echo "emu-asan: libasan.so not found (g++ -print-file-name=libasan.so gave $asan_rt)" >&2; exit 1; }
 
 args=("$@")
-[ "${#args[@]}" -eq 0 ] && args=(-- gpu)
+# --tests: the lib's and tests/*.rs' test binaries, not the doctests (rustdoc itself does not run
+# with libasan preloaded, and no doctest touches a GPU).
+[ "${#args[@]}" -eq 0 ] && args=(--tests -- gpu)
+# Build first without the preload: only the test binaries run with it.
+cargo test --release --no-run --tests >/dev/null 2>&1 || cargo test --release --no-run --tests
 
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT
