@@ -123,7 +123,7 @@ fn gpu_c_example_builds_and_runs() {
     if contrastive_kernels::Gpu::first().is_ok() || require_gpu {
         let line = stdout.lines().find(|l| l.starts_with("NT-Xent loss")).unwrap_or_else(|| panic!("no loss line:\n{stdout}"));
         // "NT-Xent loss L, |d loss / d x| G"
-        let numbers: Vec<f64> = line.split(|c: char| c == ' ' || c == ',').filter_map(|w| w.parse().ok()).collect();
+        let numbers: Vec<f64> = line.split([' ', ',']).filter_map(|w| w.parse().ok()).collect();
         let (want_loss, want_norm) = c_example_oracle();
         assert!((numbers[0] - want_loss).abs() <= 1e-5 * (1.0 + want_loss.abs()), "{line}: loss, oracle {want_loss}");
         assert!((numbers[1] - want_norm).abs() <= 1e-4 * want_norm + 1e-6, "{line}: gradient norm, oracle {want_norm}");

@@ -190,12 +190,11 @@ pub unsafe extern "C" fn cublasGemmEx(
     let (lda, ldb, ldc) = (lda as usize, ldb as usize, ldc as usize);
     let es = elem_size(a_type).unwrap();
     let span = |ld: usize, rows: usize, cols: usize| if cols == 0 { 0 } else { ld * (cols - 1) + rows };
-    if k > 0 {
-        if check_range(a as u64, span(lda, a_rows, a_cols) * es, "cublasGemmEx", "A").is_err()
-            || check_range(b as u64, span(ldb, b_rows, b_cols) * es, "cublasGemmEx", "B").is_err()
-        {
-            return CUBLAS_STATUS_INVALID_VALUE;
-        }
+    if k > 0
+        && (check_range(a as u64, span(lda, a_rows, a_cols) * es, "cublasGemmEx", "A").is_err()
+            || check_range(b as u64, span(ldb, b_rows, b_cols) * es, "cublasGemmEx", "B").is_err())
+    {
+        return CUBLAS_STATUS_INVALID_VALUE;
     }
     if check_range(c as u64, span(ldc, m, n) * 4, "cublasGemmEx", "C").is_err() {
         return CUBLAS_STATUS_INVALID_VALUE;
