@@ -156,12 +156,7 @@ fn compile(nvcc: &Path, src: &Path, include: &Path, out: &Path, gencode: &[Strin
         .unwrap_or_else(|e| panic!("could not run {}: {e}", nvcc.display()));
     let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
     if !output.status.success() {
-        panic!(
-            "nvcc failed on {} (warnings are errors)\n{}{}",
-            src.display(),
-            String::from_utf8_lossy(&output.stdout),
-            stderr
-        );
+        panic!("nvcc failed on {} (warnings are errors)\n{}{}", src.display(), String::from_utf8_lossy(&output.stdout), stderr);
     }
     stderr
 }

@@ -19,7 +19,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use contrastive_kernels::bench::{calls_ms, fused_call, gib, median_call_us, mib, unfused_call, unfused_fits, BenchInputs, BenchLoss, DevicePeaks, Pass};
+use contrastive_kernels::bench::{
+    calls_ms, fused_call, gib, median_call_us, mib, unfused_call, unfused_fits, BenchInputs, BenchLoss, DevicePeaks, Pass,
+};
 use contrastive_kernels::cudarc::driver::CudaStream;
 use contrastive_kernels::ops::contrastive::{forward_device, fused_extra_bytes, unfused};
 use contrastive_kernels::{bf16, f16, DType, Error, FloatElement, Gpu};
@@ -138,9 +140,13 @@ fn bench_case<T: FloatElement>(
         let flops = pass.gemm_equivalents() * 2.0 * (n * n * d) as f64;
         group.throughput(Throughput::Elements(flops as u64));
         let id = |path: &str| format!("{}/{path}/{}/{shape}", kind.name(), pass.name());
-        group.bench_function(id("fused"), |bencher| bencher.iter_custom(|iters| time_calls(stream, iters, || fused_call(gpu, &loss, &view, pass))));
+        group.bench_function(id("fused"), |bencher| {
+            bencher.iter_custom(|iters| time_calls(stream, iters, || fused_call(gpu, &loss, &view, pass)))
+        });
         if unfused_ok.is_ok() {
-            group.bench_function(id("unfused"), |bencher| bencher.iter_custom(|iters| time_calls(stream, iters, || unfused_call(gpu, &loss, &view, pass))));
+            group.bench_function(id("unfused"), |bencher| {
+                bencher.iter_custom(|iters| time_calls(stream, iters, || unfused_call(gpu, &loss, &view, pass)))
+            });
         }
         if is_timing_run() {
             let fused_us = median_call_us(stream, WARMUP_CALLS, SUMMARY_RUNS, || fused_call(gpu, &loss, &view, pass))?;
@@ -171,7 +177,10 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
     let peaks = DevicePeaks::of(gpu);
     let peak = peaks.tensor_tflops.unwrap_or(989.0);
     println!();
-    println!("losses summary on {}: median of {SUMMARY_RUNS} single-call CUDA-event timings after {WARMUP_CALLS} warm-up calls", peaks.device);
+    println!(
+        "losses summary on {}: median of {SUMMARY_RUNS} single-call CUDA-event timings after {WARMUP_CALLS} warm-up calls",
+        peaks.device
+    );
     println!("TFLOP/s convention (issue 3): 2*N*N*D per GEMM-equivalent; fwd = 1 GEMM-equivalent, fwd_bwd = 4 (2 forward-and-recompute, 2 for dZ)");
     println!("%peak: of {peak} TFLOP/s dense f16/bf16 (H100 SXM, DESIGN.md section 6); ratio = unfused time / fused time");
     println!("MiB: peak extra device memory beyond inputs and gradients (fused: O(n d); unfused: S f32 + G in T + O(n d))");
@@ -185,7 +194,12 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
     for row in rows {
         let tf = |us: f64| row.flops / (us * 1e-6) / 1e12;
         let (unf_us, ratio, unf_tf, unf_pct) = match row.unfused_us {
-            Some(us) => (format!("{us:.1}"), format!("{:.2}", us / row.fused_us), format!("{:.1}", tf(us)), format!("{:.1}%", 100.0 * tf(us) / peak)),
+            Some(us) => (
+                format!("{us:.1}"),
+                format!("{:.2}", us / row.fused_us),
+                format!("{:.1}", tf(us)),
+                format!("{:.1}%", 100.0 * tf(us) / peak),
+            ),
             None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
         };
         let unf_mem = match &row.unfused {

@@ -17,9 +17,7 @@ use contrastive_kernels::cudarc::driver::sys::CUevent_flags;
 use contrastive_kernels::cudarc::driver::{sys::CUdeviceptr, CudaStream, DevicePtr, DevicePtrMut};
 use contrastive_kernels::ops::similarity::similarity_raw;
 use contrastive_kernels::rng::SplitMix64;
-use contrastive_kernels::{
-    bf16, f16, DType, DeviceMatrix, FloatElement, Gpu, Matrix, RawMatrix, SimilarityOptions,
-};
+use contrastive_kernels::{bf16, f16, DType, DeviceMatrix, FloatElement, Gpu, Matrix, RawMatrix, SimilarityOptions};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};
 
@@ -161,13 +159,7 @@ fn bench_case<T: FloatElement, TOut: FloatElement>(
     };
     let out_bytes = (M * N * TOut::DTYPE.size_bytes()) as f64;
     case.release(gpu)?;
-    Ok(SummaryRow {
-        id,
-        flops: (2 * M * N * d) as f64,
-        out_bytes,
-        fused_us,
-        blas_us,
-    })
+    Ok(SummaryRow { id, flops: (2 * M * N * d) as f64, out_bytes, fused_us, blas_us })
 }
 
 impl<T: FloatElement, TOut: FloatElement> Case<T, TOut> {
@@ -293,32 +285,21 @@ fn blas_type(dtype: DType) -> blas_sys::cudaDataType {
     }
 }
 
-fn timing_event(
-    stream: &Arc<CudaStream>,
-) -> Result<contrastive_kernels::cudarc::driver::CudaEvent, BoxError> {
+fn timing_event(stream: &Arc<CudaStream>) -> Result<contrastive_kernels::cudarc::driver::CudaEvent, BoxError> {
     // CU_EVENT_DEFAULT: `None` would create the event with timing disabled.
     Ok(stream.record_event(Some(CUevent_flags::CU_EVENT_DEFAULT))?)
 }
 
 /// criterion's routine: GPU time of `iters` back-to-back launches. It cannot return an error,
 /// so a failed launch ends the bench loudly.
-fn time_launches(
-    stream: &Arc<CudaStream>,
-    iters: u64,
-    launch: impl FnMut() -> Result<(), BoxError>,
-) -> Duration {
-    let ms = launches_ms(stream, iters, launch)
-        .unwrap_or_else(|e| panic!("similarity bench: timed launches failed: {e}"));
+fn time_launches(stream: &Arc<CudaStream>, iters: u64, launch: impl FnMut() -> Result<(), BoxError>) -> Duration {
+    let ms = launches_ms(stream, iters, launch).unwrap_or_else(|e| panic!("similarity bench: timed launches failed: {e}"));
     Duration::from_secs_f64(f64::from(ms) * 1e-3)
 }
 
 /// Milliseconds between two CUDA events around `iters` launches on the stream: host launch
 /// overhead overlaps the queued work instead of being counted.
-fn launches_ms(
-    stream: &Arc<CudaStream>,
-    iters: u64,
-    mut launch: impl FnMut() -> Result<(), BoxError>,
-) -> Result<f32, BoxError> {
+fn launches_ms(stream: &Arc<CudaStream>, iters: u64, mut launch: impl FnMut() -> Result<(), BoxError>) -> Result<f32, BoxError> {
     let start = timing_event(stream)?;
     for _ in 0..iters {
         launch()?;
@@ -328,10 +309,7 @@ fn launches_ms(
 }
 
 /// Median of SUMMARY_RUNS single-launch timings, in microseconds, after a warm-up.
-fn median_launch_us(
-    stream: &Arc<CudaStream>,
-    mut launch: impl FnMut() -> Result<(), BoxError>,
-) -> Result<f64, BoxError> {
+fn median_launch_us(stream: &Arc<CudaStream>, mut launch: impl FnMut() -> Result<(), BoxError>) -> Result<f64, BoxError> {
     for _ in 0..WARMUP_LAUNCHES {
         launch()?;
     }
@@ -347,32 +325,17 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
     let device = gpu.describe();
     println!();
     println!("similarity summary on {device}: median of {SUMMARY_RUNS} single-launch CUDA-event timings after {WARMUP_LAUNCHES} warm-up launches");
-    println!(
-        "peaks are H100 SXM figures from DESIGN.md section 6: {PEAK_TFLOPS} TFLOP/s dense f16/bf16, {PEAK_HBM_TBPS} TB/s HBM"
-    );
+    println!("peaks are H100 SXM figures from DESIGN.md section 6: {PEAK_TFLOPS} TFLOP/s dense f16/bf16, {PEAK_HBM_TBPS} TB/s HBM");
     if !device.contains("H100") && !device.contains("H200") {
         println!("note: this device is not an H100/H200; the % columns are still relative to the H100's peaks");
     } else if device.contains("H200") {
         println!("note: H200 has the same compute peak but 4.8 TB/s HBM; the write % is relative to the H100's 3.35 TB/s");
     }
-    println!(
-        "fused = normalize + GEMM + write S; cuBLAS = bare GEMM, no normalization (lower bound)"
-    );
-    println!(
-        "S-write = m*n*sizeof(out) / time as % of HBM peak (at d = 128 writing S is the bound)"
-    );
+    println!("fused = normalize + GEMM + write S; cuBLAS = bare GEMM, no normalization (lower bound)");
+    println!("S-write = m*n*sizeof(out) / time as % of HBM peak (at d = 128 writing S is the bound)");
     println!(
         "{:<28} {:>10} {:>10} {:>7} {:>9} {:>7} {:>9} {:>7} {:>9} {:>9}",
-        "case",
-        "fused us",
-        "cuBLAS us",
-        "ratio",
-        "fused TF",
-        "%peak",
-        "cuBLAS TF",
-        "%peak",
-        "fused wr",
-        "cuBLAS wr"
+        "case", "fused us", "cuBLAS us", "ratio", "fused TF", "%peak", "cuBLAS TF", "%peak", "fused wr", "cuBLAS wr"
     );
     for row in rows {
         let tflops = |us: f64| row.flops / (us * 1e-6) / 1e12;
@@ -386,13 +349,7 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
                 format!("{:.1}%", 100.0 * tflops(us) / PEAK_TFLOPS),
                 format!("{:.1}%", write_pct(us)),
             ),
-            None => (
-                "n/a".into(),
-                "n/a".into(),
-                "n/a".into(),
-                "n/a".into(),
-                "n/a".into(),
-            ),
+            None => ("n/a".into(), "n/a".into(), "n/a".into(), "n/a".into(), "n/a".into()),
         };
         println!(
             "{:<28} {:>10.1} {:>10} {:>7} {:>9.1} {:>7} {:>9} {:>7} {:>9} {:>9}",

@@ -180,7 +180,15 @@ fn gemm_only(blas: &CudaBlas, q: u64, b: u64, out: u64, nb: usize, d: usize) -> 
 
 /// Fused vs unfused on CHECK_QUERIES queries: (slots whose index differs, slots compared).
 /// Differences are expected only where similarities tie within f32 accumulation error.
-fn compare(gpu: &Gpu, blas: &CudaBlas, q: &DeviceMatrix<f16>, bank: &DeviceMatrix<f16>, values: &CudaSlice<f32>, indices: &CudaSlice<i32>, opts: &TopKOptions) -> Result<(usize, usize), BoxError> {
+fn compare(
+    gpu: &Gpu,
+    blas: &CudaBlas,
+    q: &DeviceMatrix<f16>,
+    bank: &DeviceMatrix<f16>,
+    values: &CudaSlice<f32>,
+    indices: &CudaSlice<i32>,
+    opts: &TopKOptions,
+) -> Result<(usize, usize), BoxError> {
     let unfused = topk_unfused(gpu, blas, q, bank, opts)?.download(gpu)?;
     let stream = gpu.stream();
     let (fv, fi) = (stream.clone_dtoh(values)?, stream.clone_dtoh(indices)?);
@@ -230,12 +238,24 @@ fn summary(gpu: &Gpu, rows: &[Row]) {
     println!("fused = norms + fused similarity/selection + merge; unfused = norms + cuBLAS GEMM (f32 blocks) + plain top-k;");
     println!("GEMM = the same cuBLAS GEMM alone (f16 out, no norms, no selection). Targets at nb = 1M, d = 512:");
     println!("k = 50: unfused/fused >= 3 and fused/GEMM <= 1.5; k = 1000: fused/GEMM <= 3.");
-    println!("{:<34} {:>11} {:>11} {:>11} {:>13} {:>10} {:>12}", "case", "fused ms", "unfused ms", "GEMM ms", "unfused/fused", "fused/GEMM", "idx differ");
+    println!(
+        "{:<34} {:>11} {:>11} {:>11} {:>13} {:>10} {:>12}",
+        "case", "fused ms", "unfused ms", "GEMM ms", "unfused/fused", "fused/GEMM", "idx differ"
+    );
     let ms = |v: Option<f64>| v.map_or("n/a".to_string(), |us| format!("{:.2}", us / 1e3));
     for r in rows {
         let speedup = r.unfused_us.map_or("n/a".to_string(), |u| format!("{:.2}x", u / r.fused_us));
         let over = r.gemm_us.map_or("n/a".to_string(), |g| format!("{:.2}x", r.fused_us / g));
         let differ = r.mismatches.map_or("n/a".to_string(), |(d, t)| format!("{d}/{t}"));
-        println!("{:<34} {:>11.2} {:>11} {:>11} {:>13} {:>10} {:>12}", r.id, r.fused_us / 1e3, ms(r.unfused_us), ms(r.gemm_us), speedup, over, differ);
+        println!(
+            "{:<34} {:>11.2} {:>11} {:>11} {:>13} {:>10} {:>12}",
+            r.id,
+            r.fused_us / 1e3,
+            ms(r.unfused_us),
+            ms(r.gemm_us),
+            speedup,
+            over,
+            differ
+        );
     }
 }

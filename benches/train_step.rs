@@ -69,7 +69,12 @@ fn setup(gpu: &Gpu, batch: usize) -> std::result::Result<Setup, BoxError> {
 }
 
 /// The loss forward + backward on the encoder's output; returns dLoss/dOutput.
-fn loss_step(gpu: &Gpu, path: Path, z: &DeviceMatrix<f16>, instance: &contrastive_kernels::cudarc::driver::CudaSlice<i32>) -> Result<DeviceMatrix<f16>> {
+fn loss_step(
+    gpu: &Gpu,
+    path: Path,
+    z: &DeviceMatrix<f16>,
+    instance: &contrastive_kernels::cudarc::driver::CudaSlice<i32>,
+) -> Result<DeviceMatrix<f16>> {
     let loss = ContrastiveLoss::nt_xent(0.5);
     let inputs = DeviceLossInputs::new(z, instance);
     let grads = match path {

@@ -15,10 +15,10 @@
 //!   finds nvcc: `$CUDA_HOME`, `$CUDA_PATH`, nvcc on `PATH`, /usr/local/cuda, then the toolchain
 //!   of scripts/install-cuda-toolchain.sh.
 
-#[path = "build/rewrite.rs"]
-mod rewrite;
 #[path = "../build_support/cuda.rs"]
 mod cuda;
+#[path = "build/rewrite.rs"]
+mod rewrite;
 
 use std::env;
 use std::fs;
@@ -27,17 +27,33 @@ use std::process::Command;
 use std::sync::Mutex;
 
 fn main() {
-    for var in ["CKEMU_KERNELS_DIR", "CKEMU_SANITIZE", "CXX", "NVCC", "CUDA_HOME", "CUDA_PATH", "PATH", "HOME", "XDG_CACHE_HOME", "CONTRASTIVE_KERNELS_TOOLCHAIN"] {
+    for var in [
+        "CKEMU_KERNELS_DIR",
+        "CKEMU_SANITIZE",
+        "CXX",
+        "NVCC",
+        "CUDA_HOME",
+        "CUDA_PATH",
+        "PATH",
+        "HOME",
+        "XDG_CACHE_HOME",
+        "CONTRASTIVE_KERNELS_TOOLCHAIN",
+    ] {
         println!("cargo:rerun-if-env-changed={var}");
     }
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let out = PathBuf::from(env::var("OUT_DIR").unwrap());
-    let kernels_dir = env::var("CKEMU_KERNELS_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| manifest.join("../kernels"));
+    let kernels_dir = env::var("CKEMU_KERNELS_DIR").map(PathBuf::from).unwrap_or_else(|_| manifest.join("../kernels"));
     let kernels_dir = kernels_dir.canonicalize().unwrap_or_else(|e| panic!("kernels folder {}: {e}", kernels_dir.display()));
     println!("cargo:rerun-if-changed={}", manifest.join("../build_support/cuda.rs").display());
-    for dir in [manifest.join("include/ckemu"), manifest.join("src"), manifest.join("build"), manifest.join("kernels"), kernels_dir.clone(), kernels_dir.join("common")] {
+    for dir in [
+        manifest.join("include/ckemu"),
+        manifest.join("src"),
+        manifest.join("build"),
+        manifest.join("kernels"),
+        kernels_dir.clone(),
+        kernels_dir.join("common"),
+    ] {
         println!("cargo:rerun-if-changed={}", dir.display());
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {
             println!("cargo:rerun-if-changed={}", e.path().display());
@@ -168,12 +184,7 @@ fn compile_kernel(
     path: &Path,
 ) -> Result<PathBuf, String> {
     let header = manifest.join("include/ckemu/cuda.h");
-    let pre = run(Command::new(cxx)
-        .args(["-E", "-std=gnu++17", "-x", "c++"])
-        .args(include_flags)
-        .arg("-include")
-        .arg(&header)
-        .arg(path))?;
+    let pre = run(Command::new(cxx).args(["-E", "-std=gnu++17", "-x", "c++"]).args(include_flags).arg("-include").arg(&header).arg(path))?;
     let rewritten = rewrite::rewrite(&pre).map_err(|e| format!("{}: {e}", path.display()))?;
     if rewritten.kernels.is_empty() {
         return Err(format!("{}: no extern \"C\" __global__ kernel found", path.display()));
@@ -192,11 +203,7 @@ fn compile_kernel(
 fn run(cmd: &mut Command) -> Result<String, String> {
     let output = cmd.output().map_err(|e| format!("could not run {cmd:?}: {e}"))?;
     if !output.status.success() {
-        return Err(format!(
-            "{cmd:?} failed:\n{}{}",
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        ));
+        return Err(format!("{cmd:?} failed:\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr)));
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())
 }

@@ -155,7 +155,10 @@ fn load(args: &Args) -> contrastive_kernels::Result<(Dataset, Dataset, DetectorC
         None => (args.data.clone(), None),
     };
     let need_dir = |what: &str| {
-        dir.clone().ok_or_else(|| contrastive_kernels::Error::InvalidArgument { arg: "data", reason: format!("{what} needs a folder: --data {what}:DIR") })
+        dir.clone().ok_or_else(|| contrastive_kernels::Error::InvalidArgument {
+            arg: "data",
+            reason: format!("{what} needs a folder: --data {what}:DIR"),
+        })
     };
     let (train, test, cfg) = match source.as_str() {
         "digits" => {
@@ -172,7 +175,10 @@ fn load(args: &Args) -> contrastive_kernels::Result<(Dataset, Dataset, DetectorC
             (cifar10::load_dir(&d, true)?, cifar10::load_dir(&d, false)?, DetectorConfig::images(args.loss, Augment::cifar()))
         }
         other => {
-            return Err(contrastive_kernels::Error::InvalidArgument { arg: "data", reason: format!("unknown source `{other}` (digits, mnist:DIR, fashion:DIR, cifar10:DIR)") })
+            return Err(contrastive_kernels::Error::InvalidArgument {
+                arg: "data",
+                reason: format!("unknown source `{other}` (digits, mnist:DIR, fashion:DIR, cifar10:DIR)"),
+            })
         }
     };
     let mut rng = contrastive_kernels::rng::SplitMix64::new(args.seed ^ 0x5EED);
@@ -259,8 +265,18 @@ fn run(args: &Args) -> contrastive_kernels::Result<()> {
     eprintln!("backend: {backend_line}");
     eprintln!(
         "data: {} ({} train / {} test images, {}x{}x{}); loss {} (tau {}); encoder {:?}; {} steps; scorer {} (k = {})",
-        train.name, train.len(), test.len(), train.shape.channels, train.shape.height, train.shape.width, cfg.loss.name(), cfg.temperature,
-        cfg.mlp_config(train.shape.len())?.widths, cfg.steps, cfg.scorer.name(), cfg.k
+        train.name,
+        train.len(),
+        test.len(),
+        train.shape.channels,
+        train.shape.height,
+        train.shape.width,
+        cfg.loss.name(),
+        cfg.temperature,
+        cfg.mlp_config(train.shape.len())?.widths,
+        cfg.steps,
+        cfg.scorer.name(),
+        cfg.k
     );
 
     // One progress line on stderr: steps done over all classes, throughput, last loss.
@@ -279,7 +295,14 @@ fn run(args: &Args) -> contrastive_kernels::Result<()> {
             let filled = width * st.0 / total_steps.max(1);
             eprint!(
                 "\r[{}{}] {}/{} steps  loss {:.4} (class {})  {:.0} rows/s  {:.0}s ",
-                "#".repeat(filled), ".".repeat(width - filled), st.0, total_steps, st.2, s.class, st.1 as f64 / secs, secs
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                st.0,
+                total_steps,
+                st.2,
+                s.class,
+                st.1 as f64 / secs,
+                secs
             );
             let _ = std::io::stderr().flush();
         }
@@ -298,14 +321,31 @@ fn run(args: &Args) -> contrastive_kernels::Result<()> {
 
 fn print_table(backend: &str, train: &Dataset, cfg: &DetectorConfig, results: &[ClassResult], elapsed: f64) {
     println!("backend: {backend}");
-    println!("data: {}, loss: {} (tau {}), {} steps per class, scorer {} (k = {}), seed {}", train.name, cfg.loss.name(), cfg.temperature, cfg.steps, cfg.scorer.name(), cfg.k, cfg.seed);
+    println!(
+        "data: {}, loss: {} (tau {}), {} steps per class, scorer {} (k = {}), seed {}",
+        train.name,
+        cfg.loss.name(),
+        cfg.temperature,
+        cfg.steps,
+        cfg.scorer.name(),
+        cfg.k,
+        cfg.seed
+    );
     println!();
     println!("| normal class | AUROC | AUPR | FPR@95 | raw-pixel AUROC | train / test normal / test anomalous | final loss |");
     println!("|---:|---:|---:|---:|---:|---|---:|");
     for r in results {
         println!(
             "| {} | {:.4} | {:.4} | {:.4} | {:.4} | {} / {} / {} | {:.4} |",
-            r.class, r.trained.auroc, r.trained.aupr, r.trained.fpr95, r.raw_pixels.auroc, r.train_images, r.test_normal, r.test_anomalies, r.final_loss
+            r.class,
+            r.trained.auroc,
+            r.trained.aupr,
+            r.trained.fpr95,
+            r.raw_pixels.auroc,
+            r.train_images,
+            r.test_normal,
+            r.test_anomalies,
+            r.final_loss
         );
     }
     let trained = Metrics::mean(&results.iter().map(|r| r.trained).collect::<Vec<_>>());
@@ -314,7 +354,10 @@ fn print_table(backend: &str, train: &Dataset, cfg: &DetectorConfig, results: &[
     println!();
     println!(
         "mean AUROC: trained features {:.4} vs raw pixels {:.4} ({:+.4}); {:.1} s in all",
-        trained.auroc, raw.auroc, trained.auroc - raw.auroc, elapsed
+        trained.auroc,
+        raw.auroc,
+        trained.auroc - raw.auroc,
+        elapsed
     );
 }
 

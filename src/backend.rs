@@ -2,12 +2,17 @@
 //! otherwise. Both paths validate with the same `ops::*::check*` functions.
 
 use crate::cpu;
+use crate::cpu::topk::TopK;
 use crate::dtype::FloatElement;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceMatrix, Gpu};
 use crate::matrix::Matrix;
-use crate::cpu::topk::TopK;
-use crate::ops::{self, kmeans::{KMeans, KMeansOptions}, similarity::SimilarityOptions, topk::TopKOptions};
+use crate::ops::{
+    self,
+    kmeans::{KMeans, KMeansOptions},
+    similarity::SimilarityOptions,
+    topk::TopKOptions,
+};
 
 #[derive(Clone, Debug)]
 pub enum Backend {
@@ -63,7 +68,12 @@ impl Backend {
     }
 
     /// S = scale * normalize(A) normalize(B)^T (in `TOut`).
-    pub fn similarity<T: FloatElement, TOut: FloatElement>(&self, a: &Matrix<T>, b: &Matrix<T>, opts: &SimilarityOptions) -> Result<Matrix<TOut>> {
+    pub fn similarity<T: FloatElement, TOut: FloatElement>(
+        &self,
+        a: &Matrix<T>,
+        b: &Matrix<T>,
+        opts: &SimilarityOptions,
+    ) -> Result<Matrix<TOut>> {
         ops::similarity::check((a.rows(), a.cols()), (b.rows(), b.cols()), opts)?;
         match self {
             Backend::Cpu => Ok(cpu::similarity::similarity(a, b, opts).cast()),

@@ -34,7 +34,10 @@ impl BenchLoss {
     }
 
     pub fn parse(s: &str) -> Result<Self> {
-        BenchLoss::ALL.into_iter().find(|l| l.name() == s).ok_or_else(|| Error::invalid("loss", format!("one of nt_xent, supcon, firm; got `{s}`")))
+        BenchLoss::ALL
+            .into_iter()
+            .find(|l| l.name() == s)
+            .ok_or_else(|| Error::invalid("loss", format!("one of nt_xent, supcon, firm; got `{s}`")))
     }
 
     /// The reference configurations: SimCLR's tau 0.5, SupContrast's 0.1 / 0.07, FIRM's 0.2.
@@ -200,10 +203,6 @@ impl DevicePeaks {
     pub fn of(gpu: &Gpu) -> Self {
         let device = gpu.describe();
         let hopper = device.contains("H100") || device.contains("H200");
-        DevicePeaks {
-            tensor_tflops: hopper.then_some(989.0),
-            exps_per_second: hopper.then_some(3.9e12),
-            device,
-        }
+        DevicePeaks { tensor_tflops: hopper.then_some(989.0), exps_per_second: hopper.then_some(3.9e12), device }
     }
 }

@@ -24,7 +24,9 @@ use cudarc::driver::{sys, CudaStream};
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{Gpu, RawMatrix};
-use crate::ops::contrastive::{self, ContrastiveLoss, EmptyPositives, Geometry, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream, Reduction};
+use crate::ops::contrastive::{
+    self, ContrastiveLoss, EmptyPositives, Geometry, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream, Reduction,
+};
 use crate::ops::kmeans::{KMeansMetric, KMeansOptions};
 use crate::ops::similarity::SimilarityOptions;
 use crate::ops::topk::{Exclusion, TopKOptions};
@@ -148,7 +150,8 @@ fn guard(f: impl FnOnce() -> Result<()>) -> i32 {
             status_of(&e)
         }
         Err(panic) => {
-            let what = panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            let what =
+                panic.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
             set_last_error(&format!("internal error (a bug in contrastive-kernels): {what}"));
             CK_ERR_INTERNAL
         }
@@ -306,7 +309,17 @@ pub unsafe extern "C" fn ck_stream_synchronize(device: i32, stream: *mut c_void)
 /// # Safety
 /// Pointers are device memory of `device` for the shapes given, valid until `stream` has run the work.
 #[no_mangle]
-pub unsafe extern "C" fn ck_l2_normalize(device: i32, stream: *mut c_void, x_dtype: i32, x: *const c_void, n: i64, d: i64, z_dtype: i32, z: *mut c_void, norms: *mut f32) -> i32 {
+pub unsafe extern "C" fn ck_l2_normalize(
+    device: i32,
+    stream: *mut c_void,
+    x_dtype: i32,
+    x: *const c_void,
+    n: i64,
+    d: i64,
+    z_dtype: i32,
+    z: *mut c_void,
+    norms: *mut f32,
+) -> i32 {
     guard(|| {
         let gpu = self::device(device)?;
         let (n, d) = (size("n", n)?, size("d", d)?);
@@ -322,7 +335,17 @@ pub unsafe extern "C" fn ck_l2_normalize(device: i32, stream: *mut c_void, x_dty
 /// # Safety
 /// As `ck_l2_normalize`.
 #[no_mangle]
-pub unsafe extern "C" fn ck_l2_normalize_backward(device: i32, stream: *mut c_void, x_dtype: i32, x: *const c_void, dz_dtype: i32, dz: *const c_void, dx: *mut c_void, n: i64, d: i64) -> i32 {
+pub unsafe extern "C" fn ck_l2_normalize_backward(
+    device: i32,
+    stream: *mut c_void,
+    x_dtype: i32,
+    x: *const c_void,
+    dz_dtype: i32,
+    dz: *const c_void,
+    dx: *mut c_void,
+    n: i64,
+    d: i64,
+) -> i32 {
     guard(|| {
         let gpu = self::device(device)?;
         let (n, d) = (size("n", n)?, size("d", d)?);
@@ -361,7 +384,14 @@ pub unsafe extern "C" fn ck_similarity(
         if mask_diagonal != 0 {
             opts = opts.mask_diagonal(diagonal_value);
         }
-        crate::ops::similarity::similarity_raw(&gpu, &stream_of(&gpu, stream), matrix(a, m, d, t), matrix(b, n, d, t), matrix(s, m, n, dtype("s_dtype", s_dtype)?), &opts)
+        crate::ops::similarity::similarity_raw(
+            &gpu,
+            &stream_of(&gpu, stream),
+            matrix(a, m, d, t),
+            matrix(b, n, d, t),
+            matrix(s, m, n, dtype("s_dtype", s_dtype)?),
+            &opts,
+        )
     })
 }
 
@@ -384,7 +414,9 @@ pub unsafe extern "C" fn ck_loss_preset(kind: i32, temperature: f32, extra: f32,
             CK_LOSS_OECL => ContrastiveLoss::oecl(temperature, extra),
             CK_LOSS_OUTLIER_EXPOSURE => ContrastiveLoss::outlier_exposure(temperature),
             CK_LOSS_CLUSTER_AWARE => ContrastiveLoss::cluster_aware(temperature),
-            _ => return Err(Error::invalid("kind", format!("loss kinds are CK_LOSS_NT_XENT (0) .. CK_LOSS_CLUSTER_AWARE (6); got {kind}"))),
+            _ => {
+                return Err(Error::invalid("kind", format!("loss kinds are CK_LOSS_NT_XENT (0) .. CK_LOSS_CLUSTER_AWARE (6); got {kind}")))
+            }
         };
         loss.validate()?;
         out.write(config_of(&loss));
@@ -560,7 +592,15 @@ pub unsafe extern "C" fn ck_topk(
             o => return Err(Error::invalid("exclude_offset", format!("-1 (none) or an offset >= 0, got {o}"))),
         };
         let opts = TopKOptions::new(k).normalized(normalized != 0).exclude(exclude);
-        crate::ops::topk::topk_raw(&gpu, &stream_of(&gpu, stream), matrix(queries, nq, d, t), matrix(bank, nb, d, t), values as u64, indices as u64, &opts)
+        crate::ops::topk::topk_raw(
+            &gpu,
+            &stream_of(&gpu, stream),
+            matrix(queries, nq, d, t),
+            matrix(bank, nb, d, t),
+            values as u64,
+            indices as u64,
+            &opts,
+        )
     })
 }
 
@@ -601,7 +641,14 @@ pub unsafe extern "C" fn ck_kmeans(
         let raw = matrix(x, n, d, t);
         raw.check_pointer("x")?;
         stream_of(&gpu, stream).synchronize().during("stream synchronize")?;
-        fn run<T: crate::FloatElement>(gpu: &Gpu, raw: RawMatrix, opts: &KMeansOptions, centroids: *mut c_void, assignment: *mut i32, objective: *mut f64) -> Result<()> {
+        fn run<T: crate::FloatElement>(
+            gpu: &Gpu,
+            raw: RawMatrix,
+            opts: &KMeansOptions,
+            centroids: *mut c_void,
+            assignment: *mut i32,
+            objective: *mut f64,
+        ) -> Result<()> {
             let mut copy = crate::gpu::DeviceMatrix::<T>::zeros(gpu, raw.rows, raw.cols)?;
             let bytes = raw.rows * raw.cols * std::mem::size_of::<T>();
             if bytes > 0 {
@@ -648,14 +695,23 @@ pub struct CkDetectionReport {
 /// # Safety
 /// The arrays hold their counts of doubles; `out` is valid to write.
 #[no_mangle]
-pub unsafe extern "C" fn ck_detection_report(inlier_scores: *const f64, n_inliers: i64, outlier_scores: *const f64, n_outliers: i64, out: *mut CkDetectionReport) -> i32 {
+pub unsafe extern "C" fn ck_detection_report(
+    inlier_scores: *const f64,
+    n_inliers: i64,
+    outlier_scores: *const f64,
+    n_outliers: i64,
+    out: *mut CkDetectionReport,
+) -> i32 {
     guard(|| {
         // SAFETY: the C contract above.
         let slice = |arg: &'static str, p: *const f64, n: i64| -> Result<&[f64]> { unsafe { host_slice(arg, p, size(arg, n)?) } };
         if out.is_null() {
             return Err(Error::invalid("out", "null pointer"));
         }
-        let r = crate::metrics::report(slice("inlier_scores", inlier_scores, n_inliers)?, slice("outlier_scores", outlier_scores, n_outliers)?)?;
+        let r = crate::metrics::report(
+            slice("inlier_scores", inlier_scores, n_inliers)?,
+            slice("outlier_scores", outlier_scores, n_outliers)?,
+        )?;
         out.write(CkDetectionReport { auroc: r.auroc, aupr: r.aupr, fpr_at_95_tpr: r.fpr_at_95_tpr });
         Ok(())
     })
@@ -688,10 +744,23 @@ unsafe fn host_matrix(arg: &'static str, p: *const f32, rows: i64, cols: i64) ->
 /// # Safety
 /// The host arrays hold their sizes; `out` holds `rows` doubles.
 #[no_mangle]
-pub unsafe extern "C" fn ck_topk_score(kind: i32, values: *const f32, rows: i64, k: i64, kth: i64, norms: *const f32, out: *mut f64) -> i32 {
+pub unsafe extern "C" fn ck_topk_score(
+    kind: i32,
+    values: *const f32,
+    rows: i64,
+    k: i64,
+    kth: i64,
+    norms: *const f32,
+    out: *mut f64,
+) -> i32 {
     guard(|| {
         let (rows, k, kth) = (size("rows", rows)?, size("k", k)?, size("kth", kth)?);
-        let topk = crate::cpu::topk::TopK { rows, k, values: unsafe { host_slice("values", values, rows * k)? }.to_vec(), indices: vec![0; rows * k] };
+        let topk = crate::cpu::topk::TopK {
+            rows,
+            k,
+            values: unsafe { host_slice("values", values, rows * k)? }.to_vec(),
+            indices: vec![0; rows * k],
+        };
         let norms = || unsafe { host_slice("norms", norms, rows) };
         let scores = match kind {
             CK_SCORE_KNN_DISTANCE => crate::scores::knn_distance(&topk, kth)?,
@@ -781,7 +850,9 @@ mod tests {
         let values = [0.9f32, 0.5, 0.2, -0.4];
         let norms = [2.0f32, 0.5];
         let mut out = [0.0f64; 2];
-        let run = |kind, kth, norms: *const f32, out: &mut [f64; 2]| unsafe { ck_topk_score(kind, values.as_ptr(), 2, 2, kth, norms, out.as_mut_ptr()) };
+        let run = |kind, kth, norms: *const f32, out: &mut [f64; 2]| unsafe {
+            ck_topk_score(kind, values.as_ptr(), 2, 2, kth, norms, out.as_mut_ptr())
+        };
         assert_eq!(run(CK_SCORE_KNN_DISTANCE, 2, std::ptr::null(), &mut out), CK_OK);
         assert!((out[0] - 1.0).abs() < 1e-6 && (out[1] - 2.8).abs() < 1e-6, "{out:?}");
         assert_eq!(run(CK_SCORE_CSI, 1, norms.as_ptr(), &mut out), CK_OK);

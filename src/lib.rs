@@ -45,13 +45,13 @@ pub mod rng;
 pub mod scores;
 
 pub use backend::Backend;
+pub use cpu::topk::TopK;
 pub use dtype::{DType, Element, Float, FloatElement};
 pub use error::{Error, Result};
 pub use gpu::{DeviceMatrix, Gpu, RawMatrix};
 pub use matrix::Matrix;
 pub use ops::similarity::SimilarityOptions;
 pub use ops::topk::{Exclusion, TopKOptions};
-pub use cpu::topk::TopK;
 
 /// Re-exported so callers can name streams, events and device pointers without a direct dependency.
 pub use cudarc;

@@ -15,7 +15,11 @@ impl<T> Matrix<T> {
     pub fn new(rows: usize, cols: usize, data: Vec<T>) -> Result<Self> {
         match rows.checked_mul(cols) {
             Some(len) if len == data.len() => Ok(Matrix { rows, cols, data }),
-            _ => Err(Error::shape("data", format!("{rows} x {cols} = {} elements", rows.saturating_mul(cols)), format!("{} elements", data.len()))),
+            _ => Err(Error::shape(
+                "data",
+                format!("{rows} x {cols} = {} elements", rows.saturating_mul(cols)),
+                format!("{} elements", data.len()),
+            )),
         }
     }
 

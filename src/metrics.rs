@@ -86,7 +86,8 @@ pub fn fpr_at_tpr(inlier_scores: &[f64], outlier_scores: &[f64], tpr: f64) -> Re
     // The outliers needed, rounded up; the small slack keeps 0.95 * 20 = 19 from becoming 20.
     let needed = ((tpr * outlier_scores.len() as f64) - 1e-9).ceil().max(1.0) as usize;
     let n = inlier_scores.len() as f64;
-    let (_, fp) = sweep(inlier_scores, outlier_scores).into_iter().find(|&(tp, _)| tp >= needed).expect("the last threshold flags every outlier");
+    let (_, fp) =
+        sweep(inlier_scores, outlier_scores).into_iter().find(|&(tp, _)| tp >= needed).expect("the last threshold flags every outlier");
     Ok(fp as f64 / n)
 }
 

@@ -62,7 +62,11 @@ pub fn norm_score<T: Float>(features: &Matrix<T>) -> Vec<f64> {
 /// usual memory-module addressing), on the raw vectors. Higher = more anomalous.
 pub fn mcod_memory_score<T: Float>(h: &Matrix<T>, memory: &Matrix<T>, temperature: f64) -> Result<Vec<f64>> {
     if memory.rows() == 0 || memory.cols() != h.cols() {
-        return Err(Error::shape("memory", format!("K >= 1 rows of {} columns (the d of h)", h.cols()), format!("{} x {}", memory.rows(), memory.cols())));
+        return Err(Error::shape(
+            "memory",
+            format!("K >= 1 rows of {} columns (the d of h)", h.cols()),
+            format!("{} x {}", memory.rows(), memory.cols()),
+        ));
     }
     if !(temperature > 0.0 && temperature.is_finite()) {
         return Err(Error::invalid("temperature", format!("must be finite and > 0, got {temperature}")));
@@ -71,7 +75,8 @@ pub fn mcod_memory_score<T: Float>(h: &Matrix<T>, memory: &Matrix<T>, temperatur
     Ok((0..h.rows())
         .map(|i| {
             let x: Vec<f64> = h.row(i).iter().map(|v| v.to_f64()).collect();
-            let w: Vec<f64> = (0..memory.rows()).map(|m| memory.row(m).iter().zip(&x).map(|(a, b)| a.to_f64() * b).sum::<f64>() / temperature).collect();
+            let w: Vec<f64> =
+                (0..memory.rows()).map(|m| memory.row(m).iter().zip(&x).map(|(a, b)| a.to_f64() * b).sum::<f64>() / temperature).collect();
             let max = w.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
             let e: Vec<f64> = w.iter().map(|v| (v - max).exp()).collect();
             let z: f64 = e.iter().sum();
@@ -126,7 +131,13 @@ impl Score {
 
 /// From features to a detection report in one call: neighbours of the inlier and outlier test
 /// features in `bank` (on `backend`), the score, then AUROC / AUPR / FPR@95%TPR (outliers positive).
-pub fn detect<T: FloatElement>(backend: &Backend, bank: &Matrix<T>, inliers: &Matrix<T>, outliers: &Matrix<T>, score: Score) -> Result<DetectionReport> {
+pub fn detect<T: FloatElement>(
+    backend: &Backend,
+    bank: &Matrix<T>,
+    inliers: &Matrix<T>,
+    outliers: &Matrix<T>,
+    score: Score,
+) -> Result<DetectionReport> {
     let scores_of = |x: &Matrix<T>| -> Result<Vec<f64>> {
         let norms = row_norms(x);
         let k = score.neighbours();

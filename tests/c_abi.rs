@@ -64,10 +64,7 @@ fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let here = exe.parent().expect("the test binary lives in a folder").to_path_buf();
     let above = here.parent().map(Path::to_path_buf).unwrap_or_else(|| here.clone());
-    [here.clone(), above.clone(), above.join("lib")]
-        .into_iter()
-        .find(|dir| dir.join("libcontrastive_kernels.so").exists())
-        .unwrap_or(here)
+    [here.clone(), above.clone(), above.join("lib")].into_iter().find(|dir| dir.join("libcontrastive_kernels.so").exists()).unwrap_or(here)
 }
 
 fn compiler(names: &[&str]) -> Option<String> {
@@ -140,7 +137,9 @@ fn c_example_oracle() -> (f64, f64) {
     use contrastive_kernels::cpu::contrastive::{backward, forward};
     use contrastive_kernels::ops::contrastive::{ContrastiveLoss, LossInputs};
     let (b, n, d) = (4usize, 8usize, 8usize);
-    let x = contrastive_kernels::Matrix::from_fn(n, d, |i, j| ((1.3f32 * (i % b) as f32 + 0.7f32 * j as f32).sin() + 0.05f32 * (i / b) as f32) as f64);
+    let x = contrastive_kernels::Matrix::from_fn(n, d, |i, j| {
+        ((1.3f32 * (i % b) as f32 + 0.7f32 * j as f32).sin() + 0.05f32 * (i / b) as f32) as f64
+    });
     let instance: Vec<i32> = (0..n as i32).map(|i| i % b as i32).collect();
     let loss = ContrastiveLoss::nt_xent(0.5);
     let inputs = LossInputs::new(&x, &instance);

@@ -7,10 +7,8 @@ mod common;
 use common::contrastive_harness::{assert_grad_close, cases, for_each_harness_case, gradient_only_cases, shapes_for, SHAPES};
 use common::{gpu_or_skip, m, random_matrix};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
-use contrastive_kernels::ops::contrastive::{
-    ContrastiveLoss, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, Reduction, RowRole,
-};
 use contrastive_kernels::ops::contrastive::ForwardResult;
+use contrastive_kernels::ops::contrastive::{ContrastiveLoss, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, Reduction, RowRole};
 use contrastive_kernels::{bf16, f16, Backend, Error, FloatElement, Gpu, Matrix};
 
 fn close(got: f64, want: f64) {
@@ -161,7 +159,9 @@ fn oecl_penalty_value_and_gradient() {
     let roles = [RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::NormPenaltyOnly];
     let inputs = LossInputs { role: Some(&roles), ..LossInputs::new(&x, &instance) };
     let want = [0.0, 0.0, 0.0, 0.0, 0.3, 0.4, 0.0, -0.5];
-    for (reduction, upstream, factor) in [(Reduction::Mean, vec![2.0], 1.0), (Reduction::Sum, vec![2.0], 1.0), (Reduction::PerAnchor, vec![2.0; 4], 0.5)] {
+    for (reduction, upstream, factor) in
+        [(Reduction::Mean, vec![2.0], 1.0), (Reduction::Sum, vec![2.0], 1.0), (Reduction::PerAnchor, vec![2.0; 4], 0.5)]
+    {
         let loss = ContrastiveLoss::oecl(1.0, 0.5).with_reduction(reduction);
         let out = forward(&loss, &inputs).unwrap();
         close(out.loss, 1.75);
@@ -379,13 +379,16 @@ fn invariant_to_row_scale_and_supcon_with_instance_labels_is_nt_xent() {
         *v *= 7.5;
     }
     close(forward(&ContrastiveLoss::nt_xent(0.3), &LossInputs::new(&scaled, &instance)).unwrap().loss, nt.loss);
-    let sup = forward(&ContrastiveLoss::supcon(0.3, 0.3), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) }).unwrap();
+    let sup =
+        forward(&ContrastiveLoss::supcon(0.3, 0.3), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) }).unwrap();
     close(sup.loss, nt.loss);
     for (a, b) in sup.per_anchor.iter().zip(&nt.per_anchor) {
         close(*a, *b);
     }
     let g_nt = backward(&ContrastiveLoss::nt_xent(0.3), &LossInputs::new(&x, &instance), &[1.0]).unwrap();
-    let g_sup = backward(&ContrastiveLoss::supcon(0.3, 0.3), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) }, &[1.0]).unwrap();
+    let g_sup =
+        backward(&ContrastiveLoss::supcon(0.3, 0.3), &LossInputs { label: Some(&instance), ..LossInputs::new(&x, &instance) }, &[1.0])
+            .unwrap();
     for (a, b) in g_sup.features.data().iter().zip(g_nt.features.data()) {
         close(*a, *b);
     }
@@ -441,14 +444,27 @@ fn oracle_gradients_match_finite_differences() {
             let loss = case.loss.with_reduction(reduction);
             let n = case.features.rows();
             // PerAnchor: the scalar is sum_i v_i L_i + penalty with upstream v.
-            let upstream: Vec<f64> = if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.3 + 0.2 * i as f64).collect() } else { vec![1.7] };
+            let upstream: Vec<f64> =
+                if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.3 + 0.2 * i as f64).collect() } else { vec![1.7] };
             let keys0 = case.keys.as_ref().map(|k| k.0.clone());
             let centers0 = case.protos.as_ref().map(|p| p.0.clone());
             let objective = |f: &Matrix<f64>, k: Option<&Matrix<f64>>, c: Option<&Matrix<f64>>| -> f64 {
                 let out = forward(&loss, &case.inputs(f, k, c)).unwrap();
                 if reduction == Reduction::PerAnchor {
-                    let penalty = out.loss - out.per_anchor.iter().zip(case.weight.as_deref().map_or(vec![1.0; n], |w| w.to_vec())).map(|(l, w)| l * w as f64).sum::<f64>();
-                    out.per_anchor.iter().zip(&upstream).zip(case.weight.as_deref().map_or(vec![1.0; n], |w| w.to_vec())).map(|((l, v), w)| l * v * w as f64).sum::<f64>() + penalty
+                    let penalty = out.loss
+                        - out
+                            .per_anchor
+                            .iter()
+                            .zip(case.weight.as_deref().map_or(vec![1.0; n], |w| w.to_vec()))
+                            .map(|(l, w)| l * w as f64)
+                            .sum::<f64>();
+                    out.per_anchor
+                        .iter()
+                        .zip(&upstream)
+                        .zip(case.weight.as_deref().map_or(vec![1.0; n], |w| w.to_vec()))
+                        .map(|((l, v), w)| l * v * w as f64)
+                        .sum::<f64>()
+                        + penalty
                 } else {
                     upstream[0] * out.loss
                 }
@@ -459,7 +475,11 @@ fn oracle_gradients_match_finite_differences() {
                 for k in 0..grad.data().len() {
                     let fd = (perturb(k, h) - perturb(k, -h)) / (2.0 * h);
                     let g = grad.data()[k];
-                    assert!((fd - g).abs() <= 1e-6 * (1.0 + fd.abs()), "{} {reduction:?} d{what}[{k}]: backward {g}, finite difference {fd}", case.name);
+                    assert!(
+                        (fd - g).abs() <= 1e-6 * (1.0 + fd.abs()),
+                        "{} {reduction:?} d{what}[{k}]: backward {g}, finite difference {fd}",
+                        case.name
+                    );
                 }
             };
             check("features", &grads.features, &|k, dh| {
@@ -488,16 +508,30 @@ fn oracle_gradients_match_finite_differences() {
 /// The forward against the oracle on the same (rounded) inputs. Tolerances of DESIGN.md section 7:
 /// loss relative error 2e-3 (f16) / 5e-3 (bf16); per-anchor values and LSE likewise, relative to
 /// the largest |L_i| and |LSE|.
-fn check_forward_against_oracle<T: FloatElement>(shapes: &[(usize, usize)], run: &dyn Fn(&ContrastiveLoss, &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult>, rel: f64) {
+fn check_forward_against_oracle<T: FloatElement>(
+    shapes: &[(usize, usize)],
+    run: &dyn Fn(&ContrastiveLoss, &LossInputs<'_, T>) -> contrastive_kernels::Result<ForwardResult>,
+    rel: f64,
+) {
     for_each_harness_case::<T>(shapes, &mut |what, loss, inputs| {
         let n = inputs.features.rows();
         let want = forward(loss, inputs).unwrap();
         let got = run(loss, inputs).unwrap();
-        assert!((got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3), "{what}: loss {} vs oracle {}", got.loss, want.loss);
+        assert!(
+            (got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3),
+            "{what}: loss {} vs oracle {}",
+            got.loss,
+            want.loss
+        );
         let scale = want.per_anchor.iter().chain(want.lse.iter().filter(|v| v.is_finite())).fold(0.0f64, |m, v| m.max(v.abs()));
         for i in 0..n {
             assert_eq!(got.positives[i] as usize, want.positive_count[i], "{what}: |P({i})|");
-            assert!((got.per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale, "{what}: L_{i} {} vs {}", got.per_anchor[i], want.per_anchor[i]);
+            assert!(
+                (got.per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale,
+                "{what}: L_{i} {} vs {}",
+                got.per_anchor[i],
+                want.per_anchor[i]
+            );
             let (g, w) = (got.lse[i] as f64, want.lse[i]);
             assert!(g == w || (g - w).abs() <= rel * scale, "{what}: lse_{i} {g} vs {w}");
         }
@@ -515,7 +549,8 @@ fn check_backward_against_oracle<T: FloatElement>(backend: &Backend, rel: f64, a
         for reduction in [Reduction::Mean, Reduction::PerAnchor] {
             let loss = loss.with_reduction(reduction);
             let n = inputs.features.rows();
-            let upstream: Vec<f32> = if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect() } else { vec![1.5] };
+            let upstream: Vec<f32> =
+                if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect() } else { vec![1.5] };
             let want = backward(&loss, inputs, &upstream.iter().map(|&v| v as f64).collect::<Vec<_>>()).unwrap();
             let (_, context) = loss.forward(backend, inputs).unwrap();
             let got = loss.backward(backend, inputs, context, &upstream).unwrap();
@@ -654,7 +689,10 @@ fn fused_extra_memory_by_hand() {
     assert!(b.peak() < 64 << 20, "{} MiB", b.peak() >> 20);
     // d = 3 pads to 8 in the packed copy; keys and prototypes add their own copies and scratch.
     let p = fused_extra_bytes(4, Some(6), 2, 3, DType::F16);
-    assert_eq!(p.backward, 4 + 4 * 8 * 2 + 4 * 4 + 2 * 16 + 8 + 4 * 3 * 4 + (6 * 8 * 2 + 6 * 4 + 6 * 3 * 4) + (2 * 8 * 2).max(16) + 2 * 4 + 2 * 3 * 4);
+    assert_eq!(
+        p.backward,
+        4 + 4 * 8 * 2 + 4 * 4 + 2 * 16 + 8 + 4 * 3 * 4 + (6 * 8 * 2 + 6 * 4 + 6 * 3 * 4) + (2 * 8 * 2).max(16) + 2 * 4 + 2 * 3 * 4
+    );
 }
 
 /// The fused forward and backward are deterministic: two runs give the same bits (no float

@@ -39,7 +39,12 @@ fn dot(a: &[f64], b: &[f64]) -> f64 {
 }
 
 /// contrastive_backward_prepare: (coef_a, coef_b, 1 / sigma, penalized rows).
-fn prepare(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, positives: &[usize], upstream: &[f64]) -> (Vec<f64>, Vec<f64>, f64, usize) {
+fn prepare(
+    loss: &ContrastiveLoss,
+    inputs: &LossInputs<'_, f64>,
+    positives: &[usize],
+    upstream: &[f64],
+) -> (Vec<f64>, Vec<f64>, f64, usize) {
     let n = inputs.features.rows();
     let per_row = loss.reduction == Reduction::PerAnchor;
     let role = |i: usize| inputs.role_of(i);
@@ -141,7 +146,14 @@ fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream
         proto_of: None,
         anchor: None,
     });
-    let protos = inputs.prototypes.as_ref().map(|p| Side { u: unit_rows(p.centers), instance: None, label: None, role: None, proto_of: None, anchor: None });
+    let protos = inputs.prototypes.as_ref().map(|p| Side {
+        u: unit_rows(p.centers),
+        instance: None,
+        label: None,
+        role: None,
+        proto_of: None,
+        anchor: None,
+    });
     let zeros = |n: usize| vec![vec![0.0; d]; n];
     let mut du_rows = zeros(rows.u.len());
     match (loss.geometry, &keys) {
@@ -193,7 +205,8 @@ fn the_kernels_decomposition_gives_the_oracles_gradients() {
         for reduction in [Reduction::Mean, Reduction::Sum, Reduction::PerAnchor] {
             let loss = case.loss.with_reduction(reduction);
             let n = case.features.rows();
-            let upstream: Vec<f64> = if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.3 + 0.2 * i as f64).collect() } else { vec![1.7] };
+            let upstream: Vec<f64> =
+                if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.3 + 0.2 * i as f64).collect() } else { vec![1.7] };
             let keys = case.keys.as_ref().map(|k| k.0.clone());
             let centers = case.protos.as_ref().map(|p| p.0.clone());
             let inputs = case.inputs(&case.features, keys.as_ref(), centers.as_ref());

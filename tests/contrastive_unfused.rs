@@ -60,14 +60,24 @@ fn check_forward<T: FloatElement>(gpu: &Gpu, rel: f64) {
         let want = forward(loss, inputs).unwrap();
         let dev = upload_inputs(gpu, inputs);
         let got = unfused::forward(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what}: {e}"));
-        assert!((got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3), "{what}: loss {} vs oracle {}", got.loss, want.loss);
+        assert!(
+            (got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3),
+            "{what}: loss {} vs oracle {}",
+            got.loss,
+            want.loss
+        );
         let per_anchor = download(gpu, &got.per_anchor, n);
         let lse = download(gpu, &got.saved.lse, n);
         let positives = download(gpu, &got.saved.positives, n);
         let scale = want.per_anchor.iter().chain(want.lse.iter().filter(|v| v.is_finite())).fold(0.0f64, |m, v| m.max(v.abs()));
         for i in 0..n {
             assert_eq!(positives[i] as usize, want.positive_count[i], "{what}: |P({i})|");
-            assert!((per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale, "{what}: L_{i} {} vs {}", per_anchor[i], want.per_anchor[i]);
+            assert!(
+                (per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale,
+                "{what}: L_{i} {} vs {}",
+                per_anchor[i],
+                want.per_anchor[i]
+            );
             let (g, w) = (lse[i] as f64, want.lse[i]);
             assert!(g == w || (g - w).abs() <= rel * scale, "{what}: lse_{i} {g} vs {w}");
         }
@@ -116,7 +126,11 @@ fn check_backward<T: FloatElement>(gpu: &Gpu, rel: f64) {
             if reduction == Reduction::Mean {
                 let keys = inputs.keys.as_ref().map(|k| k.features.rows());
                 let centers = inputs.prototypes.as_ref().map_or(0, |p| p.centers.rows());
-                assert_eq!(peak, unfused::extra_bytes(n, keys, centers, inputs.features.cols(), T::DTYPE).peak(), "{what}: peak bytes vs plan");
+                assert_eq!(
+                    peak,
+                    unfused::extra_bytes(n, keys, centers, inputs.features.cols(), T::DTYPE).peak(),
+                    "{what}: peak bytes vs plan"
+                );
             }
         }
     });
@@ -149,24 +163,52 @@ fn check_fused_vs_unfused<T: FloatElement>(gpu: &Gpu, rel: f64) {
         let dev = upload_inputs(gpu, inputs);
         let fused = loss_ops::forward_device(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what} fused: {e}"));
         let plain = unfused::forward(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what} unfused: {e}"));
-        assert!((fused.loss - plain.loss).abs() as f64 <= 2.0 * rel * (plain.loss.abs() as f64).max(1e-3), "{what}: loss fused {} vs unfused {}", fused.loss, plain.loss);
+        assert!(
+            (fused.loss - plain.loss).abs() as f64 <= 2.0 * rel * (plain.loss.abs() as f64).max(1e-3),
+            "{what}: loss fused {} vs unfused {}",
+            fused.loss,
+            plain.loss
+        );
         let (fa, ua) = (download(gpu, &fused.per_anchor, n), download(gpu, &plain.per_anchor, n));
         let (fl, ul) = (download(gpu, &fused.saved.lse, n), download(gpu, &plain.saved.lse, n));
         assert_eq!(download(gpu, &fused.saved.positives, n), download(gpu, &plain.saved.positives, n), "{what}: |P(i)|");
         let scale = ua.iter().chain(ul.iter().filter(|v| v.is_finite())).fold(0.0f32, |m, v| m.max(v.abs())) as f64;
         for i in 0..n {
             assert!(((fa[i] - ua[i]) as f64).abs() <= 2.0 * rel * scale, "{what}: L_{i} fused {} vs unfused {}", fa[i], ua[i]);
-            assert!(fl[i] == ul[i] || ((fl[i] - ul[i]) as f64).abs() <= 2.0 * rel * scale, "{what}: lse_{i} fused {} vs unfused {}", fl[i], ul[i]);
+            assert!(
+                fl[i] == ul[i] || ((fl[i] - ul[i]) as f64).abs() <= 2.0 * rel * scale,
+                "{what}: lse_{i} fused {} vs unfused {}",
+                fl[i],
+                ul[i]
+            );
         }
         let gf = loss_ops::backward_device(gpu, loss, &dev.view(), fused.saved, Upstream::Value(1.0)).unwrap();
         let gu = unfused::backward(gpu, loss, &dev.view(), plain.saved, Upstream::Value(1.0)).unwrap();
         let as_f64 = |m: &Matrix<T>| Matrix::from_fn(m.rows(), m.cols(), |i, j| m.get(i, j).to_f64());
-        assert_grad_close(&format!("{what} dfeatures fused vs unfused"), &gf.features.download(gpu).unwrap(), &as_f64(&gu.features.download(gpu).unwrap()), 2e-2, 0.0);
+        assert_grad_close(
+            &format!("{what} dfeatures fused vs unfused"),
+            &gf.features.download(gpu).unwrap(),
+            &as_f64(&gu.features.download(gpu).unwrap()),
+            2e-2,
+            0.0,
+        );
         if let (Some(a), Some(b)) = (&gf.keys, &gu.keys) {
-            assert_grad_close(&format!("{what} dkeys fused vs unfused"), &a.download(gpu).unwrap(), &as_f64(&b.download(gpu).unwrap()), 2e-2, 0.0);
+            assert_grad_close(
+                &format!("{what} dkeys fused vs unfused"),
+                &a.download(gpu).unwrap(),
+                &as_f64(&b.download(gpu).unwrap()),
+                2e-2,
+                0.0,
+            );
         }
         if let (Some(a), Some(b)) = (&gf.prototypes, &gu.prototypes) {
-            assert_grad_close(&format!("{what} dprototypes fused vs unfused"), &a.download(gpu).unwrap(), &as_f64(&b.download(gpu).unwrap()), 2e-2, 0.0);
+            assert_grad_close(
+                &format!("{what} dprototypes fused vs unfused"),
+                &a.download(gpu).unwrap(),
+                &as_f64(&b.download(gpu).unwrap()),
+                2e-2,
+                0.0,
+            );
         }
         assert_eq!((gf.keys.is_some(), gf.prototypes.is_some()), (gu.keys.is_some(), gu.prototypes.is_some()), "{what}: gradient sets");
     });
@@ -201,10 +243,16 @@ fn gpu_unfused_errors() {
     let instance = [0, 1, 2, 0, 1, 2];
     let (dx, dy) = (upload_inputs(&gpu, &LossInputs::new(&x, &instance)), upload_inputs(&gpu, &LossInputs::new(&y, &instance)));
     let saved = unfused::forward(&gpu, &nt, &dx.view()).unwrap().saved;
-    assert!(matches!(unfused::backward(&gpu, &nt, &dy.view(), saved, Upstream::Value(1.0)), Err(Error::InvalidArgument { arg: "saved", .. })));
+    assert!(matches!(
+        unfused::backward(&gpu, &nt, &dy.view(), saved, Upstream::Value(1.0)),
+        Err(Error::InvalidArgument { arg: "saved", .. })
+    ));
     let saved = unfused::forward(&gpu, &nt, &dx.view()).unwrap().saved;
     let per_row = upload_slice(&gpu, &[1.0f32; 6]);
-    assert!(matches!(unfused::backward(&gpu, &nt, &dx.view(), saved, Upstream::PerRow(&per_row)), Err(Error::InvalidArgument { arg: "upstream", .. })));
+    assert!(matches!(
+        unfused::backward(&gpu, &nt, &dx.view(), saved, Upstream::PerRow(&per_row)),
+        Err(Error::InvalidArgument { arg: "upstream", .. })
+    ));
     let lonely = upload_inputs(&gpu, &LossInputs::new(&x, &[0, 1, 2, 0, 1, 7]));
     match unfused::forward(&gpu, &nt, &lonely.view()) {
         Err(Error::InvalidArgument { arg: "instance", reason }) => assert!(reason.contains("row 2"), "{reason}"),

@@ -64,8 +64,14 @@ fn digits_one_class_quality_on_the_cpu() {
     println!("mean AUROC: trained {trained:.5}, raw pixels {raw:.5}, initial encoder {untrained:.5}");
 
     assert!((raw - 0.9972).abs() <= 5e-4, "raw-pixel baseline moved: {raw:.4} (split, loader or scorer changed)");
-    assert!(trained >= raw + MARGIN_OVER_RAW_PIXELS, "trained features {trained:.5} do not beat raw pixels {raw:.5} by {MARGIN_OVER_RAW_PIXELS}");
-    assert!(trained >= untrained + MARGIN_OVER_INITIALISATION, "trained features {trained:.5} do not beat the initial encoder {untrained:.5} by {MARGIN_OVER_INITIALISATION}");
+    assert!(
+        trained >= raw + MARGIN_OVER_RAW_PIXELS,
+        "trained features {trained:.5} do not beat raw pixels {raw:.5} by {MARGIN_OVER_RAW_PIXELS}"
+    );
+    assert!(
+        trained >= untrained + MARGIN_OVER_INITIALISATION,
+        "trained features {trained:.5} do not beat the initial encoder {untrained:.5} by {MARGIN_OVER_INITIALISATION}"
+    );
     for (class, (first, last)) in first_last.into_inner().unwrap().into_iter().enumerate() {
         assert!(last < first, "class {class}: loss {first} at step 1, {last} at the end");
     }

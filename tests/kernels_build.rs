@@ -135,7 +135,9 @@ fn no_32_bit_grid_stride_index() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels");
     let mut files: Vec<std::path::PathBuf> = Vec::new();
     for d in [dir.clone(), dir.join("common")] {
-        files.extend(std::fs::read_dir(&d).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu" || e == "cuh")));
+        files.extend(
+            std::fs::read_dir(&d).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|e| e == "cu" || e == "cuh")),
+        );
     }
     let mut bad = Vec::new();
     for f in &files {
@@ -145,7 +147,9 @@ fn no_32_bit_grid_stride_index() {
             let declares_32_bit = ["int ", "unsigned ", "uint32_t "].iter().any(|t| {
                 code.split(t).skip(1).any(|rest| {
                     let name_end = rest.find(|c: char| !(c.is_alphanumeric() || c == '_')).unwrap_or(rest.len());
-                    name_end > 0 && rest[name_end..].trim_start().starts_with('=') && rest.split(';').next().is_some_and(|e| e.contains("gridDim"))
+                    name_end > 0
+                        && rest[name_end..].trim_start().starts_with('=')
+                        && rest.split(';').next().is_some_and(|e| e.contains("gridDim"))
                 })
             });
             if declares_32_bit || (code.contains("gridDim") && code.contains("for (int ")) {

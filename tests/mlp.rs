@@ -17,7 +17,8 @@ use contrastive_kernels::{bf16, f16, DType, DeviceMatrix, Error, FloatElement, G
 
 /// (m, n, k) = (batch, out, in): single elements, tails of the 128 x 128 tile and of the 32-wide k
 /// stage, dimensions not a multiple of 8 (the `_unaligned` kernels), a long reduction.
-const SHAPES: &[(usize, usize, usize)] = &[(1, 1, 1), (5, 3, 13), (130, 257, 200), (256, 128, 64), (77, 64, 100), (300, 129, 512), (64, 72, 40)];
+const SHAPES: &[(usize, usize, usize)] =
+    &[(1, 1, 1), (5, 3, 13), (130, 257, 200), (256, 128, 64), (77, 64, 100), (300, 129, 512), (64, 72, 40)];
 
 fn abs(m: &Matrix<f64>) -> Matrix<f64> {
     m.map(|v| v.abs())
@@ -50,7 +51,8 @@ fn kernels_match<T: FloatElement>(gpu: &Gpu) {
         let w: Matrix<T> = random_matrix(n, k, seed + 2);
         let dz: Matrix<T> = random_matrix(m, n, seed + 3);
         let bias: Vec<f32> = random_matrix::<f32>(1, n, seed + 4).into_vec();
-        let (xd, wd, dzd) = (DeviceMatrix::upload(gpu, &x).unwrap(), DeviceMatrix::upload(gpu, &w).unwrap(), DeviceMatrix::upload(gpu, &dz).unwrap());
+        let (xd, wd, dzd) =
+            (DeviceMatrix::upload(gpu, &x).unwrap(), DeviceMatrix::upload(gpu, &w).unwrap(), DeviceMatrix::upload(gpu, &dz).unwrap());
         let bias_d = stream.clone_htod(&bias).unwrap();
         let (mut xd, mut wd, mut dzd) = (xd, wd, dzd);
         let (xr, wr, dzr) = (raw(&mut xd, gpu), raw(&mut wd, gpu), raw(&mut dzd, gpu));
@@ -61,7 +63,13 @@ fn kernels_match<T: FloatElement>(gpu: &Gpu) {
             unsafe { linear_forward_raw(gpu, stream, xr, wr, Some(bias_d.device_ptr(stream).0), yr, relu).unwrap() };
             let want = oracle::linear_forward(&x, &w, &bias, relu);
             let abs_sum = oracle::linear_forward(&abs(&x.cast()), &abs(&w.cast()), &vec![0.0f64; n], false);
-            check(&format!("linear_forward {} {m}x{n}x{k} relu={relu}", T::DTYPE), y.download(gpu).unwrap().data(), want.data(), abs_sum.data(), T::DTYPE);
+            check(
+                &format!("linear_forward {} {m}x{n}x{k} relu={relu}", T::DTYPE),
+                y.download(gpu).unwrap().data(),
+                want.data(),
+                abs_sum.data(),
+                T::DTYPE,
+            );
         }
 
         for masked in [false, true] {
@@ -70,7 +78,13 @@ fn kernels_match<T: FloatElement>(gpu: &Gpu) {
             unsafe { linear_backward_data_raw(gpu, stream, dzr, wr, masked.then_some(xr), dxr).unwrap() };
             let want = oracle::linear_backward_data(&dz, &w, masked.then_some(&x));
             let abs_sum = oracle::linear_backward_data(&abs(&dz.cast()), &abs(&w.cast()), None::<&Matrix<f64>>);
-            check(&format!("linear_backward_data {} {m}x{n}x{k} masked={masked}", T::DTYPE), dx.download(gpu).unwrap().data(), want.data(), abs_sum.data(), T::DTYPE);
+            check(
+                &format!("linear_backward_data {} {m}x{n}x{k} masked={masked}", T::DTYPE),
+                dx.download(gpu).unwrap().data(),
+                want.data(),
+                abs_sum.data(),
+                T::DTYPE,
+            );
         }
 
         let mut dw = DeviceMatrix::<f32>::zeros(gpu, n, k).unwrap();
@@ -78,7 +92,13 @@ fn kernels_match<T: FloatElement>(gpu: &Gpu) {
         unsafe { linear_backward_weight_raw(gpu, stream, dzr, xr, dwr).unwrap() };
         let want = oracle::linear_backward_weight(&dz, &x);
         let abs_sum = oracle::linear_backward_weight(&abs(&dz.cast()), &abs(&x.cast()));
-        check(&format!("linear_backward_weight {} {m}x{n}x{k}", T::DTYPE), dw.download(gpu).unwrap().data(), want.data(), abs_sum.data(), DType::F32);
+        check(
+            &format!("linear_backward_weight {} {m}x{n}x{k}", T::DTYPE),
+            dw.download(gpu).unwrap().data(),
+            want.data(),
+            abs_sum.data(),
+            DType::F32,
+        );
 
         let mut db = stream.alloc_zeros::<f32>(n).unwrap();
         unsafe { column_sums_raw(gpu, stream, dzr, db.device_ptr_mut(stream).0).unwrap() };
@@ -103,21 +123,39 @@ fn gpu_adamw_matches_oracle() {
     let hp = AdamW { lr: 1e-2, weight_decay: 0.1, ..AdamW::default() };
     let mut p = random_matrix::<f32>(1, count, 1).into_vec();
     let g = random_matrix::<f32>(1, count, 2).into_vec();
-    let (mut m, mut v) = (random_matrix::<f32>(1, count, 3).into_vec(), random_matrix::<f32>(1, count, 4).into_vec().iter().map(|x| x.abs()).collect::<Vec<_>>());
-    let (mut pd, gd, mut md, mut vd) = (stream.clone_htod(&p).unwrap(), stream.clone_htod(&g).unwrap(), stream.clone_htod(&m).unwrap(), stream.clone_htod(&v).unwrap());
+    let (mut m, mut v) = (
+        random_matrix::<f32>(1, count, 3).into_vec(),
+        random_matrix::<f32>(1, count, 4).into_vec().iter().map(|x| x.abs()).collect::<Vec<_>>(),
+    );
+    let (mut pd, gd, mut md, mut vd) =
+        (stream.clone_htod(&p).unwrap(), stream.clone_htod(&g).unwrap(), stream.clone_htod(&m).unwrap(), stream.clone_htod(&v).unwrap());
     let mut compute = stream.alloc_zeros::<bf16>(count).unwrap();
     for step in 1..=3u64 {
         unsafe {
             adamw_raw(
-                &gpu, stream, pd.device_ptr_mut(stream).0, gd.device_ptr(stream).0, md.device_ptr_mut(stream).0, vd.device_ptr_mut(stream).0,
-                Some(compute.device_ptr_mut(stream).0), DType::BF16, count, &hp, hp.weight_decay, step,
+                &gpu,
+                stream,
+                pd.device_ptr_mut(stream).0,
+                gd.device_ptr(stream).0,
+                md.device_ptr_mut(stream).0,
+                vd.device_ptr_mut(stream).0,
+                Some(compute.device_ptr_mut(stream).0),
+                DType::BF16,
+                count,
+                &hp,
+                hp.weight_decay,
+                step,
             )
             .unwrap()
         };
         oracle::adamw_update(&mut p, &g, &mut m, &mut v, &hp, hp.weight_decay, hp.bias_corrections(step));
     }
     // f32 arithmetic against f64 rounded to f32: a few ulps of the values.
-    for (name, got, want) in [("p", stream.clone_dtoh(&pd).unwrap(), p.clone()), ("m", stream.clone_dtoh(&md).unwrap(), m), ("v", stream.clone_dtoh(&vd).unwrap(), v)] {
+    for (name, got, want) in [
+        ("p", stream.clone_dtoh(&pd).unwrap(), p.clone()),
+        ("m", stream.clone_dtoh(&md).unwrap(), m),
+        ("v", stream.clone_dtoh(&vd).unwrap(), v),
+    ] {
         for i in 0..count {
             assert!((got[i] - want[i]).abs() <= 1e-5 * (1.0 + want[i].abs()), "{name}[{i}]: got {}, want {}", got[i], want[i]);
         }
@@ -143,7 +181,14 @@ fn mlp_step<T: FloatElement>(gpu: &Gpu, rel_tol: f64) {
     let dx = mlp.backward(&xd, &outputs, &DeviceMatrix::upload(gpu, &d_out).unwrap()).unwrap();
 
     // The oracle on the weights as the kernels see them (rounded to T).
-    let rounded = MlpParams { config: config.clone(), layers: params.layers.iter().map(|l| contrastive_kernels::ops::mlp::Linear { weight: l.weight.cast::<T>().cast::<f32>(), bias: l.bias.clone() }).collect() };
+    let rounded = MlpParams {
+        config: config.clone(),
+        layers: params
+            .layers
+            .iter()
+            .map(|l| contrastive_kernels::ops::mlp::Linear { weight: l.weight.cast::<T>().cast::<f32>(), bias: l.bias.clone() })
+            .collect(),
+    };
     let fwd = oracle::forward(&rounded, &x).unwrap();
     // The backward's oracle runs on the activations the kernels produced (rounded to T): a ReLU
     // whose pre-activation lies within rounding of 0 may switch either way, and one switched mask

@@ -4,7 +4,9 @@
 mod common;
 
 use common::{gpu_or_skip, m};
-use contrastive_kernels::scores::{csi_score, detect, knn_distance, mcod_memory_score, mean_topk_similarity, norm_score, norm_weighted_mean_topk, Score};
+use contrastive_kernels::scores::{
+    csi_score, detect, knn_distance, mcod_memory_score, mean_topk_similarity, norm_score, norm_weighted_mean_topk, Score,
+};
 use contrastive_kernels::{rng::SplitMix64, Backend, Error, Matrix, TopK};
 
 fn neighbours() -> TopK<f32> {
@@ -59,7 +61,9 @@ fn blobs(seed: u64) -> (Matrix<f32>, Matrix<f32>, Matrix<f32>) {
     let mut rng = SplitMix64::new(seed);
     let d = 8;
     let mut around = |rows: usize, axis: usize| -> Vec<f32> {
-        (0..rows).flat_map(|_| (0..d).map(|j| (if j == axis { 3.0 } else { 0.0 } + 0.3 * rng.normal()) as f32).collect::<Vec<_>>()).collect()
+        (0..rows)
+            .flat_map(|_| (0..d).map(|j| (if j == axis { 3.0 } else { 0.0 } + 0.3 * rng.normal()) as f32).collect::<Vec<_>>())
+            .collect()
     };
     let mut bank = around(200, 0);
     bank.extend(around(200, 1));
@@ -71,7 +75,13 @@ fn blobs(seed: u64) -> (Matrix<f32>, Matrix<f32>, Matrix<f32>) {
 
 fn detect_on(backend: &Backend) {
     let (bank, inl, out) = blobs(3);
-    for score in [Score::KnnDistance { k: 1 }, Score::KnnDistance { k: 50 }, Score::MeanTopK { k: 5 }, Score::NormWeightedMeanTopK { k: 5 }, Score::CsiMaxTimesNorm] {
+    for score in [
+        Score::KnnDistance { k: 1 },
+        Score::KnnDistance { k: 50 },
+        Score::MeanTopK { k: 5 },
+        Score::NormWeightedMeanTopK { k: 5 },
+        Score::CsiMaxTimesNorm,
+    ] {
         let r = detect(backend, &bank, &inl, &out, score).unwrap();
         assert_eq!((r.auroc, r.aupr, r.fpr_at_95_tpr), (1.0, 1.0, 0.0), "{score:?} on {}", backend.describe());
     }

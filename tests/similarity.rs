@@ -47,17 +47,8 @@ fn argument_errors() {
 
 /// (m, n, d): single elements, tails in m and n (not multiples of 128 or 64), d not a multiple of 8
 /// (unaligned loader) or of the 32-wide k stage, long rows.
-const SHAPES: &[(usize, usize, usize)] = &[
-    (1, 1, 1),
-    (1, 5, 3),
-    (3, 2, 13),
-    (130, 257, 200),
-    (256, 128, 128),
-    (77, 1000, 64),
-    (300, 129, 512),
-    (65, 66, 100),
-    (20, 30, 2048),
-];
+const SHAPES: &[(usize, usize, usize)] =
+    &[(1, 1, 1), (1, 5, 3), (3, 2, 13), (130, 257, 200), (256, 128, 128), (77, 1000, 64), (300, 129, 512), (65, 66, 100), (20, 30, 2048)];
 
 /// Bound on |S - S_ref| for inputs of dtype `input` written as `output`, at `scale`: the products
 /// are exact (tensor cores: exact f16/bf16 products, f32 accumulation; f32: FFMA), so what is left
@@ -79,7 +70,14 @@ fn check_pair<T: FloatElement, TOut: FloatElement>(backend: &Backend) {
             let want = rounded_to::<TOut>(similarity(&a, &b, &opts).data());
             let got = backend.similarity::<T, TOut>(&a, &b, &opts).unwrap();
             if let Some((i, g, w)) = first_violation(got.data(), &want, bound(T::DTYPE, TOut::DTYPE, opts.scale as f64)) {
-                panic!("similarity {}->{} {rows_a}x{rows_b}x{d} scale {}: S[{}][{}] = {g}, oracle {w}", T::DTYPE, TOut::DTYPE, opts.scale, i / rows_b, i % rows_b);
+                panic!(
+                    "similarity {}->{} {rows_a}x{rows_b}x{d} scale {}: S[{}][{}] = {g}, oracle {w}",
+                    T::DTYPE,
+                    TOut::DTYPE,
+                    opts.scale,
+                    i / rows_b,
+                    i % rows_b
+                );
             }
         }
     }

@@ -6,7 +6,9 @@ mod common;
 use common::{gpu_or_skip, m, on_emulator, random_matrix};
 use contrastive_kernels::cpu::topk::{excluded_index, result_order, similarities, topk as oracle_topk, TopK};
 use contrastive_kernels::ops::topk::{topk, topk_host_bank, topk_raw, topk_unfused, MAX_FUSED_K};
-use contrastive_kernels::{bf16, f16, Backend, DType, DeviceMatrix, Error, Exclusion, Float, FloatElement, Gpu, Matrix, RawMatrix, TopKOptions};
+use contrastive_kernels::{
+    bf16, f16, Backend, DType, DeviceMatrix, Error, Exclusion, Float, FloatElement, Gpu, Matrix, RawMatrix, TopKOptions,
+};
 
 #[test]
 fn oracle_hand_computed() {
@@ -112,7 +114,12 @@ impl Reference {
                 assert!(kth.is_nan() || s_b >= kth - 2.0 * tol, "{what}: row {i}: {b} (s = {s_b}) is not in the top {k} (k-th {kth})");
                 if j > 0 && strict_ties {
                     let (pv, pb) = (vals[j - 1] as f64, idx[j - 1]);
-                    assert_eq!(result_order(pv, pb as usize, v, b as usize), std::cmp::Ordering::Less, "{what}: row {i}: slots {} and {j} out of order", j - 1);
+                    assert_eq!(
+                        result_order(pv, pb as usize, v, b as usize),
+                        std::cmp::Ordering::Less,
+                        "{what}: row {i}: slots {} and {j} out of order",
+                        j - 1
+                    );
                 }
             }
         }
@@ -194,7 +201,13 @@ fn ties_and_nan<T: FloatElement>(gpu: &Gpu) {
     for k in [1, 5, 64, 1100, 1497, 1500] {
         for (qq, bb, name) in [(&q, &bank, "duplicates"), (&q_nan, &bank_nan, "NaN rows")] {
             let got = Backend::Gpu(gpu.clone()).topk(qq, bb, &TopKOptions::new(k)).unwrap();
-            Reference::new(qq, bb, false, &Exclusion::None).check(&got, k, tolerance(T::DTYPE), &Exclusion::None, &format!("{} {name} k {k}", T::DTYPE));
+            Reference::new(qq, bb, false, &Exclusion::None).check(
+                &got,
+                k,
+                tolerance(T::DTYPE),
+                &Exclusion::None,
+                &format!("{} {name} k {k}", T::DTYPE),
+            );
             for i in 0..qq.rows() {
                 let (v, idx) = (got.row_values(i), got.row_indices(i));
                 for j in 1..k {
@@ -289,7 +302,13 @@ fn chunked<T: FloatElement>(gpu: &Gpu) {
     let bank: Matrix<T> = random_matrix(nb, d, 31);
     let dq = DeviceMatrix::upload(gpu, &q).unwrap();
     let db = DeviceMatrix::upload(gpu, &bank).unwrap();
-    for opts in [TopKOptions::new(1), TopKOptions::new(50), TopKOptions::new(k_fused), TopKOptions::new(k_radix), TopKOptions::new(40).exclude_self()] {
+    for opts in [
+        TopKOptions::new(1),
+        TopKOptions::new(50),
+        TopKOptions::new(k_fused),
+        TopKOptions::new(k_radix),
+        TopKOptions::new(40).exclude_self(),
+    ] {
         let whole = topk(gpu, &dq, &db, &opts).unwrap().download(gpu).unwrap();
         for &chunk_rows in chunk_sizes {
             if chunk_rows == chunk_sizes[0] && opts.k > 100 {
@@ -347,9 +366,20 @@ fn gpu_unfused_baseline_matches_oracle() {
     let q: Matrix<f16> = random_matrix(40, 96, 50);
     let bank: Matrix<f16> = random_matrix(5000, 96, 51);
     let (dq, db) = (DeviceMatrix::upload(&gpu, &q).unwrap(), DeviceMatrix::upload(&gpu, &bank).unwrap());
-    for opts in [TopKOptions::new(1), TopKOptions::new(100), TopKOptions::new(4500), TopKOptions::new(10).exclude(Exclusion::Diagonal { offset: 7 })] {
+    for opts in [
+        TopKOptions::new(1),
+        TopKOptions::new(100),
+        TopKOptions::new(4500),
+        TopKOptions::new(10).exclude(Exclusion::Diagonal { offset: 7 }),
+    ] {
         let got = topk_unfused(&gpu, &blas, &dq, &db, &opts).unwrap().download(&gpu).unwrap();
-        Reference::new(&q, &bank, false, &opts.exclude).check(&got, opts.k, tolerance(DType::F16), &opts.exclude, &format!("unfused k {}", opts.k));
+        Reference::new(&q, &bank, false, &opts.exclude).check(
+            &got,
+            opts.k,
+            tolerance(DType::F16),
+            &opts.exclude,
+            &format!("unfused k {}", opts.k),
+        );
         let fused = topk(&gpu, &dq, &db, &opts).unwrap().download(&gpu).unwrap();
         let max_diff = got.values.iter().zip(&fused.values).map(|(a, b)| (a - b).abs() as f64).fold(0.0, f64::max);
         assert!(max_diff <= 2.0 * tolerance(DType::F16), "fused vs unfused values differ by {max_diff}");
@@ -387,6 +417,9 @@ fn gpu_raw_errors() {
     assert_eq!(MAX_FUSED_K, 1024, "the docs and the tests' k lists assume this boundary");
 }
 
-fn cudarc_ptr<T>(s: &contrastive_kernels::cudarc::driver::CudaSlice<T>, stream: &std::sync::Arc<contrastive_kernels::cudarc::driver::CudaStream>) -> u64 {
+fn cudarc_ptr<T>(
+    s: &contrastive_kernels::cudarc::driver::CudaSlice<T>,
+    stream: &std::sync::Arc<contrastive_kernels::cudarc::driver::CudaStream>,
+) -> u64 {
     contrastive_kernels::cudarc::driver::DevicePtr::device_ptr(s, stream).0
 }

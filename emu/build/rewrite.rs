@@ -45,12 +45,15 @@ fn skip_literal(s: &[u8], i: usize) -> usize {
 
 /// Index of the matching closing bracket for the opening one at `i`.
 fn matching(s: &[u8], i: usize) -> Result<usize, String> {
-    let (open, close) = (s[i], match s[i] {
-        b'(' => b')',
-        b'[' => b']',
-        b'{' => b'}',
-        _ => return Err("not a bracket".into()),
-    });
+    let (open, close) = (
+        s[i],
+        match s[i] {
+            b'(' => b')',
+            b'[' => b']',
+            b'{' => b'}',
+            _ => return Err("not a bracket".into()),
+        },
+    );
     let mut depth = 0usize;
     let mut j = i;
     while j < s.len() {
@@ -255,8 +258,7 @@ pub fn rewrite(src: &str) -> Result<Rewritten, String> {
                 let is_extern = last_ident.is_some_and(|(s, e)| &src[s..e] == "extern");
                 let semi = src[i..].find(';').map(|k| i + k).ok_or("`__shared__` without `;`")?;
                 let decl = &src[i..semi];
-                let repl = shared_replacement(decl, is_extern)
-                    .map_err(|e| format!("preprocessed line {}: {e}", line_of(start)))?;
+                let repl = shared_replacement(decl, is_extern).map_err(|e| format!("preprocessed line {}: {e}", line_of(start)))?;
                 let from = if is_extern { last_ident.unwrap().0 } else { start };
                 out.push_str(&src[copied..from]);
                 out.push_str(&same_lines(&src[from..=semi], &repl));
@@ -370,7 +372,11 @@ mod tests {
     #[test]
     fn extern_shared_is_the_dynamic_buffer() {
         let r = rewrite("void g() { extern __shared__ unsigned long long s_sort[]; s_sort[0] = 1; }").unwrap();
-        assert!(r.source.contains("unsigned long long* s_sort = static_cast<unsigned long long*>(::ckemu::dynamic_shared());"), "{}", r.source);
+        assert!(
+            r.source.contains("unsigned long long* s_sort = static_cast<unsigned long long*>(::ckemu::dynamic_shared());"),
+            "{}",
+            r.source
+        );
         assert!(rewrite("void g() { extern __shared__ int s[4]; }").is_err());
     }
 

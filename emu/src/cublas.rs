@@ -161,7 +161,12 @@ pub unsafe extern "C" fn cublasGemmEx(
         log(&format!("cublasGemmEx(m {m}, n {n}, k {k}, lda {lda}, ldb {ldb}, ldc {ldc}): {why}"));
         CUBLAS_STATUS_INVALID_VALUE
     };
-    if c_type != CUDA_R_32F || compute_type != CUBLAS_COMPUTE_32F || elem_size(a_type).is_none() || elem_size(b_type).is_none() || a_type != b_type {
+    if c_type != CUDA_R_32F
+        || compute_type != CUBLAS_COMPUTE_32F
+        || elem_size(a_type).is_none()
+        || elem_size(b_type).is_none()
+        || a_type != b_type
+    {
         log(&format!(
             "cublasGemmEx: types A {a_type}, B {b_type}, C {c_type}, compute {compute_type} are not emulated \
              (only f16 / bf16 / f32 inputs of one type, f32 output, CUBLAS_COMPUTE_32F)"

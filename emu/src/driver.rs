@@ -756,7 +756,8 @@ pub unsafe extern "C" fn cuModuleGetFunction(f: *mut CUfunction, module: CUmodul
     }
     match native::find(name) {
         Some(kernel) => {
-            let func: &'static Function = Box::leak(Box::new(Function { kernel, max_dynamic_shared: AtomicU32::new(MAX_SHARED_PER_BLOCK as u32) }));
+            let func: &'static Function =
+                Box::leak(Box::new(Function { kernel, max_dynamic_shared: AtomicU32::new(MAX_SHARED_PER_BLOCK as u32) }));
             table.push(func);
             *f = func as *const Function as CUfunction;
             CUDA_SUCCESS

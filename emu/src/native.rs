@@ -70,6 +70,13 @@ pub fn build_info() -> &'static str {
 ///
 /// # Safety
 /// `params` must hold pointers to arguments matching the kernel's parameters.
-pub unsafe fn launch(kernel: &Kernel, grid: [c_uint; 3], block: [c_uint; 3], shared: c_uint, max_shared: c_uint, params: *mut *mut c_void) -> CUresult {
+pub unsafe fn launch(
+    kernel: &Kernel,
+    grid: [c_uint; 3],
+    block: [c_uint; 3],
+    shared: c_uint,
+    max_shared: c_uint,
+    params: *mut *mut c_void,
+) -> CUresult {
     ckemu_launch(kernel.0, grid.as_ptr(), block.as_ptr(), shared, max_shared, params, std::ptr::null_mut(), 0)
 }

@@ -84,8 +84,14 @@ fn launches_over_the_limits_are_rejected() {
         assert_eq!(cuMemAlloc_v2(&mut di, 16), CUDA_SUCCESS);
         assert_eq!(cuMemcpyHtoD_v2(dk, keys.as_ptr() as *const c_void, 32), CUDA_SUCCESS);
         let (mut k, mut kpad, mut smem) = (4 as c_int, 4 as c_int, 1 as c_int);
-        let args = &mut [&mut dk as *mut u64 as *mut c_void, &mut k as *mut c_int as *mut c_void, &mut kpad as *mut c_int as *mut c_void,
-            &mut smem as *mut c_int as *mut c_void, &mut dv as *mut u64 as *mut c_void, &mut di as *mut u64 as *mut c_void];
+        let args = &mut [
+            &mut dk as *mut u64 as *mut c_void,
+            &mut k as *mut c_int as *mut c_void,
+            &mut kpad as *mut c_int as *mut c_void,
+            &mut smem as *mut c_int as *mut c_void,
+            &mut dv as *mut u64 as *mut c_void,
+            &mut di as *mut u64 as *mut c_void,
+        ];
         assert_eq!(launch(f, 512, 64 * 1024, args), CUDA_SUCCESS);
         let mut idx = [0i32; 4];
         assert_eq!(cuMemcpyDtoH_v2(idx.as_mut_ptr() as *mut c_void, di, 16), CUDA_SUCCESS);

@@ -47,10 +47,7 @@ fn run_ldmatrix(trans: bool) -> Vec<[u32; 4]> {
     }
     let (image, rows, out) = (Buf::new(&image), Buf::new(&row_of_lane), Buf::new(&[0u32; 128]));
     let (mut pi, mut pr, mut t, mut po) = (image.ptr, rows.ptr, trans as c_int, out.ptr);
-    check(
-        "ckemu_isa_ldmatrix",
-        launch("ckemu_isa_ldmatrix", 32, &mut [arg(&mut pi), arg(&mut pr), arg(&mut t), arg(&mut po)]),
-    );
+    check("ckemu_isa_ldmatrix", launch("ckemu_isa_ldmatrix", 32, &mut [arg(&mut pi), arg(&mut pr), arg(&mut t), arg(&mut po)]));
     out.read::<u32>().chunks(4).map(|c| [c[0], c[1], c[2], c[3]]).collect()
 }
 
@@ -259,10 +256,7 @@ fn mma_known_answer_product() {
         for i in 0..4 {
             ra.swap(4 + i, 8 + i); // lanes 1 and 2
         }
-        assert!(
-            reference(&a, &b, &c) != decode(&run_mma_regs(&ra, &rb, &rc, ty)),
-            "{ty:?}: a mutated layout gave the same D"
-        );
+        assert!(reference(&a, &b, &c) != decode(&run_mma_regs(&ra, &rb, &rc, ty)), "{ty:?}: a mutated layout gave the same D");
     }
 }
 

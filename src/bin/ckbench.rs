@@ -36,7 +36,12 @@ struct Args {
 }
 
 fn list<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
-    let items: Vec<T> = value.split(',').filter(|s| !s.is_empty()).map(|s| parse(s.trim())).collect::<Result<_, _>>().map_err(|e| format!("{flag}: {e}"))?;
+    let items: Vec<T> = value
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(|s| parse(s.trim()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| format!("{flag}: {e}"))?;
     if items.is_empty() {
         return Err(format!("{flag}: an empty list"));
     }
@@ -119,7 +124,15 @@ struct Row {
     torch: (Option<f64>, Option<f64>),
 }
 
-fn measure<T: FloatElement>(gpu: &Gpu, args: &Args, loss: BenchLoss, n: usize, d: usize, rows: &mut Vec<Row>, torch: &TorchTimes) -> contrastive_kernels::Result<()> {
+fn measure<T: FloatElement>(
+    gpu: &Gpu,
+    args: &Args,
+    loss: BenchLoss,
+    n: usize,
+    d: usize,
+    rows: &mut Vec<Row>,
+    torch: &TorchTimes,
+) -> contrastive_kernels::Result<()> {
     let inputs = BenchInputs::<T>::new(gpu, loss, n, d)?;
     let view = inputs.view();
     let config = loss.loss();
@@ -147,7 +160,10 @@ fn opt(v: Option<f64>, digits: usize) -> String {
 }
 
 fn print_table(peaks: &DevicePeaks, rows: &[Row]) {
-    println!("ckbench on {}: median single-call time (CUDA events); TF = TFLOP/s at 2*n*n*d per GEMM-equivalent (fwd 1, fwd_bwd 4)", peaks.device);
+    println!(
+        "ckbench on {}: median single-call time (CUDA events); TF = TFLOP/s at 2*n*n*d per GEMM-equivalent (fwd 1, fwd_bwd 4)",
+        peaks.device
+    );
     println!(
         "%TC: of {} TFLOP/s dense tensor cores; %exp: of {} exp/s (MUFU), counting n*n exps per pass; ratio = other / fused",
         opt(peaks.tensor_tflops, 0),
@@ -155,7 +171,21 @@ fn print_table(peaks: &DevicePeaks, rows: &[Row]) {
     );
     println!(
         "{:<9} {:>6} {:>5} {:>5} {:>8} {:>11} {:>7} {:>6} {:>6} {:>11} {:>6} {:>10} {:>6} {:>11} {:>6}",
-        "loss", "n", "d", "dtype", "pass", "fused us", "TF", "%TC", "%exp", "unfused us", "ratio", "torch us", "ratio", "compile us", "ratio"
+        "loss",
+        "n",
+        "d",
+        "dtype",
+        "pass",
+        "fused us",
+        "TF",
+        "%TC",
+        "%exp",
+        "unfused us",
+        "ratio",
+        "torch us",
+        "ratio",
+        "compile us",
+        "ratio"
     );
     for r in rows {
         let tf = tflops(r, r.fused_us);
@@ -188,7 +218,12 @@ fn print_table(peaks: &DevicePeaks, rows: &[Row]) {
 
 fn json(peaks: &DevicePeaks, rows: &[Row]) -> String {
     let num = |v: Option<f64>| v.map_or("null".into(), |v| format!("{v}"));
-    let mut s = format!("{{\"device\": {:?}, \"tensor_tflops\": {}, \"exps_per_second\": {}, \"rows\": [\n", peaks.device, num(peaks.tensor_tflops), num(peaks.exps_per_second));
+    let mut s = format!(
+        "{{\"device\": {:?}, \"tensor_tflops\": {}, \"exps_per_second\": {}, \"rows\": [\n",
+        peaks.device,
+        num(peaks.tensor_tflops),
+        num(peaks.exps_per_second)
+    );
     for (k, r) in rows.iter().enumerate() {
         let _ = write!(
             s,

@@ -6,7 +6,9 @@ use super::normalize::row_norms;
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
-use crate::ops::contrastive::{check_inputs, empty_positive_error, ContrastiveLoss, EmptyPositives, Geometry, LossInputs, Reduction, RowRole};
+use crate::ops::contrastive::{
+    check_inputs, empty_positive_error, ContrastiveLoss, EmptyPositives, Geometry, LossInputs, Reduction, RowRole,
+};
 
 /// The forward's results, per feature row where not said otherwise.
 #[derive(Clone, Debug, PartialEq)]
@@ -122,9 +124,7 @@ impl Problem {
 fn reduction_weights<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>, anchors: &[bool]) -> Vec<f64> {
     let n_anchors = anchors.iter().filter(|a| **a).count();
     let divisor = if loss.reduction == Reduction::Mean { n_anchors.max(1) as f64 } else { 1.0 };
-    (0..anchors.len())
-        .map(|i| if anchors[i] { inputs.weight.map_or(1.0, |w| w[i] as f64) / divisor } else { 0.0 })
-        .collect()
+    (0..anchors.len()).map(|i| if anchors[i] { inputs.weight.map_or(1.0, |w| w[i] as f64) / divisor } else { 0.0 }).collect()
 }
 
 /// The OECL penalty's rows and value: norm_penalty * mean_o ||x_o||.
@@ -180,7 +180,11 @@ pub fn backward<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>, up
     let per_row = loss.reduction == Reduction::PerAnchor;
     let expected = if per_row { n } else { 1 };
     if upstream.len() != expected {
-        return Err(Error::shape("upstream", format!("{expected} value(s) ({})", if per_row { "one per feature row" } else { "dLoss" }), format!("{}", upstream.len())));
+        return Err(Error::shape(
+            "upstream",
+            format!("{expected} value(s) ({})", if per_row { "one per feature row" } else { "dLoss" }),
+            format!("{}", upstream.len()),
+        ));
     }
     let problem = Problem::new(loss, inputs);
     let weights = reduction_weights(loss, inputs, &problem.anchors);
@@ -206,7 +210,9 @@ pub fn backward<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>, up
             let g = c_i * loss.scale as f64 * ((s - lse).exp() - if positive { 1.0 / count as f64 } else { 0.0 }) * inv_tau;
             let (other, du_other) = match col {
                 Column::Row(j) => (problem.cols.row(j), &mut du_cols.data_mut()[j * d..(j + 1) * d]),
-                Column::Prototype(k) => (problem.protos.as_ref().unwrap().row(k), &mut du_protos.as_mut().unwrap().data_mut()[k * d..(k + 1) * d]),
+                Column::Prototype(k) => {
+                    (problem.protos.as_ref().unwrap().row(k), &mut du_protos.as_mut().unwrap().data_mut()[k * d..(k + 1) * d])
+                }
             };
             let row_i = problem.rows.row(i);
             for t in 0..d {

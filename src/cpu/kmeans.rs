@@ -47,7 +47,8 @@ pub fn kmeans<T: Float>(x: &Matrix<T>, opts: &KMeansOptions) -> Result<KMeans<T>
     let mut rng = SplitMix64::new(opts.seed);
     let mut chosen = vec![rng.below(n)];
     set_row(&mut centroids, 0, x.row(chosen[0]));
-    let mut d2: Vec<f64> = (0..n).map(|i| distance2(opts.metric, norms[i], similarity(opts.metric, x.row(i), norms[i], centroids.row(0)))).collect();
+    let mut d2: Vec<f64> =
+        (0..n).map(|i| distance2(opts.metric, norms[i], similarity(opts.metric, x.row(i), norms[i], centroids.row(0)))).collect();
     for j in 1..k {
         let next = next_seed(&mut rng, &d2, &chosen);
         chosen.push(next);

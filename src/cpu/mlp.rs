@@ -160,7 +160,11 @@ pub fn backward<P: Float>(params: &MlpParams<P>, fwd: &MlpForward, d_output: &Ma
     params.validate()?;
     let batch = fwd.input.rows();
     if (d_output.rows(), d_output.cols()) != (batch, params.config.output()) {
-        return Err(Error::shape("d_output", format!("{batch} x {} (batch x output)", params.config.output()), format!("{} x {}", d_output.rows(), d_output.cols())));
+        return Err(Error::shape(
+            "d_output",
+            format!("{batch} x {} (batch x output)", params.config.output()),
+            format!("{} x {}", d_output.rows(), d_output.cols()),
+        ));
     }
     let layers = params.layers.len();
     if fwd.outputs.len() != layers {
@@ -206,7 +210,15 @@ impl AdamState {
 /// p <- p (1 - lr wd); m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
 /// p <- p - lr (m / c1) / (sqrt(v / c2) + eps), with c1, c2 the bias corrections of this step.
 #[allow(clippy::too_many_arguments)]
-pub fn adamw_update<G: Float>(p: &mut [f32], g: &[G], m: &mut [f32], v: &mut [f32], hp: &AdamW, weight_decay: f32, corrections: (f64, f64)) {
+pub fn adamw_update<G: Float>(
+    p: &mut [f32],
+    g: &[G],
+    m: &mut [f32],
+    v: &mut [f32],
+    hp: &AdamW,
+    weight_decay: f32,
+    corrections: (f64, f64),
+) {
     let (lr, b1, b2, eps, wd) = (hp.lr as f64, hp.beta1 as f64, hp.beta2 as f64, hp.eps as f64, weight_decay as f64);
     for k in 0..p.len() {
         let g = g[k].to_f64();
@@ -283,11 +295,15 @@ mod tests {
         }
         let x = random(5, 7, 13);
         let r = random(5, 3, 14);
-        let f = |p: &MlpParams<f64>, x: &Matrix<f64>| -> f64 { forward(p, x).unwrap().output().data().iter().zip(r.data()).map(|(a, b)| a * b).sum() };
+        let f = |p: &MlpParams<f64>, x: &Matrix<f64>| -> f64 {
+            forward(p, x).unwrap().output().data().iter().zip(r.data()).map(|(a, b)| a * b).sum()
+        };
         let fwd = forward(&params, &x).unwrap();
         let grads = backward(&params, &fwd, &r).unwrap();
         let h = 1e-6;
-        let close = |num: f64, ana: f64, what: &str| assert!((num - ana).abs() <= 1e-6 * (1.0 + ana.abs()), "{what}: numeric {num}, analytic {ana}");
+        let close = |num: f64, ana: f64, what: &str| {
+            assert!((num - ana).abs() <= 1e-6 * (1.0 + ana.abs()), "{what}: numeric {num}, analytic {ana}")
+        };
         for l in 0..params.layers.len() {
             for k in 0..params.layers[l].weight.data().len() {
                 let mut p = params.clone();

@@ -3,12 +3,12 @@
 //! falls back to it on machines without a GPU.
 
 pub mod contrastive;
-pub mod mlp;
 pub mod kmeans;
+pub mod mlp;
 pub mod normalize;
+mod select_model;
 pub mod similarity;
 pub mod topk;
-mod select_model;
 
 /// torch.nn.functional.normalize's eps, applied to the norm.
 pub const NORM_EPS: f64 = 1e-12;

@@ -188,7 +188,15 @@ struct Problem<'a> {
 
 /// topk_tiles over bank columns [0, nb) of `p` (a chunk starting at global column col_base),
 /// then topk_merge with the running list. Returns the new running lists (sorted, k per row).
-fn fused_chunk(p: &Problem, col_base: usize, k: usize, slices: usize, engine: Engine, rng: &mut SplitMix64, running: Option<&[u64]>) -> Vec<u64> {
+fn fused_chunk(
+    p: &Problem,
+    col_base: usize,
+    k: usize,
+    slices: usize,
+    engine: Engine,
+    rng: &mut SplitMix64,
+    running: Option<&[u64]>,
+) -> Vec<u64> {
     let cap = k + k.max(256);
     let col_tiles = p.nb.div_ceil(BN);
     let tiles_per_slice = col_tiles.div_ceil(slices);
@@ -221,7 +229,14 @@ fn fused_chunk(p: &Problem, col_base: usize, k: usize, slices: usize, engine: En
                             }
                             let s = p.sims[row * p.nb + col];
                             let th = thresh[r];
-                            let floor = { let o = (th >> 32) as u32; if o == 0 { f32::NEG_INFINITY } else { decode_key(th).0 } };
+                            let floor = {
+                                let o = (th >> 32) as u32;
+                                if o == 0 {
+                                    f32::NEG_INFINITY
+                                } else {
+                                    decode_key(th).0
+                                }
+                            };
                             if s < floor {
                                 continue;
                             }
@@ -298,10 +313,7 @@ fn radix_all(p: &Problem, k: usize) -> Vec<u64> {
     let shift = |level: usize| 64 - BITS * level - width(level);
     let mut state: Vec<(u64, u64, u32, bool)> = vec![(0, 0, k as u32, false); p.nq];
     let keys_of = |row: usize| -> Vec<u64> {
-        (0..p.nb)
-            .filter(|&c| c as i64 != p.exclude[row])
-            .map(|c| select_key(p.sims[row * p.nb + c], c as i32))
-            .collect()
+        (0..p.nb).filter(|&c| c as i64 != p.exclude[row]).map(|c| select_key(p.sims[row * p.nb + c], c as i32)).collect()
     };
     for level in 0..10 {
         let mut unfinished = 0;
@@ -350,7 +362,8 @@ mod tests {
     #[test]
     fn select_compact_sort_match_a_full_sort() {
         let mut rng = SplitMix64::new(11);
-        for &(n, k, distinct) in &[(1, 1, 1), (33, 1, 5), (100, 7, 1000), (300, 50, 3), (1000, 999, 50), (2048, 1024, 100000), (65, 64, 1)] {
+        for &(n, k, distinct) in &[(1, 1, 1), (33, 1, 5), (100, 7, 1000), (300, 50, 3), (1000, 999, 50), (2048, 1024, 100000), (65, 64, 1)]
+        {
             let keys = random_keys(&mut rng, n, distinct);
             let want = reference_top(keys.clone(), k);
             let theta = warp_select_kth(&keys, k);
@@ -433,10 +446,8 @@ mod tests {
     fn expected(p: &Problem, k: usize) -> Vec<u64> {
         (0..p.nq)
             .flat_map(|row| {
-                let keys: Vec<u64> = (0..p.nb)
-                    .filter(|&c| c as i64 != p.exclude[row])
-                    .map(|c| select_key(p.sims[row * p.nb + c], c as i32))
-                    .collect();
+                let keys: Vec<u64> =
+                    (0..p.nb).filter(|&c| c as i64 != p.exclude[row]).map(|c| select_key(p.sims[row * p.nb + c], c as i32)).collect();
                 reference_top(keys, k)
             })
             .collect()
@@ -449,7 +460,9 @@ mod tests {
         let sims = problem_sims(&mut rng, nq, nb);
         let exclude: Vec<i64> = (0..nq as i64).map(|i| if i % 3 == 0 { i + 2 } else { -1 }).collect();
         let p = Problem { sims: &sims, nq, nb, exclude: &exclude };
-        for (k, slices, engine) in [(1, 1, Engine::Mma), (7, 3, Engine::Fma), (50, 2, Engine::Mma), (300, 5, Engine::Mma), (1024, 1, Engine::Fma)] {
+        for (k, slices, engine) in
+            [(1, 1, Engine::Mma), (7, 3, Engine::Fma), (50, 2, Engine::Mma), (300, 5, Engine::Mma), (1024, 1, Engine::Fma)]
+        {
             let want = expected(&p, k);
             let got = fused_chunk(&p, 0, k, slices, engine, &mut rng, None);
             assert_eq!(got, want, "k {k} slices {slices}");
@@ -457,7 +470,8 @@ mod tests {
             let mut running = vec![0u64; nq * k];
             for (start, end) in [(0usize, 600usize), (600, 601), (601, nb)] {
                 let chunk: Vec<f32> = (0..nq).flat_map(|i| sims[i * nb + start..i * nb + end].to_vec()).collect();
-                let ex: Vec<i64> = exclude.iter().map(|&e| if e >= start as i64 && e < end as i64 { e - start as i64 } else { -1 }).collect();
+                let ex: Vec<i64> =
+                    exclude.iter().map(|&e| if e >= start as i64 && e < end as i64 { e - start as i64 } else { -1 }).collect();
                 let cp = Problem { sims: &chunk, nq, nb: end - start, exclude: &ex };
                 running = fused_chunk(&cp, start, k, slices, engine, &mut rng, Some(&running));
             }

@@ -131,8 +131,22 @@ mod tests {
     #[test]
     fn keys_order_like_the_oracle() {
         let vals = [
-            f32::NAN, f32::NEG_INFINITY, -1.0, -0.5, -0.0, 0.0, 1e-30, 0.25, 0.5, 1.0, f32::INFINITY, -f32::NAN,
-            f32::MIN_POSITIVE, -f32::MIN_POSITIVE, f32::from_bits(1), -f32::from_bits(1),
+            f32::NAN,
+            f32::NEG_INFINITY,
+            -1.0,
+            -0.5,
+            -0.0,
+            0.0,
+            1e-30,
+            0.25,
+            0.5,
+            1.0,
+            f32::INFINITY,
+            -f32::NAN,
+            f32::MIN_POSITIVE,
+            -f32::MIN_POSITIVE,
+            f32::from_bits(1),
+            -f32::from_bits(1),
         ];
         let mut pairs = Vec::new();
         for &va in &vals {

@@ -54,7 +54,10 @@ impl Augment {
 
     pub fn validate(&self, shape: ImageShape) -> Result<()> {
         if self.max_shift >= shape.height.max(shape.width) && self.max_shift > 0 {
-            return Err(Error::invalid("max_shift", format!("{} would shift a {}x{} image out of the frame", self.max_shift, shape.height, shape.width)));
+            return Err(Error::invalid(
+                "max_shift",
+                format!("{} would shift a {}x{} image out of the frame", self.max_shift, shape.height, shape.width),
+            ));
         }
         if !(self.noise_std >= 0.0 && self.noise_std.is_finite()) {
             return Err(Error::invalid("noise_std", format!("must be finite and >= 0, got {}", self.noise_std)));
@@ -69,7 +72,8 @@ impl Augment {
     pub fn apply(&self, shape: ImageShape, src: &[f32], dst: &mut [f32], rng: &mut SplitMix64) {
         let (h, w) = (shape.height as isize, shape.width as isize);
         let s = self.max_shift as isize;
-        let (dy, dx) = if s > 0 { (rng.below(2 * s as usize + 1) as isize - s, rng.below(2 * s as usize + 1) as isize - s) } else { (0, 0) };
+        let (dy, dx) =
+            if s > 0 { (rng.below(2 * s as usize + 1) as isize - s, rng.below(2 * s as usize + 1) as isize - s) } else { (0, 0) };
         let flip = self.horizontal_flip && rng.below(2) == 1;
         let gain = if self.intensity_jitter > 0.0 { 1.0 + self.intensity_jitter * (2.0 * rng.uniform() as f32 - 1.0) } else { 1.0 };
         for c in 0..shape.channels {
@@ -125,7 +129,8 @@ impl Augment {
     /// One view's draws, in `apply`'s order (shifts, flip, gain), then the noise seed.
     pub fn draw(&self, rng: &mut SplitMix64) -> ViewDraw {
         let s = self.max_shift as isize;
-        let (dy, dx) = if s > 0 { (rng.below(2 * s as usize + 1) as isize - s, rng.below(2 * s as usize + 1) as isize - s) } else { (0, 0) };
+        let (dy, dx) =
+            if s > 0 { (rng.below(2 * s as usize + 1) as isize - s, rng.below(2 * s as usize + 1) as isize - s) } else { (0, 0) };
         let flip = self.horizontal_flip && rng.below(2) == 1;
         let gain = if self.intensity_jitter > 0.0 { 1.0 + self.intensity_jitter * (2.0 * rng.uniform() as f32 - 1.0) } else { 1.0 };
         ViewDraw { shift_y: dy as i32, shift_x: dx as i32, flip, gain_bits: gain.to_bits(), noise_seed: rng.next_u64() }
@@ -152,7 +157,13 @@ impl Augment {
 
     /// Views in the seeded form (the CPU twin of the GPU views): `views`' transform, with each
     /// view's noise from its own seed.
-    pub fn views_seeded(&self, shape: ImageShape, images: &Matrix<f32>, rows: &[usize], rng: &mut SplitMix64) -> Result<(Matrix<f32>, Vec<ViewDraw>)> {
+    pub fn views_seeded(
+        &self,
+        shape: ImageShape,
+        images: &Matrix<f32>,
+        rows: &[usize],
+        rng: &mut SplitMix64,
+    ) -> Result<(Matrix<f32>, Vec<ViewDraw>)> {
         check_images(shape, images, rows)?;
         self.validate(shape)?;
         let draws: Vec<ViewDraw> = rows.iter().map(|_| self.draw(rng)).collect();
@@ -274,11 +285,17 @@ mod tests {
         for _ in 0..200 {
             aug.apply(SQ, &src, &mut dst, &mut rng);
             let shifted = |dy: isize, dx: isize| -> Vec<f32> {
-                (0..18).map(|k| {
-                    let (c, y, x) = (k / 9, (k % 9 / 3) as isize, (k % 3) as isize);
-                    let (sy, sx) = (y - dy, x - dx);
-                    if (0..3).contains(&sy) && (0..3).contains(&sx) { src[c * 9 + (sy * 3 + sx) as usize] } else { 0.0 }
-                }).collect()
+                (0..18)
+                    .map(|k| {
+                        let (c, y, x) = (k / 9, (k % 9 / 3) as isize, (k % 3) as isize);
+                        let (sy, sx) = (y - dy, x - dx);
+                        if (0..3).contains(&sy) && (0..3).contains(&sx) {
+                            src[c * 9 + (sy * 3 + sx) as usize]
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect()
             };
             let found = (-1..=1).flat_map(|dy| (-1..=1).map(move |dx| (dy, dx))).find(|&(dy, dx)| shifted(dy, dx) == dst);
             seen.insert(found.expect("a view is a translation of the image"));

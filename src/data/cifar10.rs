@@ -15,11 +15,17 @@ const RECORD: usize = 1 + 3 * 32 * 32;
 /// Parses the records of one batch file, appending to `pixels` / `labels`.
 fn parse_into(path: &Path, bytes: &[u8], pixels: &mut Vec<f32>, labels: &mut Vec<i32>) -> Result<()> {
     if bytes.is_empty() || bytes.len() % RECORD != 0 {
-        return Err(Error::invalid("path", format!("{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records", path.display(), bytes.len())));
+        return Err(Error::invalid(
+            "path",
+            format!("{}: {} bytes is not a whole number of {RECORD}-byte CIFAR-10 records", path.display(), bytes.len()),
+        ));
     }
     for (r, record) in bytes.chunks_exact(RECORD).enumerate() {
         if record[0] as usize >= CLASSES {
-            return Err(Error::invalid("path", format!("{}: record {r} has label {} (CIFAR-10 labels are 0..9)", path.display(), record[0])));
+            return Err(Error::invalid(
+                "path",
+                format!("{}: record {r} has label {} (CIFAR-10 labels are 0..9)", path.display(), record[0]),
+            ));
         }
         labels.push(record[0] as i32);
         pixels.extend(record[1..].iter().map(|&v| v as f32 / 255.0));

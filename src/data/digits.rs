@@ -37,12 +37,18 @@ pub fn parse(arg: &'static str, text: &[u8]) -> Result<Dataset> {
     for (line_no, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
         let fields: Vec<&str> = line.split(',').map(str::trim).collect();
         if fields.len() != SHAPE.len() + 1 {
-            return Err(Error::invalid(arg, format!("line {}: expected {} comma-separated values, got {}", line_no + 1, SHAPE.len() + 1, fields.len())));
+            return Err(Error::invalid(
+                arg,
+                format!("line {}: expected {} comma-separated values, got {}", line_no + 1, SHAPE.len() + 1, fields.len()),
+            ));
         }
         let value = |k: usize, max: u32| -> Result<u32> {
             match fields[k].parse::<u32>() {
                 Ok(v) if v <= max => Ok(v),
-                _ => Err(Error::invalid(arg, format!("line {}, field {}: expected an integer in 0..={max}, got `{}`", line_no + 1, k + 1, fields[k]))),
+                _ => Err(Error::invalid(
+                    arg,
+                    format!("line {}, field {}: expected an integer in 0..={max}, got `{}`", line_no + 1, k + 1, fields[k]),
+                )),
             }
         };
         for k in 0..SHAPE.len() {

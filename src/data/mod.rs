@@ -52,7 +52,11 @@ impl Dataset {
     /// Checks the invariants the rest of the crate relies on.
     pub fn new(name: impl Into<String>, shape: ImageShape, images: Matrix<f32>, labels: Vec<i32>, classes: usize) -> Result<Self> {
         if images.cols() != shape.len() {
-            return Err(Error::shape("images", format!("{} columns (one per pixel of a {shape:?} image)", shape.len()), format!("{} x {}", images.rows(), images.cols())));
+            return Err(Error::shape(
+                "images",
+                format!("{} columns (one per pixel of a {shape:?} image)", shape.len()),
+                format!("{} x {}", images.rows(), images.cols()),
+            ));
         }
         if labels.len() != images.rows() {
             return Err(Error::shape("labels", format!("{} labels (one per image)", images.rows()), format!("{}", labels.len())));

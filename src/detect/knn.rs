@@ -25,7 +25,11 @@ pub fn knn_scores(backend: &Backend, bank: &Matrix<f32>, queries: &Matrix<f32>, 
         return Err(Error::shape("bank", "at least one row", "0 rows"));
     }
     if queries.cols() != bank.cols() {
-        return Err(Error::shape("queries", format!("{} columns (the d of bank)", bank.cols()), format!("{} x {}", queries.rows(), queries.cols())));
+        return Err(Error::shape(
+            "queries",
+            format!("{} columns (the d of bank)", bank.cols()),
+            format!("{} x {}", queries.rows(), queries.cols()),
+        ));
     }
     if k == 0 || k > bank.rows() {
         return Err(Error::invalid("k", format!("must be in 1..={} (the bank's rows), got {k}", bank.rows())));
@@ -122,7 +126,10 @@ mod tests {
         let upright = knn_scores(&Backend::Cpu, &top_row(&bank).unwrap(), &top_row(&queries).unwrap(), k).unwrap();
         assert!(upright.iter().zip(&got).any(|(u, g)| (u - g).abs() > 1e-3));
         let rect = ImageShape::new(1, 2, 8);
-        assert!(matches!(rotation_ensemble_scores(&Backend::Cpu, rect, &bank, &queries, k, &top_row), Err(Error::InvalidArgument { arg: "shape", .. })));
+        assert!(matches!(
+            rotation_ensemble_scores(&Backend::Cpu, rect, &bank, &queries, k, &top_row),
+            Err(Error::InvalidArgument { arg: "shape", .. })
+        ));
     }
 
     #[test]

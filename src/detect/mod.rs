@@ -62,7 +62,8 @@ pub enum LossKind {
 }
 
 impl LossKind {
-    pub const ALL: [LossKind; 6] = [LossKind::NtXent, LossKind::SupCon, LossKind::Firm, LossKind::Oecl, LossKind::OutlierExposure, LossKind::ClusterAware];
+    pub const ALL: [LossKind; 6] =
+        [LossKind::NtXent, LossKind::SupCon, LossKind::Firm, LossKind::Oecl, LossKind::OutlierExposure, LossKind::ClusterAware];
 
     /// `nt_xent` (also `infonce`, `simclr`), `supcon`, `firm`, `oecl`, `outlier_exposure` (also `oe`),
     /// `cluster_aware` (also `ccl`).
@@ -74,7 +75,10 @@ impl LossKind {
             "oecl" => Ok(LossKind::Oecl),
             "outlier_exposure" | "oe" => Ok(LossKind::OutlierExposure),
             "cluster_aware" | "ccl" => Ok(LossKind::ClusterAware),
-            other => Err(Error::invalid("loss", format!("unknown loss `{other}`; expected nt_xent, supcon, firm, oecl, outlier_exposure or cluster_aware"))),
+            other => Err(Error::invalid(
+                "loss",
+                format!("unknown loss `{other}`; expected nt_xent, supcon, firm, oecl, outlier_exposure or cluster_aware"),
+            )),
         }
     }
 
@@ -160,7 +164,15 @@ impl DetectorConfig {
 
     /// Larger images (MNIST, CIFAR-10): wider layers, mini-batches.
     pub fn images(loss: LossKind, augment: Augment) -> Self {
-        DetectorConfig { hidden: vec![512, 256], feature: 128, head: vec![128, 64], steps: 300, batch_size: 128, augment, ..Self::digits(loss) }
+        DetectorConfig {
+            hidden: vec![512, 256],
+            feature: 128,
+            head: vec![128, 64],
+            steps: 300,
+            batch_size: 128,
+            augment,
+            ..Self::digits(loss)
+        }
     }
 
     pub fn mlp_config(&self, input: usize) -> Result<MlpConfig> {
@@ -195,10 +207,19 @@ impl DetectorConfig {
             return Err(Error::invalid("k", "at least 1"));
         }
         if self.loss.uses_outliers() && shape.height != shape.width {
-            return Err(Error::invalid("loss", format!("{} rotates images into outliers, which needs square images ({}x{})", self.loss.name(), shape.height, shape.width)));
+            return Err(Error::invalid(
+                "loss",
+                format!("{} rotates images into outliers, which needs square images ({}x{})", self.loss.name(), shape.height, shape.width),
+            ));
         }
         if self.scorer == Scorer::RotationEnsemble && shape.height != shape.width {
-            return Err(Error::invalid("scorer", format!("the rotation ensemble turns images, which needs square images ({}x{}); use the plain kNN scorer", shape.height, shape.width)));
+            return Err(Error::invalid(
+                "scorer",
+                format!(
+                    "the rotation ensemble turns images, which needs square images ({}x{}); use the plain kNN scorer",
+                    shape.height, shape.width
+                ),
+            ));
         }
         Ok(())
     }
@@ -255,7 +276,10 @@ pub struct StepInfo {
 
 /// The encoder under training, on either backend.
 pub enum Encoder {
-    Cpu { params: MlpParams<f32>, state: AdamState },
+    Cpu {
+        params: MlpParams<f32>,
+        state: AdamState,
+    },
     /// f16 compute on the GPU (the kernels' first-class dtype; bf16 works the same way).
     Gpu(Box<GpuMlp<f16>>),
 }
@@ -279,7 +303,12 @@ impl Encoder {
 
     /// One step: forward, `loss` (value and gradient with respect to the MLP's output), backward,
     /// AdamW. Returns the loss value.
-    pub fn train_step(&mut self, x: &Matrix<f32>, hp: &AdamW, loss: impl FnOnce(&Matrix<f64>) -> Result<(f64, Matrix<f64>)>) -> Result<f64> {
+    pub fn train_step(
+        &mut self,
+        x: &Matrix<f32>,
+        hp: &AdamW,
+        loss: impl FnOnce(&Matrix<f64>) -> Result<(f64, Matrix<f64>)>,
+    ) -> Result<f64> {
         match self {
             Encoder::Cpu { params, state } => {
                 let fwd = cpu::mlp::forward(params, x)?;
@@ -325,7 +354,13 @@ impl Encoder {
 /// The loss inputs of one batch (layout in the module docs) and the loss value and gradient with
 /// respect to the batch's features `z`: the fused loss kernels on a GPU backend (f32 features), the
 /// f64 oracle on the CPU.
-pub fn batch_loss(backend: &Backend, cfg: &DetectorConfig, z: &Matrix<f64>, normals: usize, rotations: &[u32]) -> Result<(f64, Matrix<f64>)> {
+pub fn batch_loss(
+    backend: &Backend,
+    cfg: &DetectorConfig,
+    z: &Matrix<f64>,
+    normals: usize,
+    rotations: &[u32],
+) -> Result<(f64, Matrix<f64>)> {
     let b = normals;
     let outliers = rotations.len();
     let rows = 2 * b + 2 * outliers;
@@ -457,7 +492,8 @@ impl Metrics {
         if scores.len() != is_anomaly.len() {
             return Err(Error::shape("is_anomaly", format!("{} entries (one per score)", scores.len()), format!("{}", is_anomaly.len())));
         }
-        let pick = |anomalous: bool| -> Vec<f64> { scores.iter().zip(is_anomaly).filter(|(_, &a)| a == anomalous).map(|(s, _)| *s).collect() };
+        let pick =
+            |anomalous: bool| -> Vec<f64> { scores.iter().zip(is_anomaly).filter(|(_, &a)| a == anomalous).map(|(s, _)| *s).collect() };
         let report = crate::metrics::report(&pick(false), &pick(true))?;
         Ok(Metrics { auroc: report.auroc, aupr: report.aupr, fpr95: report.fpr_at_95_tpr })
     }
@@ -613,7 +649,11 @@ mod tests {
         let ids = [km.assignment.clone(), km.assignment.clone()].concat();
         let centers = km.centroids.cast::<f64>();
         let instance: Vec<i32> = (0..2 * b).map(|i| (i % b) as i32).collect();
-        let inputs = LossInputs { label: Some(&ids), prototypes: Some(PrototypeColumns { centers: &centers, proto_of: &ids }), ..LossInputs::new(&z, &instance) };
+        let inputs = LossInputs {
+            label: Some(&ids),
+            prototypes: Some(PrototypeColumns { centers: &centers, proto_of: &ids }),
+            ..LossInputs::new(&z, &instance)
+        };
         let want = cpu::contrastive::forward(&ContrastiveLoss::cluster_aware(0.5), &inputs).unwrap().loss;
         assert!((value - want).abs() <= 1e-12 * want.abs().max(1.0), "{value} vs {want}");
         assert!(ids.iter().all(|&c| (0..CLUSTER_AWARE_CLUSTERS as i32).contains(&c)));
@@ -691,7 +731,14 @@ mod tests {
         let shape = ImageShape::new(1, 4, 4);
         let mut rng = SplitMix64::new(1);
         let normal = Matrix::from_fn(12, 16, |i, j| if (j + i) % 3 == 0 { 0.8 } else { 0.1 * rng.uniform() as f32 });
-        let cfg = DetectorConfig { hidden: vec![16], feature: 8, head: vec![8], steps: 40, adamw: AdamW { lr: 1e-2, ..AdamW::default() }, ..DetectorConfig::digits(LossKind::Firm) };
+        let cfg = DetectorConfig {
+            hidden: vec![16],
+            feature: 8,
+            head: vec![8],
+            steps: 40,
+            adamw: AdamW { lr: 1e-2, ..AdamW::default() },
+            ..DetectorConfig::digits(LossKind::Firm)
+        };
         let losses = Mutex::new(Vec::new());
         let enc = train_one_class(&Backend::Cpu, &cfg, shape, &normal, 0, &|s: &StepInfo| losses.lock().unwrap().push(s.loss)).unwrap();
         let losses = losses.into_inner().unwrap();

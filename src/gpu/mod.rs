@@ -111,9 +111,7 @@ impl Gpu {
         if let Some(f) = cache.get(name) {
             return Ok(f.clone());
         }
-        let m = self.inner.modules.get(module).ok_or_else(|| {
-            Error::KernelsNotCompiled(format!("module `{module}` is not embedded"))
-        })?;
+        let m = self.inner.modules.get(module).ok_or_else(|| Error::KernelsNotCompiled(format!("module `{module}` is not embedded")))?;
         let f = m.load_function(name).during(format_args!("loading kernel `{name}`"))?;
         cache.insert(name.to_owned(), f.clone());
         Ok(f)
@@ -159,4 +157,3 @@ pub(crate) use kernel_args;
 pub(crate) fn dim_i32(arg: &'static str, v: usize) -> Result<i32> {
     i32::try_from(v).map_err(|_| Error::invalid(arg, format!("{v} exceeds the kernels' i32 index range")))
 }
-

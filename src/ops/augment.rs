@@ -32,7 +32,14 @@ fn config(total: usize) -> LaunchConfig {
 }
 
 /// One view of each image `rows[k]` (row k of the result) and the draws that made it.
-pub fn views(gpu: &Gpu, augment: &Augment, shape: ImageShape, images: &DeviceMatrix<f32>, rows: &[usize], rng: &mut SplitMix64) -> Result<(DeviceMatrix<f32>, Vec<ViewDraw>)> {
+pub fn views(
+    gpu: &Gpu,
+    augment: &Augment,
+    shape: ImageShape,
+    images: &DeviceMatrix<f32>,
+    rows: &[usize],
+    rng: &mut SplitMix64,
+) -> Result<(DeviceMatrix<f32>, Vec<ViewDraw>)> {
     check(shape, images, rows)?;
     augment.validate(shape)?;
     let draws: Vec<ViewDraw> = rows.iter().map(|_| augment.draw(rng)).collect();
@@ -51,21 +58,53 @@ pub fn views(gpu: &Gpu, augment: &Augment, shape: ImageShape, images: &DeviceMat
     );
     let src = upload(gpu, &src)?;
     let (images_p, out_p) = (images.raw(stream).0.ptr, out.raw(stream).0.ptr);
-    let (src_p, sy_p, sx_p, flip_p) = (src.device_ptr(stream).0, sy.device_ptr(stream).0, sx.device_ptr(stream).0, flip.device_ptr(stream).0);
+    let (src_p, sy_p, sx_p, flip_p) =
+        (src.device_ptr(stream).0, sy.device_ptr(stream).0, sx.device_ptr(stream).0, flip.device_ptr(stream).0);
     let (gain_p, seed_p) = (gain.device_ptr(stream).0, seed.device_ptr(stream).0);
-    let (n_images, c, h, w, n_views) = (dim_i32("images.rows", images.rows())?, dim_i32("channels", shape.channels)?, dim_i32("height", shape.height)?, dim_i32("width", shape.width)?, dim_i32("rows", rows.len())?);
+    let (n_images, c, h, w, n_views) = (
+        dim_i32("images.rows", images.rows())?,
+        dim_i32("channels", shape.channels)?,
+        dim_i32("height", shape.height)?,
+        dim_i32("width", shape.width)?,
+        dim_i32("rows", rows.len())?,
+    );
     // SAFETY: every pointer is a live buffer of the sizes the arguments describe; the argument
     // list matches augment_views.
     unsafe {
-        gpu.launch(stream, MODULE, "augment_views", config(rows.len() * shape.len()), &mut kernel_args![
-            &images_p, &n_images, &c, &h, &w, &src_p, &sy_p, &sx_p, &flip_p, &gain_p, &seed_p, &augment.noise_std, &n_views, &out_p
-        ])?;
+        gpu.launch(
+            stream,
+            MODULE,
+            "augment_views",
+            config(rows.len() * shape.len()),
+            &mut kernel_args![
+                &images_p,
+                &n_images,
+                &c,
+                &h,
+                &w,
+                &src_p,
+                &sy_p,
+                &sx_p,
+                &flip_p,
+                &gain_p,
+                &seed_p,
+                &augment.noise_std,
+                &n_views,
+                &out_p
+            ],
+        )?;
     }
     Ok((out, draws))
 }
 
 /// Image `rows[k]` rotated by `quarter_turns[k]` x 90 degrees counter-clockwise, as row k.
-pub fn rotated(gpu: &Gpu, shape: ImageShape, images: &DeviceMatrix<f32>, rows: &[usize], quarter_turns: &[u32]) -> Result<DeviceMatrix<f32>> {
+pub fn rotated(
+    gpu: &Gpu,
+    shape: ImageShape,
+    images: &DeviceMatrix<f32>,
+    rows: &[usize],
+    quarter_turns: &[u32],
+) -> Result<DeviceMatrix<f32>> {
     check(shape, images, rows)?;
     if shape.height != shape.width {
         return Err(Error::invalid("shape", format!("rotations need square images, got {}x{}", shape.height, shape.width)));
@@ -80,11 +119,23 @@ pub fn rotated(gpu: &Gpu, shape: ImageShape, images: &DeviceMatrix<f32>, rows: &
     let stream = gpu.stream();
     let src = upload(gpu, &rows.iter().map(|&r| r as i32).collect::<Vec<_>>())?;
     let turns = upload(gpu, &quarter_turns.iter().map(|&t| (t % 4) as i32).collect::<Vec<_>>())?;
-    let (images_p, out_p, src_p, turns_p) = (images.raw(stream).0.ptr, out.raw(stream).0.ptr, src.device_ptr(stream).0, turns.device_ptr(stream).0);
-    let (n_images, c, n, n_views) = (dim_i32("images.rows", images.rows())?, dim_i32("channels", shape.channels)?, dim_i32("height", shape.height)?, dim_i32("rows", rows.len())?);
+    let (images_p, out_p, src_p, turns_p) =
+        (images.raw(stream).0.ptr, out.raw(stream).0.ptr, src.device_ptr(stream).0, turns.device_ptr(stream).0);
+    let (n_images, c, n, n_views) = (
+        dim_i32("images.rows", images.rows())?,
+        dim_i32("channels", shape.channels)?,
+        dim_i32("height", shape.height)?,
+        dim_i32("rows", rows.len())?,
+    );
     // SAFETY: as in `views`; the argument list matches rotate_views.
     unsafe {
-        gpu.launch(stream, MODULE, "rotate_views", config(rows.len() * shape.len()), &mut kernel_args![&images_p, &n_images, &c, &n, &src_p, &turns_p, &n_views, &out_p])?;
+        gpu.launch(
+            stream,
+            MODULE,
+            "rotate_views",
+            config(rows.len() * shape.len()),
+            &mut kernel_args![&images_p, &n_images, &c, &n, &src_p, &turns_p, &n_views, &out_p],
+        )?;
     }
     Ok(out)
 }

@@ -210,7 +210,15 @@ pub fn kmeans<T: FloatElement>(gpu: &Gpu, x: &DeviceMatrix<T>, opts: &KMeansOpti
     };
     let copy_row = |src: usize, dst: usize| -> Result<()> {
         // SAFETY: both rows are inside their live allocations.
-        unsafe { cudarc::driver::result::memcpy_dtod_async(cent_p + (dst * d * elem) as u64, xr.ptr + (src * d * elem) as u64, d * elem, stream.cu_stream()) }.during("device-to-device copy")
+        unsafe {
+            cudarc::driver::result::memcpy_dtod_async(
+                cent_p + (dst * d * elem) as u64,
+                xr.ptr + (src * d * elem) as u64,
+                d * elem,
+                stream.cu_stream(),
+            )
+        }
+        .during("device-to-device copy")
     };
 
     // k-means++.
@@ -248,7 +256,11 @@ pub fn kmeans<T: FloatElement>(gpu: &Gpu, x: &DeviceMatrix<T>, opts: &KMeansOpti
         let perm_dev = stream.clone_htod(&perm).during("host-to-device copy")?;
         let off_dev = stream.clone_htod(&offsets).during("host-to-device copy")?;
         let (perm_p, off_p) = (perm_dev.device_ptr(stream).0, off_dev.device_ptr(stream).0);
-        let cfg = LaunchConfig { grid_dim: (d.div_ceil(MEAN_THREADS as usize) as u32, k as u32, 1), block_dim: (MEAN_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (d.div_ceil(MEAN_THREADS as usize) as u32, k as u32, 1),
+            block_dim: (MEAN_THREADS, 1, 1),
+            shared_mem_bytes: 0,
+        };
         if spherical {
             let name = format!("kmeans_mean_{}_f32", T::DTYPE);
             // SAFETY: x (n x d), norms (n), perm / offsets as built, mean (k x d f32).

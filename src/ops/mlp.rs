@@ -14,7 +14,7 @@
 
 use cudarc::driver::{sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use super::{check_same_shape, check_features};
+use super::{check_features, check_same_shape};
 use crate::dtype::{DType, Float, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
@@ -118,7 +118,11 @@ impl<P: Float> MlpParams<P> {
     pub fn cast<Q: Float>(&self) -> MlpParams<Q> {
         MlpParams {
             config: self.config.clone(),
-            layers: self.layers.iter().map(|l| Linear { weight: l.weight.cast(), bias: l.bias.iter().map(|b| Q::from_f64(b.to_f64())).collect() }).collect(),
+            layers: self
+                .layers
+                .iter()
+                .map(|l| Linear { weight: l.weight.cast(), bias: l.bias.iter().map(|b| Q::from_f64(b.to_f64())).collect() })
+                .collect(),
         }
     }
 
@@ -126,11 +130,19 @@ impl<P: Float> MlpParams<P> {
     pub fn validate(&self) -> Result<()> {
         self.config.validate()?;
         if self.layers.len() != self.config.layers() {
-            return Err(Error::shape("layers", format!("{} layers (the config's)", self.config.layers()), format!("{}", self.layers.len())));
+            return Err(Error::shape(
+                "layers",
+                format!("{} layers (the config's)", self.config.layers()),
+                format!("{}", self.layers.len()),
+            ));
         }
         for (l, (layer, w)) in self.layers.iter().zip(self.config.widths.windows(2)).enumerate() {
             if (layer.weight.rows(), layer.weight.cols()) != (w[1], w[0]) {
-                return Err(Error::shape("layers.weight", format!("layer {} weight {} x {} (out x in)", l + 1, w[1], w[0]), format!("{} x {}", layer.weight.rows(), layer.weight.cols())));
+                return Err(Error::shape(
+                    "layers.weight",
+                    format!("layer {} weight {} x {} (out x in)", l + 1, w[1], w[0]),
+                    format!("{} x {}", layer.weight.rows(), layer.weight.cols()),
+                ));
             }
             if layer.bias.len() != w[1] {
                 return Err(Error::shape("layers.bias", format!("layer {} bias of {}", l + 1, w[1]), format!("{}", layer.bias.len())));
@@ -218,7 +230,11 @@ fn gemm_grid(rows: usize, cols: usize, arg: &'static str) -> Result<LaunchConfig
     if rows.div_ceil(TILE) > 65_535 {
         return Err(Error::shape(arg, format!("at most {} rows", 65_535 * TILE), format!("{rows} rows")));
     }
-    Ok(LaunchConfig { grid_dim: (cols.div_ceil(TILE) as u32, rows.div_ceil(TILE) as u32, 1), block_dim: (GEMM_THREADS, 1, 1), shared_mem_bytes: 0 })
+    Ok(LaunchConfig {
+        grid_dim: (cols.div_ceil(TILE) as u32, rows.div_ceil(TILE) as u32, 1),
+        block_dim: (GEMM_THREADS, 1, 1),
+        shared_mem_bytes: 0,
+    })
 }
 
 fn elementwise_grid(count: usize) -> LaunchConfig {
@@ -241,7 +257,15 @@ fn suffix(aligned: bool) -> &'static str {
 /// # Safety
 /// Every pointer must be valid device memory of this GPU's context for the shape and dtype it is
 /// described with (`bias`: n f32), and stay valid until the stream has run the kernel.
-pub unsafe fn linear_forward_raw(gpu: &Gpu, stream: &CudaStream, x: RawMatrix, w: RawMatrix, bias: Option<CUdeviceptr>, y: RawMatrix, relu: bool) -> Result<()> {
+pub unsafe fn linear_forward_raw(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    x: RawMatrix,
+    w: RawMatrix,
+    bias: Option<CUdeviceptr>,
+    y: RawMatrix,
+    relu: bool,
+) -> Result<()> {
     check_compute_dtype("x", x.dtype)?;
     check_same_dtype("w", "x", x.dtype, w.dtype)?;
     check_same_dtype("y", "x", x.dtype, y.dtype)?;
@@ -273,7 +297,14 @@ pub unsafe fn linear_forward_raw(gpu: &Gpu, stream: &CudaStream, x: RawMatrix, w
 ///
 /// # Safety
 /// As [`linear_forward_raw`].
-pub unsafe fn linear_backward_data_raw(gpu: &Gpu, stream: &CudaStream, dz: RawMatrix, w: RawMatrix, relu_of: Option<RawMatrix>, dx: RawMatrix) -> Result<()> {
+pub unsafe fn linear_backward_data_raw(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    dz: RawMatrix,
+    w: RawMatrix,
+    relu_of: Option<RawMatrix>,
+    dx: RawMatrix,
+) -> Result<()> {
     check_compute_dtype("dz", dz.dtype)?;
     check_same_dtype("w", "dz", dz.dtype, w.dtype)?;
     check_same_dtype("dx", "dz", dz.dtype, dx.dtype)?;
@@ -337,7 +368,8 @@ pub unsafe fn column_sums_raw(gpu: &Gpu, stream: &CudaStream, dz: RawMatrix, out
     dz.check_pointer("dz")?;
     RawMatrix::new(out, dz.cols, 1, DType::F32).check_pointer("out")?;
     let (m, n) = (dim_i32("dz.rows", dz.rows)?, dim_i32("dz.cols", dz.cols)?);
-    let cfg = LaunchConfig { grid_dim: ((dz.cols as u32).div_ceil(COLSUM_X), 1, 1), block_dim: (COLSUM_X, COLSUM_Y, 1), shared_mem_bytes: 0 };
+    let cfg =
+        LaunchConfig { grid_dim: ((dz.cols as u32).div_ceil(COLSUM_X), 1, 1), block_dim: (COLSUM_X, COLSUM_Y, 1), shared_mem_bytes: 0 };
     gpu.launch(stream, MODULE, &format!("column_sums_{}", dz.dtype), cfg, &mut kernel_args![&dz.ptr, &out, &m, &n])
 }
 
@@ -397,7 +429,14 @@ pub unsafe fn adamw_raw(
 ///
 /// # Safety
 /// As [`linear_forward_raw`].
-pub unsafe fn convert_f32_raw(gpu: &Gpu, stream: &CudaStream, src: CUdeviceptr, dst: CUdeviceptr, dst_dtype: DType, count: usize) -> Result<()> {
+pub unsafe fn convert_f32_raw(
+    gpu: &Gpu,
+    stream: &CudaStream,
+    src: CUdeviceptr,
+    dst: CUdeviceptr,
+    dst_dtype: DType,
+    count: usize,
+) -> Result<()> {
     check_compute_dtype("dst_dtype", dst_dtype)?;
     RawMatrix::new(src, count, 1, DType::F32).check_pointer("src")?;
     RawMatrix::new(dst, count, 1, dst_dtype).check_pointer("dst")?;
@@ -520,7 +559,12 @@ impl<T: FloatElement> GpuMlp<T> {
             let layer = &mut self.layers[l - 1];
             let dz_raw = dz.raw(stream).0;
             let x_raw = input.raw(stream).0;
-            let dw_raw = RawMatrix::new(layer.d_weight.device_ptr_mut(stream).0, layer.weight_compute.rows(), layer.weight_compute.cols(), DType::F32);
+            let dw_raw = RawMatrix::new(
+                layer.d_weight.device_ptr_mut(stream).0,
+                layer.weight_compute.rows(),
+                layer.weight_compute.cols(),
+                DType::F32,
+            );
             let db = layer.d_bias.device_ptr_mut(stream).0;
             // SAFETY: live buffers of the described shapes on the one stream.
             unsafe {
@@ -595,7 +639,10 @@ impl<T: FloatElement> GpuMlp<T> {
             .iter()
             .map(|l| {
                 let (out, inp) = (l.weight_compute.rows(), l.weight_compute.cols());
-                Ok(Linear { weight: Matrix::new(out, inp, self.download_f32(&l.weight, out * inp)?)?, bias: self.download_f32(&l.bias, out)? })
+                Ok(Linear {
+                    weight: Matrix::new(out, inp, self.download_f32(&l.weight, out * inp)?)?,
+                    bias: self.download_f32(&l.bias, out)?,
+                })
             })
             .collect::<Result<Vec<_>>>()?;
         Ok(MlpParams { config: self.config.clone(), layers })
@@ -607,7 +654,10 @@ impl<T: FloatElement> GpuMlp<T> {
             .iter()
             .map(|l| {
                 let (out, inp) = (l.weight_compute.rows(), l.weight_compute.cols());
-                Ok(Linear { weight: Matrix::new(out, inp, self.download_f32(&l.d_weight, out * inp)?)?, bias: self.download_f32(&l.d_bias, out)? })
+                Ok(Linear {
+                    weight: Matrix::new(out, inp, self.download_f32(&l.d_weight, out * inp)?)?,
+                    bias: self.download_f32(&l.d_bias, out)?,
+                })
             })
             .collect()
     }

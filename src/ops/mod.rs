@@ -11,8 +11,8 @@
 
 pub mod augment;
 pub mod contrastive;
-pub mod mlp;
 pub mod kmeans;
+pub mod mlp;
 pub mod normalize;
 pub mod similarity;
 pub mod topk;

@@ -78,7 +78,10 @@ pub fn check(queries: (usize, usize), bank: (usize, usize), opts: &TopKOptions) 
         Exclusion::None => {}
         Exclusion::Diagonal { offset } => {
             if nq > 0 && offset + nq > nb {
-                return Err(Error::invalid("exclude", format!("query i is bank row i + {offset}, so the bank needs {} rows, it has {nb}", offset + nq)));
+                return Err(Error::invalid(
+                    "exclude",
+                    format!("query i is bank row i + {offset}, so the bank needs {} rows, it has {nb}", offset + nq),
+                ));
             }
         }
         Exclusion::Indices(v) => {
@@ -183,7 +186,13 @@ pub fn topk<T: FloatElement>(gpu: &Gpu, queries: &DeviceMatrix<T>, bank: &Device
 /// previous chunk is searched; per-chunk results are merged exactly (the result equals
 /// [`topk`]'s bit for bit). Device memory: two chunks plus O(nq k). For k > 1024 every radix pass
 /// streams the bank again.
-pub fn topk_host_bank<T: FloatElement>(gpu: &Gpu, queries: &DeviceMatrix<T>, bank: &Matrix<T>, chunk_rows: usize, opts: &TopKOptions) -> Result<DeviceTopK> {
+pub fn topk_host_bank<T: FloatElement>(
+    gpu: &Gpu,
+    queries: &DeviceMatrix<T>,
+    bank: &Matrix<T>,
+    chunk_rows: usize,
+    opts: &TopKOptions,
+) -> Result<DeviceTopK> {
     check((queries.rows(), queries.cols()), (bank.rows(), bank.cols()), opts)?;
     if chunk_rows == 0 {
         return Err(Error::invalid("chunk_rows", "must be at least 1"));
@@ -211,7 +220,15 @@ pub fn topk_host_bank<T: FloatElement>(gpu: &Gpu, queries: &DeviceMatrix<T>, ban
 /// # Safety
 /// Every pointer must be valid device memory of this GPU's context for the shape and dtype it
 /// is described with, and stay valid until the stream has run the kernels.
-pub unsafe fn topk_raw(gpu: &Gpu, stream: &Arc<CudaStream>, queries: RawMatrix, bank: RawMatrix, values: CUdeviceptr, indices: CUdeviceptr, opts: &TopKOptions) -> Result<()> {
+pub unsafe fn topk_raw(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    queries: RawMatrix,
+    bank: RawMatrix,
+    values: CUdeviceptr,
+    indices: CUdeviceptr,
+    opts: &TopKOptions,
+) -> Result<()> {
     check_raw(queries, bank, values, indices, opts)?;
     if queries.rows == 0 {
         return Ok(());
@@ -238,7 +255,16 @@ fn check_raw(queries: RawMatrix, bank: RawMatrix, values: CUdeviceptr, indices: 
 ///
 /// # Safety
 /// As [`topk_raw`]; `bias` holds bank.rows f32.
-pub(crate) unsafe fn top1_biased_raw(gpu: &Gpu, stream: &Arc<CudaStream>, queries: RawMatrix, bank: RawMatrix, bias: CUdeviceptr, normalized: bool, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
+pub(crate) unsafe fn top1_biased_raw(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    queries: RawMatrix,
+    bank: RawMatrix,
+    bias: CUdeviceptr,
+    normalized: bool,
+    values: CUdeviceptr,
+    indices: CUdeviceptr,
+) -> Result<()> {
     let opts = TopKOptions::new(1).normalized(normalized);
     check_raw(queries, bank, values, indices, &opts)?;
     if queries.rows == 0 {
@@ -267,7 +293,13 @@ trait BankSource {
     fn chunks(&self) -> usize;
     /// Calls `f` for every chunk in order, with the chunk resident on the device for the work
     /// `f` queues on `stream`.
-    fn for_each_chunk(&mut self, gpu: &Gpu, stream: &Arc<CudaStream>, normalized: bool, f: &mut dyn FnMut(Chunk) -> Result<()>) -> Result<()>;
+    fn for_each_chunk(
+        &mut self,
+        gpu: &Gpu,
+        stream: &Arc<CudaStream>,
+        normalized: bool,
+        f: &mut dyn FnMut(Chunk) -> Result<()>,
+    ) -> Result<()>;
 }
 
 struct DeviceBank {
@@ -282,7 +314,13 @@ impl BankSource for DeviceBank {
     fn chunks(&self) -> usize {
         1
     }
-    fn for_each_chunk(&mut self, gpu: &Gpu, stream: &Arc<CudaStream>, normalized: bool, f: &mut dyn FnMut(Chunk) -> Result<()>) -> Result<()> {
+    fn for_each_chunk(
+        &mut self,
+        gpu: &Gpu,
+        stream: &Arc<CudaStream>,
+        normalized: bool,
+        f: &mut dyn FnMut(Chunk) -> Result<()>,
+    ) -> Result<()> {
         let norms = if normalized {
             0
         } else {
@@ -357,7 +395,13 @@ impl<T: FloatElement> BankSource for HostBank<'_, T> {
     fn chunks(&self) -> usize {
         self.rows.div_ceil(self.chunk_rows)
     }
-    fn for_each_chunk(&mut self, gpu: &Gpu, stream: &Arc<CudaStream>, normalized: bool, f: &mut dyn FnMut(Chunk) -> Result<()>) -> Result<()> {
+    fn for_each_chunk(
+        &mut self,
+        gpu: &Gpu,
+        stream: &Arc<CudaStream>,
+        normalized: bool,
+        f: &mut dyn FnMut(Chunk) -> Result<()>,
+    ) -> Result<()> {
         let chunks = self.chunks();
         for c in 0..chunks {
             let b = c % 2;
@@ -456,7 +500,16 @@ unsafe fn launch_with_smem(gpu: &Gpu, stream: &CudaStream, name: &str, cfg: Laun
 }
 
 #[allow(clippy::too_many_arguments)]
-unsafe fn run(gpu: &Gpu, stream: &Arc<CudaStream>, q: RawMatrix, bank: &mut dyn BankSource, opts: &TopKOptions, bias: CUdeviceptr, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
+unsafe fn run(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    q: RawMatrix,
+    bank: &mut dyn BankSource,
+    opts: &TopKOptions,
+    bias: CUdeviceptr,
+    values: CUdeviceptr,
+    indices: CUdeviceptr,
+) -> Result<()> {
     let nq = q.rows;
     dim_i32("bank.rows", bank.rows())?;
     let q_norms = if opts.normalized {
@@ -490,7 +543,16 @@ unsafe fn run(gpu: &Gpu, stream: &Arc<CudaStream>, q: RawMatrix, bank: &mut dyn 
 
 /// Strategy 1 (k <= 1024): topk_tiles per chunk and query batch, then topk_merge.
 #[allow(clippy::too_many_arguments)]
-unsafe fn fused(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &mut dyn BankSource, opts: &TopKOptions, bias: CUdeviceptr, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
+unsafe fn fused(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    queries: &Queries,
+    bank: &mut dyn BankSource,
+    opts: &TopKOptions,
+    bias: CUdeviceptr,
+    values: CUdeviceptr,
+    indices: CUdeviceptr,
+) -> Result<()> {
     let (nq, k) = (queries.x.rows, opts.k);
     let cap = pool_capacity(k);
     let sms = multiprocessors(gpu);
@@ -508,22 +570,51 @@ unsafe fn fused(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &m
 
     bank.for_each_chunk(gpu, stream, opts.normalized, &mut |chunk: Chunk| {
         let (slices, per_slice) = slices_for(sms, nq, chunk.x.rows);
-        let (nb, d, base, per) = (dim_i32("bank.rows", chunk.x.rows)?, dim_i32("queries.cols", chunk.x.cols)?, dim_i32("bank.rows", chunk.base)?, per_slice as i32);
+        let (nb, d, base, per) = (
+            dim_i32("bank.rows", chunk.x.rows)?,
+            dim_i32("queries.cols", chunk.x.cols)?,
+            dim_i32("bank.rows", chunk.base)?,
+            per_slice as i32,
+        );
         let bias_p = if bias == 0 { 0 } else { bias + 4 * chunk.base as u64 };
         let mut start = 0;
         while start < nq {
             let len = batch_rows.min(nq - start);
             let (qx, qn, ex, diag) = queries.batch(start, len);
             let name = sweep_kernel("topk_tiles", qx.dtype, aligned(&qx, &chunk.x));
-            let cfg = LaunchConfig { grid_dim: (len.div_ceil(TILE) as u32, slices as u32, 1), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: POOL_DYN_SMEM as u32 };
+            let cfg = LaunchConfig {
+                grid_dim: (len.div_ceil(TILE) as u32, slices as u32, 1),
+                block_dim: (TILE_THREADS, 1, 1),
+                shared_mem_bytes: POOL_DYN_SMEM as u32,
+            };
             let nq_i = len as i32;
-            let params = &mut kernel_args![&qx.ptr, &chunk.x.ptr, &qn, &chunk.norms, &bias_p, &ex, &diag, &nq_i, &nb, &d, &base, &per, &k_i, &cap_i, &pools_p];
+            let params = &mut kernel_args![
+                &qx.ptr,
+                &chunk.x.ptr,
+                &qn,
+                &chunk.norms,
+                &bias_p,
+                &ex,
+                &diag,
+                &nq_i,
+                &nb,
+                &d,
+                &base,
+                &per,
+                &k_i,
+                &cap_i,
+                &pools_p
+            ];
             launch_with_smem(gpu, stream, &name, cfg, params)?;
 
             let run_p = if running_p == 0 { 0 } else { running_p + (start * k * 8) as u64 };
             let (vals, idx) = if chunk.last { (values + (start * k * 4) as u64, indices + (start * k * 4) as u64) } else { (0, 0) };
             let slices_i = slices as i32;
-            let cfg = LaunchConfig { grid_dim: (len.div_ceil(MERGE_WARPS) as u32, 1, 1), block_dim: (32 * MERGE_WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+            let cfg = LaunchConfig {
+                grid_dim: (len.div_ceil(MERGE_WARPS) as u32, 1, 1),
+                block_dim: (32 * MERGE_WARPS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
             let params = &mut kernel_args![&pools_p, &slices_i, &cap_i, &run_p, &nq_i, &k_i, &run_p, &vals, &idx];
             gpu.launch(stream, MODULE, "topk_merge", cfg, params)?;
             start += len;
@@ -536,7 +627,16 @@ unsafe fn fused(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &m
 
 /// Strategy 2 (any k): radix passes over recomputed tiles, collect, sort.
 #[allow(clippy::too_many_arguments)]
-unsafe fn radix(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &mut dyn BankSource, opts: &TopKOptions, bias: CUdeviceptr, values: CUdeviceptr, indices: CUdeviceptr) -> Result<()> {
+unsafe fn radix(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    queries: &Queries,
+    bank: &mut dyn BankSource,
+    opts: &TopKOptions,
+    bias: CUdeviceptr,
+    values: CUdeviceptr,
+    indices: CUdeviceptr,
+) -> Result<()> {
     let (nq, k) = (queries.x.rows, opts.k);
     let nq_i = dim_i32("queries.rows", nq)?;
     let sms = multiprocessors(gpu);
@@ -552,13 +652,23 @@ unsafe fn radix(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &m
     let sweep = |bank: &mut dyn BankSource, prefix: &str, tail: &mut dyn FnMut(&mut Vec<*mut c_void>) -> Result<()>| -> Result<()> {
         bank.for_each_chunk(gpu, stream, opts.normalized, &mut |chunk: Chunk| {
             let (slices, per_slice) = slices_for(sms, nq, chunk.x.rows);
-            let (nb, d, base, per) = (dim_i32("bank.rows", chunk.x.rows)?, dim_i32("queries.cols", chunk.x.cols)?, dim_i32("bank.rows", chunk.base)?, per_slice as i32);
+            let (nb, d, base, per) = (
+                dim_i32("bank.rows", chunk.x.rows)?,
+                dim_i32("queries.cols", chunk.x.cols)?,
+                dim_i32("bank.rows", chunk.base)?,
+                per_slice as i32,
+            );
             let bias_p = if bias == 0 { 0 } else { bias + 4 * chunk.base as u64 };
             let (qx, qn, ex, diag) = queries.batch(0, nq);
             let name = sweep_kernel(prefix, qx.dtype, aligned(&qx, &chunk.x));
             let dyn_smem = if prefix == "topk_radix_hist" { HIST_DYN_SMEM } else { 0 };
-            let cfg = LaunchConfig { grid_dim: (nq.div_ceil(TILE) as u32, slices as u32, 1), block_dim: (TILE_THREADS, 1, 1), shared_mem_bytes: dyn_smem as u32 };
-            let mut params: Vec<*mut c_void> = kernel_args![&qx.ptr, &chunk.x.ptr, &qn, &chunk.norms, &bias_p, &ex, &diag, &nq_i, &nb, &d, &base, &per].to_vec();
+            let cfg = LaunchConfig {
+                grid_dim: (nq.div_ceil(TILE) as u32, slices as u32, 1),
+                block_dim: (TILE_THREADS, 1, 1),
+                shared_mem_bytes: dyn_smem as u32,
+            };
+            let mut params: Vec<*mut c_void> =
+                kernel_args![&qx.ptr, &chunk.x.ptr, &qn, &chunk.norms, &bias_p, &ex, &diag, &nq_i, &nb, &d, &base, &per].to_vec();
             tail(&mut params)?;
             launch_with_smem(gpu, stream, &name, cfg, &mut params)
         })
@@ -571,7 +681,11 @@ unsafe fn radix(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &m
             Ok(())
         })?;
         driver::memset_d8_async(unfinished_p, 0, 4, stream.cu_stream()).during("memset")?;
-        let cfg = LaunchConfig { grid_dim: (nq.div_ceil(STEP_WARPS) as u32, 1, 1), block_dim: (32 * STEP_WARPS as u32, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (nq.div_ceil(STEP_WARPS) as u32, 1, 1),
+            block_dim: (32 * STEP_WARPS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         gpu.launch(stream, MODULE, "topk_radix_step", cfg, &mut kernel_args![&state_p, &hist_p, &nq_i, &level_i, &unfinished_p])?;
         if stream.clone_dtoh(&unfinished).during("device-to-host copy")?[0] == 0 {
             break;
@@ -588,7 +702,11 @@ unsafe fn radix(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &m
         Ok(())
     })?;
     let use_smem = (kpad <= SORT_SMEM_KEYS) as i32;
-    let cfg = LaunchConfig { grid_dim: (nq as u32, 1, 1), block_dim: (SORT_THREADS, 1, 1), shared_mem_bytes: if use_smem == 1 { (kpad * 8) as u32 } else { 0 } };
+    let cfg = LaunchConfig {
+        grid_dim: (nq as u32, 1, 1),
+        block_dim: (SORT_THREADS, 1, 1),
+        shared_mem_bytes: if use_smem == 1 { (kpad * 8) as u32 } else { 0 },
+    };
     gpu.launch(stream, MODULE, "topk_sort_rows", cfg, &mut kernel_args![&keys_p, &k_i, &kpad_i, &use_smem, &values, &indices])?;
     drop((state, hist, unfinished, keys, counts));
     Ok(())
@@ -602,7 +720,13 @@ unsafe fn radix(gpu: &Gpu, stream: &Arc<CudaStream>, queries: &Queries, bank: &m
 /// a plain top-k over each row (block radix select, `topk_dense_rows`), normalization applied
 /// there. `blas` must be bound to the GPU's default stream. Same order and tie rule as [`topk`];
 /// values differ from the fused kernel's by f32 accumulation order only.
-pub fn topk_unfused<T: FloatElement>(gpu: &Gpu, blas: &CudaBlas, queries: &DeviceMatrix<T>, bank: &DeviceMatrix<T>, opts: &TopKOptions) -> Result<DeviceTopK> {
+pub fn topk_unfused<T: FloatElement>(
+    gpu: &Gpu,
+    blas: &CudaBlas,
+    queries: &DeviceMatrix<T>,
+    bank: &DeviceMatrix<T>,
+    opts: &TopKOptions,
+) -> Result<DeviceTopK> {
     check((queries.rows(), queries.cols()), (bank.rows(), bank.cols()), opts)?;
     let stream = gpu.stream();
     let (nq, nb, d, k) = (queries.rows(), bank.rows(), queries.cols(), opts.k);
@@ -680,9 +804,21 @@ pub fn topk_unfused<T: FloatElement>(gpu: &Gpu, blas: &CudaBlas, queries: &Devic
         let ex_r = if ex_p == 0 { 0 } else { ex_p + 4 * r0 as u64 };
         let diag_r = if diag >= 0 { dim_i32("exclude", diag as usize + r0)? } else { -1 };
         let (vals_r, idx_r) = (values + (r0 * k * 4) as u64, indices + (r0 * k * 4) as u64);
-        let cfg = LaunchConfig { grid_dim: (rows as u32, 1, 1), block_dim: (DENSE_THREADS, 1, 1), shared_mem_bytes: if use_smem == 1 { (kpad * 8) as u32 } else { 0 } };
+        let cfg = LaunchConfig {
+            grid_dim: (rows as u32, 1, 1),
+            block_dim: (DENSE_THREADS, 1, 1),
+            shared_mem_bytes: if use_smem == 1 { (kpad * 8) as u32 } else { 0 },
+        };
         // SAFETY: as above; the argument list matches topk_dense_rows.
-        unsafe { gpu.launch(stream, MODULE, "topk_dense_rows", cfg, &mut kernel_args![&s_p, &nb_i, &qn_r, &bn, &ex_r, &diag_r, &k_i, &kpad_i, &scratch_p, &use_smem, &vals_r, &idx_r])? };
+        unsafe {
+            gpu.launch(
+                stream,
+                MODULE,
+                "topk_dense_rows",
+                cfg,
+                &mut kernel_args![&s_p, &nb_i, &qn_r, &bn, &ex_r, &diag_r, &k_i, &kpad_i, &scratch_p, &use_smem, &vals_r, &idx_r],
+            )?
+        };
         r0 += rows;
     }
     gpu.synchronize()?;

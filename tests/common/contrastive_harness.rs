@@ -28,7 +28,12 @@ pub struct Case {
 
 impl Case {
     /// The case's inputs with `features` (and keys, centers) in place of its own, for perturbations.
-    pub fn inputs<'a>(&'a self, features: &'a Matrix<f64>, keys: Option<&'a Matrix<f64>>, centers: Option<&'a Matrix<f64>>) -> LossInputs<'a, f64> {
+    pub fn inputs<'a>(
+        &'a self,
+        features: &'a Matrix<f64>,
+        keys: Option<&'a Matrix<f64>>,
+        centers: Option<&'a Matrix<f64>>,
+    ) -> LossInputs<'a, f64> {
         LossInputs {
             features,
             instance: &self.instance,
@@ -66,11 +71,25 @@ pub fn cases() -> Vec<Case> {
             ..base("firm_pairwise_queue", ContrastiveLoss::firm_pairwise(0.2), 3, vec![0, 1, 2])
         },
         Case {
-            role: Some(vec![RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::Anchor, RowRole::NormPenaltyOnly]),
+            role: Some(vec![
+                RowRole::Anchor,
+                RowRole::Anchor,
+                RowRole::NormPenaltyOnly,
+                RowRole::Anchor,
+                RowRole::Anchor,
+                RowRole::NormPenaltyOnly,
+            ]),
             ..base("oecl", ContrastiveLoss::oecl(0.5, 0.1), 6, vec![0, 1, 9, 0, 1, 9])
         },
         Case {
-            role: Some(vec![RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor]),
+            role: Some(vec![
+                RowRole::Anchor,
+                RowRole::NegativeOnly,
+                RowRole::Anchor,
+                RowRole::Anchor,
+                RowRole::NegativeOnly,
+                RowRole::Anchor,
+            ]),
             ..base("outlier_exposure", ContrastiveLoss::outlier_exposure(0.5), 6, vec![0, 5, 2, 0, 6, 2])
         },
         Case {
@@ -111,7 +130,15 @@ pub fn gradient_only_cases() -> Vec<Case> {
             features: x(7, 34),
             instance: vec![0, 1, 2, 0, 1, 5, 6],
             label: Some(vec![0, 1, 0, 0, 1, -1, 1]),
-            role: Some(vec![RowRole::Anchor, RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::NormPenaltyOnly, RowRole::Anchor, RowRole::NormPenaltyOnly]),
+            role: Some(vec![
+                RowRole::Anchor,
+                RowRole::Anchor,
+                RowRole::NegativeOnly,
+                RowRole::Anchor,
+                RowRole::NormPenaltyOnly,
+                RowRole::Anchor,
+                RowRole::NormPenaltyOnly,
+            ]),
             weight: Some(vec![1.5, 1.0, 3.0, 0.5, 1.0, 2.0, 1.0]),
             keys: None,
             protos: None,
@@ -138,14 +165,19 @@ pub fn shapes_for(gpu: Option<&Gpu>) -> &'static [(usize, usize)] {
 
 /// Runs `check` over every loss kind on `shapes` (normally [`SHAPES`] or [`shapes_for`]'s), with
 /// inputs rounded to `T`.
-pub fn for_each_harness_case<T: FloatElement>(shapes: &[(usize, usize)], check: &mut dyn FnMut(&str, &ContrastiveLoss, &LossInputs<'_, T>)) {
+pub fn for_each_harness_case<T: FloatElement>(
+    shapes: &[(usize, usize)],
+    check: &mut dyn FnMut(&str, &ContrastiveLoss, &LossInputs<'_, T>),
+) {
     for &(rows, d) in shapes {
         for case in cases() {
             // Tile the small case's ids over `rows` rows so every shape has positives.
             let base_n = case.features.rows();
             let reps = rows / base_n.max(1) + 1;
             let n = base_n * reps;
-            let tile = |v: &[i32], offset: i32| -> Vec<i32> { (0..n).map(|i| if v[i % base_n] < 0 { v[i % base_n] } else { v[i % base_n] + offset * (i / base_n) as i32 }).collect() };
+            let tile = |v: &[i32], offset: i32| -> Vec<i32> {
+                (0..n).map(|i| if v[i % base_n] < 0 { v[i % base_n] } else { v[i % base_n] + offset * (i / base_n) as i32 }).collect()
+            };
             let instance = tile(&case.instance, 100);
             let label = case.label.as_ref().map(|l| tile(l, 0));
             let role: Option<Vec<RowRole>> = case.role.as_ref().map(|r| (0..n).map(|i| r[i % base_n]).collect());
@@ -175,7 +207,10 @@ pub fn upload_inputs<T: FloatElement>(gpu: &Gpu, inputs: &LossInputs<'_, T>) -> 
     DeviceLossBuffers::upload(gpu, inputs).unwrap()
 }
 
-pub fn upload_slice<E: contrastive_kernels::cudarc::driver::DeviceRepr + contrastive_kernels::cudarc::driver::ValidAsZeroBits>(gpu: &Gpu, v: &[E]) -> CudaSlice<E> {
+pub fn upload_slice<E: contrastive_kernels::cudarc::driver::DeviceRepr + contrastive_kernels::cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    v: &[E],
+) -> CudaSlice<E> {
     if v.is_empty() {
         gpu.stream().alloc_zeros::<E>(1).unwrap()
     } else {

@@ -145,7 +145,11 @@ pub fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, inputs: &Dev
         }
         (Geometry::Pairwise, Some(k)) => {
             if k.features.cols() != d {
-                return Err(Error::shape("keys.features", format!("{d} columns (the d of features)"), format!("{} x {}", k.features.rows(), k.features.cols())));
+                return Err(Error::shape(
+                    "keys.features",
+                    format!("{d} columns (the d of features)"),
+                    format!("{} x {}", k.features.rows(), k.features.cols()),
+                ));
             }
             super::super::check_features("keys.features", k.features.rows(), d)?;
             check_slice("keys.instance", k.instance, k.features.rows(), "key row")?;
@@ -159,7 +163,11 @@ pub fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, inputs: &Dev
     }
     if let Some(p) = &inputs.prototypes {
         if p.centers.cols() != d {
-            return Err(Error::shape("prototypes.centers", format!("{d} columns (the d of features)"), format!("{} x {}", p.centers.rows(), p.centers.cols())));
+            return Err(Error::shape(
+                "prototypes.centers",
+                format!("{d} columns (the d of features)"),
+                format!("{} x {}", p.centers.rows(), p.centers.cols()),
+            ));
         }
         super::super::check_features("prototypes.centers", p.centers.rows(), d)?;
         check_slice("prototypes.proto_of", p.proto_of, n, "feature row")?;
@@ -303,7 +311,13 @@ pub struct RawForwardOutputs {
 /// # Safety
 /// Every pointer must be device memory of this GPU's context, valid for the shape described, and
 /// stay valid until the stream has run the work queued here.
-pub unsafe fn forward_raw(gpu: &Gpu, stream: &Arc<CudaStream>, loss: &ContrastiveLoss, r: &RawLossInputs, out: &RawForwardOutputs) -> Result<f32> {
+pub unsafe fn forward_raw(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    loss: &ContrastiveLoss,
+    r: &RawLossInputs,
+    out: &RawForwardOutputs,
+) -> Result<f32> {
     check_raw_inputs(loss, r)?;
     check_array("loss", out.loss, 1, 4, true)?;
     check_array("per_anchor", out.per_anchor, r.n, 4, false)?;
@@ -320,7 +334,8 @@ pub unsafe fn forward_raw(gpu: &Gpu, stream: &Arc<CudaStream>, loss: &Contrastiv
     let (norms_p, key_norms_p, center_norms_p) = (ptr(&norms, stream), ptr(&key_norms, stream), ptr(&center_norms, stream));
     let label_p = if loss.use_labels { r.label } else { 0 };
     let key_label_p = if loss.use_labels { r.key_label } else { 0 };
-    let (n_i, nk_i, nc_i, d_i) = (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_keys)?, dim_i32("prototypes.rows", n_centers)?, dim_i32("features.cols", d)?);
+    let (n_i, nk_i, nc_i, d_i) =
+        (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_keys)?, dim_i32("prototypes.rows", n_centers)?, dim_i32("features.cols", d)?);
     super::super::normalize::l2_normalize_raw(gpu, stream, r.features(), None, Some(norms_p))?;
     if let Some(k) = r.keys() {
         super::super::normalize::l2_normalize_raw(gpu, stream, k, None, Some(key_norms_p))?;
@@ -335,9 +350,27 @@ pub unsafe fn forward_raw(gpu: &Gpu, stream: &Arc<CudaStream>, loss: &Contrastiv
     let flags_p = ptr(&flags, stream);
     let checked = n.max(n_keys).max(n_centers);
     let cfg = LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    gpu.launch(stream, MODULE, "contrastive_check_inputs", cfg, &mut kernel_args![
-        &norms_p, &label_p, &r.role, &r.weight, &r.proto_of, &n_i, &key_norms_arg, &key_label_arg, &nk_i, &center_norms_p, &nc_i, &has_penalty, &flags_p
-    ])?;
+    gpu.launch(
+        stream,
+        MODULE,
+        "contrastive_check_inputs",
+        cfg,
+        &mut kernel_args![
+            &norms_p,
+            &label_p,
+            &r.role,
+            &r.weight,
+            &r.proto_of,
+            &n_i,
+            &key_norms_arg,
+            &key_label_arg,
+            &nk_i,
+            &center_norms_p,
+            &nc_i,
+            &has_penalty,
+            &flags_p
+        ],
+    )?;
 
     let (cols_x, cols_norms, cols_inst, cols_label, cols_role) = if pairwise {
         (r.keys, key_norms_p, r.key_instance, key_label_p, 0u64)
@@ -350,18 +383,58 @@ pub unsafe fn forward_raw(gpu: &Gpu, stream: &Arc<CudaStream>, loss: &Contrastiv
     let inv_tau = 1.0f32 / loss.temperature;
     let per_anchor_p = per_anchor_scratch.as_ref().map_or(out.per_anchor, |s| ptr(s, stream));
     if n > 0 {
-        gpu.launch(stream, MODULE, &name, rows_config(n, FORWARD_ROWS, FORWARD_THREADS), &mut kernel_args![
-            &r.features, &norms_p, &r.instance, &label_p, &r.role, &n_i,
-            &cols_x, &cols_norms, &cols_inst, &cols_label, &cols_role, &nk_i,
-            &r.centers, &center_norms_p, &nc_i, &r.proto_of,
-            &d_i, &exclude_self, &inv_tau, &loss.scale, &per_anchor_p, &out.lse, &out.positives
-        ])?;
+        gpu.launch(
+            stream,
+            MODULE,
+            &name,
+            rows_config(n, FORWARD_ROWS, FORWARD_THREADS),
+            &mut kernel_args![
+                &r.features,
+                &norms_p,
+                &r.instance,
+                &label_p,
+                &r.role,
+                &n_i,
+                &cols_x,
+                &cols_norms,
+                &cols_inst,
+                &cols_label,
+                &cols_role,
+                &nk_i,
+                &r.centers,
+                &center_norms_p,
+                &nc_i,
+                &r.proto_of,
+                &d_i,
+                &exclude_self,
+                &inv_tau,
+                &loss.scale,
+                &per_anchor_p,
+                &out.lse,
+                &out.positives
+            ],
+        )?;
     }
     let mean = (loss.reduction == Reduction::Mean) as i32;
     let first_empty_p = ptr(&first_empty, stream);
-    gpu.launch(stream, MODULE, "contrastive_reduce", SINGLE_BLOCK, &mut kernel_args![
-        &per_anchor_p, &r.weight, &r.role, &out.positives, &norms_p, &n_i, &mean, &loss.norm_penalty, &out.loss, &first_empty_p
-    ])?;
+    gpu.launch(
+        stream,
+        MODULE,
+        "contrastive_reduce",
+        SINGLE_BLOCK,
+        &mut kernel_args![
+            &per_anchor_p,
+            &r.weight,
+            &r.role,
+            &out.positives,
+            &norms_p,
+            &n_i,
+            &mean,
+            &loss.norm_penalty,
+            &out.loss,
+            &first_empty_p
+        ],
+    )?;
 
     let flags = stream.clone_dtoh(&flags).during("device-to-host copy")?;
     if let Some((k, row)) = flags.iter().enumerate().find(|(_, &row)| row != i32::MAX) {
@@ -420,7 +493,13 @@ unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> 
     let out = stream.alloc_zeros::<u8>((m.rows * dp * m.dtype.size_bytes()).max(16)).during("device allocation")?;
     if m.rows > 0 {
         let (n, d, dp_i, out_p) = (dim_i32("rows", m.rows)?, dim_i32("cols", m.cols)?, dim_i32("cols", dp)?, ptr(&out, stream));
-        gpu.launch(stream, MODULE, &format!("contrastive_pack_{}", m.dtype), rows_config(m.rows, 8, ROW_KERNEL_THREADS), &mut kernel_args![&m.ptr, &n, &d, &dp_i, &out_p])?;
+        gpu.launch(
+            stream,
+            MODULE,
+            &format!("contrastive_pack_{}", m.dtype),
+            rows_config(m.rows, 8, ROW_KERNEL_THREADS),
+            &mut kernel_args![&m.ptr, &n, &d, &dp_i, &out_p],
+        )?;
     }
     Ok(out)
 }
@@ -445,7 +524,10 @@ pub unsafe fn backward_raw(
     check_array("positives", positives, r.n, 4, true)?;
     let per_row = loss.reduction == Reduction::PerAnchor;
     if upstream.per_row != per_row {
-        return Err(Error::invalid("upstream", if per_row { "Reduction::PerAnchor takes one dL_i per feature row" } else { "Mean and Sum take one dLoss" }));
+        return Err(Error::invalid(
+            "upstream",
+            if per_row { "Reduction::PerAnchor takes one dL_i per feature row" } else { "Mean and Sum take one dLoss" },
+        ));
     }
     check_array("upstream", upstream.ptr, 1, 4, true)?;
     let (n, d) = (r.n, r.d);
@@ -542,14 +624,38 @@ pub unsafe fn backward_raw(
         // SAFETY: every side's pointers are live buffers sized by its count (raw rows: count x d,
         // packed rows: count x dp, norms: count), `du` holds count x d floats, and the arguments
         // match contrastive_backward_*.
-        unsafe { gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&own, &other, &extra, &dp_i, &d_i, &exclude_self, &inv_tau, &scalars_p, &du_p]) }
+        unsafe {
+            gpu.launch(
+                stream,
+                MODULE,
+                &name,
+                cfg,
+                &mut kernel_args![&own, &other, &extra, &dp_i, &d_i, &exclude_self, &inv_tau, &scalars_p, &du_p],
+            )
+        }
     };
 
     let (per_row_i, mean) = (per_row as i32, (loss.reduction == Reduction::Mean) as i32);
     let (coef_a_p, coef_b_p) = (rows_side.coef_a, rows_side.coef_b);
-    gpu.launch(stream, MODULE, "contrastive_backward_prepare", SINGLE_BLOCK, &mut kernel_args![
-        &r.role, &r.weight, &positives, &upstream.ptr, &per_row_i, &mean, &loss.scale, &n_i, &coef_a_p, &coef_b_p, &scalars_p
-    ])?;
+    gpu.launch(
+        stream,
+        MODULE,
+        "contrastive_backward_prepare",
+        SINGLE_BLOCK,
+        &mut kernel_args![
+            &r.role,
+            &r.weight,
+            &positives,
+            &upstream.ptr,
+            &per_row_i,
+            &mean,
+            &loss.scale,
+            &n_i,
+            &coef_a_p,
+            &coef_b_p,
+            &scalars_p
+        ],
+    )?;
     match keys_side {
         None => pass(rows_side, rows_side, protos_side, 1, &du_rows)?,
         Some(keys_side) => {
@@ -570,9 +676,13 @@ pub unsafe fn backward_raw(
     };
     to_dx(r.features(), &du_rows, dx)?;
     if loss.norm_penalty > 0.0 && r.role != 0 && n > 0 {
-        gpu.launch(stream, MODULE, &format!("contrastive_norm_penalty_backward_{}", r.dtype), rows_config(n, 8, ROW_KERNEL_THREADS), &mut kernel_args![
-            &r.features, &r.role, &n_i, &d_i, &upstream.ptr, &per_row_i, &loss.norm_penalty, &scalars_p, &dx.ptr
-        ])?;
+        gpu.launch(
+            stream,
+            MODULE,
+            &format!("contrastive_norm_penalty_backward_{}", r.dtype),
+            rows_config(n, 8, ROW_KERNEL_THREADS),
+            &mut kernel_args![&r.features, &r.role, &n_i, &d_i, &upstream.ptr, &per_row_i, &loss.norm_penalty, &scalars_p, &dx.ptr],
+        )?;
     }
     if let (Some(k), Some(du), Some(dk)) = (keys, &du_keys, dk) {
         to_dx(k, du, dk)?;
@@ -657,7 +767,12 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
     let per_anchor = alloc_f32(stream, n)?;
     let lse = alloc_f32(stream, n)?;
     let positives = stream.alloc_zeros::<i32>(n.max(1)).during("device allocation")?;
-    let out = RawForwardOutputs { loss: ptr(&loss_device, stream), per_anchor: ptr(&per_anchor, stream), lse: ptr(&lse, stream), positives: ptr(&positives, stream) };
+    let out = RawForwardOutputs {
+        loss: ptr(&loss_device, stream),
+        per_anchor: ptr(&per_anchor, stream),
+        lse: ptr(&lse, stream),
+        positives: ptr(&positives, stream),
+    };
     // SAFETY: the description comes from live, checked device buffers; the outputs are sized n.
     let value = unsafe { forward_raw(gpu, stream, loss, &raw, &out)? };
     Ok(DeviceForward {

@@ -61,7 +61,9 @@ impl<T: FloatElement> DeviceLossBuffers<T> {
             role: inputs.role.map(|r| upload(gpu, &r.iter().map(|&r| r as u8).collect::<Vec<u8>>())).transpose()?,
             weight: inputs.weight.map(|w| upload(gpu, w)).transpose()?,
             keys: match &inputs.keys {
-                Some(k) => Some((DeviceMatrix::upload(gpu, k.features)?, upload(gpu, k.instance)?, k.label.map(|l| upload(gpu, l)).transpose()?)),
+                Some(k) => {
+                    Some((DeviceMatrix::upload(gpu, k.features)?, upload(gpu, k.instance)?, k.label.map(|l| upload(gpu, l)).transpose()?))
+                }
                 None => None,
             },
             prototypes: match &inputs.prototypes {
@@ -124,13 +126,23 @@ impl ContrastiveLoss {
     /// Gradients of the loss with respect to the raw inputs, given the forward's context and the
     /// upstream gradient: one value (dLoss) for `Mean` / `Sum`, one per feature row for `PerAnchor`.
     /// `inputs` must be the ones given to the forward.
-    pub fn backward<T: FloatElement>(&self, backend: &Backend, inputs: &LossInputs<'_, T>, context: LossContext<T>, upstream: &[f32]) -> Result<Gradients<T>> {
+    pub fn backward<T: FloatElement>(
+        &self,
+        backend: &Backend,
+        inputs: &LossInputs<'_, T>,
+        context: LossContext<T>,
+        upstream: &[f32],
+    ) -> Result<Gradients<T>> {
         check_inputs(self, inputs)?;
         let per_row = self.reduction == Reduction::PerAnchor;
         let n = inputs.features.rows();
         let expected = if per_row { n } else { 1 };
         if upstream.len() != expected {
-            return Err(Error::shape("upstream", format!("{expected} value(s) ({})", if per_row { "one per feature row" } else { "dLoss" }), format!("{}", upstream.len())));
+            return Err(Error::shape(
+                "upstream",
+                format!("{expected} value(s) ({})", if per_row { "one per feature row" } else { "dLoss" }),
+                format!("{}", upstream.len()),
+            ));
         }
         match (backend, context.inner) {
             (Backend::Cpu, Saved::Cpu) => {

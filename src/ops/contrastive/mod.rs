@@ -25,8 +25,9 @@ mod host;
 pub mod unfused;
 
 pub use fused::{
-    backward as backward_device, backward_raw, extra_bytes as fused_extra_bytes, forward as forward_device, forward_raw, DeviceForward, DeviceGradients, DeviceKeyRows, FusedBytes,
-    DeviceLossInputs, DevicePrototypeColumns, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream, SavedForward, Upstream,
+    backward as backward_device, backward_raw, extra_bytes as fused_extra_bytes, forward as forward_device, forward_raw, DeviceForward,
+    DeviceGradients, DeviceKeyRows, DeviceLossInputs, DevicePrototypeColumns, FusedBytes, RawForwardOutputs, RawGradOutputs, RawLossInputs,
+    RawUpstream, SavedForward, Upstream,
 };
 pub use host::{DeviceLossBuffers, Gradients, LossContext};
 
@@ -268,7 +269,11 @@ pub fn check_inputs<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>
         (Geometry::Pairwise, Some(keys)) => {
             let k = keys.features;
             if k.cols() != d {
-                return Err(Error::shape("keys.features", format!("{d} columns (the d of features)"), format!("{} x {}", k.rows(), k.cols())));
+                return Err(Error::shape(
+                    "keys.features",
+                    format!("{d} columns (the d of features)"),
+                    format!("{} x {}", k.rows(), k.cols()),
+                ));
             }
             check_len("keys.instance", keys.instance.len(), k.rows(), "key row")?;
             match (loss.use_labels, keys.label) {
@@ -286,7 +291,11 @@ pub fn check_inputs<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>
     if let Some(p) = &inputs.prototypes {
         let c = p.centers;
         if c.cols() != d {
-            return Err(Error::shape("prototypes.centers", format!("{d} columns (the d of features)"), format!("{} x {}", c.rows(), c.cols())));
+            return Err(Error::shape(
+                "prototypes.centers",
+                format!("{d} columns (the d of features)"),
+                format!("{} x {}", c.rows(), c.cols()),
+            ));
         }
         check_len("prototypes.proto_of", p.proto_of.len(), n, "feature row")?;
         if let Some(i) = p.proto_of.iter().position(|&k| k < -1 || k >= c.rows() as i32) {

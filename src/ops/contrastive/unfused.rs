@@ -25,8 +25,9 @@ use std::sync::{Mutex, OnceLock};
 use cudarc::cublas::{result::gemm_ex, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig};
 
-
-use super::fused::{check_device_inputs, upstream_on_device, opt_ptr, ptr, rows_config, CHECK_NAMES, ROW_KERNEL_THREADS, SINGLE_BLOCK_THREADS};
+use super::fused::{
+    check_device_inputs, opt_ptr, ptr, rows_config, upstream_on_device, CHECK_NAMES, ROW_KERNEL_THREADS, SINGLE_BLOCK_THREADS,
+};
 use super::{empty_positive_error, ContrastiveLoss, DeviceGradients, DeviceLossInputs, EmptyPositives, Geometry, Reduction, Upstream};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
@@ -227,7 +228,11 @@ fn check_fits(gpu: &Gpu, need: usize, n: usize, m: usize, what: &str) -> Result<
 }
 
 /// A device buffer of `len` (at least 1) elements, its size added to `tally`.
-fn alloc<E: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(gpu: &Gpu, len: usize, tally: &mut usize) -> Result<CudaSlice<E>> {
+fn alloc<E: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(
+    gpu: &Gpu,
+    len: usize,
+    tally: &mut usize,
+) -> Result<CudaSlice<E>> {
     *tally += len.max(1) * std::mem::size_of::<E>();
     gpu.stream().alloc_zeros::<E>(len.max(1)).during("device allocation")
 }
@@ -256,7 +261,8 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
     let m = n_cols + n_centers;
     let plan = extra_bytes(n, keys.map(|k| k.rows), n_centers, d, T::DTYPE);
     check_fits(gpu, plan.forward, n, m, "forward")?;
-    let (n_i, nc_i, ncent_i, m_i) = (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_cols)?, dim_i32("prototypes.rows", n_centers)?, dim_i32("logit columns", m)?);
+    let (n_i, nc_i, ncent_i, m_i) =
+        (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_cols)?, dim_i32("prototypes.rows", n_centers)?, dim_i32("logit columns", m)?);
 
     let mut tally = 0usize;
     let (u_rows, norms) = normalize::<T>(gpu, x, &mut tally)?;
@@ -290,18 +296,49 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
     unsafe {
         let flags_p = ptr(&flags, stream);
         let checked = n.max(n_cols).max(n_centers);
-        let cfg = LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
         let has_penalty = (loss.norm_penalty > 0.0) as i32;
-        gpu.launch(stream, CONTRASTIVE_MODULE, "contrastive_check_inputs", cfg, &mut kernel_args![
-            &norms_p, &label_p, &role_p, &weight_p, &proto_of_p, &n_i, &key_norms_p, &key_label_p, &nc_i, &center_norms_p, &ncent_i, &has_penalty, &flags_p
-        ])?;
+        gpu.launch(
+            stream,
+            CONTRASTIVE_MODULE,
+            "contrastive_check_inputs",
+            cfg,
+            &mut kernel_args![
+                &norms_p,
+                &label_p,
+                &role_p,
+                &weight_p,
+                &proto_of_p,
+                &n_i,
+                &key_norms_p,
+                &key_label_p,
+                &nc_i,
+                &center_norms_p,
+                &ncent_i,
+                &has_penalty,
+                &flags_p
+            ],
+        )?;
 
         // Row-major S (n x m) is column-major S^T (m x n, ld m): S^T = U_cols U_rows^T, where a
         // row-major unit-row buffer read column-major is U^T (d x rows, ld d).
         let (alpha, beta) = (1.0f32 / loss.temperature, 0.0f32);
         with_blas(gpu, |blas| {
             blas.set_pointer_mode(blas_sys::cublasPointerMode_t::CUBLAS_POINTER_MODE_HOST).map_err(blas_error("cublasSetPointerMode"))?;
-            let g = |m_: usize, a: u64, c: u64| Gemm { trans_b: false, m: m_, n, k: d, a, a_trans: true, lda: d, b: u_rows_p, ldb: d, c, ldc: m };
+            let g = |m_: usize, a: u64, c: u64| Gemm {
+                trans_b: false,
+                m: m_,
+                n,
+                k: d,
+                a,
+                a_trans: true,
+                lda: d,
+                b: u_rows_p,
+                ldb: d,
+                c,
+                ldc: m,
+            };
             gemm(blas, T::DTYPE, g(n_cols, cols_u, logits_p), &alpha, &beta)?;
             if let Some(u) = &u_centers {
                 gemm(blas, T::DTYPE, g(n_centers, ptr(u, stream), logits_p + 4 * n_cols as u64), &alpha, &beta)?;
@@ -312,17 +349,52 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
         let exclude_self = (loss.geometry == Geometry::SelfSimilarity) as i32;
         if n > 0 {
             let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
-            gpu.launch(stream, MODULE, "contrastive_unfused_softmax", cfg, &mut kernel_args![
-                &logits_p, &m_i, &instance_p, &label_p, &role_p, &proto_of_p, &cols_inst, &cols_label, &cols_role,
-                &nc_i, &ncent_i, &exclude_self, &loss.scale, &per_anchor_p, &lse_p, &positives_p
-            ])?;
+            gpu.launch(
+                stream,
+                MODULE,
+                "contrastive_unfused_softmax",
+                cfg,
+                &mut kernel_args![
+                    &logits_p,
+                    &m_i,
+                    &instance_p,
+                    &label_p,
+                    &role_p,
+                    &proto_of_p,
+                    &cols_inst,
+                    &cols_label,
+                    &cols_role,
+                    &nc_i,
+                    &ncent_i,
+                    &exclude_self,
+                    &loss.scale,
+                    &per_anchor_p,
+                    &lse_p,
+                    &positives_p
+                ],
+            )?;
         }
         let mean = (loss.reduction == Reduction::Mean) as i32;
         let (total_p, first_empty_p) = (ptr(&total, stream), ptr(&first_empty, stream));
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
-        gpu.launch(stream, CONTRASTIVE_MODULE, "contrastive_reduce", cfg, &mut kernel_args![
-            &per_anchor_p, &weight_p, &role_p, &positives_p, &norms_p, &n_i, &mean, &loss.norm_penalty, &total_p, &first_empty_p
-        ])?;
+        gpu.launch(
+            stream,
+            CONTRASTIVE_MODULE,
+            "contrastive_reduce",
+            cfg,
+            &mut kernel_args![
+                &per_anchor_p,
+                &weight_p,
+                &role_p,
+                &positives_p,
+                &norms_p,
+                &n_i,
+                &mean,
+                &loss.norm_penalty,
+                &total_p,
+                &first_empty_p
+            ],
+        )?;
     }
 
     // The same failures as the fused forward, in the same order.
@@ -342,7 +414,17 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
         loss: loss_value,
         loss_device: total,
         per_anchor,
-        saved: UnfusedSaved { logits, lse, positives, u_rows, u_keys, u_centers, bytes: tally, shape: (n, n_cols, n_centers, d), features_ptr: x.ptr },
+        saved: UnfusedSaved {
+            logits,
+            lse,
+            positives,
+            u_rows,
+            u_keys,
+            u_centers,
+            bytes: tally,
+            shape: (n, n_cols, n_centers, d),
+            features_ptr: x.ptr,
+        },
         bytes_allocated: tally,
     })
 }
@@ -425,16 +507,54 @@ pub fn backward_measured<T: FloatElement>(
         let (per_row_i, positives_p) = (per_row as i32, ptr(&saved.positives, stream));
         let weight_p = opt_ptr(inputs.weight, stream);
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
-        gpu.launch(stream, CONTRASTIVE_MODULE, "contrastive_backward_prepare", cfg, &mut kernel_args![
-            &role_p, &weight_p, &positives_p, &upstream_p, &per_row_i, &mean, &loss.scale, &n_i, &coef_a_p, &coef_b_p, &scalars_p
-        ])?;
+        gpu.launch(
+            stream,
+            CONTRASTIVE_MODULE,
+            "contrastive_backward_prepare",
+            cfg,
+            &mut kernel_args![
+                &role_p,
+                &weight_p,
+                &positives_p,
+                &upstream_p,
+                &per_row_i,
+                &mean,
+                &loss.scale,
+                &n_i,
+                &coef_a_p,
+                &coef_b_p,
+                &scalars_p
+            ],
+        )?;
         // Grid at least 1: block 0 also writes gemm_scalars.
         let cfg = LaunchConfig { grid_dim: (n.max(1) as u32, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
         let rows = if n == 0 { 0 } else { m_i };
-        gpu.launch(stream, MODULE, &format!("contrastive_unfused_grad_{}", T::DTYPE), cfg, &mut kernel_args![
-            &logits_p, &rows, &lse_p, &coef_a_p, &coef_b_p, &instance_p, &label_p, &proto_of_p, &cols_inst, &cols_label, &cols_role,
-            &(if n == 0 { 0 } else { nc_i }), &(if n == 0 { 0 } else { ncent_i }), &exclude_self, &scalars_p, &inv_tau, &g_p, &gemm_scalars_p
-        ])?;
+        gpu.launch(
+            stream,
+            MODULE,
+            &format!("contrastive_unfused_grad_{}", T::DTYPE),
+            cfg,
+            &mut kernel_args![
+                &logits_p,
+                &rows,
+                &lse_p,
+                &coef_a_p,
+                &coef_b_p,
+                &instance_p,
+                &label_p,
+                &proto_of_p,
+                &cols_inst,
+                &cols_label,
+                &cols_role,
+                &(if n == 0 { 0 } else { nc_i }),
+                &(if n == 0 { 0 } else { ncent_i }),
+                &exclude_self,
+                &scalars_p,
+                &inv_tau,
+                &g_p,
+                &gemm_scalars_p
+            ],
+        )?;
 
         // Column-major views as in the forward: G (row-major n x m) read column-major is G^T
         // (m x n, ld m); its first n_cols rows are the key columns, the rest the prototypes.
@@ -448,9 +568,33 @@ pub fn backward_measured<T: FloatElement>(
             blas.set_pointer_mode(blas_sys::cublasPointerMode_t::CUBLAS_POINTER_MODE_DEVICE).map_err(blas_error("cublasSetPointerMode"))?;
             let run = || -> Result<()> {
                 // dU_rows^T (d x n) = U_cols^T (d x n_cols) G_cols^T (n_cols x n).
-                let rows_part = |k: usize, a: u64, b: u64| Gemm { trans_b: false, m: d, n, k, a, a_trans: false, lda: d, b, ldb: m, c: du_rows_p, ldc: d };
+                let rows_part = |k: usize, a: u64, b: u64| Gemm {
+                    trans_b: false,
+                    m: d,
+                    n,
+                    k,
+                    a,
+                    a_trans: false,
+                    lda: d,
+                    b,
+                    ldb: m,
+                    c: du_rows_p,
+                    ldc: d,
+                };
                 // dU_cols^T (d x cols) = U_rows^T (d x n) G_cols (n x cols).
-                let cols_part = |cols: usize, b: u64, c: u64| Gemm { trans_b: true, m: d, n: cols, k: n, a: u_rows_p, a_trans: false, lda: d, b, ldb: m, c, ldc: d };
+                let cols_part = |cols: usize, b: u64, c: u64| Gemm {
+                    trans_b: true,
+                    m: d,
+                    n: cols,
+                    k: n,
+                    a: u_rows_p,
+                    a_trans: false,
+                    lda: d,
+                    b,
+                    ldb: m,
+                    c,
+                    ldc: d,
+                };
                 gemm(blas, T::DTYPE, rows_part(n_cols, u_cols_p, g_p), alpha, zero)?;
                 match &du_keys {
                     // Self geometry: rows and columns are the same rows, both roles add up.
@@ -484,9 +628,13 @@ pub fn backward_measured<T: FloatElement>(
         let dx_p = ptr(features.slice_mut(), stream);
         // SAFETY: as above; the kernel writes only NormPenaltyOnly rows of dx.
         unsafe {
-            gpu.launch(stream, CONTRASTIVE_MODULE, &format!("contrastive_norm_penalty_backward_{}", T::DTYPE), rows_config(n, 8, ROW_KERNEL_THREADS), &mut kernel_args![
-                &x.ptr, &role_p, &n_i, &d_i, &upstream_p, &(per_row as i32), &loss.norm_penalty, &scalars_p, &dx_p
-            ])?;
+            gpu.launch(
+                stream,
+                CONTRASTIVE_MODULE,
+                &format!("contrastive_norm_penalty_backward_{}", T::DTYPE),
+                rows_config(n, 8, ROW_KERNEL_THREADS),
+                &mut kernel_args![&x.ptr, &role_p, &n_i, &d_i, &upstream_p, &(per_row as i32), &loss.norm_penalty, &scalars_p, &dx_p],
+            )?;
         }
     }
     let keys_grad = match (keys, &du_keys) {
