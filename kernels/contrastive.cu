@@ -13,6 +13,7 @@
 // contrastive_reduce below, also in a fixed order.
 #include "common/epilogue.cuh"
 #include "common/reduce.cuh"
+#include "common/row_stats.cuh"
 #include "common/tile.cuh"
 
 namespace ck {
@@ -37,37 +38,16 @@ struct ForwardOut {
     int* positives;     // |P(i)|
 };
 
-// Online statistics of one row, over the columns this thread has seen.
-struct RowStats {
-    float max, sum, pos_sum;
-    int pos_count;
-    __device__ __forceinline__ void init() {
-        max = -INFINITY;
-        sum = 0.f;
-        pos_sum = 0.f;
-        pos_count = 0;
-    }
-    // Folds a partial (max, sum) into this one: sum is relative to max.
-    __device__ __forceinline__ void merge_lse(float other_max, float other_sum) {
-        const float m = fmaxf(max, other_max);
-        if (m == -INFINITY) return;  // both empty
-        sum = sum * __expf(max - m) + other_sum * __expf(other_max - m);
-        max = m;
-    }
-};
-
 template <typename T, class Cfg, int ROW_SLOTS>
 __device__ __forceinline__ void fold_tile(RowStats (&stats)[ROW_SLOTS], const float (&acc)[Cfg::MI][Cfg::NI][4],
                                           const RowSet<T>& rows, const RowSet<T>& cols, int row0, int col0,
                                           bool exclude_self, const int* proto_of, float inv_tau) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int warp_m = warp / Cfg::WARPS_N, warp_n = warp % Cfg::WARPS_N;
 #pragma unroll
     for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
             const int slot = mi * 2 + half;
-            const int row = row0 + warp_m * Cfg::WM + mi * 16 + lane / 4 + half * 8;
+            const int row = row0 + Cfg::acc_row(mi, 2 * half);
             if (row >= rows.count) continue;
             const float row_factor = inv_tau / norm_denominator(rows.norms[row]);
             const int row_instance = rows.instance[row];
@@ -81,7 +61,7 @@ __device__ __forceinline__ void fold_tile(RowStats (&stats)[ROW_SLOTS], const fl
 #pragma unroll
                 for (int e = 0; e < 2; ++e) {
                     const int k = ni * 2 + e;
-                    const int col = col0 + warp_n * Cfg::WN + ni * 8 + (lane % 4) * 2 + e;
+                    const int col = col0 + Cfg::acc_col(ni, e);
                     valid[k] = col < cols.count && !(exclude_self && col == row) &&
                                !(cols.role != nullptr && cols.role[col] == kRoleNormPenaltyOnly);
                     s[k] = valid[k] ? acc[mi][ni][half * 2 + e] * row_factor / norm_denominator(cols.norms[col]) : -INFINITY;
@@ -141,23 +121,13 @@ __device__ void contrastive_forward(RowSet<T> rows, RowSet<T> cols, RowSet<T> pr
 
     // Then the WARPS_N warps that share a row block, through shared memory (the tile buffers are
     // free: mma_block_tile ends with a barrier).
-    struct Partial {
-        float max, sum, pos_sum;
-        int pos_count;
-    };
-    static_assert(sizeof(Partial) * Cfg::WARPS_N * Cfg::BM <= Cfg::SMEM_BYTES, "partials fit the tile buffers");
-    Partial* partial = reinterpret_cast<Partial*>(smem);  // [WARPS_N][BM]
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int warp_m = warp / Cfg::WARPS_N, warp_n = warp % Cfg::WARPS_N;
-    if (lane % 4 == 0) {
+    static_assert(sizeof(RowStats) * Cfg::WARPS_N * Cfg::BM <= Cfg::SMEM_BYTES, "partials fit the tile buffers");
+    RowStats* partial = reinterpret_cast<RowStats*>(smem);  // [WARPS_N][BM]
+    if (Fragment::col(0) == 0) {  // one lane of each quad
 #pragma unroll
         for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const RowStats& st = stats[mi * 2 + half];
-                const int r = warp_m * Cfg::WM + mi * 16 + lane / 4 + half * 8;
-                partial[warp_n * Cfg::BM + r] = {st.max, st.sum, st.pos_sum, st.pos_count};
-            }
+            for (int half = 0; half < 2; ++half) partial[Cfg::warp_n() * Cfg::BM + Cfg::acc_row(mi, 2 * half)] = stats[mi * 2 + half];
     }
     __syncthreads();
     for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS) {
@@ -165,15 +135,10 @@ __device__ void contrastive_forward(RowSet<T> rows, RowSet<T> cols, RowSet<T> pr
         if (row >= rows.count) continue;
         RowStats total;
         total.init();
-        for (int w = 0; w < Cfg::WARPS_N; ++w) {
-            const Partial p = partial[w * Cfg::BM + r];
-            total.merge_lse(p.max, p.sum);
-            total.pos_sum += p.pos_sum;
-            total.pos_count += p.pos_count;
-        }
+        for (int w = 0; w < Cfg::WARPS_N; ++w) total.merge(partial[w * Cfg::BM + r]);
         const unsigned char role = rows.role != nullptr ? rows.role[row] : kRoleAnchor;
         const bool in_matrix = role != kRoleNormPenaltyOnly;
-        const float lse = in_matrix && total.max > -INFINITY ? total.max + __logf(total.sum) : -INFINITY;
+        const float lse = in_matrix ? total.lse() : -INFINITY;
         out.lse[row] = lse;
         out.positives[row] = in_matrix ? total.pos_count : 0;
         out.per_anchor[row] =
@@ -190,8 +155,8 @@ constexpr int kReduceThreads = 1024;
 __device__ void contrastive_reduce(const float* per_anchor, const float* weight, const unsigned char* role,
                                    const int* positives, const float* norms, int n, int mean, float penalty,
                                    float* out, int* first_empty) {
-    __shared__ float s_loss[kReduceThreads / 32], s_norm[kReduceThreads / 32];
-    __shared__ int s_penalized[kReduceThreads / 32], s_empty[kReduceThreads / 32], s_anchors[kReduceThreads / 32];
+    __shared__ float f_scratch[kReduceThreads / 32];
+    __shared__ int i_scratch[kReduceThreads / 32];
     float loss = 0.f, norm_sum = 0.f;
     int penalized = 0, empty = 0x7fffffff, anchors = 0;
     for (int i = threadIdx.x; i < n; i += kReduceThreads) {
@@ -205,33 +170,12 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
             penalized += 1;
         }
     }
-    loss = warp_sum(loss);
-    norm_sum = warp_sum(norm_sum);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        penalized += __shfl_xor_sync(0xffffffffu, penalized, offset);
-        anchors += __shfl_xor_sync(0xffffffffu, anchors, offset);
-        empty = min(empty, __shfl_xor_sync(0xffffffffu, empty, offset));
-    }
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) {
-        s_loss[warp] = loss;
-        s_norm[warp] = norm_sum;
-        s_penalized[warp] = penalized;
-        s_anchors[warp] = anchors;
-        s_empty[warp] = empty;
-    }
-    __syncthreads();
+    const float total = block_reduce<kReduceThreads>(loss, Sum(), f_scratch);
+    const float norms_total = block_reduce<kReduceThreads>(norm_sum, Sum(), f_scratch);
+    const int count = block_reduce<kReduceThreads>(penalized, Sum(), i_scratch);
+    const int anchor_count = block_reduce<kReduceThreads>(anchors, Sum(), i_scratch);
+    const int first = block_reduce<kReduceThreads>(empty, Min(), i_scratch);
     if (threadIdx.x == 0) {
-        float total = 0.f, norms_total = 0.f;
-        int count = 0, first = 0x7fffffff, anchor_count = 0;
-        for (int w = 0; w < kReduceThreads / 32; ++w) {
-            total += s_loss[w];
-            norms_total += s_norm[w];
-            count += s_penalized[w];
-            anchor_count += s_anchors[w];
-            first = min(first, s_empty[w]);
-        }
         const float divisor = mean ? (float)max(anchor_count, 1) : 1.f;
         out[0] = total / divisor + (count > 0 ? penalty * norms_total / count : 0.f);
         first_empty[0] = first == 0x7fffffff ? -1 : first;
@@ -321,67 +265,6 @@ __device__ __forceinline__ OwnRow load_own_row(const GradSide& own, int row, flo
     return r;
 }
 
-template <typename T> __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
-    const typename Pair<T>::type v = Pair<T>::make(lo, hi);  // lo in the low 16 bits
-    uint32_t r;
-    memcpy(&r, &v, sizeof(r));
-    return r;
-}
-
-// dacc += H U_other for one tile. h[half][k] holds H in the accumulator layout (rows group and
-// group + 8; column 8 ni + 2 quad + e at k = 2 ni + e); other_tile is (other row) x (d chunk).
-template <typename T, class Cfg>
-__device__ __forceinline__ void accumulate_hu(float (&dacc)[BackwardTraits<T>::CHUNK / 8][4],
-                                              const float (&h)[2][Cfg::NI * 2], const T* other_tile) {
-    constexpr int kGradChunk = BackwardTraits<T>::CHUNK, kGradChunkStride = BackwardTraits<T>::CHUNK_STRIDE;
-    const int lane = threadIdx.x % 32;
-    if constexpr (sizeof(T) == 4) {
-        // f32: exact FFMA. H[row][j] for each column j = 8 jn + 2 q + e of the tile comes from the
-        // quad lane that holds it (lane 4 group + q, element 2 jn + e).
-#pragma unroll
-        for (int jn = 0; jn < Cfg::NI; ++jn)
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int src = (lane & ~3) | q;
-                    const float h0 = __shfl_sync(0xffffffffu, h[0][jn * 2 + e], src);
-                    const float h1 = __shfl_sync(0xffffffffu, h[1][jn * 2 + e], src);
-                    const T* u_row = other_tile + (jn * 8 + q * 2 + e) * kGradChunkStride + (lane % 4) * 2;
-#pragma unroll
-                    for (int nb = 0; nb < kGradChunk / 8; ++nb)
-#pragma unroll
-                        for (int c = 0; c < 2; ++c) {
-                            const float u = u_row[nb * 8 + c];
-                            dacc[nb][c] = fmaf(h0, u, dacc[nb][c]);
-                            dacc[nb][2 + c] = fmaf(h1, u, dacc[nb][2 + c]);
-                        }
-                }
-    } else {
-        // H's accumulator layout is the m16k16 A layout: n8 blocks 2 kk and 2 kk + 1 are one k16 step.
-#pragma unroll
-        for (int kk = 0; kk < Cfg::NI / 2; ++kk) {
-            uint32_t a[4];
-            a[0] = pack_pair<T>(h[0][4 * kk], h[0][4 * kk + 1]);
-            a[1] = pack_pair<T>(h[1][4 * kk], h[1][4 * kk + 1]);
-            a[2] = pack_pair<T>(h[0][4 * kk + 2], h[0][4 * kk + 3]);
-            a[3] = pack_pair<T>(h[1][4 * kk + 2], h[1][4 * kk + 3]);
-            // other_tile is row-major (other row j) x (feature c): a k x n tile, so ldmatrix.trans
-            // yields the "col" B fragments. Matrix m = lane / 8: k half m % 2, n8 block m / 2.
-            const int m = lane / 8;
-            const T* base = other_tile + (kk * 16 + (m % 2) * 8 + lane % 8) * kGradChunkStride + (m / 2) * 8;
-#pragma unroll
-            for (int nb = 0; nb < kGradChunk / 8; nb += 2) {
-                uint32_t r[4];
-                ldmatrix_x4_trans(r, base + nb * 8);
-                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                Mma16816<T>::run(dacc[nb], a, b0);
-                Mma16816<T>::run(dacc[nb + 1], a, b1);
-            }
-        }
-    }
-}
-
 template <typename T, bool ALIGNED>
 __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHUNK / 8][4], BackwardShared<T>& sh,
                                             const GradSide& own, const OwnRow (&mine)[2], const GradSide& other,
@@ -389,8 +272,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
     using Cfg = typename BackwardTraits<T>::Cfg;
     constexpr int kGradChunk = BackwardTraits<T>::CHUNK, kGradChunkStride = BackwardTraits<T>::CHUNK_STRIDE;
     static_assert(Cfg::MI == 1 && Cfg::WARPS_N == 1, "a warp owns 16 whole rows of the tile");
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int own_row[2] = {row0 + warp * 16 + lane / 4, row0 + warp * 16 + lane / 4 + 8};
+    const int own_row[2] = {row0 + Cfg::acc_row(0, 0), row0 + Cfg::acc_row(0, 2)};
     const T* own_x = static_cast<const T*>(own.x);
     const T* other_x = static_cast<const T*>(other.x);
     const T* other_u = static_cast<const T*>(other.u);
@@ -414,7 +296,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
 #pragma unroll
             for (int e = 0; e < 2; ++e) {
                 const int k = ni * 2 + e;
-                const int col = col0 + ni * 8 + (lane % 4) * 2 + e;
+                const int col = col0 + Cfg::acc_col(ni, e);
                 h[0][k] = h[1][k] = 0.f;
                 if (col >= other.count || (other.role != nullptr && other.role[col] == kRoleNormPenaltyOnly)) continue;
                 int col_instance = -1, col_label = -1, col_proto = -1;
@@ -450,7 +332,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
                 }
             }
 
-        accumulate_hu<T, Cfg>(dacc, h, sh.other);
+        // dacc += H U_other: H's accumulator layout is the A fragment of the second product.
+        EngineFor<T>::type::template registers_times_tile<Cfg::BN, kGradChunk, kGradChunkStride>(dacc, h, sh.other);
         __syncthreads();  // sh.other is refilled by the next tile
     }
 }
@@ -461,10 +344,8 @@ __device__ void contrastive_backward(GradSide own, GradSide other, GradSide prot
     using Cfg = typename BackwardTraits<T>::Cfg;
     constexpr int kGradChunk = BackwardTraits<T>::CHUNK;
     __shared__ __align__(128) BackwardShared<T> sh;
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * kGradChunk;
-    const OwnRow mine[2] = {load_own_row(own, row0 + warp * 16 + lane / 4, inv_tau),
-                            load_own_row(own, row0 + warp * 16 + lane / 4 + 8, inv_tau)};
+    const OwnRow mine[2] = {load_own_row(own, row0 + Cfg::acc_row(0, 0), inv_tau), load_own_row(own, row0 + Cfg::acc_row(0, 2), inv_tau)};
     float dacc[kGradChunk / 8][4];
 #pragma unroll
     for (int nb = 0; nb < kGradChunk / 8; ++nb)
@@ -479,8 +360,8 @@ __device__ void contrastive_backward(GradSide own, GradSide other, GradSide prot
     for (int nb = 0; nb < kGradChunk / 8; ++nb)
 #pragma unroll
         for (int half = 0; half < 2; ++half) {
-            const int row = row0 + warp * 16 + lane / 4 + half * 8;
-            const int col = dc0 + nb * 8 + (lane % 4) * 2;
+            const int row = row0 + Cfg::acc_row(0, 2 * half);
+            const int col = dc0 + nb * 8 + Fragment::col(0);
             store_pair<float>(du, own.count, d, row, col, dacc[nb][half * 2] * out_scale,
                               dacc[nb][half * 2 + 1] * out_scale, d % 2 == 0);
         }
@@ -520,8 +401,8 @@ __device__ __forceinline__ float anchor_weight(int i, const unsigned char* role,
 __device__ void contrastive_backward_prepare(const unsigned char* role, const float* weight, const int* positives,
                                              const float* upstream, int per_row, int mean, float scale, int n,
                                              float* coef_a, float* coef_b, float* scalars) {
-    __shared__ float s_max[kPrepareThreads / 32];
-    __shared__ int s_count[kPrepareThreads / 32], s_anchors[kPrepareThreads / 32];
+    __shared__ float f_scratch[kPrepareThreads / 32];
+    __shared__ int i_scratch[kPrepareThreads / 32];
     __shared__ float s_factor;
     float local_max = 0.f;
     int penalized = 0, anchors = 0;
@@ -533,27 +414,10 @@ __device__ void contrastive_backward_prepare(const unsigned char* role, const fl
         penalized += r == kRoleNormPenaltyOnly;
         anchors += r == kRoleAnchor;
     }
-    local_max = warp_max(local_max);
-#pragma unroll
-    for (int offset = 16; offset > 0; offset >>= 1) {
-        penalized += __shfl_xor_sync(0xffffffffu, penalized, offset);
-        anchors += __shfl_xor_sync(0xffffffffu, anchors, offset);
-    }
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    if (lane == 0) {
-        s_max[warp] = local_max;
-        s_count[warp] = penalized;
-        s_anchors[warp] = anchors;
-    }
-    __syncthreads();
+    float m = block_reduce<kPrepareThreads>(local_max, Max(), f_scratch);
+    const int count = block_reduce<kPrepareThreads>(penalized, Sum(), i_scratch);
+    const int anchor_count = block_reduce<kPrepareThreads>(anchors, Sum(), i_scratch);
     if (threadIdx.x == 0) {
-        float m = 0.f;
-        int count = 0, anchor_count = 0;
-        for (int w = 0; w < kPrepareThreads / 32; ++w) {
-            m = fmaxf(m, s_max[w]);
-            count += s_count[w];
-            anchor_count += s_anchors[w];
-        }
         // Mean divides by every anchor row (empty-positive ones included), at least 1. The approximate
         // division (2 ulp) keeps the IEEE division's slow path, a call with a stack frame (and
         // spills at 1024 threads), out of the kernel.

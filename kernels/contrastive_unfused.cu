@@ -40,19 +40,6 @@ __device__ __forceinline__ int column_kind(const Row& r, int i, int j, const int
     return positive ? 2 : 1;
 }
 
-// Block-wide reduction in a fixed order; every thread gets the result.
-template <bool MAX> __device__ __forceinline__ float block_reduce(float v, float* scratch) {
-    v = MAX ? warp_max(v) : warp_sum(v);
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    __syncthreads();  // scratch may still be read by a previous reduction
-    if (lane == 0) scratch[warp] = v;
-    __syncthreads();
-    float r = scratch[0];
-#pragma unroll
-    for (int w = 1; w < kWarps; ++w) r = MAX ? fmaxf(r, scratch[w]) : r + scratch[w];
-    return r;
-}
-
 // Row i of S (ld elements apart, logits already divided by tau): LSE over A(i), |P(i)|, and
 // L_i = scale (LSE - mean of the positives) for anchors with a positive.
 __device__ void masked_log_softmax(const float* __restrict__ s, long ld, const int* instance, const int* label,
@@ -83,15 +70,15 @@ __device__ void masked_log_softmax(const float* __restrict__ s, long ld, const i
             pos_count += 1.f;
         }
     }
-    max = block_reduce<true>(max, scratch);
-    pos_sum = block_reduce<false>(pos_sum, scratch);
-    pos_count = block_reduce<false>(pos_count, scratch);
+    max = block_reduce<kThreads>(max, Max(), scratch);
+    pos_sum = block_reduce<kThreads>(pos_sum, Sum(), scratch);
+    pos_count = block_reduce<kThreads>(pos_count, Sum(), scratch);
     float sum = 0.f;
     if (max > -INFINITY) {
         for (int j = threadIdx.x; j < m; j += kThreads)
             if (column_kind(r, i, j, col_instance, col_label, col_role, n_cols, exclude_self) != 0) sum += expf(si[j] - max);
     }
-    sum = block_reduce<false>(sum, scratch);
+    sum = block_reduce<kThreads>(sum, Sum(), scratch);
     if (threadIdx.x == 0) {
         const float l = max > -INFINITY ? max + logf(sum) : -INFINITY;
         const int count = (int)pos_count;

@@ -9,12 +9,12 @@
 //   convert_f32_T             T copy of an f32 buffer (the first compute copy, input batches)
 //
 // The three GEMMs are the Tile128 tensor-core core (mma.sync m16n8k16) with operands loaded as
-// rows or transposed (common/tile_trans.cuh). Every output element is owned by one thread of one
+// rows or transposed ("rows" / "trans" operands of common/tile.cuh). Every output element is owned by one thread of one
 // block and reduced in a fixed order: results are deterministic run to run.
 // `_unaligned` variants: some contiguous dimension is not a multiple of 8 or a base is not 16-byte
 // aligned; element-wise loads, same math.
 #include "common/epilogue.cuh"
-#include "common/tile_trans.cuh"
+#include "common/tile.cuh"
 
 namespace ck {
 
@@ -25,7 +25,7 @@ __device__ void linear_forward(const T* __restrict__ X, const T* __restrict__ W,
     __shared__ __align__(128) T smem[Cfg::SMEM_BYTES / sizeof(T)];
     const int row0 = blockIdx.y * Cfg::BM, col0 = blockIdx.x * Cfg::BN;
     float acc[Cfg::MI][Cfg::NI][4];
-    mma_block_tile_op<Cfg, ALIGNED, false, false>(acc, smem, X, W, m, n, k, row0, col0);
+    mma_block_tile<Cfg, ALIGNED, false, false>(acc, smem, X, W, m, n, k, row0, col0);
     const bool pairs_aligned = n % 2 == 0 && reinterpret_cast<uintptr_t>(Y) % (2 * sizeof(T)) == 0;
     for_each_acc_pair<Cfg>(acc, [&](int r, int c, float v0, float v1) {
         const int row = row0 + r, col = col0 + c;
@@ -49,7 +49,7 @@ __device__ void linear_backward_data(const T* __restrict__ dZ, const T* __restri
     const int row0 = blockIdx.y * Cfg::BM, col0 = blockIdx.x * Cfg::BN;
     float acc[Cfg::MI][Cfg::NI][4];
     // Output m x k, reduction over n: A = dZ (m x n, rows), B = W^T, and W (n x k) is its "trans" storage.
-    mma_block_tile_op<Cfg, ALIGNED, false, true>(acc, smem, dZ, W, m, k, n, row0, col0);
+    mma_block_tile<Cfg, ALIGNED, false, true>(acc, smem, dZ, W, m, k, n, row0, col0);
     const bool pairs_aligned = k % 2 == 0 && reinterpret_cast<uintptr_t>(dX) % (2 * sizeof(T)) == 0;
     for_each_acc_pair<Cfg>(acc, [&](int r, int c, float v0, float v1) {
         const int row = row0 + r, col = col0 + c;
@@ -70,7 +70,7 @@ __device__ void linear_backward_weight(const T* __restrict__ dZ, const T* __rest
     const int row0 = blockIdx.y * Cfg::BM, col0 = blockIdx.x * Cfg::BN;
     float acc[Cfg::MI][Cfg::NI][4];
     // Output n x k, reduction over the batch m: A = dZ^T (stored m x n), B = X^T (stored m x k).
-    mma_block_tile_op<Cfg, ALIGNED, true, true>(acc, smem, dZ, X, n, k, m, row0, col0);
+    mma_block_tile<Cfg, ALIGNED, true, true>(acc, smem, dZ, X, n, k, m, row0, col0);
     const bool pairs_aligned = k % 2 == 0 && reinterpret_cast<uintptr_t>(dW) % (2 * sizeof(float)) == 0;
     for_each_acc_pair<Cfg>(acc, [&](int r, int c, float v0, float v1) {
         store_pair(dW, n, k, row0 + r, col0 + c, v0, v1, pairs_aligned);

@@ -2,7 +2,7 @@
 // diagonal S_ii set to a fill value (self-similarity, A == B).
 //
 // f16 / bf16 inputs: tensor cores (mma.sync m16n8k16, f32 accumulation) on the Tile128 core.
-// f32 inputs: exact FFMA on CUDA cores (no TF32 rounding), so f32 results keep f32 accuracy.
+// f32 inputs: the tile core's exact FFMA engine (no TF32 rounding), so f32 results keep f32 accuracy.
 // Any m, n, d: tails are zero-filled in shared memory and masked at the store. d % 8 != 0 or an
 // operand not 16-byte aligned takes the `_unaligned` kernels (element-wise loads, same math).
 // The row norms come from the l2_normalize prologue (norms only); see common/tile.cuh.
@@ -35,69 +35,18 @@ __device__ __forceinline__ void similarity_store(const float (&acc)[Cfg::MI][Cfg
     });
 }
 
+// One block tile on the tile core: tensor cores (Tile128) for f16 / bf16, the FFMA engine for f32
+// (Tile64F32: a finer grid for the small matrices f32 is used with, the same epilogue).
 template <typename T, typename TOut, bool ALIGNED>
-__device__ void similarity_mma(const T* __restrict__ A, const T* __restrict__ B, const float* __restrict__ norms_a,
-                               const float* __restrict__ norms_b, TOut* __restrict__ S, int m, int n, int d,
-                               SimilarityEpilogue ep) {
-    using Cfg = Tile128;
-    __shared__ __align__(128) T smem[Cfg::SMEM_BYTES / sizeof(T)];
+__device__ void similarity_tile(const T* __restrict__ A, const T* __restrict__ B, const float* __restrict__ norms_a,
+                                const float* __restrict__ norms_b, TOut* __restrict__ S, int m, int n, int d,
+                                SimilarityEpilogue ep) {
+    using Cfg = typename TileFor<T, Tile128, Tile64F32>::type;
+    __shared__ __align__(128) T smem[Cfg::SMEM_ELEMS];
     const int row0 = blockIdx.y * Cfg::BM, col0 = blockIdx.x * Cfg::BN;
     float acc[Cfg::MI][Cfg::NI][4];
     mma_block_tile<Cfg, ALIGNED>(acc, smem, A, B, m, n, d, row0, col0);
     similarity_store<TOut, Cfg>(acc, norms_a, norms_b, S, m, n, row0, col0, ep);
-}
-
-// FFMA path for f32: a BM x BN tile per block, TM x TN outputs per thread strided across the tile
-// (thread (tm, tn) owns rows tm + i * THREADS_M and columns tn + j * THREADS_N), operands staged
-// k-major in shared memory so a warp reads consecutive columns.
-template <typename TOut>
-__device__ void similarity_fma(const float* __restrict__ A, const float* __restrict__ B,
-                               const float* __restrict__ norms_a, const float* __restrict__ norms_b,
-                               TOut* __restrict__ S, int m, int n, int d, SimilarityEpilogue ep) {
-    using Cfg = FmaTile64;
-    __shared__ float sA[Cfg::BK][Cfg::BM + 1];
-    __shared__ float sB[Cfg::BK][Cfg::BN + 1];
-    const int row0 = blockIdx.y * Cfg::BM, col0 = blockIdx.x * Cfg::BN;
-    const int tn = threadIdx.x % Cfg::THREADS_N, tm = threadIdx.x / Cfg::THREADS_N;
-    float acc[Cfg::TM][Cfg::TN] = {};
-    for (int k0 = 0; k0 < d; k0 += Cfg::BK) {
-        for (int i = threadIdx.x; i < Cfg::BM * Cfg::BK; i += Cfg::THREADS) {
-            const int r = i / Cfg::BK, k = i % Cfg::BK;
-            const int gr = row0 + r, gk = k0 + k;
-            sA[k][r] = (gr < m && gk < d) ? A[(size_t)gr * d + gk] : 0.f;
-        }
-        for (int i = threadIdx.x; i < Cfg::BN * Cfg::BK; i += Cfg::THREADS) {
-            const int r = i / Cfg::BK, k = i % Cfg::BK;
-            const int gr = col0 + r, gk = k0 + k;
-            sB[k][r] = (gr < n && gk < d) ? B[(size_t)gr * d + gk] : 0.f;
-        }
-        __syncthreads();
-#pragma unroll
-        for (int k = 0; k < Cfg::BK; ++k) {
-            float a[Cfg::TM], b[Cfg::TN];
-#pragma unroll
-            for (int i = 0; i < Cfg::TM; ++i) a[i] = sA[k][tm + i * Cfg::THREADS_M];
-#pragma unroll
-            for (int j = 0; j < Cfg::TN; ++j) b[j] = sB[k][tn + j * Cfg::THREADS_N];
-#pragma unroll
-            for (int i = 0; i < Cfg::TM; ++i)
-#pragma unroll
-                for (int j = 0; j < Cfg::TN; ++j) acc[i][j] = fmaf(a[i], b[j], acc[i][j]);
-        }
-        __syncthreads();
-    }
-#pragma unroll
-    for (int i = 0; i < Cfg::TM; ++i) {
-        const int row = row0 + tm + i * Cfg::THREADS_M;
-        const float fa = inv_norm_factor(norms_a, row, m, ep.scale);
-#pragma unroll
-        for (int j = 0; j < Cfg::TN; ++j) {
-            const int col = col0 + tn + j * Cfg::THREADS_N;
-            float v = acc[i][j] * fa * inv_norm_factor(norms_b, col, n, 1.f);
-            if (ep.mask_diagonal && row == col) v = ep.diagonal_value;
-            if (row < m && col < n) S[(size_t)row * n + col] = from_float<TOut>(v);
-        }
-    }
 }
 
 }  // namespace ck
@@ -109,20 +58,21 @@ __device__ void similarity_fma(const float* __restrict__ A, const float* __restr
 #define CK_SIMILARITY_MMA_KERNELS(in_name, in_type, out_name, out_type)                                   \
     extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                    \
         similarity_##in_name##_##out_name(CK_SIMILARITY_ARGS(in_type, out_type)) {                        \
-        ck::similarity_mma<in_type, out_type, true>(A, B, norms_a, norms_b, S, m, n, d,                   \
-                                                    {scale, mask_diagonal, diagonal_value});              \
+        ck::similarity_tile<in_type, out_type, true>(A, B, norms_a, norms_b, S, m, n, d,                  \
+                                                     {scale, mask_diagonal, diagonal_value});             \
     }                                                                                                     \
     extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                    \
         similarity_##in_name##_##out_name##_unaligned(CK_SIMILARITY_ARGS(in_type, out_type)) {            \
-        ck::similarity_mma<in_type, out_type, false>(A, B, norms_a, norms_b, S, m, n, d,                  \
-                                                     {scale, mask_diagonal, diagonal_value});             \
+        ck::similarity_tile<in_type, out_type, false>(A, B, norms_a, norms_b, S, m, n, d,                 \
+                                                      {scale, mask_diagonal, diagonal_value});            \
     }
 
 #define CK_SIMILARITY_FMA_KERNEL(in_name, in_type, out_name, out_type)                                    \
-    /* min 2 blocks/SM: without it ptxas caps this kernel at 40 registers and spills */ \
-    extern "C" __global__ void __launch_bounds__(ck::FmaTile64::THREADS, 2)                                  \
+    /* 4 blocks/SM: 64 registers, as the FFMA tile needs no more (20 KB of shared memory each) */   \
+    extern "C" __global__ void __launch_bounds__(ck::Tile64F32::THREADS, 4)                                  \
         similarity_##in_name##_##out_name(CK_SIMILARITY_ARGS(in_type, out_type)) {                        \
-        ck::similarity_fma<out_type>(A, B, norms_a, norms_b, S, m, n, d, {scale, mask_diagonal, diagonal_value}); \
+        ck::similarity_tile<in_type, out_type, false>(A, B, norms_a, norms_b, S, m, n, d,                 \
+                                                      {scale, mask_diagonal, diagonal_value});            \
     }
 
 CK_FOR_EACH_FLOAT_PAIR_OUT(CK_SIMILARITY_MMA_KERNELS, f16, __half)

@@ -39,7 +39,6 @@
 //
 // topk_dense_rows is the library's unfused baseline: plain top-k (block radix select) over a
 // similarity block that cuBLAS wrote to global memory.
-#include "common/fma_tile.cuh"
 #include "common/norm.cuh"
 #include "common/select.cuh"
 #include "common/tile.cuh"
@@ -47,10 +46,11 @@
 namespace ck {
 
 // ---------------------------------------------------------------------------------------------
-// The tile core behind one face: compute a 128 x 128 tile of raw dot products, then read this
-// thread's 64 values as SLOTS rows x VALS columns of the tile.
-template <typename T> struct MmaEngine {
-    using Cfg = Tile128;
+// The tile core behind one face: compute a 128 x 128 tile of raw dot products (tensor cores for
+// f16 / bf16, the FFMA engine for f32), then read this thread's 64 values as SLOTS rows x VALS
+// columns of the tile: slot = 2 mi + half, value = 2 ni + e of the accumulator fragments.
+template <typename T> struct TileEngine {
+    using Cfg = typename TileFor<T, Tile128, Tile128F32>::type;
     static constexpr int BM = Cfg::BM, BN = Cfg::BN, THREADS = Cfg::THREADS;
     static constexpr int SLOTS = Cfg::MI * 2, VALS = Cfg::NI * 2;
     static constexpr int SMEM_BYTES = Cfg::SMEM_BYTES;
@@ -61,33 +61,9 @@ template <typename T> struct MmaEngine {
                                             int col0) {
         mma_block_tile<Cfg, ALIGNED>(acc, reinterpret_cast<T*>(smem), A, B, m, n, d, row0, col0);
     }
-    // The C fragment layout of tile.cuh: slot = 2 mi + half, value = 2 ni + e.
-    static __device__ __forceinline__ int row(int slot) {
-        const int lane = threadIdx.x % 32, warp_m = (threadIdx.x / 32) / Cfg::WARPS_N;
-        return warp_m * Cfg::WM + (slot / 2) * 16 + lane / 4 + (slot % 2) * 8;
-    }
-    static __device__ __forceinline__ int col(int v) {
-        const int lane = threadIdx.x % 32, warp_n = (threadIdx.x / 32) % Cfg::WARPS_N;
-        return warp_n * Cfg::WN + (v / 2) * 8 + (lane % 4) * 2 + v % 2;
-    }
+    static __device__ __forceinline__ int row(int slot) { return Cfg::acc_row(slot / 2, (slot % 2) * 2); }
+    static __device__ __forceinline__ int col(int v) { return Cfg::acc_col(v / 2, v % 2); }
     __device__ __forceinline__ float value(int slot, int v) const { return acc[slot / 2][v / 2][(slot % 2) * 2 + v % 2]; }
-};
-
-struct FmaEngine {
-    using Cfg = FmaTile128;
-    static constexpr int BM = Cfg::BM, BN = Cfg::BN, THREADS = Cfg::THREADS;
-    static constexpr int SLOTS = Cfg::TM, VALS = Cfg::TN;
-    static constexpr int SMEM_BYTES = FmaTileSmem<Cfg>::BYTES;
-    float acc[Cfg::TM][Cfg::TN];
-
-    template <bool ALIGNED>
-    __device__ __forceinline__ void compute(unsigned char* smem, const float* A, const float* B, int m, int n, int d,
-                                            int row0, int col0) {
-        fma_block_tile<Cfg>(acc, reinterpret_cast<float*>(smem), A, B, m, n, d, row0, col0);
-    }
-    static __device__ __forceinline__ int row(int slot) { return threadIdx.x / Cfg::THREADS_N + slot * Cfg::THREADS_M; }
-    static __device__ __forceinline__ int col(int v) { return threadIdx.x % Cfg::THREADS_N + v * Cfg::THREADS_N; }
-    __device__ __forceinline__ float value(int slot, int v) const { return acc[slot][v]; }
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -127,12 +103,6 @@ struct RadixRow {
 };
 static_assert(sizeof(RadixRow) == 24, "3 x u64 per row on the host");
 
-constexpr int kRadixBits = 7;
-constexpr int kRadixBins = 1 << kRadixBits;
-constexpr int kRadixLevels = 10;  // ceil(64 / 7)
-// Level p covers bits [shift, shift + width) with width = min(7, 64 - 7p).
-__device__ __forceinline__ int radix_width(int level) { return min(kRadixBits, 64 - kRadixBits * level); }
-__device__ __forceinline__ int radix_shift(int level) { return 64 - kRadixBits * level - radix_width(level); }
 
 struct SweepOut {
     // kPool
@@ -158,7 +128,7 @@ __device__ __forceinline__ void topk_sweep(const Sweep<T>& sw, const SweepOut& o
     __shared__ SelectKey s_key[BM];   // kPool: the row's threshold t; radix: its prefix
     __shared__ SelectKey s_mask[BM];  // radix: the prefix's bits
     __shared__ int s_count[BM];       // kPool: pool fill; radix: 1 if the row takes part in this pass
-    extern __shared__ unsigned s_hist[];  // kHist: [BM][kRadixBins]; kPool: [WARPS][256] for compactions
+    extern __shared__ unsigned s_hist[];  // kHist: [BM][kRadixBins]; kPool: [WARPS][kRadixBins] for compactions
 
     const int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
     // Block coordinates are re-read where used rather than kept live across the MMA k-loop,
@@ -186,8 +156,7 @@ __device__ __forceinline__ void topk_sweep(const Sweep<T>& sw, const SweepOut& o
     auto pool_of = [&out](int r) {
         return out.pools + ((size_t)((int)blockIdx.x * BM + r) * gridDim.y + blockIdx.y) * out.cap;
     };
-    const int shift = MODE == kPool ? 0 : radix_shift(out.level);
-    const unsigned digit_mask = MODE == kPool ? 0u : (1u << radix_width(out.level)) - 1u;
+    const RadixLevel lv(MODE == kPool ? 0 : out.level);
 
     const int col_tiles = (sw.nb + BN - 1) / BN;
     const int t_begin = (int)blockIdx.y * sw.tiles_per_slice, t_end = min(t_begin + sw.tiles_per_slice, col_tiles);
@@ -234,7 +203,7 @@ __device__ __forceinline__ void topk_sweep(const Sweep<T>& sw, const SweepOut& o
                 SelectKey* pool = pool_of(r);
                 const int n = s_count[r];
                 auto src = [pool](int i) { return pool[i]; };
-                const SelectKey theta = warp_select_kth(src, n, out.k, s_hist + warp * 256);
+                const SelectKey theta = warp_select_kth(src, n, out.k, s_hist + warp * kRadixBins);
                 warp_compact_top(src, n, out.k, theta, pool);
                 if (lane == 0) {
                     s_key[r] = theta;
@@ -260,7 +229,7 @@ __device__ __forceinline__ void topk_sweep(const Sweep<T>& sw, const SweepOut& o
                     const SelectKey key = select_key(s, sw.col_base + col);
                     if constexpr (MODE == kHist) {
                         if ((key & mask) != prefix) continue;
-                        const int digit = (int)((key >> shift) & digit_mask);
+                        const int digit = lv.digit(key);
                         if (digit != run_digit) {
                             if (run) atomicAdd(&s_hist[r * kRadixBins + run_digit], run);
                             run_digit = digit;
@@ -289,7 +258,7 @@ __device__ __forceinline__ void topk_sweep(const Sweep<T>& sw, const SweepOut& o
             int n = s_count[r];
             if (n > out.k) {
                 auto src = [pool](int i) { return pool[i]; };
-                const SelectKey theta = warp_select_kth(src, n, out.k, s_hist + warp * 256);
+                const SelectKey theta = warp_select_kth(src, n, out.k, s_hist + warp * kRadixBins);
                 warp_compact_top(src, n, out.k, theta, pool);
                 n = out.k;
             }
@@ -319,7 +288,7 @@ __device__ __forceinline__ int pow2_at_least(int k) {
 __device__ void topk_merge(const SelectKey* pools, int slices, int cap, const SelectKey* running, int nq, int k,
                            SelectKey* keys_out, float* values, int* indices) {
     __shared__ SelectKey s_buf[kMergeWarps][kMaxSmallK];
-    __shared__ unsigned s_hist[kMergeWarps][256];
+    __shared__ unsigned s_hist[kMergeWarps][kRadixBins];
     const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
     const int row = blockIdx.x * kMergeWarps + warp;
     if (row >= nq) return;  // whole warps only: no block barrier below
@@ -361,10 +330,8 @@ __device__ void topk_radix_step(RadixRow* state, unsigned* hist, int nq, int lev
     __syncwarp();
     for (int i = lane; i < kRadixBins; i += 32) h[i] = 0;
     if (lane == 0) {
-        const int width = radix_width(level), shift = radix_shift(level);
         st.want -= b.above;
-        st.prefix |= (SelectKey)b.digit << shift;
-        st.mask |= (((SelectKey)1 << width) - 1) << shift;
+        radix_extend(st.prefix, st.mask, level, b.digit);
         st.done = b.count == st.want || level == kRadixLevels - 1;
         state[row] = st;
         if (!st.done) atomicAdd(unfinished, 1);
@@ -400,7 +367,7 @@ __device__ void topk_dense_rows(const float* S, int n, const float* q_norms, con
                                 int diag_offset, int k, int kpad, SelectKey* scratch, int use_smem, float* values,
                                 int* indices) {
     extern __shared__ SelectKey s_dense[];
-    __shared__ unsigned s_hist[256];
+    __shared__ unsigned s_hist[kRadixBins];
     __shared__ Bucket s_bucket;
     __shared__ SelectKey s_result;
     __shared__ int s_count;
@@ -443,8 +410,9 @@ __device__ void topk_dense_rows(const float* S, int n, const float* q_norms, con
     ck::Sweep<type> { Q, B, q_norms, b_norms, col_bias, exclude, diag_offset, nq, nb, d, col_base, tiles_per_slice }
 
 // One kernel per (mode, dtype, loader). The tensor-core tile kernels run two blocks per SM (at
-// most 128 registers); the FFMA one and the radix passes (64 KB of histograms) run one.
-#define CK_TOPK_KERNELS(name, type, engine, suffix, aligned, tile_blocks)                                        \
+// most 128 registers), their radix passes one; the FFMA tile kernel one, its radix passes two (at
+// most 128 registers: 109 KB of shared memory a block, 64 KB of it histograms, fit twice).
+#define CK_TOPK_KERNELS(name, type, engine, suffix, aligned, tile_blocks, radix_blocks)                                        \
     extern "C" __global__ void __launch_bounds__(engine::THREADS, tile_blocks)                                   \
         topk_tiles_##name##suffix(CK_TOPK_SWEEP_PARAMS(type), int k, int cap, unsigned long long* pools) {       \
         ck::SweepOut out{};                                                                                      \
@@ -453,7 +421,7 @@ __device__ void topk_dense_rows(const float* S, int n, const float* q_norms, con
         out.pools = pools;                                                                                       \
         ck::topk_sweep<ck::kPool, engine, aligned, type>(CK_TOPK_SWEEP(type), out);                              \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(engine::THREADS, 1) topk_radix_hist_##name##suffix(            \
+    extern "C" __global__ void __launch_bounds__(engine::THREADS, radix_blocks) topk_radix_hist_##name##suffix(            \
         CK_TOPK_SWEEP_PARAMS(type), const unsigned long long* state, int level, unsigned* hist) {                 \
         ck::SweepOut out{};                                                                                      \
         out.state = reinterpret_cast<const ck::RadixRow*>(state);                                                \
@@ -461,7 +429,7 @@ __device__ void topk_dense_rows(const float* S, int n, const float* q_norms, con
         out.hist = hist;                                                                                         \
         ck::topk_sweep<ck::kHist, engine, aligned, type>(CK_TOPK_SWEEP(type), out);                              \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(engine::THREADS, 1) topk_radix_collect_##name##suffix(         \
+    extern "C" __global__ void __launch_bounds__(engine::THREADS, radix_blocks) topk_radix_collect_##name##suffix(         \
         CK_TOPK_SWEEP_PARAMS(type), const unsigned long long* state, int k, unsigned long long* keys,             \
         int key_stride, int* counts) {                                                                           \
         ck::SweepOut out{};                                                                                      \
@@ -473,11 +441,11 @@ __device__ void topk_dense_rows(const float* S, int n, const float* q_norms, con
         ck::topk_sweep<ck::kCollect, engine, aligned, type>(CK_TOPK_SWEEP(type), out);                           \
     }
 
-CK_TOPK_KERNELS(f16, __half, ck::MmaEngine<__half>, , true, 2)
-CK_TOPK_KERNELS(f16, __half, ck::MmaEngine<__half>, _unaligned, false, 2)
-CK_TOPK_KERNELS(bf16, __nv_bfloat16, ck::MmaEngine<__nv_bfloat16>, , true, 2)
-CK_TOPK_KERNELS(bf16, __nv_bfloat16, ck::MmaEngine<__nv_bfloat16>, _unaligned, false, 2)
-CK_TOPK_KERNELS(f32, float, ck::FmaEngine, , false, 1)
+CK_TOPK_KERNELS(f16, __half, ck::TileEngine<__half>, , true, 2, 1)
+CK_TOPK_KERNELS(f16, __half, ck::TileEngine<__half>, _unaligned, false, 2, 1)
+CK_TOPK_KERNELS(bf16, __nv_bfloat16, ck::TileEngine<__nv_bfloat16>, , true, 2, 1)
+CK_TOPK_KERNELS(bf16, __nv_bfloat16, ck::TileEngine<__nv_bfloat16>, _unaligned, false, 2, 1)
+CK_TOPK_KERNELS(f32, float, ck::TileEngine<float>, , false, 1, 2)
 
 extern "C" __global__ void __launch_bounds__(ck::kMergeWarps * 32)
     topk_merge(const unsigned long long* pools, int slices, int cap, const unsigned long long* running, int nq, int k,

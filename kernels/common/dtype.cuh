@@ -25,11 +25,22 @@ template <> struct Dtype<__nv_bfloat16> {
 };
 
 template <typename T> __device__ __forceinline__ float to_float(T x) { return Dtype<T>::to_float(x); }
-
-// std::enable_if without <type_traits> in device code: EnableIf<cond>::type is void when cond holds.
-template <bool B> struct EnableIf {};
-template <> struct EnableIf<true> { using type = void; };
 template <typename T> __device__ __forceinline__ T from_float(float x) { return Dtype<T>::from_float(x); }
+
+// Two values as one vector of T (a 4-byte store for f16 / bf16), and as the 32-bit word an mma
+// operand register holds (lo in the low 16 bits).
+template <typename T> struct Pair;
+template <> struct Pair<float> { using type = float2; static __device__ __forceinline__ float2 make(float a, float b) { return make_float2(a, b); } };
+template <> struct Pair<__half> { using type = __half2; static __device__ __forceinline__ __half2 make(float a, float b) { return __floats2half2_rn(a, b); } };
+template <> struct Pair<__nv_bfloat16> { using type = __nv_bfloat162; static __device__ __forceinline__ __nv_bfloat162 make(float a, float b) { return __floats2bfloat162_rn(a, b); } };
+
+template <typename T> __device__ __forceinline__ uint32_t pack_pair(float lo, float hi) {
+    const typename Pair<T>::type v = Pair<T>::make(lo, hi);
+    uint32_t r;
+    memcpy(&r, &v, sizeof(r));
+    return r;
+}
+
 
 }  // namespace ck
 

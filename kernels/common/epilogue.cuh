@@ -10,11 +10,6 @@ __device__ __forceinline__ float inv_norm_factor(const float* norms, int i, int 
     return i < count ? scale / norm_denominator(norms[i]) : 0.f;
 }
 
-template <typename T> struct Pair;
-template <> struct Pair<float> { using type = float2; static __device__ __forceinline__ float2 make(float a, float b) { return make_float2(a, b); } };
-template <> struct Pair<__half> { using type = __half2; static __device__ __forceinline__ __half2 make(float a, float b) { return __floats2half2_rn(a, b); } };
-template <> struct Pair<__nv_bfloat16> { using type = __nv_bfloat162; static __device__ __forceinline__ __nv_bfloat162 make(float a, float b) { return __floats2bfloat162_rn(a, b); } };
-
 // Stores out[row, col] = v0 and out[row, col + 1] = v1 of a row-major rows x cols matrix, as one
 // vector store when both are inside and the pair is aligned, else element by element.
 template <typename T>

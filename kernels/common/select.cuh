@@ -8,9 +8,11 @@
 // a set defined by key comparisons alone: any exact selection, in any order, chunked or not, gives
 // the same answer, which is what makes the kernels deterministic.
 //
-// Radix select (MSB first, 8-bit digits): per pass a 256-bin histogram of the keys that match the
-// prefix found so far, then the bin holding the k-th key; stops early when every key of that bin
-// is in the top k (the answer is then the bin's minimum). At most 8 passes over the keys.
+// Radix select, the one scheme of the library (these warp / block selects and topk.cu's multi-pass
+// radix strategy): MSB first, 7-bit digits (kRadixLevels = 10 levels, the last one 1 bit); per
+// level a kRadixBins-bin histogram of the keys that match the prefix found so far, then the bin
+// holding the k-th key; stops early when every key of that bin is in the top k (the answer is then
+// the bin's minimum).
 // Compaction moves the keys above the k-th to the front (order-preserving, in place allowed).
 // Bitonic sort orders a power-of-two array, descending.
 //
@@ -22,6 +24,26 @@
 namespace ck {
 
 using SelectKey = unsigned long long;
+
+constexpr int kRadixBits = 7;
+constexpr int kRadixBins = 1 << kRadixBits;
+constexpr int kRadixLevels = 10;  // ceil(64 / 7)
+// Level p covers bits [shift, shift + width) with width = min(7, 64 - 7p).
+__device__ __forceinline__ int radix_width(int level) { return min(kRadixBits, 64 - kRadixBits * level); }
+__device__ __forceinline__ int radix_shift(int level) { return 64 - kRadixBits * level - radix_width(level); }
+// One level's digit of a key (its shift and mask computed once, outside the loops over keys).
+struct RadixLevel {
+    int shift;
+    unsigned digit_mask;
+    __device__ __forceinline__ explicit RadixLevel(int level)
+        : shift(radix_shift(level)), digit_mask((1u << radix_width(level)) - 1u) {}
+    __device__ __forceinline__ int digit(SelectKey key) const { return (int)((key >> shift) & digit_mask); }
+};
+// Appends level's digit to a prefix and its bits to the prefix's mask.
+__device__ __forceinline__ void radix_extend(SelectKey& prefix, SelectKey& mask, int level, int digit) {
+    prefix |= (SelectKey)digit << radix_shift(level);
+    mask |= (((SelectKey)1 << radix_width(level)) - 1) << radix_shift(level);
+}
 
 __device__ __forceinline__ uint32_t order_bits(float v) {
     if (v != v) return 0u;  // NaN ranks below every number
@@ -112,33 +134,39 @@ __device__ __forceinline__ SelectKey warp_min_key(SelectKey v) {
     return v;
 }
 
+// One warp's 32 keys src(base + lane) into this level's histogram, keys outside the current
+// prefix skipped: one shared atomic per distinct bin of the warp (a query's keys crowd into a few
+// bins). Every lane of the warp calls it with the same base.
+template <class Src>
+__device__ __forceinline__ void histogram_warp_chunk(unsigned* hist, const Src& src, int base, int n, SelectKey mask,
+                                                     SelectKey prefix, const RadixLevel& lv) {
+    const int lane = threadIdx.x % 32, i = base + lane;
+    int bin = -1;
+    if (i < n) {
+        const SelectKey key = src(i);
+        if ((key & mask) == prefix) bin = lv.digit(key);
+    }
+    const unsigned peers = __match_any_sync(kFullMask, bin);
+    if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
+}
+
 // The k-th largest of src(0) .. src(n - 1) (1 <= k <= n), by one full warp: the key t with
-// #(keys > t) < k <= #(keys >= t). `hist` is 256 words of this warp's shared memory.
+// #(keys > t) < k <= #(keys >= t). `hist` is kRadixBins words of this warp's shared memory.
 // `src(i)` is called with the same i by one lane at a time; it may read global or shared memory.
 template <class Src>
 __device__ __forceinline__ SelectKey warp_select_kth(const Src& src, int n, int k, unsigned* hist) {
     const int lane = threadIdx.x % 32;
     SelectKey prefix = 0, mask = 0;
     unsigned want = (unsigned)min(k, n);  // k > n: every key is in the top k
-    for (int shift = 56; shift >= 0; shift -= 8) {
-        for (int i = lane; i < 256; i += 32) hist[i] = 0;
+    for (int level = 0; level < kRadixLevels; ++level) {
+        const RadixLevel lv(level);
+        for (int i = lane; i < kRadixBins; i += 32) hist[i] = 0;
         __syncwarp();
-        for (int base = 0; base < n; base += 32) {
-            const int i = base + lane;
-            int bin = -1;
-            if (i < n) {
-                const SelectKey key = src(i);
-                if ((key & mask) == prefix) bin = (int)((key >> shift) & 0xff);
-            }
-            // One atomic per distinct bin of the warp: keys of a query crowd into a few bins.
-            const unsigned peers = __match_any_sync(kFullMask, bin);
-            if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
-        }
+        for (int base = 0; base < n; base += 32) histogram_warp_chunk(hist, src, base, n, mask, prefix, lv);
         __syncwarp();
-        const Bucket b = find_bucket<256>(hist, want);
+        const Bucket b = find_bucket<kRadixBins>(hist, want);
         want -= b.above;
-        prefix |= (SelectKey)b.digit << shift;
-        mask |= (SelectKey)0xff << shift;
+        radix_extend(prefix, mask, level, b.digit);
         __syncwarp();  // every lane has read hist before the next pass clears it
         if (b.count == want) {  // the whole bin is in the top k: the answer is its minimum
             SelectKey lo = ~0ull;
@@ -195,35 +223,26 @@ __device__ void bitonic_sort_desc(SelectKey* x, int n, int t, int P, Sync sync) 
 }
 
 // Block-wide version of warp_select_kth (THREADS threads, all of them call it). Shared scratch:
-// hist (256 words), bucket (one Bucket), result (one key).
+// hist (kRadixBins words), bucket (one Bucket), result (one key).
 template <int THREADS, class Src>
 __device__ SelectKey block_select_kth(const Src& src, int n, int k, unsigned* hist, Bucket* bucket, SelectKey* result) {
     const int lane = threadIdx.x % 32;
     SelectKey prefix = 0, mask = 0;
     unsigned want = (unsigned)min(k, n);  // k > n: every key is in the top k
-    for (int shift = 56; shift >= 0; shift -= 8) {
-        for (int i = threadIdx.x; i < 256; i += THREADS) hist[i] = 0;
+    for (int level = 0; level < kRadixLevels; ++level) {
+        const RadixLevel lv(level);
+        for (int i = threadIdx.x; i < kRadixBins; i += THREADS) hist[i] = 0;
         __syncthreads();
-        for (int base = threadIdx.x - lane; base < n; base += THREADS) {
-            const int i = base + lane;
-            int bin = -1;
-            if (i < n) {
-                const SelectKey key = src(i);
-                if ((key & mask) == prefix) bin = (int)((key >> shift) & 0xff);
-            }
-            const unsigned peers = __match_any_sync(kFullMask, bin);
-            if (bin >= 0 && lane == __ffs(peers) - 1) atomicAdd(&hist[bin], (unsigned)__popc(peers));
-        }
+        for (int base = threadIdx.x - lane; base < n; base += THREADS) histogram_warp_chunk(hist, src, base, n, mask, prefix, lv);
         __syncthreads();
         if (threadIdx.x < 32) {
-            const Bucket b = find_bucket<256>(hist, want);
+            const Bucket b = find_bucket<kRadixBins>(hist, want);
             if (threadIdx.x == 0) *bucket = b;
         }
         __syncthreads();
         const Bucket b = *bucket;
         want -= b.above;
-        prefix |= (SelectKey)b.digit << shift;
-        mask |= (SelectKey)0xff << shift;
+        radix_extend(prefix, mask, level, b.digit);
         if (b.count == want) {
             if (threadIdx.x == 0) *result = ~0ull;
             __syncthreads();

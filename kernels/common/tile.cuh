@@ -1,9 +1,20 @@
-// The reusable tile core: global -> shared loaders with tails handled, the tensor-core warp MMA,
-// the k-loop that drives them, and accumulator traversal for epilogues.
+// The tile core, the one k-loop every kernel stands on: acc = op(A) op(B)^T for one BM x BN block
+// tile (tile_config.cuh), global -> shared loaders with tails handled, two engines that multiply a
+// shared stage into the warps' accumulators, and the accumulator traversal of epilogues.
 //
-// Operands are row-major feature matrices (rows x d, d contiguous), for both sides: S = A B^T
-// needs A as an m16k16 "row" fragment and B as a k16n8 "col" fragment, and a row-major B (n x d)
-// is exactly that col layout, so one loader and one ldmatrix pattern serve both operands.
+// Operands. An operand is stored either
+//   "rows" (TRANS = false): rows x d, row-major, the reduction dim d contiguous (feature matrices:
+//     S = A B^T needs A as an m16k16 "row" fragment and B as a k16n8 "col" fragment, and a
+//     row-major B (n x d) is exactly that col layout, so one loader and one ldmatrix pattern serve
+//     both operands), or
+//   "trans" (TRANS = true): d x rows, row-major, the output dim contiguous (a matrix whose transpose
+//     is needed: the backward of a linear layer Y = X W^T computes dX = dZ W with W stored n x k as
+//     the "trans" B, and dW = dZ^T X with both operands "trans", the reduction over the batch).
+//
+// Engines (EngineFor<T>): TensorCores, mma.sync m16n8k16 on f16 / bf16 with f32 accumulation; Ffma,
+// exact f32 FFMA on CUDA cores (no TF32 rounding) computing the very accumulator elements the
+// tensor-core fragments would hold, so every epilogue serves both. Each also multiplies a fragment
+// held in registers by a shared tile (FlashAttention-2's P V), for the loss backward.
 //
 // Normalization is fused as a rank-1 epilogue: S_ij = scale * <a_i, b_j> / (max(|a_i|,eps) max(|b_j|,eps)),
 // with the O(m + n) norms from the l2_normalize prologue. No normalized copy is ever written, and the
@@ -96,15 +107,17 @@ template <> struct Mma16816<__nv_bfloat16> {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Loaders: rows [row0, row0 + ROWS) x columns [k0, k0 + BK) of a row-major rows x d matrix into a
-// shared tile of row stride STRIDE, zeros outside the matrix (zeros add nothing to a dot product).
+// Loaders: a stage of one operand into shared memory, zeros outside the matrix (zeros add nothing
+// to a dot product).
 
-// Fast path: d % 8 == 0 and a 16-byte aligned base, so every 8-element chunk is one aligned
-// cp.async that is wholly inside or wholly outside the matrix.
+// "rows": rows [row0, row0 + ROWS) x columns [k0, k0 + BK) of a row-major rows x d matrix into a
+// [ROWS][STRIDE] tile. Fast path: d % 8 == 0 and a 16-byte aligned base, so every 8-element chunk
+// is one aligned cp.async that is wholly inside or wholly outside the matrix.
 template <int ROWS, int BK, int STRIDE, int THREADS, typename T>
 __device__ __forceinline__ void load_tile_async(T* smem, const T* __restrict__ g, int rows, int d, int row0, int k0) {
     constexpr int CHUNKS_PER_ROW = BK / 8;
     constexpr int ITERS = ROWS * CHUNKS_PER_ROW / THREADS;
+    static_assert((ROWS * CHUNKS_PER_ROW) % THREADS == 0, "every thread copies the same number of chunks");
 #pragma unroll
     for (int it = 0; it < ITERS; ++it) {
         const int chunk = threadIdx.x + it * THREADS;
@@ -127,89 +140,221 @@ __device__ __forceinline__ void load_tile_sync(T* smem, const T* __restrict__ g,
     }
 }
 
+// "trans": stored rows [k0, k0 + BK) x columns [row0, row0 + ROWS) of a d x rows row-major matrix
+// into a [BK][STRIDE] tile, staged as it is stored (k-major). Fast path: rows % 8 == 0 and a
+// 16-byte aligned base.
+template <int ROWS, int BK, int STRIDE, int THREADS, typename T>
+__device__ __forceinline__ void load_tile_trans_async(T* smem, const T* __restrict__ g, int rows, int d, int row0,
+                                                      int k0) {
+    constexpr int CHUNKS_PER_K = ROWS / 8;
+    constexpr int ITERS = BK * CHUNKS_PER_K / THREADS;
+    static_assert((BK * CHUNKS_PER_K) % THREADS == 0, "every thread copies the same number of chunks");
+#pragma unroll
+    for (int it = 0; it < ITERS; ++it) {
+        const int chunk = threadIdx.x + it * THREADS;
+        const int kr = chunk / CHUNKS_PER_K;
+        const int rc = (chunk % CHUNKS_PER_K) * 8;
+        const int gk = k0 + kr, gr = row0 + rc;
+        const bool inside = gk < d && gr < rows;
+        const T* src = inside ? g + (size_t)gk * rows + gr : g;
+        cp_async_16(smem + kr * STRIDE + rc, src, inside ? 16 : 0);
+    }
+}
+
+template <int ROWS, int BK, int STRIDE, int THREADS, typename T>
+__device__ __forceinline__ void load_tile_trans_sync(T* smem, const T* __restrict__ g, int rows, int d, int row0,
+                                                     int k0) {
+    for (int i = threadIdx.x; i < ROWS * BK; i += THREADS) {
+        const int kr = i / ROWS, r = i % ROWS;  // consecutive threads read consecutive columns
+        const int gk = k0 + kr, gr = row0 + r;
+        smem[kr * STRIDE + r] = (gk < d && gr < rows) ? g[(size_t)gk * rows + gr] : from_float<T>(0.f);
+    }
+}
+
+// The shared layout of one operand of one stage, and its loader. A "trans" stage is [BK][ROWS + 8]:
+// the 8 addresses of one ldmatrix.trans matrix are 8 consecutive k rows (ROWS + 8) * 2 bytes apart
+// (272 B for ROWS = 128, 68 words), so their 16-byte reads fall in 8 distinct bank groups.
+template <class Cfg, int ROWS, bool TRANS> struct OperandTile {
+    static constexpr int STRIDE = TRANS ? ROWS + 8 : Cfg::SMEM_STRIDE;
+    static constexpr int ELEMS = TRANS ? Cfg::BK * STRIDE : ROWS * Cfg::SMEM_STRIDE;
+
+    // async: cp.async 16-byte chunks (only for 2-byte elements; f32 always loads element-wise).
+    template <bool ASYNC, typename T>
+    static __device__ __forceinline__ void load(T* smem, const T* __restrict__ g, int rows, int d, int row0, int k0) {
+        if constexpr (ASYNC) {
+            if constexpr (TRANS) load_tile_trans_async<ROWS, Cfg::BK, STRIDE, Cfg::THREADS>(smem, g, rows, d, row0, k0);
+            else load_tile_async<ROWS, Cfg::BK, STRIDE, Cfg::THREADS>(smem, g, rows, d, row0, k0);
+        } else {
+            if constexpr (TRANS) load_tile_trans_sync<ROWS, Cfg::BK, STRIDE, Cfg::THREADS>(smem, g, rows, d, row0, k0);
+            else load_tile_sync<ROWS, Cfg::BK, STRIDE, Cfg::THREADS>(smem, g, rows, d, row0, k0);
+        }
+    }
+};
+
 // ---------------------------------------------------------------------------------------------
-// Warp MMA over one shared stage: acc[mi][ni] += A_warp[mi] * B_warp[ni]^T for the stage's BK.
+// Engines: acc[mi][ni] += A_warp[mi] * B_warp[ni]^T over one shared stage (BK of the reduction).
 //
 // Fragment layouts (PTX ISA, mma.m16n8k16): lane = 4 * group + quad.
 //   A (16 x 16): a0 (group, 2 quad), a1 (group + 8, 2 quad), a2 (group, 2 quad + 8), a3 (group + 8, 2 quad + 8)
 //   B (16 x 8):  b0 (k = 2 quad, n = group), b1 (k = 2 quad + 8, n = group)
-//   C (16 x 8):  c0, c1 (group, 2 quad + {0, 1}), c2, c3 (group + 8, 2 quad + {0, 1})
-// ldmatrix.x4 hands matrix j to the lanes whose addresses 8j..8j+7 named its rows, as
-// "thread t holds row t / 4, columns 2 (t % 4) + {0, 1}", which is exactly these fragments when
-//   A: lane l addresses row (l % 16), column 8 (l / 16)        -> r0..r3 = a0..a3
-//   B: lane l addresses row (l % 8) + 8 (l / 16), column 8 ((l / 8) % 2)
-//                                                               -> r0, r1 = b0, b1 of n8 block 0; r2, r3 of block 1
-// (The 16-bit overload is limited to 2-byte types, so that the f32 call below is not ambiguous for
-// a C++ compiler that ranks the two like g++ does.)
-template <class Cfg, typename T>
-__device__ __forceinline__ typename EnableIf<sizeof(T) == 2>::type warp_mma_stage(float (&acc)[Cfg::MI][Cfg::NI][4],
-                                                                                const T* sA, const T* sB, int warp_m,
-                                                                                int warp_n) {
-    const int lane = threadIdx.x % 32;
+//   C (16 x 8):  Fragment in tile_config.cuh
+// ldmatrix.x4 hands matrix j to the lanes whose addresses 8j..8j+7 named its rows, as "thread t
+// holds row t / 4, columns 2 (t % 4) + {0, 1}", which is exactly these fragments when
+//   A rows:  lane l addresses row (l % 16), column 8 (l / 16)                       -> r0..r3 = a0..a3
+//   B rows:  lane l addresses row (l % 8) + 8 (l / 16), column 8 ((l / 8) % 2)
+//            -> r0, r1 = b0, b1 of n8 block 0; r2, r3 of block 1
+// and ldmatrix.trans (thread t gets rows 2 (t % 4) + {0, 1} of column t / 4) reads the same
+// fragments from "trans" (k-major) storage when
+//   A trans: lane l addresses stored row k = kk + (l % 8) + 8 (l / 16), column m0 + 8 ((l / 8) % 2)
+//   B trans: lane l addresses stored row k = kk + (l % 8) + 8 ((l / 8) % 2), column n0 + 8 (l / 16)
+struct TensorCores {
+    template <class Cfg, bool TRANS_A, bool TRANS_B, typename T>
+    static __device__ __forceinline__ void stage(float (&acc)[Cfg::MI][Cfg::NI][4], const T* sA, const T* sB) {
+        static_assert(sizeof(T) == 2, "the tensor-core engine takes f16 / bf16");
+        using TA = OperandTile<Cfg, Cfg::BM, TRANS_A>;
+        using TB = OperandTile<Cfg, Cfg::BN, TRANS_B>;
+        const int lane = threadIdx.x % 32, warp_m = Cfg::warp_m(), warp_n = Cfg::warp_n();
 #pragma unroll
-    for (int kk = 0; kk < Cfg::BK; kk += 16) {
-        uint32_t a[Cfg::MI][4];
-        uint32_t b[Cfg::NI][2];
+        for (int kk = 0; kk < Cfg::BK; kk += 16) {
+            uint32_t a[Cfg::MI][4];
+            uint32_t b[Cfg::NI][2];
 #pragma unroll
-        for (int mi = 0; mi < Cfg::MI; ++mi) {
-            const int row = warp_m * Cfg::WM + mi * 16 + (lane % 16);
-            ldmatrix_x4(a[mi], sA + row * Cfg::SMEM_STRIDE + kk + (lane / 16) * 8);
+            for (int mi = 0; mi < Cfg::MI; ++mi) {
+                const int m0 = warp_m * Cfg::WM + mi * 16;
+                if constexpr (TRANS_A)
+                    ldmatrix_x4_trans(a[mi], sA + (kk + (lane % 8) + 8 * (lane / 16)) * TA::STRIDE + m0 + 8 * ((lane / 8) % 2));
+                else
+                    ldmatrix_x4(a[mi], sA + (m0 + lane % 16) * TA::STRIDE + kk + (lane / 16) * 8);
+            }
+#pragma unroll
+            for (int ni = 0; ni < Cfg::NI; ni += 2) {
+                const int n0 = warp_n * Cfg::WN + ni * 8;
+                uint32_t r[4];
+                if constexpr (TRANS_B)
+                    ldmatrix_x4_trans(r, sB + (kk + (lane % 8) + 8 * ((lane / 8) % 2)) * TB::STRIDE + n0 + 8 * (lane / 16));
+                else
+                    ldmatrix_x4(r, sB + (n0 + (lane % 8) + (lane / 16) * 8) * TB::STRIDE + kk + ((lane / 8) % 2) * 8);
+                b[ni][0] = r[0];
+                b[ni][1] = r[1];
+                b[ni + 1][0] = r[2];
+                b[ni + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < Cfg::NI; ++ni) Mma16816<T>::run(acc[mi][ni], a[mi], b[ni]);
         }
-#pragma unroll
-        for (int ni = 0; ni < Cfg::NI; ni += 2) {
-            const int row = warp_n * Cfg::WN + ni * 8 + (lane % 8) + (lane / 16) * 8;
-            uint32_t r[4];
-            ldmatrix_x4(r, sB + row * Cfg::SMEM_STRIDE + kk + ((lane / 8) % 2) * 8);
-            b[ni][0] = r[0];
-            b[ni][1] = r[1];
-            b[ni + 1][0] = r[2];
-            b[ni + 1][1] = r[3];
-        }
-#pragma unroll
-        for (int mi = 0; mi < Cfg::MI; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < Cfg::NI; ++ni) Mma16816<T>::run(acc[mi][ni], a[mi], b[ni]);
     }
-}
 
-// The f32 form: the same accumulator elements (see the C layout above), by exact FFMA from the
-// f32 stage. A thread reads rows group (+ 8) of A and columns 2 quad + {0, 1} of B per k.
-template <class Cfg>
-__device__ __forceinline__ void warp_mma_stage(float (&acc)[Cfg::MI][Cfg::NI][4], const float* sA, const float* sB,
-                                               int warp_m, int warp_n) {
-    static_assert(Cfg::ELEM_BYTES == 4, "an f32 stage needs an f32 tile config");
-    const int lane = threadIdx.x % 32, group = lane / 4, quad = lane % 4;
-#pragma unroll 4
-    for (int k = 0; k < Cfg::BK; ++k) {
-        float a[Cfg::MI][2], b[Cfg::NI][2];
+    // acc[nb] += P V for a warp that owns 16 rows: P (16 x K) in registers in the C-fragment layout,
+    // p[half][2 j + e] = P[group + 8 half][8 j + 2 quad + e], which is the m16k16 A layout (n8 blocks
+    // 2 kk and 2 kk + 1 are one k16 step); V a row-major K x N shared tile of row stride STRIDE, read
+    // by ldmatrix.trans as the "col" B fragments (matrix m = lane / 8: k half m % 2, n8 block m / 2).
+    template <int K, int N, int STRIDE, typename T>
+    static __device__ __forceinline__ void registers_times_tile(float (&acc)[N / 8][4], const float (&p)[2][K / 4],
+                                                                const T* v) {
+        static_assert(sizeof(T) == 2, "the tensor-core engine takes f16 / bf16");
+        const int lane = threadIdx.x % 32;
 #pragma unroll
-        for (int mi = 0; mi < Cfg::MI; ++mi)
+        for (int kk = 0; kk < K / 16; ++kk) {
+            uint32_t a[4];
+            a[0] = pack_pair<T>(p[0][4 * kk], p[0][4 * kk + 1]);
+            a[1] = pack_pair<T>(p[1][4 * kk], p[1][4 * kk + 1]);
+            a[2] = pack_pair<T>(p[0][4 * kk + 2], p[0][4 * kk + 3]);
+            a[3] = pack_pair<T>(p[1][4 * kk + 2], p[1][4 * kk + 3]);
+            const int m = lane / 8;
+            const T* base = v + (kk * 16 + (m % 2) * 8 + lane % 8) * STRIDE + (m / 2) * 8;
 #pragma unroll
-            for (int h = 0; h < 2; ++h) a[mi][h] = sA[(warp_m * Cfg::WM + mi * 16 + group + 8 * h) * Cfg::SMEM_STRIDE + k];
+            for (int nb = 0; nb < N / 8; nb += 2) {
+                uint32_t r[4];
+                ldmatrix_x4_trans(r, base + nb * 8);
+                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+                Mma16816<T>::run(acc[nb], a, b0);
+                Mma16816<T>::run(acc[nb + 1], a, b1);
+            }
+        }
+    }
+};
+
+// The f32 engine: the same accumulator elements by exact FFMA from an f32 stage ("rows" operands).
+// A thread reads rows group (+ 8) of A and columns 2 quad + {0, 1} of B per k.
+struct Ffma {
+    template <class Cfg, bool TRANS_A, bool TRANS_B>
+    static __device__ __forceinline__ void stage(float (&acc)[Cfg::MI][Cfg::NI][4], const float* sA, const float* sB) {
+        static_assert(Cfg::ELEM_BYTES == 4, "an f32 stage needs an f32 tile config");
+        static_assert(!TRANS_A && !TRANS_B, "the FFMA engine reads \"rows\" operands");
+        const int warp_m = Cfg::warp_m(), warp_n = Cfg::warp_n();
+        // Not unrolled: unrolling k by 2-4 raised the f32 loss kernels to ptxas' register cap (168 at
+        // 128 threads) with spills and the f32 similarity past 64; rolled, none spills (ptxas, sm_90a).
+#pragma unroll 1
+        for (int k = 0; k < Cfg::BK; ++k) {
+            float a[Cfg::MI][2], b[Cfg::NI][2];
 #pragma unroll
-        for (int ni = 0; ni < Cfg::NI; ++ni)
+            for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) b[ni][e] = sB[(warp_n * Cfg::WN + ni * 8 + 2 * quad + e) * Cfg::SMEM_STRIDE + k];
-#pragma unroll
-        for (int mi = 0; mi < Cfg::MI; ++mi)
+                for (int h = 0; h < 2; ++h) a[mi][h] = sA[(warp_m * Cfg::WM + mi * 16 + Fragment::row(2 * h)) * Cfg::SMEM_STRIDE + k];
 #pragma unroll
             for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
-                for (int h = 0; h < 2; ++h)
+                for (int e = 0; e < 2; ++e) b[ni][e] = sB[(warp_n * Cfg::WN + ni * 8 + Fragment::col(e)) * Cfg::SMEM_STRIDE + k];
 #pragma unroll
-                    for (int e = 0; e < 2; ++e) acc[mi][ni][2 * h + e] = fmaf(a[mi][h], b[ni][e], acc[mi][ni][2 * h + e]);
+            for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+                    for (int h = 0; h < 2; ++h)
+#pragma unroll
+                        for (int e = 0; e < 2; ++e) acc[mi][ni][2 * h + e] = fmaf(a[mi][h], b[ni][e], acc[mi][ni][2 * h + e]);
+        }
     }
-}
 
-// The k-loop of one BM x BN block tile: acc = A[row0 : row0 + BM] B[col0 : col0 + BN]^T over all of d,
-// double-buffered (the next stage's copy is in flight while this stage's MMAs run).
-// ALIGNED selects load_tile_async (d % 8 == 0, 16-byte aligned bases) over load_tile_sync; f32
-// always loads element-wise (the async loader moves 8 two-byte elements per 16-byte copy).
-template <class Cfg, bool ALIGNED, typename T>
+    // As TensorCores::registers_times_tile: P[row][c] for each column c = 8 j + 2 q + e of P comes
+    // from the quad lane that holds it (lane 4 group + q, element 2 j + e).
+    template <int K, int N, int STRIDE>
+    static __device__ __forceinline__ void registers_times_tile(float (&acc)[N / 8][4], const float (&p)[2][K / 4],
+                                                                const float* v) {
+        const int lane = threadIdx.x % 32;
+#pragma unroll
+        for (int j = 0; j < K / 8; ++j)
+#pragma unroll
+            for (int q = 0; q < 4; ++q)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int src = (lane & ~3) | q;
+                    const float p0 = __shfl_sync(0xffffffffu, p[0][j * 2 + e], src);
+                    const float p1 = __shfl_sync(0xffffffffu, p[1][j * 2 + e], src);
+                    const float* v_row = v + (j * 8 + q * 2 + e) * STRIDE + Fragment::col(0);
+#pragma unroll
+                    for (int nb = 0; nb < N / 8; ++nb)
+#pragma unroll
+                        for (int c = 0; c < 2; ++c) {
+                            const float x = v_row[nb * 8 + c];
+                            acc[nb][c] = fmaf(p0, x, acc[nb][c]);
+                            acc[nb][2 + c] = fmaf(p1, x, acc[nb][2 + c]);
+                        }
+                }
+    }
+};
+
+template <typename T> struct EngineFor { using type = TensorCores; };
+template <> struct EngineFor<float> { using type = Ffma; };
+
+// ---------------------------------------------------------------------------------------------
+// The k-loop of one BM x BN block tile: acc = op(A)[row0 : row0 + BM] op(B)[col0 : col0 + BN]^T
+// over the reduction dim d, double-buffered (the next stage's copy is in flight while this stage's
+// MMAs run). op(A) is m x d and op(B) is n x d; a TRANS operand is stored d x m (d x n).
+// ALIGNED: every operand's contiguous dimension is a multiple of 8 and its base 16-byte aligned
+// (cp.async chunks; f32 always loads element-wise). smem holds Cfg::SMEM_ELEMS elements. Ends with
+// a barrier (when d > 0), so the caller may reuse smem until its next call.
+template <class Cfg, bool ALIGNED, bool TRANS_A = false, bool TRANS_B = false, typename T,
+          class Engine = typename EngineFor<T>::type>
 __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4], T* smem, const T* __restrict__ A,
                                                const T* __restrict__ B, int m, int n, int d, int row0, int col0) {
-    const int warp = threadIdx.x / 32;
-    const int warp_m = warp / Cfg::WARPS_N, warp_n = warp % Cfg::WARPS_N;
+    using TA = OperandTile<Cfg, Cfg::BM, TRANS_A>;
+    using TB = OperandTile<Cfg, Cfg::BN, TRANS_B>;
+    static_assert(TA::ELEMS <= Cfg::SMEM_ELEMS_A && TB::ELEMS <= Cfg::SMEM_ELEMS_B, "a stage fits Cfg's shared memory");
+    static_assert(sizeof(T) == Cfg::ELEM_BYTES, "the tile config's element size is T's");
+    constexpr bool ASYNC = ALIGNED && sizeof(T) == 2;
 #pragma unroll
     for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
@@ -220,13 +365,8 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
     auto stage_a = [&](int s) { return smem + s * (Cfg::SMEM_ELEMS_A + Cfg::SMEM_ELEMS_B); };
     auto stage_b = [&](int s) { return stage_a(s) + Cfg::SMEM_ELEMS_A; };
     auto load_stage = [&](int s, int k0) {
-        if constexpr (ALIGNED && sizeof(T) == 2) {
-            load_tile_async<Cfg::BM, Cfg::BK, Cfg::SMEM_STRIDE, Cfg::THREADS>(stage_a(s), A, m, d, row0, k0);
-            load_tile_async<Cfg::BN, Cfg::BK, Cfg::SMEM_STRIDE, Cfg::THREADS>(stage_b(s), B, n, d, col0, k0);
-        } else {
-            load_tile_sync<Cfg::BM, Cfg::BK, Cfg::SMEM_STRIDE, Cfg::THREADS>(stage_a(s), A, m, d, row0, k0);
-            load_tile_sync<Cfg::BN, Cfg::BK, Cfg::SMEM_STRIDE, Cfg::THREADS>(stage_b(s), B, n, d, col0, k0);
-        }
+        TA::template load<ASYNC>(stage_a(s), A, m, d, row0, k0);
+        TB::template load<ASYNC>(stage_b(s), B, n, d, col0, k0);
         cp_async_commit();  // an empty group on the sync path keeps the wait counts uniform
     };
 
@@ -241,7 +381,7 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
             cp_async_wait<0>();
         }
         __syncthreads();
-        warp_mma_stage<Cfg>(acc, stage_a(kt % 2), stage_b(kt % 2), warp_m, warp_n);
+        Engine::template stage<Cfg, TRANS_A, TRANS_B>(acc, stage_a(kt % 2), stage_b(kt % 2));
         __syncthreads();  // the buffer is overwritten by the load two iterations on
     }
 }
@@ -250,18 +390,13 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
 // this thread, in block-tile coordinates; the epilogue decides what bounds and stores mean.
 template <class Cfg, typename F>
 __device__ __forceinline__ void for_each_acc_pair(const float (&acc)[Cfg::MI][Cfg::NI][4], F&& f) {
-    const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-    const int warp_m = warp / Cfg::WARPS_N, warp_n = warp % Cfg::WARPS_N;
 #pragma unroll
     for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
         for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int row = warp_m * Cfg::WM + mi * 16 + lane / 4 + half * 8;
-                const int col = warp_n * Cfg::WN + ni * 8 + (lane % 4) * 2;
-                f(row, col, acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1]);
-            }
+            for (int half = 0; half < 2; ++half)
+                f(Cfg::acc_row(mi, 2 * half), Cfg::acc_col(ni, 0), acc[mi][ni][2 * half], acc[mi][ni][2 * half + 1]);
 }
 
 }  // namespace ck

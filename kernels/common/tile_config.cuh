@@ -1,15 +1,25 @@
-// Tile shapes, kept apart from the algorithms that use them (flash-attention's "kernel traits").
+// Tile shapes and the accumulator layout, kept apart from the algorithms that use them
+// (flash-attention's "kernel traits").
 #pragma once
 
 namespace ck {
 
-// Tensor-core (mma.sync m16n8k16) block tile: BM x BN outputs, BK of the reduction dimension per
-// stage, WARPS_M x WARPS_N warps each owning a (BM / WARPS_M) x (BN / WARPS_N) warp tile, and two
+// The C / D fragment of mma.m16n8k16 (PTX ISA), which every engine of the tile core keeps (the
+// FFMA engine for f32 too): lane = 4 group + quad holds, of a 16 x 8 block, element e (0..3) at
+// row group + 8 (e / 2), column 2 quad + e % 2. The one place lane arithmetic of the fragment lives.
+struct Fragment {
+    static __device__ __forceinline__ int lane() { return threadIdx.x % 32; }
+    static __device__ __forceinline__ int row(int e) { return lane() / 4 + (e / 2) * 8; }
+    static __device__ __forceinline__ int col(int e) { return (lane() % 4) * 2 + e % 2; }
+};
+
+// A block tile: BM x BN outputs, BK of the reduction dimension per stage, WARPS_M x WARPS_N warps
+// each owning a (BM / WARPS_M) x (BN / WARPS_N) warp tile of MI x NI fragments, and two
 // shared-memory stages (cp.async double buffering).
 //
-// ELEM_BYTES = 4 is the f32 form of the same tile: warp_mma_stage then runs exact FFMA on CUDA
-// cores with each thread owning the very accumulator elements the tensor-core fragments would, so
-// every epilogue written against the fragment layout serves f32 unchanged.
+// ELEM_BYTES = 4 is the f32 form of the same tile: the FFMA engine (tile.cuh) computes, on CUDA
+// cores, the very accumulator elements the tensor-core fragments would hold, so every epilogue
+// written against acc_row / acc_col serves f32 unchanged.
 template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_, int ELEM_BYTES_ = 2>
 struct MmaTileConfig {
     static constexpr int BM = BM_, BN = BN_, BK = BK_;
@@ -32,8 +42,15 @@ struct MmaTileConfig {
 
     static_assert(BK % 16 == 0, "BK is a multiple of the MMA k (16)");
     static_assert(WM % 16 == 0 && WN % 16 == 0, "a warp tile is made of m16 x n16 pieces");
-    static_assert((BM * BK / 8) % THREADS == 0 && (BN * BK / 8) % THREADS == 0,
-                  "every thread copies the same number of 16-byte chunks");
+    static_assert(ELEM_BYTES == 4 || ((BM * BK / 8) % THREADS == 0 && (BN * BK / 8) % THREADS == 0),
+                  "every thread copies the same number of 16-byte chunks (f32 loads element-wise)");
+
+    // This thread's warp in the block tile.
+    static __device__ __forceinline__ int warp_m() { return (int)(threadIdx.x / 32) / WARPS_N; }
+    static __device__ __forceinline__ int warp_n() { return (int)(threadIdx.x / 32) % WARPS_N; }
+    // Where acc[mi][ni][e] of this thread lies in the block tile.
+    static __device__ __forceinline__ int acc_row(int mi, int e) { return warp_m() * WM + mi * 16 + Fragment::row(e); }
+    static __device__ __forceinline__ int acc_col(int ni, int e) { return warp_n() * WN + ni * 8 + Fragment::col(e); }
 };
 
 // 128 x 128 outputs per block, 8 warps of 64 x 32: 64 f32 accumulators per thread, 40 KB of
@@ -48,20 +65,12 @@ using Tile64RowWarps = MmaTileConfig<64, 64, 32, 4, 1>;
 // The f32 (FFMA) forms: BK = 16 keeps two stages within the 48 KB of static shared memory.
 using Tile128F32 = MmaTileConfig<128, 128, 16, 2, 4, 4>;
 using Tile64RowWarpsF32 = MmaTileConfig<64, 64, 16, 4, 1, 4>;
+// 64 x 64 outputs per block with 8 warps of 32 x 16 (16 accumulators per thread): the f32
+// similarity's tile, for small matrices a finer grid than Tile128F32.
+using Tile64F32 = MmaTileConfig<64, 64, 16, 2, 4, 4>;
 
-// The tile a kernel uses for element type T: Tile<T, Tile128, Tile128F32>::type.
+// The tile a kernel uses for element type T: TileFor<T, Tile128, Tile128F32>::type.
 template <typename T, class Half, class Single> struct TileFor { using type = Half; };
 template <class Half, class Single> struct TileFor<float, Half, Single> { using type = Single; };
-
-// CUDA-core (FFMA) tile for f32 inputs: exact f32 products, no TF32 rounding.
-template <int BM_, int BN_, int BK_, int TM_, int TN_>
-struct FmaTileConfig {
-    static constexpr int BM = BM_, BN = BN_, BK = BK_;
-    static constexpr int TM = TM_, TN = TN_;  // outputs per thread, strided by BM / TM and BN / TN
-    static constexpr int THREADS_M = BM / TM, THREADS_N = BN / TN;
-    static constexpr int THREADS = THREADS_M * THREADS_N;
-};
-
-using FmaTile64 = FmaTileConfig<64, 64, 16, 4, 4>;
 
 }  // namespace ck

@@ -11,6 +11,25 @@ use crate::rng::SplitMix64;
 
 const LANES: usize = 32;
 
+// The one radix scheme of select.cuh: 7-bit digits, MSB first, 10 levels (the last one 1 bit).
+const RADIX_BITS: usize = 7;
+const RADIX_BINS: usize = 1 << RADIX_BITS;
+const RADIX_LEVELS: usize = 10;
+fn radix_width(level: usize) -> usize {
+    RADIX_BITS.min(64 - RADIX_BITS * level)
+}
+fn radix_shift(level: usize) -> usize {
+    64 - RADIX_BITS * level - radix_width(level)
+}
+fn radix_digit(key: u64, level: usize) -> usize {
+    ((key >> radix_shift(level)) & ((1u64 << radix_width(level)) - 1)) as usize
+}
+/// radix_extend: the level's digit appended to the prefix, its bits to the mask.
+fn radix_extend(prefix: &mut u64, mask: &mut u64, level: usize, digit: i64) {
+    *prefix |= (digit as u64) << radix_shift(level);
+    *mask |= ((1u64 << radix_width(level)) - 1) << radix_shift(level);
+}
+
 #[derive(Clone, Copy, Debug, PartialEq)]
 struct Bucket {
     digit: i64,
@@ -59,16 +78,15 @@ fn find_bucket(hist: &[u32], want: u32) -> Bucket {
 fn warp_select_kth(src: &[u64], k: usize) -> u64 {
     let n = src.len();
     let (mut prefix, mut mask, mut want) = (0u64, 0u64, k.min(n) as u32);
-    let mut shift: i32 = 56;
-    while shift >= 0 {
-        let mut hist = vec![0u32; 256];
+    for level in 0..RADIX_LEVELS {
+        let mut hist = vec![0u32; RADIX_BINS];
         let mut base = 0;
         while base < n {
             let bins: Vec<i64> = (0..LANES)
                 .map(|lane| {
                     let i = base + lane;
                     if i < n && src[i] & mask == prefix {
-                        ((src[i] >> shift) & 0xff) as i64
+                        radix_digit(src[i], level) as i64
                     } else {
                         -1
                     }
@@ -84,12 +102,10 @@ fn warp_select_kth(src: &[u64], k: usize) -> u64 {
         }
         let b = find_bucket(&hist, want);
         want -= b.above;
-        prefix |= (b.digit as u64) << shift;
-        mask |= 0xffu64 << shift;
+        radix_extend(&mut prefix, &mut mask, level, b.digit);
         if b.count == want {
             return src.iter().copied().filter(|&key| key & mask == prefix).min().unwrap();
         }
-        shift -= 8;
     }
     prefix
 }
@@ -308,30 +324,26 @@ fn fused_chunk(
 
 /// The radix strategy (topk_radix_hist / _step / _collect / _sort_rows) over all columns.
 fn radix_all(p: &Problem, k: usize) -> Vec<u64> {
-    const BITS: usize = 7;
-    let width = |level: usize| BITS.min(64 - BITS * level);
-    let shift = |level: usize| 64 - BITS * level - width(level);
     let mut state: Vec<(u64, u64, u32, bool)> = vec![(0, 0, k as u32, false); p.nq];
     let keys_of = |row: usize| -> Vec<u64> {
         (0..p.nb).filter(|&c| c as i64 != p.exclude[row]).map(|c| select_key(p.sims[row * p.nb + c], c as i32)).collect()
     };
-    for level in 0..10 {
+    for level in 0..RADIX_LEVELS {
         let mut unfinished = 0;
         for (row, st) in state.iter_mut().enumerate() {
             if st.3 {
                 continue;
             }
-            let mut hist = vec![0u32; 1 << BITS];
+            let mut hist = vec![0u32; RADIX_BINS];
             for key in keys_of(row) {
                 if key & st.1 == st.0 {
-                    hist[((key >> shift(level)) & ((1 << width(level)) - 1)) as usize] += 1;
+                    hist[radix_digit(key, level)] += 1;
                 }
             }
             let b = find_bucket(&hist, st.2);
             st.2 -= b.above;
-            st.0 |= (b.digit as u64) << shift(level);
-            st.1 |= ((1u64 << width(level)) - 1) << shift(level);
-            st.3 = b.count == st.2 || level == 9;
+            radix_extend(&mut st.0, &mut st.1, level, b.digit);
+            st.3 = b.count == st.2 || level == RADIX_LEVELS - 1;
             unfinished += !st.3 as usize;
         }
         if unfinished == 0 {
