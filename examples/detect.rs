@@ -424,10 +424,11 @@ fn run(args: &Args, train: &Dataset, test: &Dataset, cfg: &DetectorConfig, class
     let results = results?;
     let elapsed = start.elapsed().as_secs_f64();
     eprintln!(
-        "trained {} steps ({} per class, {} classes), {:.0} rows/s; {elapsed:.1} s in all",
+        "trained {} steps ({} per class, {} class{}), {:.0} rows/s; {elapsed:.1} s in all",
         bar.position(),
         cfg.steps,
         classes.len(),
+        if classes.len() == 1 { "" } else { "es" },
         rows.load(Ordering::Relaxed) as f64 / elapsed.max(1e-9)
     );
 
