@@ -4,45 +4,44 @@
 //!
 //!     cargo run --release --example quickstart -- [--rows N] [--dim D] [--temperature T] [--cpu]
 
+use std::process::ExitCode;
 use std::time::Instant;
 
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 use contrastive_kernels::{cpu, f16, rng::SplitMix64, Backend, Float, Matrix, SimilarityOptions};
 
+/// Normalizes random f16 features and computes their temperature-scaled self-similarity on the
+/// best backend, then checks it against the f64 oracle.
+#[derive(Parser, Debug)]
+#[command(name = "quickstart", version)]
 struct Args {
+    /// Rows of the feature batch, >= 1
+    #[arg(long, value_name = "N", default_value_t = 2048, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     rows: usize,
+    /// Feature dimension, >= 1
+    #[arg(long, value_name = "D", default_value_t = 128, value_parser = RangedU64ValueParser::<usize>::new().range(1..))]
     dim: usize,
+    /// Temperature, > 0
+    #[arg(long, value_name = "T", default_value_t = 0.2, value_parser = positive, allow_negative_numbers = true)]
     temperature: f32,
+    /// CPU backend even when a GPU is usable
+    #[arg(long = "cpu")]
     force_cpu: bool,
 }
 
-fn parse_args() -> Result<Args, String> {
-    let mut args = Args { rows: 2048, dim: 128, temperature: 0.2, force_cpu: false };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
-        match flag.as_str() {
-            "--rows" => args.rows = value("--rows")?.parse().map_err(|e| format!("--rows: {e}"))?,
-            "--dim" => args.dim = value("--dim")?.parse().map_err(|e| format!("--dim: {e}"))?,
-            "--temperature" => args.temperature = value("--temperature")?.parse().map_err(|e| format!("--temperature: {e}"))?,
-            "--cpu" => args.force_cpu = true,
-            "-h" | "--help" => {
-                println!("usage: quickstart [--rows N (2048)] [--dim D (128)] [--temperature T (0.2)] [--cpu]");
-                std::process::exit(0);
-            }
-            other => return Err(format!("unknown argument `{other}` (try --help)")),
-        }
-    }
-    Ok(args)
+fn positive(s: &str) -> Result<f32, String> {
+    s.parse::<f32>().ok().filter(|t| t.is_finite() && *t > 0.0).ok_or_else(|| "must be a finite number > 0".into())
 }
 
-fn main() {
-    let args = parse_args().unwrap_or_else(|e| {
-        eprintln!("error: {e}");
-        std::process::exit(2);
-    });
-    if let Err(e) = run(&args) {
-        eprintln!("error: {e}");
-        std::process::exit(1);
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

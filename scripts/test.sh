@@ -18,6 +18,9 @@
 #    AddressSanitizer; with CK_EMU_MUTANTS=1 (CI too): scripts/emu-mutants.sh, planted kernel bugs
 #    that the GPU tests must catch on the emulator.
 # 4. `cargo bench --no-run`: the benches must build.
+# At the end: how many GPU halves the first pass skipped (the `TEST: GPU part skipped: WHY` lines
+# that tests/common's report_gpu_skip prints past the output capture), and whether the emulator
+# pass ran them instead.
 # Installs the pinned CUDA toolchain first when build.rs would find no nvcc (scripts/ensure-nvcc.sh).
 # Release mode throughout: the f64 CPU oracle is slow in debug on the larger shapes, and
 # scripts/gpu-kit.sh builds the same release artifacts.
@@ -26,8 +29,12 @@ cd "$(dirname "$0")/.."
 
 bash scripts/ensure-nvcc.sh >/dev/null
 
+log="$(mktemp)"; first_log="$(mktemp)"
+trap 'rm -f "$log" "$first_log"' EXIT
+
 echo "== cargo test --release $*"
-cargo test --release "$@"
+cargo test --release "$@" 2>&1 | tee "$first_log"
+skipped=$(grep -c ': GPU part skipped: ' "$first_log" || true)
 if [ "$#" -eq 0 ]; then
   # The Python module over the C ABI: loads the cdylib cargo test just built; needs no torch or GPU.
   echo "== python3 -m unittest (python/tests: the ctypes module over the C ABI)"
@@ -40,8 +47,6 @@ if [ "${CK_EMULATOR:-1}" != 0 ]; then
   emu_lib="$(bash scripts/emu-build.sh)"
   cargo test --release -p ckemu
   echo "== cargo test --release $* on the CPU emulator ($emu_lib as libcuda / libcublas, CONTRASTIVE_KERNELS_REQUIRE_GPU=1)"
-  log="$(mktemp)"
-  trap 'rm -f "$log"' EXIT
   LD_LIBRARY_PATH="$emu_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" CONTRASTIVE_KERNELS_REQUIRE_GPU=1 \
     cargo test --release "$@" 2>&1 | tee "$log"
   executed=$(grep -cE '^test [^ ]*gpu[^ ]* \.\.\. ok$' "$log" || true)
@@ -74,4 +79,11 @@ fi
 
 echo "== cargo bench --no-run (the benches must build)"
 cargo bench --no-run
+if [ "${CK_EMULATOR:-1}" = 0 ]; then
+  if [ "$skipped" -gt 0 ]; then echo "GPU halves skipped (no GPU, no emulator): $skipped"; else echo "GPU halves skipped: 0"; fi
+elif [ "$skipped" -gt 0 ]; then
+  echo "GPU halves skipped in the first pass (no GPU; the emulator pass executed them, $executed GPU tests): $skipped"
+else
+  echo "GPU halves skipped in the first pass: 0; the emulator pass executed $executed GPU tests"
+fi
 echo "== all tests passed and the benches build"

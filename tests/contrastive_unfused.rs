@@ -5,7 +5,7 @@
 mod common;
 
 use common::contrastive_harness::{assert_grad_close, download, for_each_harness_case, shapes_for, upload_inputs, upload_slice};
-use common::{gpu_or_skip, random_matrix};
+use common::{gpu_or_skip, random_matrix, report_gpu_skip};
 use contrastive_kernels::cpu::contrastive::{backward, forward};
 use contrastive_kernels::ops::contrastive::{self as loss_ops, unfused, ContrastiveLoss, LossInputs, Reduction, Upstream};
 use contrastive_kernels::{bf16, f16, DType, Error, FloatElement, Gpu, Matrix};
@@ -41,7 +41,7 @@ fn gpu_with_cublas(test: &str) -> Option<Gpu> {
             if std::env::var("CONTRASTIVE_KERNELS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("{test}: cuBLAS is required (CONTRASTIVE_KERNELS_REQUIRE_GPU=1) but: {e}");
             }
-            println!("{test}: GPU part skipped: {e}");
+            report_gpu_skip(test, e);
             None
         }
         other => {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{gpu_or_skip, m, on_emulator, random_matrix};
+use common::{gpu_or_skip, m, on_emulator, random_matrix, report_gpu_skip};
 use contrastive_kernels::cpu::topk::{excluded_index, result_order, similarities, topk as oracle_topk, TopK};
 use contrastive_kernels::ops::topk::{topk, topk_host_bank, topk_raw, topk_unfused, MAX_FUSED_K};
 use contrastive_kernels::{
@@ -359,7 +359,7 @@ fn gpu_deterministic() {
 fn gpu_unfused_baseline_matches_oracle() {
     let Some(gpu) = gpu_or_skip("gpu_unfused_baseline_matches_oracle") else { return };
     if !unsafe { contrastive_kernels::cudarc::cublas::sys::is_culib_present() } {
-        println!("gpu_unfused_baseline_matches_oracle: skipped, libcublas not found");
+        report_gpu_skip("gpu_unfused_baseline_matches_oracle", "libcublas not found");
         return;
     }
     let blas = contrastive_kernels::cudarc::cublas::CudaBlas::new(gpu.stream().clone()).unwrap();

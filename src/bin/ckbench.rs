@@ -13,84 +13,83 @@
 //! from the TSV. `--json` writes the same rows. Exit status 1 when no GPU is usable.
 
 use std::collections::HashMap;
-use std::fmt::Write as _;
 use std::process::ExitCode;
 
+use clap::builder::RangedU64ValueParser;
+use clap::Parser;
 use contrastive_kernels::bench::{fused_call, median_call_us, unfused_call, unfused_fits, BenchInputs, BenchLoss, DevicePeaks, Pass};
 use contrastive_kernels::{bf16, f16, DType, FloatElement, Gpu};
+use serde::Serialize;
 
-const HELP: &str = "usage: ckbench [--loss nt_xent,supcon,firm] [--n 4096,8192] [--d 128] [--dtype bf16,f16] \
-[--pass fwd,fwd_bwd] [--runs 20] [--warmup 3] [--no-unfused] [--torch FILE.tsv] [--json FILE]";
-
+/// The loss throughput table: fused and unfused side by side on one GPU, with a PyTorch column
+/// from scripts/torch_bench.py's TSV. Exit status 1 when no GPU is usable, 2 for a bad flag.
+#[derive(Parser, Debug)]
+#[command(name = "ckbench", version)]
 struct Args {
+    /// Losses, comma-separated: nt_xent, supcon, firm [default: all three]
+    #[arg(long = "loss", value_name = "LIST", value_delimiter = ',', value_parser = bench_loss)]
     losses: Vec<BenchLoss>,
+    /// Batch rows n, comma-separated, >= 1
+    #[arg(long = "n", value_name = "LIST", value_delimiter = ',', default_value = "4096,8192", value_parser = positive())]
     sizes: Vec<usize>,
+    /// Feature dims d, comma-separated, >= 1
+    #[arg(long = "d", value_name = "LIST", value_delimiter = ',', default_value = "128", value_parser = positive())]
     dims: Vec<usize>,
+    /// Element types, comma-separated: bf16, f16, f32
+    #[arg(long = "dtype", value_name = "LIST", value_delimiter = ',', default_value = "bf16", value_parser = dtype)]
     dtypes: Vec<DType>,
+    /// Passes, comma-separated: fwd, fwd_bwd [default: both]
+    #[arg(long = "pass", value_name = "LIST", value_delimiter = ',', value_parser = pass)]
     passes: Vec<Pass>,
+    /// Timed calls per case (the median is reported), >= 1
+    #[arg(long, value_name = "N", default_value_t = 20, value_parser = positive())]
     runs: usize,
+    /// Untimed calls before timing
+    #[arg(long, value_name = "N", default_value_t = 3)]
     warmup: usize,
-    unfused: bool,
+    /// Skip the unfused baseline
+    #[arg(long = "no-unfused")]
+    no_unfused: bool,
+    /// scripts/torch_bench.py's TSV: adds the PyTorch eager / torch.compile columns
+    #[arg(long, value_name = "FILE.tsv")]
     torch: Option<String>,
+    /// Also write the rows as JSON to FILE
+    #[arg(long, value_name = "FILE")]
     json: Option<String>,
 }
 
-fn list<T>(flag: &str, value: &str, parse: impl Fn(&str) -> Result<T, String>) -> Result<Vec<T>, String> {
-    let items: Vec<T> = value
-        .split(',')
-        .filter(|s| !s.is_empty())
-        .map(|s| parse(s.trim()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{flag}: {e}"))?;
-    if items.is_empty() {
-        return Err(format!("{flag}: an empty list"));
-    }
-    Ok(items)
-}
-
-fn count(s: &str) -> Result<usize, String> {
-    s.parse::<usize>().ok().filter(|&v| v > 0).ok_or_else(|| format!("`{s}` is not a positive integer"))
-}
-
-fn parse_args() -> Result<Args, String> {
-    let mut a = Args {
-        losses: BenchLoss::ALL.to_vec(),
-        sizes: vec![4096, 8192],
-        dims: vec![128],
-        dtypes: vec![DType::BF16],
-        passes: Pass::ALL.to_vec(),
-        runs: 20,
-        warmup: 3,
-        unfused: true,
-        torch: None,
-        json: None,
-    };
-    let mut it = std::env::args().skip(1);
-    while let Some(flag) = it.next() {
-        let mut value = || it.next().ok_or_else(|| format!("{flag} needs a value\n{HELP}"));
-        match flag.as_str() {
-            "--loss" => a.losses = list(&flag, &value()?, |s| BenchLoss::parse(s).map_err(|e| e.to_string()))?,
-            "--n" => a.sizes = list(&flag, &value()?, count)?,
-            "--d" => a.dims = list(&flag, &value()?, count)?,
-            "--dtype" => {
-                a.dtypes = list(&flag, &value()?, |s| match s {
-                    "bf16" => Ok(DType::BF16),
-                    "f16" => Ok(DType::F16),
-                    "f32" => Ok(DType::F32),
-                    _ => Err(format!("`{s}` is not one of bf16, f16, f32")),
-                })?
-            }
-            "--pass" => a.passes = list(&flag, &value()?, |s| Pass::parse(s).map_err(|e| e.to_string()))?,
-            "--runs" => a.runs = count(&value()?).map_err(|e| format!("--runs: {e}"))?,
-            "--warmup" => a.warmup = value()?.parse().map_err(|_| "--warmup: not an integer".to_string())?,
-            "--no-unfused" => a.unfused = false,
-            "--torch" => a.torch = Some(value()?),
-            "--json" => a.json = Some(value()?),
-            "-h" | "--help" => return Err(HELP.into()),
-            other => return Err(format!("unknown argument `{other}`\n{HELP}")),
+impl Args {
+    /// The losses and passes to run (all when the flag is absent).
+    fn resolve(mut self) -> Self {
+        if self.losses.is_empty() {
+            self.losses = BenchLoss::ALL.to_vec();
         }
+        if self.passes.is_empty() {
+            self.passes = Pass::ALL.to_vec();
+        }
+        self
     }
-    Ok(a)
+}
+
+fn positive() -> RangedU64ValueParser<usize> {
+    RangedU64ValueParser::new().range(1..)
+}
+
+fn bench_loss(s: &str) -> Result<BenchLoss, String> {
+    BenchLoss::parse(s.trim()).map_err(|_| "expected nt_xent, supcon or firm".into())
+}
+
+fn pass(s: &str) -> Result<Pass, String> {
+    Pass::parse(s.trim()).map_err(|_| "expected fwd or fwd_bwd".into())
+}
+
+fn dtype(s: &str) -> Result<DType, String> {
+    match s.trim() {
+        "bf16" => Ok(DType::BF16),
+        "f16" => Ok(DType::F16),
+        "f32" => Ok(DType::F32),
+        _ => Err("expected bf16, f16 or f32".into()),
+    }
 }
 
 /// PyTorch timings keyed by (loss, n, d, dtype, pass): microseconds of eager and torch.compile.
@@ -137,7 +136,7 @@ fn measure<T: FloatElement>(
     let view = inputs.view();
     let config = loss.loss();
     let stream = gpu.stream();
-    let unfused_verdict = if args.unfused { unfused_fits(gpu, n, d, T::DTYPE, 256 << 20) } else { Err("--no-unfused".into()) };
+    let unfused_verdict = if !args.no_unfused { unfused_fits(gpu, n, d, T::DTYPE, 256 << 20) } else { Err("--no-unfused".into()) };
     for &pass in &args.passes {
         eprintln!("ckbench: {} n={n} d={d} {} {}", loss.name(), T::DTYPE, pass.name());
         let fused_us = median_call_us(stream, args.warmup, args.runs, || fused_call(gpu, &config, &view, pass))?;
@@ -216,39 +215,62 @@ fn print_table(peaks: &DevicePeaks, rows: &[Row]) {
     }
 }
 
+/// `--json FILE`: the device's peaks and one entry per row (null where a value is unknown).
+#[derive(Serialize, Debug)]
+struct Report<'a> {
+    device: &'a str,
+    tensor_tflops: Option<f64>,
+    exps_per_second: Option<f64>,
+    rows: Vec<JsonRow<'a>>,
+}
+
+#[derive(Serialize, Debug)]
+struct JsonRow<'a> {
+    loss: &'static str,
+    n: usize,
+    d: usize,
+    dtype: String,
+    pass: &'static str,
+    fused_us: f64,
+    fused_tflops: f64,
+    unfused_us: Option<f64>,
+    /// Why the unfused baseline did not run.
+    unfused_note: Option<&'a str>,
+    torch_eager_us: Option<f64>,
+    torch_compile_us: Option<f64>,
+}
+
 fn json(peaks: &DevicePeaks, rows: &[Row]) -> String {
-    let num = |v: Option<f64>| v.map_or("null".into(), |v| format!("{v}"));
-    let mut s = format!(
-        "{{\"device\": {:?}, \"tensor_tflops\": {}, \"exps_per_second\": {}, \"rows\": [\n",
-        peaks.device,
-        num(peaks.tensor_tflops),
-        num(peaks.exps_per_second)
-    );
-    for (k, r) in rows.iter().enumerate() {
-        let _ = write!(
-            s,
-            "  {{\"loss\": \"{}\", \"n\": {}, \"d\": {}, \"dtype\": \"{}\", \"pass\": \"{}\", \"fused_us\": {}, \"fused_tflops\": {}, \"unfused_us\": {}, \"unfused_note\": {}, \"torch_eager_us\": {}, \"torch_compile_us\": {}}}{}\n",
-            r.loss.name(),
-            r.n,
-            r.d,
-            r.dtype,
-            r.pass.name(),
-            r.fused_us,
-            tflops(r, r.fused_us),
-            num(r.unfused.as_ref().ok().copied()),
-            r.unfused.as_ref().err().map_or("null".into(), |e| format!("{e:?}")),
-            num(r.torch.0),
-            num(r.torch.1),
-            if k + 1 < rows.len() { "," } else { "" }
-        );
-    }
-    s.push_str("]}\n");
-    s
+    let report = Report {
+        device: &peaks.device,
+        tensor_tflops: peaks.tensor_tflops,
+        exps_per_second: peaks.exps_per_second,
+        rows: rows
+            .iter()
+            .map(|r| JsonRow {
+                loss: r.loss.name(),
+                n: r.n,
+                d: r.d,
+                dtype: r.dtype.to_string(),
+                pass: r.pass.name(),
+                fused_us: r.fused_us,
+                fused_tflops: tflops(r, r.fused_us),
+                unfused_us: r.unfused.as_ref().ok().copied(),
+                unfused_note: r.unfused.as_ref().err().map(String::as_str),
+                torch_eager_us: r.torch.0,
+                torch_compile_us: r.torch.1,
+            })
+            .collect(),
+    };
+    // Plain data (strings, numbers, options): serialization cannot fail.
+    serde_json::to_string_pretty(&report).expect("serializing the ckbench report") + "\n"
 }
 
 fn main() -> ExitCode {
-    let args = match parse_args() {
-        Ok(a) => a,
+    let args = Args::parse().resolve();
+    // The flags are checked (clap), and the TSV read, before the GPU is opened.
+    let torch = match args.torch.as_deref().map(read_torch).transpose() {
+        Ok(t) => t.unwrap_or_default(),
         Err(e) => {
             eprintln!("{e}");
             return ExitCode::from(2);
@@ -259,13 +281,6 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("ckbench: no usable GPU: {e}");
             return ExitCode::from(1);
-        }
-    };
-    let torch = match args.torch.as_deref().map(read_torch).transpose() {
-        Ok(t) => t.unwrap_or_default(),
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::from(2);
         }
     };
     let mut rows = Vec::new();
@@ -295,4 +310,119 @@ fn main() -> ExitCode {
         }
     }
     ExitCode::SUCCESS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    fn parse(flags: &[&str]) -> Result<Args, String> {
+        Args::try_parse_from(std::iter::once("ckbench").chain(flags.iter().copied())).map(Args::resolve).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn clap_definition_is_consistent() {
+        Args::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_and_documented_flags() {
+        let a = parse(&[]).unwrap();
+        assert_eq!(
+            (a.losses.len(), a.sizes.clone(), a.dims.clone(), a.passes.len(), a.runs, a.warmup),
+            (3, vec![4096, 8192], vec![128], 2, 20, 3)
+        );
+        assert!(matches!(a.dtypes[..], [DType::BF16]) && !a.no_unfused && a.torch.is_none() && a.json.is_none());
+        let a = parse(&[
+            "--loss",
+            "supcon,firm",
+            "--n",
+            "1024",
+            "--d",
+            "64,128",
+            "--dtype",
+            "bf16,f16",
+            "--pass",
+            "fwd",
+            "--runs",
+            "5",
+            "--warmup",
+            "0",
+            "--no-unfused",
+            "--torch",
+            "t.tsv",
+            "--json",
+            "out.json",
+        ])
+        .unwrap();
+        assert_eq!((a.losses.len(), a.sizes.clone(), a.dims.clone(), a.dtypes.len(), a.passes.len()), (2, vec![1024], vec![64, 128], 2, 1));
+        assert_eq!((a.runs, a.warmup, a.no_unfused, a.torch.as_deref(), a.json.as_deref()), (5, 0, true, Some("t.tsv"), Some("out.json")));
+    }
+
+    #[test]
+    fn bad_flags_are_rejected_by_name() {
+        for (flags, flag) in [
+            (&["--n", "0"][..], "--n"),
+            (&["--d", "x"], "--d"),
+            (&["--runs", "0"], "--runs"),
+            (&["--warmup", "-1"], "-1"),
+            (&["--dtype", "f64"], "--dtype"),
+            (&["--loss", "triplet"], "--loss"),
+            (&["--pass", "bwd"], "--pass"),
+            (&["--json"], "--json"),
+        ] {
+            let e = parse(flags).expect_err(&format!("{flags:?} parsed"));
+            assert!(e.contains(flag), "{flags:?}: the error does not name {flag}: {e}");
+        }
+    }
+
+    #[test]
+    fn json_rows_keep_their_keys_and_nulls() {
+        let peaks = DevicePeaks { device: "GPU \"0\"".into(), tensor_tflops: None, exps_per_second: Some(1e12) };
+        let row = |unfused: Result<f64, String>| Row {
+            loss: BenchLoss::SupCon,
+            n: 4096,
+            d: 128,
+            dtype: DType::BF16,
+            pass: Pass::FwdBwd,
+            fused_us: 100.0,
+            unfused,
+            torch: (Some(300.0), None),
+        };
+        let text = json(&peaks, &[row(Ok(250.0)), row(Err("too large: \"n\"".into()))]);
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["device"], "GPU \"0\"");
+        assert!(v["tensor_tflops"].is_null());
+        assert_eq!(v["exps_per_second"], 1e12);
+        let rows = v["rows"].as_array().unwrap();
+        let mut keys: Vec<&String> = rows[0].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(
+            keys,
+            [
+                "d",
+                "dtype",
+                "fused_tflops",
+                "fused_us",
+                "loss",
+                "n",
+                "pass",
+                "torch_compile_us",
+                "torch_eager_us",
+                "unfused_note",
+                "unfused_us"
+            ]
+        );
+        assert_eq!(
+            (rows[0]["loss"].as_str(), rows[0]["dtype"].as_str(), rows[0]["pass"].as_str()),
+            (Some("supcon"), Some("bf16"), Some("fwd_bwd"))
+        );
+        assert_eq!((rows[0]["unfused_us"].as_f64(), rows[0]["torch_eager_us"].as_f64()), (Some(250.0), Some(300.0)));
+        assert!(rows[0]["unfused_note"].is_null() && rows[0]["torch_compile_us"].is_null());
+        assert!(rows[1]["unfused_us"].is_null());
+        assert_eq!(rows[1]["unfused_note"], "too large: \"n\"");
+        let want_tf = 4.0 * 2.0 * (4096.0 * 4096.0 * 128.0) / 100e-6 / 1e12;
+        assert!((rows[0]["fused_tflops"].as_f64().unwrap() - want_tf).abs() < 1e-9 * want_tf);
+    }
 }

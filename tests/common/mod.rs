@@ -12,10 +12,18 @@ pub fn gpu_or_skip(test: &str) -> Option<Gpu> {
             if std::env::var("CONTRASTIVE_KERNELS_REQUIRE_GPU").is_ok_and(|v| v == "1") {
                 panic!("{test}: a GPU is required (CONTRASTIVE_KERNELS_REQUIRE_GPU=1) but: {why}");
             }
-            println!("{test}: GPU part skipped: {why}");
+            report_gpu_skip(test, why);
             None
         }
     }
+}
+
+/// Prints `TEST: GPU part skipped: WHY`, the line scripts/test.sh counts, on stderr past the test
+/// harness's output capture (`println!` in a passing test is hidden), so that every skipped GPU
+/// half shows in `cargo test`'s output. One write per line: lines of parallel tests do not mix.
+pub fn report_gpu_skip(test: &str, why: impl std::fmt::Display) {
+    use std::io::Write as _;
+    let _ = std::io::stderr().write_all(format!("{test}: GPU part skipped: {why}\n").as_bytes());
 }
 
 /// Whether `gpu` is the CPU emulator of the CUDA driver (emu/, crate ckemu: device name "CPU
