@@ -13,9 +13,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Instant;
 
-use contrastive_kernels::data::augment::Augment;
 use contrastive_kernels::data::{cifar10, digits, idx, Dataset};
 use contrastive_kernels::detect::{evaluate, ClassResult, DetectorConfig, LossKind, Metrics, Scorer, StepInfo};
+use contrastive_kernels::ops::augment::Augment;
 use contrastive_kernels::Backend;
 
 const USAGE: &str = "usage: detect [options]

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{gpu_or_skip, m};
-use contrastive_kernels::cpu::kmeans::kmeans as oracle;
+use contrastive_kernels::ops::kmeans::cpu::kmeans as oracle;
 use contrastive_kernels::ops::kmeans::{KMeans, KMeansMetric, KMeansOptions};
 use contrastive_kernels::{bf16, f16, rng::SplitMix64, Backend, Error, Float, FloatElement, Matrix};
 

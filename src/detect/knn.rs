@@ -13,10 +13,10 @@
 //! a trained encoder and raw pixels scored by it are scored by the same kNN scorer.
 
 use crate::backend::Backend;
-use crate::data::augment::rotated;
 use crate::data::ImageShape;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
+use crate::ops::augment::cpu::rotated;
 use crate::ops::topk::TopKOptions;
 
 /// Anomaly scores -s_(k) of every query row against the bank (both n x d), k in 1..=bank rows.
@@ -70,7 +70,7 @@ pub fn rotation_ensemble_scores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::augment::rotate;
+    use crate::ops::augment::cpu::rotate;
     use crate::rng::SplitMix64;
 
     fn random_images(n: usize, side: usize, rng: &mut SplitMix64) -> Matrix<f32> {

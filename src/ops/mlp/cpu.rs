@@ -1,13 +1,13 @@
-//! Oracle of the encoder ([`crate::ops::mlp`]): linear layers with the ReLU epilogue, their
+//! Oracle of the encoder ([`super`]): linear layers with the ReLU epilogue, their
 //! backward (dX, dW, db) and AdamW, in f64. Each kernel of `kernels/mlp.cu` has its function
 //! here (`linear_forward`, `linear_backward_data`, `linear_backward_weight`, `column_sums`,
 //! `adamw_update`); `forward` / `backward` / `adamw_step` compose them into the MLP, and are also
 //! the CPU backend's training step.
 
+use super::{check_input, AdamW, Linear, MlpParams};
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
-use crate::ops::mlp::{check_input, AdamW, Linear, MlpParams};
 
 /// Every layer's output of one forward pass (what the backward needs).
 #[derive(Clone, Debug, PartialEq)]

@@ -6,7 +6,7 @@
 //! modelled by shuffling the order in which threads insert.
 #![cfg(test)]
 
-use super::topk::{decode_key, select_key};
+use super::cpu::{decode_key, select_key};
 use crate::rng::SplitMix64;
 
 const LANES: usize = 32;
