@@ -106,7 +106,7 @@ impl Backend {
         }
     }
 
-    /// k-means of the rows of `x` (spherical by default; see [`ops::kmeans`] for the rules).
+    /// k-means of the rows of `x` (spherical by default; see [`kmeans`] for the rules).
     pub fn kmeans<T: FloatElement>(&self, x: &Matrix<T>, opts: &KMeansOptions) -> Result<KMeans<T>> {
         kmeans::check(x.rows(), x.cols(), opts)?;
         match self {
@@ -145,7 +145,7 @@ impl Backend {
                     lse: download(gpu, &out.saved.lse, n)?,
                     positives: download(gpu, &out.saved.positives, n)?,
                 };
-                Ok((result, LossContext { inner: Saved::Gpu { uploaded, saved: out.saved } }))
+                Ok((result, LossContext { inner: Saved::Gpu { uploaded: Box::new(uploaded), saved: out.saved } }))
             }
         }
     }
@@ -259,7 +259,7 @@ pub struct LossContext<T> {
 
 enum Saved<T> {
     Cpu,
-    Gpu { uploaded: DeviceLossBuffers<T>, saved: SavedForward },
+    Gpu { uploaded: Box<DeviceLossBuffers<T>>, saved: SavedForward },
 }
 
 fn download<E: cudarc::driver::DeviceRepr>(gpu: &Gpu, s: &CudaSlice<E>, len: usize) -> Result<Vec<E>> {

@@ -112,7 +112,7 @@ mod tests {
             let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
             dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
         };
-        for q in 0..queries.rows() {
+        for (q, &got_q) in got.iter().enumerate() {
             let mut want = 0.0;
             for r in 0..4 {
                 let tq = turn(queries.row(q), r);
@@ -120,7 +120,7 @@ mod tests {
                 sims.sort_by(|a, b| b.partial_cmp(a).unwrap());
                 want -= sims[k - 1] / 4.0;
             }
-            assert!((got[q] - want).abs() <= 1e-6, "query {q}: {} vs {want}", got[q]);
+            assert!((got_q - want).abs() <= 1e-6, "query {q}: {got_q} vs {want}");
         }
         // The turns matter for this embedding: the ensemble is not the upright score.
         let upright = knn_scores(&Backend::Cpu, &top_row(&bank).unwrap(), &top_row(&queries).unwrap(), k).unwrap();

@@ -8,7 +8,7 @@
 //! * [`cpu::rotate`]: rotations by 90 / 180 / 270 degrees, the distribution-shifting transform that
 //!   makes synthetic outliers in CSI, OECL and FIRM (the rotated normal class is "not normal").
 //!
-//! Images are rows of a [`Matrix`], channel-major (C x H x W), as [`crate::data::Dataset`] holds them.
+//! Images are rows of a [`crate::Matrix`], channel-major (C x H x W), as [`crate::data::Dataset`] holds them.
 
 pub mod cpu;
 pub mod gpu;

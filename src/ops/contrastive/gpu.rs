@@ -42,7 +42,7 @@ pub struct DeviceLossInputs<'a, T> {
     pub features: &'a DeviceMatrix<T>,
     pub instance: &'a CudaSlice<i32>,
     pub label: Option<&'a CudaSlice<i32>>,
-    /// [`RowRole`] as u8 (0 anchor, 1 negative-only, 2 norm-penalty-only).
+    /// [`super::RowRole`] as u8 (0 anchor, 1 negative-only, 2 norm-penalty-only).
     pub role: Option<&'a CudaSlice<u8>>,
     pub weight: Option<&'a CudaSlice<f32>>,
     pub keys: Option<DeviceKeyRows<'a, T>>,
@@ -509,6 +509,7 @@ unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> 
 ///
 /// # Safety
 /// As [`forward_raw`]; `lse` and `positives` are the forward's outputs for these inputs.
+#[allow(clippy::too_many_arguments)] // until the launches take one parameter struct (issue 12)
 pub unsafe fn backward_raw(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,
@@ -844,9 +845,12 @@ pub struct DeviceLossBuffers<T> {
     label: Option<CudaSlice<i32>>,
     role: Option<CudaSlice<u8>>,
     weight: Option<CudaSlice<f32>>,
-    keys: Option<(DeviceMatrix<T>, CudaSlice<i32>, Option<CudaSlice<i32>>)>,
+    keys: Option<DeviceKeys<T>>,
     prototypes: Option<(DeviceMatrix<T>, CudaSlice<i32>)>,
 }
+
+/// The keys' features, instance ids and labels on the device.
+type DeviceKeys<T> = (DeviceMatrix<T>, CudaSlice<i32>, Option<CudaSlice<i32>>);
 
 /// A host slice on the device (one zero element when empty: no zero-sized allocation).
 pub(crate) fn upload_slice<E: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(gpu: &Gpu, v: &[E]) -> Result<CudaSlice<E>> {

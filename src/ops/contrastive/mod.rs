@@ -10,8 +10,8 @@
 //!
 //! Per anchor i (logits s_ij = <u_i, u_j> / tau on unit rows):
 //!   L_i = scale * ( LSE_{j in A(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip )
-//! * P(i): columns j (j != i in the self geometry) with instance[j] == instance[i], or
-//!   label[i] >= 0 and label[j] == label[i]; plus the prototype proto_of[i] when >= 0.
+//! * P(i): columns j (j != i in the self geometry) with `instance[j] == instance[i]`, or
+//!   `label[i] >= 0` and `label[j] == label[i]`; plus the prototype `proto_of[i]` when >= 0.
 //! * A(i): every column but i (self) or every key (pairwise), plus every prototype.
 //! * Roles: `Anchor` rows are anchors and columns; `NegativeOnly` rows are columns only (they enter
 //!   the others' denominators, and their positive sets by the id rule); `NormPenaltyOnly` rows are

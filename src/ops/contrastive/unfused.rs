@@ -141,9 +141,8 @@ fn with_blas<R>(gpu: &Gpu, f: impl FnOnce(&CudaBlas) -> Result<R>) -> Result<R> 
     static HANDLES: OnceLock<Mutex<HashMap<usize, CudaBlas>>> = OnceLock::new();
     let mut handles = HANDLES.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let key = gpu.context().cu_ctx() as usize;
-    if !handles.contains_key(&key) {
-        let blas = CudaBlas::new(gpu.stream().clone()).map_err(blas_error("cublasCreate"))?;
-        handles.insert(key, blas);
+    if let std::collections::hash_map::Entry::Vacant(slot) = handles.entry(key) {
+        slot.insert(CudaBlas::new(gpu.stream().clone()).map_err(blas_error("cublasCreate"))?);
     }
     f(&handles[&key])
 }

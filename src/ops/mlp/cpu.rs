@@ -155,7 +155,7 @@ pub fn forward<T: Float, P: Float>(params: &MlpParams<P>, x: &Matrix<T>) -> Resu
 }
 
 /// Gradients of a scalar whose gradient with respect to the MLP's output is `d_output`
-/// (batch x output), through every layer: ReLU' is taken as [y > 0] (torch's convention at 0).
+/// (batch x output), through every layer: ReLU' is taken as `[y > 0]` (torch's convention at 0).
 pub fn backward<P: Float>(params: &MlpParams<P>, fwd: &MlpForward, d_output: &Matrix<f64>) -> Result<MlpGradients> {
     params.validate()?;
     let batch = fwd.input.rows();

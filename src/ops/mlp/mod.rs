@@ -7,7 +7,7 @@
 //! weights, T activations and upstream gradients, f32 accumulation in the tensor cores, f32 weight
 //! and bias gradients.
 //!
-//! Layer l (1..=L) maps widths[l-1] -> widths[l]: y = x W^T + b with W stored out x in (row-major,
+//! Layer l (1..=L) maps `widths[l-1]` -> `widths[l]`: y = x W^T + b with W stored out x in (row-major,
 //! as torch.nn.Linear), followed by ReLU on every layer except the last. The representation used
 //! for scoring is the (post-ReLU) output of `feature_layer`; the layers after it are the
 //! projection head the loss sees (SimCLR's h and z).
@@ -23,7 +23,7 @@ use crate::rng::SplitMix64;
 /// The widths of the MLP and which layer's output is the feature.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MlpConfig {
-    /// widths[0] = input, widths[L] = output; L >= 1 layers.
+    /// `widths[0]` = input, `widths[L]` = output; L >= 1 layers.
     pub widths: Vec<usize>,
     /// 1..=L: the layer whose output is the representation (SimCLR's h).
     pub feature_layer: usize,

@@ -24,7 +24,7 @@ pub(crate) const THREADS: u32 = 256;
 pub struct SimilarityOptions {
     /// Multiplies every similarity: 1 / temperature for logits. Must be finite.
     pub scale: f32,
-    /// `Some(v)`: S[i][i] = v for every i < min(m, n) (e.g. f32::NEG_INFINITY to drop self-pairs).
+    /// `Some(v)`: `S[i][i] = v` for every i < min(m, n) (e.g. f32::NEG_INFINITY to drop self-pairs).
     pub mask_diagonal: Option<f32>,
 }
 

@@ -164,6 +164,7 @@ fn check_raw(queries: RawMatrix, bank: RawMatrix, values: CUdeviceptr, indices: 
 ///
 /// # Safety
 /// As [`topk_raw`]; `bias` holds bank.rows f32.
+#[allow(clippy::too_many_arguments)] // until the launches take one parameter struct (issue 12)
 pub(crate) unsafe fn top1_biased_raw(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,

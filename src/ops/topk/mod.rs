@@ -6,11 +6,11 @@
 //! * k <= 1024: one fused sweep (tile core + threshold filter + per-query pools), then a merge.
 //! * k > 1024 (up to the bank's rows): multi-pass radix select over recomputed tiles, about 3 - 5
 //!   GEMM-equivalents, with one small device-to-host read per pass (the stream is synchronized).
-//! * Banks on the device ([`topk`], [`topk_raw`]) or in host memory, streamed in chunks through
-//!   pinned buffers on a second stream while the previous chunk computes ([`topk_host_bank`]);
+//! * Banks on the device ([`gpu::topk`], [`gpu::topk_raw`]) or in host memory, streamed in chunks through
+//!   pinned buffers on a second stream while the previous chunk computes ([`gpu::topk_host_bank`]);
 //!   per-chunk results are merged exactly, so the result is bit for bit the unchunked one.
 //! * f16 / bf16: tensor cores; f32: exact FFMA. Any d; `normalized` skips the norm prologue.
-//! * [`topk_unfused`]: the baseline (cuBLAS GEMM writing similarity blocks, then a plain top-k).
+//! * [`gpu::topk_unfused`]: the baseline (cuBLAS GEMM writing similarity blocks, then a plain top-k).
 
 pub mod cpu;
 pub mod gpu;
@@ -49,7 +49,7 @@ pub enum Exclusion {
     Indices(Vec<i32>),
 }
 
-/// Parameters of [`topk`].
+/// Parameters of [`gpu::topk`] and [`cpu::topk`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TopKOptions {
     /// Neighbours per query, 1 ..= the bank's usable rows.
