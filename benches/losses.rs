@@ -23,7 +23,8 @@ use contrastive_kernels::bench::{
     calls_ms, fused_call, gib, median_call_us, mib, unfused_call, unfused_fits, BenchInputs, BenchLoss, DevicePeaks, Pass,
 };
 use contrastive_kernels::cudarc::driver::CudaStream;
-use contrastive_kernels::ops::contrastive::{forward_device, fused_extra_bytes, unfused};
+use contrastive_kernels::ops::contrastive::gpu::{extra_bytes as fused_extra_bytes, forward as forward_device};
+use contrastive_kernels::ops::contrastive::unfused;
 use contrastive_kernels::{bf16, f16, DType, Error, FloatElement, Gpu};
 use criterion::measurement::WallTime;
 use criterion::{BenchmarkGroup, Criterion, Throughput};

@@ -15,7 +15,7 @@ use std::time::Duration;
 use contrastive_kernels::cudarc::cublas::{result::gemm_ex, sys as blas_sys, CudaBlas};
 use contrastive_kernels::cudarc::driver::sys::CUevent_flags;
 use contrastive_kernels::cudarc::driver::{sys::CUdeviceptr, CudaStream, DevicePtr, DevicePtrMut};
-use contrastive_kernels::ops::similarity::similarity_raw;
+use contrastive_kernels::ops::similarity::gpu::similarity_raw;
 use contrastive_kernels::rng::SplitMix64;
 use contrastive_kernels::{bf16, f16, DType, DeviceMatrix, FloatElement, Gpu, Matrix, RawMatrix, SimilarityOptions};
 use criterion::measurement::WallTime;
@@ -190,8 +190,8 @@ impl<T: FloatElement, TOut: FloatElement> Case<T, TOut> {
             s_fused,
             s_blas,
             ptrs,
-            norms_a: contrastive_kernels::cpu::normalize::row_norms(&host_a),
-            norms_b: contrastive_kernels::cpu::normalize::row_norms(&host_b),
+            norms_a: contrastive_kernels::ops::normalize::cpu::row_norms(&host_a),
+            norms_b: contrastive_kernels::ops::normalize::cpu::row_norms(&host_b),
         })
     }
 

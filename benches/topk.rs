@@ -22,7 +22,7 @@ use std::time::Duration;
 use contrastive_kernels::cudarc::cublas::{result::gemm_ex, sys as blas_sys, CudaBlas};
 use contrastive_kernels::cudarc::driver::sys::CUevent_flags;
 use contrastive_kernels::cudarc::driver::{CudaSlice, CudaStream, DevicePtr, DevicePtrMut};
-use contrastive_kernels::ops::topk::{topk_raw, topk_unfused};
+use contrastive_kernels::ops::topk::gpu::{topk_raw, topk_unfused};
 use contrastive_kernels::rng::SplitMix64;
 use contrastive_kernels::{f16, DType, DeviceMatrix, Gpu, Matrix, RawMatrix, TopKOptions};
 use criterion::{Criterion, Throughput};

@@ -11,8 +11,10 @@
 use std::time::Duration;
 
 use contrastive_kernels::bench::{calls_ms, median_call_us};
-use contrastive_kernels::ops::contrastive::{backward_device, forward_device, unfused, ContrastiveLoss, DeviceLossInputs, Upstream};
-use contrastive_kernels::ops::mlp::{AdamW, GpuMlp, MlpConfig, MlpParams};
+use contrastive_kernels::ops::contrastive::gpu::{backward as backward_device, forward as forward_device, DeviceLossInputs, Upstream};
+use contrastive_kernels::ops::contrastive::{unfused, ContrastiveLoss};
+use contrastive_kernels::ops::mlp::gpu::GpuMlp;
+use contrastive_kernels::ops::mlp::{AdamW, MlpConfig, MlpParams};
 use contrastive_kernels::rng::SplitMix64;
 use contrastive_kernels::{f16, DeviceMatrix, Gpu, Matrix, Result};
 use criterion::Criterion;

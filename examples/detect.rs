@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use clap::builder::RangedU64ValueParser;
 use clap::{Parser, ValueEnum};
-use contrastive_kernels::data::augment::Augment;
 use contrastive_kernels::data::{cifar10, digits, idx, Dataset};
 use contrastive_kernels::detect::{evaluate, ClassResult, DetectorConfig, LossKind, Metrics, ScoreLayer, Scorer, StepInfo};
+use contrastive_kernels::ops::augment::Augment;
 use contrastive_kernels::Backend;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;

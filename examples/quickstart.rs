@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use clap::builder::RangedU64ValueParser;
 use clap::Parser;
-use contrastive_kernels::{cpu, f16, rng::SplitMix64, Backend, Float, Matrix, SimilarityOptions};
+use contrastive_kernels::{f16, ops::similarity, rng::SplitMix64, Backend, Float, Matrix, SimilarityOptions};
 
 /// Normalizes random f16 features and computes their temperature-scaled self-similarity on the
 /// best backend, then checks it against the f64 oracle.
@@ -78,7 +78,7 @@ fn run(args: &Args) -> contrastive_kernels::Result<()> {
     let sample: Vec<usize> = (0..args.rows).step_by((args.rows / 64).max(1)).collect();
     let rows = Matrix::from_fn(sample.len(), args.dim, |i, j| *x.get(sample[i], j));
     let unmasked = SimilarityOptions { mask_diagonal: None, ..opts };
-    let want = cpu::similarity::similarity(&rows, &x, &unmasked);
+    let want = similarity::cpu::similarity(&rows, &x, &unmasked);
     let mut max_err = 0f64;
     for (k, &i) in sample.iter().enumerate() {
         for j in 0..args.rows {

@@ -11,7 +11,8 @@ use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{DeviceMatrix, Gpu};
 use crate::matrix::Matrix;
-use crate::ops::contrastive::{backward_device, forward_device, unfused, ContrastiveLoss, DeviceLossInputs, Upstream};
+use crate::ops::contrastive::gpu::{backward as backward_device, forward as forward_device, DeviceLossInputs, Upstream};
+use crate::ops::contrastive::{unfused, ContrastiveLoss};
 use crate::rng::SplitMix64;
 
 /// The losses the benches compare (self geometry, 2B rows = two views per sample).

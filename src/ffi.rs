@@ -24,9 +24,8 @@ use cudarc::driver::{sys, CudaStream};
 use crate::dtype::DType;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{Gpu, RawMatrix};
-use crate::ops::contrastive::{
-    self, ContrastiveLoss, EmptyPositives, Geometry, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream, Reduction,
-};
+use crate::ops::contrastive::gpu::{RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream};
+use crate::ops::contrastive::{self, ContrastiveLoss, EmptyPositives, Geometry, Reduction};
 use crate::ops::kmeans::{KMeansMetric, KMeansOptions};
 use crate::ops::similarity::SimilarityOptions;
 use crate::ops::topk::{Exclusion, TopKOptions};
@@ -326,7 +325,7 @@ pub unsafe extern "C" fn ck_l2_normalize(
         let x = matrix(x, n, d, dtype("x_dtype", x_dtype)?);
         let z = if z.is_null() { None } else { Some(matrix(z, n, d, dtype("z_dtype", z_dtype)?)) };
         let norms = (!norms.is_null()).then_some(norms as u64);
-        crate::ops::normalize::l2_normalize_raw(&gpu, &stream_of(&gpu, stream), x, z, norms)
+        crate::ops::normalize::gpu::l2_normalize_raw(&gpu, &stream_of(&gpu, stream), x, z, norms)
     })
 }
 
@@ -351,7 +350,7 @@ pub unsafe extern "C" fn ck_l2_normalize_backward(
         let (n, d) = (size("n", n)?, size("d", d)?);
         let x_dtype = dtype("x_dtype", x_dtype)?;
         let (xm, dzm, dxm) = (matrix(x, n, d, x_dtype), matrix(dz, n, d, dtype("dz_dtype", dz_dtype)?), matrix(dx, n, d, x_dtype));
-        crate::ops::normalize::l2_normalize_backward_raw(&gpu, &stream_of(&gpu, stream), xm, dzm, dxm)
+        crate::ops::normalize::gpu::l2_normalize_backward_raw(&gpu, &stream_of(&gpu, stream), xm, dzm, dxm)
     })
 }
 
@@ -384,7 +383,7 @@ pub unsafe extern "C" fn ck_similarity(
         if mask_diagonal != 0 {
             opts = opts.mask_diagonal(diagonal_value);
         }
-        crate::ops::similarity::similarity_raw(
+        crate::ops::similarity::gpu::similarity_raw(
             &gpu,
             &stream_of(&gpu, stream),
             matrix(a, m, d, t),
@@ -519,7 +518,7 @@ pub unsafe extern "C" fn ck_contrastive_forward(
         let raw = inputs_of(inputs)?;
         let gpu = self::device(device)?;
         let out = RawForwardOutputs { loss: loss as u64, per_anchor: per_anchor as u64, lse: lse as u64, positives: positives as u64 };
-        let value = contrastive::forward_raw(&gpu, &stream_of(&gpu, stream), &config, &raw, &out)?;
+        let value = contrastive::gpu::forward_raw(&gpu, &stream_of(&gpu, stream), &config, &raw, &out)?;
         if !loss_host.is_null() {
             loss_host.write(value);
         }
@@ -553,7 +552,7 @@ pub unsafe extern "C" fn ck_contrastive_backward(
         let gpu = self::device(device)?;
         let up = RawUpstream { ptr: upstream as u64, per_row: config.reduction == Reduction::PerAnchor };
         let out = RawGradOutputs { features: grad_features as u64, keys: grad_keys as u64, prototypes: grad_centers as u64 };
-        contrastive::backward_raw(&gpu, &stream_of(&gpu, stream), &config, &raw, lse as u64, positives as u64, up, &out)
+        contrastive::gpu::backward_raw(&gpu, &stream_of(&gpu, stream), &config, &raw, lse as u64, positives as u64, up, &out)
     })
 }
 
@@ -592,7 +591,7 @@ pub unsafe extern "C" fn ck_topk(
             o => return Err(Error::invalid("exclude_offset", format!("-1 (none) or an offset >= 0, got {o}"))),
         };
         let opts = TopKOptions::new(k).normalized(normalized != 0).exclude(exclude);
-        crate::ops::topk::topk_raw(
+        crate::ops::topk::gpu::topk_raw(
             &gpu,
             &stream_of(&gpu, stream),
             matrix(queries, nq, d, t),
@@ -657,7 +656,7 @@ pub unsafe extern "C" fn ck_kmeans(
                 // SAFETY: both are live device buffers of `bytes` bytes.
                 unsafe { cudarc::driver::result::memcpy_dtod_sync(dst, raw.ptr, bytes) }.during("cuMemcpyDtoD")?;
             }
-            let result = crate::ops::kmeans::kmeans(gpu, &copy, opts)?;
+            let result = crate::ops::kmeans::gpu::kmeans(gpu, &copy, opts)?;
             // SAFETY: the C contract: the host pointers are NULL or valid for their sizes.
             unsafe {
                 if !centroids.is_null() {
@@ -755,7 +754,7 @@ pub unsafe extern "C" fn ck_topk_score(
 ) -> i32 {
     guard(|| {
         let (rows, k, kth) = (size("rows", rows)?, size("k", k)?, size("kth", kth)?);
-        let topk = crate::cpu::topk::TopK {
+        let topk = crate::ops::topk::TopK {
             rows,
             k,
             values: unsafe { host_slice("values", values, rows * k)? }.to_vec(),

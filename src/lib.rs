@@ -3,12 +3,12 @@
 //! oracle every kernel is tested against and the fallback on machines without a GPU.
 //!
 //! Layers (data flows one way):
-//! * [`ops`]: the public operations. Each validates shapes and arguments, then launches its kernel
-//!   on device memory: either this crate's [`DeviceMatrix`] on the [`Gpu`]'s stream, or, through
-//!   the `*_raw` functions, a caller's raw device pointers on a caller's stream.
-//! * [`cpu`]: the oracle, one module per op, f64 accumulation.
+//! * [`ops`]: one folder per op, `ops::<op>`: its options and checks (shared by both backends),
+//!   `ops::<op>::gpu` (the kernel launches on device memory: this crate's [`DeviceMatrix`] on the
+//!   [`Gpu`]'s stream or, through the `*_raw` functions, a caller's raw device pointers on a
+//!   caller's stream) and `ops::<op>::cpu` (the oracle, f64 accumulation).
 //! * [`Backend`]: host matrices in, host matrices out, on the GPU when there is one and on the CPU
-//!   otherwise; what the examples use.
+//!   otherwise; the one CPU / GPU dispatch, what the examples and the detector use.
 //! * [`gpu`]: the runtime (context, stream, embedded kernel modules, launches).
 //! * [`ffi`]: the C ABI over the `*_raw` functions (`include/contrastive_kernels.h`).
 //!
@@ -29,9 +29,14 @@
 //! ```
 
 pub mod backend;
+/// Measurement helpers for the crate's own benches (`benches/`) and `ckbench` (`src/bin/`); not
+/// part of the API.
+#[doc(hidden)]
 pub mod bench;
+/// What build.rs embedded, for the crate's own tests (`tests/kernels_build.rs`); not part of the
+/// API.
+#[doc(hidden)]
 pub mod build_info;
-pub mod cpu;
 pub mod data;
 pub mod detect;
 pub mod dtype;
@@ -44,14 +49,13 @@ pub mod ops;
 pub mod rng;
 pub mod scores;
 
-pub use backend::Backend;
-pub use cpu::topk::TopK;
+pub use backend::{Backend, LossContext, MlpTrainer};
 pub use dtype::{DType, Element, Float, FloatElement};
 pub use error::{Error, Result};
 pub use gpu::{DeviceMatrix, Gpu, RawMatrix};
 pub use matrix::Matrix;
 pub use ops::similarity::SimilarityOptions;
-pub use ops::topk::{Exclusion, TopKOptions};
+pub use ops::topk::{Exclusion, TopK, TopKOptions};
 
 /// Re-exported so callers can name streams, events and device pointers without a direct dependency.
 pub use cudarc;

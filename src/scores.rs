@@ -6,12 +6,12 @@
 //! anomalous" first.
 
 use crate::backend::Backend;
-use crate::cpu::normalize::row_norms;
-use crate::cpu::topk::TopK;
 use crate::dtype::{Float, FloatElement};
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
 use crate::metrics::{self, DetectionReport};
+use crate::ops::normalize::cpu::row_norms;
+use crate::ops::topk::TopK;
 use crate::ops::topk::TopKOptions;
 
 fn check_kth<V>(topk: &TopK<V>, k: usize) -> Result<()> {

@@ -6,8 +6,9 @@
 mod common;
 
 use common::gpu_or_skip;
-use contrastive_kernels::data::augment::{rotated, Augment};
 use contrastive_kernels::data::ImageShape;
+use contrastive_kernels::ops::augment::cpu::rotated;
+use contrastive_kernels::ops::augment::Augment;
 use contrastive_kernels::rng::SplitMix64;
 use contrastive_kernels::{DeviceMatrix, Matrix};
 
@@ -84,7 +85,8 @@ fn gpu_views_and_rotations_match_the_oracle() {
     let rows = [6usize, 0, 3, 3, 1];
     for augment in [Augment::cifar(), Augment::digits(), Augment::identity()] {
         let (want, want_draws) = augment.views_seeded(shape, &x, &rows, &mut SplitMix64::new(9)).unwrap();
-        let (got, draws) = contrastive_kernels::ops::augment::views(&gpu, &augment, shape, &dx, &rows, &mut SplitMix64::new(9)).unwrap();
+        let (got, draws) =
+            contrastive_kernels::ops::augment::gpu::views(&gpu, &augment, shape, &dx, &rows, &mut SplitMix64::new(9)).unwrap();
         assert_eq!(draws, want_draws);
         let got = got.download(&gpu).unwrap();
         for (k, (g, w)) in got.data().iter().zip(want.data()).enumerate() {
@@ -94,6 +96,6 @@ fn gpu_views_and_rotations_match_the_oracle() {
     }
     let turns = [1u32, 2, 3, 0, 5];
     let want = rotated(shape, &x, &rows, &turns).unwrap();
-    let got = contrastive_kernels::ops::augment::rotated(&gpu, shape, &dx, &rows, &turns).unwrap().download(&gpu).unwrap();
+    let got = contrastive_kernels::ops::augment::gpu::rotated(&gpu, shape, &dx, &rows, &turns).unwrap().download(&gpu).unwrap();
     assert_eq!(got.data(), want.data());
 }

@@ -140,7 +140,7 @@ fn gpu_c_example_builds_and_runs() {
 /// The oracle on the C example's data: B = 4 samples, two views (rows i and i + 4), d = 8,
 /// x[i][j] = sinf(1.3 (i % 4) + 0.7 j) + 0.05 (i / 4) in f32; NT-Xent at tau 0.5, mean, dLoss = 1.
 fn c_example_oracle() -> (f64, f64) {
-    use contrastive_kernels::cpu::contrastive::{backward, forward};
+    use contrastive_kernels::ops::contrastive::cpu::{backward, forward};
     use contrastive_kernels::ops::contrastive::{ContrastiveLoss, LossInputs};
     let (b, n, d) = (4usize, 8usize, 8usize);
     let x = contrastive_kernels::Matrix::from_fn(n, d, |i, j| {

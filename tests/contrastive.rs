@@ -6,7 +6,7 @@ mod common;
 
 use common::contrastive_harness::{assert_grad_close, cases, for_each_harness_case, gradient_only_cases, shapes_for, SHAPES};
 use common::{gpu_or_skip, m, random_matrix};
-use contrastive_kernels::cpu::contrastive::{backward, forward};
+use contrastive_kernels::ops::contrastive::cpu::{backward, forward};
 use contrastive_kernels::ops::contrastive::ForwardResult;
 use contrastive_kernels::ops::contrastive::{ContrastiveLoss, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, Reduction, RowRole};
 use contrastive_kernels::{bf16, f16, Backend, Error, FloatElement, Gpu, Matrix};
@@ -552,8 +552,8 @@ fn check_backward_against_oracle<T: FloatElement>(backend: &Backend, rel: f64, a
             let upstream: Vec<f32> =
                 if reduction == Reduction::PerAnchor { (0..n).map(|i| 0.5 + (i % 7) as f32 * 0.25).collect() } else { vec![1.5] };
             let want = backward(&loss, inputs, &upstream.iter().map(|&v| v as f64).collect::<Vec<_>>()).unwrap();
-            let (_, context) = loss.forward(backend, inputs).unwrap();
-            let got = loss.backward(backend, inputs, context, &upstream).unwrap();
+            let (_, context) = backend.contrastive_forward(&loss, inputs).unwrap();
+            let got = backend.contrastive_backward(&loss, inputs, context, &upstream).unwrap();
             let what = format!("{what} {reduction:?}");
             assert_grad_close(&format!("{what} dfeatures"), &got.features, &want.features, rel, abs);
             match (&got.keys, &want.keys) {
@@ -571,7 +571,7 @@ fn check_backward_against_oracle<T: FloatElement>(backend: &Backend, rel: f64, a
 }
 
 fn gpu_forward(gpu: &Gpu) -> impl Fn(&ContrastiveLoss, &LossInputs<'_, f16>) -> contrastive_kernels::Result<ForwardResult> + '_ {
-    move |loss, inputs| loss.forward(&Backend::Gpu(gpu.clone()), inputs).map(|r| r.0)
+    move |loss, inputs| Backend::Gpu(gpu.clone()).contrastive_forward(loss, inputs).map(|r| r.0)
 }
 
 #[test]
@@ -580,9 +580,9 @@ fn gpu_forward_matches_oracle() {
     let backend = Backend::Gpu(gpu.clone());
     let shapes = shapes_for(Some(&gpu));
     check_forward_against_oracle::<f16>(shapes, &gpu_forward(&gpu), 2e-3);
-    check_forward_against_oracle::<bf16>(shapes, &|loss, inputs| loss.forward(&backend, inputs).map(|r| r.0), 5e-3);
+    check_forward_against_oracle::<bf16>(shapes, &|loss, inputs| backend.contrastive_forward(loss, inputs).map(|r| r.0), 5e-3);
     // f32: exact FFMA products, so DESIGN.md's 1e-4.
-    check_forward_against_oracle::<f32>(shapes, &|loss, inputs| loss.forward(&backend, inputs).map(|r| r.0), 1e-4);
+    check_forward_against_oracle::<f32>(shapes, &|loss, inputs| backend.contrastive_forward(loss, inputs).map(|r| r.0), 1e-4);
 }
 
 /// Gradients: DESIGN.md section 7 bounds them by 1e-2 x max |grad| for f16 / bf16 inputs and by
@@ -601,9 +601,9 @@ fn gpu_backward_matches_oracle() {
 /// forward / backward pair agrees with the oracle's functions.
 #[test]
 fn oracle_passes_the_gpu_harness() {
-    check_forward_against_oracle::<f16>(SHAPES, &|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 2e-3);
-    check_forward_against_oracle::<bf16>(SHAPES, &|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 5e-3);
-    check_forward_against_oracle::<f32>(SHAPES, &|loss, inputs| loss.forward(&Backend::Cpu, inputs).map(|r| r.0), 1e-4);
+    check_forward_against_oracle::<f16>(SHAPES, &|loss, inputs| Backend::Cpu.contrastive_forward(loss, inputs).map(|r| r.0), 2e-3);
+    check_forward_against_oracle::<bf16>(SHAPES, &|loss, inputs| Backend::Cpu.contrastive_forward(loss, inputs).map(|r| r.0), 5e-3);
+    check_forward_against_oracle::<f32>(SHAPES, &|loss, inputs| Backend::Cpu.contrastive_forward(loss, inputs).map(|r| r.0), 1e-4);
     // The CPU backend rounds its f64 gradients to bf16 (unit roundoff 2^-8).
     check_backward_against_oracle::<bf16>(&Backend::Cpu, 2f64.powi(-8), 0.0);
     check_backward_against_oracle::<f32>(&Backend::Cpu, 2f64.powi(-24), 1e-30);
@@ -614,11 +614,11 @@ fn gpu_forward_errors() {
     let Some(gpu) = gpu_or_skip("gpu_forward_errors") else { return };
     let backend = Backend::Gpu(gpu);
     let x: Matrix<f16> = random_matrix(3, 8, 1);
-    let err = ContrastiveLoss::nt_xent(0.5).forward(&backend, &LossInputs::new(&x, &[0, 0, 5])).err().unwrap();
+    let err = backend.contrastive_forward(&ContrastiveLoss::nt_xent(0.5), &LossInputs::new(&x, &[0, 0, 5])).err().unwrap();
     assert!(matches!(&err, Error::InvalidArgument { arg: "instance", reason } if reason.contains("row 2")), "{err}");
     let mut bad: Matrix<f32> = random_matrix(4, 8, 1);
     bad.data_mut()[3 * 8 + 2] = f32::NAN;
-    assert_eq!(invalid_arg(ContrastiveLoss::nt_xent(0.5).forward(&backend, &LossInputs::new(&bad, &[0, 0, 1, 1]))), "features");
+    assert_eq!(invalid_arg(backend.contrastive_forward(&ContrastiveLoss::nt_xent(0.5), &LossInputs::new(&bad, &[0, 0, 1, 1]))), "features");
 }
 
 /// The backward's own argument checks, on both backends: the upstream's length, and a context from
@@ -628,14 +628,14 @@ fn backward_errors_cpu_and_gpu() {
     let x: Matrix<f16> = random_matrix(4, 8, 1);
     let inputs = LossInputs::new(&x, &[0, 1, 0, 1]);
     let loss = ContrastiveLoss::nt_xent(0.5);
-    let (_, ctx) = loss.forward(&Backend::Cpu, &inputs).unwrap();
-    assert_eq!(shape_arg(loss.backward(&Backend::Cpu, &inputs, ctx, &[1.0, 2.0])), "upstream");
+    let (_, ctx) = Backend::Cpu.contrastive_forward(&loss, &inputs).unwrap();
+    assert_eq!(shape_arg(Backend::Cpu.contrastive_backward(&loss, &inputs, ctx, &[1.0, 2.0])), "upstream");
     let per_anchor = loss.with_reduction(Reduction::PerAnchor);
-    let (_, ctx) = per_anchor.forward(&Backend::Cpu, &inputs).unwrap();
-    assert_eq!(shape_arg(per_anchor.backward(&Backend::Cpu, &inputs, ctx, &[1.0])), "upstream");
+    let (_, ctx) = Backend::Cpu.contrastive_forward(&per_anchor, &inputs).unwrap();
+    assert_eq!(shape_arg(Backend::Cpu.contrastive_backward(&per_anchor, &inputs, ctx, &[1.0])), "upstream");
     if let Some(gpu) = gpu_or_skip("backward_errors_cpu_and_gpu (GPU half)") {
-        let (_, ctx) = loss.forward(&Backend::Cpu, &inputs).unwrap();
-        assert_eq!(invalid_arg(loss.backward(&Backend::Gpu(gpu), &inputs, ctx, &[1.0])), "context");
+        let (_, ctx) = Backend::Cpu.contrastive_forward(&loss, &inputs).unwrap();
+        assert_eq!(invalid_arg(Backend::Gpu(gpu).contrastive_backward(&loss, &inputs, ctx, &[1.0])), "context");
     }
 }
 
@@ -643,7 +643,7 @@ fn backward_errors_cpu_and_gpu() {
 /// host first, so these paths are only reachable here).
 #[test]
 fn gpu_device_input_checks() {
-    use contrastive_kernels::ops::contrastive::{forward_device, DeviceLossInputs, DevicePrototypeColumns};
+    use contrastive_kernels::ops::contrastive::gpu::{forward as forward_device, DeviceLossInputs, DevicePrototypeColumns};
     use contrastive_kernels::DeviceMatrix;
     let Some(gpu) = gpu_or_skip("gpu_device_input_checks") else { return };
     let stream = gpu.stream();
@@ -674,8 +674,9 @@ fn gpu_device_input_checks() {
 /// The fused path's extra memory, by hand, and issue 3's target: under 64 MiB at n = 65536,
 /// d = 128 (the unfused path needs over 16 GiB there).
 #[test]
+#[allow(clippy::unnecessary_min_or_max)] // `.max(16)` spells out the kernel's rule
 fn fused_extra_memory_by_hand() {
-    use contrastive_kernels::ops::contrastive::fused_extra_bytes;
+    use contrastive_kernels::ops::contrastive::gpu::extra_bytes as fused_extra_bytes;
     use contrastive_kernels::DType;
     let (n, kib) = (65536usize, 1024usize);
     let b = fused_extra_bytes(n, None, 0, 128, DType::BF16);
@@ -707,8 +708,8 @@ fn gpu_results_are_bitwise_repeatable() {
     let inputs = LossInputs { label: Some(&label), ..LossInputs::new(&x, &instance) };
     let loss = ContrastiveLoss::firm(0.2);
     let run = || {
-        let (out, ctx) = loss.forward(&backend, &inputs).unwrap();
-        let grads = loss.backward(&backend, &inputs, ctx, &[1.0]).unwrap();
+        let (out, ctx) = backend.contrastive_forward(&loss, &inputs).unwrap();
+        let grads = backend.contrastive_backward(&loss, &inputs, ctx, &[1.0]).unwrap();
         (out.loss.to_bits(), grads.features.data().iter().map(|v| v.to_bits()).collect::<Vec<u16>>())
     };
     assert_eq!(run(), run());
@@ -736,8 +737,8 @@ fn gpu_backward_small_temperature_close_views() {
         let loss = ContrastiveLoss::supcon(tau, 0.07);
         let inputs = LossInputs { label: Some(&label), ..LossInputs::new(&x, &instance) };
         let want = backward(&loss, &inputs, &[1.0]).unwrap();
-        let (_, context) = loss.forward(&backend, &inputs).unwrap();
-        let got = loss.backward(&backend, &inputs, context, &[1.0]).unwrap();
+        let (_, context) = backend.contrastive_forward(&loss, &inputs).unwrap();
+        let got = backend.contrastive_backward(&loss, &inputs, context, &[1.0]).unwrap();
         assert_grad_close(&format!("supcon bf16 tau {tau} 512x128 two close views"), &got.features, &want.features, 1e-2, 0.0);
     }
 }

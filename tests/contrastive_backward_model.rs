@@ -1,6 +1,6 @@
 //! A CPU model of the fused backward's decomposition (kernels/contrastive.cu), checked against the
 //! oracle's gradients for every loss kind: the per-row coefficients of contrastive_backward_prepare
-//! (with the power-of-two scaling sigma), the passes fused.rs launches (self: rows x rows plus the
+//! (with the power-of-two scaling sigma), the passes ops/contrastive/gpu.rs launches (self: rows x rows plus the
 //! prototypes; pairwise: anchors x keys plus the prototypes, then keys x anchors; prototypes x
 //! anchor rows), the H entry of sweep_other (validity, the positive relation, the two anchor terms),
 //! the normalization backward and the OECL penalty. The model follows the kernel's branches line by
@@ -10,7 +10,7 @@
 mod common;
 
 use common::contrastive_harness::{cases, gradient_only_cases};
-use contrastive_kernels::cpu::contrastive::{backward, forward};
+use contrastive_kernels::ops::contrastive::cpu::{backward, forward};
 use contrastive_kernels::ops::contrastive::{ContrastiveLoss, Geometry, LossInputs, Reduction, RowRole};
 use contrastive_kernels::Matrix;
 

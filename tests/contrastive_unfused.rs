@@ -6,8 +6,9 @@ mod common;
 
 use common::contrastive_harness::{assert_grad_close, download, for_each_harness_case, shapes_for, upload_inputs, upload_slice};
 use common::{gpu_or_skip, random_matrix, report_gpu_skip};
-use contrastive_kernels::cpu::contrastive::{backward, forward};
-use contrastive_kernels::ops::contrastive::{self as loss_ops, unfused, ContrastiveLoss, LossInputs, Reduction, Upstream};
+use contrastive_kernels::ops::contrastive::cpu::{backward, forward};
+use contrastive_kernels::ops::contrastive::gpu::{self as loss_ops, Upstream};
+use contrastive_kernels::ops::contrastive::{unfused, ContrastiveLoss, LossInputs, Reduction};
 use contrastive_kernels::{bf16, f16, DType, Error, FloatElement, Gpu, Matrix};
 
 /// The plan adds up the buffers the path allocates: checked by hand at one self-geometry and one
@@ -161,7 +162,7 @@ fn check_fused_vs_unfused<T: FloatElement>(gpu: &Gpu, rel: f64) {
     for_each_harness_case::<T>(shapes_for(Some(gpu)), &mut |what, loss, inputs| {
         let n = inputs.features.rows();
         let dev = upload_inputs(gpu, inputs);
-        let fused = loss_ops::forward_device(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what} fused: {e}"));
+        let fused = loss_ops::forward(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what} fused: {e}"));
         let plain = unfused::forward(gpu, loss, &dev.view()).unwrap_or_else(|e| panic!("{what} unfused: {e}"));
         assert!(
             (fused.loss - plain.loss).abs() as f64 <= 2.0 * rel * (plain.loss.abs() as f64).max(1e-3),
@@ -182,7 +183,7 @@ fn check_fused_vs_unfused<T: FloatElement>(gpu: &Gpu, rel: f64) {
                 ul[i]
             );
         }
-        let gf = loss_ops::backward_device(gpu, loss, &dev.view(), fused.saved, Upstream::Value(1.0)).unwrap();
+        let gf = loss_ops::backward(gpu, loss, &dev.view(), fused.saved, Upstream::Value(1.0)).unwrap();
         let gu = unfused::backward(gpu, loss, &dev.view(), plain.saved, Upstream::Value(1.0)).unwrap();
         let as_f64 = |m: &Matrix<T>| Matrix::from_fn(m.rows(), m.cols(), |i, j| m.get(i, j).to_f64());
         assert_grad_close(

@@ -1,18 +1,18 @@
-//! The encoder's GPU kernels (kernels/mlp.cu) against the f64 oracle (src/cpu/mlp.rs): each kernel
+//! The encoder's GPU kernels (kernels/mlp.cu) against the f64 oracle (src/ops/mlp/cpu.rs): each kernel
 //! on its own over aligned and unaligned shapes, AdamW, and one whole forward / backward / update
 //! of a GpuMlp. Without a GPU these tests print why and pass; the oracle's own tests (hand values,
-//! finite differences) are in src/cpu/mlp.rs.
+//! finite differences) are in src/ops/mlp/cpu.rs.
 
 mod common;
 
 use common::{first_violation, gpu_or_skip, random_matrix};
-use contrastive_kernels::cpu::mlp as oracle;
 use contrastive_kernels::cudarc::driver::{DevicePtr, DevicePtrMut};
 use contrastive_kernels::dtype::unit_roundoff;
-use contrastive_kernels::ops::mlp::{
-    adamw_raw, column_sums_raw, linear_backward_data_raw, linear_backward_weight_raw, linear_forward_raw, AdamW, GpuMlp, MlpConfig,
-    MlpParams,
+use contrastive_kernels::ops::mlp::cpu as oracle;
+use contrastive_kernels::ops::mlp::gpu::{
+    adamw_raw, column_sums_raw, linear_backward_data_raw, linear_backward_weight_raw, linear_forward_raw, GpuMlp,
 };
+use contrastive_kernels::ops::mlp::{AdamW, MlpConfig, MlpParams};
 use contrastive_kernels::{bf16, f16, DType, DeviceMatrix, Error, FloatElement, Gpu, Matrix, RawMatrix};
 
 /// (m, n, k) = (batch, out, in): single elements, tails of the 128 x 128 tile and of the 32-wide k

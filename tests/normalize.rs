@@ -4,8 +4,8 @@
 mod common;
 
 use common::{first_violation, gpu_or_skip, m, max_abs, random_matrix, rounded_to};
-use contrastive_kernels::cpu::normalize::{l2_normalize, l2_normalize_backward};
 use contrastive_kernels::dtype::unit_roundoff;
+use contrastive_kernels::ops::normalize::cpu::{l2_normalize, l2_normalize_backward};
 use contrastive_kernels::{bf16, f16, Backend, Error, FloatElement, Matrix};
 
 #[test]
@@ -132,12 +132,12 @@ fn check_backward_pair<TX: FloatElement, TZ: FloatElement>(backend: &Backend) {
         let dx = backend.l2_normalize_backward(&x, &dz).unwrap();
         // Row by row, relative to the row's natural size max|dz| / max(|x|, eps): the zero row's dx is
         // dz / eps (huge), and a d = 1 row's exact dx is 0 (the oracle leaves ~1e-16 of cancellation).
-        let x_norms = contrastive_kernels::cpu::normalize::row_norms(&x);
+        let x_norms = contrastive_kernels::ops::normalize::cpu::row_norms(&x);
         for (i, &x_norm) in x_norms.iter().enumerate() {
             // A zero row's dz / eps overflows f16 to inf, as it does in torch: compare with the rounded oracle.
             let want = &rounded_to::<TX>(&dx_ref.data()[i * cols..(i + 1) * cols]);
             let dz_row: Vec<f64> = dz.row(i).iter().map(|v| v.to_f64()).collect();
-            let scale = max_abs(&dz_row) / contrastive_kernels::cpu::norm_denominator(x_norm);
+            let scale = max_abs(&dz_row) / contrastive_kernels::ops::normalize::norm_denominator(x_norm);
             if let Some((j, g, w)) = first_violation(dx.row(i), want, |w| 2.0 * u_x * w.abs() + 1e-5 * scale) {
                 panic!("l2_normalize_backward {}->{} {rows}x{cols}: dx[{i}][{j}] = {g}, oracle {w}", TX::DTYPE, TZ::DTYPE);
             }

@@ -4,9 +4,9 @@
 mod common;
 
 use common::{first_violation, gpu_or_skip, m, random_matrix, rounded_to};
-use contrastive_kernels::cpu::similarity::similarity;
 use contrastive_kernels::dtype::unit_roundoff;
-use contrastive_kernels::ops::similarity::similarity_raw;
+use contrastive_kernels::ops::similarity::cpu::similarity;
+use contrastive_kernels::ops::similarity::gpu::similarity_raw;
 use contrastive_kernels::{bf16, f16, Backend, DType, DeviceMatrix, Error, FloatElement, Matrix, RawMatrix, SimilarityOptions};
 
 #[test]

@@ -4,8 +4,9 @@
 mod common;
 
 use common::{gpu_or_skip, m, on_emulator, random_matrix, report_gpu_skip};
-use contrastive_kernels::cpu::topk::{excluded_index, result_order, similarities, topk as oracle_topk, TopK};
-use contrastive_kernels::ops::topk::{topk, topk_host_bank, topk_raw, topk_unfused, MAX_FUSED_K};
+use contrastive_kernels::ops::topk::cpu::{excluded_index, result_order, similarities, topk as oracle_topk};
+use contrastive_kernels::ops::topk::gpu::{topk, topk_host_bank, topk_raw, topk_unfused, MAX_FUSED_K};
+use contrastive_kernels::ops::topk::TopK;
 use contrastive_kernels::{
     bf16, f16, Backend, DType, DeviceMatrix, Error, Exclusion, Float, FloatElement, Gpu, Matrix, RawMatrix, TopKOptions,
 };
@@ -270,7 +271,7 @@ fn exclusion_and_edges<T: FloatElement>(gpu: &Gpu) {
     Reference::new(&q, &small, false, &Exclusion::None).check(&got, 5, tol, &Exclusion::None, "k = nb = 5");
     // Already-normalized rows: raw dot products.
     let unit: Matrix<T> = {
-        let (z, _) = contrastive_kernels::cpu::normalize::l2_normalize(&bank);
+        let (z, _) = contrastive_kernels::ops::normalize::cpu::l2_normalize(&bank);
         z.cast()
     };
     let qn = Matrix::new(50, d, unit.data()[..50 * d].to_vec()).unwrap();

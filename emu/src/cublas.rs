@@ -1,4 +1,4 @@
-//! The cuBLAS calls of the unfused baselines (`ops/contrastive/unfused.rs`, `ops/topk.rs`): handle,
+//! The cuBLAS calls of the unfused baselines (`ops/contrastive/unfused.rs`, `ops/topk/gpu.rs`): handle,
 //! stream, pointer mode and `cublasGemmEx` with f16 / bf16 / f32 inputs, f32 output and 32F compute,
 //! by a plain host GEMM (f64 sums, one rounding to f32). Column-major, as cuBLAS.
 

@@ -5,7 +5,6 @@
 //!
 //! Bad files are an `Err` naming the argument (`path`, `images`, `labels`) and what is wrong.
 
-pub mod augment;
 pub mod cifar10;
 pub mod digits;
 pub mod idx;

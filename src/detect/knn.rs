@@ -13,10 +13,10 @@
 //! a trained encoder and raw pixels scored by it are scored by the same kNN scorer.
 
 use crate::backend::Backend;
-use crate::data::augment::rotated;
 use crate::data::ImageShape;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
+use crate::ops::augment::cpu::rotated;
 use crate::ops::topk::TopKOptions;
 
 /// Anomaly scores -s_(k) of every query row against the bank (both n x d), k in 1..=bank rows.
@@ -70,7 +70,7 @@ pub fn rotation_ensemble_scores(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::augment::rotate;
+    use crate::ops::augment::cpu::rotate;
     use crate::rng::SplitMix64;
 
     fn random_images(n: usize, side: usize, rng: &mut SplitMix64) -> Matrix<f32> {
@@ -112,7 +112,7 @@ mod tests {
             let dot: f64 = a.iter().zip(b).map(|(x, y)| x * y).sum();
             dot / (a.iter().map(|x| x * x).sum::<f64>().sqrt() * b.iter().map(|x| x * x).sum::<f64>().sqrt())
         };
-        for q in 0..queries.rows() {
+        for (q, &got_q) in got.iter().enumerate() {
             let mut want = 0.0;
             for r in 0..4 {
                 let tq = turn(queries.row(q), r);
@@ -120,7 +120,7 @@ mod tests {
                 sims.sort_by(|a, b| b.partial_cmp(a).unwrap());
                 want -= sims[k - 1] / 4.0;
             }
-            assert!((got[q] - want).abs() <= 1e-6, "query {q}: {} vs {want}", got[q]);
+            assert!((got_q - want).abs() <= 1e-6, "query {q}: {got_q} vs {want}");
         }
         // The turns matter for this embedding: the ensemble is not the upright score.
         let upright = knn_scores(&Backend::Cpu, &top_row(&bank).unwrap(), &top_row(&queries).unwrap(), k).unwrap();

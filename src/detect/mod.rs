@@ -5,11 +5,12 @@
 //! [`knn::rotation_ensemble_scores`]) and report AUROC / AUPR / FPR@95 with every other class as
 //! the anomalies. Raw pixels are scored by the same scorer: the baseline the features must beat.
 //!
-//! Backends: [`Backend::Cpu`] runs everything in the f64 oracle (encoder [`crate::cpu::mlp`], loss
-//! [`crate::cpu::contrastive`]); [`Backend::Gpu`] runs the encoder's forward, backward and AdamW
-//! on the GPU kernels (f16 compute, f32 master weights) and the loss forward + backward on the
-//! fused loss kernels (f32 features, through the host API: features down, gradients up; keeping
-//! them on the device is the next step).
+//! Backends, all through the [`Backend`] ([`Backend::mlp`], [`Backend::contrastive_loss_and_gradient`],
+//! [`Backend::kmeans`], [`Backend::topk`]): [`Backend::Cpu`] runs everything in the f64 oracle
+//! (encoder [`crate::ops::mlp::cpu`], loss [`crate::ops::contrastive::cpu`]); [`Backend::Gpu`]
+//! runs the encoder's forward, backward and AdamW on the GPU kernels (f16 compute, f32 master
+//! weights) and the loss forward + backward on the fused loss kernels (f32 features, through the
+//! host API: features down, gradients up; keeping them on the device is the next step).
 //!
 //! The batch of one step, for B normal images (row blocks in this order):
 //! `view 1 (B) | view 2 (B) | rotated view 1 (B) | rotated view 2 (B)`, the rotated blocks only for
@@ -22,18 +23,15 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
-use crate::backend::Backend;
-use crate::cpu;
-use crate::cpu::mlp::AdamState;
-use crate::data::augment::{rotated, Augment};
+use crate::backend::{Backend, MlpTrainer};
 use crate::data::{shuffle, Dataset, ImageShape};
 use crate::error::{Error, Result};
-use crate::f16;
-use crate::gpu::DeviceMatrix;
 use crate::matrix::Matrix;
+use crate::ops::augment::cpu::rotated;
+use crate::ops::augment::Augment;
 use crate::ops::contrastive::{ContrastiveLoss, LossInputs, PrototypeColumns, RowRole};
 use crate::ops::kmeans::KMeansOptions;
-use crate::ops::mlp::{AdamW, GpuMlp, MlpConfig, MlpParams};
+use crate::ops::mlp::{AdamW, MlpConfig};
 use crate::rng::SplitMix64;
 
 /// Clusters of the cluster-aware loss (at most the batch size).
@@ -274,31 +272,20 @@ pub struct StepInfo {
     pub rows: usize,
 }
 
-/// The encoder under training, on either backend.
-pub enum Encoder {
-    Cpu {
-        params: MlpParams<f32>,
-        state: AdamState,
-    },
-    /// f16 compute on the GPU (the kernels' first-class dtype; bf16 works the same way).
-    Gpu(Box<GpuMlp<f16>>),
+/// The encoder under training: an [`MlpTrainer`] of the detector's backend (f64 oracle on the
+/// CPU; f16 compute, f32 master weights on the GPU).
+pub struct Encoder {
+    mlp: MlpTrainer,
 }
 
 impl Encoder {
     /// A freshly initialised encoder (He-uniform from `seed`) on `backend`.
     pub fn new(backend: &Backend, config: &MlpConfig, seed: u64) -> Result<Self> {
-        let params = MlpParams::<f32>::init(config, seed)?;
-        Ok(match backend {
-            Backend::Cpu => Encoder::Cpu { state: AdamState::new(&params), params },
-            Backend::Gpu(gpu) => Encoder::Gpu(Box::new(GpuMlp::new(gpu, &params)?)),
-        })
+        Ok(Encoder { mlp: backend.mlp(config, seed)? })
     }
 
     pub fn config(&self) -> &MlpConfig {
-        match self {
-            Encoder::Cpu { params, .. } => &params.config,
-            Encoder::Gpu(mlp) => mlp.config(),
-        }
+        self.mlp.config()
     }
 
     /// One step: forward, `loss` (value and gradient with respect to the MLP's output), backward,
@@ -309,25 +296,7 @@ impl Encoder {
         hp: &AdamW,
         loss: impl FnOnce(&Matrix<f64>) -> Result<(f64, Matrix<f64>)>,
     ) -> Result<f64> {
-        match self {
-            Encoder::Cpu { params, state } => {
-                let fwd = cpu::mlp::forward(params, x)?;
-                let (value, d_out) = loss(fwd.output())?;
-                let grads = cpu::mlp::backward(params, &fwd, &d_out)?;
-                cpu::mlp::adamw_step(params, &grads, state, hp)?;
-                Ok(value)
-            }
-            Encoder::Gpu(mlp) => {
-                let gpu = mlp.gpu().clone();
-                let xd = DeviceMatrix::upload(&gpu, &x.cast::<f16>())?;
-                let outputs = mlp.forward(&xd)?;
-                let z = outputs.last().expect("at least one layer").download(&gpu)?.cast::<f64>();
-                let (value, d_out) = loss(&z)?;
-                mlp.backward(&xd, &outputs, &DeviceMatrix::upload(&gpu, &d_out.cast::<f16>())?)?;
-                mlp.adamw_step(hp)?;
-                Ok(value)
-            }
-        }
+        self.mlp.train_step(x, hp, loss)
     }
 
     /// The feature layer's output for `images` (no augmentation).
@@ -337,17 +306,7 @@ impl Encoder {
 
     /// Layer `layer`'s output (1..=L) for `images`.
     pub fn layer_output(&self, images: &Matrix<f32>, layer: usize) -> Result<Matrix<f32>> {
-        if !(1..=self.config().layers()).contains(&layer) {
-            return Err(Error::invalid("layer", format!("must be in 1..={}, got {layer}", self.config().layers())));
-        }
-        match self {
-            Encoder::Cpu { params, .. } => Ok(cpu::mlp::forward(params, images)?.layer(layer).cast()),
-            Encoder::Gpu(mlp) => {
-                let gpu = mlp.gpu().clone();
-                let outputs = mlp.forward(&DeviceMatrix::upload(&gpu, &images.cast::<f16>())?)?;
-                Ok(outputs[layer - 1].download(&gpu)?.cast())
-            }
-        }
+        self.mlp.layer_output(images, layer)
     }
 }
 
@@ -404,21 +363,7 @@ pub fn batch_loss(
     inputs.label = label.as_deref();
     inputs.role = role.as_deref();
     inputs.prototypes = clusters.as_ref().map(|(centers, ids)| PrototypeColumns { centers, proto_of: ids });
-    if let Backend::Gpu(_) = backend {
-        let z32: Matrix<f32> = z.cast();
-        let centers32: Option<Matrix<f32>> = clusters.as_ref().map(|(c, _)| c.cast());
-        let prototypes = match (&centers32, &clusters) {
-            (Some(centers), Some((_, ids))) => Some(PrototypeColumns { centers, proto_of: ids }),
-            _ => None,
-        };
-        let inputs32 = LossInputs { label: inputs.label, role: inputs.role, prototypes, ..LossInputs::new(&z32, &instance) };
-        let (out, context) = loss.forward(backend, &inputs32)?;
-        let grads = loss.backward(backend, &inputs32, context, &[1.0])?;
-        return Ok((out.loss as f64, grads.features.cast()));
-    }
-    let value = cpu::contrastive::forward(&loss, &inputs)?.loss;
-    let grads = cpu::contrastive::backward(&loss, &inputs, &[1.0])?;
-    Ok((value, grads.features))
+    backend.contrastive_loss_and_gradient(&loss, &inputs)
 }
 
 /// Trains an encoder on the images of one normal class (`normal`, rows of `shape`).
@@ -645,7 +590,7 @@ mod tests {
         let (value, grad) = batch_loss(&Backend::Cpu, &cfg, &z, b, &[]).unwrap();
         assert_eq!((grad.rows(), grad.cols()), (2 * b, 3));
         let view1 = Matrix::from_fn(b, 3, |i, j| *z.get(i, j) as f32);
-        let km = cpu::kmeans::kmeans(&view1, &KMeansOptions::new(CLUSTER_AWARE_CLUSTERS).seed(b as u64)).unwrap();
+        let km = crate::ops::kmeans::cpu::kmeans(&view1, &KMeansOptions::new(CLUSTER_AWARE_CLUSTERS).seed(b as u64)).unwrap();
         let ids = [km.assignment.clone(), km.assignment.clone()].concat();
         let centers = km.centroids.cast::<f64>();
         let instance: Vec<i32> = (0..2 * b).map(|i| (i % b) as i32).collect();
@@ -654,7 +599,7 @@ mod tests {
             prototypes: Some(PrototypeColumns { centers: &centers, proto_of: &ids }),
             ..LossInputs::new(&z, &instance)
         };
-        let want = cpu::contrastive::forward(&ContrastiveLoss::cluster_aware(0.5), &inputs).unwrap().loss;
+        let want = crate::ops::contrastive::cpu::forward(&ContrastiveLoss::cluster_aware(0.5), &inputs).unwrap().loss;
         assert!((value - want).abs() <= 1e-12 * want.abs().max(1.0), "{value} vs {want}");
         assert!(ids.iter().all(|&c| (0..CLUSTER_AWARE_CLUSTERS as i32).contains(&c)));
     }
@@ -698,7 +643,7 @@ mod tests {
                 // Its labels and prototypes come from k-means: checked by `cluster_aware_batch`.
                 LossKind::ClusterAware => continue,
             }
-            let want = cpu::contrastive::forward(&loss, &inputs).unwrap().loss;
+            let want = crate::ops::contrastive::cpu::forward(&loss, &inputs).unwrap().loss;
             assert_eq!(value, want, "{kind:?}");
         }
         let cfg = DetectorConfig::digits(LossKind::Firm);

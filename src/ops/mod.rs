@@ -1,13 +1,17 @@
-//! The public operations, one module per kernel file (`kernels/<name>.cu`).
+//! The public operations, one folder per kernel file (`kernels/<name>.cu`):
 //!
-//! Each op has three entry points:
-//! * a safe one on [`crate::DeviceMatrix`] that runs on the [`crate::Gpu`]'s default stream;
-//! * an `unsafe` `*_raw` one on [`crate::RawMatrix`] (caller-owned device pointers) and any
-//!   stream (see [`crate::Gpu::borrow_stream`]), for frameworks that own their memory;
-//! * the host-matrix form in [`crate::Backend`], on the GPU or the CPU oracle.
+//! * `ops/<op>/mod.rs`: the op's options, result types and `check*` functions, shared by both
+//!   backends;
+//! * `ops/<op>/gpu.rs`: the launches: a safe entry point on [`crate::DeviceMatrix`] that runs on
+//!   the [`crate::Gpu`]'s default stream, and an `unsafe` `*_raw` one on [`crate::RawMatrix`]
+//!   (caller-owned device pointers) and any stream (see [`crate::Gpu::borrow_stream`]), for
+//!   frameworks that own their memory; `contrastive/unfused.rs` is the unfused GPU baseline;
+//! * `ops/<op>/cpu.rs`: the oracle in plain Rust (f64 accumulation); it imports the op's
+//!   `mod.rs`, never its `gpu.rs`.
 //!
-//! All of them validate with the same `check_*` functions, so bad input gets the same `Err`
-//! whichever backend runs.
+//! [`crate::Backend`] is the host-matrix form of every op, on the GPU or the CPU oracle. All of
+//! them validate with the same `check*` functions, so bad input gets the same `Err` whichever
+//! backend runs.
 
 pub mod augment;
 pub mod contrastive;

@@ -3,9 +3,8 @@
 //! upload of host inputs to the device-buffer API.
 
 use contrastive_kernels::cudarc::driver::CudaSlice;
-use contrastive_kernels::ops::contrastive::{
-    ContrastiveLoss, DeviceLossBuffers, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, RowRole,
-};
+use contrastive_kernels::ops::contrastive::gpu::DeviceLossBuffers;
+use contrastive_kernels::ops::contrastive::{ContrastiveLoss, EmptyPositives, KeyRows, LossInputs, PrototypeColumns, RowRole};
 use contrastive_kernels::{FloatElement, Gpu, Matrix};
 
 use super::{on_emulator, random_matrix};

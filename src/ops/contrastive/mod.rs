@@ -2,15 +2,16 @@
 //! geometries, optional prototypes) from which NT-Xent / InfoNCE, SupCon, FIRM (both forms), OECL,
 //! outlier-exposure negatives and the cluster-aware loss are thin configurations.
 //!
-//! Entry points: [`ContrastiveLoss::forward`] / [`ContrastiveLoss::backward`] on host matrices and a
-//! [`crate::Backend`] (the fused GPU kernels or the f64 oracle [`crate::cpu::contrastive`]), and
-//! [`forward_device`] / [`backward_device`] on device buffers (the fused kernels of
-//! `kernels/contrastive.cu`; memory beyond the inputs and gradients is O(n d), never O(n^2)).
+//! Entry points: [`crate::Backend::contrastive_forward`] / [`crate::Backend::contrastive_backward`]
+//! on host matrices (the fused GPU kernels or the f64 oracle [`cpu`]), and [`gpu::forward`] /
+//! [`gpu::backward`] on device buffers (the fused kernels of `kernels/contrastive.cu`; memory
+//! beyond the inputs and gradients is O(n d), never O(n^2)); [`unfused`] is the baseline that
+//! materializes the similarity matrix.
 //!
 //! Per anchor i (logits s_ij = <u_i, u_j> / tau on unit rows):
 //!   L_i = scale * ( LSE_{j in A(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip )
-//! * P(i): columns j (j != i in the self geometry) with instance[j] == instance[i], or
-//!   label[i] >= 0 and label[j] == label[i]; plus the prototype proto_of[i] when >= 0.
+//! * P(i): columns j (j != i in the self geometry) with `instance[j] == instance[i]`, or
+//!   `label[i] >= 0` and `label[j] == label[i]`; plus the prototype `proto_of[i]` when >= 0.
 //! * A(i): every column but i (self) or every key (pairwise), plus every prototype.
 //! * Roles: `Anchor` rows are anchors and columns; `NegativeOnly` rows are columns only (they enter
 //!   the others' denominators, and their positive sets by the id rule); `NormPenaltyOnly` rows are
@@ -20,16 +21,9 @@
 //!   included in the count under `EmptyPositives::Zero` (SupContrast after its PR #142); `Sum`;
 //!   `PerAnchor` returns every L_i (0 for non-anchors) and takes one upstream gradient per row.
 
-mod fused;
-mod host;
+pub mod cpu;
+pub mod gpu;
 pub mod unfused;
-
-pub use fused::{
-    backward as backward_device, backward_raw, extra_bytes as fused_extra_bytes, forward as forward_device, forward_raw, DeviceForward,
-    DeviceGradients, DeviceKeyRows, DeviceLossInputs, DevicePrototypeColumns, FusedBytes, RawForwardOutputs, RawGradOutputs, RawLossInputs,
-    RawUpstream, SavedForward, Upstream,
-};
-pub use host::{DeviceLossBuffers, Gradients, LossContext};
 
 use crate::dtype::Float;
 use crate::error::{Error, Result};
@@ -322,8 +316,18 @@ pub struct ForwardResult {
     pub positives: Vec<i32>,
 }
 
+/// Gradients with respect to the raw inputs, in their dtype (what
+/// [`crate::Backend::contrastive_backward`] returns).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Gradients<T> {
+    pub features: Matrix<T>,
+    /// Pairwise geometry: the keys' gradient.
+    pub keys: Option<Matrix<T>>,
+    pub prototypes: Option<Matrix<T>>,
+}
+
 /// The `EmptyPositives::Error` failure, shared by every backend.
-pub fn empty_positive_error(row: usize) -> Error {
+pub(crate) fn empty_positive_error(row: usize) -> Error {
     Error::invalid(
         "instance",
         format!("row {row} has no positive: no other row shares its instance (or label) id; use EmptyPositives::Zero to let such anchors contribute 0"),

@@ -1,7 +1,7 @@
 //! The unfused GPU path: what PyTorch does (F.normalize, a GEMM writing the whole logit matrix,
 //! masked log-softmax, autograd through the materialized matrix). It is the honest baseline of
 //! `benches/losses.rs` and a second GPU oracle for the fused kernels; it computes the same
-//! quantities as [`super::forward_device`] / [`super::backward_device`] (same masks, same reduction
+//! quantities as [`super::gpu::forward`] / [`super::gpu::backward`] (same masks, same reduction
 //! kernels, same saved LSE and |P(i)|), over the same [`DeviceLossInputs`].
 //!
 //! Forward: `l2_normalize` (unit rows in T) -> cuBLAS GEMM S = U_rows [U_cols; C]^T / tau
@@ -25,10 +25,11 @@ use std::sync::{Mutex, OnceLock};
 use cudarc::cublas::{result::gemm_ex, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig};
 
-use super::fused::{
+use super::gpu::{
     check_device_inputs, opt_ptr, ptr, rows_config, upstream_on_device, CHECK_NAMES, ROW_KERNEL_THREADS, SINGLE_BLOCK_THREADS,
 };
-use super::{empty_positive_error, ContrastiveLoss, DeviceGradients, DeviceLossInputs, EmptyPositives, Geometry, Reduction, Upstream};
+use super::gpu::{DeviceGradients, DeviceLossInputs, Upstream};
+use super::{empty_positive_error, ContrastiveLoss, EmptyPositives, Geometry, Reduction};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
@@ -37,7 +38,7 @@ const MODULE: &str = "contrastive_unfused";
 
 // Kernels of kernels/contrastive.cu this path shares with the fused one (contrastive_check_inputs,
 // contrastive_reduce, contrastive_backward_prepare, contrastive_norm_penalty_backward_*), launched
-// with fused.rs's constants and helpers so that their parameter lists change in one place.
+// with gpu.rs's constants and helpers so that their parameter lists change in one place.
 const CONTRASTIVE_MODULE: &str = "contrastive";
 
 fn raw<T: FloatElement>(m: &DeviceMatrix<T>, stream: &CudaStream) -> RawMatrix {
@@ -95,7 +96,7 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
     UnfusedBytes { forward, backward }
 }
 
-/// The forward's result on the device (the twin of [`super::DeviceForward`]).
+/// The forward's result on the device (the twin of [`super::gpu::DeviceForward`]).
 pub struct UnfusedForward<T> {
     /// The reduced loss, downloaded (the input checks are read back anyway).
     pub loss: f32,
@@ -140,9 +141,8 @@ fn with_blas<R>(gpu: &Gpu, f: impl FnOnce(&CudaBlas) -> Result<R>) -> Result<R> 
     static HANDLES: OnceLock<Mutex<HashMap<usize, CudaBlas>>> = OnceLock::new();
     let mut handles = HANDLES.get_or_init(Default::default).lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let key = gpu.context().cu_ctx() as usize;
-    if !handles.contains_key(&key) {
-        let blas = CudaBlas::new(gpu.stream().clone()).map_err(blas_error("cublasCreate"))?;
-        handles.insert(key, blas);
+    if let std::collections::hash_map::Entry::Vacant(slot) = handles.entry(key) {
+        slot.insert(CudaBlas::new(gpu.stream().clone()).map_err(blas_error("cublasCreate"))?);
     }
     f(&handles[&key])
 }
@@ -216,7 +216,7 @@ fn check_fits(gpu: &Gpu, need: usize, n: usize, m: usize, what: &str) -> Result<
         return Err(Error::invalid(
             "features",
             format!(
-                "the unfused {what} materializes the {n} x {m} logit matrix and needs {:.0} MiB of device memory (+{:.0} MiB headroom); {:.0} MiB of {:.0} MiB are free. Use the fused path (forward_device / backward_device), whose memory is O(n d)",
+                "the unfused {what} materializes the {n} x {m} logit matrix and needs {:.0} MiB of device memory (+{:.0} MiB headroom); {:.0} MiB of {:.0} MiB are free. Use the fused path (ops::contrastive::gpu::forward / backward), whose memory is O(n d)",
                 mib(need),
                 mib(HEADROOM_BYTES),
                 mib(free),
@@ -244,11 +244,11 @@ fn normalize<T: FloatElement>(gpu: &Gpu, m: RawMatrix, tally: &mut usize) -> Res
     let norms = alloc::<f32>(gpu, m.rows, tally)?;
     let u_raw = RawMatrix::new(ptr(&u, stream), m.rows, m.cols, T::DTYPE);
     // SAFETY: `m` is a live matrix of the inputs; `u` and `norms` were sized for it just above.
-    unsafe { super::super::normalize::l2_normalize_raw(gpu, stream, m, Some(u_raw), Some(ptr(&norms, stream)))? };
+    unsafe { crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, m, Some(u_raw), Some(ptr(&norms, stream)))? };
     Ok((u, norms))
 }
 
-/// The unfused forward on the GPU's default stream: same results as [`super::forward_device`].
+/// The unfused forward on the GPU's default stream: same results as [`super::gpu::forward`].
 pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<UnfusedForward<T>> {
     check_device_inputs(loss, inputs)?;
     let stream = gpu.stream();
@@ -429,7 +429,7 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
     })
 }
 
-/// The unfused backward: same gradients as [`super::backward_device`], in the input dtype.
+/// The unfused backward: same gradients as [`super::gpu::backward`], in the input dtype.
 pub fn backward<T: FloatElement>(
     gpu: &Gpu,
     loss: &ContrastiveLoss,
@@ -620,7 +620,7 @@ pub fn backward_measured<T: FloatElement>(
         let dz = RawMatrix::new(ptr(du, stream), m.rows, m.cols, DType::F32);
         let dx_raw = RawMatrix::new(ptr(dx.slice_mut(), stream), m.rows, m.cols, T::DTYPE);
         // SAFETY: x, dz and dx are live m.rows x m.cols matrices of their dtypes.
-        unsafe { super::super::normalize::l2_normalize_backward_raw(gpu, stream, m, dz, dx_raw)? };
+        unsafe { crate::ops::normalize::gpu::l2_normalize_backward_raw(gpu, stream, m, dz, dx_raw)? };
         Ok(dx)
     };
     let mut features = to_dx(x, &du_rows)?;

@@ -1,13 +1,13 @@
-//! Oracle of the encoder ([`crate::ops::mlp`]): linear layers with the ReLU epilogue, their
+//! Oracle of the encoder ([`super`]): linear layers with the ReLU epilogue, their
 //! backward (dX, dW, db) and AdamW, in f64. Each kernel of `kernels/mlp.cu` has its function
 //! here (`linear_forward`, `linear_backward_data`, `linear_backward_weight`, `column_sums`,
 //! `adamw_update`); `forward` / `backward` / `adamw_step` compose them into the MLP, and are also
 //! the CPU backend's training step.
 
+use super::{check_input, AdamW, Linear, MlpParams};
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
-use crate::ops::mlp::{check_input, AdamW, Linear, MlpParams};
 
 /// Every layer's output of one forward pass (what the backward needs).
 #[derive(Clone, Debug, PartialEq)]
@@ -155,7 +155,7 @@ pub fn forward<T: Float, P: Float>(params: &MlpParams<P>, x: &Matrix<T>) -> Resu
 }
 
 /// Gradients of a scalar whose gradient with respect to the MLP's output is `d_output`
-/// (batch x output), through every layer: ReLU' is taken as [y > 0] (torch's convention at 0).
+/// (batch x output), through every layer: ReLU' is taken as `[y > 0]` (torch's convention at 0).
 pub fn backward<P: Float>(params: &MlpParams<P>, fwd: &MlpForward, d_output: &Matrix<f64>) -> Result<MlpGradients> {
     params.validate()?;
     let batch = fwd.input.rows();

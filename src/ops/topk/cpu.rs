@@ -6,31 +6,11 @@
 //! number of finite rows, and a query holding a NaN gets NaN similarities to bank rows 0, 1, ...
 //! With an exclusion, the excluded bank row is not a candidate at all.
 
-use super::norm_denominator;
-use super::normalize::row_norms;
+use super::{check, Exclusion, TopK, TopKOptions};
 use crate::dtype::Float;
 use crate::error::Result;
 use crate::matrix::Matrix;
-use crate::ops::topk::{check, Exclusion, TopKOptions};
-
-/// The k nearest bank rows of each query: `values[i * k + j]` is the j-th largest similarity of
-/// query i and `indices[i * k + j]` its bank row, in the order of the module docs.
-#[derive(Clone, Debug, PartialEq)]
-pub struct TopK<V> {
-    pub rows: usize,
-    pub k: usize,
-    pub values: Vec<V>,
-    pub indices: Vec<i32>,
-}
-
-impl<V: Copy> TopK<V> {
-    pub fn row_values(&self, i: usize) -> &[V] {
-        &self.values[i * self.k..(i + 1) * self.k]
-    }
-    pub fn row_indices(&self, i: usize) -> &[i32] {
-        &self.indices[i * self.k..(i + 1) * self.k]
-    }
-}
+use crate::ops::normalize::{cpu::row_norms, norm_denominator};
 
 /// The result order on f64 similarities: `Less` when (a, ia) comes first.
 pub fn result_order(a: f64, ia: usize, b: f64, ib: usize) -> std::cmp::Ordering {
@@ -45,12 +25,14 @@ pub fn result_order(a: f64, ia: usize, b: f64, ib: usize) -> std::cmp::Ordering 
 
 /// The kernels' 64-bit key of (similarity, index): its unsigned order is the result order
 /// (larger first), see kernels/common/select.cuh. Key 0 is the "empty" sentinel.
-pub fn select_key(value: f32, index: i32) -> u64 {
+#[cfg(test)]
+pub(crate) fn select_key(value: f32, index: i32) -> u64 {
     ((order_bits(value) as u64) << 32) | (!(index as u32)) as u64
 }
 
 /// The order-preserving bit pattern of a float: NaN -> 0, -0 -> +0.
-pub fn order_bits(v: f32) -> u32 {
+#[cfg(test)]
+pub(crate) fn order_bits(v: f32) -> u32 {
     if v.is_nan() {
         return 0;
     }
@@ -66,7 +48,8 @@ pub fn order_bits(v: f32) -> u32 {
 }
 
 /// The (similarity, index) of a key; the sentinel 0 decodes to (NaN, -1).
-pub fn decode_key(key: u64) -> (f32, i32) {
+#[cfg(test)]
+pub(crate) fn decode_key(key: u64) -> (f32, i32) {
     let o = (key >> 32) as u32;
     let value = if o == 0 {
         f32::NAN

@@ -1,16 +1,4 @@
-//! `topk`: for queries Q (nq x d) and a bank B (nb x d), the k largest cosine similarities of
-//! each query and their bank indices, sorted, ties to the smaller index, NaN similarities last
-//! (the order of [`crate::cpu::topk`], the oracle). Kernels: `kernels/topk.cu` (its header explains
-//! the selection); the nq x nb similarity matrix is never written.
-//!
-//! * k <= 1024: one fused sweep (tile core + threshold filter + per-query pools), then a merge.
-//! * k > 1024 (up to the bank's rows): multi-pass radix select over recomputed tiles, about 3 - 5
-//!   GEMM-equivalents, with one small device-to-host read per pass (the stream is synchronized).
-//! * Banks on the device ([`topk`], [`topk_raw`]) or in host memory, streamed in chunks through
-//!   pinned buffers on a second stream while the previous chunk computes ([`topk_host_bank`]);
-//!   per-chunk results are merged exactly, so the result is bit for bit the unchunked one.
-//! * f16 / bf16: tensor cores; f32: exact FFMA. Any d; `normalized` skips the norm prologue.
-//! * [`topk_unfused`]: the baseline (cuBLAS GEMM writing similarity blocks, then a plain top-k).
+//! The GPU launches of `topk` (`kernels/topk.cu`; its header explains the selection).
 
 use std::ffi::c_void;
 use std::sync::Arc;
@@ -19,91 +7,12 @@ use cudarc::cublas::{result::gemm_ex, sys as blas_sys, CudaBlas};
 use cudarc::driver::sys::{CUdevice_attribute, CUdeviceptr, CUfunction_attribute};
 use cudarc::driver::{result as driver, CudaSlice, CudaStream, DevicePtr, DevicePtrMut, LaunchConfig};
 
-use super::{check_features, check_float};
-use crate::cpu::topk::TopK;
+use super::{check, Exclusion, TopK, TopKOptions};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
 use crate::matrix::Matrix;
-
-/// Bank rows a query must not return (leave-one-out scoring of the bank's own rows).
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum Exclusion {
-    #[default]
-    None,
-    /// Query i is bank row `i + offset`, which it skips.
-    Diagonal { offset: usize },
-    /// Query i skips bank row `v[i]` (-1: nothing), one entry per query.
-    Indices(Vec<i32>),
-}
-
-/// Parameters of [`topk`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TopKOptions {
-    /// Neighbours per query, 1 ..= the bank's usable rows.
-    pub k: usize,
-    /// The rows are already unit vectors: use raw dot products (no norm prologue).
-    pub normalized: bool,
-    pub exclude: Exclusion,
-}
-
-impl TopKOptions {
-    pub fn new(k: usize) -> Self {
-        TopKOptions { k, normalized: false, exclude: Exclusion::None }
-    }
-    pub fn normalized(mut self, yes: bool) -> Self {
-        self.normalized = yes;
-        self
-    }
-    /// Query i is bank row i (the queries are the bank): skip it.
-    pub fn exclude_self(mut self) -> Self {
-        self.exclude = Exclusion::Diagonal { offset: 0 };
-        self
-    }
-    pub fn exclude(mut self, exclude: Exclusion) -> Self {
-        self.exclude = exclude;
-        self
-    }
-}
-
-/// Validation shared by every backend.
-pub fn check(queries: (usize, usize), bank: (usize, usize), opts: &TopKOptions) -> Result<()> {
-    check_features("queries", queries.0, queries.1)?;
-    check_features("bank", bank.0, bank.1)?;
-    if bank.1 != queries.1 {
-        return Err(Error::shape("bank", format!("{} columns (the d of queries)", queries.1), format!("{} x {}", bank.0, bank.1)));
-    }
-    let (nq, nb) = (queries.0, bank.0);
-    match &opts.exclude {
-        Exclusion::None => {}
-        Exclusion::Diagonal { offset } => {
-            if nq > 0 && offset + nq > nb {
-                return Err(Error::invalid(
-                    "exclude",
-                    format!("query i is bank row i + {offset}, so the bank needs {} rows, it has {nb}", offset + nq),
-                ));
-            }
-        }
-        Exclusion::Indices(v) => {
-            if v.len() != nq {
-                return Err(Error::shape("exclude", format!("{nq} indices (one per query)"), format!("{}", v.len())));
-            }
-            if let Some((i, &e)) = v.iter().enumerate().find(|(_, &e)| e < -1 || e as i64 >= nb as i64) {
-                return Err(Error::invalid("exclude", format!("entry {i} is {e}, expected -1 or a bank row in 0..{nb}")));
-            }
-        }
-    }
-    let excluding = opts.exclude != Exclusion::None;
-    let usable = nb - excluding as usize;
-    if opts.k == 0 {
-        return Err(Error::invalid("k", "must be at least 1"));
-    }
-    if opts.k > usable {
-        let why = if excluding { format!("the bank's {nb} rows minus the excluded one") } else { format!("the bank's {nb} rows") };
-        return Err(Error::invalid("k", format!("must be at most {usable} ({why}), got {}", opts.k)));
-    }
-    Ok(())
-}
+use crate::ops::check_float;
 
 // ------------------------------------------------------------------------------------------------
 // Mirrors of kernels/topk.cu.
@@ -132,7 +41,7 @@ const POOL_BUDGET_BYTES: usize = 512 << 20;
 const MAX_SLICES: usize = 64;
 
 /// Capacity of a query's pool: k kept keys plus room for at least two tile rows of survivors.
-pub fn pool_capacity(k: usize) -> usize {
+pub(crate) fn pool_capacity(k: usize) -> usize {
     k + k.max(256)
 }
 
@@ -255,6 +164,7 @@ fn check_raw(queries: RawMatrix, bank: RawMatrix, values: CUdeviceptr, indices: 
 ///
 /// # Safety
 /// As [`topk_raw`]; `bias` holds bank.rows f32.
+#[allow(clippy::too_many_arguments)] // until the launches take one parameter struct (issue 12)
 pub(crate) unsafe fn top1_biased_raw(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,
@@ -329,7 +239,7 @@ impl BankSource for DeviceBank {
                 let mut n = unsafe { stream.alloc::<f32>(self.bank.rows.max(1)) }.during("bank norm scratch")?;
                 let p = n.device_ptr_mut(stream).0;
                 // SAFETY: the bank is valid per the caller's contract; p holds bank.rows floats.
-                unsafe { super::normalize::l2_normalize_raw(gpu, stream, self.bank, None, Some(p))? };
+                unsafe { crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, self.bank, None, Some(p))? };
                 self.norms = Some(n);
             }
             self.norms.as_ref().map(|n| n.device_ptr(stream).0).unwrap_or(0)
@@ -431,7 +341,7 @@ impl<T: FloatElement> BankSource for HostBank<'_, T> {
             } else {
                 let p = self.norms[b].device_ptr_mut(stream).0;
                 // SAFETY: x is the chunk just copied; p holds chunk_rows floats.
-                unsafe { super::normalize::l2_normalize_raw(gpu, stream, x, None, Some(p))? };
+                unsafe { crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, x, None, Some(p))? };
                 p
             };
             f(Chunk { x, norms, base: start, last: c + 1 == chunks })?;
@@ -517,7 +427,7 @@ unsafe fn run(
     } else {
         let mut n = stream.alloc::<f32>(nq).during("query norm scratch")?;
         let p = n.device_ptr_mut(stream).0;
-        super::normalize::l2_normalize_raw(gpu, stream, q, None, Some(p))?;
+        crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, q, None, Some(p))?;
         Some(n)
     };
     let (exclude_dev, diag_offset) = match &opts.exclude {
@@ -742,8 +652,8 @@ pub fn topk_unfused<T: FloatElement>(
         let p = norms.device_ptr_mut(stream).0;
         // SAFETY: live allocations of the described shapes.
         unsafe {
-            super::normalize::l2_normalize_raw(gpu, stream, q, None, Some(p))?;
-            super::normalize::l2_normalize_raw(gpu, stream, b, None, Some(p + 4 * nq as u64))?;
+            crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, q, None, Some(p))?;
+            crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, b, None, Some(p + 4 * nq as u64))?;
         }
         (p, p + 4 * nq as u64)
     };

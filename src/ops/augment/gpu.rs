@@ -1,12 +1,12 @@
 //! Views and rotated outliers of small images on the GPU (`kernels/augment.cu`), the twins of
-//! [`crate::data::augment`]: the per-view draws come from the caller's generator on the host
+//! [`super::cpu`]: the per-view draws come from the caller's generator on the host
 //! ([`Augment::draw`]), the pixels are computed on the device, and the CPU oracle
 //! ([`Augment::views_seeded`]) gives the same images for the same generator (noise to within f32
 //! rounding of the same double-precision Box-Muller).
 
 use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 
-use crate::data::augment::{check_image_rows, Augment, ViewDraw};
+use super::{check_image_rows, Augment, ViewDraw};
 use crate::data::ImageShape;
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu};

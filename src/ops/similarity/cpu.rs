@@ -1,10 +1,9 @@
 //! Oracle of `similarity`: S = scale * normalize(A) normalize(B)^T, optional diagonal fill.
 
-use super::norm_denominator;
-use super::normalize::row_norms;
+use super::SimilarityOptions;
 use crate::dtype::Float;
 use crate::matrix::Matrix;
-use crate::ops::similarity::SimilarityOptions;
+use crate::ops::normalize::{cpu::row_norms, norm_denominator};
 
 /// S (m x n) in f64, computed as the kernels define it: scale * <a_i, b_j> / (max(|a_i|, eps) max(|b_j|, eps)).
 pub fn similarity<T: Float>(a: &Matrix<T>, b: &Matrix<T>, opts: &SimilarityOptions) -> Matrix<f64> {

@@ -2,12 +2,11 @@
 //! clusters: the host code is shared), with f64 similarities and means; centroids are rounded
 //! to the input dtype after each update, as the GPU stores them.
 
-use super::norm_denominator;
-use super::normalize::row_norms;
+use super::{check, check_finite_norms, distance2, next_seed, segments, KMeans, KMeansMetric, KMeansOptions};
 use crate::dtype::Float;
 use crate::error::Result;
 use crate::matrix::Matrix;
-use crate::ops::kmeans::{check, check_finite_norms, distance2, next_seed, segments, KMeans, KMeansMetric, KMeansOptions};
+use crate::ops::normalize::{cpu::row_norms, norm_denominator};
 use crate::rng::SplitMix64;
 
 /// Similarity of row i of x to centroid c: cosine (spherical) or <x, c> - |c|^2 / 2 (euclidean).
@@ -27,7 +26,7 @@ fn assign<T: Float>(metric: KMeansMetric, x: &Matrix<T>, norms: &[f64], centroid
             let mut best = (f64::NAN, -1i32);
             for c in 0..centroids.rows() {
                 let s = similarity(metric, x.row(i), norms[i], centroids.row(c));
-                if best.1 < 0 || crate::cpu::topk::result_order(s, c, best.0, best.1 as usize) == std::cmp::Ordering::Less {
+                if best.1 < 0 || crate::ops::topk::cpu::result_order(s, c, best.0, best.1 as usize) == std::cmp::Ordering::Less {
                     best = (s, c as i32);
                 }
             }

@@ -5,8 +5,10 @@
 //! lanes with an equal value, shfl_down reads the value before the exchange); atomics' order is
 //! modelled by shuffling the order in which threads insert.
 #![cfg(test)]
+// The loops index like the kernels' threads do (r, c, lane), which is the point of the model.
+#![allow(clippy::needless_range_loop)]
 
-use super::topk::{decode_key, select_key};
+use super::cpu::{decode_key, select_key};
 use crate::rng::SplitMix64;
 
 const LANES: usize = 32;

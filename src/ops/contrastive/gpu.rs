@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
-use super::{empty_positive_error, ContrastiveLoss, Geometry, Reduction};
+use super::{empty_positive_error, ContrastiveLoss, Geometry, LossInputs, Reduction};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
@@ -42,7 +42,7 @@ pub struct DeviceLossInputs<'a, T> {
     pub features: &'a DeviceMatrix<T>,
     pub instance: &'a CudaSlice<i32>,
     pub label: Option<&'a CudaSlice<i32>>,
-    /// [`RowRole`] as u8 (0 anchor, 1 negative-only, 2 norm-penalty-only).
+    /// [`super::RowRole`] as u8 (0 anchor, 1 negative-only, 2 norm-penalty-only).
     pub role: Option<&'a CudaSlice<u8>>,
     pub weight: Option<&'a CudaSlice<f32>>,
     pub keys: Option<DeviceKeyRows<'a, T>>,
@@ -121,11 +121,11 @@ pub(super) fn check_slice<E>(arg: &'static str, s: &CudaSlice<E>, rows: usize, o
 
 /// Shapes, lengths, dtypes and the geometry; id ranges and finiteness are checked on the device
 /// by the forward (contrastive_check_inputs).
-pub fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<()> {
+pub(crate) fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<()> {
     loss.validate()?;
     let x = inputs.features;
     let (n, d) = (x.rows(), x.cols());
-    super::super::check_features("features", n, d)?;
+    crate::ops::check_features("features", n, d)?;
     check_slice("instance", inputs.instance, n, "feature row")?;
     match (loss.use_labels, inputs.label) {
         (_, Some(l)) => check_slice("label", l, n, "feature row")?,
@@ -151,7 +151,7 @@ pub fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, inputs: &Dev
                     format!("{} x {}", k.features.rows(), k.features.cols()),
                 ));
             }
-            super::super::check_features("keys.features", k.features.rows(), d)?;
+            crate::ops::check_features("keys.features", k.features.rows(), d)?;
             check_slice("keys.instance", k.instance, k.features.rows(), "key row")?;
             match (loss.use_labels, k.label) {
                 (_, Some(l)) => check_slice("keys.label", l, k.features.rows(), "key row")?,
@@ -169,7 +169,7 @@ pub fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, inputs: &Dev
                 format!("{} x {}", p.centers.rows(), p.centers.cols()),
             ));
         }
-        super::super::check_features("prototypes.centers", p.centers.rows(), d)?;
+        crate::ops::check_features("prototypes.centers", p.centers.rows(), d)?;
         check_slice("prototypes.proto_of", p.proto_of, n, "feature row")?;
     }
     Ok(())
@@ -261,10 +261,10 @@ fn check_array(arg: &'static str, p: u64, rows: usize, align: u64, required: boo
 
 /// The checks a raw description allows on the host: dtypes, shapes, geometry, null and misaligned
 /// pointers. Ids and finiteness are checked on the device by the forward.
-pub fn check_raw_inputs(loss: &ContrastiveLoss, r: &RawLossInputs) -> Result<()> {
+pub(crate) fn check_raw_inputs(loss: &ContrastiveLoss, r: &RawLossInputs) -> Result<()> {
     loss.validate()?;
-    super::super::check_float("features", r.dtype)?;
-    super::super::check_features("features", r.n, r.d)?;
+    crate::ops::check_float("features", r.dtype)?;
+    crate::ops::check_features("features", r.n, r.d)?;
     r.features().check_pointer("features")?;
     check_array("instance", r.instance, r.n, 4, true)?;
     if loss.use_labels {
@@ -278,7 +278,7 @@ pub fn check_raw_inputs(loss: &ContrastiveLoss, r: &RawLossInputs) -> Result<()>
             return Err(Error::invalid("keys", "only the pairwise geometry takes keys; the self geometry's columns are its rows"))
         }
         (Geometry::Pairwise, Some(k)) => {
-            super::super::check_features("keys", k.rows, r.d)?;
+            crate::ops::check_features("keys", k.rows, r.d)?;
             k.check_pointer("keys")?;
             check_array("keys.instance", r.key_instance, k.rows, 4, true)?;
             if loss.use_labels {
@@ -288,7 +288,7 @@ pub fn check_raw_inputs(loss: &ContrastiveLoss, r: &RawLossInputs) -> Result<()>
         (Geometry::SelfSimilarity, None) => {}
     }
     if let Some(c) = r.centers() {
-        super::super::check_features("prototypes.centers", c.rows, r.d)?;
+        crate::ops::check_features("prototypes.centers", c.rows, r.d)?;
         c.check_pointer("prototypes.centers")?;
         check_array("prototypes.proto_of", r.proto_of, r.n, 4, true)?;
     }
@@ -336,12 +336,12 @@ pub unsafe fn forward_raw(
     let key_label_p = if loss.use_labels { r.key_label } else { 0 };
     let (n_i, nk_i, nc_i, d_i) =
         (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_keys)?, dim_i32("prototypes.rows", n_centers)?, dim_i32("features.cols", d)?);
-    super::super::normalize::l2_normalize_raw(gpu, stream, r.features(), None, Some(norms_p))?;
+    crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, r.features(), None, Some(norms_p))?;
     if let Some(k) = r.keys() {
-        super::super::normalize::l2_normalize_raw(gpu, stream, k, None, Some(key_norms_p))?;
+        crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, k, None, Some(key_norms_p))?;
     }
     if let Some(c) = r.centers() {
-        super::super::normalize::l2_normalize_raw(gpu, stream, c, None, Some(center_norms_p))?;
+        crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, c, None, Some(center_norms_p))?;
     }
     let pairwise = r.keys().is_some();
     let key_norms_arg = if pairwise { key_norms_p } else { 0 };
@@ -509,6 +509,7 @@ unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> 
 ///
 /// # Safety
 /// As [`forward_raw`]; `lse` and `positives` are the forward's outputs for these inputs.
+#[allow(clippy::too_many_arguments)] // until the launches take one parameter struct (issue 12)
 pub unsafe fn backward_raw(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,
@@ -553,7 +554,7 @@ pub unsafe fn backward_raw(
     // from the same kernel on the same rows (so the same bits).
     let norms_of = |m: RawMatrix| -> Result<CudaSlice<f32>> {
         let norms = alloc_f32(stream, m.rows)?;
-        super::super::normalize::l2_normalize_raw(gpu, stream, m, None, Some(ptr(&norms, stream)))?;
+        crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, m, None, Some(ptr(&norms, stream)))?;
         Ok(norms)
     };
     let norms_rows = norms_of(r.features())?;
@@ -672,7 +673,7 @@ pub unsafe fn backward_raw(
     let to_dx = |m: RawMatrix, du: &CudaSlice<f32>, dx: RawMatrix| -> Result<()> {
         let dz = RawMatrix::new(ptr(du, stream), m.rows, m.cols, DType::F32);
         // SAFETY: x, dz and dx are live m.rows x m.cols matrices of their dtypes.
-        unsafe { super::super::normalize::l2_normalize_backward_raw(gpu, stream, m, dz, dx) }
+        unsafe { crate::ops::normalize::gpu::l2_normalize_backward_raw(gpu, stream, m, dz, dx) }
     };
     to_dx(r.features(), &du_rows, dx)?;
     if loss.norm_penalty > 0.0 && r.role != 0 && n > 0 {
@@ -834,4 +835,64 @@ pub fn backward<T: FloatElement>(
     // The scratch and `saved` are freed stream-ordered, after the kernels that read them.
     drop(saved);
     Ok(DeviceGradients { features, keys, prototypes })
+}
+
+/// Host [`LossInputs`] copied to the device and owned; [`Self::view`] is their
+/// [`DeviceLossInputs`].
+pub struct DeviceLossBuffers<T> {
+    features: DeviceMatrix<T>,
+    instance: CudaSlice<i32>,
+    label: Option<CudaSlice<i32>>,
+    role: Option<CudaSlice<u8>>,
+    weight: Option<CudaSlice<f32>>,
+    keys: Option<DeviceKeys<T>>,
+    prototypes: Option<(DeviceMatrix<T>, CudaSlice<i32>)>,
+}
+
+/// The keys' features, instance ids and labels on the device.
+type DeviceKeys<T> = (DeviceMatrix<T>, CudaSlice<i32>, Option<CudaSlice<i32>>);
+
+/// A host slice on the device (one zero element when empty: no zero-sized allocation).
+pub(crate) fn upload_slice<E: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(gpu: &Gpu, v: &[E]) -> Result<CudaSlice<E>> {
+    if v.is_empty() {
+        gpu.stream().alloc_zeros::<E>(1).during("device allocation")
+    } else {
+        gpu.stream().clone_htod(v).during("host-to-device copy")
+    }
+}
+
+impl<T: FloatElement> DeviceLossBuffers<T> {
+    pub fn upload(gpu: &Gpu, inputs: &LossInputs<'_, T>) -> Result<Self> {
+        Ok(DeviceLossBuffers {
+            features: DeviceMatrix::upload(gpu, inputs.features)?,
+            instance: upload_slice(gpu, inputs.instance)?,
+            label: inputs.label.map(|l| upload_slice(gpu, l)).transpose()?,
+            role: inputs.role.map(|r| upload_slice(gpu, &r.iter().map(|&r| r as u8).collect::<Vec<u8>>())).transpose()?,
+            weight: inputs.weight.map(|w| upload_slice(gpu, w)).transpose()?,
+            keys: match &inputs.keys {
+                Some(k) => Some((
+                    DeviceMatrix::upload(gpu, k.features)?,
+                    upload_slice(gpu, k.instance)?,
+                    k.label.map(|l| upload_slice(gpu, l)).transpose()?,
+                )),
+                None => None,
+            },
+            prototypes: match &inputs.prototypes {
+                Some(p) => Some((DeviceMatrix::upload(gpu, p.centers)?, upload_slice(gpu, p.proto_of)?)),
+                None => None,
+            },
+        })
+    }
+
+    pub fn view(&self) -> DeviceLossInputs<'_, T> {
+        DeviceLossInputs {
+            features: &self.features,
+            instance: &self.instance,
+            label: self.label.as_ref(),
+            role: self.role.as_ref(),
+            weight: self.weight.as_ref(),
+            keys: self.keys.as_ref().map(|(features, instance, label)| DeviceKeyRows { features, instance, label: label.as_ref() }),
+            prototypes: self.prototypes.as_ref().map(|(centers, proto_of)| DevicePrototypeColumns { centers, proto_of }),
+        }
+    }
 }

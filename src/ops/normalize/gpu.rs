@@ -1,15 +1,12 @@
-//! `l2_normalize`: rows of X (n x d) to unit rows Z = X / max(||x||, 1e-12) plus the row norms
-//! (f32), and the backward dX. Kernels: `kernels/normalize.cu`; oracle: [`crate::cpu::normalize`].
-//!
-//! NaN: a row holding a NaN gets a NaN norm and an all-NaN output row, in both directions (as
-//! torch.nn.functional.normalize). A zero row gives a zero row (norm 0 <= eps).
+//! The GPU launches of `l2_normalize` (`kernels/normalize.cu`).
 
 use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig};
 
-use super::{check_features, check_float, check_same_shape};
+use super::{check_backward, check_forward};
 use crate::dtype::FloatElement;
 use crate::error::{CudaContext as _, Result};
 use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::ops::{check_float, check_same_shape};
 
 const MODULE: &str = "normalize";
 /// Mirrors kernels/normalize.cu: 256 threads, one warp per row.
@@ -18,17 +15,6 @@ const ROWS_PER_BLOCK: usize = (THREADS / 32) as usize;
 
 fn config(rows: usize) -> LaunchConfig {
     LaunchConfig { grid_dim: (rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
-}
-
-/// Validation shared by every backend: `x` is n x d with d >= 1.
-pub fn check_forward(x_rows: usize, x_cols: usize) -> Result<()> {
-    check_features("x", x_rows, x_cols)
-}
-
-/// Validation shared by every backend: `dz` has the shape of `x`.
-pub fn check_backward(x: (usize, usize), dz: (usize, usize)) -> Result<()> {
-    check_features("x", x.0, x.1)?;
-    check_same_shape("dz", x, dz)
 }
 
 /// Z (in `TZ`) and the row norms of `x`, on the GPU's default stream.

@@ -1,14 +1,11 @@
 //! Oracle of the generalized contrastive loss ([`crate::ops::contrastive`], DESIGN.md sections
 //! 2-4): forward and backward written out literally, in f64, over the full logit matrix.
 
-use super::norm_denominator;
-use super::normalize::row_norms;
+use super::{check_inputs, empty_positive_error, ContrastiveLoss, EmptyPositives, Geometry, LossInputs, Reduction, RowRole};
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::matrix::Matrix;
-use crate::ops::contrastive::{
-    check_inputs, empty_positive_error, ContrastiveLoss, EmptyPositives, Geometry, LossInputs, Reduction, RowRole,
-};
+use crate::ops::normalize::{cpu::row_norms, norm_denominator};
 
 /// The forward's results, per feature row where not said otherwise.
 #[derive(Clone, Debug, PartialEq)]
@@ -232,14 +229,14 @@ pub fn backward<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>, up
         for (a, b) in du_rows.data_mut().iter_mut().zip(du_cols.data()) {
             *a += b;
         }
-        features_grad = super::normalize::l2_normalize_backward(inputs.features, &du_rows);
+        features_grad = crate::ops::normalize::cpu::l2_normalize_backward(inputs.features, &du_rows);
     } else {
-        features_grad = super::normalize::l2_normalize_backward(inputs.features, &du_rows);
+        features_grad = crate::ops::normalize::cpu::l2_normalize_backward(inputs.features, &du_rows);
         let keys = inputs.keys.as_ref().expect("check_inputs requires keys in the pairwise geometry");
-        keys_grad = Some(super::normalize::l2_normalize_backward(keys.features, &du_cols));
+        keys_grad = Some(crate::ops::normalize::cpu::l2_normalize_backward(keys.features, &du_cols));
     }
     let protos_grad = match (&inputs.prototypes, &du_protos) {
-        (Some(p), Some(du)) => Some(super::normalize::l2_normalize_backward(p.centers, du)),
+        (Some(p), Some(du)) => Some(crate::ops::normalize::cpu::l2_normalize_backward(p.centers, du)),
         _ => None,
     };
 
