@@ -6,6 +6,7 @@
 //! * unfused = `topk_unfused` (norms, cuBLAS GEMM writing f32 similarity blocks, plain top-k);
 //! * GEMM    = the same GEMM alone (cuBLAS, f16 output, same row blocks), no normalization and no
 //!   selection: the lower bound the fused kernel is measured against.
+//!
 //! Criterion measures the fused kernel (for regression baselines); the summary table (medians of
 //! single-run CUDA-event timings) prints all three, the speedup over unfused, and the fused time
 //! as a multiple of the GEMM time (targets: k = 50 at most 1.5x, k = 1000 at most 3x, and at least

@@ -105,7 +105,7 @@ fn identifiers(s: &[u8]) -> Vec<(usize, usize)> {
 fn same_lines(text: &str, replacement: &str) -> String {
     let newlines = text.matches('\n').count();
     let mut r = replacement.replace('\n', " ");
-    r.extend(std::iter::repeat('\n').take(newlines));
+    r.extend(std::iter::repeat_n('\n', newlines));
     r
 }
 

@@ -392,7 +392,7 @@ mod tests {
         }
         // Sentinels (duplicated zeros) among fewer than k real keys: the merge's case.
         let mut keys = random_keys(&mut rng, 10, 4);
-        keys.extend(std::iter::repeat(0).take(30));
+        keys.extend(std::iter::repeat_n(0, 30));
         let theta = warp_select_kth(&keys, 20);
         assert_eq!(theta, 0);
         let mut buf = keys.clone();
