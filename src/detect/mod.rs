@@ -482,6 +482,14 @@ pub fn evaluate_one_class(
         return Err(Error::invalid("test", format!("image shape {:?} differs from the training set's {:?}", test.shape, train.shape)));
     }
     let normal = train.subset(&train.indices_of(class)).images;
+    // The bank is the class's training rows: a k above it is refused before training, never
+    // clamped, so no result is reported for a k that was not used.
+    if cfg.k > normal.rows() {
+        return Err(Error::invalid(
+            "k",
+            format!("{} exceeds the bank size {} (class {class}'s training rows); use k <= {}", cfg.k, normal.rows(), normal.rows()),
+        ));
+    }
     let is_anomaly: Vec<bool> = test.labels.iter().map(|&l| l != class).collect();
     let start = Instant::now();
     let last_loss = Mutex::new(f64::NAN);
@@ -491,7 +499,7 @@ pub fn evaluate_one_class(
     };
     let encoder = train_one_class(backend, cfg, train.shape, &normal, class, &record)?;
     let train_seconds = start.elapsed().as_secs_f64();
-    let k = cfg.k.min(normal.rows());
+    let k = cfg.k;
     let layer = match cfg.score_layer {
         ScoreLayer::Feature => encoder.config().feature_layer,
         ScoreLayer::Output => encoder.config().layers(),
@@ -667,6 +675,20 @@ mod tests {
             assert_eq!(Scorer::parse(scorer.name()).unwrap(), scorer);
         }
         assert!(matches!(Scorer::parse("lof"), Err(Error::InvalidArgument { arg: "scorer", .. })));
+    }
+
+    #[test]
+    fn k_above_the_bank_is_refused_before_training() {
+        let shape = ImageShape::new(1, 4, 4);
+        let images = Matrix::from_fn(6, 16, |i, j| ((i * 16 + j) % 7) as f32 / 7.0);
+        let data = Dataset::new("tiny", shape, images, vec![0, 0, 0, 1, 1, 1], 2).unwrap();
+        let cfg = DetectorConfig { k: 4, scorer: Scorer::Knn, ..DetectorConfig::digits(LossKind::SupCon) };
+        let trained = std::sync::atomic::AtomicBool::new(false);
+        let progress = |_: &StepInfo| trained.store(true, std::sync::atomic::Ordering::Relaxed);
+        let err = evaluate_one_class(&Backend::Cpu, &cfg, &data, &data, 0, &progress).unwrap_err();
+        assert!(matches!(&err, Error::InvalidArgument { arg: "k", .. }), "{err}");
+        assert!(err.to_string().contains("bank size 3"), "{err}");
+        assert!(!trained.load(std::sync::atomic::Ordering::Relaxed), "refused before any training step");
     }
 
     #[test]
