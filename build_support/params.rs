@@ -401,7 +401,8 @@ pub fn generate_rust(headers: &[Header]) -> String {
         out.push_str("}\n\n");
     }
     out.push_str("/// Every struct's layout as Rust lays it out: (C name, size, [(field, offset)]).\n");
-    out.push_str("#[allow(dead_code)]\npub(crate) const LAYOUTS: &[(&str, usize, &[(&str, usize)])] = &[\n");
+    out.push_str("#[allow(dead_code)]\npub(crate) type Layout = (&'static str, usize, &'static [(&'static str, usize)]);\n");
+    out.push_str("#[allow(dead_code)]\npub(crate) const LAYOUTS: &[Layout] = &[\n");
     for h in headers {
         for s in &h.structs {
             let path = format!("{}::{}", h.op, s.rust_name);
@@ -438,8 +439,11 @@ pub fn generate_probe(headers: &[Header]) -> String {
     out
 }
 
+/// One struct's layout as the generated `LAYOUTS` lists it: (C name, size, [(field, offset)]).
+pub type Layout<'a> = (&'a str, usize, &'a [(&'a str, usize)]);
+
 /// The Rust layouts in the probe's format.
-pub fn format_rust_layouts(layouts: &[(&str, usize, &[(&str, usize)])]) -> String {
+pub fn format_rust_layouts(layouts: &[Layout]) -> String {
     let mut out = String::new();
     for (name, size, fields) in layouts {
         let _ = writeln!(out, "{name} size {size}");

@@ -321,7 +321,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
 }
 
 template <typename T, bool ALIGNED>
-__device__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos, int dp, int d, int exclude_self,
+__device__ void contrastive_backward(GradSide own, GradSide other, GradSide protos, int dp, int d, int exclude_self,
                                      float inv_tau, const float* scalars, float* du) {
     using Cfg = typename BackwardTraits<T>::Cfg;
     constexpr int kGradChunk = BackwardTraits<T>::CHUNK;
@@ -482,23 +482,26 @@ CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
 
 // `_unaligned`: d % 8 != 0 or a raw-row base not 16-byte aligned (element-wise loads of the raw
 // rows, as the forward's `_unaligned`); f32 always loads element-wise, so both are one kernel.
-#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned)                                          \
-    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS)                            \
+// Blocks per SM: f32 asks for 3 (at most 168 registers, which ptxas chose unasked while the
+// kernel took its arguments one by one; with the struct it then spilled 4 bytes); f16 / bf16 leave
+// ptxas free (about 200 registers).
+#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned, blocks)                                  \
+    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS, blocks)                    \
         contrastive_backward_##name##suffix(const __grid_constant__ CkContrastiveBackwardParams p) {          \
         ck::contrastive_backward<type, aligned>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self, p.inv_tau, \
                                                 p.scalars, p.du);                                              \
     }
-#define CK_CONTRASTIVE_BACKWARD(name, type)                                                                  \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2)                                            \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false)                                              \
+#define CK_CONTRASTIVE_BACKWARD(name, type, blocks)                                                          \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, blocks)                                    \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, blocks)                                      \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
         contrastive_pack_##name(const __grid_constant__ CkContrastivePackParams p) {                           \
         ck::pack_scaled_rows<type>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u));    \
     }
 
-CK_CONTRASTIVE_BACKWARD(f32, float)
-CK_CONTRASTIVE_BACKWARD(f16, __half)
-CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
+CK_CONTRASTIVE_BACKWARD(f32, float, 3)
+CK_CONTRASTIVE_BACKWARD(f16, __half, 1)
+CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16, 1)
 
 #define CK_NORM_PENALTY_BACKWARD(name, type)                                                                   \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
@@ -517,7 +520,8 @@ extern "C" __global__ void __launch_bounds__(ck::kPrepareThreads)
 // Checks of device-resident inputs (the host API checks on the host): flags[k] becomes the first
 // offending row of check k (atomicMin: the result does not depend on the schedule), or stays
 // INT_MAX. Non-finite features show as non-finite norms. The codes: params/contrastive.h.
-extern "C" __global__ void contrastive_check_inputs(const __grid_constant__ CkCheckInputsParams p) {
+extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_CHECK_THREADS)
+    contrastive_check_inputs(const __grid_constant__ CkCheckInputsParams p) {
     const float *norms = p.norms, *weight = p.weight, *key_norms = p.key_norms, *center_norms = p.center_norms;
     const int *label = p.label, *proto_of = p.proto_of, *key_label = p.key_label;
     const unsigned char* role = p.role;

@@ -19,6 +19,9 @@
 #define CK_CONTRASTIVE_ROWS_PER_ROW_BLOCK (CK_CONTRASTIVE_ROW_THREADS / 32)
 // The single-block kernels (reduce, backward prepare).
 #define CK_CONTRASTIVE_SINGLE_BLOCK_THREADS 1024
+// contrastive_check_inputs: a grid-stride loop, at most CHECK_MAX_BLOCKS blocks.
+#define CK_CONTRASTIVE_CHECK_THREADS 256
+#define CK_CONTRASTIVE_CHECK_MAX_BLOCKS 1024
 
 // Row roles (ops::contrastive::RowRole).
 #define CK_CONTRASTIVE_ROLE_ANCHOR 0
@@ -83,12 +86,12 @@ typedef struct CkContrastiveBackwardParams {
     CkGradSide own;
     CkGradSide other;
     CkGradSide protos;
-    const float* scalars;         // contrastive_backward_prepare's scalars
-    float* du;
     int32_t dp;
     int32_t d;
     int32_t exclude_self;
     float inv_tau;
+    const float* scalars;         // contrastive_backward_prepare's scalars
+    float* du;
 } CkContrastiveBackwardParams;
 
 // contrastive_pack_*: u = x / 2^e per row, zero padded from d to dp columns.

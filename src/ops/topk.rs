@@ -126,7 +126,7 @@ const MAX_SLICES: usize = 64;
 
 /// Capacity of a query's pool: k kept keys plus room for at least two tile rows of survivors.
 pub fn pool_capacity(k: usize) -> usize {
-    k + k.max(256)
+    k + k.max(2 * TILE)
 }
 
 /// The result on the device: `values` / `indices` are rows x k, row-major.

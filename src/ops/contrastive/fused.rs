@@ -353,7 +353,11 @@ pub unsafe fn forward_raw(
     let has_penalty = (loss.norm_penalty > 0.0) as i32;
     let flags_p = ptr(&flags, stream);
     let checked = n.max(n_keys).max(n_centers);
-    let cfg = LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+    let cfg = LaunchConfig {
+        grid_dim: (checked.div_ceil(params::CHECK_THREADS).clamp(1, params::CHECK_MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (params::CHECK_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
     let params = CheckInputsParams {
         norms: norms_p,
         label: label_p,

@@ -297,8 +297,16 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
     unsafe {
         let flags_p = ptr(&flags, stream);
         let checked = n.max(n_cols).max(n_centers);
-        let cfg =
-            LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (
+                checked.div_ceil(crate::gpu::params::contrastive::CHECK_THREADS).clamp(1, crate::gpu::params::contrastive::CHECK_MAX_BLOCKS)
+                    as u32,
+                1,
+                1,
+            ),
+            block_dim: (crate::gpu::params::contrastive::CHECK_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let has_penalty = (loss.norm_penalty > 0.0) as i32;
         let params = CheckInputsParams {
             norms: norms_p,
