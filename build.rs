@@ -13,6 +13,9 @@
 
 #[path = "build_support/cuda.rs"]
 mod cuda;
+#[path = "build_support/params.rs"]
+#[allow(dead_code)] // the layout comparison is for tests/params.rs
+mod params;
 
 use std::env;
 use std::fmt::Write as _;
@@ -40,13 +43,21 @@ fn main() {
     println!("cargo:rerun-if-changed=kernels");
     println!("cargo:rerun-if-changed=build.rs");
     println!("cargo:rerun-if-changed=build_support/cuda.rs");
+    println!("cargo:rerun-if-changed=build_support/params.rs");
 
     let out_dir = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR"));
     let kernel_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap()).join("kernels");
     let sources = kernel_sources(&kernel_dir);
-    for path in fs::read_dir(kernel_dir.join("common")).into_iter().flatten().flatten() {
-        println!("cargo:rerun-if-changed={}", path.path().display());
+    for dir in ["common", "params"] {
+        for path in fs::read_dir(kernel_dir.join(dir)).into_iter().flatten().flatten() {
+            println!("cargo:rerun-if-changed={}", path.path().display());
+        }
     }
+
+    // The Rust side of kernels/params/*.h (with or without nvcc: the CPU build uses the constants).
+    let headers = params::parse_dir(&kernel_dir.join("params")).unwrap_or_else(|e| panic!("kernel parameter headers: {e}"));
+    fs::write(out_dir.join("params.rs"), params::generate_rust(&headers)).unwrap();
+    fs::write(out_dir.join("params_probe.cpp"), params::generate_probe(&headers)).unwrap();
 
     let archs = env::var("CONTRASTIVE_KERNELS_CUDA_ARCHS").unwrap_or_else(|_| DEFAULT_ARCHS.into());
     let gencode = match gencode_flags(&archs) {

@@ -53,6 +53,7 @@ fn main() {
         manifest.join("kernels"),
         kernels_dir.clone(),
         kernels_dir.join("common"),
+        kernels_dir.join("params"),
     ] {
         println!("cargo:rerun-if-changed={}", dir.display());
         for e in fs::read_dir(&dir).into_iter().flatten().flatten() {

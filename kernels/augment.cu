@@ -8,6 +8,7 @@
 // the CPU oracle (Augment::apply_drawn) draws the same numbers in order. Box-Muller in double, as
 // the oracle computes it.
 // rotate_views: rotations by quarter turns counter-clockwise (numpy's rot90), square images.
+#include "params/augment.h"
 
 namespace ck {
 
@@ -31,10 +32,15 @@ __device__ __forceinline__ double nth_normal(unsigned long long seed, unsigned l
 
 }  // namespace ck
 
-extern "C" __global__ void augment_views(const float* images, int n_images, int channels, int h, int w,
-                                         const int* src_row, const int* shift_y, const int* shift_x,
-                                         const int* flip, const float* gain, const unsigned long long* noise_seed,
-                                         float noise_std, int n_views, float* out) {
+extern "C" __global__ void __launch_bounds__(CK_AUGMENT_THREADS) augment_views(const __grid_constant__ CkAugmentViewsParams params) {
+    const float* images = params.images;
+    const int *src_row = params.src_row, *shift_y = params.shift_y, *shift_x = params.shift_x, *flip = params.flip;
+    const float* gain = params.gain;
+    const uint64_t* noise_seed = params.noise_seed;
+    float* out = params.out;
+    const int n_images = params.n_images, channels = params.channels, h = params.h, w = params.w;
+    const int n_views = params.n_views;
+    const float noise_std = params.noise_std;
     const long long pixels = (long long)channels * h * w;
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= pixels * n_views) return;
@@ -51,8 +57,11 @@ extern "C" __global__ void augment_views(const float* images, int n_images, int 
     out[i] = fminf(fmaxf(value * gain[v] + noise, 0.f), 1.f);
 }
 
-extern "C" __global__ void rotate_views(const float* images, int n_images, int channels, int n, const int* src_row,
-                                        const int* quarter_turns, int n_views, float* out) {
+extern "C" __global__ void __launch_bounds__(CK_AUGMENT_THREADS) rotate_views(const __grid_constant__ CkRotateViewsParams params) {
+    const float* images = params.images;
+    const int *src_row = params.src_row, *quarter_turns = params.quarter_turns;
+    float* out = params.out;
+    const int n_images = params.n_images, channels = params.channels, n = params.n, n_views = params.n_views;
     const long long pixels = (long long)channels * n * n;
     const long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
     if (i >= pixels * n_views) return;

@@ -15,22 +15,18 @@
 #include "common/reduce.cuh"
 #include "common/row_stats.cuh"
 #include "common/tile.cuh"
+#include "params/contrastive.h"
 
 namespace ck {
 
-// Row roles, as ops::contrastive::RowRole.
-constexpr unsigned char kRoleAnchor = 0;
-constexpr unsigned char kRoleNormPenaltyOnly = 2;
+// Row roles, as ops::contrastive::RowRole (params/contrastive.h).
+constexpr unsigned char kRoleAnchor = CK_CONTRASTIVE_ROLE_ANCHOR;
+constexpr unsigned char kRoleNormPenaltyOnly = CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY;
 
-// One side of the similarity: rows with their norms and ids. Optional arrays may be null.
-template <typename T> struct RowSet {
-    const T* x;
-    const float* norms;
-    const int* instance;        // null: no instance positives (prototype columns)
-    const int* label;           // null: labels do not make positives
-    const unsigned char* role;  // null: every row an anchor
-    int count;
-};
+// One side of the similarity: rows (x: count x d of T) with their norms and ids, optional arrays
+// null (params/contrastive.h). Read in place from the kernel's parameters (by reference).
+template <typename T> using RowSet = CkRowSet;
+template <typename T> __device__ __forceinline__ const T* rows_of(const RowSet<T>& r) { return static_cast<const T*>(r.x); }
 
 struct ForwardOut {
     float* per_anchor;  // L_i, 0 for non-anchors and anchors without positives
@@ -87,7 +83,7 @@ __device__ __forceinline__ void fold_tile(RowStats (&stats)[ROW_SLOTS], const fl
 }
 
 template <typename T, bool ALIGNED>
-__device__ void contrastive_forward(RowSet<T> rows, RowSet<T> cols, RowSet<T> protos, const int* proto_of,
+__device__ void contrastive_forward(const RowSet<T>& rows, const RowSet<T>& cols, const RowSet<T>& protos, const int* proto_of,
                                     int d, int exclude_self, float inv_tau, float scale, ForwardOut out) {
     using Cfg = typename TileFor<T, Tile128, Tile128F32>::type;
     constexpr int ROW_SLOTS = Cfg::MI * 2;
@@ -99,11 +95,11 @@ __device__ void contrastive_forward(RowSet<T> rows, RowSet<T> cols, RowSet<T> pr
 
     float acc[Cfg::MI][Cfg::NI][4];
     for (int col0 = 0; col0 < cols.count; col0 += Cfg::BN) {
-        mma_block_tile<Cfg, ALIGNED>(acc, smem, rows.x, cols.x, rows.count, cols.count, d, row0, col0);
+        mma_block_tile<Cfg, ALIGNED>(acc, smem, rows_of<T>(rows), rows_of<T>(cols), rows.count, cols.count, d, row0, col0);
         fold_tile<T, Cfg>(stats, acc, rows, cols, row0, col0, exclude_self != 0, nullptr, inv_tau);
     }
     for (int col0 = 0; col0 < protos.count; col0 += Cfg::BN) {
-        mma_block_tile<Cfg, ALIGNED>(acc, smem, rows.x, protos.x, rows.count, protos.count, d, row0, col0);
+        mma_block_tile<Cfg, ALIGNED>(acc, smem, rows_of<T>(rows), rows_of<T>(protos), rows.count, protos.count, d, row0, col0);
         fold_tile<T, Cfg>(stats, acc, rows, protos, row0, col0, false, proto_of, inv_tau);
     }
 
@@ -150,7 +146,7 @@ __device__ void contrastive_forward(RowSet<T> rows, RowSet<T> cols, RowSet<T> pr
 //   out[0] = sum_i w_i L_i / divisor + penalty / n_o * sum_{role == NormPenaltyOnly} ||x_o||,
 //   divisor = the number of anchor rows (at least 1) when mean, else 1;
 //   first_empty[0] = the smallest anchor row with no positive, or -1.
-constexpr int kReduceThreads = 1024;
+constexpr int kReduceThreads = CK_CONTRASTIVE_SINGLE_BLOCK_THREADS;
 
 __device__ void contrastive_reduce(const float* per_anchor, const float* weight, const unsigned char* role,
                                    const int* positives, const float* norms, int n, int mean, float penalty,
@@ -207,28 +203,14 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // H is scaled by sigma (a power of two, contrastive_backward_prepare) so that |H| <= 2^14: f16's
 // range holds it and its small entries stay above f16's subnormals; the epilogue divides it out.
 
-// One side of a backward pass. Optional arrays may be null.
-struct GradSide {
-    const void* x;              // the raw rows (count x d of the kernel's dtype), as the forward read them
-    const float* norms;         // their f32 norms (the forward's l2_normalize prologue)
-    const void* u;              // x / 2^e per row (exact, norm in [1, 2)): count x dp, zero padded
-    const int* instance;        // null: this side is the prototypes
-    const int* label;           // null: labels make no positives
-    const unsigned char* role;  // null: every row an anchor
-    const int* proto_of;        // each row's own prototype (-1: none); null: no prototypes
-    const float* lse;           // saved LSE; null: this side's rows are not anchors in this pass
-    const float* coef_a;        // sigma c_i scale: weight of the softmax term of anchor i
-    const float* coef_b;        // coef_a / |P(i)|: weight of each of its positives
-    int count;
-    int reserved;
-};
-static_assert(sizeof(GradSide) == 88, "GradSide mirrors ops::contrastive::GradSide (10 pointers, 2 ints)");
+// One side of a backward pass (params/contrastive.h). Optional arrays may be null.
+using GradSide = CkGradSide;
 
 // The backward's tile and the d columns of the gradient per block (grid.y): 128 for f16 / bf16,
 // 64 for f32 (whose FFMA stages and chunk must still fit 48 KB of static shared memory).
 template <typename T> struct BackwardTraits {
     using Cfg = typename TileFor<T, Tile64RowWarps, Tile64RowWarpsF32>::type;
-    static constexpr int CHUNK = sizeof(T) == 2 ? 128 : 64;
+    static constexpr int CHUNK = sizeof(T) == 2 ? CK_CONTRASTIVE_GRAD_CHUNK_HALF : CK_CONTRASTIVE_GRAD_CHUNK_F32;
     static constexpr int CHUNK_STRIDE = CHUNK + 16 / (int)sizeof(T);  // padded like the stages
 };
 
@@ -371,7 +353,8 @@ __device__ void contrastive_backward(GradSide own, GradSide other, GradSide prot
 // below T's subnormals of a row whose norm is far above 1 are lost), into rows of dp >= d elements
 // (zero padded to a multiple of 8, so the backward's loads are whole aligned 16-byte chunks). One
 // warp per row.
-constexpr int kPackThreads = 256;
+constexpr int kPackThreads = CK_CONTRASTIVE_ROW_THREADS;
+static_assert(CK_CONTRASTIVE_ROWS_PER_ROW_BLOCK * 32 == kPackThreads, "one warp per row");
 
 template <typename T> __device__ void pack_scaled_rows(const T* __restrict__ x, int n, int d, int dp, T* __restrict__ u) {
     const int lane = threadIdx.x % 32;
@@ -388,7 +371,7 @@ template <typename T> __device__ void pack_scaled_rows(const T* __restrict__ x, 
 //   per_row; divisor = the number of anchor rows when mean, else 1), 0 otherwise;
 //   coef_a = sigma c_i scale, coef_b = coef_a / |P(i)|;
 //   scalars[0] = 1 / sigma, scalars[1] = the number of NormPenaltyOnly rows.
-constexpr int kPrepareThreads = 1024;
+constexpr int kPrepareThreads = CK_CONTRASTIVE_SINGLE_BLOCK_THREADS;
 
 // upstream_i w_i scale for anchors with a positive, else 0 (before the division by the count).
 __device__ __forceinline__ float anchor_weight(int i, const unsigned char* role, const float* weight,
@@ -461,21 +444,30 @@ __device__ void norm_penalty_backward(const T* __restrict__ x, const unsigned ch
 
 }  // namespace ck
 
-static_assert(ck::Tile128::THREADS == 256 && ck::Tile128F32::THREADS == 256, "forward launch bounds");
-static_assert(ck::Tile64RowWarps::THREADS == 128 && ck::Tile64RowWarpsF32::THREADS == 128, "backward launch bounds");
+// The header's constants are the tiles' (the Rust grids come from the header).
+static_assert(ck::Tile128::BM == CK_CONTRASTIVE_FORWARD_ROWS && ck::Tile128F32::BM == CK_CONTRASTIVE_FORWARD_ROWS, "params/contrastive.h");
+static_assert(ck::Tile128::THREADS == CK_CONTRASTIVE_FORWARD_THREADS && ck::Tile128F32::THREADS == CK_CONTRASTIVE_FORWARD_THREADS,
+              "params/contrastive.h");
+static_assert(ck::Tile64RowWarps::BM == CK_CONTRASTIVE_BACKWARD_ROWS && ck::Tile64RowWarpsF32::BM == CK_CONTRASTIVE_BACKWARD_ROWS,
+              "params/contrastive.h");
+static_assert(ck::Tile64RowWarps::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS &&
+                  ck::Tile64RowWarpsF32::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS,
+              "params/contrastive.h");
+static_assert(sizeof(CkGradSide) == 88, "10 pointers, 2 ints");
+
+namespace ck {
+
+template <typename T, bool ALIGNED> __device__ __forceinline__ void contrastive_forward(const CkContrastiveForwardParams& p) {
+    contrastive_forward<T, ALIGNED>(p.rows, p.cols, p.protos, p.proto_of, p.d,
+                                    p.exclude_self, p.inv_tau, p.scale, {p.per_anchor, p.lse, p.positives});
+}
+
+}  // namespace ck
 
 #define CK_CONTRASTIVE_FORWARD(name, type, suffix, aligned)                                                     \
-    extern "C" __global__ void __launch_bounds__(256) contrastive_forward_##name##suffix(                           \
-        const type* x, const float* norms, const int* instance, const int* label, const unsigned char* role,   \
-        int n, const type* keys, const float* key_norms, const int* key_instance, const int* key_label,        \
-        const unsigned char* key_role, int n_keys, const type* centers, const float* center_norms, int n_centers, \
-        const int* proto_of, int d, int exclude_self, float inv_tau, float scale, float* per_anchor, float* lse, \
-        int* positives) {                                                                                      \
-        ck::RowSet<type> rows{x, norms, instance, label, role, n};                                             \
-        ck::RowSet<type> cols{keys, key_norms, key_instance, key_label, key_role, n_keys};                     \
-        ck::RowSet<type> protos{centers, center_norms, nullptr, nullptr, nullptr, n_centers};                  \
-        ck::contrastive_forward<type, aligned>(rows, cols, protos, proto_of, d, exclude_self, inv_tau, scale,  \
-                                               {per_anchor, lse, positives});                                  \
+    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_THREADS)                                \
+        contrastive_forward_##name##suffix(const __grid_constant__ CkContrastiveForwardParams p) {             \
+        ck::contrastive_forward<type, aligned>(p);                                                             \
     }
 
 #define CK_CONTRASTIVE_FORWARD_BOTH(name, type)           \
@@ -490,73 +482,73 @@ CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
 
 // `_unaligned`: d % 8 != 0 or a raw-row base not 16-byte aligned (element-wise loads of the raw
 // rows, as the forward's `_unaligned`); f32 always loads element-wise, so both are one kernel.
-#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned)                                          \
-    extern "C" __global__ void __launch_bounds__(128) contrastive_backward_##name##suffix(                    \
-        ck::GradSide own, ck::GradSide other, ck::GradSide protos, int dp, int d, int exclude_self, float inv_tau, \
-        const float* scalars, float* du) {                                                                     \
-        ck::contrastive_backward<type, aligned>(own, other, protos, dp, d, exclude_self, inv_tau, scalars, du); \
+// Blocks per SM: f32 asks for 3 (at most 168 registers, which ptxas chose unasked while the
+// kernel took its arguments one by one; with the struct it then spilled 4 bytes); f16 / bf16 leave
+// ptxas free (about 200 registers).
+#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned, blocks)                                  \
+    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS, blocks)                    \
+        contrastive_backward_##name##suffix(const __grid_constant__ CkContrastiveBackwardParams p) {          \
+        ck::contrastive_backward<type, aligned>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self, p.inv_tau, \
+                                                p.scalars, p.du);                                              \
     }
-#define CK_CONTRASTIVE_BACKWARD(name, type)                                                                  \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2)                                            \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false)                                              \
+#define CK_CONTRASTIVE_BACKWARD(name, type, blocks)                                                          \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, blocks)                                    \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, blocks)                                      \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
-        contrastive_pack_##name(const type* x, int n, int d, int dp, type* u) {                                \
-        ck::pack_scaled_rows<type>(x, n, d, dp, u);                                                              \
+        contrastive_pack_##name(const __grid_constant__ CkContrastivePackParams p) {                           \
+        ck::pack_scaled_rows<type>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u));    \
     }
 
-CK_CONTRASTIVE_BACKWARD(f32, float)
-CK_CONTRASTIVE_BACKWARD(f16, __half)
-CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
+CK_CONTRASTIVE_BACKWARD(f32, float, 3)
+CK_CONTRASTIVE_BACKWARD(f16, __half, 1)
+CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16, 1)
 
 #define CK_NORM_PENALTY_BACKWARD(name, type)                                                                   \
-    extern "C" __global__ void __launch_bounds__(ck::kPackThreads) contrastive_norm_penalty_backward_##name(   \
-        const type* x, const unsigned char* role, int n, int d, const float* upstream, int per_row, float alpha, \
-        const float* scalars, type* dx) {                                                                      \
-        ck::norm_penalty_backward<type>(x, role, n, d, upstream, per_row, alpha, scalars, dx);                 \
+    extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
+        contrastive_norm_penalty_backward_##name(const __grid_constant__ CkNormPenaltyBackwardParams p) {      \
+        ck::norm_penalty_backward<type>(static_cast<const type*>(p.x), p.role, p.n, p.d, p.upstream, p.per_row, \
+                                        p.alpha, p.scalars, static_cast<type*>(p.dx));                         \
     }
 CK_FOR_EACH_FLOAT(CK_NORM_PENALTY_BACKWARD)
 
 extern "C" __global__ void __launch_bounds__(ck::kPrepareThreads)
-    contrastive_backward_prepare(const unsigned char* role, const float* weight, const int* positives,
-                                 const float* upstream, int per_row, int mean, float scale, int n, float* coef_a,
-                                 float* coef_b, float* scalars) {
-    ck::contrastive_backward_prepare(role, weight, positives, upstream, per_row, mean, scale, n, coef_a, coef_b,
-                                     scalars);
+    contrastive_backward_prepare(const __grid_constant__ CkBackwardPrepareParams p) {
+    ck::contrastive_backward_prepare(p.role, p.weight, p.positives, p.upstream, p.per_row, p.mean, p.scale, p.n, p.coef_a,
+                                     p.coef_b, p.scalars);
 }
 
 // Checks of device-resident inputs (the host API checks on the host): flags[k] becomes the first
 // offending row of check k (atomicMin: the result does not depend on the schedule), or stays
-// INT_MAX. Non-finite features show as non-finite norms.
-//   0 features non-finite, 1 label < -1, 2 role > 2, 3 weight < 0 or non-finite,
-//   4 proto_of outside -1..n_centers, 5 keys non-finite, 6 key label < -1, 7 prototypes non-finite,
-//   8 a NormPenaltyOnly row while the loss has no norm penalty.
-extern "C" __global__ void contrastive_check_inputs(const float* norms, const int* label, const unsigned char* role,
-                                                    const float* weight, const int* proto_of, int n,
-                                                    const float* key_norms, const int* key_label, int n_keys,
-                                                    const float* center_norms, int n_centers, int has_penalty,
-                                                    int* flags) {
+// INT_MAX. Non-finite features show as non-finite norms. The codes: params/contrastive.h.
+extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_CHECK_THREADS)
+    contrastive_check_inputs(const __grid_constant__ CkCheckInputsParams p) {
+    const float *norms = p.norms, *weight = p.weight, *key_norms = p.key_norms, *center_norms = p.center_norms;
+    const int *label = p.label, *proto_of = p.proto_of, *key_label = p.key_label;
+    const unsigned char* role = p.role;
+    const int n = p.n, n_keys = p.n_keys, n_centers = p.n_centers, has_penalty = p.has_penalty;
+    int* flags = p.flags;
     // 64-bit index: with an int, n near 2^31 overflows `i += stride`.
     const long long stride = (long long)gridDim.x * blockDim.x, end = max(max(n, n_keys), n_centers);
     for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < end; i += stride) {
         const int row = (int)i;  // < end <= INT_MAX
         if (row < n) {
-            if (!isfinite(norms[row])) atomicMin(&flags[0], row);
-            if (label != nullptr && label[row] < -1) atomicMin(&flags[1], row);
-            if (role != nullptr && role[row] > 2) atomicMin(&flags[2], row);
-            if (role != nullptr && role[row] == ck::kRoleNormPenaltyOnly && !has_penalty) atomicMin(&flags[8], row);
-            if (weight != nullptr && !(weight[row] >= 0.f && isfinite(weight[row]))) atomicMin(&flags[3], row);
-            if (proto_of != nullptr && (proto_of[row] < -1 || proto_of[row] >= n_centers)) atomicMin(&flags[4], row);
+            if (!isfinite(norms[row])) atomicMin(&flags[CK_CONTRASTIVE_CHECK_FEATURES], row);
+            if (label != nullptr && label[row] < -1) atomicMin(&flags[CK_CONTRASTIVE_CHECK_LABEL], row);
+            if (role != nullptr && role[row] > CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY) atomicMin(&flags[CK_CONTRASTIVE_CHECK_ROLE], row);
+            if (role != nullptr && role[row] == ck::kRoleNormPenaltyOnly && !has_penalty)
+                atomicMin(&flags[CK_CONTRASTIVE_CHECK_PENALTY_ROLE], row);
+            if (weight != nullptr && !(weight[row] >= 0.f && isfinite(weight[row]))) atomicMin(&flags[CK_CONTRASTIVE_CHECK_WEIGHT], row);
+            if (proto_of != nullptr && (proto_of[row] < -1 || proto_of[row] >= n_centers))
+                atomicMin(&flags[CK_CONTRASTIVE_CHECK_PROTO_OF], row);
         }
         if (row < n_keys && key_norms != nullptr) {
-            if (!isfinite(key_norms[row])) atomicMin(&flags[5], row);
-            if (key_label != nullptr && key_label[row] < -1) atomicMin(&flags[6], row);
+            if (!isfinite(key_norms[row])) atomicMin(&flags[CK_CONTRASTIVE_CHECK_KEYS], row);
+            if (key_label != nullptr && key_label[row] < -1) atomicMin(&flags[CK_CONTRASTIVE_CHECK_KEY_LABEL], row);
         }
-        if (row < n_centers && !isfinite(center_norms[row])) atomicMin(&flags[7], row);
+        if (row < n_centers && !isfinite(center_norms[row])) atomicMin(&flags[CK_CONTRASTIVE_CHECK_CENTERS], row);
     }
 }
 
-extern "C" __global__ void __launch_bounds__(ck::kReduceThreads)
-    contrastive_reduce(const float* per_anchor, const float* weight, const unsigned char* role, const int* positives,
-                       const float* norms, int n, int mean, float penalty, float* out, int* first_empty) {
-    ck::contrastive_reduce(per_anchor, weight, role, positives, norms, n, mean, penalty, out, first_empty);
+extern "C" __global__ void __launch_bounds__(ck::kReduceThreads) contrastive_reduce(const __grid_constant__ CkReduceParams p) {
+    ck::contrastive_reduce(p.per_anchor, p.weight, p.role, p.positives, p.norms, p.n, p.mean, p.penalty, p.out, p.first_empty);
 }

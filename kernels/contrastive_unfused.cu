@@ -14,13 +14,14 @@
 // this path is also an oracle.
 #include "common/dtype.cuh"
 #include "common/reduce.cuh"
+#include "params/contrastive_unfused.h"
 
 namespace ck {
 namespace unfused {
 
-constexpr unsigned char kRoleAnchor = 0;  // as ops::contrastive::RowRole
-constexpr unsigned char kRoleNormPenaltyOnly = 2;
-constexpr int kThreads = 256;  // one block per row of S
+constexpr unsigned char kRoleAnchor = CK_CONTRASTIVE_ROLE_ANCHOR;  // as ops::contrastive::RowRole
+constexpr unsigned char kRoleNormPenaltyOnly = CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY;
+constexpr int kThreads = CK_CONTRASTIVE_UNFUSED_THREADS;  // one block per row of S
 constexpr int kWarps = kThreads / 32;
 
 struct Row {
@@ -125,23 +126,21 @@ __device__ void unfused_grad(const float* __restrict__ s, long ld, const float* 
 }  // namespace unfused
 }  // namespace ck
 
-extern "C" __global__ void __launch_bounds__(ck::unfused::kThreads)
-    contrastive_unfused_softmax(const float* s, int ld, const int* instance, const int* label,
-                                const unsigned char* role, const int* proto_of, const int* col_instance,
-                                const int* col_label, const unsigned char* col_role, int n_cols, int n_centers,
-                                int exclude_self, float scale, float* per_anchor, float* lse, int* positives) {
-    ck::unfused::masked_log_softmax(s, ld, instance, label, role, proto_of, col_instance, col_label, col_role, n_cols,
-                                    n_centers, exclude_self != 0, scale, per_anchor, lse, positives);
+// 4 blocks/SM (at most 64 registers; it needs about 40): without the hint, ptxas settles on 32
+// registers and an 8-byte spill for this kernel once its arguments are one struct.
+extern "C" __global__ void __launch_bounds__(ck::unfused::kThreads, 4)
+    contrastive_unfused_softmax(const __grid_constant__ CkUnfusedSoftmaxParams p) {
+    ck::unfused::masked_log_softmax(p.s, p.ld, p.instance, p.label, p.role, p.proto_of, p.col_instance, p.col_label,
+                                    p.col_role, p.n_cols, p.n_centers, p.exclude_self != 0, p.scale, p.per_anchor, p.lse,
+                                    p.positives);
 }
 
 #define CK_UNFUSED_GRAD(name, type)                                                                              \
-    extern "C" __global__ void __launch_bounds__(ck::unfused::kThreads) contrastive_unfused_grad_##name(         \
-        const float* s, int ld, const float* lse, const float* coef_a, const float* coef_b, const int* instance, \
-        const int* label, const int* proto_of, const int* col_instance, const int* col_label,                    \
-        const unsigned char* col_role, int n_cols, int n_centers, int exclude_self, const float* scalars,        \
-        float inv_tau, type* g, float* gemm_scalars) {                                                           \
-        ck::unfused::unfused_grad<type>(s, ld, lse, coef_a, coef_b, instance, label, proto_of, col_instance,    \
-                                        col_label, col_role, n_cols, n_centers, exclude_self != 0, scalars,     \
-                                        inv_tau, g, gemm_scalars);                                               \
+    extern "C" __global__ void __launch_bounds__(ck::unfused::kThreads)                                         \
+        contrastive_unfused_grad_##name(const __grid_constant__ CkUnfusedGradParams p) {                        \
+        ck::unfused::unfused_grad<type>(p.s, p.ld, p.lse, p.coef_a, p.coef_b, p.instance, p.label, p.proto_of,  \
+                                        p.col_instance, p.col_label, p.col_role, p.n_cols, p.n_centers,        \
+                                        p.exclude_self != 0, p.scalars, p.inv_tau, static_cast<type*>(p.g),     \
+                                        p.gemm_scalars);                                                         \
     }
 CK_FOR_EACH_FLOAT(CK_UNFUSED_GRAD)

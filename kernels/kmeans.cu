@@ -8,10 +8,11 @@
 // is deterministic (no atomics).
 #include "common/dtype.cuh"
 #include "common/norm.cuh"
+#include "params/kmeans.h"
 
 namespace ck {
 
-constexpr int kMeanThreads = 128;
+constexpr int kMeanThreads = CK_KMEANS_MEAN_THREADS;
 
 template <typename TX, typename TOut>
 __device__ void kmeans_mean(const TX* __restrict__ x, int d, const float* __restrict__ norms, const int* __restrict__ perm,
@@ -33,8 +34,9 @@ __device__ void kmeans_mean(const TX* __restrict__ x, int d, const float* __rest
 
 #define CK_KMEANS_MEAN(in_name, in_type, out_name, out_type)                                                  \
     extern "C" __global__ void __launch_bounds__(ck::kMeanThreads) kmeans_mean_##in_name##_##out_name(        \
-        const in_type* x, int d, const float* norms, const int* perm, const int* offsets, out_type* out) {   \
-        ck::kmeans_mean<in_type, out_type>(x, d, norms, perm, offsets, out);                                 \
+        const __grid_constant__ CkKmeansMeanParams p) {                                                                       \
+        ck::kmeans_mean<in_type, out_type>(static_cast<const in_type*>(p.x), p.d, p.norms, p.perm, p.offsets, \
+                                           static_cast<out_type*>(p.out));                                    \
     }
 
 CK_FOR_EACH_FLOAT_PAIR(CK_KMEANS_MEAN)

@@ -15,6 +15,7 @@
 // aligned; element-wise loads, same math.
 #include "common/epilogue.cuh"
 #include "common/tile.cuh"
+#include "params/mlp.h"
 
 namespace ck {
 
@@ -79,7 +80,7 @@ __device__ void linear_backward_weight(const T* __restrict__ dZ, const T* __rest
 
 // Column sums of dZ (m x n): a 32 x 8 block owns 32 columns; thread (x, y) sums rows y, y + 8, ...
 // of its column, then row y = 0 adds the eight partial sums in order (deterministic).
-constexpr int kColSumX = 32, kColSumY = 8;
+constexpr int kColSumX = CK_MLP_COLSUM_X, kColSumY = CK_MLP_COLSUM_Y;
 
 template <typename T>
 __device__ void column_sums(const T* __restrict__ dZ, float* __restrict__ out, int m, int n) {
@@ -123,50 +124,68 @@ __device__ void adamw(float* __restrict__ p, const float* __restrict__ g, float*
 
 }  // namespace ck
 
+// The header's tile constants are Tile128's (the Rust grid is computed from the header).
+static_assert(CK_MLP_TILE == ck::Tile128::BM && CK_MLP_TILE == ck::Tile128::BN, "params/mlp.h");
+static_assert(CK_MLP_GEMM_THREADS == ck::Tile128::THREADS, "params/mlp.h");
+
+namespace ck {
+
+// The kernels' bodies on their parameter structs.
+template <typename T, bool ALIGNED> __device__ __forceinline__ void linear_forward(const CkLinearForwardParams& p) {
+    linear_forward<T, ALIGNED>(static_cast<const T*>(p.x), static_cast<const T*>(p.w), p.bias, static_cast<T*>(p.y), p.m,
+                               p.n, p.k, p.relu);
+}
+template <typename T, bool ALIGNED>
+__device__ __forceinline__ void linear_backward_data(const CkLinearBackwardDataParams& p) {
+    linear_backward_data<T, ALIGNED>(static_cast<const T*>(p.dz), static_cast<const T*>(p.w), static_cast<const T*>(p.mask),
+                                     static_cast<T*>(p.dx), p.m, p.n, p.k);
+}
+template <typename T, bool ALIGNED>
+__device__ __forceinline__ void linear_backward_weight(const CkLinearBackwardWeightParams& p) {
+    linear_backward_weight<T, ALIGNED>(static_cast<const T*>(p.dz), static_cast<const T*>(p.x), p.dw, p.m, p.n, p.k);
+}
+
+}  // namespace ck
+
 #define CK_MLP_GEMM_KERNELS(name, type)                                                                          \
     extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                          \
-        linear_forward_##name(const type* X, const type* W, const float* bias, type* Y, int m, int n, int k,    \
-                              int relu) {                                                                       \
-        ck::linear_forward<type, true>(X, W, bias, Y, m, n, k, relu);                                           \
+        linear_forward_##name(const __grid_constant__ CkLinearForwardParams p) {                                                  \
+        ck::linear_forward<type, true>(p);                                                                      \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                          \
-        linear_forward_##name##_unaligned(const type* X, const type* W, const float* bias, type* Y, int m,      \
-                                          int n, int k, int relu) {                                             \
-        ck::linear_forward<type, false>(X, W, bias, Y, m, n, k, relu);                                          \
+        linear_forward_##name##_unaligned(const __grid_constant__ CkLinearForwardParams p) {                                      \
+        ck::linear_forward<type, false>(p);                                                                     \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                          \
-        linear_backward_data_##name(const type* dZ, const type* W, const type* mask, type* dX, int m, int n,    \
-                                    int k) {                                                                    \
-        ck::linear_backward_data<type, true>(dZ, W, mask, dX, m, n, k);                                         \
+        linear_backward_data_##name(const __grid_constant__ CkLinearBackwardDataParams p) {                                       \
+        ck::linear_backward_data<type, true>(p);                                                                \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                          \
-        linear_backward_data_##name##_unaligned(const type* dZ, const type* W, const type* mask, type* dX,      \
-                                                int m, int n, int k) {                                          \
-        ck::linear_backward_data<type, false>(dZ, W, mask, dX, m, n, k);                                        \
+        linear_backward_data_##name##_unaligned(const __grid_constant__ CkLinearBackwardDataParams p) {                           \
+        ck::linear_backward_data<type, false>(p);                                                               \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                          \
-        linear_backward_weight_##name(const type* dZ, const type* X, float* dW, int m, int n, int k) {          \
-        ck::linear_backward_weight<type, true>(dZ, X, dW, m, n, k);                                             \
+        linear_backward_weight_##name(const __grid_constant__ CkLinearBackwardWeightParams p) {                                   \
+        ck::linear_backward_weight<type, true>(p);                                                              \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                          \
-        linear_backward_weight_##name##_unaligned(const type* dZ, const type* X, float* dW, int m, int n,       \
-                                                  int k) {                                                      \
-        ck::linear_backward_weight<type, false>(dZ, X, dW, m, n, k);                                            \
+        linear_backward_weight_##name##_unaligned(const __grid_constant__ CkLinearBackwardWeightParams p) {                       \
+        ck::linear_backward_weight<type, false>(p);                                                             \
     }                                                                                                           \
     extern "C" __global__ void __launch_bounds__(ck::kColSumX * ck::kColSumY)                                   \
-        column_sums_##name(const type* dZ, float* out, int m, int n) {                                          \
-        ck::column_sums<type>(dZ, out, m, n);                                                                   \
+        column_sums_##name(const __grid_constant__ CkColumnSumsParams p) {                                                        \
+        ck::column_sums<type>(static_cast<const type*>(p.dz), p.out, p.m, p.n);                                \
     }                                                                                                           \
-    extern "C" __global__ void adamw_##name(float* p, const float* g, float* m_state, float* v_state,           \
-                                            type* p_compute, int count, float lr, float beta1, float beta2,     \
-                                            float eps, float weight_decay, float c1, float c2) {                \
-        ck::adamw<type>(p, g, m_state, v_state, p_compute, count,                                               \
-                        {lr, beta1, beta2, eps, weight_decay, c1, c2});                                         \
+    extern "C" __global__ void __launch_bounds__(CK_MLP_ELEMENTWISE_THREADS) adamw_##name(const __grid_constant__ CkAdamwParams a) { \
+        ck::adamw<type>(a.p, a.g, a.m_state, a.v_state, static_cast<type*>(a.p_compute), a.count,               \
+                        {a.lr, a.beta1, a.beta2, a.eps, a.weight_decay, a.c1, a.c2});                           \
     }                                                                                                           \
-    extern "C" __global__ void convert_f32_##name(const float* src, type* dst, int count) {                     \
-        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < count;                         \
+    extern "C" __global__ void __launch_bounds__(CK_MLP_ELEMENTWISE_THREADS)                                    \
+        convert_f32_##name(const __grid_constant__ CkConvertParams p) {                                                           \
+        type* dst = static_cast<type*>(p.dst);                                                                  \
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.count;                       \
              i += (long long)gridDim.x * blockDim.x)                                                            \
-            dst[i] = ck::from_float<type>(src[i]);                                                              \
+            dst[i] = ck::from_float<type>(p.src[i]);                                                            \
     }
 
 CK_MLP_GEMM_KERNELS(f16, __half)

@@ -6,11 +6,13 @@
 #include "common/dtype.cuh"
 #include "common/norm.cuh"
 #include "common/reduce.cuh"
+#include "params/normalize.h"
 
 namespace ck {
 
-constexpr int kNormalizeThreads = 256;
-constexpr int kRowsPerBlock = kNormalizeThreads / 32;
+constexpr int kNormalizeThreads = CK_NORMALIZE_THREADS;
+constexpr int kRowsPerBlock = CK_NORMALIZE_ROWS_PER_BLOCK;
+static_assert(kRowsPerBlock * 32 == kNormalizeThreads, "one warp per row");
 
 // z (optional) = x / max(||x||, eps) in TZ; norms (optional) = ||x|| in f32.
 template <typename TX, typename TZ>
@@ -63,13 +65,15 @@ __device__ void l2_normalize_backward(const TX* __restrict__ x, const TZ* __rest
 
 #define CK_NORMALIZE_KERNELS(in_name, in_type, out_name, out_type)                                          \
     extern "C" __global__ void __launch_bounds__(ck::kNormalizeThreads)                                     \
-        l2_normalize_forward_##in_name##_##out_name(const in_type* x, out_type* z, float* norms, int n, int d) { \
-        ck::l2_normalize_forward<in_type, out_type>(x, z, norms, n, d);                                     \
+        l2_normalize_forward_##in_name##_##out_name(const __grid_constant__ CkNormalizeForwardParams p) {                     \
+        ck::l2_normalize_forward<in_type, out_type>(static_cast<const in_type*>(p.x), static_cast<out_type*>(p.z), \
+                                                    p.norms, p.n, p.d);                                     \
     }                                                                                                       \
     extern "C" __global__ void __launch_bounds__(ck::kNormalizeThreads)                                     \
-        l2_normalize_backward_##in_name##_##out_name(const in_type* x, const out_type* dz, in_type* dx, int n, \
-                                                     int d) {                                               \
-        ck::l2_normalize_backward<in_type, out_type>(x, dz, dx, n, d);                                      \
+        l2_normalize_backward_##in_name##_##out_name(const __grid_constant__ CkNormalizeBackwardParams p) {                   \
+        ck::l2_normalize_backward<in_type, out_type>(static_cast<const in_type*>(p.x),                      \
+                                                     static_cast<const out_type*>(p.dz), static_cast<in_type*>(p.dx), \
+                                                     p.n, p.d);                                             \
     }
 
 CK_FOR_EACH_FLOAT_PAIR(CK_NORMALIZE_KERNELS)

@@ -8,6 +8,7 @@
 // The row norms come from the l2_normalize prologue (norms only); see common/tile.cuh.
 #include "common/epilogue.cuh"
 #include "common/tile.cuh"
+#include "params/similarity.h"
 
 namespace ck {
 
@@ -51,28 +52,31 @@ __device__ void similarity_tile(const T* __restrict__ A, const T* __restrict__ B
 
 }  // namespace ck
 
-#define CK_SIMILARITY_ARGS(in_type, out_type)                                                             \
-    const in_type *A, const in_type *B, const float *norms_a, const float *norms_b, out_type *S, int m, int n, \
-        int d, float scale, int mask_diagonal, float diagonal_value
+// The header's tile constants are the configs' (the Rust grid is computed from the header).
+static_assert(CK_SIMILARITY_MMA_TILE == ck::Tile128::BM && CK_SIMILARITY_MMA_TILE == ck::Tile128::BN, "params/similarity.h");
+static_assert(CK_SIMILARITY_FMA_TILE == ck::Tile64F32::BM && CK_SIMILARITY_FMA_TILE == ck::Tile64F32::BN, "params/similarity.h");
+static_assert(CK_SIMILARITY_THREADS == ck::Tile128::THREADS && CK_SIMILARITY_THREADS == ck::Tile64F32::THREADS, "params/similarity.h");
 
-#define CK_SIMILARITY_MMA_KERNELS(in_name, in_type, out_name, out_type)                                   \
-    extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                    \
-        similarity_##in_name##_##out_name(CK_SIMILARITY_ARGS(in_type, out_type)) {                        \
-        ck::similarity_tile<in_type, out_type, true>(A, B, norms_a, norms_b, S, m, n, d,                  \
-                                                     {scale, mask_diagonal, diagonal_value});             \
-    }                                                                                                     \
-    extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                    \
-        similarity_##in_name##_##out_name##_unaligned(CK_SIMILARITY_ARGS(in_type, out_type)) {            \
-        ck::similarity_tile<in_type, out_type, false>(A, B, norms_a, norms_b, S, m, n, d,                 \
-                                                      {scale, mask_diagonal, diagonal_value});            \
+#define CK_SIMILARITY_CALL(in_type, out_type, aligned)                                                        \
+    ck::similarity_tile<in_type, out_type, aligned>(                                                          \
+        static_cast<const in_type*>(p.a), static_cast<const in_type*>(p.b), p.norms_a, p.norms_b,             \
+        static_cast<out_type*>(p.s), p.m, p.n, p.d, {p.scale, p.mask_diagonal, p.diagonal_value})
+
+#define CK_SIMILARITY_MMA_KERNELS(in_name, in_type, out_name, out_type)                                       \
+    extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                        \
+        similarity_##in_name##_##out_name(const __grid_constant__ CkSimilarityParams p) {                                       \
+        CK_SIMILARITY_CALL(in_type, out_type, true);                                                          \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(ck::Tile128::THREADS)                                        \
+        similarity_##in_name##_##out_name##_unaligned(const __grid_constant__ CkSimilarityParams p) {                           \
+        CK_SIMILARITY_CALL(in_type, out_type, false);                                                         \
     }
 
-#define CK_SIMILARITY_FMA_KERNEL(in_name, in_type, out_name, out_type)                                    \
-    /* 4 blocks/SM: 64 registers, as the FFMA tile needs no more (20 KB of shared memory each) */   \
+#define CK_SIMILARITY_FMA_KERNEL(in_name, in_type, out_name, out_type)                                        \
+    /* 4 blocks/SM: 64 registers, as the FFMA tile needs no more (20 KB of shared memory each) */       \
     extern "C" __global__ void __launch_bounds__(ck::Tile64F32::THREADS, 4)                                  \
-        similarity_##in_name##_##out_name(CK_SIMILARITY_ARGS(in_type, out_type)) {                        \
-        ck::similarity_tile<in_type, out_type, false>(A, B, norms_a, norms_b, S, m, n, d,                 \
-                                                      {scale, mask_diagonal, diagonal_value});            \
+        similarity_##in_name##_##out_name(const __grid_constant__ CkSimilarityParams p) {                                       \
+        CK_SIMILARITY_CALL(in_type, out_type, false);                                                         \
     }
 
 CK_FOR_EACH_FLOAT_PAIR_OUT(CK_SIMILARITY_MMA_KERNELS, f16, __half)

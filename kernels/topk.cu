@@ -42,6 +42,7 @@
 #include "common/norm.cuh"
 #include "common/select.cuh"
 #include "common/tile.cuh"
+#include "params/topk.h"
 
 namespace ck {
 
@@ -403,42 +404,65 @@ __device__ void topk_dense_rows(const float* S, int n, const float* q_norms, con
 }  // namespace ck
 
 // ---------------------------------------------------------------------------------------------
-#define CK_TOPK_SWEEP_PARAMS(type)                                                                          \
-    const type *Q, const type *B, const float *q_norms, const float *b_norms, const float *col_bias,         \
-        const int *exclude, int diag_offset, int nq, int nb, int d, int col_base, int tiles_per_slice
-#define CK_TOPK_SWEEP(type) \
-    ck::Sweep<type> { Q, B, q_norms, b_norms, col_bias, exclude, diag_offset, nq, nb, d, col_base, tiles_per_slice }
+// The header's constants are the kernels' (the Rust grids and shared memory come from the header).
+static_assert(CK_TOPK_TILE == ck::TileEngine<__half>::BM && CK_TOPK_TILE == ck::TileEngine<float>::BM, "params/topk.h");
+static_assert(CK_TOPK_TILE_THREADS == ck::TileEngine<__half>::THREADS && CK_TOPK_TILE_THREADS == ck::TileEngine<float>::THREADS,
+              "params/topk.h");
+static_assert(CK_TOPK_MAX_FUSED_K == ck::kMaxSmallK && CK_TOPK_MERGE_WARPS == ck::kMergeWarps, "params/topk.h");
+static_assert(CK_TOPK_STEP_WARPS == ck::kStepWarps && CK_TOPK_SORT_THREADS == ck::kSortThreads, "params/topk.h");
+static_assert(CK_TOPK_DENSE_THREADS == ck::kDenseThreads, "params/topk.h");
+static_assert(CK_TOPK_RADIX_BINS == ck::kRadixBins && CK_TOPK_RADIX_LEVELS == ck::kRadixLevels, "params/topk.h");
+static_assert(CK_TOPK_POOL_DYN_SMEM == CK_TOPK_TILE_THREADS / 32 * ck::kRadixBins * sizeof(unsigned), "kPool: [WARPS][kRadixBins]");
+static_assert(CK_TOPK_HIST_DYN_SMEM == CK_TOPK_TILE * ck::kRadixBins * sizeof(unsigned), "kHist: [BM][kRadixBins]");
+static_assert(sizeof(CkTopkRadixRow) == sizeof(ck::RadixRow) && offsetof(CkTopkRadixRow, prefix) == offsetof(ck::RadixRow, prefix) &&
+                  offsetof(CkTopkRadixRow, mask) == offsetof(ck::RadixRow, mask) &&
+                  offsetof(CkTopkRadixRow, want) == offsetof(ck::RadixRow, want) &&
+                  offsetof(CkTopkRadixRow, done) == offsetof(ck::RadixRow, done),
+              "ck::RadixRow is laid out as CkTopkRadixRow");
+static_assert(sizeof(uint64_t) == sizeof(ck::SelectKey), "keys are 64-bit");
+
+namespace ck {
+
+template <typename T> __device__ __forceinline__ Sweep<T> sweep_of(const CkTopkSweep& s) {
+    return Sweep<T>{static_cast<const T*>(s.q), static_cast<const T*>(s.b), s.q_norms,
+                    s.b_norms,                  s.col_bias,                   s.exclude,
+                    s.diag_offset,              s.nq,                         s.nb,
+                    s.d,                        s.col_base,                   s.tiles_per_slice};
+}
+inline __device__ SelectKey* keys_of(uint64_t* p) { return reinterpret_cast<SelectKey*>(p); }
+inline __device__ const SelectKey* keys_of(const uint64_t* p) { return reinterpret_cast<const SelectKey*>(p); }
+
+}  // namespace ck
 
 // One kernel per (mode, dtype, loader). The tensor-core tile kernels run two blocks per SM (at
 // most 128 registers), their radix passes one; the FFMA tile kernel one, its radix passes two (at
 // most 128 registers: 109 KB of shared memory a block, 64 KB of it histograms, fit twice).
-#define CK_TOPK_KERNELS(name, type, engine, suffix, aligned, tile_blocks, radix_blocks)                                        \
+#define CK_TOPK_KERNELS(name, type, engine, suffix, aligned, tile_blocks, radix_blocks)                          \
     extern "C" __global__ void __launch_bounds__(engine::THREADS, tile_blocks)                                   \
-        topk_tiles_##name##suffix(CK_TOPK_SWEEP_PARAMS(type), int k, int cap, unsigned long long* pools) {       \
+        topk_tiles_##name##suffix(const __grid_constant__ CkTopkTilesParams p) {                                                   \
         ck::SweepOut out{};                                                                                      \
-        out.k = k;                                                                                               \
-        out.cap = cap;                                                                                           \
-        out.pools = pools;                                                                                       \
-        ck::topk_sweep<ck::kPool, engine, aligned, type>(CK_TOPK_SWEEP(type), out);                              \
+        out.k = p.k;                                                                                             \
+        out.cap = p.cap;                                                                                         \
+        out.pools = ck::keys_of(p.pools);                                                                        \
+        ck::topk_sweep<ck::kPool, engine, aligned, type>(ck::sweep_of<type>(p.sweep), out);                      \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(engine::THREADS, radix_blocks) topk_radix_hist_##name##suffix(            \
-        CK_TOPK_SWEEP_PARAMS(type), const unsigned long long* state, int level, unsigned* hist) {                 \
+    extern "C" __global__ void __launch_bounds__(engine::THREADS, radix_blocks)                                  \
+        topk_radix_hist_##name##suffix(const __grid_constant__ CkTopkRadixHistParams p) {                                          \
         ck::SweepOut out{};                                                                                      \
-        out.state = reinterpret_cast<const ck::RadixRow*>(state);                                                \
-        out.level = level;                                                                                       \
-        out.hist = hist;                                                                                         \
-        ck::topk_sweep<ck::kHist, engine, aligned, type>(CK_TOPK_SWEEP(type), out);                              \
+        out.state = reinterpret_cast<const ck::RadixRow*>(p.state);                                              \
+        out.level = p.level;                                                                                     \
+        out.hist = p.hist;                                                                                       \
+        ck::topk_sweep<ck::kHist, engine, aligned, type>(ck::sweep_of<type>(p.sweep), out);                      \
     }                                                                                                            \
-    extern "C" __global__ void __launch_bounds__(engine::THREADS, radix_blocks) topk_radix_collect_##name##suffix(         \
-        CK_TOPK_SWEEP_PARAMS(type), const unsigned long long* state, int k, unsigned long long* keys,             \
-        int key_stride, int* counts) {                                                                           \
+    extern "C" __global__ void __launch_bounds__(engine::THREADS, radix_blocks)                                  \
+        topk_radix_collect_##name##suffix(const __grid_constant__ CkTopkRadixCollectParams p) {                                    \
         ck::SweepOut out{};                                                                                      \
-        out.state = reinterpret_cast<const ck::RadixRow*>(state);                                                \
-        out.k = k;                                                                                               \
-        out.keys = keys;                                                                                         \
-        out.key_stride = key_stride;                                                                             \
-        out.counts = counts;                                                                                     \
-        ck::topk_sweep<ck::kCollect, engine, aligned, type>(CK_TOPK_SWEEP(type), out);                           \
+        out.state = reinterpret_cast<const ck::RadixRow*>(p.state);                                              \
+        out.k = p.k;                                                                                             \
+        out.keys = ck::keys_of(p.keys);                                                                          \
+        out.key_stride = p.key_stride;                                                                           \
+        out.counts = p.counts;                                                                                   \
+        ck::topk_sweep<ck::kCollect, engine, aligned, type>(ck::sweep_of<type>(p.sweep), out);                   \
     }
 
 CK_TOPK_KERNELS(f16, __half, ck::TileEngine<__half>, , true, 2, 1)
@@ -447,25 +471,23 @@ CK_TOPK_KERNELS(bf16, __nv_bfloat16, ck::TileEngine<__nv_bfloat16>, , true, 2, 1
 CK_TOPK_KERNELS(bf16, __nv_bfloat16, ck::TileEngine<__nv_bfloat16>, _unaligned, false, 2, 1)
 CK_TOPK_KERNELS(f32, float, ck::TileEngine<float>, , false, 1, 2)
 
-extern "C" __global__ void __launch_bounds__(ck::kMergeWarps * 32)
-    topk_merge(const unsigned long long* pools, int slices, int cap, const unsigned long long* running, int nq, int k,
-               unsigned long long* keys_out, float* values, int* indices) {
-    ck::topk_merge(pools, slices, cap, running, nq, k, keys_out, values, indices);
+// The parameter structs are __grid_constant__ (read in place from the parameter space, never
+// copied: without it topk_dense_rows takes 56 registers instead of 32), except here, where ptxas
+// happens to schedule the copy better (58 registers against 60).
+extern "C" __global__ void __launch_bounds__(ck::kMergeWarps * 32) topk_merge(const CkTopkMergeParams p) {
+    ck::topk_merge(ck::keys_of(p.pools), p.slices, p.cap, ck::keys_of(p.running), p.nq, p.k, ck::keys_of(p.keys_out),
+                   p.values, p.indices);
 }
 
-extern "C" __global__ void __launch_bounds__(ck::kStepWarps * 32)
-    topk_radix_step(unsigned long long* state, unsigned* hist, int nq, int level, int* unfinished) {
-    ck::topk_radix_step(reinterpret_cast<ck::RadixRow*>(state), hist, nq, level, unfinished);
+extern "C" __global__ void __launch_bounds__(ck::kStepWarps * 32) topk_radix_step(const __grid_constant__ CkTopkRadixStepParams p) {
+    ck::topk_radix_step(reinterpret_cast<ck::RadixRow*>(p.state), p.hist, p.nq, p.level, p.unfinished);
 }
 
-extern "C" __global__ void __launch_bounds__(ck::kSortThreads)
-    topk_sort_rows(unsigned long long* keys, int k, int kpad, int use_smem, float* values, int* indices) {
-    ck::topk_sort_rows(keys, k, kpad, use_smem, values, indices);
+extern "C" __global__ void __launch_bounds__(ck::kSortThreads) topk_sort_rows(const __grid_constant__ CkTopkSortParams p) {
+    ck::topk_sort_rows(ck::keys_of(p.keys), p.k, p.kpad, p.use_smem, p.values, p.indices);
 }
 
-extern "C" __global__ void __launch_bounds__(ck::kDenseThreads)
-    topk_dense_rows(const float* S, int n, const float* q_norms, const float* b_norms, const int* exclude,
-                    int diag_offset, int k, int kpad, unsigned long long* scratch, int use_smem, float* values,
-                    int* indices) {
-    ck::topk_dense_rows(S, n, q_norms, b_norms, exclude, diag_offset, k, kpad, scratch, use_smem, values, indices);
+extern "C" __global__ void __launch_bounds__(ck::kDenseThreads) topk_dense_rows(const __grid_constant__ CkTopkDenseParams p) {
+    ck::topk_dense_rows(p.s, p.n, p.q_norms, p.b_norms, p.exclude, p.diag_offset, p.k, p.kpad, ck::keys_of(p.scratch),
+                        p.use_smem, p.values, p.indices);
 }

@@ -83,15 +83,19 @@ fn launches_over_the_limits_are_rejected() {
         assert_eq!(cuMemAlloc_v2(&mut dv, 16), CUDA_SUCCESS);
         assert_eq!(cuMemAlloc_v2(&mut di, 16), CUDA_SUCCESS);
         assert_eq!(cuMemcpyHtoD_v2(dk, keys.as_ptr() as *const c_void, 32), CUDA_SUCCESS);
-        let (mut k, mut kpad, mut smem) = (4 as c_int, 4 as c_int, 1 as c_int);
-        let args = &mut [
-            &mut dk as *mut u64 as *mut c_void,
-            &mut k as *mut c_int as *mut c_void,
-            &mut kpad as *mut c_int as *mut c_void,
-            &mut smem as *mut c_int as *mut c_void,
-            &mut dv as *mut u64 as *mut c_void,
-            &mut di as *mut u64 as *mut c_void,
-        ];
+        // The kernel's one argument, CkTopkSortParams of kernels/params/topk.h (this crate does not
+        // see the generated Rust of the main crate; the layout is plain: 3 pointers, 3 ints).
+        #[repr(C)]
+        struct SortParams {
+            keys: u64,
+            values: u64,
+            indices: u64,
+            k: c_int,
+            kpad: c_int,
+            use_smem: c_int,
+        }
+        let mut params = SortParams { keys: dk, values: dv, indices: di, k: 4, kpad: 4, use_smem: 1 };
+        let args = &mut [&mut params as *mut SortParams as *mut c_void];
         assert_eq!(launch(f, 512, 64 * 1024, args), CUDA_SUCCESS);
         let mut idx = [0i32; 4];
         assert_eq!(cuMemcpyDtoH_v2(idx.as_mut_ptr() as *mut c_void, di, 16), CUDA_SUCCESS);

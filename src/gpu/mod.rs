@@ -4,6 +4,7 @@
 //! driver, a missing device or a build without nvcc into an [`Error`] instead of a panic.
 
 mod buffer;
+pub mod params;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -117,41 +118,35 @@ impl Gpu {
         Ok(f)
     }
 
-    /// Launches `module::name` on `stream`; build `params` with [`kernel_args!`].
+    /// Launches `module::name` on `stream` with its one argument, the op's parameter struct
+    /// (generated from `kernels/params/<op>.h`, see [`params`]).
     ///
     /// # Safety
-    /// The parameters must match the kernel's signature, and every pointer must be valid for the
+    /// `P` must be the struct the kernel takes, and every pointer in it must be valid for the
     /// accesses the kernel makes with the sizes given.
-    pub(crate) unsafe fn launch(
+    pub(crate) unsafe fn launch<P: params::KernelParams>(
         &self,
         stream: &CudaStream,
         module: &str,
         name: &str,
         cfg: LaunchConfig,
-        params: &mut [*mut c_void],
+        params: &P,
     ) -> Result<()> {
         let f = self.function(module, name)?;
         self.inner.ctx.bind_to_thread().during("binding the CUDA context")?;
+        // cuLaunchKernel copies the struct out of `params` before it returns.
+        let mut args = [params as *const P as *mut c_void];
         cudarc::driver::result::launch_kernel(
             f.cu_function(),
             cfg.grid_dim,
             cfg.block_dim,
             cfg.shared_mem_bytes,
             stream.cu_stream(),
-            params,
+            &mut args,
         )
         .during(format_args!("kernel `{name}`"))
     }
 }
-
-/// The parameter array of a kernel launch: each argument by address (pointers as `u64`, sizes as
-/// `i32`, scalars as `f32`), borrowed for as long as the array lives.
-macro_rules! kernel_args {
-    ($($arg:expr),* $(,)?) => {
-        [$(($arg) as *const _ as *mut ::std::ffi::c_void),*]
-    };
-}
-pub(crate) use kernel_args;
 
 /// A i32 kernel argument, or a clear error when a size does not fit.
 pub(crate) fn dim_i32(arg: &'static str, v: usize) -> Result<i32> {

@@ -16,6 +16,7 @@
 #define __launch_bounds__(...) __launch_bounds__(__VA_ARGS__)
 #define __device__
 #define __host__
+#define __grid_constant__
 #define __noinline__ __attribute__((noinline))
 
 #include <math.h>

@@ -9,11 +9,11 @@ use cudarc::driver::{CudaSlice, DevicePtr, LaunchConfig};
 use super::{check_image_rows, Augment, ViewDraw};
 use crate::data::ImageShape;
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu};
+use crate::gpu::params::augment::{AugmentViewsParams, RotateViewsParams, THREADS};
+use crate::gpu::{dim_i32, DeviceMatrix, Gpu};
 use crate::rng::SplitMix64;
 
 const MODULE: &str = "augment";
-const THREADS: u32 = 256;
 
 fn check(shape: ImageShape, images: &DeviceMatrix<f32>, rows: &[usize]) -> Result<()> {
     check_image_rows(shape, (images.rows(), images.cols()), rows)
@@ -28,7 +28,7 @@ fn upload<E: cudarc::driver::DeviceRepr + cudarc::driver::ValidAsZeroBits>(gpu: 
 }
 
 fn config(total: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (total.div_ceil(THREADS as usize).max(1) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig { grid_dim: (total.div_ceil(THREADS).max(1) as u32, 1, 1), block_dim: (THREADS as u32, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// One view of each image `rows[k]` (row k of the result) and the draws that made it.
@@ -57,43 +57,24 @@ pub fn views(
         upload(gpu, &draws.iter().map(|d| d.noise_seed).collect::<Vec<_>>())?,
     );
     let src = upload(gpu, &src)?;
-    let (images_p, out_p) = (images.raw(stream).0.ptr, out.raw(stream).0.ptr);
-    let (src_p, sy_p, sx_p, flip_p) =
-        (src.device_ptr(stream).0, sy.device_ptr(stream).0, sx.device_ptr(stream).0, flip.device_ptr(stream).0);
-    let (gain_p, seed_p) = (gain.device_ptr(stream).0, seed.device_ptr(stream).0);
-    let (n_images, c, h, w, n_views) = (
-        dim_i32("images.rows", images.rows())?,
-        dim_i32("channels", shape.channels)?,
-        dim_i32("height", shape.height)?,
-        dim_i32("width", shape.width)?,
-        dim_i32("rows", rows.len())?,
-    );
-    // SAFETY: every pointer is a live buffer of the sizes the arguments describe; the argument
-    // list matches augment_views.
-    unsafe {
-        gpu.launch(
-            stream,
-            MODULE,
-            "augment_views",
-            config(rows.len() * shape.len()),
-            &mut kernel_args![
-                &images_p,
-                &n_images,
-                &c,
-                &h,
-                &w,
-                &src_p,
-                &sy_p,
-                &sx_p,
-                &flip_p,
-                &gain_p,
-                &seed_p,
-                &augment.noise_std,
-                &n_views,
-                &out_p
-            ],
-        )?;
-    }
+    let params = AugmentViewsParams {
+        images: images.raw(stream).0.ptr,
+        src_row: src.device_ptr(stream).0,
+        shift_y: sy.device_ptr(stream).0,
+        shift_x: sx.device_ptr(stream).0,
+        flip: flip.device_ptr(stream).0,
+        gain: gain.device_ptr(stream).0,
+        noise_seed: seed.device_ptr(stream).0,
+        out: out.raw(stream).0.ptr,
+        n_images: dim_i32("images.rows", images.rows())?,
+        channels: dim_i32("channels", shape.channels)?,
+        h: dim_i32("height", shape.height)?,
+        w: dim_i32("width", shape.width)?,
+        n_views: dim_i32("rows", rows.len())?,
+        noise_std: augment.noise_std,
+    };
+    // SAFETY: every pointer is a live buffer of the sizes the parameters describe.
+    unsafe { gpu.launch(stream, MODULE, "augment_views", config(rows.len() * shape.len()), &params)? };
     Ok((out, draws))
 }
 
@@ -119,23 +100,17 @@ pub fn rotated(
     let stream = gpu.stream();
     let src = upload(gpu, &rows.iter().map(|&r| r as i32).collect::<Vec<_>>())?;
     let turns = upload(gpu, &quarter_turns.iter().map(|&t| (t % 4) as i32).collect::<Vec<_>>())?;
-    let (images_p, out_p, src_p, turns_p) =
-        (images.raw(stream).0.ptr, out.raw(stream).0.ptr, src.device_ptr(stream).0, turns.device_ptr(stream).0);
-    let (n_images, c, n, n_views) = (
-        dim_i32("images.rows", images.rows())?,
-        dim_i32("channels", shape.channels)?,
-        dim_i32("height", shape.height)?,
-        dim_i32("rows", rows.len())?,
-    );
-    // SAFETY: as in `views`; the argument list matches rotate_views.
-    unsafe {
-        gpu.launch(
-            stream,
-            MODULE,
-            "rotate_views",
-            config(rows.len() * shape.len()),
-            &mut kernel_args![&images_p, &n_images, &c, &n, &src_p, &turns_p, &n_views, &out_p],
-        )?;
-    }
+    let params = RotateViewsParams {
+        images: images.raw(stream).0.ptr,
+        src_row: src.device_ptr(stream).0,
+        quarter_turns: turns.device_ptr(stream).0,
+        out: out.raw(stream).0.ptr,
+        n_images: dim_i32("images.rows", images.rows())?,
+        channels: dim_i32("channels", shape.channels)?,
+        n: dim_i32("height", shape.height)?,
+        n_views: dim_i32("rows", rows.len())?,
+    };
+    // SAFETY: as in `views`.
+    unsafe { gpu.launch(stream, MODULE, "rotate_views", config(rows.len() * shape.len()), &params)? };
     Ok(out)
 }

@@ -15,25 +15,26 @@ use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 use super::{empty_positive_error, ContrastiveLoss, Geometry, LossInputs, Reduction};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::gpu::params::contrastive::{
+    self as params, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveForwardParams, ContrastivePackParams,
+    GradSide, NormPenaltyBackwardParams, ReduceParams, RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
+};
+use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
 const MODULE: &str = "contrastive";
-/// Mirrors kernels/common/tile_config.cuh: Tile128 rows per forward block, Tile64RowWarps rows per
-/// backward block (the same for their f32 forms).
-const FORWARD_ROWS: usize = 128;
-const FORWARD_THREADS: u32 = 256;
-const BACKWARD_ROWS: usize = 64;
-const BACKWARD_THREADS: u32 = 128;
-/// kGradChunk: d columns of the gradient per backward block (BackwardTraits in contrastive.cu).
+/// d columns of the gradient per backward block (BackwardTraits in contrastive.cu).
 fn grad_chunk(dtype: DType) -> usize {
     if dtype == DType::F32 {
-        64
+        params::GRAD_CHUNK_F32
     } else {
-        128
+        params::GRAD_CHUNK_HALF
     }
 }
-pub(super) const ROW_KERNEL_THREADS: u32 = 256; // one warp per row: pack, norm penalty
-pub(super) const SINGLE_BLOCK_THREADS: u32 = 1024; // contrastive_reduce, contrastive_backward_prepare
+/// One warp per row: pack, norm penalty backward.
+pub(super) const ROW_KERNEL_THREADS: u32 = params::ROW_THREADS as u32;
+pub(super) const ROWS_PER_ROW_BLOCK: usize = params::ROWS_PER_ROW_BLOCK;
+/// contrastive_reduce, contrastive_backward_prepare.
+pub(super) const SINGLE_BLOCK_THREADS: u32 = params::SINGLE_BLOCK_THREADS as u32;
 
 /// The rows of one loss evaluation in device memory (the device twin of [`super::LossInputs`]).
 /// Id and weight slices hold one entry per row.
@@ -195,17 +196,20 @@ pub(super) fn rows_config(rows: usize, rows_per_block: usize, threads: u32) -> L
 
 const SINGLE_BLOCK: LaunchConfig = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
 
-pub(super) const CHECK_NAMES: [(&str, &str); 9] = [
-    ("features", "holds a non-finite value"),
-    ("label", "has an id below -1 (ids are >= 0, or -1 for none)"),
-    ("role", "has a role above 2 (0 anchor, 1 negative-only, 2 norm-penalty-only)"),
-    ("weight", "has a weight that is negative or not finite"),
-    ("prototypes.proto_of", "has an index outside -1..number of prototypes"),
-    ("keys.features", "holds a non-finite value"),
-    ("keys.label", "has an id below -1"),
-    ("prototypes.centers", "holds a non-finite value"),
-    ("role", "is NormPenaltyOnly, which needs a loss with norm_penalty > 0 (ContrastiveLoss::oecl)"),
-];
+/// The argument and the message of each check of contrastive_check_inputs, by its code.
+pub(super) const CHECK_NAMES: [(&str, &str); params::CHECK_COUNT] = {
+    let mut names = [("", ""); params::CHECK_COUNT];
+    names[params::CHECK_FEATURES] = ("features", "holds a non-finite value");
+    names[params::CHECK_LABEL] = ("label", "has an id below -1 (ids are >= 0, or -1 for none)");
+    names[params::CHECK_ROLE] = ("role", "has a role above 2 (0 anchor, 1 negative-only, 2 norm-penalty-only)");
+    names[params::CHECK_WEIGHT] = ("weight", "has a weight that is negative or not finite");
+    names[params::CHECK_PROTO_OF] = ("prototypes.proto_of", "has an index outside -1..number of prototypes");
+    names[params::CHECK_KEYS] = ("keys.features", "holds a non-finite value");
+    names[params::CHECK_KEY_LABEL] = ("keys.label", "has an id below -1");
+    names[params::CHECK_CENTERS] = ("prototypes.centers", "holds a non-finite value");
+    names[params::CHECK_PENALTY_ROLE] = ("role", "is NormPenaltyOnly, which needs a loss with norm_penalty > 0 (ContrastiveLoss::oecl)");
+    names
+};
 
 /// One loss evaluation in caller-owned device memory: the form the C ABI and frameworks use.
 /// Pointers are `CUdeviceptr`s; 0 means absent (only `features` and `instance` are required, and
@@ -349,28 +353,27 @@ pub unsafe fn forward_raw(
     let has_penalty = (loss.norm_penalty > 0.0) as i32;
     let flags_p = ptr(&flags, stream);
     let checked = n.max(n_keys).max(n_centers);
-    let cfg = LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
-    gpu.launch(
-        stream,
-        MODULE,
-        "contrastive_check_inputs",
-        cfg,
-        &mut kernel_args![
-            &norms_p,
-            &label_p,
-            &r.role,
-            &r.weight,
-            &r.proto_of,
-            &n_i,
-            &key_norms_arg,
-            &key_label_arg,
-            &nk_i,
-            &center_norms_p,
-            &nc_i,
-            &has_penalty,
-            &flags_p
-        ],
-    )?;
+    let cfg = LaunchConfig {
+        grid_dim: (checked.div_ceil(params::CHECK_THREADS).clamp(1, params::CHECK_MAX_BLOCKS) as u32, 1, 1),
+        block_dim: (params::CHECK_THREADS as u32, 1, 1),
+        shared_mem_bytes: 0,
+    };
+    let params = CheckInputsParams {
+        norms: norms_p,
+        label: label_p,
+        role: r.role,
+        weight: r.weight,
+        proto_of: r.proto_of,
+        key_norms: key_norms_arg,
+        key_label: key_label_arg,
+        center_norms: center_norms_p,
+        flags: flags_p,
+        n: n_i,
+        n_keys: nk_i,
+        n_centers: nc_i,
+        has_penalty,
+    };
+    gpu.launch(stream, MODULE, "contrastive_check_inputs", cfg, &params)?;
 
     let (cols_x, cols_norms, cols_inst, cols_label, cols_role) = if pairwise {
         (r.keys, key_norms_p, r.key_instance, key_label_p, 0u64)
@@ -379,62 +382,36 @@ pub unsafe fn forward_raw(
     };
     let aligned = d % 8 == 0 && r.features % 16 == 0 && cols_x % 16 == 0 && r.centers % 16 == 0;
     let name = format!("contrastive_forward_{}{}", r.dtype, if aligned { "" } else { "_unaligned" });
-    let exclude_self = (!pairwise) as i32;
-    let inv_tau = 1.0f32 / loss.temperature;
     let per_anchor_p = per_anchor_scratch.as_ref().map_or(out.per_anchor, |s| ptr(s, stream));
     if n > 0 {
-        gpu.launch(
-            stream,
-            MODULE,
-            &name,
-            rows_config(n, FORWARD_ROWS, FORWARD_THREADS),
-            &mut kernel_args![
-                &r.features,
-                &norms_p,
-                &r.instance,
-                &label_p,
-                &r.role,
-                &n_i,
-                &cols_x,
-                &cols_norms,
-                &cols_inst,
-                &cols_label,
-                &cols_role,
-                &nk_i,
-                &r.centers,
-                &center_norms_p,
-                &nc_i,
-                &r.proto_of,
-                &d_i,
-                &exclude_self,
-                &inv_tau,
-                &loss.scale,
-                &per_anchor_p,
-                &out.lse,
-                &out.positives
-            ],
-        )?;
+        let params = ContrastiveForwardParams {
+            rows: RowSet { x: r.features, norms: norms_p, instance: r.instance, label: label_p, role: r.role, count: n_i },
+            cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
+            protos: RowSet { x: r.centers, norms: center_norms_p, count: nc_i, ..RowSet::default() },
+            proto_of: r.proto_of,
+            d: d_i,
+            exclude_self: (!pairwise) as i32,
+            inv_tau: 1.0f32 / loss.temperature,
+            scale: loss.scale,
+            per_anchor: per_anchor_p,
+            lse: out.lse,
+            positives: out.positives,
+        };
+        gpu.launch(stream, MODULE, &name, rows_config(n, FORWARD_ROWS, FORWARD_THREADS as u32), &params)?;
     }
-    let mean = (loss.reduction == Reduction::Mean) as i32;
-    let first_empty_p = ptr(&first_empty, stream);
-    gpu.launch(
-        stream,
-        MODULE,
-        "contrastive_reduce",
-        SINGLE_BLOCK,
-        &mut kernel_args![
-            &per_anchor_p,
-            &r.weight,
-            &r.role,
-            &out.positives,
-            &norms_p,
-            &n_i,
-            &mean,
-            &loss.norm_penalty,
-            &out.loss,
-            &first_empty_p
-        ],
-    )?;
+    let params = ReduceParams {
+        per_anchor: per_anchor_p,
+        weight: r.weight,
+        role: r.role,
+        positives: out.positives,
+        norms: norms_p,
+        out: out.loss,
+        first_empty: ptr(&first_empty, stream),
+        n: n_i,
+        mean: (loss.reduction == Reduction::Mean) as i32,
+        penalty: loss.norm_penalty,
+    };
+    gpu.launch(stream, MODULE, "contrastive_reduce", SINGLE_BLOCK, &params)?;
 
     let flags = stream.clone_dtoh(&flags).during("device-to-host copy")?;
     if let Some((k, row)) = flags.iter().enumerate().find(|(_, &row)| row != i32::MAX) {
@@ -467,39 +444,21 @@ pub struct RawGradOutputs {
     pub prototypes: u64,
 }
 
-/// One side of a backward pass; mirrors `ck::GradSide` (kernels/contrastive.cu), passed by value.
-#[repr(C)]
-#[derive(Clone, Copy, Default)]
-struct GradSide {
-    x: u64,
-    norms: u64,
-    u: u64,
-    instance: u64,
-    label: u64,
-    role: u64,
-    proto_of: u64,
-    lse: u64,
-    coef_a: u64,
-    coef_b: u64,
-    count: i32,
-    reserved: i32,
-}
-const _: () = assert!(std::mem::size_of::<GradSide>() == 88);
-
 /// Rows x / 2^e (2^e = the power of two at or below max(||x||, eps): exact, norm in [1, 2)) in the
 /// input dtype, padded with zeros to `dp` (a multiple of 8), as raw bytes: the backward's H U
 /// operand (contrastive.cu's backward comment says why not rounded unit rows).
 unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
     let out = stream.alloc_zeros::<u8>((m.rows * dp * m.dtype.size_bytes()).max(16)).during("device allocation")?;
     if m.rows > 0 {
-        let (n, d, dp_i, out_p) = (dim_i32("rows", m.rows)?, dim_i32("cols", m.cols)?, dim_i32("cols", dp)?, ptr(&out, stream));
-        gpu.launch(
-            stream,
-            MODULE,
-            &format!("contrastive_pack_{}", m.dtype),
-            rows_config(m.rows, 8, ROW_KERNEL_THREADS),
-            &mut kernel_args![&m.ptr, &n, &d, &dp_i, &out_p],
-        )?;
+        let params = ContrastivePackParams {
+            x: m.ptr,
+            u: ptr(&out, stream),
+            n: dim_i32("rows", m.rows)?,
+            d: dim_i32("cols", m.cols)?,
+            dp: dim_i32("cols", dp)?,
+        };
+        let cfg = rows_config(m.rows, ROWS_PER_ROW_BLOCK, ROW_KERNEL_THREADS);
+        gpu.launch(stream, MODULE, &format!("contrastive_pack_{}", m.dtype), cfg, &params)?;
     }
     Ok(out)
 }
@@ -618,45 +577,40 @@ pub unsafe fn backward_raw(
         }
         let cfg = LaunchConfig {
             grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(chunk) as u32, 1),
-            block_dim: (BACKWARD_THREADS, 1, 1),
+            block_dim: (BACKWARD_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        let du_p = ptr(du, stream);
+        let params = ContrastiveBackwardParams {
+            own,
+            other,
+            protos: extra,
+            scalars: scalars_p,
+            du: ptr(du, stream),
+            dp: dp_i,
+            d: d_i,
+            exclude_self,
+            inv_tau,
+        };
         // SAFETY: every side's pointers are live buffers sized by its count (raw rows: count x d,
-        // packed rows: count x dp, norms: count), `du` holds count x d floats, and the arguments
-        // match contrastive_backward_*.
-        unsafe {
-            gpu.launch(
-                stream,
-                MODULE,
-                &name,
-                cfg,
-                &mut kernel_args![&own, &other, &extra, &dp_i, &d_i, &exclude_self, &inv_tau, &scalars_p, &du_p],
-            )
-        }
+        // packed rows: count x dp, norms: count), and `du` holds count x d floats.
+        unsafe { gpu.launch(stream, MODULE, &name, cfg, &params) }
     };
 
-    let (per_row_i, mean) = (per_row as i32, (loss.reduction == Reduction::Mean) as i32);
-    let (coef_a_p, coef_b_p) = (rows_side.coef_a, rows_side.coef_b);
-    gpu.launch(
-        stream,
-        MODULE,
-        "contrastive_backward_prepare",
-        SINGLE_BLOCK,
-        &mut kernel_args![
-            &r.role,
-            &r.weight,
-            &positives,
-            &upstream.ptr,
-            &per_row_i,
-            &mean,
-            &loss.scale,
-            &n_i,
-            &coef_a_p,
-            &coef_b_p,
-            &scalars_p
-        ],
-    )?;
+    let per_row_i = per_row as i32;
+    let params = BackwardPrepareParams {
+        role: r.role,
+        weight: r.weight,
+        positives,
+        upstream: upstream.ptr,
+        coef_a: rows_side.coef_a,
+        coef_b: rows_side.coef_b,
+        scalars: scalars_p,
+        per_row: per_row_i,
+        mean: (loss.reduction == Reduction::Mean) as i32,
+        n: n_i,
+        scale: loss.scale,
+    };
+    gpu.launch(stream, MODULE, "contrastive_backward_prepare", SINGLE_BLOCK, &params)?;
     match keys_side {
         None => pass(rows_side, rows_side, protos_side, 1, &du_rows)?,
         Some(keys_side) => {
@@ -677,13 +631,19 @@ pub unsafe fn backward_raw(
     };
     to_dx(r.features(), &du_rows, dx)?;
     if loss.norm_penalty > 0.0 && r.role != 0 && n > 0 {
-        gpu.launch(
-            stream,
-            MODULE,
-            &format!("contrastive_norm_penalty_backward_{}", r.dtype),
-            rows_config(n, 8, ROW_KERNEL_THREADS),
-            &mut kernel_args![&r.features, &r.role, &n_i, &d_i, &upstream.ptr, &per_row_i, &loss.norm_penalty, &scalars_p, &dx.ptr],
-        )?;
+        let params = NormPenaltyBackwardParams {
+            x: r.features,
+            role: r.role,
+            upstream: upstream.ptr,
+            scalars: scalars_p,
+            dx: dx.ptr,
+            n: n_i,
+            d: d_i,
+            per_row: per_row_i,
+            alpha: loss.norm_penalty,
+        };
+        let cfg = rows_config(n, ROWS_PER_ROW_BLOCK, ROW_KERNEL_THREADS);
+        gpu.launch(stream, MODULE, &format!("contrastive_norm_penalty_backward_{}", r.dtype), cfg, &params)?;
     }
     if let (Some(k), Some(du), Some(dk)) = (keys, &du_keys, dk) {
         to_dx(k, du, dk)?;

@@ -55,16 +55,16 @@ pub enum EmptyPositives {
     Error,
 }
 
-/// The part a row plays.
+/// The part a row plays (the kernels' codes: kernels/params/contrastive.h).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 #[repr(u8)]
 pub enum RowRole {
     #[default]
-    Anchor = 0,
+    Anchor = crate::gpu::params::contrastive::ROLE_ANCHOR as u8,
     /// Only in denominators (outlier-exposure negatives): never an anchor.
-    NegativeOnly = 1,
+    NegativeOnly = crate::gpu::params::contrastive::ROLE_NEGATIVE_ONLY as u8,
     /// Outside the similarity matrix; only its raw norm enters the OECL penalty.
-    NormPenaltyOnly = 2,
+    NormPenaltyOnly = crate::gpu::params::contrastive::ROLE_NORM_PENALTY_ONLY as u8,
 }
 
 /// A configured loss. Build it with one of the named constructors, then adjust.

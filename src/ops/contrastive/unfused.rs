@@ -26,13 +26,16 @@ use cudarc::cublas::{result::gemm_ex, sys as blas_sys, CudaBlas};
 use cudarc::driver::{CudaSlice, CudaStream, LaunchConfig};
 
 use super::gpu::{
-    check_device_inputs, opt_ptr, ptr, rows_config, upstream_on_device, CHECK_NAMES, ROW_KERNEL_THREADS, SINGLE_BLOCK_THREADS,
+    check_device_inputs, opt_ptr, ptr, rows_config, upstream_on_device, CHECK_NAMES, ROWS_PER_ROW_BLOCK, ROW_KERNEL_THREADS,
+    SINGLE_BLOCK_THREADS,
 };
 use super::gpu::{DeviceGradients, DeviceLossInputs, Upstream};
 use super::{empty_positive_error, ContrastiveLoss, EmptyPositives, Geometry, Reduction};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::gpu::params::contrastive::{BackwardPrepareParams, CheckInputsParams, NormPenaltyBackwardParams, ReduceParams};
+use crate::gpu::params::contrastive_unfused::{UnfusedGradParams, UnfusedSoftmaxParams, THREADS as ROW_THREADS};
+use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
 const MODULE: &str = "contrastive_unfused";
 
@@ -45,8 +48,6 @@ fn raw<T: FloatElement>(m: &DeviceMatrix<T>, stream: &CudaStream) -> RawMatrix {
     m.raw(stream).0
 }
 
-/// Mirrors kernels/contrastive_unfused.cu: one 256-thread block per row of S.
-const ROW_THREADS: u32 = 256;
 /// Left free beyond [`extra_bytes`]: cuBLAS's workspace and the driver's own allocations.
 const HEADROOM_BYTES: usize = 64 << 20;
 
@@ -296,30 +297,33 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
     unsafe {
         let flags_p = ptr(&flags, stream);
         let checked = n.max(n_cols).max(n_centers);
-        let cfg =
-            LaunchConfig { grid_dim: (checked.div_ceil(256).clamp(1, 1024) as u32, 1, 1), block_dim: (256, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig {
+            grid_dim: (
+                checked.div_ceil(crate::gpu::params::contrastive::CHECK_THREADS).clamp(1, crate::gpu::params::contrastive::CHECK_MAX_BLOCKS)
+                    as u32,
+                1,
+                1,
+            ),
+            block_dim: (crate::gpu::params::contrastive::CHECK_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
         let has_penalty = (loss.norm_penalty > 0.0) as i32;
-        gpu.launch(
-            stream,
-            CONTRASTIVE_MODULE,
-            "contrastive_check_inputs",
-            cfg,
-            &mut kernel_args![
-                &norms_p,
-                &label_p,
-                &role_p,
-                &weight_p,
-                &proto_of_p,
-                &n_i,
-                &key_norms_p,
-                &key_label_p,
-                &nc_i,
-                &center_norms_p,
-                &ncent_i,
-                &has_penalty,
-                &flags_p
-            ],
-        )?;
+        let params = CheckInputsParams {
+            norms: norms_p,
+            label: label_p,
+            role: role_p,
+            weight: weight_p,
+            proto_of: proto_of_p,
+            key_norms: key_norms_p,
+            key_label: key_label_p,
+            center_norms: center_norms_p,
+            flags: flags_p,
+            n: n_i,
+            n_keys: nc_i,
+            n_centers: ncent_i,
+            has_penalty,
+        };
+        gpu.launch(stream, CONTRASTIVE_MODULE, "contrastive_check_inputs", cfg, &params)?;
 
         // Row-major S (n x m) is column-major S^T (m x n, ld m): S^T = U_cols U_rows^T, where a
         // row-major unit-row buffer read column-major is U^T (d x rows, ld d).
@@ -348,53 +352,43 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
 
         let exclude_self = (loss.geometry == Geometry::SelfSimilarity) as i32;
         if n > 0 {
-            let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
-            gpu.launch(
-                stream,
-                MODULE,
-                "contrastive_unfused_softmax",
-                cfg,
-                &mut kernel_args![
-                    &logits_p,
-                    &m_i,
-                    &instance_p,
-                    &label_p,
-                    &role_p,
-                    &proto_of_p,
-                    &cols_inst,
-                    &cols_label,
-                    &cols_role,
-                    &nc_i,
-                    &ncent_i,
-                    &exclude_self,
-                    &loss.scale,
-                    &per_anchor_p,
-                    &lse_p,
-                    &positives_p
-                ],
-            )?;
+            let cfg = LaunchConfig { grid_dim: (n as u32, 1, 1), block_dim: (ROW_THREADS as u32, 1, 1), shared_mem_bytes: 0 };
+            let params = UnfusedSoftmaxParams {
+                s: logits_p,
+                ld: m_i,
+                instance: instance_p,
+                label: label_p,
+                role: role_p,
+                proto_of: proto_of_p,
+                col_instance: cols_inst,
+                col_label: cols_label,
+                col_role: cols_role,
+                n_cols: nc_i,
+                n_centers: ncent_i,
+                exclude_self,
+                scale: loss.scale,
+                per_anchor: per_anchor_p,
+                lse: lse_p,
+                positives: positives_p,
+            };
+            gpu.launch(stream, MODULE, "contrastive_unfused_softmax", cfg, &params)?;
         }
         let mean = (loss.reduction == Reduction::Mean) as i32;
         let (total_p, first_empty_p) = (ptr(&total, stream), ptr(&first_empty, stream));
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
-        gpu.launch(
-            stream,
-            CONTRASTIVE_MODULE,
-            "contrastive_reduce",
-            cfg,
-            &mut kernel_args![
-                &per_anchor_p,
-                &weight_p,
-                &role_p,
-                &positives_p,
-                &norms_p,
-                &n_i,
-                &mean,
-                &loss.norm_penalty,
-                &total_p,
-                &first_empty_p
-            ],
-        )?;
+        let params = ReduceParams {
+            per_anchor: per_anchor_p,
+            weight: weight_p,
+            role: role_p,
+            positives: positives_p,
+            norms: norms_p,
+            out: total_p,
+            first_empty: first_empty_p,
+            n: n_i,
+            mean,
+            penalty: loss.norm_penalty,
+        };
+        gpu.launch(stream, CONTRASTIVE_MODULE, "contrastive_reduce", cfg, &params)?;
     }
 
     // The same failures as the fused forward, in the same order.
@@ -507,54 +501,44 @@ pub fn backward_measured<T: FloatElement>(
         let (per_row_i, positives_p) = (per_row as i32, ptr(&saved.positives, stream));
         let weight_p = opt_ptr(inputs.weight, stream);
         let cfg = LaunchConfig { grid_dim: (1, 1, 1), block_dim: (SINGLE_BLOCK_THREADS, 1, 1), shared_mem_bytes: 0 };
-        gpu.launch(
-            stream,
-            CONTRASTIVE_MODULE,
-            "contrastive_backward_prepare",
-            cfg,
-            &mut kernel_args![
-                &role_p,
-                &weight_p,
-                &positives_p,
-                &upstream_p,
-                &per_row_i,
-                &mean,
-                &loss.scale,
-                &n_i,
-                &coef_a_p,
-                &coef_b_p,
-                &scalars_p
-            ],
-        )?;
+        let params = BackwardPrepareParams {
+            role: role_p,
+            weight: weight_p,
+            positives: positives_p,
+            upstream: upstream_p,
+            coef_a: coef_a_p,
+            coef_b: coef_b_p,
+            scalars: scalars_p,
+            per_row: per_row_i,
+            mean,
+            n: n_i,
+            scale: loss.scale,
+        };
+        gpu.launch(stream, CONTRASTIVE_MODULE, "contrastive_backward_prepare", cfg, &params)?;
         // Grid at least 1: block 0 also writes gemm_scalars.
-        let cfg = LaunchConfig { grid_dim: (n.max(1) as u32, 1, 1), block_dim: (ROW_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid_dim: (n.max(1) as u32, 1, 1), block_dim: (ROW_THREADS as u32, 1, 1), shared_mem_bytes: 0 };
         let rows = if n == 0 { 0 } else { m_i };
-        gpu.launch(
-            stream,
-            MODULE,
-            &format!("contrastive_unfused_grad_{}", T::DTYPE),
-            cfg,
-            &mut kernel_args![
-                &logits_p,
-                &rows,
-                &lse_p,
-                &coef_a_p,
-                &coef_b_p,
-                &instance_p,
-                &label_p,
-                &proto_of_p,
-                &cols_inst,
-                &cols_label,
-                &cols_role,
-                &(if n == 0 { 0 } else { nc_i }),
-                &(if n == 0 { 0 } else { ncent_i }),
-                &exclude_self,
-                &scalars_p,
-                &inv_tau,
-                &g_p,
-                &gemm_scalars_p
-            ],
-        )?;
+        let params = UnfusedGradParams {
+            s: logits_p,
+            lse: lse_p,
+            coef_a: coef_a_p,
+            coef_b: coef_b_p,
+            instance: instance_p,
+            label: label_p,
+            proto_of: proto_of_p,
+            col_instance: cols_inst,
+            col_label: cols_label,
+            col_role: cols_role,
+            scalars: scalars_p,
+            g: g_p,
+            gemm_scalars: gemm_scalars_p,
+            ld: rows,
+            n_cols: if n == 0 { 0 } else { nc_i },
+            n_centers: if n == 0 { 0 } else { ncent_i },
+            exclude_self,
+            inv_tau,
+        };
+        gpu.launch(stream, MODULE, &format!("contrastive_unfused_grad_{}", T::DTYPE), cfg, &params)?;
 
         // Column-major views as in the forward: G (row-major n x m) read column-major is G^T
         // (m x n, ld m); its first n_cols rows are the key columns, the rest the prototypes.
@@ -628,13 +612,19 @@ pub fn backward_measured<T: FloatElement>(
         let dx_p = ptr(features.slice_mut(), stream);
         // SAFETY: as above; the kernel writes only NormPenaltyOnly rows of dx.
         unsafe {
-            gpu.launch(
-                stream,
-                CONTRASTIVE_MODULE,
-                &format!("contrastive_norm_penalty_backward_{}", T::DTYPE),
-                rows_config(n, 8, ROW_KERNEL_THREADS),
-                &mut kernel_args![&x.ptr, &role_p, &n_i, &d_i, &upstream_p, &(per_row as i32), &loss.norm_penalty, &scalars_p, &dx_p],
-            )?;
+            let params = NormPenaltyBackwardParams {
+                x: x.ptr,
+                role: role_p,
+                upstream: upstream_p,
+                scalars: scalars_p,
+                dx: dx_p,
+                n: n_i,
+                d: d_i,
+                per_row: per_row as i32,
+                alpha: loss.norm_penalty,
+            };
+            let cfg = rows_config(n, ROWS_PER_ROW_BLOCK, ROW_KERNEL_THREADS);
+            gpu.launch(stream, CONTRASTIVE_MODULE, &format!("contrastive_norm_penalty_backward_{}", T::DTYPE), cfg, &params)?;
         }
     }
     let keys_grad = match (keys, &du_keys) {

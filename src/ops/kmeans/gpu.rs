@@ -5,14 +5,14 @@ use cudarc::driver::{DevicePtr, DevicePtrMut, LaunchConfig};
 
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Result};
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::gpu::params::kmeans::{KmeansMeanParams, MEAN_THREADS};
+use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 use crate::matrix::Matrix;
 use crate::rng::SplitMix64;
 
 use super::{check, check_finite_norms, distance2, next_seed, segments, KMeans, KMeansMetric, KMeansOptions};
 
 const MODULE: &str = "kmeans";
-const MEAN_THREADS: u32 = 128;
 
 /// k-means of the rows of `x` on the GPU (default stream). Deterministic for a given seed.
 pub fn kmeans<T: FloatElement>(gpu: &Gpu, x: &DeviceMatrix<T>, opts: &KMeansOptions) -> Result<KMeans<T>> {
@@ -111,23 +111,25 @@ pub fn kmeans<T: FloatElement>(gpu: &Gpu, x: &DeviceMatrix<T>, opts: &KMeansOpti
         let off_dev = stream.clone_htod(&offsets).during("host-to-device copy")?;
         let (perm_p, off_p) = (perm_dev.device_ptr(stream).0, off_dev.device_ptr(stream).0);
         let cfg = LaunchConfig {
-            grid_dim: (d.div_ceil(MEAN_THREADS as usize) as u32, k as u32, 1),
-            block_dim: (MEAN_THREADS, 1, 1),
+            grid_dim: (d.div_ceil(MEAN_THREADS) as u32, k as u32, 1),
+            block_dim: (MEAN_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         if spherical {
             let name = format!("kmeans_mean_{}_f32", T::DTYPE);
             // SAFETY: x (n x d), norms (n), perm / offsets as built, mean (k x d f32).
-            unsafe { gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&xr.ptr, &d_i, &norms_p, &perm_p, &off_p, &mean_p])? };
+            let params = KmeansMeanParams { x: xr.ptr, norms: norms_p, perm: perm_p, offsets: off_p, out: mean_p, d: d_i };
+            unsafe { gpu.launch(stream, MODULE, &name, cfg, &params)? };
             let mean = RawMatrix::new(mean_p, k, d, DType::F32);
             let cent = RawMatrix::new(cent_p, k, d, T::DTYPE);
             // SAFETY: both k x d, live.
             unsafe { crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, mean, Some(cent), None)? };
         } else {
             let name = format!("kmeans_mean_{}_{}", T::DTYPE, T::DTYPE);
-            let no_weights = 0u64;
-            // SAFETY: as above, writing the centroids (k x d, T) directly.
-            unsafe { gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&xr.ptr, &d_i, &no_weights, &perm_p, &off_p, &cent_p])? };
+            // No weights; writing the centroids (k x d, T) directly.
+            let params = KmeansMeanParams { x: xr.ptr, norms: 0, perm: perm_p, offsets: off_p, out: cent_p, d: d_i };
+            // SAFETY: as above.
+            unsafe { gpu.launch(stream, MODULE, &name, cfg, &params)? };
         }
         gpu.synchronize()?; // perm / offsets are freed at the end of this iteration
         drop((perm_dev, off_dev));

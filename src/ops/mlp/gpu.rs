@@ -6,18 +6,15 @@ use cudarc::driver::{sys::CUdeviceptr, CudaSlice, CudaStream, DevicePtr, DeviceP
 use super::{check_input, AdamW, Linear, MlpConfig, MlpParams};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::gpu::params::mlp::{
+    AdamwParams, ColumnSumsParams, ConvertParams, LinearBackwardDataParams, LinearBackwardWeightParams, LinearForwardParams, COLSUM_X,
+    COLSUM_Y, ELEMENTWISE_THREADS, GEMM_THREADS, TILE,
+};
+use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 use crate::matrix::Matrix;
 use crate::ops::{check_features, check_same_shape};
 
 const MODULE: &str = "mlp";
-/// Mirrors kernels/common/tile_config.cuh (Tile128: 128 x 128 outputs, 256 threads) and the
-/// 32 x 8 block of column_sums.
-const TILE: usize = 128;
-const GEMM_THREADS: u32 = 256;
-const COLSUM_X: u32 = 32;
-const COLSUM_Y: u32 = 8;
-const ELEMENTWISE_THREADS: u32 = 256;
 
 fn check_compute_dtype(arg: &'static str, dtype: DType) -> Result<()> {
     match dtype {
@@ -40,15 +37,15 @@ fn gemm_grid(rows: usize, cols: usize, arg: &'static str) -> Result<LaunchConfig
     }
     Ok(LaunchConfig {
         grid_dim: (cols.div_ceil(TILE) as u32, rows.div_ceil(TILE) as u32, 1),
-        block_dim: (GEMM_THREADS, 1, 1),
+        block_dim: (GEMM_THREADS as u32, 1, 1),
         shared_mem_bytes: 0,
     })
 }
 
 fn elementwise_grid(count: usize) -> LaunchConfig {
     // Grid-stride loops: a bounded grid is enough.
-    let blocks = count.div_ceil(ELEMENTWISE_THREADS as usize).clamp(1, 4096) as u32;
-    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS, 1, 1), shared_mem_bytes: 0 }
+    let blocks = count.div_ceil(ELEMENTWISE_THREADS).clamp(1, 4096) as u32;
+    LaunchConfig { grid_dim: (blocks, 1, 1), block_dim: (ELEMENTWISE_THREADS as u32, 1, 1), shared_mem_bytes: 0 }
 }
 
 fn suffix(aligned: bool) -> &'static str {
@@ -95,9 +92,17 @@ pub unsafe fn linear_forward_raw(
     }
     let aligned = x.cols % 8 == 0 && x.ptr % 16 == 0 && w.ptr % 16 == 0;
     let name = format!("linear_forward_{}{}", x.dtype, suffix(aligned));
-    let (m, n, k) = (dim_i32("x.rows", x.rows)?, dim_i32("w.rows", w.rows)?, dim_i32("x.cols", x.cols)?);
-    let (bias_p, relu_i) = (bias.unwrap_or(0), relu as i32);
-    gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&x.ptr, &w.ptr, &bias_p, &y.ptr, &m, &n, &k, &relu_i])
+    let params = LinearForwardParams {
+        x: x.ptr,
+        w: w.ptr,
+        bias: bias.unwrap_or(0),
+        y: y.ptr,
+        m: dim_i32("x.rows", x.rows)?,
+        n: dim_i32("w.rows", w.rows)?,
+        k: dim_i32("x.cols", x.cols)?,
+        relu: relu as i32,
+    };
+    gpu.launch(stream, MODULE, &name, cfg, &params)
 }
 
 /// dX = dZ W, masked to where `relu_of` > 0 when given (the previous layer's ReLU'): `dz` m x n,
@@ -136,9 +141,16 @@ pub unsafe fn linear_backward_data_raw(
     }
     let aligned = dz.cols % 8 == 0 && w.cols % 8 == 0 && dz.ptr % 16 == 0 && w.ptr % 16 == 0;
     let name = format!("linear_backward_data_{}{}", dz.dtype, suffix(aligned));
-    let (m, n, k) = (dim_i32("dz.rows", dz.rows)?, dim_i32("dz.cols", dz.cols)?, dim_i32("w.cols", w.cols)?);
-    let mask_p = relu_of.map_or(0, |r| r.ptr);
-    gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&dz.ptr, &w.ptr, &mask_p, &dx.ptr, &m, &n, &k])
+    let params = LinearBackwardDataParams {
+        dz: dz.ptr,
+        w: w.ptr,
+        mask: relu_of.map_or(0, |r| r.ptr),
+        dx: dx.ptr,
+        m: dim_i32("dz.rows", dz.rows)?,
+        n: dim_i32("dz.cols", dz.cols)?,
+        k: dim_i32("w.cols", w.cols)?,
+    };
+    gpu.launch(stream, MODULE, &name, cfg, &params)
 }
 
 /// dW = dZ^T X (f32, n x k): `dz` m x n and `x` m x k in one dtype (f16 or bf16). With m = 0
@@ -162,8 +174,15 @@ pub unsafe fn linear_backward_weight_raw(gpu: &Gpu, stream: &CudaStream, dz: Raw
     let cfg = gemm_grid(dz.cols, x.cols, "dz")?;
     let aligned = dz.cols % 8 == 0 && x.cols % 8 == 0 && dz.ptr % 16 == 0 && x.ptr % 16 == 0;
     let name = format!("linear_backward_weight_{}{}", dz.dtype, suffix(aligned));
-    let (m, n, k) = (dim_i32("dz.rows", dz.rows)?, dim_i32("dz.cols", dz.cols)?, dim_i32("x.cols", x.cols)?);
-    gpu.launch(stream, MODULE, &name, cfg, &mut kernel_args![&dz.ptr, &x.ptr, &dw.ptr, &m, &n, &k])
+    let params = LinearBackwardWeightParams {
+        dz: dz.ptr,
+        x: x.ptr,
+        dw: dw.ptr,
+        m: dim_i32("dz.rows", dz.rows)?,
+        n: dim_i32("dz.cols", dz.cols)?,
+        k: dim_i32("x.cols", x.cols)?,
+    };
+    gpu.launch(stream, MODULE, &name, cfg, &params)
 }
 
 /// db = column sums of `dz` (m x n, f16 or bf16) into `out` (n f32), in a fixed order.
@@ -176,9 +195,12 @@ pub unsafe fn column_sums_raw(gpu: &Gpu, stream: &CudaStream, dz: RawMatrix, out
     dz.check_pointer("dz")?;
     RawMatrix::new(out, dz.cols, 1, DType::F32).check_pointer("out")?;
     let (m, n) = (dim_i32("dz.rows", dz.rows)?, dim_i32("dz.cols", dz.cols)?);
-    let cfg =
-        LaunchConfig { grid_dim: ((dz.cols as u32).div_ceil(COLSUM_X), 1, 1), block_dim: (COLSUM_X, COLSUM_Y, 1), shared_mem_bytes: 0 };
-    gpu.launch(stream, MODULE, &format!("column_sums_{}", dz.dtype), cfg, &mut kernel_args![&dz.ptr, &out, &m, &n])
+    let cfg = LaunchConfig {
+        grid_dim: (dz.cols.div_ceil(COLSUM_X) as u32, 1, 1),
+        block_dim: (COLSUM_X as u32, COLSUM_Y as u32, 1),
+        shared_mem_bytes: 0,
+    };
+    gpu.launch(stream, MODULE, &format!("column_sums_{}", dz.dtype), cfg, &ColumnSumsParams { dz: dz.ptr, out, m, n })
 }
 
 /// One AdamW update of `count` f32 parameters `p` with gradients `g` and moments `m`, `v` (all
@@ -221,16 +243,22 @@ pub unsafe fn adamw_raw(
     }
     let (c1, c2) = hp.bias_corrections(step);
     let (c1, c2) = (c1 as f32, c2 as f32);
-    let count_i = dim_i32("count", count)?;
-    let compute_p = compute.unwrap_or(0);
-    let name = format!("adamw_{compute_dtype}");
-    gpu.launch(
-        stream,
-        MODULE,
-        &name,
-        elementwise_grid(count),
-        &mut kernel_args![&p, &g, &m, &v, &compute_p, &count_i, &hp.lr, &hp.beta1, &hp.beta2, &hp.eps, &weight_decay, &c1, &c2],
-    )
+    let params = AdamwParams {
+        p,
+        g,
+        m_state: m,
+        v_state: v,
+        p_compute: compute.unwrap_or(0),
+        count: dim_i32("count", count)?,
+        lr: hp.lr,
+        beta1: hp.beta1,
+        beta2: hp.beta2,
+        eps: hp.eps,
+        weight_decay,
+        c1,
+        c2,
+    };
+    gpu.launch(stream, MODULE, &format!("adamw_{compute_dtype}"), elementwise_grid(count), &params)
 }
 
 /// `dst` (count elements of `dst_dtype`, f16 or bf16) = `src` (count f32), rounded to nearest.
@@ -251,8 +279,8 @@ pub(crate) unsafe fn convert_f32_raw(
     if count == 0 {
         return Ok(());
     }
-    let count_i = dim_i32("count", count)?;
-    gpu.launch(stream, MODULE, &format!("convert_f32_{dst_dtype}"), elementwise_grid(count), &mut kernel_args![&src, &dst, &count_i])
+    let params = ConvertParams { src, dst, count: dim_i32("count", count)? };
+    gpu.launch(stream, MODULE, &format!("convert_f32_{dst_dtype}"), elementwise_grid(count), &params)
 }
 
 /// The raw view of a matrix the kernel writes (all launches are on the one stream, so the

@@ -5,16 +5,14 @@ use cudarc::driver::{sys, CudaSlice, CudaStream, DevicePtrMut, LaunchConfig};
 use super::{check_backward, check_forward};
 use crate::dtype::FloatElement;
 use crate::error::{CudaContext as _, Result};
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::gpu::params::normalize::{NormalizeBackwardParams, NormalizeForwardParams, ROWS_PER_BLOCK, THREADS};
+use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 use crate::ops::{check_float, check_same_shape};
 
 const MODULE: &str = "normalize";
-/// Mirrors kernels/normalize.cu: 256 threads, one warp per row.
-const THREADS: u32 = 256;
-const ROWS_PER_BLOCK: usize = (THREADS / 32) as usize;
 
 fn config(rows: usize) -> LaunchConfig {
-    LaunchConfig { grid_dim: (rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1), block_dim: (THREADS, 1, 1), shared_mem_bytes: 0 }
+    LaunchConfig { grid_dim: (rows.div_ceil(ROWS_PER_BLOCK) as u32, 1, 1), block_dim: (THREADS as u32, 1, 1), shared_mem_bytes: 0 }
 }
 
 /// Z (in `TZ`) and the row norms of `x`, on the GPU's default stream.
@@ -84,9 +82,14 @@ pub unsafe fn l2_normalize_raw(
         return Ok(());
     }
     let name = format!("l2_normalize_forward_{}_{}", x.dtype, z_dtype);
-    let (z_ptr, norms_ptr) = (z.map_or(0, |z| z.ptr), norms.unwrap_or(0));
-    let (n, d) = (dim_i32("x.rows", x.rows)?, dim_i32("x.cols", x.cols)?);
-    gpu.launch(stream, MODULE, &name, config(x.rows), &mut kernel_args![&x.ptr, &z_ptr, &norms_ptr, &n, &d])
+    let params = NormalizeForwardParams {
+        x: x.ptr,
+        z: z.map_or(0, |z| z.ptr),
+        norms: norms.unwrap_or(0),
+        n: dim_i32("x.rows", x.rows)?,
+        d: dim_i32("x.cols", x.cols)?,
+    };
+    gpu.launch(stream, MODULE, &name, config(x.rows), &params)
 }
 
 /// Backward on caller memory: dx (dtype of `x`) from `x` and `dz` (any float dtype).
@@ -108,6 +111,6 @@ pub unsafe fn l2_normalize_backward_raw(gpu: &Gpu, stream: &CudaStream, x: RawMa
         return Ok(());
     }
     let name = format!("l2_normalize_backward_{}_{}", x.dtype, dz.dtype);
-    let (n, d) = (dim_i32("x.rows", x.rows)?, dim_i32("x.cols", x.cols)?);
-    gpu.launch(stream, MODULE, &name, config(x.rows), &mut kernel_args![&x.ptr, &dz.ptr, &dx.ptr, &n, &d])
+    let params = NormalizeBackwardParams { x: x.ptr, dz: dz.ptr, dx: dx.ptr, n: dim_i32("x.rows", x.rows)?, d: dim_i32("x.cols", x.cols)? };
+    gpu.launch(stream, MODULE, &name, config(x.rows), &params)
 }

@@ -2,10 +2,11 @@
 
 use cudarc::driver::{CudaStream, DevicePtrMut, LaunchConfig};
 
-use super::{check, SimilarityOptions, FMA_TILE, MMA_TILE, THREADS};
+use super::{check, SimilarityOptions};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::gpu::params::similarity::{SimilarityParams, FMA_TILE, MMA_TILE, THREADS};
+use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 use crate::ops::{check_float, check_same_shape};
 
 const MODULE: &str = "similarity";
@@ -81,12 +82,21 @@ pub unsafe fn similarity_raw(
     let tile = if tensor_cores { MMA_TILE } else { FMA_TILE };
     let cfg = LaunchConfig {
         grid_dim: (b.rows.div_ceil(tile) as u32, a.rows.div_ceil(tile) as u32, 1),
-        block_dim: (THREADS, 1, 1),
+        block_dim: (THREADS as u32, 1, 1),
         shared_mem_bytes: 0,
     };
-    let (m, n, d) = (dim_i32("a.rows", a.rows)?, dim_i32("b.rows", b.rows)?, dim_i32("a.cols", a.cols)?);
-    let mask = opts.mask_diagonal.is_some() as i32;
-    let fill = opts.mask_diagonal.unwrap_or(0.0);
-    let params = &mut kernel_args![&a.ptr, &b.ptr, &norms_a, &norms_b, &s.ptr, &m, &n, &d, &opts.scale, &mask, &fill];
-    gpu.launch(stream, MODULE, &name, cfg, params)
+    let params = SimilarityParams {
+        a: a.ptr,
+        b: b.ptr,
+        norms_a,
+        norms_b,
+        s: s.ptr,
+        m: dim_i32("a.rows", a.rows)?,
+        n: dim_i32("b.rows", b.rows)?,
+        d: dim_i32("a.cols", a.cols)?,
+        scale: opts.scale,
+        mask_diagonal: opts.mask_diagonal.is_some() as i32,
+        diagonal_value: opts.mask_diagonal.unwrap_or(0.0),
+    };
+    gpu.launch(stream, MODULE, &name, cfg, &params)
 }

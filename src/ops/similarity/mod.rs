@@ -13,11 +13,7 @@ pub mod gpu;
 
 use super::check_features;
 use crate::error::{Error, Result};
-
-/// Mirrors kernels/common/tile_config.cuh: Tile128 (tensor cores) and FmaTile64 (f32), 256 threads each.
-pub(crate) const MMA_TILE: usize = 128;
-pub(crate) const FMA_TILE: usize = 64;
-pub(crate) const THREADS: u32 = 256;
+use crate::gpu::params::similarity::{FMA_TILE, MMA_TILE};
 
 /// Parameters of [`gpu::similarity`].
 #[derive(Clone, Copy, Debug, PartialEq)]

@@ -10,29 +10,22 @@ use cudarc::driver::{result as driver, CudaSlice, CudaStream, DevicePtr, DeviceP
 use super::{check, Exclusion, TopK, TopKOptions};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
-use crate::gpu::{dim_i32, kernel_args, DeviceMatrix, Gpu, RawMatrix};
+use crate::gpu::params::topk::{
+    self as params, TopkDenseParams, TopkMergeParams, TopkRadixCollectParams, TopkRadixHistParams, TopkRadixRow, TopkRadixStepParams,
+    TopkSortParams, TopkSweep, TopkTilesParams, DENSE_THREADS, HIST_DYN_SMEM, MERGE_WARPS, POOL_DYN_SMEM, RADIX_BINS, RADIX_LEVELS,
+    SORT_THREADS, STEP_WARPS, TILE, TILE_THREADS,
+};
+use crate::gpu::params::KernelParams;
+use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 use crate::matrix::Matrix;
 use crate::ops::check_float;
 
 // ------------------------------------------------------------------------------------------------
-// Mirrors of kernels/topk.cu.
+// The launches. Tile sizes, threads and shared memory come from kernels/params/topk.h.
 
 const MODULE: &str = "topk";
-/// Tile128 / FmaTile128: 128 x 128 tiles, 256 threads.
-const TILE: usize = 128;
-const TILE_THREADS: u32 = 256;
 /// The largest k of the fused strategy (topk_merge's buffers).
-pub const MAX_FUSED_K: usize = 1024;
-const MERGE_WARPS: usize = 4;
-const STEP_WARPS: usize = 4;
-const SORT_THREADS: u32 = 512;
-const DENSE_THREADS: u32 = 512;
-const RADIX_BINS: usize = 128;
-const RADIX_LEVELS: usize = 10;
-/// Dynamic shared memory: the pool kernels' compaction histograms (8 warps x 256 words) and the
-/// radix passes' histograms (128 rows x 128 bins).
-const POOL_DYN_SMEM: usize = 8 * 256 * 4;
-const HIST_DYN_SMEM: usize = TILE * RADIX_BINS * 4;
+pub const MAX_FUSED_K: usize = params::MAX_FUSED_K;
 /// Sorting in shared memory up to this many keys (dynamic, no opt-in needed below 48 KB).
 const SORT_SMEM_KEYS: usize = 4096;
 /// Per-query pools are global scratch; queries are processed in batches to bound it.
@@ -42,7 +35,7 @@ const MAX_SLICES: usize = 64;
 
 /// Capacity of a query's pool: k kept keys plus room for at least two tile rows of survivors.
 pub(crate) fn pool_capacity(k: usize) -> usize {
-    k + k.max(256)
+    k + k.max(2 * TILE)
 }
 
 /// The result on the device: `values` / `indices` are rows x k, row-major.
@@ -402,7 +395,7 @@ fn aligned(q: &RawMatrix, b: &RawMatrix) -> bool {
 }
 
 /// Launches a kernel that needs more than the default 48 KB of shared memory in total.
-unsafe fn launch_with_smem(gpu: &Gpu, stream: &CudaStream, name: &str, cfg: LaunchConfig, params: &mut [*mut c_void]) -> Result<()> {
+unsafe fn launch_with_smem<P: KernelParams>(gpu: &Gpu, stream: &CudaStream, name: &str, cfg: LaunchConfig, params: &P) -> Result<()> {
     gpu.function(MODULE, name)?
         .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, cfg.shared_mem_bytes as i32)
         .during(format_args!("kernel `{name}` shared memory size"))?;
@@ -480,12 +473,6 @@ unsafe fn fused(
 
     bank.for_each_chunk(gpu, stream, opts.normalized, &mut |chunk: Chunk| {
         let (slices, per_slice) = slices_for(sms, nq, chunk.x.rows);
-        let (nb, d, base, per) = (
-            dim_i32("bank.rows", chunk.x.rows)?,
-            dim_i32("queries.cols", chunk.x.cols)?,
-            dim_i32("bank.rows", chunk.base)?,
-            per_slice as i32,
-        );
         let bias_p = if bias == 0 { 0 } else { bias + 4 * chunk.base as u64 };
         let mut start = 0;
         while start < nq {
@@ -494,39 +481,50 @@ unsafe fn fused(
             let name = sweep_kernel("topk_tiles", qx.dtype, aligned(&qx, &chunk.x));
             let cfg = LaunchConfig {
                 grid_dim: (len.div_ceil(TILE) as u32, slices as u32, 1),
-                block_dim: (TILE_THREADS, 1, 1),
+                block_dim: (TILE_THREADS as u32, 1, 1),
                 shared_mem_bytes: POOL_DYN_SMEM as u32,
             };
             let nq_i = len as i32;
-            let params = &mut kernel_args![
-                &qx.ptr,
-                &chunk.x.ptr,
-                &qn,
-                &chunk.norms,
-                &bias_p,
-                &ex,
-                &diag,
-                &nq_i,
-                &nb,
-                &d,
-                &base,
-                &per,
-                &k_i,
-                &cap_i,
-                &pools_p
-            ];
-            launch_with_smem(gpu, stream, &name, cfg, params)?;
+            let params = TopkTilesParams {
+                sweep: TopkSweep {
+                    q: qx.ptr,
+                    b: chunk.x.ptr,
+                    q_norms: qn,
+                    b_norms: chunk.norms,
+                    col_bias: bias_p,
+                    exclude: ex,
+                    diag_offset: diag,
+                    nq: nq_i,
+                    nb: dim_i32("bank.rows", chunk.x.rows)?,
+                    d: dim_i32("queries.cols", chunk.x.cols)?,
+                    col_base: dim_i32("bank.rows", chunk.base)?,
+                    tiles_per_slice: per_slice as i32,
+                },
+                pools: pools_p,
+                k: k_i,
+                cap: cap_i,
+            };
+            launch_with_smem(gpu, stream, &name, cfg, &params)?;
 
             let run_p = if running_p == 0 { 0 } else { running_p + (start * k * 8) as u64 };
             let (vals, idx) = if chunk.last { (values + (start * k * 4) as u64, indices + (start * k * 4) as u64) } else { (0, 0) };
-            let slices_i = slices as i32;
             let cfg = LaunchConfig {
                 grid_dim: (len.div_ceil(MERGE_WARPS) as u32, 1, 1),
                 block_dim: (32 * MERGE_WARPS as u32, 1, 1),
                 shared_mem_bytes: 0,
             };
-            let params = &mut kernel_args![&pools_p, &slices_i, &cap_i, &run_p, &nq_i, &k_i, &run_p, &vals, &idx];
-            gpu.launch(stream, MODULE, "topk_merge", cfg, params)?;
+            let params = TopkMergeParams {
+                pools: pools_p,
+                slices: slices as i32,
+                cap: cap_i,
+                running: run_p,
+                nq: nq_i,
+                k: k_i,
+                keys_out: run_p,
+                values: vals,
+                indices: idx,
+            };
+            gpu.launch(stream, MODULE, "topk_merge", cfg, &params)?;
             start += len;
         }
         Ok(())
@@ -550,45 +548,48 @@ unsafe fn radix(
     let (nq, k) = (queries.x.rows, opts.k);
     let nq_i = dim_i32("queries.rows", nq)?;
     let sms = multiprocessors(gpu);
-    // RadixRow: prefix, mask, want | done << 32.
-    let state_host: Vec<u64> = (0..nq).flat_map(|_| [0u64, 0u64, k as u64]).collect();
+    let state_host = vec![TopkRadixRow { prefix: 0, mask: 0, want: k as u32, done: 0 }; nq];
     let mut state = stream.clone_htod(&state_host).during("host-to-device copy")?;
     let mut hist = stream.alloc_zeros::<u32>(nq * RADIX_BINS).during("radix histograms")?;
     let mut unfinished = stream.alloc_zeros::<i32>(1).during("device allocation")?;
     let (state_p, hist_p) = (state.device_ptr_mut(stream).0, hist.device_ptr_mut(stream).0);
     let unfinished_p = unfinished.device_ptr_mut(stream).0;
 
-    // One sweep of every chunk with `launch(kernel name, chunk, its sweep parameters)`.
-    let sweep = |bank: &mut dyn BankSource, prefix: &str, tail: &mut dyn FnMut(&mut Vec<*mut c_void>) -> Result<()>| -> Result<()> {
-        bank.for_each_chunk(gpu, stream, opts.normalized, &mut |chunk: Chunk| {
-            let (slices, per_slice) = slices_for(sms, nq, chunk.x.rows);
-            let (nb, d, base, per) = (
-                dim_i32("bank.rows", chunk.x.rows)?,
-                dim_i32("queries.cols", chunk.x.cols)?,
-                dim_i32("bank.rows", chunk.base)?,
-                per_slice as i32,
-            );
-            let bias_p = if bias == 0 { 0 } else { bias + 4 * chunk.base as u64 };
-            let (qx, qn, ex, diag) = queries.batch(0, nq);
-            let name = sweep_kernel(prefix, qx.dtype, aligned(&qx, &chunk.x));
-            let dyn_smem = if prefix == "topk_radix_hist" { HIST_DYN_SMEM } else { 0 };
-            let cfg = LaunchConfig {
-                grid_dim: (nq.div_ceil(TILE) as u32, slices as u32, 1),
-                block_dim: (TILE_THREADS, 1, 1),
-                shared_mem_bytes: dyn_smem as u32,
-            };
-            let mut params: Vec<*mut c_void> =
-                kernel_args![&qx.ptr, &chunk.x.ptr, &qn, &chunk.norms, &bias_p, &ex, &diag, &nq_i, &nb, &d, &base, &per].to_vec();
-            tail(&mut params)?;
-            launch_with_smem(gpu, stream, &name, cfg, &mut params)
-        })
-    };
+    // One sweep of every chunk: `launch(kernel name, launch config, the chunk's sweep parameters)`.
+    let sweep =
+        |bank: &mut dyn BankSource, prefix: &str, launch: &mut dyn FnMut(&str, LaunchConfig, TopkSweep) -> Result<()>| -> Result<()> {
+            bank.for_each_chunk(gpu, stream, opts.normalized, &mut |chunk: Chunk| {
+                let (slices, per_slice) = slices_for(sms, nq, chunk.x.rows);
+                let (qx, qn, ex, diag) = queries.batch(0, nq);
+                let name = sweep_kernel(prefix, qx.dtype, aligned(&qx, &chunk.x));
+                let dyn_smem = if prefix == "topk_radix_hist" { HIST_DYN_SMEM } else { 0 };
+                let cfg = LaunchConfig {
+                    grid_dim: (nq.div_ceil(TILE) as u32, slices as u32, 1),
+                    block_dim: (TILE_THREADS as u32, 1, 1),
+                    shared_mem_bytes: dyn_smem as u32,
+                };
+                let sweep = TopkSweep {
+                    q: qx.ptr,
+                    b: chunk.x.ptr,
+                    q_norms: qn,
+                    b_norms: chunk.norms,
+                    col_bias: if bias == 0 { 0 } else { bias + 4 * chunk.base as u64 },
+                    exclude: ex,
+                    diag_offset: diag,
+                    nq: nq_i,
+                    nb: dim_i32("bank.rows", chunk.x.rows)?,
+                    d: dim_i32("queries.cols", chunk.x.cols)?,
+                    col_base: dim_i32("bank.rows", chunk.base)?,
+                    tiles_per_slice: per_slice as i32,
+                };
+                launch(&name, cfg, sweep)
+            })
+        };
 
     for level in 0..RADIX_LEVELS {
         let level_i = level as i32;
-        sweep(bank, "topk_radix_hist", &mut |p| {
-            p.extend(kernel_args![&state_p, &level_i, &hist_p]);
-            Ok(())
+        sweep(bank, "topk_radix_hist", &mut |name, cfg, sweep| {
+            launch_with_smem(gpu, stream, name, cfg, &TopkRadixHistParams { sweep, state: state_p, hist: hist_p, level: level_i })
         })?;
         driver::memset_d8_async(unfinished_p, 0, 4, stream.cu_stream()).during("memset")?;
         let cfg = LaunchConfig {
@@ -596,7 +597,8 @@ unsafe fn radix(
             block_dim: (32 * STEP_WARPS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
-        gpu.launch(stream, MODULE, "topk_radix_step", cfg, &mut kernel_args![&state_p, &hist_p, &nq_i, &level_i, &unfinished_p])?;
+        let params = TopkRadixStepParams { state: state_p, hist: hist_p, unfinished: unfinished_p, nq: nq_i, level: level_i };
+        gpu.launch(stream, MODULE, "topk_radix_step", cfg, &params)?;
         if stream.clone_dtoh(&unfinished).during("device-to-host copy")?[0] == 0 {
             break;
         }
@@ -607,17 +609,18 @@ unsafe fn radix(
     let mut keys = stream.alloc_zeros::<u64>(nq * kpad).during("top-k key buffer")?;
     let mut counts = stream.alloc_zeros::<i32>(nq).during("device allocation")?;
     let (keys_p, counts_p) = (keys.device_ptr_mut(stream).0, counts.device_ptr_mut(stream).0);
-    sweep(bank, "topk_radix_collect", &mut |p| {
-        p.extend(kernel_args![&state_p, &k_i, &keys_p, &kpad_i, &counts_p]);
-        Ok(())
+    sweep(bank, "topk_radix_collect", &mut |name, cfg, sweep| {
+        let params = TopkRadixCollectParams { sweep, state: state_p, keys: keys_p, counts: counts_p, k: k_i, key_stride: kpad_i };
+        launch_with_smem(gpu, stream, name, cfg, &params)
     })?;
     let use_smem = (kpad <= SORT_SMEM_KEYS) as i32;
     let cfg = LaunchConfig {
         grid_dim: (nq as u32, 1, 1),
-        block_dim: (SORT_THREADS, 1, 1),
+        block_dim: (SORT_THREADS as u32, 1, 1),
         shared_mem_bytes: if use_smem == 1 { (kpad * 8) as u32 } else { 0 },
     };
-    gpu.launch(stream, MODULE, "topk_sort_rows", cfg, &mut kernel_args![&keys_p, &k_i, &kpad_i, &use_smem, &values, &indices])?;
+    let params = TopkSortParams { keys: keys_p, values, indices, k: k_i, kpad: kpad_i, use_smem };
+    gpu.launch(stream, MODULE, "topk_sort_rows", cfg, &params)?;
     drop((state, hist, unfinished, keys, counts));
     Ok(())
 }
@@ -716,19 +719,25 @@ pub fn topk_unfused<T: FloatElement>(
         let (vals_r, idx_r) = (values + (r0 * k * 4) as u64, indices + (r0 * k * 4) as u64);
         let cfg = LaunchConfig {
             grid_dim: (rows as u32, 1, 1),
-            block_dim: (DENSE_THREADS, 1, 1),
+            block_dim: (DENSE_THREADS as u32, 1, 1),
             shared_mem_bytes: if use_smem == 1 { (kpad * 8) as u32 } else { 0 },
         };
-        // SAFETY: as above; the argument list matches topk_dense_rows.
-        unsafe {
-            gpu.launch(
-                stream,
-                MODULE,
-                "topk_dense_rows",
-                cfg,
-                &mut kernel_args![&s_p, &nb_i, &qn_r, &bn, &ex_r, &diag_r, &k_i, &kpad_i, &scratch_p, &use_smem, &vals_r, &idx_r],
-            )?
+        let params = TopkDenseParams {
+            s: s_p,
+            n: nb_i,
+            q_norms: qn_r,
+            b_norms: bn,
+            exclude: ex_r,
+            diag_offset: diag_r,
+            k: k_i,
+            kpad: kpad_i,
+            scratch: scratch_p,
+            use_smem,
+            values: vals_r,
+            indices: idx_r,
         };
+        // SAFETY: as above.
+        unsafe { gpu.launch(stream, MODULE, "topk_dense_rows", cfg, &params)? };
         r0 += rows;
     }
     gpu.synchronize()?;
