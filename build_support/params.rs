@@ -110,7 +110,7 @@ fn strip_comments(src: &str) -> (Vec<String>, Vec<String>) {
                 let line_c = rest.find("//");
                 let block = rest.find("/*");
                 match (line_c, block) {
-                    (Some(l), b) if b.map_or(true, |b| l < b) => {
+                    (Some(l), b) if b.is_none_or(|b| l < b) => {
                         out.push_str(&rest[..l]);
                         doc = rest[l + 2..].trim().to_owned();
                         break;

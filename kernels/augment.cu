@@ -1,8 +1,8 @@
-// Views and synthetic outliers of small images on the GPU (data::augment's transforms), one thread
+// Views and synthetic outliers of small images on the GPU (ops::augment's transforms), one thread
 // per output pixel. Images are rows of a matrix, channel-major (C x H x W), f32 in [0, 1].
 //
 // augment_views: per view, a translation with zero fill, an optional mirror and a gain (drawn on
-// the host, data::augment::Augment::draw), then Gaussian noise and a clamp to [0, 1]. Pixel p's
+// the host, ops::augment::Augment::draw), then Gaussian noise and a clamp to [0, 1]. Pixel p's
 // noise is the p-th normal of SplitMix64 seeded with the view's noise seed: SplitMix64's state
 // after k steps is seed + k * golden, so the thread jumps straight to draws 2p + 1 and 2p + 2, and
 // the CPU oracle (Augment::apply_drawn) draws the same numbers in order. Box-Muller in double, as

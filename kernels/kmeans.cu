@@ -1,6 +1,6 @@
 // kmeans: the centroid update of k-means, a segmented mean. Assignment is the top-1 of
 // kernels/topk.cu against the centroids; seeding and the empty-cluster rule run on the host
-// (src/ops/kmeans.rs).
+// (src/ops/kmeans/gpu.rs).
 //
 // out[c] = mean over p in [offsets[c], offsets[c + 1]) of w_i x_i, i = perm[p], where w_i = 1 /
 // max(|x_i|, eps) (spherical: the mean of unit vectors; the caller then normalizes it) or 1

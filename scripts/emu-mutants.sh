@@ -14,11 +14,20 @@ cd "$(dirname "$0")/.."
 
 bash scripts/ensure-nvcc.sh >/dev/null
 cargo test --release --no-run --test similarity --test contrastive >/dev/null 2>&1 || cargo test --release --no-run --test similarity --test contrastive
-bin() { # the newest test binary of tests/$1.rs
-  ls -t target/release/deps/"$1"-* 2>/dev/null | grep -v '\.d$' | head -n 1
+bin() { # the test binary of tests/$1.rs, as cargo names it (not the newest file of that name:
+  # `cargo build --all-targets` also leaves a bench binary called similarity-* there)
+  cargo test --release --no-run --test "$1" --message-format=json 2>/dev/null | python3 -c '
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and "test" in m.get("target", {}).get("kind", []):
+        print(m["executable"])'
 }
 similarity="$(bin similarity)"
 contrastive="$(bin contrastive)"
+for b in "$similarity" "$contrastive"; do
+  [ -x "$b" ] || { echo "emu-mutants: no test binary found (got '$b')" >&2; exit 1; }
+done
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT

@@ -9,6 +9,8 @@ mod reader;
 /// The generated module, as the library includes it (src/gpu/params.rs).
 #[allow(dead_code)]
 mod generated {
+    /// # Safety
+    /// As crate::gpu::params::KernelParams: implemented only by the generated `#[repr(C)]` structs.
     pub unsafe trait KernelParams: Copy {}
     include!(concat!(env!("OUT_DIR"), "/params.rs"));
 }

@@ -16,7 +16,7 @@
 // Compaction moves the keys above the k-th to the front (order-preserving, in place allowed).
 // Bitonic sort orders a power-of-two array, descending.
 //
-// src/cpu/select_model.rs is a line-for-line Rust model of these functions, unit-tested on the CPU.
+// src/ops/topk/select_model.rs is a line-for-line Rust model of these functions, unit-tested on the CPU.
 #pragma once
 #include <stdint.h>
 #include "reduce.cuh"
@@ -76,7 +76,7 @@ __device__ __forceinline__ float select_key_floor(SelectKey key) {
 // largest digit down. Lane l owns bins [l * PER, (l + 1) * PER). `want` is clamped to [1, total]:
 // a rank past the last key gives the bucket of the smallest key (the callers then select every
 // key), and an empty histogram gives bin 0 with no keys, never digit -1 (found by the CPU
-// emulator's review; src/cpu/select_model.rs models the same rule).
+// emulator's review; src/ops/topk/select_model.rs models the same rule).
 struct Bucket {
     int digit;
     unsigned above;  // keys in the bins above `digit`
