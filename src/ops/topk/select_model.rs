@@ -13,10 +13,12 @@ use crate::rng::SplitMix64;
 
 const LANES: usize = 32;
 
-// The one radix scheme of select.cuh: 7-bit digits, MSB first, 10 levels (the last one 1 bit).
-const RADIX_BITS: usize = 7;
-const RADIX_BINS: usize = 1 << RADIX_BITS;
-const RADIX_LEVELS: usize = 10;
+// The one radix scheme of select.cuh: 7-bit digits, MSB first, 10 levels (the last one 1 bit),
+// its numbers from kernels/params/topk.h.
+const RADIX_BINS: usize = crate::gpu::params::topk::RADIX_BINS;
+const RADIX_BITS: usize = RADIX_BINS.trailing_zeros() as usize;
+const RADIX_LEVELS: usize = crate::gpu::params::topk::RADIX_LEVELS;
+const _: () = assert!(RADIX_BINS.is_power_of_two() && RADIX_BITS * RADIX_LEVELS >= 64, "the levels cover a 64-bit key");
 fn radix_width(level: usize) -> usize {
     RADIX_BITS.min(64 - RADIX_BITS * level)
 }
@@ -174,9 +176,10 @@ fn reference_top(mut keys: Vec<u64>, k: usize) -> Vec<u64> {
 // ------------------------------------------------------------------------------------------------
 // The fused sweep (kPool) and the merge, over a similarity matrix already in f32.
 
-const BM: usize = 128;
-const BN: usize = 128;
-const THREADS: usize = 256;
+// topk_tiles' block tile (kernels/params/topk.h).
+const BM: usize = crate::gpu::params::topk::TILE;
+const BN: usize = crate::gpu::params::topk::TILE;
+const THREADS: usize = crate::gpu::params::topk::TILE_THREADS;
 
 #[derive(Clone, Copy)]
 enum Engine {
