@@ -366,7 +366,9 @@ pub fn parse_header(op: &str, src: &str, known: &mut Known) -> Result<Header, St
 
 fn rust_doc(out: &mut String, indent: &str, doc: &str) {
     if !doc.is_empty() {
-        let _ = writeln!(out, "{indent}/// {}", doc.replace('`', "'"));
+        // The C comment as plain text: no Markdown code spans, links (`a[i]`) or HTML tags (`<op>`).
+        let text = doc.replace('`', "'").replace('[', "\\[").replace(']', "\\]").replace('<', "&lt;").replace('>', "&gt;");
+        let _ = writeln!(out, "{indent}/// {text}");
     }
 }
 
