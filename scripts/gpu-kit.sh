@@ -65,6 +65,8 @@ for line in sys.stdin:
         continue          # the lib unit-test binary that cargo bench also builds
     exe = msg["executable"]
     name = re.sub(r"-[0-9a-f]{16}$", "", os.path.basename(exe))
+    if want == "test" and ("example" in kinds or "bin" in kinds):
+        name = "%s-%s" % ("example" if "example" in kinds else "bin", name)  # tests/detect.rs is "detect"
     rows.append((name, exe))
 if no_kernels:
     sys.exit("gpu-kit: error: the crate was built without CUDA kernels (%s says COMPILED = false); "
