@@ -11,7 +11,9 @@ use crate::f16;
 use crate::gpu::{DeviceMatrix, Gpu};
 use crate::matrix::Matrix;
 use crate::ops::contrastive::gpu::{upload_slice, DeviceLossBuffers, SavedForward, Upstream};
-use crate::ops::contrastive::{check_inputs, ContrastiveLoss, ForwardResult, Gradients, KeyRows, LossInputs, PrototypeColumns, Reduction};
+use crate::ops::contrastive::{
+    check_inputs, check_upstream_len, ContrastiveLoss, ForwardResult, Gradients, KeyRows, LossInputs, PrototypeColumns, Reduction,
+};
 use crate::ops::kmeans::{KMeans, KMeansOptions};
 use crate::ops::mlp::cpu::AdamState;
 use crate::ops::mlp::gpu::GpuMlp;
@@ -163,14 +165,7 @@ impl Backend {
         check_inputs(loss, inputs)?;
         let per_row = loss.reduction == Reduction::PerAnchor;
         let n = inputs.features.rows();
-        let expected = if per_row { n } else { 1 };
-        if upstream.len() != expected {
-            return Err(Error::shape(
-                "upstream",
-                format!("{expected} value(s) ({})", if per_row { "one per feature row" } else { "dLoss" }),
-                format!("{}", upstream.len()),
-            ));
-        }
+        check_upstream_len(loss, n, upstream.len())?;
         match (self, context.inner) {
             (Backend::Cpu, Saved::Cpu) => {
                 let upstream: Vec<f64> = upstream.iter().map(|&v| v as f64).collect();

@@ -1,9 +1,11 @@
 //! Oracle of the generalized contrastive loss ([`crate::ops::contrastive`], DESIGN.md sections
 //! 2-4): forward and backward written out literally, in f64, over the full logit matrix.
 
-use super::{check_inputs, empty_positive_error, ContrastiveLoss, EmptyPositives, Geometry, LossInputs, Reduction, RowRole};
+use super::{
+    check_inputs, check_upstream_len, empty_positive_error, ContrastiveLoss, EmptyPositives, Geometry, LossInputs, Reduction, RowRole,
+};
 use crate::dtype::Float;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::matrix::Matrix;
 use crate::ops::normalize::{cpu::row_norms, norm_denominator};
 
@@ -175,14 +177,7 @@ pub fn backward<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>, up
     check_inputs(loss, inputs)?;
     let n = inputs.features.rows();
     let per_row = loss.reduction == Reduction::PerAnchor;
-    let expected = if per_row { n } else { 1 };
-    if upstream.len() != expected {
-        return Err(Error::shape(
-            "upstream",
-            format!("{expected} value(s) ({})", if per_row { "one per feature row" } else { "dLoss" }),
-            format!("{}", upstream.len()),
-        ));
-    }
+    check_upstream_len(loss, n, upstream.len())?;
     let problem = Problem::new(loss, inputs);
     let weights = reduction_weights(loss, inputs, &problem.anchors);
     let inv_tau = 1.0 / loss.temperature as f64;

@@ -230,6 +230,21 @@ fn check_finite<T: Float>(arg: &'static str, m: &Matrix<T>) -> Result<()> {
     }
 }
 
+/// The host upstream gradient of a backward over `rows` feature rows: one value (dLoss) for
+/// `Mean` / `Sum`, one per feature row for `PerAnchor`.
+pub(crate) fn check_upstream_len(loss: &ContrastiveLoss, rows: usize, len: usize) -> Result<()> {
+    let per_row = loss.reduction == Reduction::PerAnchor;
+    let expected = if per_row { rows } else { 1 };
+    if len != expected {
+        return Err(Error::shape(
+            "upstream",
+            format!("{expected} value(s) ({})", if per_row { "one per feature row" } else { "dLoss" }),
+            format!("{len}"),
+        ));
+    }
+    Ok(())
+}
+
 /// Validation shared by every backend: lengths, ids, roles, weights, dimensions, finiteness.
 pub fn check_inputs<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>) -> Result<()> {
     loss.validate()?;
