@@ -873,3 +873,39 @@ fn gpu_device_and_host_calls_agree() {
     let want: Vec<f64> = hv.iter().map(|&v| v as f64).collect();
     assert!(first_violation(&dv.download::<f32>(nq * k), &want, |_| 1e-4).is_none(), "top-k values");
 }
+
+/// The C example's documented build line (its header comment), run as written by `sh` in a folder
+/// laid out as the repository (examples/c/, include/, target/release/ holding the cdylib this test
+/// was built with): it compiles, links (with -lm) and runs, printing the version and exiting 0.
+#[test]
+fn c_example_documented_build_line_works() {
+    if compiler(&["cc"]).is_none() {
+        eprintln!("no `cc`: the documented build line cannot run here");
+        return;
+    }
+    let source = std::fs::read_to_string(root().join("examples/c/nt_xent.c")).unwrap();
+    // The comment lines after `cargo build --release` up to the blank comment line; `\` continues.
+    let lines: Vec<&str> = source
+        .lines()
+        .skip_while(|l| !l.contains("cargo build --release"))
+        .skip(1)
+        .map(|l| l.trim_start_matches(" *").trim())
+        .take_while(|l| !l.is_empty() && !l.starts_with('/'))
+        .collect();
+    let command = lines.join(" ").replace("\\ ", "");
+    assert!(command.starts_with("cc examples/c/nt_xent.c") && command.contains("./nt_xent"), "unexpected build line: {command:?}");
+    let dir = std::env::temp_dir().join(format!("ck_documented_{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("examples/c")).unwrap();
+    std::fs::create_dir_all(dir.join("target/release")).unwrap();
+    std::os::unix::fs::symlink(root().join("examples/c/nt_xent.c"), dir.join("examples/c/nt_xent.c")).unwrap();
+    std::os::unix::fs::symlink(root().join("include"), dir.join("include")).unwrap();
+    let cdylib = lib_dir().join("libcontrastive_kernels.so");
+    assert!(cdylib.exists(), "{} was not built (crate-type cdylib)", cdylib.display());
+    std::os::unix::fs::symlink(&cdylib, dir.join("target/release/libcontrastive_kernels.so")).unwrap();
+    let run = Command::new("sh").arg("-c").arg(&command).current_dir(&dir).env("PWD", &dir).output().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "`{command}` failed:\n{stdout}\n{}", String::from_utf8_lossy(&run.stderr));
+    assert!(stdout.starts_with(&format!("contrastive-kernels {}\n", env!("CARGO_PKG_VERSION"))), "{stdout}");
+}

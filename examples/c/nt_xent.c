@@ -2,8 +2,11 @@
  * program needs no CUDA headers). Without a GPU it shows the documented statuses instead.
  *
  *   cargo build --release
- *   cc examples/c/nt_xent.c -Iinclude -Ltarget/release -lcontrastive_kernels \
+ *   cc examples/c/nt_xent.c -Iinclude -Ltarget/release -lcontrastive_kernels -lm \
  *      -Wl,-rpath,"$PWD/target/release" -o nt_xent && ./nt_xent
+ *
+ * (-lm: sinf and sqrt below. tests/c_abi.rs runs the cc line as written, in a folder laid out
+ * as the repository: examples/c/, include/, target/release/.)
  */
 #include <math.h>
 #include <stdio.h>
