@@ -98,9 +98,12 @@ typedef struct CkLossConfig {
    * `CK_GEOMETRY_SELF` or `CK_GEOMETRY_PAIRWISE`.
    */
   int32_t geometry;
+  /**
+   * tau: finite and > 0.
+   */
   float temperature;
   /**
-   * Multiplies every per-anchor loss (SupCon's tau / base_tau).
+   * Multiplies every per-anchor loss (SupCon's tau / base_tau): finite and > 0.
    */
   float scale;
   /**
@@ -116,15 +119,15 @@ typedef struct CkLossConfig {
    */
   int32_t empty_positives;
   /**
-   * OECL's alpha (0: none).
+   * OECL's alpha: finite and >= 0 (0: none).
    */
   float norm_penalty;
 } CkLossConfig;
 
 /**
- * The rows of one loss evaluation (device pointers). Optional ones may be NULL; `keys` and
- * `key_instance` are required by the pairwise geometry, `label` (and `key_label`) when the loss
- * uses labels, `proto_of` with `centers`.
+ * The rows of one loss evaluation (device pointers; host pointers for the `_host` calls).
+ * Optional ones may be NULL; `keys` and `key_instance` are required by the pairwise geometry,
+ * `label` (and `key_label`) when the loss uses labels, `proto_of` with `centers`.
  */
 typedef struct CkLossInputs {
   /**
@@ -137,7 +140,18 @@ typedef struct CkLossInputs {
    * n x d.
    */
   const void *features;
+  /**
+   * n ids: rows with equal ids are views of one sample.
+   */
   const int32_t *instance;
+  /**
+   * n class / cluster ids; -1 means "no label" (an outlier, or unlabelled): such a row's
+   * positives are only its own other views. Differs from the reference code: in SupContrast -1
+   * is an ordinary class (renumber labels to >= 0 to reproduce it), and with several inlier
+   * classes FIRM makes same-class inliers positives (as Willtl/firm's `firm/loss.py`), whereas
+   * the paper's code makes every inlier a positive of every inlier (one shared inlier label
+   * reproduces that).
+   */
   const int32_t *label;
   /**
    * 0 anchor, 1 negative-only, 2 norm-penalty-only.
@@ -282,8 +296,9 @@ int32_t ck_similarity(int32_t device,
                       float diagonal_value);
 
 /**
- * Fills `out` with a preset (`CK_LOSS_*`): `temperature` is tau; `extra` is SupCon's base
- * temperature or OECL's alpha, ignored by the others.
+ * Fills `out` with a preset (`CK_LOSS_*`): `temperature` is tau (finite, > 0); `extra` is
+ * SupCon's base temperature (finite, > 0) or OECL's alpha (finite, >= 0; 0 accepted), ignored by
+ * the others. Label conventions that differ from SupContrast and FIRM: see `CkLossInputs::label`.
  *
  * # Safety
  * `out` is NULL (rejected) or a valid `CkLossConfig` to write.

@@ -34,8 +34,9 @@ pub const CK_LOSS_CLUSTER_AWARE: i32 = 6;
 pub struct CkLossConfig {
     /// `CK_GEOMETRY_SELF` or `CK_GEOMETRY_PAIRWISE`.
     pub geometry: i32,
+    /// tau: finite and > 0.
     pub temperature: f32,
-    /// Multiplies every per-anchor loss (SupCon's tau / base_tau).
+    /// Multiplies every per-anchor loss (SupCon's tau / base_tau): finite and > 0.
     pub scale: f32,
     /// Nonzero: labels make positives.
     pub use_labels: i32,
@@ -43,13 +44,13 @@ pub struct CkLossConfig {
     pub reduction: i32,
     /// `CK_EMPTY_POSITIVES_*`.
     pub empty_positives: i32,
-    /// OECL's alpha (0: none).
+    /// OECL's alpha: finite and >= 0 (0: none).
     pub norm_penalty: f32,
 }
 
-/// The rows of one loss evaluation (device pointers). Optional ones may be NULL; `keys` and
-/// `key_instance` are required by the pairwise geometry, `label` (and `key_label`) when the loss
-/// uses labels, `proto_of` with `centers`.
+/// The rows of one loss evaluation (device pointers; host pointers for the `_host` calls).
+/// Optional ones may be NULL; `keys` and `key_instance` are required by the pairwise geometry,
+/// `label` (and `key_label`) when the loss uses labels, `proto_of` with `centers`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct CkLossInputs {
@@ -59,7 +60,14 @@ pub struct CkLossInputs {
     pub d: i64,
     /// n x d.
     pub features: *const c_void,
+    /// n ids: rows with equal ids are views of one sample.
     pub instance: *const i32,
+    /// n class / cluster ids; -1 means "no label" (an outlier, or unlabelled): such a row's
+    /// positives are only its own other views. Differs from the reference code: in SupContrast -1
+    /// is an ordinary class (renumber labels to >= 0 to reproduce it), and with several inlier
+    /// classes FIRM makes same-class inliers positives (as Willtl/firm's `firm/loss.py`), whereas
+    /// the paper's code makes every inlier a positive of every inlier (one shared inlier label
+    /// reproduces that).
     pub label: *const i32,
     /// 0 anchor, 1 negative-only, 2 norm-penalty-only.
     pub role: *const u8,
@@ -75,8 +83,9 @@ pub struct CkLossInputs {
     pub proto_of: *const i32,
 }
 
-/// Fills `out` with a preset (`CK_LOSS_*`): `temperature` is tau; `extra` is SupCon's base
-/// temperature or OECL's alpha, ignored by the others.
+/// Fills `out` with a preset (`CK_LOSS_*`): `temperature` is tau (finite, > 0); `extra` is
+/// SupCon's base temperature (finite, > 0) or OECL's alpha (finite, >= 0; 0 accepted), ignored by
+/// the others. Label conventions that differ from SupContrast and FIRM: see `CkLossInputs::label`.
 ///
 /// # Safety
 /// `out` is NULL (rejected) or a valid `CkLossConfig` to write.

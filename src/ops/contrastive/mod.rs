@@ -20,6 +20,14 @@
 //! * Reduction over anchors: `Mean` = sum_i w_i L_i / (number of anchors), anchors with no positive
 //!   included in the count under `EmptyPositives::Zero` (SupContrast after its PR #142); `Sum`;
 //!   `PerAnchor` returns every L_i (0 for non-anchors) and takes one upstream gradient per row.
+//!
+//! Conventions that differ from the reference code:
+//! * Label -1 means "no label" (an outlier, or unlabelled): such a row's positives are only its
+//!   own other views. In SupContrast's `losses.py` -1 is an ordinary class whose rows are positives
+//!   of each other; to reproduce SupContrast with a class numbered -1, renumber labels to >= 0.
+//! * FIRM with several inlier classes makes same-class inliers positives (as Willtl/firm's current
+//!   `firm/loss.py`); the paper's code makes every inlier a positive of every inlier. To reproduce
+//!   the paper, give every inlier the same label (0) and outliers -1.
 
 pub mod cpu;
 pub mod gpu;
@@ -102,13 +110,17 @@ impl ContrastiveLoss {
         Self::base(Geometry::SelfSimilarity, temperature, false)
     }
 
-    /// SupCon (SupContrast `losses.py`): labels make positives, loss scaled by tau / base_tau.
+    /// SupCon (SupContrast `losses.py`): labels make positives, loss scaled by tau / base_tau
+    /// (base_tau > 0, else [`Self::validate`] fails on the scale). Label -1 is "no label" here, an
+    /// ordinary class in SupContrast (module docs).
     pub fn supcon(temperature: f32, base_temperature: f32) -> Self {
         ContrastiveLoss { scale: temperature / base_temperature, ..Self::base(Geometry::SelfSimilarity, temperature, true) }
     }
 
     /// FIRM, the package default ("concat", 2B x 2B): inlier labels >= 0 make positives, outliers
-    /// carry label -1 and pair only with their own views.
+    /// carry label -1 and pair only with their own views. Several inlier classes: same-class inliers
+    /// are positives (the package's `firm/loss.py`); the paper's code pairs every inlier with every
+    /// inlier, which one shared inlier label reproduces.
     pub fn firm(temperature: f32) -> Self {
         Self::base(Geometry::SelfSimilarity, temperature, true)
     }
