@@ -378,33 +378,45 @@ fn host_losses_equal_the_oracle() {
     check_host_against_oracle(&nt_xent_case::<f32>());
     check_host_against_oracle(&supcon_case::<f16>());
 
-    // FIRM, the paper's pairwise form, bf16: B anchors against B keys plus a queue of 3; sum.
-    let mut c = Case::<bf16>::new("firm_pairwise", ContrastiveLoss::firm_pairwise(0.2).with_reduction(Reduction::Sum), 5, 1, 8, 3);
+    check_host_against_oracle(&firm_pairwise_case::<bf16>());
+    check_host_against_oracle(&oecl_case::<f32>());
+    check_host_against_oracle(&outlier_exposure_case::<f16>());
+    check_host_against_oracle(&cluster_aware_case::<f32>());
+}
+
+/// FIRM, the paper's pairwise form: B anchors against B keys plus a queue of 3; sum.
+fn firm_pairwise_case<T: contrastive_kernels::FloatElement>() -> Case<T> {
+    let mut c = Case::new("firm_pairwise", ContrastiveLoss::firm_pairwise(0.2).with_reduction(Reduction::Sum), 5, 1, 8, 3);
     c.label = Some(vec![0, 1, 0, -1, 1]);
     let key_instance: Vec<i32> = (0..8).map(|i| if i < 5 { i } else { 20 + i }).collect();
     c.keys = Some((random_matrix(8, 8, 4), key_instance, Some(vec![0, 1, 0, -1, 1, 1, -1, 0])));
-    check_host_against_oracle(&c);
+    c
+}
 
-    // OECL: NT-Xent over the in-distribution rows, alpha * mean norm of the two outlier rows;
-    // per-anchor reduction (the penalty then takes an upstream of 1).
-    let mut c = Case::<f32>::new("oecl", ContrastiveLoss::oecl(0.5, 0.3).with_reduction(Reduction::PerAnchor), 4, 2, 6, 5);
+/// OECL: NT-Xent over the in-distribution rows, alpha * mean norm of the two outlier rows;
+/// per-anchor reduction (the penalty then takes an upstream of 1).
+fn oecl_case<T: contrastive_kernels::FloatElement>() -> Case<T> {
+    let mut c = Case::new("oecl", ContrastiveLoss::oecl(0.5, 0.3).with_reduction(Reduction::PerAnchor), 4, 2, 6, 5);
     c.features = random_matrix(10, 6, 5);
     c.instance = vec![0, 1, 2, 3, 0, 1, 2, 3, 8, 9];
     c.role = Some([vec![RowRole::Anchor; 8], vec![RowRole::NormPenaltyOnly; 2]].concat());
-    check_host_against_oracle(&c);
+    c
+}
 
-    // Outlier-exposure negatives (only in denominators), mean.
-    let mut c = Case::<f16>::new("outlier_exposure", ContrastiveLoss::outlier_exposure(0.5), 4, 2, 5, 6);
+/// Outlier-exposure negatives (only in denominators), mean.
+fn outlier_exposure_case<T: contrastive_kernels::FloatElement>() -> Case<T> {
+    let mut c = Case::new("outlier_exposure", ContrastiveLoss::outlier_exposure(0.5), 4, 2, 5, 6);
     c.role = Some((0..8).map(|i| if i % 4 == 3 { RowRole::NegativeOnly } else { RowRole::Anchor }).collect());
-    check_host_against_oracle(&c);
+    c
+}
 
-    // Cluster-aware: cluster ids as labels, 3 prototypes, the own cluster's a positive; empty
-    // positives allowed (row 5 has neither another view nor a cluster mate nor a prototype).
-    let mut c =
-        Case::<f32>::new("cluster_aware", ContrastiveLoss::cluster_aware(0.3).with_empty_positives(EmptyPositives::Zero), 6, 1, 7, 7);
+/// Cluster-aware: cluster ids as labels, 3 prototypes, the own cluster's a positive; empty
+/// positives allowed (row 5 has neither another view nor a cluster mate nor a prototype).
+fn cluster_aware_case<T: contrastive_kernels::FloatElement>() -> Case<T> {
+    let mut c = Case::new("cluster_aware", ContrastiveLoss::cluster_aware(0.3).with_empty_positives(EmptyPositives::Zero), 6, 1, 7, 7);
     c.label = Some(vec![0, 1, 2, 0, 1, -1]);
     c.centers = Some((random_matrix(3, 7, 8), vec![0, 1, 2, 0, 1, -1]));
-    check_host_against_oracle(&c);
+    c
 }
 
 #[test]
@@ -790,21 +802,33 @@ fn gpu_device_and_host_calls_agree() {
         let h = c.inputs(&roles);
         let features = DeviceBuf::upload(c.features.data());
         let instance = DeviceBuf::upload(&c.instance);
-        let label = c.label.as_ref().map(|l| DeviceBuf::upload(l));
+        let up = |v: Option<&[i32]>| v.map(DeviceBuf::upload);
+        let label = up(c.label.as_deref());
         let weight = c.weight.as_ref().map(|w| DeviceBuf::upload(w));
+        let role = roles.as_ref().map(|r| DeviceBuf::upload(r));
+        let keys = c.keys.as_ref().map(|k| (DeviceBuf::upload(k.0.data()), DeviceBuf::upload(&k.1), up(k.2.as_deref())));
+        let centers = c.centers.as_ref().map(|k| (DeviceBuf::upload(k.0.data()), DeviceBuf::upload(&k.1)));
+        let p = |b: &Option<DeviceBuf>| b.as_ref().map_or(null(), |b| b.0 as *const i32);
         let inputs = CkLossInputs {
             features: features.0,
             instance: instance.0 as *const i32,
-            label: label.as_ref().map_or(null(), |b| b.0 as *const i32),
+            label: p(&label),
+            role: role.as_ref().map_or(null(), |b| b.0 as *const u8),
             weight: weight.as_ref().map_or(null(), |b| b.0 as *const f32),
+            keys: keys.as_ref().map_or(null(), |k| k.0 .0),
+            key_instance: keys.as_ref().map_or(null(), |k| k.1 .0 as *const i32),
+            key_label: keys.as_ref().map_or(null(), |k| p(&k.2)),
+            centers: centers.as_ref().map_or(null(), |k| k.0 .0),
+            proto_of: centers.as_ref().map_or(null(), |k| k.1 .0 as *const i32),
             ..h
         };
-        assert!(c.keys.is_none() && c.centers.is_none() && c.role.is_none(), "this check uploads features, ids, labels, weights");
         let config = c.config();
         let (loss, per_anchor, lse, positives) =
             (DeviceBuf::zeros::<f32>(1), DeviceBuf::zeros::<f32>(n), DeviceBuf::zeros::<f32>(n), DeviceBuf::zeros::<i32>(n));
         let upstream = DeviceBuf::upload(&c.upstream());
         let grad = DeviceBuf::zeros::<T>(c.features.data().len());
+        let grad_keys = (!host.grad_keys.is_empty()).then(|| DeviceBuf::zeros::<T>(host.grad_keys.len()));
+        let grad_centers = (!host.grad_centers.is_empty()).then(|| DeviceBuf::zeros::<T>(host.grad_centers.len()));
         let mut loss_host = f32::NAN;
         // SAFETY: device buffers of the described shapes; the NULL stream.
         unsafe {
@@ -829,8 +853,8 @@ fn gpu_device_and_host_calls_agree() {
                 positives.0 as *const i32,
                 upstream.0 as *const f32,
                 grad.0,
-                null_mut(),
-                null_mut(),
+                grad_keys.as_ref().map_or(null_mut(), |b| b.0),
+                grad_centers.as_ref().map_or(null_mut(), |b| b.0),
             );
             assert_eq!(status, CK_OK, "{}: {}", c.name, last_error());
             assert_eq!(ck_stream_synchronize(0, null_mut()), CK_OK, "{}", last_error());
@@ -844,14 +868,24 @@ fn gpu_device_and_host_calls_agree() {
         if let Some((i, g, w)) = first_violation(&per_anchor.download::<f32>(n), &per_anchor_want, |_| bound) {
             panic!("{}: per_anchor[{i}] device {g}, host {w}", c.name);
         }
-        let grad_want: Vec<f64> = host.grad_features.iter().map(|g| g.to_f64()).collect();
-        let bound = grad_tol * max_abs(&grad_want) + 1e-6;
-        if let Some((i, g, w)) = first_violation(&grad.download::<T>(grad_want.len()), &grad_want, |_| bound) {
-            panic!("{}: grad_features[{i}] device {g}, host {w} (bound {bound})", c.name);
+        for (what, device, want) in [
+            ("grad_features", Some(&grad), &host.grad_features),
+            ("grad_keys", grad_keys.as_ref(), &host.grad_keys),
+            ("grad_centers", grad_centers.as_ref(), &host.grad_centers),
+        ] {
+            let Some(device) = device else { continue };
+            let want: Vec<f64> = want.iter().map(|g| g.to_f64()).collect();
+            let bound = grad_tol * max_abs(&want) + 1e-6;
+            if let Some((i, g, w)) = first_violation(&device.download::<T>(want.len()), &want, |_| bound) {
+                panic!("{}: {what}[{i}] device {g}, host {w} (bound {bound})", c.name);
+            }
         }
     }
     check(&nt_xent_case::<f32>(), 1e-4, 1e-4);
     check(&supcon_case::<f16>(), 2e-3, 1e-2);
+    check(&firm_pairwise_case::<bf16>(), 5e-3, 1e-2);
+    check(&oecl_case::<f32>(), 1e-4, 1e-4);
+    check(&cluster_aware_case::<f32>(), 1e-4, 1e-4);
 
     // Top-k: the device call against the host call.
     let (nq, nb, d, k) = (5usize, 40usize, 12usize, 6usize);
