@@ -1,6 +1,8 @@
 //! The C ABI: the checked-in header is what cbindgen generates from src/ffi/, it compiles as C
 //! and C++, and the C example builds against it and runs (without a GPU it must report the
-//! documented no-device status and reject bad arguments).
+//! documented no-device status and reject bad arguments), also by its documented build line. The
+//! host entry points equal the oracle; device and host calls agree (GPU or emulator); bad
+//! arguments and huge sizes are named errors before the driver; a panic is silent.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
