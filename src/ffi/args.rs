@@ -112,7 +112,7 @@ pub(crate) unsafe fn host_matrix<T: Float>(arg: &'static str, p: *const c_void, 
 
 /// Fails (instead of aborting later) when the system will not lend `bytes` of working memory: a
 /// reservation that is released at once (on Linux nothing is touched, so this costs nothing).
-pub(crate) fn check_working_memory(what: &'static str, bytes: Option<usize>) -> Result<()> {
+fn check_working_memory(what: &'static str, bytes: Option<usize>) -> Result<()> {
     let ok = bytes.filter(|&b| b <= isize::MAX as usize).is_some_and(|b| Vec::<u8>::new().try_reserve_exact(b).is_ok());
     if ok {
         Ok(())
@@ -120,4 +120,20 @@ pub(crate) fn check_working_memory(what: &'static str, bytes: Option<usize>) -> 
         let size = bytes.map_or("more than 2^64".into(), |b| format!("{b}"));
         Err(Error::invalid(what, format!("the host computation needs {size} bytes of working memory, which cannot be allocated")))
     }
+}
+
+/// The host oracle's size limit (64 GiB of working memory): beyond it a host call fails with a
+/// message instead of thrashing or being killed; the device calls are the ones for large batches.
+const HOST_ORACLE_MAX_BYTES: usize = 1 << 36;
+
+pub(crate) fn check_host_size(arg: &'static str, bytes: Option<usize>) -> Result<()> {
+    if let Some(b) = bytes.filter(|&b| b > HOST_ORACLE_MAX_BYTES) {
+        return Err(Error::invalid(
+            arg,
+            format!(
+                "the host (oracle) computation would need about {b} bytes of working memory, over its limit of {HOST_ORACLE_MAX_BYTES}; use the device call"
+            ),
+        ));
+    }
+    check_working_memory(arg, bytes)
 }

@@ -3,7 +3,7 @@
 
 use std::ffi::c_void;
 
-use super::args::{check_working_memory, device_array, dtype, elements, host_matrix, host_slice, host_slice_mut, size, try_to_vec};
+use super::args::{check_host_size, device_array, dtype, elements, host_matrix, host_slice, host_slice_mut, size, try_to_vec};
 use super::memory::{device, stream_of};
 use super::status::guard;
 use crate::dtype::{DType, Float};
@@ -355,22 +355,6 @@ fn oracle_bytes(r: &RawLossInputs) -> Option<usize> {
     let rows = r.n.checked_add(columns)?;
     let pairs = r.n.checked_mul(columns)?.checked_mul(32)?;
     pairs.checked_add(rows.checked_mul(r.d)?.checked_mul(8 * 4)?)
-}
-
-/// The host oracle's size limit (64 GiB of working memory): beyond it a host call fails with a
-/// message instead of thrashing or being killed; the device calls are the ones for large batches.
-const HOST_ORACLE_MAX_BYTES: usize = 1 << 36;
-
-pub(crate) fn check_host_size(arg: &'static str, bytes: Option<usize>) -> Result<()> {
-    if let Some(b) = bytes.filter(|&b| b > HOST_ORACLE_MAX_BYTES) {
-        return Err(Error::invalid(
-            arg,
-            format!(
-                "the host (oracle) computation would need about {b} bytes of working memory, over its limit of {HOST_ORACLE_MAX_BYTES}; use the device call"
-            ),
-        ));
-    }
-    check_working_memory(arg, bytes)
 }
 
 impl<'a, T: Float> HostRows<'a, T> {

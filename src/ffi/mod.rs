@@ -22,8 +22,8 @@
 //! * Null pointers (where a buffer is required) and pointers misaligned for their dtype are
 //!   rejected with `CK_ERR_INVALID_ARGUMENT`.
 //!
-//! One file per concern; cbindgen reads them in the order of the `mod` lines below (the header's
-//! order): `status` (codes, last error, panic guard), `args` (dtype codes, argument checks),
+//! One file per concern; cbindgen reads them in the order of the `mod` lines below, which is the
+//! header's order (blank lines between them keep rustfmt from sorting them): `status` (codes, last error, panic guard), `args` (dtype codes, argument checks),
 //! `memory` (devices, streams, device memory), `linalg` (normalize, similarity), `losses`,
 //! `topk`, `kmeans`, `scores`.
 

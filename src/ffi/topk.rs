@@ -2,8 +2,7 @@
 
 use std::ffi::c_void;
 
-use super::args::{device_matrix, dtype, elements, host_matrix, host_slice_mut, size};
-use super::losses::check_host_size;
+use super::args::{check_host_size, device_matrix, dtype, elements, host_matrix, host_slice_mut, size};
 use super::memory::{device, stream_of};
 use super::status::guard;
 use crate::dtype::{DType, Float};
