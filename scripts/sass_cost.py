@@ -217,7 +217,9 @@ def parse_header_constants(path):
     values = {}
     if not os.path.isfile(path):
         return values
-    for line in open(path, encoding="utf-8"):
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in lines:
         m = re.match(r"\s*#define\s+CK_(\w+)\s+(.+?)\s*(//.*)?$", line)
         if not m:
             continue
@@ -256,7 +258,8 @@ def parse_tile_configs(path):
     tiles = {}
     if not os.path.isfile(path):
         return tiles
-    text = open(path, encoding="utf-8").read()
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
     for m in re.finditer(r"using\s+(\w+)\s*=\s*MmaTileConfig<\s*([\d\s,]+)>", text):
         args = [int(a) for a in m.group(2).split(",") if a.strip()]
         tiles[m.group(1)] = Tile(m.group(1), *args[:6])
@@ -627,6 +630,14 @@ class ShapeEstimate:
         return 100.0 * self.useful_flops / self.time / PEAK_TENSOR_FLOPS if self.time else 0.0
 
 
+def wave_quantization(ctas, ctas_per_sm):
+    """(waves, efficiency): waves = ceil(CTAs / (SMs x CTAs per SM)), efficiency = CTAs / (waves x SMs x
+    CTAs per SM), the share of the busiest SM's CTA slots that hold work."""
+    slots = SMS * ctas_per_sm
+    waves = -(-ctas // slots)
+    return waves, ctas / (waves * slots)
+
+
 def estimate_shape(cost, n, d, header):
     """Waves and time bounds of one kernel at (n, d), self geometry: each CTA sweeps ceil(n / BN)
     column tiles; the busiest SM runs waves x CTAs-per-SM CTAs."""
@@ -634,9 +645,7 @@ def estimate_shape(cost, n, d, header):
     if model is None or model.grid is None or cost.epilogue is None or cost.ctas_per_sm == 0:
         return None
     ctas = model.grid(n, d, header)
-    slots = SMS * cost.ctas_per_sm
-    waves = -(-ctas // slots)
-    efficiency = ctas / (waves * slots)
+    waves, efficiency = wave_quantization(ctas, cost.ctas_per_sm)
     tiles = -(-n // cost.tile.BN)
     per_tile = cost.per_tile(d)
     warps = cost.tile.warps
