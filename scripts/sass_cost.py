@@ -460,6 +460,10 @@ def occupancy(regs, threads, smem_bytes):
     return limits[limiter], limiter
 
 
+def ceil_div(a, b):
+    return -(-a // b)
+
+
 @dataclass
 class KernelModel:
     """What the SASS does not say about a kernel: its tile (by the alias in tile_config.cuh), the
@@ -468,19 +472,43 @@ class KernelModel:
     tile: str
     mma_op: str               # "HMMA" (tensor cores; HGMMA counts too) or "FFMA" (the f32 engine)
     grid: object              # (N, D, header constants) -> CTAs; mirrors src/ops/contrastive/gpu.rs
+    tiles_per_cta: object     # (N, D, header constants, Tile) -> column tiles one CTA sweeps
     useful_flops: object      # (N, D) -> the DESIGN.md lower bound's FLOPs
     role: str                 # "forward" / "backward": pairs them in the per-shape table
+    rows_constant: str = ""   # the header constant the tile's BM must equal (checked, noted if not)
 
 
-# Kernel name -> model. Edit here when a kernel changes its tile (tile_config.cuh's alias) or its grid.
-# Grids mirror src/ops/contrastive/gpu.rs: the forward's rows_config(n, FORWARD_ROWS, ...) and the
-# backward's `pass` (grid (ceil(n / BACKWARD_ROWS), ceil(d / GRAD_CHUNK))), self geometry, one pass.
+def forward_grid(n, d, h):
+    """src/ops/contrastive/gpu.rs, the forward: rows_config(n, FORWARD_ROWS, FORWARD_THREADS)."""
+    return ceil_div(n, h["CONTRASTIVE_FORWARD_ROWS"])
+
+
+def backward_grid(n, d, h):
+    """src/ops/contrastive/gpu.rs, the backward's `pass`: (ceil(n / BACKWARD_ROWS), ceil(d / GRAD_CHUNK))
+    for f16 / bf16, own = the rows, one pass in the self geometry."""
+    return ceil_div(n, h["CONTRASTIVE_BACKWARD_ROWS"]) * ceil_div(d, h["CONTRASTIVE_GRAD_CHUNK_HALF"])
+
+
+def every_column_tile(n, d, h, tile):
+    """A CTA sweeps all n columns (the self geometry's keys), BN at a time."""
+    return ceil_div(n, tile.BN)
+
+
+def forward_flops(n, d):
+    return 2 * n * n * d          # S = U U^T
+
+
+def backward_flops(n, d):
+    return 2 * 2 * n * n * d      # S again, then (G + G^T) U
+
+
+# Kernel name -> model. Edit here when a kernel changes its tile (tile_config.cuh's alias), its grid
+# or the column tiles a CTA sweeps (a triangular or persistent schedule).
 KERNEL_MODELS = [
-    KernelModel(r"^contrastive_forward_(f16|bf16)(_unaligned)?$", "Tile128", "HMMA",
-                lambda n, d, h: -(-n // h["CONTRASTIVE_FORWARD_ROWS"]), lambda n, d: 2 * n * n * d, "forward"),
-    KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?$", "Tile64RowWarps", "HMMA",
-                lambda n, d, h: -(-n // h["CONTRASTIVE_BACKWARD_ROWS"]) * -(-d // h["CONTRASTIVE_GRAD_CHUNK_HALF"]),
-                lambda n, d: 2 * 2 * n * n * d, "backward"),
+    KernelModel(r"^contrastive_forward_(f16|bf16)(_unaligned)?$", "Tile128", "HMMA", forward_grid,
+                every_column_tile, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS"),
+    KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?$", "Tile64RowWarps", "HMMA", backward_grid,
+                every_column_tile, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS"),
     # The f32 kernels (Tile128F32 / Tile64RowWarpsF32 on the Ffma engine) are not modelled: their k-loop
     # is FFMA on the CUDA cores, whose stage loop the MMA-count rule does not find; they get the
     # resource columns only. A model with mma_op "FFMA" is the place to start.
@@ -540,7 +568,7 @@ class KernelCost:
         return c
 
 
-def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles):
+def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None):
     """Occupancy from the resources; then, for a kernel with a model, the loop structure: the k-loop
     is the first innermost loop holding MMA instructions, the column-tile loop its parent, the epilogue
     that loop's own body (its inner loops excluded), per logit = / (BM BN / threads)."""
@@ -558,7 +586,10 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles):
         cost.notes.append(f"tile {model.tile} not found in kernels/common/tile_config.cuh")
         return cost
     if max_threads and max_threads != tile.threads:
-        cost.notes.append(f"launch bounds {max_threads} threads != tile {tile.name}'s {tile.threads}")
+        cost.notes.append(f"launch bounds {max_threads} threads != tile {tile.name}'s {tile.threads}: update KERNEL_MODELS")
+    rows = (header or {}).get(model.rows_constant)
+    if rows is not None and rows != tile.BM:
+        cost.notes.append(f"CK_{model.rows_constant} = {rows} != tile {tile.name}'s BM {tile.BM}: update KERNEL_MODELS")
     cost.tile, cost.mma_op = tile, model.mma_op
     slow = slow_path_addresses(instrs)
     mma_in = {id(lp): count(body(instrs, lp), model.mma_op).mma for lp in all_loops(roots)}
@@ -634,7 +665,7 @@ def wave_quantization(ctas, ctas_per_sm):
     """(waves, efficiency): waves = ceil(CTAs / (SMs x CTAs per SM)), efficiency = CTAs / (waves x SMs x
     CTAs per SM), the share of the busiest SM's CTA slots that hold work."""
     slots = SMS * ctas_per_sm
-    waves = -(-ctas // slots)
+    waves = ceil_div(ctas, slots)
     return waves, ctas / (waves * slots)
 
 
@@ -646,7 +677,7 @@ def estimate_shape(cost, n, d, header):
         return None
     ctas = model.grid(n, d, header)
     waves, efficiency = wave_quantization(ctas, cost.ctas_per_sm)
-    tiles = -(-n // cost.tile.BN)
+    tiles = model.tiles_per_cta(n, d, header, cost.tile)
     per_tile = cost.per_tile(d)
     warps = cost.tile.warps
     per_cta_scale = tiles * warps
@@ -796,7 +827,7 @@ def json_records(costs, estimates, pairs):
 # Driver
 
 
-def analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter=None):
+def analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter=None, header=None):
     """[KernelCost] of one compiled module (its ptxas report given), sorted by kernel name."""
     ptxas = parse_ptxas_report(report)
     max_threads = parse_elf_max_threads(run_tool(cuobjdump, "-elf", cubin))
@@ -805,18 +836,19 @@ def analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter=None):
     for kernel in sorted(sass):
         if kernel not in ptxas or (name_filter and not re.search(name_filter, kernel)):
             continue
-        costs.append(analyse_kernel(kernel, module, sass[kernel], ptxas[kernel], max_threads.get(kernel), tiles))
+        costs.append(analyse_kernel(kernel, module, sass[kernel], ptxas[kernel], max_threads.get(kernel), tiles, header))
     return costs
 
 
 def analyse_sources(sources, include_dir, work_dir, nvcc, cuobjdump, name_filter=None):
     """Compiles each source and returns [KernelCost], module by module."""
     tiles = parse_tile_configs(os.path.join(include_dir, "common", "tile_config.cuh"))
+    header = header_constants(include_dir)
     costs = []
     for src in sources:
         module = os.path.splitext(os.path.basename(src))[0]
         cubin, report = compile_cubin(nvcc, src, include_dir, work_dir)
-        costs += analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter)
+        costs += analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter, header)
     return costs
 
 

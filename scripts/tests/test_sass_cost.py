@@ -59,8 +59,8 @@ extern "C" __global__ void __launch_bounds__(128) smem_probe(const float* x, flo
 """
 
 TEST_TILE = sc.Tile("PlantedTile", 16, 8, 16, 1, 1)
-TEST_MODEL = sc.KernelModel(r"^planted_(mul|div)$", "PlantedTile", "HMMA", lambda n, d, h: -(-n // 16),
-                            lambda n, d: 2 * n * n * d, "forward")
+TEST_MODEL = sc.KernelModel(r"^planted_(mul|div)$", "PlantedTile", "HMMA", lambda n, d, h: sc.ceil_div(n, 16),
+                            sc.every_column_tile, sc.forward_flops, "forward")
 
 
 def toolchain():
@@ -265,9 +265,9 @@ ptxas info    : Function properties for $__internal_0_$__cuda_sm3x_div_rn_noftz_
         for model in sc.KERNEL_MODELS:  # every model names a tile that exists
             self.assertIn(model.tile, tiles, model.pattern)
         header = sc.header_constants(os.path.join(root, "kernels"))
-        for model in sc.KERNEL_MODELS:  # and its grid reads constants that exist
-            if model.grid:
-                self.assertGreater(model.grid(8192, 128, header), 0, model.pattern)
+        for model in sc.KERNEL_MODELS:  # its grid reads constants that exist, and its rows are the tile's
+            self.assertGreater(model.grid(8192, 128, header), 0, model.pattern)
+            self.assertEqual(header[model.rows_constant], tiles[model.tile].BM, model.pattern)
 
 
 if __name__ == "__main__":
