@@ -60,6 +60,8 @@ NVCC_FLAGS = ["-cubin", f"-arch={ARCH}", "-O3", "-std=c++17", "--expt-relaxed-co
 MUFU_OPS = ("MUFU",)
 SHARED_LOADS = ("LDSM", "LDS")          # shared-memory reads (LDSM.*, LDS.*)
 SHARED_WRITES = ("STS", "LDGSTS")       # shared-memory writes (st.shared, cp.async)
+# Feeding the MMAs, besides themselves: fragment loads, cp.async and its waits, barriers, wgmma fences.
+MMA_PIPELINE_OPS = ("LDSM", "LDGSTS", "LDGDEPBAR", "DEPBAR", "BAR", "WARPGROUP", "UTMALDG", "SYNCS")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -395,7 +397,7 @@ def smem_wavefronts(ins):
     if ins.base == "LDSM":
         m = re.search(r"\.M(?:T)?88(?:\.(\d))?", ins.opcode)
         return int(m.group(1) or 1) if m else 1
-    if ins.base in ("LDS", "STS", "LDGSTS"):
+    if ins.base in ("LDS",) + SHARED_WRITES:
         m = re.search(r"\.(64|128)\b", ins.opcode)
         return int(m.group(1)) // 32 if m else 1
     return 0
@@ -407,6 +409,7 @@ class Counts:
     instructions_all_paths counts every instruction once."""
     instructions: int = 0
     instructions_all_paths: int = 0
+    mma_pipeline: int = 0      # MMAs, their shared-memory fragment loads, copies into shared, barriers
     mufu: int = 0
     mma: int = 0
     mma_flops: int = 0
@@ -429,6 +432,7 @@ def count(instrs, mma_op, slow=frozenset()):
             c.calls += ins.base == "CALL"
             continue
         c.instructions += 1
+        c.mma_pipeline += is_mma(ins, mma_op) or ins.base in MMA_PIPELINE_OPS
         c.mufu += ins.base in MUFU_OPS
         if is_mma(ins, mma_op):
             c.mma += 1
@@ -536,15 +540,22 @@ class KernelCost:
     epilogue: Counts = None           # the column-tile loop's body minus its inner loops
     other_inner_loops: Counts = None  # inner loops of the column loop besides the k-loop (1 trip assumed)
     logits_per_thread: int = 0
+    k_unrolled: bool = False          # no k-loop: the MMAs sit in the column-tile loop's own body
     notes: list = field(default_factory=list)
 
     @property
     def epilogue_instructions_per_logit(self):
-        return self.epilogue.instructions / self.logits_per_thread if self.epilogue else None
+        if not self.epilogue:
+            return None
+        pipeline = self.epilogue.mma_pipeline if self.k_unrolled else 0
+        return (self.epilogue.instructions - pipeline) / self.logits_per_thread
 
     @property
     def epilogue_instructions_per_logit_all_paths(self):
-        return self.epilogue.instructions_all_paths / self.logits_per_thread if self.epilogue else None
+        if not self.epilogue:
+            return None
+        pipeline = self.epilogue.mma_pipeline if self.k_unrolled else 0
+        return (self.epilogue.instructions_all_paths - pipeline) / self.logits_per_thread
 
     @property
     def mufu_per_logit(self):
@@ -609,8 +620,12 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
         return cost
     column_loop = k_loop.parent
     if column_loop is None:
-        column_loop = k_loop
-        cost.notes.append("the k-loop has no enclosing loop: it is taken as the column-tile loop (k unrolled)")
+        column_loop, cost.k_unrolled = k_loop, True
+        cost.notes.append("the k-loop has no enclosing loop: it is taken as the column-tile loop (k unrolled for "
+                          "the compiled D; per logit leaves out the MMA pipeline's instructions)")
+    sweeps = {id(lp.parent or lp): lp.parent or lp for lp in innermost}
+    if len(sweeps) > 1:
+        cost.notes.append(f"{len(sweeps)} column-tile loops (e.g. a prototype sweep): the first is measured")
     cost.k_loop = count(body(instrs, k_loop), model.mma_op, slow) if column_loop is not k_loop else Counts()
     if cost.k_loop.mma and cost.k_loop.mma % per_step == 0:
         cost.k_per_iteration = tile.BK * cost.k_loop.mma // per_step

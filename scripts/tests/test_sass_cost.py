@@ -49,6 +49,25 @@ extern "C" __global__ void __launch_bounds__(32) planted_mul(const unsigned* a, 
 extern "C" __global__ void __launch_bounds__(32) planted_div(const unsigned* a, const unsigned* b, const float* norms, int n, int d, float* out) {
     sweep<true>(a, b, norms, n, d, out);
 }
+// D = 64 known at compile time: the k steps unrolled into the column-tile loop (no k-loop).
+extern "C" __global__ void __launch_bounds__(32) planted_unrolled(const unsigned* a, const unsigned* b, float* out, int n) {
+    const int lane = threadIdx.x % 32;
+    float sum = 0.f;
+#pragma unroll 1
+    for (int col0 = 0; col0 < n; col0 += 8) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+            const unsigned* ak = a + (blockIdx.x * 16 * 64 + k0) / 2 + lane * 4;
+            const unsigned* bk = b + (col0 * 64 + k0) / 2 + lane * 2;
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
+        }
+        sum += c[0] + c[1] + c[2] + c[3];
+    }
+    out[blockIdx.x * 32 + lane] = sum;
+}
 // Resources only: 4000 bytes of static shared memory, 128 threads.
 extern "C" __global__ void __launch_bounds__(128) smem_probe(const float* x, float* out) {
     __shared__ float buf[1000];
@@ -59,7 +78,7 @@ extern "C" __global__ void __launch_bounds__(128) smem_probe(const float* x, flo
 """
 
 TEST_TILE = sc.Tile("PlantedTile", 16, 8, 16, 1, 1)
-TEST_MODEL = sc.KernelModel(r"^planted_(mul|div)$", "PlantedTile", "HMMA", lambda n, d, h: sc.ceil_div(n, 16),
+TEST_MODEL = sc.KernelModel(r"^planted_(mul|div|unrolled)$", "PlantedTile", "HMMA", lambda n, d, h: sc.ceil_div(n, 16),
                             sc.every_column_tile, sc.forward_flops, "forward")
 
 
@@ -101,7 +120,7 @@ class ToolchainOutput(unittest.TestCase):
 
     def test_ptxas_report_parses(self):
         info = sc.parse_ptxas_report(self.report)
-        self.assertEqual(set(info), {"planted_mul", "planted_div", "smem_probe"})
+        self.assertEqual(set(info), {"planted_mul", "planted_div", "planted_unrolled", "smem_probe"})
         for name, i in info.items():
             self.assertTrue(8 <= i.regs <= 255, (name, i))
             self.assertEqual((i.spill_stores, i.spill_loads), (0, 0), name)
@@ -111,11 +130,11 @@ class ToolchainOutput(unittest.TestCase):
 
     def test_launch_bounds_from_the_elf(self):
         threads = sc.parse_elf_max_threads(sc.run_tool(self.cuobjdump, "-elf", self.cubin))
-        self.assertEqual(threads, {"planted_mul": 32, "planted_div": 32, "smem_probe": 128})
+        self.assertEqual(threads, {"planted_mul": 32, "planted_div": 32, "planted_unrolled": 32, "smem_probe": 128})
 
     def test_sass_and_loops(self):
         sass = sc.parse_sass(sc.run_tool(self.cuobjdump, "-sass", self.cubin))
-        self.assertEqual(set(sass), {"planted_mul", "planted_div", "smem_probe"})
+        self.assertEqual(set(sass), {"planted_mul", "planted_div", "planted_unrolled", "smem_probe"})
         mul = sass["planted_mul"]
         self.assertEqual(sum(i.base == "HMMA" for i in mul), 1)
         self.assertTrue(any(i.base == "EXIT" for i in mul))
@@ -160,6 +179,20 @@ class ToolchainOutput(unittest.TestCase):
         self.assertGreater(ed.t_issue, em.t_issue)
         self.assertEqual(ed.mma_flops, em.mma_flops)
         self.assertEqual(em.mma_flops, em.useful_flops, "one m16n8k16 per 16 x 8 x 16 block: no waste")
+
+    def test_unrolled_k_steps(self):
+        c = self.costs["planted_unrolled"]
+        self.assertTrue(c.k_unrolled)
+        self.assertEqual(len(c.notes), 1, c.notes)
+        self.assertEqual(c.epilogue.mma, 4, "D = 64: four k16 steps in the column-tile loop")
+        self.assertGreaterEqual(c.epilogue.mma_pipeline, 4)
+        self.assertLess(c.epilogue_instructions_per_logit, c.epilogue.instructions / c.logits_per_thread)
+        sc.KERNEL_MODELS.append(TEST_MODEL)
+        try:
+            e = sc.estimate_shape(c, 8192, 64, {})
+        finally:
+            sc.KERNEL_MODELS.remove(TEST_MODEL)
+        self.assertEqual(e.mma_flops, e.useful_flops, "the four MMAs per tile count once")
 
     def test_resource_only_kernel(self):
         c = self.costs["smem_probe"]
