@@ -734,6 +734,45 @@ def fmt(v, spec="{:.1f}"):
     return "-" if v is None else spec.format(v)
 
 
+# Issue 13's targets, judged on this model: bf16 aligned kernels at N = 8192, D = 128 and 512.
+TARGET_KERNELS = ("contrastive_forward_bf16", "contrastive_backward_bf16")
+TARGET_SHAPES = [(8192, 128), (8192, 512)]
+TARGET_MAX_INSTRUCTIONS_PER_LOGIT = 12
+TARGET_MAX_MUFU_PER_LOGIT = 1
+TARGET_MIN_CTAS_PER_SM = 2
+TARGET_MIN_WAVE_EFFICIENCY = 0.90
+TARGET_MIN_PERCENT_OF_PEAK = 35.0  # forward + backward
+
+
+def target_checks(costs, estimates, pairs):
+    """[(what, target, estimated value, met)] for TARGET_KERNELS present in `costs`."""
+    by_name = {c.kernel: c for c in costs}
+    rows = []
+    for name in TARGET_KERNELS:
+        c = by_name.get(name)
+        if c is None or c.epilogue is None:
+            continue
+        rows.append((f"{name}: epilogue instructions / logit", f"<= {TARGET_MAX_INSTRUCTIONS_PER_LOGIT}",
+                     f"{c.epilogue_instructions_per_logit:.1f}",
+                     c.epilogue_instructions_per_logit <= TARGET_MAX_INSTRUCTIONS_PER_LOGIT))
+        rows.append((f"{name}: MUFU / logit", f"<= {TARGET_MAX_MUFU_PER_LOGIT}", f"{c.mufu_per_logit:.2f}",
+                     c.mufu_per_logit <= TARGET_MAX_MUFU_PER_LOGIT))
+        rows.append((f"{name}: CTAs / SM", f">= {TARGET_MIN_CTAS_PER_SM}", str(c.ctas_per_sm),
+                     c.ctas_per_sm >= TARGET_MIN_CTAS_PER_SM))
+        for (n, d) in TARGET_SHAPES:
+            e = estimates.get((name, n, d))
+            if e:
+                rows.append((f"{name}: wave efficiency, N = {n}, D = {d}", f">= {100 * TARGET_MIN_WAVE_EFFICIENCY:.0f} %",
+                             f"{100 * e.wave_efficiency:.1f} %", e.wave_efficiency >= TARGET_MIN_WAVE_EFFICIENCY))
+    pair_name = " + ".join(TARGET_KERNELS)
+    for p in pairs:
+        if p["kernel"] == pair_name and (p["n"], p["d"]) in TARGET_SHAPES:
+            rows.append((f"forward + backward % of 989 TFLOP/s, N = {p['n']}, D = {p['d']}",
+                         f">= {TARGET_MIN_PERCENT_OF_PEAK:.0f} %", f"{p['percent_of_peak']:.1f} %",
+                         p["percent_of_peak"] >= TARGET_MIN_PERCENT_OF_PEAK))
+    return rows
+
+
 def render_markdown(costs, estimates, pairs, sources):
     lines = [
         "# Static SASS cost model (estimated, no GPU)",
@@ -791,12 +830,18 @@ def render_markdown(costs, estimates, pairs, sources):
                   "| kernels | N | D | est. us | est. % of peak |", "|---|---|---|---|---|"]
         for p in pairs:
             lines.append(f"| {p['kernel']} | {p['n']} | {p['d']} | {p['time_us']:.1f} | {p['percent_of_peak']:.1f} % |")
+    checks = target_checks(costs, estimates, pairs)
+    if checks:
+        lines += ["", "## Issue 13's targets (bf16, N = 8192, D = 128 and 512; estimated)", "",
+                  "| what | target | estimated | met |", "|---|---|---|---|"]
+        for what, target, value, met in checks:
+            lines.append(f"| {what} | {target} | {value} | {'yes' if met else '**no**'} |")
     return "\n".join(lines) + "\n"
 
 
 def json_records(costs, estimates, pairs):
     """JSON Lines: one object per kernel ("kind": "kernel"), then one per forward + backward pair and
-    shape ("kind": "forward+backward"). `est_percent_of_peak`: at HEADLINE_SHAPE (N = 8192, D = 128);
+    shape ("kind": "forward+backward"), then one per issue-13 target ("kind": "target"). `est_percent_of_peak`: at HEADLINE_SHAPE (N = 8192, D = 128);
     `shapes` holds every bench shape."""
     records = []
     for c in costs:
@@ -835,6 +880,8 @@ def json_records(costs, estimates, pairs):
         })
     for p in pairs:
         records.append({"kind": "forward+backward", **p, "est_percent_of_peak": p["percent_of_peak"]})
+    for what, target, value, met in target_checks(costs, estimates, pairs):
+        records.append({"kind": "target", "what": what, "target": target, "estimated": value, "met": met})
     return records
 
 

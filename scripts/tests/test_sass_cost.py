@@ -233,6 +233,25 @@ class Occupancy(unittest.TestCase):
         self.assertEqual(sc.wave_quantization(265, 2), (2, 265 / 528))
 
 
+class Targets(unittest.TestCase):
+    def test_target_rows(self):
+        def cost(name, insts, mufu, ctas):
+            c = sc.KernelCost(name, "m", sc.PtxasInfo(), 256, ctas, "registers", 0)
+            c.epilogue, c.logits_per_thread = sc.Counts(instructions=insts, mufu=mufu), 64
+            return c
+        costs = [cost("contrastive_forward_bf16", 640, 64, 2), cost("contrastive_backward_bf16", 1000, 65, 1)]
+        pairs = [{"kernel": "contrastive_forward_bf16 + contrastive_backward_bf16", "n": 8192, "d": 128,
+                  "percent_of_peak": 40.0}]
+        rows = {what: met for what, _, _, met in sc.target_checks(costs, {}, pairs)}
+        self.assertEqual(rows["contrastive_forward_bf16: epilogue instructions / logit"], True)  # 10
+        self.assertEqual(rows["contrastive_backward_bf16: epilogue instructions / logit"], False)  # 15.6
+        self.assertEqual(rows["contrastive_forward_bf16: MUFU / logit"], True)
+        self.assertEqual(rows["contrastive_backward_bf16: MUFU / logit"], False)
+        self.assertEqual(rows["contrastive_backward_bf16: CTAs / SM"], False)
+        self.assertEqual(rows["forward + backward % of 989 TFLOP/s, N = 8192, D = 128"], True)
+        self.assertEqual(len(rows), 7)
+
+
 class Parsing(unittest.TestCase):
     """The parsers on canned text (no toolchain)."""
 
