@@ -5,7 +5,7 @@
 # README, "Static cost model", explains the model and where it is blind.
 #
 #   bash scripts/sass-cost.sh                                  # kernels/: Markdown on stdout and in
-#                                                              #   benches/reports/sass-cost.md (not tracked)
+#                                                              #   benches/reports/sass-cost.md (untracked)
 #   bash scripts/sass-cost.sh kernels/contrastive.cu --filter 'contrastive_(forward|backward)_bf16$'
 #   bash scripts/sass-cost.sh kernels/contrastive.cu --json    # JSON Lines, one object per kernel
 #   bash scripts/sass-cost.sh --out benches/reports/sass-cost-after.md
@@ -15,7 +15,6 @@
 # is scripts/sass_cost.py (Python 3, standard library only). Compiles for sm_90a only.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-cd "$here/.."
-NVCC="$(bash scripts/ensure-nvcc.sh)"
+NVCC="$(bash "$here/ensure-nvcc.sh")"
 export NVCC
-exec python3 scripts/sass_cost.py "$@"
+exec python3 "$here/sass_cost.py" "$@"

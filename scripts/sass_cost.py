@@ -23,7 +23,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -139,7 +138,7 @@ def parse_ptxas_report(text):
         m = re.search(r"Function properties for (\S+)", line)
         if m:
             # Non-entry functions (the division's slow path) have properties too: not kernels.
-            current = info.get(m.group(1), None) if m.group(1) in info else None
+            current = info.get(m.group(1))
             continue
         if current is None:
             continue
@@ -294,6 +293,25 @@ def branch_target(ins):
     return int(hexes[-1], 16) if hexes else None
 
 
+def merge_partial_overlaps(intervals):
+    """Intervals that overlap without one containing the other (irreducible or rotated loops) become
+    their union, until every pair is nested or disjoint."""
+    intervals = list(intervals)
+    changed = True
+    while changed:
+        changed = False
+        for i, (s1, e1) in enumerate(intervals):
+            for j, (s2, e2) in enumerate(intervals):
+                if i != j and s1 < s2 <= e1 < e2:
+                    intervals[i] = (s1, e2)
+                    del intervals[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return sorted(intervals)
+
+
 def find_loops(instrs):
     """Natural-loop approximation: every backward branch (target < its address) closes the interval
     [target, branch]; intervals with one header merge, partially overlapping ones merge into their
@@ -304,18 +322,7 @@ def find_loops(instrs):
         t = branch_target(ins)
         if t is not None and t < ins.addr:
             spans[t] = max(spans.get(t, t), ins.addr)
-    intervals = sorted(spans.items())
-    merged = True
-    while merged:  # merge partial overlaps (irreducible or rotated loops) into one interval
-        merged = False
-        out = []
-        for s, e in intervals:
-            if out and out[-1][0] < s <= out[-1][1] < e:
-                out[-1] = (out[-1][0], e)
-                merged = True
-            else:
-                out.append((s, e))
-        intervals = out
+    intervals = merge_partial_overlaps(sorted(spans.items()))
     loops = [Loop(s, e) for s, e in sorted(intervals, key=lambda se: (se[0], -se[1]))]
     roots, stack = [], []
     for lp in loops:
@@ -597,7 +604,8 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
         cost.notes.append(f"tile {model.tile} not found in kernels/common/tile_config.cuh")
         return cost
     if max_threads and max_threads != tile.threads:
-        cost.notes.append(f"launch bounds {max_threads} threads != tile {tile.name}'s {tile.threads}: update KERNEL_MODELS")
+        cost.notes.append(f"launch bounds {max_threads} threads != tile {tile.name}'s {tile.threads}: "
+                          "update KERNEL_MODELS")
     rows = (header or {}).get(model.rows_constant)
     if rows is not None and rows != tile.BM:
         cost.notes.append(f"CK_{model.rows_constant} = {rows} != tile {tile.name}'s BM {tile.BM}: update KERNEL_MODELS")
@@ -762,7 +770,8 @@ def target_checks(costs, estimates, pairs):
         for (n, d) in TARGET_SHAPES:
             e = estimates.get((name, n, d))
             if e:
-                rows.append((f"{name}: wave efficiency, N = {n}, D = {d}", f">= {100 * TARGET_MIN_WAVE_EFFICIENCY:.0f} %",
+                rows.append((f"{name}: wave efficiency, N = {n}, D = {d}",
+                             f">= {100 * TARGET_MIN_WAVE_EFFICIENCY:.0f} %",
                              f"{100 * e.wave_efficiency:.1f} %", e.wave_efficiency >= TARGET_MIN_WAVE_EFFICIENCY))
     pair_name = " + ".join(TARGET_KERNELS)
     for p in pairs:
@@ -792,7 +801,8 @@ def render_markdown(costs, estimates, pairs, sources):
         " conflict-free) per MMA in the k-loop. CALLs: call instructions anywhere in the kernel.",
         "",
         "| kernel | regs | spill st/ld B | smem B | threads | CTAs/SM (limit) | tile BMxBNxBK | MMA / k-iter"
-        " | k-loop insts | epilogue insts | logits / thread | insts / logit | (all paths) | MUFU / logit | smem wf / MMA"
+        " | k-loop insts | epilogue insts | logits / thread | insts / logit | (all paths) | MUFU / logit"
+        " | smem wf / MMA"
         " | CALLs | notes |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -841,7 +851,8 @@ def render_markdown(costs, estimates, pairs, sources):
 
 def json_records(costs, estimates, pairs):
     """JSON Lines: one object per kernel ("kind": "kernel"), then one per forward + backward pair and
-    shape ("kind": "forward+backward"), then one per issue-13 target ("kind": "target"). `est_percent_of_peak`: at HEADLINE_SHAPE (N = 8192, D = 128);
+    shape ("kind": "forward+backward"), then one per issue-13 target ("kind": "target").
+    `est_percent_of_peak`: at HEADLINE_SHAPE (N = 8192, D = 128);
     `shapes` holds every bench shape."""
     records = []
     for c in costs:
@@ -860,6 +871,7 @@ def json_records(costs, estimates, pairs):
             "ctas_per_sm": c.ctas_per_sm,
             "occupancy_limiter": c.occupancy_limiter,
             "calls": c.calls,
+            "loops": c.loops,
             "tile": None if c.tile is None else {"name": c.tile.name, "bm": c.tile.BM, "bn": c.tile.BN, "bk": c.tile.BK,
                                                  "threads": c.tile.threads},
             "mma_per_k_iteration": c.k_loop.mma if c.k_loop else None,
@@ -898,14 +910,14 @@ def analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter=None, hea
     for kernel in sorted(sass):
         if kernel not in ptxas or (name_filter and not re.search(name_filter, kernel)):
             continue
-        costs.append(analyse_kernel(kernel, module, sass[kernel], ptxas[kernel], max_threads.get(kernel), tiles, header))
+        costs.append(analyse_kernel(kernel, module, sass[kernel], ptxas[kernel], max_threads.get(kernel), tiles,
+                                    header))
     return costs
 
 
-def analyse_sources(sources, include_dir, work_dir, nvcc, cuobjdump, name_filter=None):
+def analyse_sources(sources, include_dir, work_dir, nvcc, cuobjdump, header, name_filter=None):
     """Compiles each source and returns [KernelCost], module by module."""
     tiles = parse_tile_configs(os.path.join(include_dir, "common", "tile_config.cuh"))
-    header = header_constants(include_dir)
     costs = []
     for src in sources:
         module = os.path.splitext(os.path.basename(src))[0]
@@ -928,15 +940,15 @@ def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("paths", nargs="*", help="kernel folder(s) or .cu files (default: kernels/)")
     ap.add_argument("--json", action="store_true", help="print JSON Lines (one object per kernel) instead of Markdown")
-    ap.add_argument("--out", default=os.path.join("benches", "reports", "sass-cost.md"),
-                    help="also write the Markdown report here (default: benches/reports/sass-cost.md, untracked; "
-                         "'-': no file)")
+    ap.add_argument("--out", help="also write the Markdown report here (default: the repository's "
+                                  "benches/reports/sass-cost.md, untracked; '-': no file)")
     ap.add_argument("--filter", help="only kernels whose name matches this regular expression")
     ap.add_argument("--include", help="the include folder (default: the kernels folder, as build.rs' -I kernels)")
     args = ap.parse_args(argv)
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     paths = args.paths or [os.path.join(repo, "kernels")]
+    out = args.out or os.path.join(repo, "benches", "reports", "sass-cost.md")
     sources = []
     for p in paths:
         if os.path.isdir(p):
@@ -952,7 +964,7 @@ def main(argv=None):
                  "bash scripts/install-cuda-toolchain.sh")
     header = header_constants(include_dir)
     with tempfile.TemporaryDirectory(prefix="sass-cost-") as work:
-        costs = analyse_sources(sources, include_dir, work, nvcc, cuobjdump, args.filter)
+        costs = analyse_sources(sources, include_dir, work, nvcc, cuobjdump, header, args.filter)
     estimates = {}
     for c in costs:
         for (n, d) in BENCH_SHAPES:
@@ -961,9 +973,9 @@ def main(argv=None):
                 estimates[(c.kernel, n, d)] = e
     pairs = pair_estimates(costs, estimates)
     markdown = render_markdown(costs, estimates, pairs, [os.path.relpath(s, repo) for s in sources])
-    if args.out and args.out != "-":
-        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-        with open(args.out, "w", encoding="utf-8") as f:
+    if out != "-":
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
             f.write(markdown)
     if args.json:
         for r in json_records(costs, estimates, pairs):

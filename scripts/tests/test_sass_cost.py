@@ -283,6 +283,11 @@ ptxas info    : Function properties for $__internal_0_$__cuda_sm3x_div_rn_noftz_
         outer = sc.count(sc.body(code, roots[0]), "HMMA")
         self.assertEqual((outer.instructions, outer.mufu, outer.mma), (3, 1, 0))
 
+    def test_partial_overlaps_merge(self):
+        # (50, 150) overlaps (0, 100) past a loop nested in the latter: the union, holding the nested one.
+        self.assertEqual(sc.merge_partial_overlaps([(0, 100), (10, 20), (50, 150)]), [(0, 150), (10, 20)])
+        self.assertEqual(sc.merge_partial_overlaps([(0, 10), (20, 30)]), [(0, 10), (20, 30)])
+
     def test_slow_path_blocks(self):
         def ins(addr, text, pred=""):
             op, _, rest = text.partition(" ")
