@@ -944,6 +944,8 @@ def main(argv=None):
                                   "benches/reports/sass-cost.md, untracked; '-': no file)")
     ap.add_argument("--filter", help="only kernels whose name matches this regular expression")
     ap.add_argument("--include", help="the include folder (default: the kernels folder, as build.rs' -I kernels)")
+    ap.add_argument("--check-targets", action="store_true",
+                    help="exit with status 1 when an issue-13 target in the report is not met")
     args = ap.parse_args(argv)
 
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -982,6 +984,10 @@ def main(argv=None):
             print(json.dumps(r))
     else:
         sys.stdout.write(markdown)
+    if args.check_targets:
+        missed = [what for what, _, _, met in target_checks(costs, estimates, pairs) if not met]
+        if missed:
+            sys.exit("sass_cost: targets not met (estimated): " + "; ".join(missed))
 
 
 if __name__ == "__main__":
