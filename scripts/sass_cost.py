@@ -14,7 +14,8 @@ Layout, one function per concern:
                    parse_tile_configs
   control flow     find_loops (backward branches -> nested loop intervals)
   per kernel       analyse_kernel (k-loop, column-tile loop, epilogue counts), occupancy
-  per bench shape  KERNEL_MODELS (grids: mirrors src/ops/contrastive/gpu.rs), estimate_shape
+  per bench shape  KERNEL_MODELS, forward_schedule / backward_schedule (mirror src/ops/contrastive/gpu.rs),
+                   estimate_shape
   output           render_markdown, json_records
 """
 
@@ -255,7 +256,7 @@ class Tile:
 
 
 def parse_tile_configs(path):
-    """`using Name = MmaTileConfig<BM, BN, BK, WARPS_M, WARPS_N[, ELEM_BYTES]>;` of tile_config.cuh."""
+    """`using Name = MmaTileConfig<BM, BN, BK, WARPS_M, WARPS_N[, ELEM_BYTES]>;` of one source file."""
     tiles = {}
     if not os.path.isfile(path):
         return tiles
@@ -477,32 +478,44 @@ def ceil_div(a, b):
 
 @dataclass
 class KernelModel:
-    """What the SASS does not say about a kernel: its tile (by the alias in tile_config.cuh), the
-    engine's MMA opcode, and how a bench shape becomes its grid and its trip counts."""
+    """What the SASS does not say about a kernel: its tile (by its MmaTileConfig alias), the engine's
+    MMA opcode, and how a bench shape becomes its grid and the column tiles each CTA sweeps."""
     pattern: str
-    tile: str
+    tiles: tuple              # MmaTileConfig aliases, the first one defined is the kernel's
     mma_op: str               # "HMMA" (tensor cores; HGMMA counts too) or "FFMA" (the f32 engine)
-    grid: object              # (N, D, header constants) -> CTAs; mirrors src/ops/contrastive/gpu.rs
-    tiles_per_cta: object     # (N, D, header constants, Tile) -> column tiles one CTA sweeps
+    schedule: object          # (N, D, header constants, kernel, Tile) -> (CTAs, column tiles per CTA)
     useful_flops: object      # (N, D) -> the DESIGN.md lower bound's FLOPs
     role: str                 # "forward" / "backward": pairs them in the per-shape table
     rows_constant: str = ""   # the header constant the tile's BM must equal (checked, noted if not)
 
 
-def forward_grid(n, d, h):
-    """src/ops/contrastive/gpu.rs, the forward: rows_config(n, FORWARD_ROWS, FORWARD_THREADS)."""
-    return ceil_div(n, h["CONTRASTIVE_FORWARD_ROWS"])
+def forward_splits(row_blocks, tiles, sms, blocks_per_sm, max_splits):
+    """src/ops/contrastive/gpu.rs' forward_splits: the CTAs (grid.y) sharing one row block's column
+    sweep, minimizing waves x (tiles per CTA + a quarter tile); ties go to fewer splits."""
+    wave = max(sms * blocks_per_sm, 1)
+    most = min(max(tiles, 1), max_splits)
+    return min(range(1, most + 1), key=lambda s: (ceil_div(row_blocks * s, wave) * (4 * ceil_div(tiles, s) + 1), s))
 
 
-def backward_grid(n, d, h):
-    """src/ops/contrastive/gpu.rs, the backward's `pass`: (ceil(n / BACKWARD_ROWS), ceil(d / GRAD_CHUNK))
-    for f16 / bf16, own = the rows, one pass in the self geometry."""
-    return ceil_div(n, h["CONTRASTIVE_BACKWARD_ROWS"]) * ceil_div(d, h["CONTRASTIVE_GRAD_CHUNK_HALF"])
+def forward_schedule(n, d, h, kernel, tile):
+    """src/ops/contrastive/gpu.rs, the forward's launch: grid (ceil(n / FORWARD_ROWS), splits), each CTA
+    sweeping ceil(tiles / splits) of the ceil(n / BN) column tiles. splits = 1 unless the header defines
+    FORWARD_MAX_SPLITS (the column sweep split across CTAs, sized by forward_splits for blocks per SM
+    FORWARD_BLOCKS_PER_SM on the aligned fixed-offset f16 / bf16 kernels, _SLOW on the others)."""
+    row_blocks, tiles = ceil_div(n, h["CONTRASTIVE_FORWARD_ROWS"]), ceil_div(n, tile.BN)
+    splits = 1
+    if "CONTRASTIVE_FORWARD_MAX_SPLITS" in h:
+        fast = re.fullmatch(r"contrastive_forward_(f16|bf16)", kernel) is not None
+        blocks = h["CONTRASTIVE_FORWARD_BLOCKS_PER_SM" if fast else "CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW"]
+        splits = forward_splits(row_blocks, tiles, SMS, blocks, h["CONTRASTIVE_FORWARD_MAX_SPLITS"])
+    return row_blocks * splits, ceil_div(tiles, splits)
 
 
-def every_column_tile(n, d, h, tile):
-    """A CTA sweeps all n columns (the self geometry's keys), BN at a time."""
-    return ceil_div(n, tile.BN)
+def backward_schedule(n, d, h, kernel, tile):
+    """src/ops/contrastive/gpu.rs, the backward's `pass` (own = the rows, one pass in the self geometry):
+    grid (ceil(n / BACKWARD_ROWS), ceil(d / GRAD_CHUNK_HALF)), each CTA sweeping every column tile."""
+    ctas = ceil_div(n, h["CONTRASTIVE_BACKWARD_ROWS"]) * ceil_div(d, h["CONTRASTIVE_GRAD_CHUNK_HALF"])
+    return ctas, ceil_div(n, tile.BN)
 
 
 def forward_flops(n, d):
@@ -513,17 +526,22 @@ def backward_flops(n, d):
     return 2 * 2 * n * n * d      # S again, then (G + G^T) U
 
 
-# Kernel name -> model. Edit here when a kernel changes its tile (tile_config.cuh's alias), its grid
+# Kernel name -> model. Edit here when a kernel changes its tile (its MmaTileConfig alias), its grid
 # or the column tiles a CTA sweeps (a triangular or persistent schedule).
 KERNEL_MODELS = [
-    KernelModel(r"^contrastive_forward_(f16|bf16)(_unaligned)?$", "Tile128", "HMMA", forward_grid,
-                every_column_tile, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS"),
-    KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?$", "Tile64RowWarps", "HMMA", backward_grid,
-                every_column_tile, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS"),
-    # The f32 kernels (Tile128F32 / Tile64RowWarpsF32 on the Ffma engine) are not modelled: their k-loop
-    # is FFMA on the CUDA cores, whose stage loop the MMA-count rule does not find; they get the
-    # resource columns only. A model with mma_op "FFMA" is the place to start.
+    KernelModel(r"^contrastive_forward_(f16|bf16)(_online)?(_unaligned)?$", ("ForwardTile", "Tile128"), "HMMA",
+                forward_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS"),
+    KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?$", ("BackwardTile", "Tile64RowWarps"), "HMMA",
+                backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS"),
+    # The f32 kernels (on the Ffma engine) are not modelled: their k-loop is FFMA on the CUDA cores,
+    # whose stage loop the MMA-count rule does not find; they get the resource columns only. A model
+    # with mma_op "FFMA" is the place to start.
 ]
+
+
+def model_tile(model, tiles):
+    """The first of the model's tile aliases that the kernel sources define, else None."""
+    return next((tiles[name] for name in model.tiles if name in tiles), None)
 
 
 def model_for(kernel):
@@ -591,7 +609,7 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
     is the first innermost loop holding MMA instructions, the column-tile loop its parent, the epilogue
     that loop's own body (its inner loops excluded), per logit = / (BM BN / threads)."""
     model = model_for(name)
-    tile = tiles.get(model.tile) if model else None
+    tile = model_tile(model, tiles) if model else None
     threads = max_threads or (tile.threads if tile else 0)
     ctas, limiter = occupancy(ptxas.regs, threads, ptxas.smem_bytes) if threads else (0, "unknown block size")
     calls = sum(ins.base == "CALL" for ins in instrs)
@@ -601,7 +619,7 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
     if model is None:
         return cost
     if tile is None:
-        cost.notes.append(f"tile {model.tile} not found in kernels/common/tile_config.cuh")
+        cost.notes.append(f"none of the tiles {', '.join(model.tiles)} is defined (MmaTileConfig aliases)")
         return cost
     if max_threads and max_threads != tile.threads:
         cost.notes.append(f"launch bounds {max_threads} threads != tile {tile.name}'s {tile.threads}: "
@@ -696,11 +714,10 @@ def estimate_shape(cost, n, d, header):
     """Waves and time bounds of one kernel at (n, d), self geometry: each CTA sweeps ceil(n / BN)
     column tiles; the busiest SM runs waves x CTAs-per-SM CTAs."""
     model = model_for(cost.kernel)
-    if model is None or model.grid is None or cost.epilogue is None or cost.ctas_per_sm == 0:
+    if model is None or cost.epilogue is None or cost.ctas_per_sm == 0:
         return None
-    ctas = model.grid(n, d, header)
+    ctas, tiles = model.schedule(n, d, header, cost.kernel, cost.tile)
     waves, efficiency = wave_quantization(ctas, cost.ctas_per_sm)
-    tiles = model.tiles_per_cta(n, d, header, cost.tile)
     per_tile = cost.per_tile(d)
     warps = cost.tile.warps
     per_cta_scale = tiles * warps
@@ -721,7 +738,7 @@ def pair_estimates(costs, estimates):
     for fwd in costs:
         if model_for(fwd.kernel) is None or model_for(fwd.kernel).role != "forward":
             continue
-        bwd = by_name.get(fwd.kernel.replace("_forward_", "_backward_"))
+        bwd = by_name.get(fwd.kernel.replace("_forward_", "_backward_").replace("_online", ""))
         if bwd is None:
             continue
         for (n, d) in BENCH_SHAPES:
@@ -818,7 +835,7 @@ def render_markdown(costs, estimates, pairs, sources):
             f" | {fmt(c.smem_wavefronts_per_mma, '{:.2f}')} | {c.calls} | {'; '.join(c.notes)} |")
     lines += [
         "",
-        "## Per bench shape (self geometry, one CTA sweeps every column tile)",
+        "## Per bench shape (self geometry; column tiles per CTA from the kernel's schedule)",
         "",
         "waves = ceil(CTAs / (132 x CTAs/SM)); wave eff. = CTAs / (waves x 132 x CTAs/SM). Times are lower"
         " bounds of the busiest SM: tensor = executed MMA FLOPs / (peak / 132), issue = warp instructions /"
@@ -915,13 +932,24 @@ def analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter=None, hea
     return costs
 
 
+def tile_configs(include_dir, sources=()):
+    """The MmaTileConfig aliases of kernels/common/*.cuh and the given sources (a kernel may define its own)."""
+    tiles = {}
+    common = os.path.join(include_dir, "common")
+    files = sorted(os.path.join(common, f) for f in os.listdir(common) if f.endswith(".cuh")) \
+        if os.path.isdir(common) else []
+    for path in files + list(sources):
+        tiles.update(parse_tile_configs(path))
+    return tiles
+
+
 def analyse_sources(sources, include_dir, work_dir, nvcc, cuobjdump, header, name_filter=None):
     """Compiles each source and returns [KernelCost], module by module."""
-    tiles = parse_tile_configs(os.path.join(include_dir, "common", "tile_config.cuh"))
     costs = []
     for src in sources:
         module = os.path.splitext(os.path.basename(src))[0]
         cubin, report = compile_cubin(nvcc, src, include_dir, work_dir)
+        tiles = tile_configs(include_dir, [src])
         costs += analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter, header)
     return costs
 

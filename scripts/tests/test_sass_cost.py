@@ -78,8 +78,9 @@ extern "C" __global__ void __launch_bounds__(128) smem_probe(const float* x, flo
 """
 
 TEST_TILE = sc.Tile("PlantedTile", 16, 8, 16, 1, 1)
-TEST_MODEL = sc.KernelModel(r"^planted_(mul|div|unrolled)$", "PlantedTile", "HMMA", lambda n, d, h: sc.ceil_div(n, 16),
-                            sc.every_column_tile, sc.forward_flops, "forward")
+TEST_MODEL = sc.KernelModel(r"^planted_(mul|div|unrolled)$", ("PlantedTile",), "HMMA",
+                            lambda n, d, h, kernel, tile: (sc.ceil_div(n, 16), sc.ceil_div(n, tile.BN)),
+                            sc.forward_flops, "forward")
 
 
 def toolchain():
@@ -233,6 +234,31 @@ class Occupancy(unittest.TestCase):
         self.assertEqual(sc.wave_quantization(265, 2), (2, 265 / 528))
 
 
+class Schedules(unittest.TestCase):
+    """The grids mirror src/ops/contrastive/gpu.rs."""
+
+    def test_forward_without_splits(self):
+        h = {"CONTRASTIVE_FORWARD_ROWS": 128}
+        self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16", sc.Tile("T", 128, 128, 32, 2, 4)),
+                         (64, 64))
+
+    def test_forward_splits(self):
+        # 64 row blocks x 64 tiles on 132 SMs x 2: s = 4 fills 256 of 264 slots in one wave, 16 tiles each.
+        self.assertEqual(sc.forward_splits(64, 64, 132, 2, 16), 4)
+        # One SM slot per CTA: 2 splits (128 CTAs, one wave of 132, 32 tiles each).
+        self.assertEqual(sc.forward_splits(64, 64, 132, 1, 16), 2)
+        h = {"CONTRASTIVE_FORWARD_ROWS": 128, "CONTRASTIVE_FORWARD_MAX_SPLITS": 16,
+             "CONTRASTIVE_FORWARD_BLOCKS_PER_SM": 2, "CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW": 1}
+        tile = sc.Tile("T", 128, 128, 32, 4, 2)
+        self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16", tile), (256, 16))
+        self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16_online", tile), (128, 32))
+
+    def test_backward(self):
+        h = {"CONTRASTIVE_BACKWARD_ROWS": 64, "CONTRASTIVE_GRAD_CHUNK_HALF": 128}
+        tile = sc.Tile("T", 64, 64, 32, 4, 1)
+        self.assertEqual(sc.backward_schedule(8192, 512, h, "contrastive_backward_bf16", tile), (512, 128))
+
+
 class Targets(unittest.TestCase):
     def test_target_rows(self):
         def cost(name, insts, mufu, ctas):
@@ -318,13 +344,17 @@ ptxas info    : Function properties for $__internal_0_$__cuda_sm3x_div_rn_noftz_
 
     def test_tile_configs_of_this_repository(self):
         root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
-        tiles = sc.parse_tile_configs(os.path.join(root, "kernels", "common", "tile_config.cuh"))
-        for model in sc.KERNEL_MODELS:  # every model names a tile that exists
-            self.assertIn(model.tile, tiles, model.pattern)
-        header = sc.header_constants(os.path.join(root, "kernels"))
-        for model in sc.KERNEL_MODELS:  # its grid reads constants that exist, and its rows are the tile's
-            self.assertGreater(model.grid(8192, 128, header), 0, model.pattern)
-            self.assertEqual(header[model.rows_constant], tiles[model.tile].BM, model.pattern)
+        kernels = os.path.join(root, "kernels")
+        tiles = sc.tile_configs(kernels, [os.path.join(kernels, f) for f in sorted(os.listdir(kernels)) if f.endswith(".cu")])
+        header = sc.header_constants(kernels)
+        for model in sc.KERNEL_MODELS:
+            tile = sc.model_tile(model, tiles)
+            self.assertIsNotNone(tile, f"{model.pattern}: none of {model.tiles} is defined")
+            self.assertEqual(header[model.rows_constant], tile.BM, model.pattern)
+            name = model.pattern.strip("^$").split("(")[0] + "bf16"  # contrastive_forward_bf16, ...
+            ctas, tiles_per_cta = model.schedule(8192, 128, header, name, tile)  # reads constants that exist
+            self.assertGreater(ctas, 0, model.pattern)
+            self.assertGreater(tiles_per_cta, 0, model.pattern)
 
 
 if __name__ == "__main__":
