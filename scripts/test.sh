@@ -6,7 +6,8 @@
 #
 # 1. `cargo test --release`: lib, tests/*.rs, doctests. Without a GPU the GPU halves of the tests
 #    print why they skip and pass; under CI=true a build without kernels fails tests/kernels_build.rs.
-#    Then python/tests (the ctypes module over the C ABI; needs no torch or GPU).
+#    Then python/tests (the ctypes module over the C ABI; needs no torch or GPU), and scripts/tests
+#    (the static SASS cost model, scripts/sass_cost.py, on this toolchain's ptxas / cuobjdump output).
 # 2. The CPU emulator of the CUDA driver (emu/, emu/README.md): its own tests (the source rewriter,
 #    the emulated instructions against the PTX ISA, unit tests of device functions), then every
 #    test binary a second time with the emulator as libcuda / libcublas and
@@ -40,6 +41,9 @@ if [ "$#" -eq 0 ]; then
   echo "== python3 -m unittest (python/tests: the ctypes module over the C ABI)"
   cargo build --release --lib   # puts the cdylib in target/release, where the module looks
   python3 -m unittest discover -s python/tests
+  # A few seconds: compiles one small kernel; CK_REQUIRE_NVCC=1 turns a missing toolchain into a failure.
+  echo "== python3 -m unittest (scripts/tests: the static SASS cost model)"
+  NVCC="$(bash scripts/ensure-nvcc.sh)" CK_REQUIRE_NVCC=1 python3 -m unittest discover -s scripts/tests
 fi
 
 if [ "${CK_EMULATOR:-1}" != 0 ]; then

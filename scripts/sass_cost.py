@@ -1,0 +1,1022 @@
+#!/usr/bin/env python3
+"""Static SASS cost model of the kernels, for sm_90a (H100 / H200), with no GPU.
+
+    python3 scripts/sass_cost.py [KERNELS_DIR_OR_CU ...] [--json] [--out FILE.md] [--filter REGEX]
+
+(scripts/sass-cost.sh finds the toolchain and calls this.) Every number it prints is *estimated*
+from the compiler's output: ptxas' report (registers, spills, shared memory), `cuobjdump -elf`
+(launch bounds) and `cuobjdump -sass` (the instructions). The README's "Static cost model"
+section explains the model and where it is blind. Python 3 standard library only.
+
+Layout, one function per concern:
+  toolchain        find_tool, compile_cubin
+  parsing          parse_ptxas_report, parse_elf_max_threads, parse_sass, parse_header_constants,
+                   parse_tile_configs
+  control flow     find_loops (backward branches -> nested loop intervals)
+  per kernel       analyse_kernel (k-loop, column-tile loop, epilogue counts), occupancy
+  per bench shape  KERNEL_MODELS, forward_schedule / backward_schedule (mirror src/ops/contrastive/gpu.rs),
+                   estimate_shape
+  output           render_markdown, json_records
+"""
+
+import argparse
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass, field
+
+# ---------------------------------------------------------------------------------------------
+# Hardware constants (H100 SXM / H200: DESIGN.md section 6; occupancy rules as cuda_occupancy.h
+# of the pinned toolchain for compute capability 9.x).
+SMS = 132                       # SMs on H100 SXM / H200
+CLOCK_HZ = 1.755e9              # SM clock assumed for issue and MUFU rates (sustained boost)
+PEAK_TENSOR_FLOPS = 989e12      # dense f16 / bf16 tensor-core peak (DESIGN.md section 6)
+SCHEDULERS_PER_SM = 4           # warp schedulers (sub-partitions), 1 instruction / clock each
+MUFU_PER_CLK_PER_SM = 16        # MUFU (ex2, rcp, lg2, rsq, ...) lanes per clock per SM
+SMEM_WAVEFRONTS_PER_CLK = 1     # 128 bytes of shared memory per clock per SM
+REGS_PER_SM = 65536
+REG_ALLOC_UNIT = 256            # registers, allocated per warp
+SUB_PARTITIONS = 4
+MAX_WARPS_PER_SM = 64
+MAX_CTAS_PER_SM = 32
+SMEM_PER_SM = 228 * 1024        # the largest carveout (the driver picks it for these kernels)
+SMEM_MAX_PER_CTA = 227 * 1024
+SMEM_RESERVED_PER_CTA = 1024    # reserved by the driver per block
+SMEM_ALLOC_UNIT = 128
+WARP = 32
+
+# The bench shapes of issue 13 (N rows in the self geometry, D features).
+BENCH_SHAPES = [(8192, 128), (8192, 512), (65536, 128), (65536, 512)]
+HEADLINE_SHAPE = (8192, 128)    # the shape of `est_percent_of_peak` in a kernel's JSON object
+
+ARCH = "sm_90a"
+# As build.rs' compile(): the same language flags, one SASS target.
+NVCC_FLAGS = ["-cubin", f"-arch={ARCH}", "-O3", "-std=c++17", "--expt-relaxed-constexpr", "-Xptxas", "-v"]
+
+MUFU_OPS = ("MUFU",)
+SHARED_LOADS = ("LDSM", "LDS")          # shared-memory reads (LDSM.*, LDS.*)
+SHARED_WRITES = ("STS", "LDGSTS")       # shared-memory writes (st.shared, cp.async)
+# Feeding the MMAs, besides themselves: fragment loads, cp.async and its waits, barriers, wgmma fences.
+MMA_PIPELINE_OPS = ("LDSM", "LDGSTS", "LDGDEPBAR", "DEPBAR", "BAR", "WARPGROUP", "UTMALDG", "SYNCS")
+
+
+# ---------------------------------------------------------------------------------------------
+# Toolchain
+
+
+def toolchain_bin_dirs():
+    """Where build_support/cuda.rs looks for nvcc, in its order (the tools sit beside nvcc)."""
+    dirs = []
+    if os.environ.get("NVCC"):
+        dirs.append(os.path.dirname(os.environ["NVCC"]))
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            dirs.append(os.path.join(os.environ[var], "bin"))
+    dirs.extend(os.environ.get("PATH", "").split(os.pathsep))
+    dirs.append("/usr/local/cuda/bin")
+    toolchain = os.environ.get("CONTRASTIVE_KERNELS_TOOLCHAIN")
+    if not toolchain:
+        cache = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        toolchain = os.path.join(cache, "contrastive-kernels", "cuda-13.0.88")
+    dirs.append(os.path.join(toolchain, "nvidia", "cu13", "bin"))
+    return [d for d in dirs if d]
+
+
+def find_tool(name):
+    """nvcc / cuobjdump: $NVCC for nvcc, else the first folder of toolchain_bin_dirs() holding the tool."""
+    if name == "nvcc" and os.environ.get("NVCC") and os.path.isfile(os.environ["NVCC"]):
+        return os.environ["NVCC"]
+    for d in toolchain_bin_dirs():  # cuobjdump: beside $NVCC first
+        path = os.path.join(d, name)
+        if os.path.isfile(path) and os.access(path, os.X_OK):
+            return path
+    return None
+
+
+def compile_cubin(nvcc, source, include_dir, out_dir):
+    """nvcc -cubin for sm_90a; returns (cubin path, ptxas' report from stderr)."""
+    cubin = os.path.join(out_dir, os.path.splitext(os.path.basename(source))[0] + ".cubin")
+    cmd = [nvcc, *NVCC_FLAGS, "-I", include_dir, "-o", cubin, source]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed on {source}:\n{proc.stdout}{proc.stderr}")
+    return cubin, proc.stderr
+
+
+def run_tool(tool, *args):
+    proc = subprocess.run([tool, *args], capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{os.path.basename(tool)} {' '.join(args)} failed:\n{proc.stderr}")
+    return proc.stdout
+
+
+# ---------------------------------------------------------------------------------------------
+# Parsing
+
+
+@dataclass
+class PtxasInfo:
+    regs: int = 0
+    stack_bytes: int = 0
+    spill_stores: int = 0
+    spill_loads: int = 0
+    smem_bytes: int = 0
+    barriers: int = 0
+
+
+def parse_ptxas_report(text):
+    """ptxas -v's stderr -> {kernel: PtxasInfo} (entry functions only, for the last arch compiled)."""
+    info, current = {}, None
+    for line in text.splitlines():
+        m = re.search(r"Compiling entry function '([^']+)'", line)
+        if m:
+            current = info.setdefault(m.group(1), PtxasInfo())
+            continue
+        m = re.search(r"Function properties for (\S+)", line)
+        if m:
+            # Non-entry functions (the division's slow path) have properties too: not kernels.
+            current = info.get(m.group(1))
+            continue
+        if current is None:
+            continue
+        m = re.search(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads", line)
+        if m:
+            current.stack_bytes, current.spill_stores, current.spill_loads = map(int, m.groups())
+        m = re.search(r"Used (\d+) registers", line)
+        if m:
+            current.regs = int(m.group(1))
+            sm = re.search(r"(\d+) bytes smem", line)
+            current.smem_bytes = int(sm.group(1)) if sm else 0
+            bm = re.search(r"used (\d+) barriers", line)
+            current.barriers = int(bm.group(1)) if bm else 0
+    return info
+
+
+def parse_elf_max_threads(text):
+    """`cuobjdump -elf`: each kernel's EIATTR_MAX_THREADS (its __launch_bounds__ block size), if any."""
+    out, kernel, want = {}, None, False
+    for line in text.splitlines():
+        m = re.match(r"^\.nv\.info\.(\S+)$", line.strip())
+        if m:
+            kernel, want = m.group(1), False
+            continue
+        if kernel is None:
+            continue
+        if "Attribute:" in line:
+            want = "EIATTR_MAX_THREADS" in line
+            continue
+        if want and "Value:" in line:
+            dims = [int(v, 16) for v in re.findall(r"0x[0-9a-fA-F]+", line)]
+            if dims:
+                out[kernel] = math.prod(dims)
+            want = False
+    return out
+
+
+@dataclass
+class Instr:
+    addr: int
+    pred: str        # "" or "@P0", "@!P2", ...
+    opcode: str      # full opcode with modifiers: "HMMA.16816.F32.BF16"
+    operands: str
+
+    @property
+    def base(self):  # "HMMA"
+        return self.opcode.split(".")[0]
+
+
+SASS_LINE = re.compile(r"^\s*/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+
+
+def parse_sass(text):
+    """`cuobjdump -sass` -> {kernel: [Instr]} (a kernel's listing includes its internal subroutines)."""
+    kernels, current = {}, None
+    for line in text.splitlines():
+        m = re.match(r"^\s*Function : (\S+)", line)
+        if m:
+            current = kernels.setdefault(m.group(1), [])
+            continue
+        if current is None:
+            continue
+        m = SASS_LINE.match(line)
+        if not m:
+            continue
+        body = m.group(2).strip()
+        pred = ""
+        if body.startswith("@"):
+            pred, body = body.split(None, 1)
+        parts = body.split(None, 1)
+        current.append(Instr(int(m.group(1), 16), pred, parts[0], parts[1] if len(parts) > 1 else ""))
+    return kernels
+
+
+def parse_header_constants(path):
+    """`#define CK_NAME expr` of a params header -> {NAME without CK_: int} (integer expressions only)."""
+    values = {}
+    if not os.path.isfile(path):
+        return values
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().splitlines()
+    for line in lines:
+        m = re.match(r"\s*#define\s+CK_(\w+)\s+(.+?)\s*(//.*)?$", line)
+        if not m:
+            continue
+        expr = re.sub(r"CK_(\w+)", lambda k: str(values.get(k.group(1), "None")), m.group(2))
+        if re.fullmatch(r"[0-9+\-*/() ]+", expr):
+            values[m.group(1)] = int(eval(expr.replace("/", "//"), {"__builtins__": {}}))  # digits and operators only
+    return values
+
+
+@dataclass
+class Tile:
+    name: str
+    BM: int
+    BN: int
+    BK: int
+    warps_m: int
+    warps_n: int
+    elem_bytes: int = 2
+
+    @property
+    def threads(self):
+        return self.warps_m * self.warps_n * WARP
+
+    @property
+    def warps(self):
+        return self.warps_m * self.warps_n
+
+    @property
+    def mma_per_warp_per_k_step(self):
+        """m16n8k16 MMAs of one warp per BK step: MI x NI x BK / 16."""
+        return (self.BM // self.warps_m // 16) * (self.BN // self.warps_n // 8) * (self.BK // 16)
+
+
+def parse_tile_configs(path):
+    """`using Name = MmaTileConfig<BM, BN, BK, WARPS_M, WARPS_N[, ELEM_BYTES]>;` of one source file."""
+    tiles = {}
+    if not os.path.isfile(path):
+        return tiles
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    for m in re.finditer(r"using\s+(\w+)\s*=\s*MmaTileConfig<\s*([\d\s,]+)>", text):
+        args = [int(a) for a in m.group(2).split(",") if a.strip()]
+        tiles[m.group(1)] = Tile(m.group(1), *args[:6])
+    return tiles
+
+
+# ---------------------------------------------------------------------------------------------
+# Control flow: loops from backward branches
+
+
+@dataclass
+class Loop:
+    start: int                  # the header's address (the backward branch's target)
+    end: int                    # the address of the last backward branch to it
+    children: list = field(default_factory=list)
+    parent: "Loop" = None
+
+    def contains(self, addr):
+        return self.start <= addr <= self.end
+
+
+BRANCH_OPS = ("BRA", "JMP")
+
+
+def branch_target(ins):
+    """The target address of a direct branch (the last hex literal of its operands), else None."""
+    if ins.base not in BRANCH_OPS:
+        return None
+    hexes = re.findall(r"0x([0-9a-f]+)", ins.operands)
+    return int(hexes[-1], 16) if hexes else None
+
+
+def merge_partial_overlaps(intervals):
+    """Intervals that overlap without one containing the other (irreducible or rotated loops) become
+    their union, until every pair is nested or disjoint."""
+    intervals = list(intervals)
+    changed = True
+    while changed:
+        changed = False
+        for i, (s1, e1) in enumerate(intervals):
+            for j, (s2, e2) in enumerate(intervals):
+                if i != j and s1 < s2 <= e1 < e2:
+                    intervals[i] = (s1, e2)
+                    del intervals[j]
+                    changed = True
+                    break
+            if changed:
+                break
+    return sorted(intervals)
+
+
+def find_loops(instrs):
+    """Natural-loop approximation: every backward branch (target < its address) closes the interval
+    [target, branch]; intervals with one header merge, partially overlapping ones merge into their
+    union, and the rest nest by containment. `BRA` to itself (the trap loop after EXIT) is no loop.
+    Returns the top-level loops, each with .children, sorted by address."""
+    spans = {}
+    for ins in instrs:
+        t = branch_target(ins)
+        if t is not None and t < ins.addr:
+            spans[t] = max(spans.get(t, t), ins.addr)
+    intervals = merge_partial_overlaps(sorted(spans.items()))
+    loops = [Loop(s, e) for s, e in sorted(intervals, key=lambda se: (se[0], -se[1]))]
+    roots, stack = [], []
+    for lp in loops:
+        while stack and not (stack[-1].start <= lp.start and lp.end <= stack[-1].end):
+            stack.pop()
+        if stack:
+            lp.parent = stack[-1]
+            stack[-1].children.append(lp)
+        else:
+            roots.append(lp)
+        stack.append(lp)
+    return roots
+
+
+def all_loops(roots):
+    for lp in roots:
+        yield lp
+        yield from all_loops(lp.children)
+
+
+def slow_path_addresses(instrs):
+    """Addresses of the basic blocks that hold a CALL (the IEEE division's slow-path call and its
+    argument / result moves): off the hot path. Blocks start at branch targets and after a branch,
+    EXIT or RET (not after a CALL, so the result move stays in the call's block)."""
+    leaders = {instrs[0].addr} if instrs else set()
+    for i, ins in enumerate(instrs):
+        t = branch_target(ins)
+        if t is not None:
+            leaders.add(t)
+        if ins.base in BRANCH_OPS + ("EXIT", "RET") and i + 1 < len(instrs):
+            leaders.add(instrs[i + 1].addr)
+    slow, block, has_call = set(), [], False
+    for ins in instrs + [None]:
+        if ins is None or (ins.addr in leaders and block):
+            if has_call:
+                slow.update(block)
+            block, has_call = [], False
+        if ins is not None:
+            block.append(ins.addr)
+            has_call |= ins.base == "CALL"
+    return slow
+
+
+def body(instrs, loop, exclude_children=True):
+    """The instructions of a loop, without those of its inner loops (when exclude_children); NOPs dropped."""
+    out = []
+    for ins in instrs:
+        if not loop.contains(ins.addr) or ins.opcode == "NOP":
+            continue
+        if exclude_children and any(c.contains(ins.addr) for c in loop.children):
+            continue
+        out.append(ins)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Instruction classes
+
+
+def is_mma(ins, mma_op):
+    return ins.base == mma_op or (mma_op == "HMMA" and ins.base == "HGMMA")
+
+
+def mma_flops(ins):
+    """FLOPs of one warp's MMA instruction: HMMA.MNK (e.g. 16816: m16 n8 k16) = 2 m n k; HGMMA.MxNxK
+    is a warpgroup's (4 warps) instruction: 2 m n k / 4 per warp; FFMA: 2 per lane."""
+    if ins.base == "FFMA":
+        return 2 * WARP
+    if ins.base == "HGMMA":
+        m = re.match(r"HGMMA\.(\d+)x(\d+)x(\d+)", ins.opcode)
+        return 2 * math.prod(map(int, m.groups())) // 4 if m else 0
+    m = re.match(r"HMMA\.16(8)(\d+)", ins.opcode)
+    return 2 * 16 * 8 * int(m.group(2)) if m else 0
+
+
+def smem_wavefronts(ins):
+    """128-byte shared-memory wavefronts of one warp instruction, conflict-free: LDSM .x4 = 4, .x2 = 2,
+    .x1 = 1; LDS / STS / LDGSTS: 32 lanes x width / 128 B (a 32-bit access: 1)."""
+    if ins.base == "LDSM":
+        m = re.search(r"\.M(?:T)?88(?:\.(\d))?", ins.opcode)
+        return int(m.group(1) or 1) if m else 1
+    if ins.base in ("LDS",) + SHARED_WRITES:
+        m = re.search(r"\.(64|128)\b", ins.opcode)
+        return int(m.group(1)) // 32 if m else 1
+    return 0
+
+
+@dataclass
+class Counts:
+    """One warp's instructions of a region. Hot-path counts leave out slow_path_addresses();
+    instructions_all_paths counts every instruction once."""
+    instructions: int = 0
+    instructions_all_paths: int = 0
+    mma_pipeline: int = 0      # MMAs, their shared-memory fragment loads, copies into shared, barriers
+    mufu: int = 0
+    mma: int = 0
+    mma_flops: int = 0
+    smem_read_wavefronts: int = 0
+    smem_wavefronts: int = 0
+    calls: int = 0
+
+    def add(self, other, times=1):
+        for k in vars(self):
+            setattr(self, k, getattr(self, k) + times * getattr(other, k))
+
+
+def count(instrs, mma_op, slow=frozenset()):
+    c = Counts()
+    for ins in instrs:
+        if ins.opcode == "NOP":
+            continue
+        c.instructions_all_paths += 1
+        if ins.addr in slow:
+            c.calls += ins.base == "CALL"
+            continue
+        c.instructions += 1
+        c.mma_pipeline += is_mma(ins, mma_op) or ins.base in MMA_PIPELINE_OPS
+        c.mufu += ins.base in MUFU_OPS
+        if is_mma(ins, mma_op):
+            c.mma += 1
+            c.mma_flops += mma_flops(ins)
+        w = smem_wavefronts(ins)
+        c.smem_wavefronts += w
+        c.smem_read_wavefronts += w if ins.base in SHARED_LOADS else 0
+    return c
+
+
+# ---------------------------------------------------------------------------------------------
+# Per kernel
+
+
+def occupancy(regs, threads, smem_bytes):
+    """CTAs per SM and the limiting resource, as cuda_occupancy.h for compute capability 9.x:
+    registers per warp rounded up to 256 and allocated per sub-partition (65536 / 4 each), 64 warps,
+    32 blocks, shared memory (static + 1 KB reserved, rounded up to 128 B) out of 228 KB."""
+    warps = -(-threads // WARP)
+    limits = {"warps": MAX_WARPS_PER_SM // warps, "blocks": MAX_CTAS_PER_SM}
+    regs_per_warp = -(-max(regs, 1) * WARP // REG_ALLOC_UNIT) * REG_ALLOC_UNIT
+    warps_per_sub = (REGS_PER_SM // SUB_PARTITIONS) // regs_per_warp
+    limits["registers"] = (warps_per_sub * SUB_PARTITIONS) // warps
+    if regs_per_warp * -(-warps // SUB_PARTITIONS) * SUB_PARTITIONS > REGS_PER_SM:
+        limits["registers"] = 0
+    smem = -(-(smem_bytes + SMEM_RESERVED_PER_CTA) // SMEM_ALLOC_UNIT) * SMEM_ALLOC_UNIT
+    limits["shared memory"] = 0 if smem - SMEM_RESERVED_PER_CTA > SMEM_MAX_PER_CTA else SMEM_PER_SM // smem
+    limiter = min(limits, key=lambda k: limits[k])
+    return limits[limiter], limiter
+
+
+def ceil_div(a, b):
+    return -(-a // b)
+
+
+@dataclass
+class KernelModel:
+    """What the SASS does not say about a kernel: its tile (by its MmaTileConfig alias), the engine's
+    MMA opcode, and how a bench shape becomes its grid and the column tiles each CTA sweeps."""
+    pattern: str
+    tiles: tuple              # MmaTileConfig aliases, the first one defined is the kernel's
+    mma_op: str               # "HMMA" (tensor cores; HGMMA counts too) or "FFMA" (the f32 engine)
+    schedule: object          # (N, D, header constants, kernel, Tile) -> (CTAs, column tiles per CTA)
+    useful_flops: object      # (N, D) -> the DESIGN.md lower bound's FLOPs
+    role: str                 # "forward" / "backward": pairs them in the per-shape table
+    rows_constant: str = ""   # the header constant the tile's BM must equal (checked, noted if not)
+
+
+def forward_splits(row_blocks, tiles, sms, blocks_per_sm, max_splits):
+    """src/ops/contrastive/gpu.rs' forward_splits: the CTAs (grid.y) sharing one row block's column
+    sweep, minimizing waves x (tiles per CTA + a quarter tile); ties go to fewer splits."""
+    wave = max(sms * blocks_per_sm, 1)
+    most = min(max(tiles, 1), max_splits)
+    return min(range(1, most + 1), key=lambda s: (ceil_div(row_blocks * s, wave) * (4 * ceil_div(tiles, s) + 1), s))
+
+
+def forward_schedule(n, d, h, kernel, tile):
+    """src/ops/contrastive/gpu.rs, the forward's launch: grid (ceil(n / FORWARD_ROWS), splits), each CTA
+    sweeping ceil(tiles / splits) of the ceil(n / BN) column tiles. splits = 1 unless the header defines
+    FORWARD_MAX_SPLITS (the column sweep split across CTAs, sized by forward_splits for blocks per SM
+    FORWARD_BLOCKS_PER_SM on the aligned fixed-offset f16 / bf16 kernels, _SLOW on the others)."""
+    row_blocks, tiles = ceil_div(n, h["CONTRASTIVE_FORWARD_ROWS"]), ceil_div(n, tile.BN)
+    splits = 1
+    if "CONTRASTIVE_FORWARD_MAX_SPLITS" in h:
+        fast = re.fullmatch(r"contrastive_forward_(f16|bf16)", kernel) is not None
+        blocks = h["CONTRASTIVE_FORWARD_BLOCKS_PER_SM" if fast else "CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW"]
+        splits = forward_splits(row_blocks, tiles, SMS, blocks, h["CONTRASTIVE_FORWARD_MAX_SPLITS"])
+    return row_blocks * splits, ceil_div(tiles, splits)
+
+
+def backward_schedule(n, d, h, kernel, tile):
+    """src/ops/contrastive/gpu.rs, the backward's `pass` (own = the rows, one pass in the self geometry):
+    grid (ceil(n / BACKWARD_ROWS), ceil(d / GRAD_CHUNK_HALF)), each CTA sweeping every column tile."""
+    ctas = ceil_div(n, h["CONTRASTIVE_BACKWARD_ROWS"]) * ceil_div(d, h["CONTRASTIVE_GRAD_CHUNK_HALF"])
+    return ctas, ceil_div(n, tile.BN)
+
+
+def forward_flops(n, d):
+    return 2 * n * n * d          # S = U U^T
+
+
+def backward_flops(n, d):
+    return 2 * 2 * n * n * d      # S again, then (G + G^T) U
+
+
+# Kernel name -> model. Edit here when a kernel changes its tile (its MmaTileConfig alias), its grid
+# or the column tiles a CTA sweeps (a triangular or persistent schedule).
+KERNEL_MODELS = [
+    KernelModel(r"^contrastive_forward_(f16|bf16)(_online)?(_unaligned)?$", ("ForwardTile", "Tile128"), "HMMA",
+                forward_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS"),
+    KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?$", ("BackwardTile", "Tile64RowWarps"), "HMMA",
+                backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS"),
+    # The f32 kernels (on the Ffma engine) are not modelled: their k-loop is FFMA on the CUDA cores,
+    # whose stage loop the MMA-count rule does not find; they get the resource columns only. A model
+    # with mma_op "FFMA" is the place to start.
+]
+
+
+def model_tile(model, tiles):
+    """The first of the model's tile aliases that the kernel sources define, else None."""
+    return next((tiles[name] for name in model.tiles if name in tiles), None)
+
+
+def model_for(kernel):
+    return next((m for m in KERNEL_MODELS if re.match(m.pattern, kernel)), None)
+
+
+@dataclass
+class KernelCost:
+    kernel: str
+    module: str
+    ptxas: PtxasInfo
+    threads: int
+    ctas_per_sm: int
+    occupancy_limiter: str
+    calls: int                        # CALL instructions anywhere (slow paths: IEEE division, ...)
+    tile: Tile = None
+    mma_op: str = ""
+    loops: int = 0
+    k_loop: Counts = None             # one iteration of the k-loop
+    k_per_iteration: int = 0          # reduction-dim elements one k-loop iteration covers
+    epilogue: Counts = None           # the column-tile loop's body minus its inner loops
+    other_inner_loops: Counts = None  # inner loops of the column loop besides the k-loop (1 trip assumed)
+    logits_per_thread: int = 0
+    k_unrolled: bool = False          # no k-loop: the MMAs sit in the column-tile loop's own body
+    notes: list = field(default_factory=list)
+
+    @property
+    def epilogue_instructions_per_logit(self):
+        if not self.epilogue:
+            return None
+        pipeline = self.epilogue.mma_pipeline if self.k_unrolled else 0
+        return (self.epilogue.instructions - pipeline) / self.logits_per_thread
+
+    @property
+    def epilogue_instructions_per_logit_all_paths(self):
+        if not self.epilogue:
+            return None
+        pipeline = self.epilogue.mma_pipeline if self.k_unrolled else 0
+        return (self.epilogue.instructions_all_paths - pipeline) / self.logits_per_thread
+
+    @property
+    def mufu_per_logit(self):
+        return self.epilogue.mufu / self.logits_per_thread if self.epilogue else None
+
+    @property
+    def smem_wavefronts_per_mma(self):
+        if not self.k_loop or not self.k_loop.mma:
+            return None
+        return self.k_loop.smem_read_wavefronts / self.k_loop.mma
+
+    def k_trips(self, d):
+        return -(-d // self.k_per_iteration) if self.k_per_iteration else 0
+
+    def per_tile(self, d):
+        """One warp's counts for one column tile at reduction dim d."""
+        c = Counts()
+        c.add(self.epilogue)
+        c.add(self.other_inner_loops)
+        c.add(self.k_loop, self.k_trips(d))
+        return c
+
+
+def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None):
+    """Occupancy from the resources; then, for a kernel with a model, the loop structure: the k-loop
+    is the first innermost loop holding MMA instructions, the column-tile loop its parent, the epilogue
+    that loop's own body (its inner loops excluded), per logit = / (BM BN / threads)."""
+    model = model_for(name)
+    tile = model_tile(model, tiles) if model else None
+    threads = max_threads or (tile.threads if tile else 0)
+    ctas, limiter = occupancy(ptxas.regs, threads, ptxas.smem_bytes) if threads else (0, "unknown block size")
+    calls = sum(ins.base == "CALL" for ins in instrs)
+    cost = KernelCost(name, module, ptxas, threads, ctas, limiter, calls)
+    roots = find_loops(instrs)
+    cost.loops = sum(1 for _ in all_loops(roots))
+    if model is None:
+        return cost
+    if tile is None:
+        cost.notes.append(f"none of the tiles {', '.join(model.tiles)} is defined (MmaTileConfig aliases)")
+        return cost
+    if max_threads and max_threads != tile.threads:
+        cost.notes.append(f"launch bounds {max_threads} threads != tile {tile.name}'s {tile.threads}: "
+                          "update KERNEL_MODELS")
+    rows = (header or {}).get(model.rows_constant)
+    if rows is not None and rows != tile.BM:
+        cost.notes.append(f"CK_{model.rows_constant} = {rows} != tile {tile.name}'s BM {tile.BM}: update KERNEL_MODELS")
+    cost.tile, cost.mma_op = tile, model.mma_op
+    slow = slow_path_addresses(instrs)
+    mma_in = {id(lp): count(body(instrs, lp), model.mma_op).mma for lp in all_loops(roots)}
+    per_step = tile.mma_per_warp_per_k_step if model.mma_op == "HMMA" else (
+        (tile.BM // tile.warps_m) * (tile.BN // tile.warps_n) * tile.BK // WARP)  # FFMA: one per product
+
+    def mma_below(lp):
+        return any(mma_in[id(c)] or mma_below(c) for c in lp.children)
+
+    # The k-loop: the first (in address order: the main sweep) innermost loop holding MMAs, preferring
+    # one whose count is a whole number of the tile's BK steps (an f32 load loop has FFMAs too).
+    innermost = [lp for lp in all_loops(roots) if mma_in[id(lp)] and not mma_below(lp)]
+    whole = [lp for lp in innermost if mma_in[id(lp)] % per_step == 0]
+    k_loop = (whole or innermost or [None])[0]
+    if k_loop is None:
+        cost.notes.append("no loop with MMA instructions")
+        return cost
+    column_loop = k_loop.parent
+    if column_loop is None:
+        column_loop, cost.k_unrolled = k_loop, True
+        cost.notes.append("the k-loop has no enclosing loop: it is taken as the column-tile loop (k unrolled for "
+                          "the compiled D; per logit leaves out the MMA pipeline's instructions)")
+    sweeps = {id(lp.parent or lp): lp.parent or lp for lp in innermost}
+    if len(sweeps) > 1:
+        cost.notes.append(f"{len(sweeps)} column-tile loops (e.g. a prototype sweep): the first is measured")
+    cost.k_loop = count(body(instrs, k_loop), model.mma_op, slow) if column_loop is not k_loop else Counts()
+    if cost.k_loop.mma and cost.k_loop.mma % per_step == 0:
+        cost.k_per_iteration = tile.BK * cost.k_loop.mma // per_step
+    elif cost.k_loop.mma:
+        cost.k_per_iteration = tile.BK
+        cost.notes.append(f"k-loop holds {cost.k_loop.mma} MMAs, not a multiple of {per_step} per BK: one BK assumed")
+    cost.epilogue = count(body(instrs, column_loop), model.mma_op, slow)
+    cost.other_inner_loops = Counts()
+    for child in column_loop.children:
+        if child is not k_loop:
+            cost.other_inner_loops.add(count(body(instrs, child, exclude_children=False), model.mma_op, slow))
+            cost.notes.append(f"inner loop at 0x{child.start:x} besides the k-loop: 1 trip assumed")
+    cost.logits_per_thread = tile.BM * tile.BN // tile.threads
+    return cost
+
+
+# ---------------------------------------------------------------------------------------------
+# Per bench shape
+
+
+@dataclass
+class ShapeEstimate:
+    kernel: str
+    n: int
+    d: int
+    ctas: int
+    waves: int
+    wave_efficiency: float
+    mma_per_tile: int            # per CTA (all warps), one column tile
+    useful_flops: float
+    mma_flops: float             # executed by the MMA instructions (>= useful: recomputation, padding)
+    t_tensor: float
+    t_issue: float
+    t_mufu: float
+    t_smem: float
+
+    @property
+    def time(self):
+        return max(self.t_tensor, self.t_issue, self.t_mufu, self.t_smem)
+
+    @property
+    def bound(self):
+        times = {"tensor": self.t_tensor, "issue": self.t_issue, "MUFU": self.t_mufu, "smem": self.t_smem}
+        return max(times, key=times.get)
+
+    @property
+    def percent_of_peak(self):
+        return 100.0 * self.useful_flops / self.time / PEAK_TENSOR_FLOPS if self.time else 0.0
+
+
+def wave_quantization(ctas, ctas_per_sm):
+    """(waves, efficiency): waves = ceil(CTAs / (SMs x CTAs per SM)), efficiency = CTAs / (waves x SMs x
+    CTAs per SM), the share of the busiest SM's CTA slots that hold work."""
+    slots = SMS * ctas_per_sm
+    waves = ceil_div(ctas, slots)
+    return waves, ctas / (waves * slots)
+
+
+def estimate_shape(cost, n, d, header):
+    """Waves and time bounds of one kernel at (n, d), self geometry: each CTA sweeps ceil(n / BN)
+    column tiles; the busiest SM runs waves x CTAs-per-SM CTAs."""
+    model = model_for(cost.kernel)
+    if model is None or cost.epilogue is None or cost.ctas_per_sm == 0:
+        return None
+    ctas, tiles = model.schedule(n, d, header, cost.kernel, cost.tile)
+    waves, efficiency = wave_quantization(ctas, cost.ctas_per_sm)
+    per_tile = cost.per_tile(d)
+    warps = cost.tile.warps
+    per_cta_scale = tiles * warps
+    ctas_busiest_sm = waves * cost.ctas_per_sm
+    t_tensor = ctas_busiest_sm * per_cta_scale * per_tile.mma_flops / (PEAK_TENSOR_FLOPS / SMS)
+    t_issue = ctas_busiest_sm * per_cta_scale * per_tile.instructions / (SCHEDULERS_PER_SM * CLOCK_HZ)
+    t_mufu = ctas_busiest_sm * per_cta_scale * per_tile.mufu * WARP / (MUFU_PER_CLK_PER_SM * CLOCK_HZ)
+    t_smem = ctas_busiest_sm * per_cta_scale * per_tile.smem_wavefronts / (SMEM_WAVEFRONTS_PER_CLK * CLOCK_HZ)
+    return ShapeEstimate(cost.kernel, n, d, ctas, waves, efficiency, per_tile.mma * warps, model.useful_flops(n, d),
+                         ctas * per_cta_scale * per_tile.mma_flops, t_tensor, t_issue, t_mufu, t_smem)
+
+
+def pair_estimates(costs, estimates):
+    """forward + backward of one dtype / alignment at each shape: times add (pack, prepare and reduce
+    kernels left out)."""
+    out = []
+    by_name = {c.kernel: c for c in costs}
+    for fwd in costs:
+        if model_for(fwd.kernel) is None or model_for(fwd.kernel).role != "forward":
+            continue
+        bwd = by_name.get(fwd.kernel.replace("_forward_", "_backward_").replace("_online", ""))
+        if bwd is None:
+            continue
+        for (n, d) in BENCH_SHAPES:
+            ef, eb = estimates.get((fwd.kernel, n, d)), estimates.get((bwd.kernel, n, d))
+            if ef and eb:
+                t = ef.time + eb.time
+                out.append({"kernel": f"{fwd.kernel} + {bwd.kernel}", "n": n, "d": d, "time_us": t * 1e6,
+                            "useful_flops": ef.useful_flops + eb.useful_flops,
+                            "percent_of_peak": 100.0 * (ef.useful_flops + eb.useful_flops) / t / PEAK_TENSOR_FLOPS})
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def fmt(v, spec="{:.1f}"):
+    return "-" if v is None else spec.format(v)
+
+
+# Issue 13's targets, judged on this model: bf16 aligned kernels at N = 8192, D = 128 and 512.
+TARGET_KERNELS = ("contrastive_forward_bf16", "contrastive_backward_bf16")
+TARGET_SHAPES = [(8192, 128), (8192, 512)]
+TARGET_MAX_INSTRUCTIONS_PER_LOGIT = 12
+TARGET_MAX_MUFU_PER_LOGIT = 1
+TARGET_MIN_CTAS_PER_SM = 2
+TARGET_MIN_WAVE_EFFICIENCY = 0.90
+TARGET_MIN_PERCENT_OF_PEAK = 35.0  # forward + backward
+
+
+def target_checks(costs, estimates, pairs):
+    """[(what, target, estimated value, met)] for TARGET_KERNELS present in `costs`."""
+    by_name = {c.kernel: c for c in costs}
+    rows = []
+    for name in TARGET_KERNELS:
+        c = by_name.get(name)
+        if c is None or c.epilogue is None:
+            continue
+        rows.append((f"{name}: epilogue instructions / logit", f"<= {TARGET_MAX_INSTRUCTIONS_PER_LOGIT}",
+                     f"{c.epilogue_instructions_per_logit:.1f}",
+                     c.epilogue_instructions_per_logit <= TARGET_MAX_INSTRUCTIONS_PER_LOGIT))
+        rows.append((f"{name}: MUFU / logit", f"<= {TARGET_MAX_MUFU_PER_LOGIT}", f"{c.mufu_per_logit:.2f}",
+                     c.mufu_per_logit <= TARGET_MAX_MUFU_PER_LOGIT))
+        rows.append((f"{name}: CTAs / SM", f">= {TARGET_MIN_CTAS_PER_SM}", str(c.ctas_per_sm),
+                     c.ctas_per_sm >= TARGET_MIN_CTAS_PER_SM))
+        for (n, d) in TARGET_SHAPES:
+            e = estimates.get((name, n, d))
+            if e:
+                rows.append((f"{name}: wave efficiency, N = {n}, D = {d}",
+                             f">= {100 * TARGET_MIN_WAVE_EFFICIENCY:.0f} %",
+                             f"{100 * e.wave_efficiency:.1f} %", e.wave_efficiency >= TARGET_MIN_WAVE_EFFICIENCY))
+    pair_name = " + ".join(TARGET_KERNELS)
+    for p in pairs:
+        if p["kernel"] == pair_name and (p["n"], p["d"]) in TARGET_SHAPES:
+            rows.append((f"forward + backward % of 989 TFLOP/s, N = {p['n']}, D = {p['d']}",
+                         f">= {TARGET_MIN_PERCENT_OF_PEAK:.0f} %", f"{p['percent_of_peak']:.1f} %",
+                         p["percent_of_peak"] >= TARGET_MIN_PERCENT_OF_PEAK))
+    return rows
+
+
+def render_markdown(costs, estimates, pairs, sources):
+    lines = [
+        "# Static SASS cost model (estimated, no GPU)",
+        "",
+        f"Generated by `scripts/sass-cost.sh` from {', '.join(sources)} for {ARCH}. Every figure is an",
+        "*estimate* from ptxas' report and the SASS (README: \"Static cost model\" for the model and its",
+        f"blind spots). Constants: {SMS} SMs, {CLOCK_HZ / 1e9:.3f} GHz, {PEAK_TENSOR_FLOPS / 1e12:.0f} TFLOP/s dense,"
+        f" {SCHEDULERS_PER_SM} x 1 instruction/clock/SM, {MUFU_PER_CLK_PER_SM} MUFU/clock/SM,"
+        f" {SMEM_WAVEFRONTS_PER_CLK} shared-memory wavefront (128 B)/clock/SM.",
+        "",
+        "## Per kernel",
+        "",
+        "Epilogue = the column-tile loop's body without its inner loops, one warp's instructions counted once each"
+        " (predicated and branched-over ones included), on the hot path: basic blocks holding a CALL (the IEEE"
+        " division's slow path) left out, which `(all paths)` keeps. Per logit = / (BM x BN / threads). MMA / k-iter:"
+        " one warp's MMA instructions per k-loop iteration; smem wf / MMA: shared-memory read wavefronts (LDSM / LDS,"
+        " conflict-free) per MMA in the k-loop. CALLs: call instructions anywhere in the kernel.",
+        "",
+        "| kernel | regs | spill st/ld B | smem B | threads | CTAs/SM (limit) | tile BMxBNxBK | MMA / k-iter"
+        " | k-loop insts | epilogue insts | logits / thread | insts / logit | (all paths) | MUFU / logit"
+        " | smem wf / MMA"
+        " | CALLs | notes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for c in costs:
+        t = c.tile
+        lines.append(
+            f"| {c.kernel} | {c.ptxas.regs} | {c.ptxas.spill_stores}/{c.ptxas.spill_loads} | {c.ptxas.smem_bytes}"
+            f" | {c.threads} | {c.ctas_per_sm} ({c.occupancy_limiter}) | {f'{t.BM}x{t.BN}x{t.BK}' if t else '-'}"
+            f" | {c.k_loop.mma if c.k_loop else '-'} | {c.k_loop.instructions if c.k_loop else '-'}"
+            f" | {c.epilogue.instructions if c.epilogue else '-'} | {c.logits_per_thread or '-'}"
+            f" | {fmt(c.epilogue_instructions_per_logit)} | {fmt(c.epilogue_instructions_per_logit_all_paths)}"
+            f" | {fmt(c.mufu_per_logit, '{:.2f}')}"
+            f" | {fmt(c.smem_wavefronts_per_mma, '{:.2f}')} | {c.calls} | {'; '.join(c.notes)} |")
+    lines += [
+        "",
+        "## Per bench shape (self geometry; column tiles per CTA from the kernel's schedule)",
+        "",
+        "waves = ceil(CTAs / (132 x CTAs/SM)); wave eff. = CTAs / (waves x 132 x CTAs/SM). Times are lower"
+        " bounds of the busiest SM: tensor = executed MMA FLOPs / (peak / 132), issue = warp instructions /"
+        " (4 x clock), MUFU = MUFU lanes / (16 x clock), smem = wavefronts / clock; estimate = the largest."
+        " Useful FLOPs (DESIGN.md section 6 lower bounds): forward 2 N^2 D, backward 2 x 2 N^2 D.",
+        "",
+        "| kernel | N | D | CTAs | waves | wave eff. | MMA / tile | MMA FLOPs / useful | tensor us | issue us"
+        " | MUFU us | smem us | est. us | bound | est. % of peak |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for e in estimates.values():
+        lines.append(
+            f"| {e.kernel} | {e.n} | {e.d} | {e.ctas} | {e.waves} | {100 * e.wave_efficiency:.1f} % | {e.mma_per_tile}"
+            f" | {e.mma_flops / e.useful_flops:.2f} | {e.t_tensor * 1e6:.1f} | {e.t_issue * 1e6:.1f}"
+            f" | {e.t_mufu * 1e6:.1f} | {e.t_smem * 1e6:.1f} | {e.time * 1e6:.1f} | {e.bound}"
+            f" | {e.percent_of_peak:.1f} % |")
+    if pairs:
+        lines += ["", "## Forward + backward (estimated; pack / prepare / reduce kernels left out)", "",
+                  "| kernels | N | D | est. us | est. % of peak |", "|---|---|---|---|---|"]
+        for p in pairs:
+            lines.append(f"| {p['kernel']} | {p['n']} | {p['d']} | {p['time_us']:.1f} | {p['percent_of_peak']:.1f} % |")
+    checks = target_checks(costs, estimates, pairs)
+    if checks:
+        lines += ["", "## Issue 13's targets (bf16, N = 8192, D = 128 and 512; estimated)", "",
+                  "| what | target | estimated | met |", "|---|---|---|---|"]
+        for what, target, value, met in checks:
+            lines.append(f"| {what} | {target} | {value} | {'yes' if met else '**no**'} |")
+    return "\n".join(lines) + "\n"
+
+
+def json_records(costs, estimates, pairs):
+    """JSON Lines: one object per kernel ("kind": "kernel"), then one per forward + backward pair and
+    shape ("kind": "forward+backward"), then one per issue-13 target ("kind": "target").
+    `est_percent_of_peak`: at HEADLINE_SHAPE (N = 8192, D = 128);
+    `shapes` holds every bench shape."""
+    records = []
+    for c in costs:
+        shapes = [e for (k, _, _), e in estimates.items() if k == c.kernel]
+        headline = estimates.get((c.kernel, *HEADLINE_SHAPE))
+        records.append({
+            "kind": "kernel",
+            "kernel": c.kernel,
+            "module": c.module,
+            "regs": c.ptxas.regs,
+            "spill_store_bytes": c.ptxas.spill_stores,
+            "spill_load_bytes": c.ptxas.spill_loads,
+            "stack_bytes": c.ptxas.stack_bytes,
+            "smem_bytes": c.ptxas.smem_bytes,
+            "threads": c.threads,
+            "ctas_per_sm": c.ctas_per_sm,
+            "occupancy_limiter": c.occupancy_limiter,
+            "calls": c.calls,
+            "loops": c.loops,
+            "tile": None if c.tile is None else {"name": c.tile.name, "bm": c.tile.BM, "bn": c.tile.BN, "bk": c.tile.BK,
+                                                 "threads": c.tile.threads},
+            "mma_per_k_iteration": c.k_loop.mma if c.k_loop else None,
+            "k_loop_instructions": c.k_loop.instructions if c.k_loop else None,
+            "epilogue_instructions": c.epilogue.instructions if c.epilogue else None,
+            "logits_per_thread": c.logits_per_thread or None,
+            "epilogue_instructions_per_logit": c.epilogue_instructions_per_logit,
+            "epilogue_instructions_per_logit_all_paths": c.epilogue_instructions_per_logit_all_paths,
+            "mufu_per_logit": c.mufu_per_logit,
+            "smem_wavefronts_per_mma": c.smem_wavefronts_per_mma,
+            "est_percent_of_peak": headline.percent_of_peak if headline else None,
+            "shapes": [{"n": e.n, "d": e.d, "ctas": e.ctas, "waves": e.waves, "wave_efficiency": e.wave_efficiency,
+                        "mma_per_tile": e.mma_per_tile, "useful_flops": e.useful_flops, "mma_flops": e.mma_flops,
+                        "t_tensor_us": e.t_tensor * 1e6, "t_issue_us": e.t_issue * 1e6, "t_mufu_us": e.t_mufu * 1e6,
+                        "t_smem_us": e.t_smem * 1e6, "est_time_us": e.time * 1e6, "bound": e.bound,
+                        "est_percent_of_peak": e.percent_of_peak} for e in shapes],
+            "notes": c.notes,
+        })
+    for p in pairs:
+        records.append({"kind": "forward+backward", **p, "est_percent_of_peak": p["percent_of_peak"]})
+    for what, target, value, met in target_checks(costs, estimates, pairs):
+        records.append({"kind": "target", "what": what, "target": target, "estimated": value, "met": met})
+    return records
+
+
+# ---------------------------------------------------------------------------------------------
+# Driver
+
+
+def analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter=None, header=None):
+    """[KernelCost] of one compiled module (its ptxas report given), sorted by kernel name."""
+    ptxas = parse_ptxas_report(report)
+    max_threads = parse_elf_max_threads(run_tool(cuobjdump, "-elf", cubin))
+    sass = parse_sass(run_tool(cuobjdump, "-sass", cubin))
+    costs = []
+    for kernel in sorted(sass):
+        if kernel not in ptxas or (name_filter and not re.search(name_filter, kernel)):
+            continue
+        costs.append(analyse_kernel(kernel, module, sass[kernel], ptxas[kernel], max_threads.get(kernel), tiles,
+                                    header))
+    return costs
+
+
+def tile_configs(include_dir, sources=()):
+    """The MmaTileConfig aliases of kernels/common/*.cuh and the given sources (a kernel may define its own)."""
+    tiles = {}
+    common = os.path.join(include_dir, "common")
+    files = sorted(os.path.join(common, f) for f in os.listdir(common) if f.endswith(".cuh")) \
+        if os.path.isdir(common) else []
+    for path in files + list(sources):
+        tiles.update(parse_tile_configs(path))
+    return tiles
+
+
+def analyse_sources(sources, include_dir, work_dir, nvcc, cuobjdump, header, name_filter=None):
+    """Compiles each source and returns [KernelCost], module by module."""
+    costs = []
+    for src in sources:
+        module = os.path.splitext(os.path.basename(src))[0]
+        cubin, report = compile_cubin(nvcc, src, include_dir, work_dir)
+        tiles = tile_configs(include_dir, [src])
+        costs += analyse_cubin(cubin, report, module, cuobjdump, tiles, name_filter, header)
+    return costs
+
+
+def header_constants(include_dir):
+    values = {}
+    params = os.path.join(include_dir, "params")
+    if os.path.isdir(params):
+        for h in sorted(os.listdir(params)):
+            if h.endswith(".h"):
+                values.update(parse_header_constants(os.path.join(params, h)))
+    return values
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("paths", nargs="*", help="kernel folder(s) or .cu files (default: kernels/)")
+    ap.add_argument("--json", action="store_true", help="print JSON Lines (one object per kernel) instead of Markdown")
+    ap.add_argument("--out", help="also write the Markdown report here (default: the repository's "
+                                  "benches/reports/sass-cost.md, untracked; '-': no file)")
+    ap.add_argument("--filter", help="only kernels whose name matches this regular expression")
+    ap.add_argument("--include", help="the include folder (default: the kernels folder, as build.rs' -I kernels)")
+    ap.add_argument("--check-targets", action="store_true",
+                    help="exit with status 1 when an issue-13 target in the report is not met")
+    args = ap.parse_args(argv)
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    paths = args.paths or [os.path.join(repo, "kernels")]
+    out = args.out or os.path.join(repo, "benches", "reports", "sass-cost.md")
+    sources = []
+    for p in paths:
+        if os.path.isdir(p):
+            sources += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".cu"))
+        elif os.path.isfile(p):
+            sources.append(p)
+        else:
+            ap.error(f"{p}: neither a folder nor a .cu file")
+    include_dir = args.include or (paths[0] if os.path.isdir(paths[0]) else os.path.dirname(os.path.abspath(paths[0])))
+    nvcc, cuobjdump = find_tool("nvcc"), find_tool("cuobjdump")
+    if not nvcc or not cuobjdump:
+        sys.exit("sass_cost: nvcc / cuobjdump not found ($NVCC, $CUDA_HOME, PATH, the toolchain folder): "
+                 "bash scripts/install-cuda-toolchain.sh")
+    header = header_constants(include_dir)
+    with tempfile.TemporaryDirectory(prefix="sass-cost-") as work:
+        costs = analyse_sources(sources, include_dir, work, nvcc, cuobjdump, header, args.filter)
+    estimates = {}
+    for c in costs:
+        for (n, d) in BENCH_SHAPES:
+            e = estimate_shape(c, n, d, header)
+            if e:
+                estimates[(c.kernel, n, d)] = e
+    pairs = pair_estimates(costs, estimates)
+    markdown = render_markdown(costs, estimates, pairs, [os.path.relpath(s, repo) for s in sources])
+    if out != "-":
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w", encoding="utf-8") as f:
+            f.write(markdown)
+    if args.json:
+        for r in json_records(costs, estimates, pairs):
+            print(json.dumps(r))
+    else:
+        sys.stdout.write(markdown)
+    if args.check_targets:
+        missed = [what for what, _, _, met in target_checks(costs, estimates, pairs) if not met]
+        if missed:
+            sys.exit("sass_cost: targets not met (estimated): " + "; ".join(missed))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,361 @@
+"""Tests of scripts/sass_cost.py (the static SASS cost model), standard library only.
+
+    python3 -m unittest discover -s scripts/tests       # scripts/test.sh runs this with CK_REQUIRE_NVCC=1
+
+The toolchain tests compile one small .cu of their own (a few seconds): real ptxas / cuobjdump output
+must parse, and a planted change (an IEEE division instead of a multiply in the epilogue of a
+column-tile loop) must move the per-logit numbers and the time estimate. Without nvcc they skip,
+unless CK_REQUIRE_NVCC=1 (then they fail).
+"""
+
+import os
+import sys
+import tempfile
+import unittest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import sass_cost as sc  # noqa: E402
+
+# One warp per block, a 16 x 8 tile (one mma.m16n8k16 per k step of 16, 4 logits per thread): the
+# k-loop inside a column-tile loop, as the fused loss kernels. `OP` is planted: * or /.
+PLANTED_KERNEL = r"""
+#include <cuda_bf16.h>
+template <bool DIV>
+__device__ __forceinline__ void sweep(const unsigned* a, const unsigned* b, const float* norms, int n, int d, float* out) {
+    const int lane = threadIdx.x % 32;
+    float sum = 0.f;
+#pragma unroll 1
+    for (int col0 = 0; col0 < n; col0 += 8) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll 1
+        for (int k0 = 0; k0 < d; k0 += 16) {
+            const unsigned* ak = a + (blockIdx.x * 16 * d + k0) / 2 + lane * 4;
+            const unsigned* bk = b + (col0 * d + k0) / 2 + lane * 2;
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+            const float w = norms[col0 + (lane % 4) * 2 + e % 2];
+            sum += DIV ? c[e] / w : c[e] * w;
+        }
+    }
+    out[blockIdx.x * 32 + lane] = sum;
+}
+extern "C" __global__ void __launch_bounds__(32) planted_mul(const unsigned* a, const unsigned* b, const float* norms, int n, int d, float* out) {
+    sweep<false>(a, b, norms, n, d, out);
+}
+extern "C" __global__ void __launch_bounds__(32) planted_div(const unsigned* a, const unsigned* b, const float* norms, int n, int d, float* out) {
+    sweep<true>(a, b, norms, n, d, out);
+}
+// D = 64 known at compile time: the k steps unrolled into the column-tile loop (no k-loop).
+extern "C" __global__ void __launch_bounds__(32) planted_unrolled(const unsigned* a, const unsigned* b, float* out, int n) {
+    const int lane = threadIdx.x % 32;
+    float sum = 0.f;
+#pragma unroll 1
+    for (int col0 = 0; col0 < n; col0 += 8) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+#pragma unroll
+        for (int k0 = 0; k0 < 64; k0 += 16) {
+            const unsigned* ak = a + (blockIdx.x * 16 * 64 + k0) / 2 + lane * 4;
+            const unsigned* bk = b + (col0 * 64 + k0) / 2 + lane * 2;
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
+        }
+        sum += c[0] + c[1] + c[2] + c[3];
+    }
+    out[blockIdx.x * 32 + lane] = sum;
+}
+// Resources only: 4000 bytes of static shared memory, 128 threads.
+extern "C" __global__ void __launch_bounds__(128) smem_probe(const float* x, float* out) {
+    __shared__ float buf[1000];
+    for (int i = threadIdx.x; i < 1000; i += 128) buf[i] = x[i];
+    __syncthreads();
+    out[threadIdx.x] = buf[999 - threadIdx.x];
+}
+"""
+
+TEST_TILE = sc.Tile("PlantedTile", 16, 8, 16, 1, 1)
+TEST_MODEL = sc.KernelModel(r"^planted_(mul|div|unrolled)$", ("PlantedTile",), "HMMA",
+                            lambda n, d, h, kernel, tile: (sc.ceil_div(n, 16), sc.ceil_div(n, tile.BN)),
+                            sc.forward_flops, "forward")
+
+
+def toolchain():
+    nvcc, cuobjdump = sc.find_tool("nvcc"), sc.find_tool("cuobjdump")
+    return (nvcc, cuobjdump) if nvcc and cuobjdump else None
+
+
+REQUIRE = os.environ.get("CK_REQUIRE_NVCC") == "1"
+
+
+class ToolchainOutput(unittest.TestCase):
+    """This toolchain's real ptxas / cuobjdump output, on the kernel above."""
+
+    @classmethod
+    def setUpClass(cls):
+        tools = toolchain()
+        if tools is None:
+            if REQUIRE:
+                raise AssertionError("CK_REQUIRE_NVCC=1 but nvcc / cuobjdump were not found")
+            raise unittest.SkipTest("nvcc / cuobjdump not found")
+        cls.tmp = tempfile.TemporaryDirectory(prefix="sass-cost-test-")
+        src = os.path.join(cls.tmp.name, "planted.cu")
+        with open(src, "w") as f:
+            f.write(PLANTED_KERNEL)
+        cubin, report = sc.compile_cubin(tools[0], src, cls.tmp.name, cls.tmp.name)
+        sc.KERNEL_MODELS.append(TEST_MODEL)
+        try:
+            cls.costs = {c.kernel: c for c in sc.analyse_cubin(cubin, report, "planted", tools[1],
+                                                              {"PlantedTile": TEST_TILE})}
+        finally:
+            sc.KERNEL_MODELS.remove(TEST_MODEL)
+        cls.report = report
+        cls.cubin, cls.cuobjdump = cubin, tools[1]
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_ptxas_report_parses(self):
+        info = sc.parse_ptxas_report(self.report)
+        self.assertEqual(set(info), {"planted_mul", "planted_div", "planted_unrolled", "smem_probe"})
+        for name, i in info.items():
+            self.assertTrue(8 <= i.regs <= 255, (name, i))
+            self.assertEqual((i.spill_stores, i.spill_loads), (0, 0), name)
+        self.assertEqual(info["smem_probe"].smem_bytes, 4000)
+        self.assertEqual(info["smem_probe"].barriers, 1)
+        self.assertEqual(info["planted_mul"].smem_bytes, 0)
+
+    def test_launch_bounds_from_the_elf(self):
+        threads = sc.parse_elf_max_threads(sc.run_tool(self.cuobjdump, "-elf", self.cubin))
+        self.assertEqual(threads, {"planted_mul": 32, "planted_div": 32, "planted_unrolled": 32, "smem_probe": 128})
+
+    def test_sass_and_loops(self):
+        sass = sc.parse_sass(sc.run_tool(self.cuobjdump, "-sass", self.cubin))
+        self.assertEqual(set(sass), {"planted_mul", "planted_div", "planted_unrolled", "smem_probe"})
+        mul = sass["planted_mul"]
+        self.assertEqual(sum(i.base == "HMMA" for i in mul), 1)
+        self.assertTrue(any(i.base == "EXIT" for i in mul))
+        addrs = [i.addr for i in mul]
+        self.assertEqual(addrs, sorted(addrs))
+        roots = sc.find_loops(mul)
+        self.assertEqual(len(roots), 1, "one column-tile loop")
+        self.assertEqual(len(roots[0].children), 1, "holding one k-loop")
+        k_loop = roots[0].children[0]
+        self.assertEqual(sc.count(sc.body(mul, k_loop), "HMMA").mma, 1)
+        self.assertEqual(sc.count(sc.body(mul, roots[0]), "HMMA").mma, 0, "the epilogue holds no MMA")
+
+    def test_multiply_kernel_numbers(self):
+        c = self.costs["planted_mul"]
+        self.assertEqual(c.threads, 32)
+        self.assertEqual(c.logits_per_thread, 4)
+        self.assertEqual(c.k_loop.mma, 1)
+        self.assertEqual(c.k_per_iteration, 16)
+        self.assertEqual(c.mufu_per_logit, 0)
+        self.assertEqual(c.calls, 0)
+        self.assertGreater(c.epilogue.instructions, 4, "at least a multiply-add per logit")
+        self.assertLess(c.epilogue_instructions_per_logit, 30)
+        self.assertEqual(c.ctas_per_sm, 32, "one-warp blocks: the 32-block limit")
+        self.assertEqual(c.notes, [])
+
+    def test_planted_division_moves_the_numbers(self):
+        mul, div = self.costs["planted_mul"], self.costs["planted_div"]
+        self.assertGreaterEqual(div.mufu_per_logit, 1.0, "an IEEE division is a MUFU.RCP per logit")
+        self.assertGreater(div.epilogue_instructions_per_logit, mul.epilogue_instructions_per_logit + 3)
+        self.assertGreater(div.epilogue_instructions_per_logit_all_paths, div.epilogue_instructions_per_logit,
+                           "the slow-path call blocks are off the hot path")
+        self.assertGreaterEqual(div.calls, 1, "the division's slow path is a CALL")
+        # The same k-loop: the change is the epilogue's alone.
+        self.assertEqual(div.k_loop.mma, mul.k_loop.mma)
+        sc.KERNEL_MODELS.append(TEST_MODEL)
+        try:
+            em, ed = (sc.estimate_shape(c, 8192, 128, {}) for c in (mul, div))
+        finally:
+            sc.KERNEL_MODELS.remove(TEST_MODEL)
+        self.assertEqual(em.t_mufu, 0)
+        self.assertGreater(ed.t_mufu, 0)
+        self.assertGreater(ed.t_issue, em.t_issue)
+        self.assertEqual(ed.mma_flops, em.mma_flops)
+        self.assertEqual(em.mma_flops, em.useful_flops, "one m16n8k16 per 16 x 8 x 16 block: no waste")
+
+    def test_unrolled_k_steps(self):
+        c = self.costs["planted_unrolled"]
+        self.assertTrue(c.k_unrolled)
+        self.assertEqual(len(c.notes), 1, c.notes)
+        self.assertEqual(c.epilogue.mma, 4, "D = 64: four k16 steps in the column-tile loop")
+        self.assertGreaterEqual(c.epilogue.mma_pipeline, 4)
+        self.assertLess(c.epilogue_instructions_per_logit, c.epilogue.instructions / c.logits_per_thread)
+        sc.KERNEL_MODELS.append(TEST_MODEL)
+        try:
+            e = sc.estimate_shape(c, 8192, 64, {})
+        finally:
+            sc.KERNEL_MODELS.remove(TEST_MODEL)
+        self.assertEqual(e.mma_flops, e.useful_flops, "the four MMAs per tile count once")
+
+    def test_resource_only_kernel(self):
+        c = self.costs["smem_probe"]
+        self.assertIsNone(c.epilogue)
+        self.assertEqual(c.threads, 128)
+        # (4000 + 1024 reserved -> 5120 B) x 32 blocks fit; 4 warps x 32 blocks > 64 warps: 16.
+        self.assertEqual((c.ctas_per_sm, c.occupancy_limiter), (16, "warps"))
+
+
+class Occupancy(unittest.TestCase):
+    """cuda_occupancy.h's rules for compute capability 9.x, worked by hand."""
+
+    def test_registers(self):
+        # 172 regs: 5504 -> 5632 per warp; 16384 / 5632 = 2 warps per sub-partition, 8 per SM: one 8-warp CTA.
+        self.assertEqual(sc.occupancy(172, 256, 40960), (1, "registers"))
+        # 128 regs: 4096 per warp, 4 per sub-partition, 16 per SM: two 8-warp CTAs.
+        self.assertEqual(sc.occupancy(128, 256, 40960), (2, "registers"))
+        # 202 regs: 6464 -> 6656; 2 per sub-partition; 8 warps: two 4-warp CTAs.
+        self.assertEqual(sc.occupancy(202, 128, 37888), (2, "registers"))
+        # 255 regs: 8160 -> 8192; 2 per sub-partition; 8 warps: one 8-warp CTA.
+        self.assertEqual(sc.occupancy(255, 256, 0), (1, "registers"))
+        # 80 regs: 2560 per warp; 6 per sub-partition (16384 / 2560 = 6.4); 24 warps: three 8-warp CTAs.
+        self.assertEqual(sc.occupancy(80, 256, 0), (3, "registers"))
+
+    def test_warps_blocks_and_shared_memory(self):
+        self.assertEqual(sc.occupancy(32, 1024, 256), (2, "warps"))
+        self.assertEqual(sc.occupancy(16, 32, 0), (32, "blocks"))
+        # 100 KB + 1 KB reserved = 103424 B; 233472 / 103424 = 2.
+        self.assertEqual(sc.occupancy(32, 128, 100 * 1024), (2, "shared memory"))
+        # 40 KB + 1 KB = 41984 B: 233472 / 41984 = 5 CTAs (registers and warps would allow 16).
+        self.assertEqual(sc.occupancy(32, 128, 40 * 1024), (5, "shared memory"))
+        self.assertEqual(sc.occupancy(32, 128, 228 * 1024)[0], 0, "more than 227 KB per block does not launch")
+
+    def test_wave_quantization(self):
+        self.assertEqual(sc.wave_quantization(64, 1), (1, 64 / 132))
+        self.assertEqual(sc.wave_quantization(132, 1), (1, 1.0))
+        self.assertEqual(sc.wave_quantization(512, 2), (2, 512 / 528))
+        self.assertEqual(sc.wave_quantization(265, 2), (2, 265 / 528))
+
+
+class Schedules(unittest.TestCase):
+    """The grids mirror src/ops/contrastive/gpu.rs."""
+
+    def test_forward_without_splits(self):
+        h = {"CONTRASTIVE_FORWARD_ROWS": 128}
+        self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16", sc.Tile("T", 128, 128, 32, 2, 4)),
+                         (64, 64))
+
+    def test_forward_splits(self):
+        # 64 row blocks x 64 tiles on 132 SMs x 2: s = 4 fills 256 of 264 slots in one wave, 16 tiles each.
+        self.assertEqual(sc.forward_splits(64, 64, 132, 2, 16), 4)
+        # One SM slot per CTA: 2 splits (128 CTAs, one wave of 132, 32 tiles each).
+        self.assertEqual(sc.forward_splits(64, 64, 132, 1, 16), 2)
+        h = {"CONTRASTIVE_FORWARD_ROWS": 128, "CONTRASTIVE_FORWARD_MAX_SPLITS": 16,
+             "CONTRASTIVE_FORWARD_BLOCKS_PER_SM": 2, "CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW": 1}
+        tile = sc.Tile("T", 128, 128, 32, 4, 2)
+        self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16", tile), (256, 16))
+        self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16_online", tile), (128, 32))
+
+    def test_backward(self):
+        h = {"CONTRASTIVE_BACKWARD_ROWS": 64, "CONTRASTIVE_GRAD_CHUNK_HALF": 128}
+        tile = sc.Tile("T", 64, 64, 32, 4, 1)
+        self.assertEqual(sc.backward_schedule(8192, 512, h, "contrastive_backward_bf16", tile), (512, 128))
+
+
+class Targets(unittest.TestCase):
+    def test_target_rows(self):
+        def cost(name, insts, mufu, ctas):
+            c = sc.KernelCost(name, "m", sc.PtxasInfo(), 256, ctas, "registers", 0)
+            c.epilogue, c.logits_per_thread = sc.Counts(instructions=insts, mufu=mufu), 64
+            return c
+        costs = [cost("contrastive_forward_bf16", 640, 64, 2), cost("contrastive_backward_bf16", 1000, 65, 1)]
+        pairs = [{"kernel": "contrastive_forward_bf16 + contrastive_backward_bf16", "n": 8192, "d": 128,
+                  "percent_of_peak": 40.0}]
+        rows = {what: met for what, _, _, met in sc.target_checks(costs, {}, pairs)}
+        self.assertEqual(rows["contrastive_forward_bf16: epilogue instructions / logit"], True)  # 10
+        self.assertEqual(rows["contrastive_backward_bf16: epilogue instructions / logit"], False)  # 15.6
+        self.assertEqual(rows["contrastive_forward_bf16: MUFU / logit"], True)
+        self.assertEqual(rows["contrastive_backward_bf16: MUFU / logit"], False)
+        self.assertEqual(rows["contrastive_backward_bf16: CTAs / SM"], False)
+        self.assertEqual(rows["forward + backward % of 989 TFLOP/s, N = 8192, D = 128"], True)
+        self.assertEqual(len(rows), 7)
+
+
+class Parsing(unittest.TestCase):
+    """The parsers on canned text (no toolchain)."""
+
+    def test_ptxas_report_skips_subroutines(self):
+        text = """ptxas info    : Compiling entry function 'k' for 'sm_90a'
+ptxas info    : Function properties for k
+    8 bytes stack frame, 4 bytes spill stores, 12 bytes spill loads
+ptxas info    : Used 168 registers, used 1 barriers, 40960 bytes smem
+ptxas info    : Function properties for $__internal_0_$__cuda_sm3x_div_rn_noftz_f32_slowpath
+    0 bytes stack frame, 0 bytes spill stores, 0 bytes spill loads
+"""
+        info = sc.parse_ptxas_report(text)
+        self.assertEqual(list(info), ["k"])
+        k = info["k"]
+        self.assertEqual((k.regs, k.stack_bytes, k.spill_stores, k.spill_loads, k.smem_bytes, k.barriers),
+                         (168, 8, 4, 12, 40960, 1))
+
+    def test_loops_nest_and_the_trap_loop_is_none(self):
+        def ins(addr, text, pred=""):
+            op, _, rest = text.partition(" ")
+            return sc.Instr(addr, pred, op, rest)
+        code = [ins(0x00, "MOV R1, R2"), ins(0x10, "HMMA.16816.F32.BF16 R4, R8, R12, R4"),
+                ins(0x20, "BRA 0x10", "@P0"),            # inner loop [0x10, 0x20]
+                ins(0x30, "MUFU.EX2 R3, R3"), ins(0x40, "BRA 0x0", "@P1"),  # outer loop [0x0, 0x40]
+                ins(0x50, "EXIT"), ins(0x60, "BRA 0x60")]  # the trap after EXIT
+        roots = sc.find_loops(code)
+        self.assertEqual([(lp.start, lp.end) for lp in roots], [(0x0, 0x40)])
+        self.assertEqual([(lp.start, lp.end) for lp in roots[0].children], [(0x10, 0x20)])
+        outer = sc.count(sc.body(code, roots[0]), "HMMA")
+        self.assertEqual((outer.instructions, outer.mufu, outer.mma), (3, 1, 0))
+
+    def test_partial_overlaps_merge(self):
+        # (50, 150) overlaps (0, 100) past a loop nested in the latter: the union, holding the nested one.
+        self.assertEqual(sc.merge_partial_overlaps([(0, 100), (10, 20), (50, 150)]), [(0, 150), (10, 20)])
+        self.assertEqual(sc.merge_partial_overlaps([(0, 10), (20, 30)]), [(0, 10), (20, 30)])
+
+    def test_slow_path_blocks(self):
+        def ins(addr, text, pred=""):
+            op, _, rest = text.partition(" ")
+            return sc.Instr(addr, pred, op, rest)
+        code = [ins(0x00, "MUFU.RCP R1, R2"), ins(0x10, "FCHK P0, R3, R2"), ins(0x20, "BRA 0x60", "@!P0"),
+                ins(0x30, "MOV R20, 0x50"), ins(0x40, "CALL.REL.NOINC 0x100"), ins(0x50, "MOV R1, R21"),
+                ins(0x60, "FADD R5, R5, R1"), ins(0x70, "EXIT")]
+        self.assertEqual(sc.slow_path_addresses(code), {0x30, 0x40, 0x50})
+        c = sc.count(code, "HMMA", sc.slow_path_addresses(code))
+        self.assertEqual((c.instructions, c.instructions_all_paths, c.calls, c.mufu), (5, 8, 1, 1))
+
+    def test_wavefronts_and_mma_flops(self):
+        def w(op):
+            return sc.smem_wavefronts(sc.Instr(0, "", op, ""))
+        self.assertEqual([w("LDSM.16.M88.4"), w("LDSM.16.MT88.2"), w("LDS"), w("LDS.64"), w("LDS.128"),
+                          w("LDGSTS.E.BYPASS.128"), w("FADD")], [4, 2, 1, 2, 4, 4, 0])
+        self.assertEqual(sc.mma_flops(sc.Instr(0, "", "HMMA.16816.F32.BF16", "")), 4096)
+        self.assertEqual(sc.mma_flops(sc.Instr(0, "", "HMMA.1688.F32.TF32", "")), 2048)
+        self.assertEqual(sc.mma_flops(sc.Instr(0, "", "HGMMA.64x128x16.F32.BF16", "")), 2 * 64 * 128 * 16 // 4)
+
+    def test_header_constants(self):
+        with tempfile.NamedTemporaryFile("w", suffix=".h", delete=False) as f:
+            f.write("#define CK_A_THREADS 256\n#define CK_A_ROWS (CK_A_THREADS / 32) // rows\n#define CK_B 1.5f\n")
+        try:
+            self.assertEqual(sc.parse_header_constants(f.name), {"A_THREADS": 256, "A_ROWS": 8})
+        finally:
+            os.unlink(f.name)
+
+    def test_tile_configs_of_this_repository(self):
+        root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+        kernels = os.path.join(root, "kernels")
+        tiles = sc.tile_configs(kernels, [os.path.join(kernels, f) for f in sorted(os.listdir(kernels)) if f.endswith(".cu")])
+        header = sc.header_constants(kernels)
+        for model in sc.KERNEL_MODELS:
+            tile = sc.model_tile(model, tiles)
+            self.assertIsNotNone(tile, f"{model.pattern}: none of {model.tiles} is defined")
+            self.assertEqual(header[model.rows_constant], tile.BM, model.pattern)
+            name = model.pattern.strip("^$").split("(")[0] + "bf16"  # contrastive_forward_bf16, ...
+            ctas, tiles_per_cta = model.schedule(8192, 128, header, name, tile)  # reads constants that exist
+            self.assertGreater(ctas, 0, model.pattern)
+            self.assertGreater(tiles_per_cta, 0, model.pattern)
+
+
+if __name__ == "__main__":
+    unittest.main()
