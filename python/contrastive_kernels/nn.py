@@ -203,7 +203,10 @@ class _WithOutliers(ContrastiveLoss):
         rows = _rows(v)
         instance = self._instance(bsz, n_views, v.device)
         o = _outlier_rows(outliers, v.shape[2], v.device, v.dtype)
-        if o is None or o.shape[0] == 0 or (self.role == 2 and config.norm_penalty == 0.0 and not self.gather):
+        if self.gather:
+            # Every rank passes the same arguments (a rank may have no outliers this step).
+            o = rows.new_empty((0, v.shape[2])) if o is None else o
+        elif o is None or o.shape[0] == 0 or (self.role == 2 and config.norm_penalty == 0.0):
             # No outliers, or OECL with alpha = 0 (warm-up): penalty rows would contribute nothing
             # (they are never in the similarity matrix), and the library refuses penalty rows
             # without a penalty, so they are left out.
