@@ -210,19 +210,29 @@ class LossConfig:
         )
         return replace(config, **changes)
 
-    def to_c(self) -> _LossConfig:
+    def codes(self) -> tuple:
+        """(geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty) as
+        the C ABI's codes, checked (plain Python: torch.compile traces it)."""
         for name, table in (("geometry", GEOMETRIES), ("reduction", REDUCTIONS), ("empty_positives", EMPTY_POSITIVES)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name}: one of {sorted(table)}, got {getattr(self, name)!r}")
-        return _LossConfig(
+        for name in ("temperature", "scale", "norm_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name}: expected a number, got {value!r}")
+        return (
             GEOMETRIES[self.geometry],
-            self.temperature,
-            self.scale,
-            int(self.use_labels),
+            float(self.temperature),
+            float(self.scale),
+            bool(self.use_labels),
             REDUCTIONS[self.reduction],
             EMPTY_POSITIVES[self.empty_positives],
-            self.norm_penalty,
+            float(self.norm_penalty),
         )
+
+    def to_c(self) -> _LossConfig:
+        g, t, s, u, r, e, p = self.codes()
+        return _LossConfig(g, t, s, int(u), r, e, p)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -164,7 +164,7 @@ def gather_loss(
     must pass the same optional arguments."""
     if not isinstance(config, LossConfig):
         raise TypeError(f"config: expected a contrastive_kernels.LossConfig, got {type(config).__name__}")
-    c = config.to_c()
+    config.codes()
     rank, world = _require(group)
     features = _as_tensor("features", features)
     if features.dim() != 2:

@@ -73,7 +73,7 @@ class ContrastiveLoss(nn.Module):
         super().__init__()
         if not isinstance(config, LossConfig):
             raise TypeError(f"config: expected a contrastive_kernels.LossConfig, got {type(config).__name__}")
-        config.to_c()
+        config.codes()
         self.config = config
         self.gather = bool(gather)
         self.group = group

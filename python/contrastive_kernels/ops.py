@@ -421,7 +421,7 @@ def contrastive_loss(features, instance, *, config: LossConfig, label=None, role
     anchor, 1 negative-only, 2 norm-penalty-only); weights >= 0."""
     if not isinstance(config, LossConfig):
         raise TypeError(f"config: expected a contrastive_kernels.LossConfig, got {type(config).__name__}")
-    c = config.to_c()  # checks the enumerations, naming them
+    geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty = config.codes()  # checked, naming them
     args = [
         _as_tensor(name, x)
         for name, x in (
@@ -430,12 +430,12 @@ def contrastive_loss(features, instance, *, config: LossConfig, label=None, role
         )
     ]
     row_weight = None
-    if c.reduction == _abi.CK_REDUCTION_PER_ANCHOR:
+    if reduction == _abi.CK_REDUCTION_PER_ANCHOR:
         # The per-anchor output is L_i unweighted (the library weights only its reduced loss, but
         # its per-anchor backward by w_i): the weight is applied here, under autograd, instead.
         row_weight, args[4] = args[4], None
     out, _, _ = torch.ops.contrastive_kernels.contrastive_forward(
-        *args, c.geometry, c.temperature, c.scale, bool(c.use_labels), c.reduction, c.empty_positives, c.norm_penalty,
+        *args, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty
     )
     if row_weight is not None:
         out = out * row_weight.to(out.dtype)
