@@ -3,8 +3,9 @@ the FAISS-shaped search against brute force, and the anomaly scores, on CPU tens
 
 import unittest
 
-import numpy as np
 from torch_support import F, assert_grad_close, assert_loss_close, reference_loss, supcon_reference, torch
+
+import numpy as np  # noqa: E402  (after torch_support, which skips this module without torch)
 
 import contrastive_kernels as ck
 
