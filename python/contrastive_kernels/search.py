@@ -100,6 +100,8 @@ def _topk_score(kind: int, D, k: Optional[int], norms=None):
     kth = width if k is None else k
     if isinstance(kth, bool) or not isinstance(kth, int):
         raise TypeError(f"k: expected an int, got {type(kth).__name__}")
+    if not 1 <= kth <= width:
+        raise ValueError(f"k: must be in 1..={width} (the columns of D), got {kth}")
     n = None
     if norms is not None:
         n, _ = _host_f32("norms", norms, 1)

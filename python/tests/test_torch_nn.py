@@ -193,9 +193,18 @@ class Search(unittest.TestCase):
         torch.testing.assert_close(ck.mcod_score(q, memory, 0.5), ((h - recon) ** 2).sum(1), rtol=1e-5, atol=1e-6)
         r = ck.detection_report(torch.tensor([0.1, 0.2, 0.3]), np.array([0.25, 0.9]))
         self.assertAlmostEqual(r["auroc"], 5 / 6, places=12)
-        with self.assertRaises((ValueError, ck.CkError)) as e:
-            ck.knn_distance(D, 6)
-        self.assertIn("k", str(e.exception))
+        for run, arg in (
+            (lambda: ck.knn_distance(D, 6), "k"),
+            (lambda: ck.knn_distance(D[0]), "D"),
+            (lambda: ck.csi_score(D, norms[:3]), "norms"),
+            (lambda: ck.mcod_score(q, memory[:, :4]), "memory"),
+            (lambda: ck.KNNIndex(0), "d"),
+            (lambda: ck.KNNIndex(8).search(q, 1), "index"),
+            (lambda: ck.knn_search(q, b, 2.5), "k"),
+        ):
+            with self.assertRaises((ValueError, TypeError)) as e:
+                run()
+            self.assertTrue(str(e.exception).startswith(arg), f"{arg}: {e.exception}")
 
 
 if __name__ == "__main__":
