@@ -105,6 +105,11 @@ class HeaderTests(unittest.TestCase):
             for i, (ctype, (pname, c_type, stars)) in enumerate(zip(argtypes, params)):
                 self.assertTrue(acceptable(ctype, c_type, stars), f"{name}: parameter {i} `{pname}` is {c_type}{'*' * stars}, declared {ctype}")
 
+    def test_row_roles_match_the_kernels(self):
+        params = REPO / "kernels" / "params" / "contrastive.h"
+        found = dict(re.findall(r"^#define CK_CONTRASTIVE_(ROLE_\w+)\s+(\d+)", params.read_text(), re.M))
+        self.assertEqual({k: int(v) for k, v in found.items()}, {k: getattr(_abi, k) for k in ("ROLE_ANCHOR", "ROLE_NEGATIVE_ONLY", "ROLE_NORM_PENALTY_ONLY")})
+
     def test_a_field_added_in_c_is_caught(self):
         text = HEADER.read_text().replace("  float norm_penalty;\n} CkLossConfig;", "  float norm_penalty;\n  int32_t extra;\n} CkLossConfig;")
         _, structs, _ = parse_header(text)
