@@ -150,8 +150,9 @@ impl ContrastiveLoss {
         if !(self.temperature > 0.0 && self.temperature.is_finite()) {
             return Err(Error::invalid("temperature", format!("must be finite and > 0, got {}", self.temperature)));
         }
-        if !self.scale.is_finite() {
-            return Err(Error::invalid("scale", format!("must be finite, got {}", self.scale)));
+        // A scale <= 0 would flip or cancel the loss: SupCon's tau / base_tau with a base <= 0.
+        if !(self.scale > 0.0 && self.scale.is_finite()) {
+            return Err(Error::invalid("scale", format!("must be finite and > 0 (SupCon: tau / base_temperature), got {}", self.scale)));
         }
         if !(self.norm_penalty >= 0.0 && self.norm_penalty.is_finite()) {
             return Err(Error::invalid("norm_penalty", format!("must be finite and >= 0, got {}", self.norm_penalty)));
