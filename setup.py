@@ -13,6 +13,7 @@ from pathlib import Path
 
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.dist import Distribution
 
 try:
     from setuptools.command.bdist_wheel import bdist_wheel
@@ -71,6 +72,13 @@ class BuildPyWithCargo(build_py):
         (package / "_version.py").write_text(f'__version__ = "{crate_version()}"\n')
 
 
+class BinaryDistribution(Distribution):
+    """Native code inside: installed to platlib (the wheel's root), not as pure-Python data."""
+
+    def has_ext_modules(self):
+        return True
+
+
 class PlatformWheel(bdist_wheel):
     """Not pure (a native library inside) but independent of the Python version and ABI."""
 
@@ -83,4 +91,8 @@ class PlatformWheel(bdist_wheel):
         return "py3", "none", platform
 
 
-setup(version=crate_version(), cmdclass={"build_py": BuildPyWithCargo, "bdist_wheel": PlatformWheel})
+setup(
+    version=crate_version(),
+    distclass=BinaryDistribution,
+    cmdclass={"build_py": BuildPyWithCargo, "bdist_wheel": PlatformWheel},
+)
