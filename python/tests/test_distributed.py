@@ -3,8 +3,7 @@ shards): the gather-mode losses and their gradients equal the single-process los
 concatenated batch (DESIGN.md's f32 tolerances), and the sharded bank search equals one search
 over the whole bank exactly, ties included."""
 
-import os
-import tempfile
+import socket
 import unittest
 
 from torch_support import assert_grad_close, assert_loss_close, torch
@@ -73,10 +72,11 @@ def _check_case(make_loss, call, data, rank, world, sizes, grads):
 _T = unittest.TestCase()  # its assertions, inside the worker processes
 
 
-def _worker(rank, world, init_file):
+def _worker(rank, world, port):
     import torch.distributed as dist
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    ok = False
     try:
         data = _global_data()
         bsz, n_out, n_bank = SHARDS[world]
@@ -165,7 +165,10 @@ def _worker(rank, world, init_file):
             raise AssertionError("k above the bank was accepted")
         except ValueError as e:
             assert str(e).startswith("k"), str(e)
+        ok = True
     finally:
+        if ok:
+            dist.barrier()  # no rank tears its connections down while another still uses them
         dist.destroy_process_group()
 
 
@@ -173,8 +176,10 @@ class Gloo(unittest.TestCase):
     def run_world(self, world):
         import torch.multiprocessing as mp
 
-        with tempfile.TemporaryDirectory() as tmp:
-            mp.spawn(_worker, args=(world, os.path.join(tmp, "init")), nprocs=world, join=True)
+        with socket.socket() as s:  # a free port for the TCP store (rank 0 listens on it)
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        mp.spawn(_worker, args=(world, port), nprocs=world, join=True)
 
     def test_world_size_1(self):
         self.run_world(1)
