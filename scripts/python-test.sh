@@ -56,4 +56,4 @@ print(f"contrastive_kernels {ck.__version__}: {path}")
 PY
 
 echo "== python -m unittest (python/tests, the installed package, torch $TORCH_VERSION, CPU)"
-CK_TEST_INSTALLED=1 CK_REQUIRE_TORCH=1 "$py" -m unittest -v discover -s python/tests -t python/tests 2>&1
+CK_TEST_INSTALLED=1 CK_REQUIRE_TORCH=1 "$py" -m unittest discover -v -s python/tests -t python/tests 2>&1
