@@ -7,7 +7,9 @@
 # 1. `cargo test --release`: lib, tests/*.rs, doctests. Without a GPU the GPU halves of the tests
 #    print why they skip and pass; under CI=true a build without kernels fails tests/kernels_build.rs.
 #    Then python/tests (the ctypes module over the C ABI; needs no torch or GPU), and scripts/tests
-#    (the static SASS cost model, scripts/sass_cost.py, on this toolchain's ptxas / cuobjdump output).
+#    (the static SASS cost model, scripts/sass_cost.py, on this toolchain's ptxas / cuobjdump output), and
+#    scripts/python-test.sh: the package pip-installed into a cached venv with pinned torch (CPU),
+#    its tests with torch, opcheck, torch.compile and gloo (CK_TORCH_TESTS=0 skips it).
 # 2. The CPU emulator of the CUDA driver (emu/, emu/README.md): its own tests (the source rewriter,
 #    the emulated instructions against the PTX ISA, unit tests of device functions), then every
 #    test binary a second time with the emulator as libcuda / libcublas and
@@ -44,6 +46,12 @@ if [ "$#" -eq 0 ]; then
   # A few seconds: compiles one small kernel; CK_REQUIRE_NVCC=1 turns a missing toolchain into a failure.
   echo "== python3 -m unittest (scripts/tests: the static SASS cost model)"
   NVCC="$(bash scripts/ensure-nvcc.sh)" CK_REQUIRE_NVCC=1 python3 -m unittest discover -s scripts/tests
+  if [ "${CK_TORCH_TESTS:-1}" != 0 ]; then
+    # The package pip-installed into a cached venv with pinned torch: ops, opcheck, torch.compile,
+    # modules, search and the gloo tests (scripts/python-test.sh). CK_TORCH_TESTS=0 skips it.
+    echo "== the Python package with PyTorch (scripts/python-test.sh)"
+    bash scripts/python-test.sh
+  fi
 fi
 
 if [ "${CK_EMULATOR:-1}" != 0 ]; then

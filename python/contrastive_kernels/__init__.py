@@ -1,20 +1,37 @@
-"""contrastive-kernels from Python: a thin ctypes layer over the C ABI (include/contrastive_kernels.h).
+"""contrastive-kernels from Python: ctypes over the library's C ABI (include/contrastive_kernels.h).
 
-Nothing here is compiled: the module loads the library's cdylib (``cargo build --release`` writes
-``target/release/libcontrastive_kernels.so``; ``CONTRASTIVE_KERNELS_LIB`` points elsewhere) and
-wraps its functions. With PyTorch installed, :class:`ContrastiveLossFunction` and
-:func:`contrastive_loss` run the fused loss forward and backward on CUDA tensors, on PyTorch's
-current stream, with autograd. Every argument is checked here (dtype, device, contiguity, shapes)
-and again by the library, whose errors arrive as :class:`CkError` with its message.
+The package holds the library's cdylib (``pip install .`` builds it with cargo); from the
+repository, ``cargo build --release --lib``'s copy in target/release is used, and
+``CONTRASTIVE_KERNELS_LIB`` points elsewhere. Without PyTorch: the library's presets, metrics and
+argument checks. With PyTorch: the loss forward / backward and top-k as ``torch.library`` ops
+(``torch.ops.contrastive_kernels.*``, fake implementations and autograd registered) that run the
+fused kernels on CUDA tensors (on PyTorch's current stream) and the library's f64 CPU oracle on CPU
+tensors; ``nn`` modules for the usual losses (NT-Xent, SupCon, FIRM, OECL, outlier exposure,
+cluster-aware); a kNN search returning ``(D, I)`` like FAISS with the anomaly scores; and
+``distributed``: the losses over a batch gathered from every rank, and a sharded bank search.
+Every argument is checked here (naming it) and again by the library, whose errors arrive as
+:class:`CkError` with its message.
 """
 
 from __future__ import annotations
 
 import ctypes
 import os
+import re
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
+
+from . import _abi
+from ._abi import (  # noqa: F401  (re-exported: the constants of the C header)
+    CK_BF16,
+    CK_F16,
+    CK_F32,
+    CK_OK,
+    ROLE_ANCHOR,
+    ROLE_NEGATIVE_ONLY,
+    ROLE_NORM_PENALTY_ONLY,
+)
 
 __all__ = [
     "CkError",
@@ -25,35 +42,47 @@ __all__ = [
     "contrastive_loss",
     "device_check",
     "load_library",
+    "library_path",
     "version",
+    "__version__",
 ]
 
-# Status codes, dtypes and enumerations: the #defines of include/contrastive_kernels.h.
-CK_OK = 0
-STATUS_NAMES = {
-    0: "CK_OK",
-    1: "CK_ERR_INVALID_ARGUMENT",
-    2: "CK_ERR_SHAPE",
-    3: "CK_ERR_NO_DRIVER",
-    4: "CK_ERR_NO_DEVICE",
-    5: "CK_ERR_NOT_COMPILED",
-    6: "CK_ERR_CUDA",
-    7: "CK_ERR_INTERNAL",
-}
-CK_F32, CK_F16, CK_BF16 = 0, 1, 2
-GEOMETRIES = {"self": 0, "pairwise": 1}
-REDUCTIONS = {"mean": 0, "sum": 1, "per_anchor": 2}
-EMPTY_POSITIVES = {"error": 0, "zero": 1}
+STATUS_NAMES = {v: k for k, v in _abi.defines().items() if k == "CK_OK" or k.startswith("CK_ERR_")}
+GEOMETRIES = {"self": _abi.CK_GEOMETRY_SELF, "pairwise": _abi.CK_GEOMETRY_PAIRWISE}
+REDUCTIONS = {"mean": _abi.CK_REDUCTION_MEAN, "sum": _abi.CK_REDUCTION_SUM, "per_anchor": _abi.CK_REDUCTION_PER_ANCHOR}
+EMPTY_POSITIVES = {"error": _abi.CK_EMPTY_POSITIVES_ERROR, "zero": _abi.CK_EMPTY_POSITIVES_ZERO}
 LOSS_KINDS = {
-    "nt_xent": 0,
-    "supcon": 1,
-    "firm": 2,
-    "firm_pairwise": 3,
-    "oecl": 4,
-    "outlier_exposure": 5,
-    "cluster_aware": 6,
+    "nt_xent": _abi.CK_LOSS_NT_XENT,
+    "supcon": _abi.CK_LOSS_SUPCON,
+    "firm": _abi.CK_LOSS_FIRM,
+    "firm_pairwise": _abi.CK_LOSS_FIRM_PAIRWISE,
+    "oecl": _abi.CK_LOSS_OECL,
+    "outlier_exposure": _abi.CK_LOSS_OUTLIER_EXPOSURE,
+    "cluster_aware": _abi.CK_LOSS_CLUSTER_AWARE,
 }
-ROLE_ANCHOR, ROLE_NEGATIVE_ONLY, ROLE_NORM_PENALTY_ONLY = 0, 1, 2
+
+_HERE = Path(__file__).resolve().parent
+_REPO = _HERE.parents[1]
+
+
+def _read_version() -> str:
+    """The crate's version: _version.py written by the package build (setup.py reads Cargo.toml),
+    else Cargo.toml itself when running from the repository."""
+    try:
+        from ._version import __version__ as v  # type: ignore[import-not-found]
+
+        return v
+    except ImportError:
+        pass
+    cargo = _REPO / "Cargo.toml"
+    if cargo.exists():
+        m = re.search(r'^\[package\][^\[]*?^version\s*=\s*"([^"]+)"', cargo.read_text(), re.M | re.S)
+        if m:
+            return m.group(1)
+    return "0+unknown"
+
+
+__version__ = _read_version()
 
 
 class CkError(RuntimeError):
@@ -65,96 +94,70 @@ class CkError(RuntimeError):
         self.message = message
 
 
-class _LossConfig(ctypes.Structure):
-    _fields_ = [
-        ("geometry", ctypes.c_int32),
-        ("temperature", ctypes.c_float),
-        ("scale", ctypes.c_float),
-        ("use_labels", ctypes.c_int32),
-        ("reduction", ctypes.c_int32),
-        ("empty_positives", ctypes.c_int32),
-        ("norm_penalty", ctypes.c_float),
-    ]
-
-
-class _LossInputs(ctypes.Structure):
-    _fields_ = [
-        ("dtype", ctypes.c_int32),
-        ("n", ctypes.c_int64),
-        ("d", ctypes.c_int64),
-        ("features", ctypes.c_void_p),
-        ("instance", ctypes.c_void_p),
-        ("label", ctypes.c_void_p),
-        ("role", ctypes.c_void_p),
-        ("weight", ctypes.c_void_p),
-        ("n_keys", ctypes.c_int64),
-        ("keys", ctypes.c_void_p),
-        ("key_instance", ctypes.c_void_p),
-        ("key_label", ctypes.c_void_p),
-        ("n_centers", ctypes.c_int64),
-        ("centers", ctypes.c_void_p),
-        ("proto_of", ctypes.c_void_p),
-    ]
-
-
-_P = ctypes.c_void_p
-_SIGNATURES = {
-    "ck_version": ([], ctypes.c_char_p),
-    "ck_last_error": ([], ctypes.c_char_p),
-    "ck_status_name": ([ctypes.c_int32], ctypes.c_char_p),
-    "ck_device_check": ([ctypes.c_int32], ctypes.c_int32),
-    "ck_loss_preset": ([ctypes.c_int32, ctypes.c_float, ctypes.c_float, ctypes.POINTER(_LossConfig)], ctypes.c_int32),
-    "ck_contrastive_forward": (
-        [ctypes.c_int32, _P, ctypes.POINTER(_LossConfig), ctypes.POINTER(_LossInputs), _P, _P, _P, _P, ctypes.POINTER(ctypes.c_float)],
-        ctypes.c_int32,
-    ),
-    "ck_contrastive_backward": (
-        [ctypes.c_int32, _P, ctypes.POINTER(_LossConfig), ctypes.POINTER(_LossInputs), _P, _P, _P, _P, _P, _P],
-        ctypes.c_int32,
-    ),
-    "ck_l2_normalize": ([ctypes.c_int32, _P, ctypes.c_int32, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, _P, _P], ctypes.c_int32),
-    "ck_topk": (
-        [ctypes.c_int32, _P, ctypes.c_int32, _P, ctypes.c_int64, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, ctypes.c_int64, _P, _P],
-        ctypes.c_int32,
-    ),
-    "ck_detection_report": (
-        [ctypes.POINTER(ctypes.c_double), ctypes.c_int64, ctypes.POINTER(ctypes.c_double), ctypes.c_int64, ctypes.c_void_p],
-        ctypes.c_int32,
-    ),
-    "ck_similarity": (
-        [ctypes.c_int32, _P, ctypes.c_int32, _P, ctypes.c_int64, _P, ctypes.c_int64, ctypes.c_int64, ctypes.c_int32, _P, ctypes.c_float, ctypes.c_int32, ctypes.c_float],
-        ctypes.c_int32,
-    ),
-}
+# Kept under their former names for scripts that used them.
+_LossConfig = _abi.CkLossConfig
+_LossInputs = _abi.CkLossInputs
+_DetectionReport = _abi.CkDetectionReport
 
 _lib: Optional[ctypes.CDLL] = None
+_LIB_NAME = "libcontrastive_kernels.so"
 
 
-def _default_library_path() -> Path:
+def _candidate_paths() -> list:
+    """Where the cdylib is looked for, in order: $CONTRASTIVE_KERNELS_LIB, the copy packaged next
+    to this file (pip install), the repository's target/release (tests from the tree)."""
     env = os.environ.get("CONTRASTIVE_KERNELS_LIB")
     if env:
-        return Path(env)
-    repo = Path(__file__).resolve().parents[2]
-    return repo / "target" / "release" / "libcontrastive_kernels.so"
+        return [Path(env)]
+    return [_HERE / _LIB_NAME, _REPO / "target" / "release" / _LIB_NAME]
+
+
+def library_path() -> Path:
+    """The cdylib :func:`load_library` loads (the first candidate that exists)."""
+    candidates = _candidate_paths()
+    for path in candidates:
+        if path.exists():
+            return path
+    raise FileNotFoundError(
+        "the contrastive-kernels library was not found (looked at "
+        + ", ".join(str(p) for p in candidates)
+        + "): `pip install .` from the repository, `cargo build --release --lib`, or set CONTRASTIVE_KERNELS_LIB"
+    )
 
 
 def load_library(path: Optional[os.PathLike] = None) -> ctypes.CDLL:
-    """Loads the cdylib once (``path``, else $CONTRASTIVE_KERNELS_LIB, else target/release)."""
+    """Loads the cdylib once (``path``, else $CONTRASTIVE_KERNELS_LIB, else the packaged copy,
+    else the repository's target/release) and declares every function's signature."""
     global _lib
     if _lib is not None and path is None:
         return _lib
-    path = Path(path) if path is not None else _default_library_path()
+    path = Path(path) if path is not None else library_path()
     if not path.exists():
-        raise FileNotFoundError(
-            f"{path} not found: build it with `cargo build --release` or set CONTRASTIVE_KERNELS_LIB"
-        )
+        raise FileNotFoundError(f"{path} not found: build it with `cargo build --release --lib` or set CONTRASTIVE_KERNELS_LIB")
     lib = ctypes.CDLL(str(path))
-    for name, (argtypes, restype) in _SIGNATURES.items():
-        fn = getattr(lib, name)
+    for name, (argtypes, restype) in _abi.SIGNATURES.items():
+        try:
+            fn = getattr(lib, name)
+        except AttributeError:
+            if name in _abi.OPTIONAL:
+                continue
+            raise
         fn.argtypes = argtypes
         fn.restype = restype
     _lib = lib
     return lib
+
+
+def _host_function(name: str):
+    """A host entry point of the C ABI, or a clear error when the loaded library predates it."""
+    lib = load_library()
+    try:
+        return getattr(lib, name)
+    except AttributeError:
+        raise RuntimeError(
+            f"{name}: the loaded library ({library_path()}) has no host entry points; rebuild it "
+            "(`cargo build --release --lib`, or reinstall the package)"
+        ) from None
 
 
 def _check(status: int) -> None:
@@ -207,19 +210,29 @@ class LossConfig:
         )
         return replace(config, **changes)
 
-    def to_c(self) -> _LossConfig:
+    def codes(self) -> tuple:
+        """(geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty) as
+        the C ABI's codes, checked (plain Python: torch.compile traces it)."""
         for name, table in (("geometry", GEOMETRIES), ("reduction", REDUCTIONS), ("empty_positives", EMPTY_POSITIVES)):
             if getattr(self, name) not in table:
                 raise ValueError(f"{name}: one of {sorted(table)}, got {getattr(self, name)!r}")
-        return _LossConfig(
+        for name in ("temperature", "scale", "norm_penalty"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise TypeError(f"{name}: expected a number, got {value!r}")
+        return (
             GEOMETRIES[self.geometry],
-            self.temperature,
-            self.scale,
-            int(self.use_labels),
+            float(self.temperature),
+            float(self.scale),
+            bool(self.use_labels),
             REDUCTIONS[self.reduction],
             EMPTY_POSITIVES[self.empty_positives],
-            self.norm_penalty,
+            float(self.norm_penalty),
         )
+
+    def to_c(self) -> _LossConfig:
+        g, t, s, u, r, e, p = self.codes()
+        return _LossConfig(g, t, s, int(u), r, e, p)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +240,7 @@ class LossConfig:
 # tests exercise them with stand-in objects on machines without torch or a GPU.
 
 _FLOAT_DTYPES = {"torch.float32": CK_F32, "torch.float16": CK_F16, "torch.bfloat16": CK_BF16}
+_DEVICE_TYPES = ("cpu", "cuda")
 
 
 def _dtype_code(name: str, t) -> int:
@@ -239,8 +253,8 @@ def _dtype_code(name: str, t) -> int:
 def _check_tensor(name: str, t, *, shape, dtype: Optional[str] = None, device=None):
     if t is None:
         return
-    if getattr(t.device, "type", None) != "cuda":
-        raise ValueError(f"{name}: expected a CUDA tensor, got one on {t.device}")
+    if getattr(t.device, "type", None) not in _DEVICE_TYPES:
+        raise ValueError(f"{name}: expected a CPU or CUDA tensor, got one on {t.device}")
     if device is not None and t.device != device:
         raise ValueError(f"{name}: expected a tensor on {device} (the features' device), got {t.device}")
     if tuple(t.shape) != tuple(shape):
@@ -256,16 +270,17 @@ def _ptr(t) -> Optional[int]:
 
 
 def describe_inputs(config: LossConfig, features, instance, label=None, role=None, weight=None, keys=None, key_instance=None, key_label=None, centers=None, proto_of=None) -> _LossInputs:
-    """Checks the tensors of one loss evaluation and returns their C description."""
+    """Checks the tensors of one loss evaluation (all on one CPU or CUDA device; ids int32, roles
+    uint8, weights float32) and returns their C description."""
     if len(tuple(features.shape)) != 2:
         raise ValueError(f"features: expected an n x d matrix, got shape {tuple(features.shape)}")
     n, d = tuple(features.shape)
     code = _dtype_code("features", features)
     _check_tensor("features", features, shape=(n, d))
     dev = features.device
-    _check_tensor("instance", instance, shape=(n,), dtype="torch.int32", device=dev)
     if instance is None:
         raise ValueError("instance: required (one int32 id per row)")
+    _check_tensor("instance", instance, shape=(n,), dtype="torch.int32", device=dev)
     if config.use_labels and label is None:
         raise ValueError("label: required by this loss (it makes positives from labels)")
     _check_tensor("label", label, shape=(n,), dtype="torch.int32", device=dev)
@@ -275,6 +290,8 @@ def describe_inputs(config: LossConfig, features, instance, label=None, role=Non
     if config.geometry == "pairwise":
         if keys is None or key_instance is None:
             raise ValueError("keys, key_instance: required by the pairwise geometry")
+        if len(tuple(keys.shape)) != 2:
+            raise ValueError(f"keys: expected an n_keys x d matrix, got shape {tuple(keys.shape)}")
         n_keys = tuple(keys.shape)[0]
         _check_tensor("keys", keys, shape=(n_keys, d), dtype=str(features.dtype), device=dev)
         _check_tensor("key_instance", key_instance, shape=(n_keys,), dtype="torch.int32", device=dev)
@@ -285,103 +302,26 @@ def describe_inputs(config: LossConfig, features, instance, label=None, role=Non
         raise ValueError("keys: only the pairwise geometry takes keys")
     n_centers = 0
     if centers is not None:
+        if len(tuple(centers.shape)) != 2:
+            raise ValueError(f"centers: expected a K x d matrix, got shape {tuple(centers.shape)}")
         n_centers = tuple(centers.shape)[0]
         _check_tensor("centers", centers, shape=(n_centers, d), dtype=str(features.dtype), device=dev)
         if proto_of is None:
             raise ValueError("proto_of: required with centers (each row's prototype, or -1)")
         _check_tensor("proto_of", proto_of, shape=(n,), dtype="torch.int32", device=dev)
+    elif proto_of is not None:
+        raise ValueError("proto_of: only with centers (the prototype rows)")
     return _LossInputs(
         code, n, d, _ptr(features), _ptr(instance), _ptr(label), _ptr(role), _ptr(weight),
         n_keys, _ptr(keys), _ptr(key_instance), _ptr(key_label), n_centers, _ptr(centers), _ptr(proto_of),
     )
 
 
-def _torch():
-    try:
-        import torch
-    except ImportError as e:  # pragma: no cover - exercised only where torch is missing
-        raise ImportError("contrastive_kernels' autograd functions need PyTorch") from e
-    return torch
-
-
-def _make_function():
-    torch = _torch()
-
-    class _ContrastiveLossFunction(torch.autograd.Function):
-        """The fused loss with autograd. Returns the reduced loss (0-dim) for mean / sum, or the
-        per-anchor losses (n) for per_anchor. Gradients flow to features, keys and centers."""
-
-        @staticmethod
-        def forward(ctx, config: LossConfig, features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of):
-            c_config = config.to_c()
-            inputs = describe_inputs(config, features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of)
-            n = features.shape[0]
-            dev = features.device
-            loss = torch.empty((), dtype=torch.float32, device=dev)
-            per_anchor = torch.empty(n, dtype=torch.float32, device=dev)
-            lse = torch.empty(n, dtype=torch.float32, device=dev)
-            positives = torch.empty(n, dtype=torch.int32, device=dev)
-            stream = torch.cuda.current_stream(dev).cuda_stream
-            _check(
-                load_library().ck_contrastive_forward(
-                    dev.index or 0, stream, ctypes.byref(c_config), ctypes.byref(inputs),
-                    loss.data_ptr(), per_anchor.data_ptr(), lse.data_ptr(), positives.data_ptr(), None,
-                )
-            )
-            ctx.config = config
-            ctx.save_for_backward(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, lse, positives)
-            return per_anchor if config.reduction == "per_anchor" else loss
-
-        @staticmethod
-        def backward(ctx, grad_output):
-            (features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, lse, positives) = ctx.saved_tensors
-            config = ctx.config
-            c_config = config.to_c()
-            inputs = describe_inputs(config, features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of)
-            upstream = grad_output.detach().to(dtype=torch.float32).contiguous()
-            grad_features = torch.empty_like(features)
-            grad_keys = torch.empty_like(keys) if keys is not None else None
-            grad_centers = torch.empty_like(centers) if centers is not None else None
-            dev = features.device
-            stream = torch.cuda.current_stream(dev).cuda_stream
-            _check(
-                load_library().ck_contrastive_backward(
-                    dev.index or 0, stream, ctypes.byref(c_config), ctypes.byref(inputs),
-                    lse.data_ptr(), positives.data_ptr(), upstream.data_ptr(),
-                    grad_features.data_ptr(), _ptr(grad_keys), _ptr(grad_centers),
-                )
-            )
-            return (None, grad_features, None, None, None, None, grad_keys, None, None, grad_centers, None)
-
-    return _ContrastiveLossFunction
-
-
-_function = None
-
-
-def ContrastiveLossFunction():
-    """The torch.autograd.Function class (created on first use, so importing needs no torch)."""
-    global _function
-    if _function is None:
-        _function = _make_function()
-    return _function
-
-
-def contrastive_loss(features, instance, *, config: LossConfig, label=None, role=None, weight=None, keys=None, key_instance=None, key_label=None, centers=None, proto_of=None):
-    """The fused loss of ``config`` on CUDA tensors, differentiable with respect to features,
-    keys and centers. Ids are int32, roles uint8, weights float32, one per row."""
-    return ContrastiveLossFunction().apply(config, features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of)
-
-
-class _DetectionReport(ctypes.Structure):
-    _fields_ = [("auroc", ctypes.c_double), ("aupr", ctypes.c_double), ("fpr_at_95_tpr", ctypes.c_double)]
-
-
 def detection_report(inlier_scores, outlier_scores) -> dict:
     """AUROC, AUPR and FPR at 95% TPR (anomalies positive, higher = more anomalous) of two
-    sequences of scores, by the library's metrics (no GPU needed)."""
-    inl = [float(v) for v in inlier_scores]
-    out = [float(v) for v in outlier_scores]
+    sequences of scores (lists, numpy arrays or tensors), by the library's metrics (no GPU needed)."""
+    inl = [float(v) for v in _flat(inlier_scores)]
+    out = [float(v) for v in _flat(outlier_scores)]
     a = (ctypes.c_double * max(len(inl), 1))(*inl)
     b = (ctypes.c_double * max(len(out), 1))(*out)
     r = _DetectionReport()
@@ -389,29 +329,88 @@ def detection_report(inlier_scores, outlier_scores) -> dict:
     return {"auroc": r.auroc, "aupr": r.aupr, "fpr_at_95_tpr": r.fpr_at_95_tpr}
 
 
-def topk(queries, bank, k: int, *, normalized: bool = False, exclude_self: bool = False):
-    """The k most similar bank rows of each query (cosine), exact, on CUDA tensors: returns
-    (values float32 [nq, k] descending, indices int32 [nq, k], ties to the smaller index).
-    ``exclude_self``: the queries are the bank's rows (leave-one-out scoring)."""
-    torch = _torch()
-    for name, t in (("queries", queries), ("bank", bank)):
-        if len(tuple(t.shape)) != 2:
-            raise ValueError(f"{name}: expected a matrix, got shape {tuple(t.shape)}")
-    nq, d = tuple(queries.shape)
-    nb = tuple(bank.shape)[0]
-    code = _dtype_code("queries", queries)
-    _check_tensor("queries", queries, shape=(nq, d))
-    _check_tensor("bank", bank, shape=(nb, d), dtype=str(queries.dtype), device=queries.device)
-    if not 1 <= k <= nb:
-        raise ValueError(f"k: must be in 1..={nb} (the bank's rows), got {k}")
-    dev = queries.device
-    values = torch.empty((nq, k), dtype=torch.float32, device=dev)
-    indices = torch.empty((nq, k), dtype=torch.int32, device=dev)
-    stream = torch.cuda.current_stream(dev).cuda_stream
-    _check(
-        load_library().ck_topk(
-            dev.index or 0, stream, code, queries.data_ptr(), nq, bank.data_ptr(), nb, d, k,
-            int(normalized), 0 if exclude_self else -1, values.data_ptr(), indices.data_ptr(),
-        )
+def _flat(values):
+    if hasattr(values, "detach"):  # a torch tensor
+        values = values.detach().cpu().double().reshape(-1).tolist()
+    elif hasattr(values, "tolist") and hasattr(values, "reshape"):  # a numpy array
+        values = values.reshape(-1).tolist()
+    return values
+
+
+def _torch():
+    try:
+        import torch
+    except ImportError as e:  # pragma: no cover - exercised only where torch is missing
+        raise ImportError("contrastive_kernels' tensor functions need PyTorch (pip install torch)") from e
+    return torch
+
+
+# ---------------------------------------------------------------------------------------------
+# With PyTorch: the registered ops (contrastive_kernels.ops), the modules (nn), the search and
+# scores (search) and the distributed forms (distributed). Without it the ctypes layer above
+# still works (python/tests/test_module.py runs with the standard library alone).
+
+try:
+    import torch as _torch_module  # noqa: F401
+except ImportError:  # pragma: no cover - exercised only where torch is missing
+    _torch_module = None
+
+if _torch_module is not None:
+    from . import ops  # noqa: E402  (registers the torch.library ops)
+    from .ops import contrastive_loss, topk  # noqa: E402,F401
+    from .nn import (  # noqa: E402,F401
+        ClusterAwareLoss,
+        ContrastiveLoss,
+        FIRMLoss,
+        NTXentLoss,
+        OECLLoss,
+        OutlierExposureLoss,
+        SupConLoss,
     )
-    return values, indices
+    from .search import (  # noqa: E402,F401
+        KNNIndex,
+        csi_score,
+        knn_distance,
+        knn_search,
+        mcod_score,
+        mean_topk_similarity,
+        norm_score,
+        norm_weighted_mean_topk,
+    )
+    from . import distributed  # noqa: E402,F401
+
+    __all__ += [
+        "ops",
+        "distributed",
+        "ClusterAwareLoss",
+        "ContrastiveLoss",
+        "FIRMLoss",
+        "NTXentLoss",
+        "OECLLoss",
+        "OutlierExposureLoss",
+        "SupConLoss",
+        "KNNIndex",
+        "knn_search",
+        "knn_distance",
+        "mean_topk_similarity",
+        "norm_weighted_mean_topk",
+        "csi_score",
+        "norm_score",
+        "mcod_score",
+    ]
+else:
+
+    def contrastive_loss(*args, **kwargs):
+        """Needs PyTorch."""
+        _torch()
+
+    def topk(*args, **kwargs):
+        """Needs PyTorch."""
+        _torch()
+
+
+def ContrastiveLossFunction():
+    """Former entry point (an autograd.Function); the loss is now the registered op
+    ``torch.ops.contrastive_kernels.contrastive_forward`` with registered autograd: use
+    :func:`contrastive_loss`."""
+    raise RuntimeError("ContrastiveLossFunction: replaced by contrastive_kernels.contrastive_loss (a torch.library op with autograd)")
