@@ -11,6 +11,7 @@
 //
 // The host reduces the per-anchor losses (weights, mean / sum, OECL's norm penalty) with
 // contrastive_reduce below, also in a fixed order.
+#include "common/contrastive_backward.cuh"
 #include "common/epilogue.cuh"
 #include "common/reduce.cuh"
 #include "common/row_stats.cuh"
@@ -216,45 +217,34 @@ template <typename T> struct BackwardTraits {
 
 template <typename T> struct BackwardShared {
     T stages[BackwardTraits<T>::Cfg::SMEM_ELEMS];
-    T other[BackwardTraits<T>::Cfg::BN * BackwardTraits<T>::CHUNK_STRIDE];  // the other side's unit rows, one d chunk
+    T other[BackwardTraits<T>::Cfg::BN * BackwardTraits<T>::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
+    bwd::Column cols[BackwardTraits<T>::Cfg::BN];                           // the tile's per-column data
 };
 
-// What a thread keeps about each of its two own rows.
-struct OwnRow {
-    bool live;  // inside the matrix (not past the end, not NormPenaltyOnly)
-    int instance, label, proto;
-    float lse, a, b;
-    float factor;  // inv_tau / max(|x|, eps): the forward's row factor when this row is the anchor
-    float denom;   // max(|x|, eps): the forward's column divisor when this row is a column
-};
-
-__device__ __forceinline__ OwnRow load_own_row(const GradSide& own, int row, float inv_tau) {
-    OwnRow r{false, -1, -1, -1, 0.f, 0.f, 0.f, 0.f, 1.f};
-    if (row >= own.count || (own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly)) return r;
-    r.live = true;
-    r.denom = norm_denominator(own.norms[row]);
-    r.factor = inv_tau / r.denom;
-    if (own.instance != nullptr) {
-        r.instance = own.instance[row];
-        r.label = own.label != nullptr ? own.label[row] : -1;
-        r.proto = own.proto_of != nullptr ? own.proto_of[row] : -1;
+// One tile's H in the sweep's mode (a uniform branch per tile).
+template <class Cfg>
+__device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[2][Cfg::NI * 2], const float (&acc)[1][Cfg::NI][4],
+                                               const bwd::Column* cols, const bwd::Row (&r)[2], float m2) {
+    switch (mode) {
+    case bwd::kRowOnly: bwd::tile_h<Cfg, bwd::kRowOnly>(h, acc, cols, r, m2); break;
+    case bwd::kColOnly: bwd::tile_h<Cfg, bwd::kColOnly>(h, acc, cols, r, m2); break;
+    case bwd::kBothTwoExp: bwd::tile_h<Cfg, bwd::kBothTwoExp>(h, acc, cols, r, m2); break;
+    default: bwd::tile_h<Cfg, bwd::kBothOneExp>(h, acc, cols, r, m2); break;
     }
-    if (own.lse != nullptr) {
-        r.lse = own.lse[row];
-        r.a = own.coef_a[row];
-        r.b = own.coef_b[row];
-    }
-    return r;
 }
 
 template <typename T, bool ALIGNED>
 __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHUNK / 8][4], BackwardShared<T>& sh,
-                                            const GradSide& own, const OwnRow (&mine)[2], const GradSide& other,
-                                            int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
+                                            const GradSide& own, const GradSide& other, int row0, int dc0, int dp,
+                                            int d, bool exclude_self, float inv_tau) {
     using Cfg = typename BackwardTraits<T>::Cfg;
     constexpr int kGradChunk = BackwardTraits<T>::CHUNK, kGradChunkStride = BackwardTraits<T>::CHUNK_STRIDE;
     static_assert(Cfg::MI == 1 && Cfg::WARPS_N == 1, "a warp owns 16 whole rows of the tile");
+    const float m2 = inv_tau * bwd::kLog2e;
+    const int mode = bwd::sweep_mode(own, other, m2);
     const int own_row[2] = {row0 + Cfg::acc_row(0, 0), row0 + Cfg::acc_row(0, 2)};
+    const bwd::Row mine[2] = {bwd::load_row(own, other, own_row[0], mode, inv_tau, m2),
+                              bwd::load_row(own, other, own_row[1], mode, inv_tau, m2)};
     const T* own_x = static_cast<const T*>(own.x);
     const T* other_x = static_cast<const T*>(other.x);
     const T* other_u = static_cast<const T*>(other.u);
@@ -270,53 +260,25 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHU
             load_tile_sync<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp,
                                                                                 col0, dc0);
         }
+        bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, own, other, col0, mode, inv_tau, m2);
         mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
+        if (d == 0) __syncthreads();  // mma_block_tile's barriers publish the staged columns (and sh.other)
 
         float h[2][Cfg::NI * 2];
+        tile_h_of_mode<Cfg>(mode, h, acc, sh.cols, mine, m2);
+        if (exclude_self && col0 < row0 + Cfg::BM && row0 < col0 + Cfg::BN) {  // the tile holds the diagonal
 #pragma unroll
-        for (int ni = 0; ni < Cfg::NI; ++ni)
+            for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int k = ni * 2 + e;
-                const int col = col0 + Cfg::acc_col(ni, e);
-                h[0][k] = h[1][k] = 0.f;
-                if (col >= other.count || (other.role != nullptr && other.role[col] == kRoleNormPenaltyOnly)) continue;
-                int col_instance = -1, col_label = -1, col_proto = -1;
-                if (other.instance != nullptr) {
-                    col_instance = other.instance[col];
-                    col_label = other.label != nullptr ? other.label[col] : -1;
-                    col_proto = other.proto_of != nullptr ? other.proto_of[col] : -1;
-                }
-                float col_lse = 0.f, col_a = 0.f, col_b = 0.f;
-                const float col_denom = norm_denominator(other.norms[col]);
-                const float col_factor = inv_tau / col_denom;
-                const float col_w = pow2_floor(col_denom) / col_denom;  // packed row -> unit row
-                if (other.lse != nullptr) {
-                    col_lse = other.lse[col];
-                    col_a = other.coef_a[col];
-                    col_b = other.coef_b[col];
-                }
+                for (int e = 0; e < 2; ++e)
 #pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const OwnRow& r = mine[half];
-                    if (!r.live || (exclude_self && col == own_row[half])) continue;
-                    const bool positive = other.instance == nullptr ? col == r.proto
-                                          : own.instance == nullptr
-                                              ? col_proto == own_row[half]
-                                              : col_instance == r.instance || (r.label >= 0 && col_label == r.label);
-                    // The forward's logits, bit for bit: (raw product x the anchor's factor) / the
-                    // column's divisor, once with this row as the anchor, once as the column.
-                    const float p = acc[0][ni][half * 2 + e];
-                    float v = 0.f;
-                    if (r.a != 0.f) v += r.a * __expf(p * r.factor / col_denom - r.lse) - (positive ? r.b : 0.f);
-                    if (col_a != 0.f) v += col_a * __expf(p * col_factor / r.denom - col_lse) - (positive ? col_b : 0.f);
-                    h[half][k] = v * col_w;
-                }
-            }
+                    for (int half = 0; half < 2; ++half)
+                        if (col0 + Cfg::acc_col(ni, e) == own_row[half]) h[half][ni * 2 + e] = 0.f;
+        }
 
         // dacc += H U_other: H's accumulator layout is the A fragment of the second product.
         EngineFor<T>::type::template registers_times_tile<Cfg::BN, kGradChunk, kGradChunkStride>(dacc, h, sh.other);
-        __syncthreads();  // sh.other is refilled by the next tile
+        __syncthreads();  // sh.other and sh.cols are refilled by the next tile
     }
 }
 
@@ -327,26 +289,28 @@ __device__ void contrastive_backward(GradSide own, GradSide other, GradSide prot
     constexpr int kGradChunk = BackwardTraits<T>::CHUNK;
     __shared__ __align__(128) BackwardShared<T> sh;
     const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * kGradChunk;
-    const OwnRow mine[2] = {load_own_row(own, row0 + Cfg::acc_row(0, 0), inv_tau), load_own_row(own, row0 + Cfg::acc_row(0, 2), inv_tau)};
     float dacc[kGradChunk / 8][4];
 #pragma unroll
     for (int nb = 0; nb < kGradChunk / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[nb][e] = 0.f;
 
-    sweep_other<T, ALIGNED>(dacc, sh, own, mine, other, row0, dc0, dp, d, exclude_self != 0, inv_tau);
-    if (protos.count > 0) sweep_other<T, ALIGNED>(dacc, sh, own, mine, protos, row0, dc0, dp, d, false, inv_tau);
+    sweep_other<T, ALIGNED>(dacc, sh, own, other, row0, dc0, dp, d, exclude_self != 0, inv_tau);
+    if (protos.count > 0) sweep_other<T, ALIGNED>(dacc, sh, own, protos, row0, dc0, dp, d, false, inv_tau);
 
     const float out_scale = inv_tau * scalars[0];  // 1 / (sigma tau)
 #pragma unroll
-    for (int nb = 0; nb < kGradChunk / 8; ++nb)
+    for (int half = 0; half < 2; ++half) {
+        const int row = row0 + Cfg::acc_row(0, 2 * half);
+        // Rows outside the matrix (NormPenaltyOnly) get 0: their column terms were not masked.
+        const bool live = row < own.count && !(own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly);
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int row = row0 + Cfg::acc_row(0, 2 * half);
+        for (int nb = 0; nb < kGradChunk / 8; ++nb) {
             const int col = dc0 + nb * 8 + Fragment::col(0);
-            store_pair<float>(du, own.count, d, row, col, dacc[nb][half * 2] * out_scale,
-                              dacc[nb][half * 2 + 1] * out_scale, d % 2 == 0);
+            store_pair<float>(du, own.count, d, row, col, live ? dacc[nb][half * 2] * out_scale : 0.f,
+                              live ? dacc[nb][half * 2 + 1] * out_scale : 0.f, d % 2 == 0);
         }
+    }
 }
 
 // u = x / 2^e with 2^e = pow2_floor(max(||x||, eps)): exact in T (an exponent shift; only parts
