@@ -207,106 +207,131 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // One side of a backward pass (params/contrastive.h). Optional arrays may be null.
 using GradSide = CkGradSide;
 
-// The backward's tile and the d columns of the gradient per block (grid.y): 128 for f16 / bf16,
-// 64 for f32 (whose FFMA stages and chunk must still fit 48 KB of static shared memory).
-template <typename T> struct BackwardTraits {
-    using Cfg = typename TileFor<T, Tile64RowWarps, Tile64RowWarpsF32>::type;
-    static constexpr int CHUNK = sizeof(T) == 2 ? CK_CONTRASTIVE_GRAD_CHUNK_HALF : CK_CONTRASTIVE_GRAD_CHUNK_F32;
-    static constexpr int CHUNK_STRIDE = CHUNK + 16 / (int)sizeof(T);  // padded like the stages
+// The backward's block (params/contrastive.h): BM = 64 own rows x BN = 64 other rows per logit
+// tile, 4 row warps x G d-groups. The logit tile is MmaTileConfig<64, 64, BK, 4, G>: warp (m, g)
+// computes rows 16 m.. x columns (64 / G) g.. of it, forms those H entries and writes them to
+// shared memory; then warp (m, g) multiplies H's rows 16 m.. (all 64 columns) into WARP_D columns
+// of the other side's packed rows, d-group g's share of the block's G WARP_D.
+template <typename T, int G> struct BackwardTraits {
+    static constexpr int E = (int)sizeof(T);
+    // BK: every thread copies whole 16-byte chunks of a stage (64 x BK / 8 of them per operand).
+    static constexpr int BK = E == 4 ? 16 : (G == 4 ? 64 : 32);
+    using Cfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, 4, G, E>;
+    static constexpr int WARP_D = E == 2 ? CK_CONTRASTIVE_BACKWARD_WARP_D_HALF : CK_CONTRASTIVE_BACKWARD_WARP_D_F32;
+    static constexpr int CHUNK = WARP_D * G;                  // d columns of the gradient per block
+    static constexpr int CHUNK_STRIDE = CHUNK + 16 / E;       // padded like the stages (conflict-free ldmatrix)
+    static constexpr int H_STRIDE = Cfg::BN + 16 / E;
+    static_assert(Cfg::MI == 1 && Cfg::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS * G, "a warp owns 16 rows of the tile");
 };
 
-template <typename T> struct BackwardShared {
-    T stages[BackwardTraits<T>::Cfg::SMEM_ELEMS];
-    T other[BackwardTraits<T>::Cfg::BN * BackwardTraits<T>::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
-    bwd::Column cols[BackwardTraits<T>::Cfg::BN];                           // the tile's per-column data
+template <typename T, int G> struct BackwardShared {
+    using Tr = BackwardTraits<T, G>;
+    T stages[Tr::Cfg::SMEM_ELEMS];
+    T other[Tr::Cfg::BN * Tr::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
+    T h[Tr::Cfg::BM * Tr::H_STRIDE];          // H of the tile (f32 for the FFMA engine)
+    bwd::Column cols[Tr::Cfg::BN];            // the tile's per-column data
+    bwd::Row rows[Tr::Cfg::BM];               // the sweep's per-row data
 };
+static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 &&
+                  sizeof(BackwardShared<__half, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 &&
+                  sizeof(BackwardShared<float, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 &&
+                  sizeof(BackwardShared<float, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2 &&
+                  sizeof(BackwardShared<float, 4>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G4,
+              "params/contrastive.h: the backward's shared memory");
 
 // One tile's H in the sweep's mode (a uniform branch per tile).
 template <class Cfg>
 __device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[2][Cfg::NI * 2], const float (&acc)[1][Cfg::NI][4],
                                                const bwd::Column* cols, const bwd::Row (&r)[2], float m2) {
-    switch (mode) {
-    case bwd::kRowOnly: bwd::tile_h<Cfg, bwd::kRowOnly>(h, acc, cols, r, m2); break;
-    case bwd::kColOnly: bwd::tile_h<Cfg, bwd::kColOnly>(h, acc, cols, r, m2); break;
-    case bwd::kBothTwoExp: bwd::tile_h<Cfg, bwd::kBothTwoExp>(h, acc, cols, r, m2); break;
-    default: bwd::tile_h<Cfg, bwd::kBothOneExp>(h, acc, cols, r, m2); break;
-    }
+    if (mode == bwd::kOneExp) bwd::tile_h<Cfg, bwd::kOneExp>(h, acc, cols, r, m2);
+    else bwd::tile_h<Cfg, bwd::kTwoExp>(h, acc, cols, r, m2);
 }
 
-template <typename T, bool ALIGNED>
-__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHUNK / 8][4], BackwardShared<T>& sh,
+template <typename T, bool ALIGNED, int G>
+__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::WARP_D / 8][4], BackwardShared<T, G>& sh,
                                             const GradSide& own, const GradSide& other, int row0, int dc0, int dp,
                                             int d, bool exclude_self, float inv_tau) {
-    using Cfg = typename BackwardTraits<T>::Cfg;
-    constexpr int kGradChunk = BackwardTraits<T>::CHUNK, kGradChunkStride = BackwardTraits<T>::CHUNK_STRIDE;
-    static_assert(Cfg::MI == 1 && Cfg::WARPS_N == 1, "a warp owns 16 whole rows of the tile");
+    using Tr = BackwardTraits<T, G>;
+    using Cfg = typename Tr::Cfg;
     const float m2 = inv_tau * bwd::kLog2e;
-    const int mode = bwd::sweep_mode(own, other, m2);
+    const int mode = bwd::sweep_mode(m2);
     const int own_row[2] = {row0 + Cfg::acc_row(0, 0), row0 + Cfg::acc_row(0, 2)};
-    const bwd::Row mine[2] = {bwd::load_row(own, other, own_row[0], mode, inv_tau, m2),
-                              bwd::load_row(own, other, own_row[1], mode, inv_tau, m2)};
+    // Published by the first tile's barriers; the previous sweep's last barrier freed sh.rows.
+    for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS) sh.rows[r] = bwd::load_row(own, other, row0 + r, mode, inv_tau, m2);
     const T* own_x = static_cast<const T*>(own.x);
     const T* other_x = static_cast<const T*>(other.x);
     const T* other_u = static_cast<const T*>(other.u);
+    const T* h_rows = sh.h + Cfg::warp_m() * 16 * Tr::H_STRIDE;  // this warp's 16 rows of H
+    const T* v_cols = sh.other + Cfg::warp_n() * Tr::WARP_D;      // its d-group's columns
     float acc[1][Cfg::NI][4];
     for (int col0 = 0; col0 < other.count; col0 += Cfg::BN) {
         // The B operand of H U is issued first: it lands while the logits are recomputed
         // (mma_block_tile's waits drain this group too, and it ends with a barrier).
         if constexpr (sizeof(T) == 2) {
-            load_tile_async<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp,
-                                                                                 col0, dc0);
+            load_tile_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
             cp_async_commit();
         } else {
-            load_tile_sync<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp,
-                                                                                col0, dc0);
+            load_tile_sync<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
         }
         bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, own, other, col0, mode, inv_tau, m2);
+        // S once per tile for the whole d (one chunk when G WARP_D >= d).
         mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
-        if (d == 0) __syncthreads();  // mma_block_tile's barriers publish the staged columns (and sh.other)
-
-        float h[2][Cfg::NI * 2];
-        tile_h_of_mode<Cfg>(mode, h, acc, sh.cols, mine, m2);
-        if (exclude_self && col0 < row0 + Cfg::BM && row0 < col0 + Cfg::BN) {  // the tile holds the diagonal
-#pragma unroll
-            for (int ni = 0; ni < Cfg::NI; ++ni)
-#pragma unroll
-                for (int e = 0; e < 2; ++e)
-#pragma unroll
-                    for (int half = 0; half < 2; ++half)
-                        if (col0 + Cfg::acc_col(ni, e) == own_row[half]) h[half][ni * 2 + e] = 0.f;
+        if (d == 0) {
+            cp_async_wait<0>();
+            __syncthreads();  // otherwise mma_block_tile's barriers publish the staged columns and sh.other
         }
 
-        // dacc += H U_other: H's accumulator layout is the A fragment of the second product.
-        EngineFor<T>::type::template registers_times_tile<Cfg::BN, kGradChunk, kGradChunkStride>(dacc, h, sh.other);
-        __syncthreads();  // sh.other and sh.cols are refilled by the next tile
+        float h[2][Cfg::NI * 2];
+        const bwd::Row mine[2] = {sh.rows[Cfg::acc_row(0, 0)], sh.rows[Cfg::acc_row(0, 2)]};
+        tile_h_of_mode<Cfg>(mode, h, acc, sh.cols, mine, m2);
+        const bool diagonal_tile = exclude_self && col0 < row0 + Cfg::BM && row0 < col0 + Cfg::BN;
+#pragma unroll
+        for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int c = Cfg::acc_col(ni, 0);
+                float v0 = h[half][ni * 2], v1 = h[half][ni * 2 + 1];
+                if (diagonal_tile) {  // rare (one tile per sweep): the diagonal is no logit
+                    v0 = col0 + c == own_row[half] ? 0.f : v0;
+                    v1 = col0 + c + 1 == own_row[half] ? 0.f : v1;
+                }
+                bwd::store_h_pair<T>(sh.h + Cfg::acc_row(0, 2 * half) * Tr::H_STRIDE + c, v0, v1);
+            }
+        __syncthreads();  // H complete
+
+        // dacc += H U_other over the warp's rows and its d-group's columns.
+        bwd::h_times_tile<Cfg::BN, Tr::WARP_D, Tr::H_STRIDE, Tr::CHUNK_STRIDE>(dacc, h_rows, v_cols);
+        __syncthreads();  // sh.other, sh.h and sh.cols are refilled by the next tile
     }
 }
 
-template <typename T, bool ALIGNED>
-__device__ void contrastive_backward(GradSide own, GradSide other, GradSide protos, int dp, int d, int exclude_self,
-                                     float inv_tau, const float* scalars, float* du) {
-    using Cfg = typename BackwardTraits<T>::Cfg;
-    constexpr int kGradChunk = BackwardTraits<T>::CHUNK;
-    __shared__ __align__(128) BackwardShared<T> sh;
-    const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * kGradChunk;
-    float dacc[kGradChunk / 8][4];
+template <typename T, bool ALIGNED, int G>
+__device__ __forceinline__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos, int dp,
+                                                     int d, int exclude_self, float inv_tau, const float* scalars, float* du) {
+    using Tr = BackwardTraits<T, G>;
+    using Cfg = typename Tr::Cfg;
+    extern __shared__ __align__(128) unsigned char backward_smem[];
+    BackwardShared<T, G>& sh = *reinterpret_cast<BackwardShared<T, G>*>(backward_smem);
+    const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * Tr::CHUNK;
+    float dacc[Tr::WARP_D / 8][4];
 #pragma unroll
-    for (int nb = 0; nb < kGradChunk / 8; ++nb)
+    for (int nb = 0; nb < Tr::WARP_D / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[nb][e] = 0.f;
 
-    sweep_other<T, ALIGNED>(dacc, sh, own, other, row0, dc0, dp, d, exclude_self != 0, inv_tau);
-    if (protos.count > 0) sweep_other<T, ALIGNED>(dacc, sh, own, protos, row0, dc0, dp, d, false, inv_tau);
+    sweep_other<T, ALIGNED, G>(dacc, sh, own, other, row0, dc0, dp, d, exclude_self != 0, inv_tau);
+    if (protos.count > 0) sweep_other<T, ALIGNED, G>(dacc, sh, own, protos, row0, dc0, dp, d, false, inv_tau);
 
     const float out_scale = inv_tau * scalars[0];  // 1 / (sigma tau)
+    const int wd0 = dc0 + Cfg::warp_n() * Tr::WARP_D;
 #pragma unroll
     for (int half = 0; half < 2; ++half) {
         const int row = row0 + Cfg::acc_row(0, 2 * half);
         // Rows outside the matrix (NormPenaltyOnly) get 0: their column terms were not masked.
         const bool live = row < own.count && !(own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly);
 #pragma unroll
-        for (int nb = 0; nb < kGradChunk / 8; ++nb) {
-            const int col = dc0 + nb * 8 + Fragment::col(0);
+        for (int nb = 0; nb < Tr::WARP_D / 8; ++nb) {
+            const int col = wd0 + nb * 8 + Fragment::col(0);
             store_pair<float>(du, own.count, d, row, col, live ? dacc[nb][half * 2] * out_scale : 0.f,
                               live ? dacc[nb][half * 2 + 1] * out_scale : 0.f, d % 2 == 0);
         }
@@ -412,11 +437,6 @@ __device__ void norm_penalty_backward(const T* __restrict__ x, const unsigned ch
 static_assert(ck::Tile128::BM == CK_CONTRASTIVE_FORWARD_ROWS && ck::Tile128F32::BM == CK_CONTRASTIVE_FORWARD_ROWS, "params/contrastive.h");
 static_assert(ck::Tile128::THREADS == CK_CONTRASTIVE_FORWARD_THREADS && ck::Tile128F32::THREADS == CK_CONTRASTIVE_FORWARD_THREADS,
               "params/contrastive.h");
-static_assert(ck::Tile64RowWarps::BM == CK_CONTRASTIVE_BACKWARD_ROWS && ck::Tile64RowWarpsF32::BM == CK_CONTRASTIVE_BACKWARD_ROWS,
-              "params/contrastive.h");
-static_assert(ck::Tile64RowWarps::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS &&
-                  ck::Tile64RowWarpsF32::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS,
-              "params/contrastive.h");
 static_assert(sizeof(CkGradSide) == 88, "10 pointers, 2 ints");
 
 namespace ck {
@@ -446,26 +466,32 @@ CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
 
 // `_unaligned`: d % 8 != 0 or a raw-row base not 16-byte aligned (element-wise loads of the raw
 // rows, as the forward's `_unaligned`); f32 always loads element-wise, so both are one kernel.
-// Blocks per SM: f32 asks for 3 (at most 168 registers, which ptxas chose unasked while the
-// kernel took its arguments one by one; with the struct it then spilled 4 bytes); f16 / bf16 leave
-// ptxas free (about 200 registers).
-#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned, blocks)                                  \
-    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS, blocks)                    \
-        contrastive_backward_##name##suffix(const __grid_constant__ CkContrastiveBackwardParams p) {          \
-        ck::contrastive_backward<type, aligned>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self, p.inv_tau, \
-                                                p.scalars, p.du);                                              \
+// `_g{G}`: G d-groups of 4 warps (BackwardTraits), 128 G threads, dynamic shared memory
+// CK_CONTRASTIVE_BACKWARD_SMEM_*_G{G}.
+#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned, groups)                                    \
+    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS * groups, 1)                   \
+        contrastive_backward_##name##suffix##_g##groups(const __grid_constant__ CkContrastiveBackwardParams p) { \
+        ck::contrastive_backward<type, aligned, groups>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self,     \
+                                                        p.inv_tau, p.scalars, p.du);                             \
     }
-#define CK_CONTRASTIVE_BACKWARD(name, type, blocks)                                                          \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, blocks)                                    \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, blocks)                                      \
+// G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators and the logit tile's
+// BK = 64 stage) spilled for f16 / bf16, which stop at G = 2 (d > 256 takes two or more chunks);
+// f32 (WARP_D = 64) has all three. params/contrastive.h: CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_*.
+#define CK_CONTRASTIVE_BACKWARD(name, type)                                                                    \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, 1)                                         \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, 2)                                         \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, 1)                                           \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, 2)                                           \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
         contrastive_pack_##name(const __grid_constant__ CkContrastivePackParams p) {                           \
         ck::pack_scaled_rows<type>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u));    \
     }
 
-CK_CONTRASTIVE_BACKWARD(f32, float, 3)
-CK_CONTRASTIVE_BACKWARD(f16, __half, 1)
-CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16, 1)
+CK_CONTRASTIVE_BACKWARD(f32, float)
+CK_CONTRASTIVE_BACKWARD_KERNEL(f32, float, , false, 4)
+CK_CONTRASTIVE_BACKWARD_KERNEL(f32, float, _unaligned, false, 4)
+CK_CONTRASTIVE_BACKWARD(f16, __half)
+CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
 
 #define CK_NORM_PENALTY_BACKWARD(name, type)                                                                   \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \

@@ -19,6 +19,7 @@
 #include <math.h>
 #include "../params/contrastive.h"
 #include "norm.cuh"
+#include "tile.cuh"
 
 namespace ck {
 namespace bwd {
@@ -40,17 +41,16 @@ __device__ __forceinline__ float ex2(float x) {
 #endif
 }
 
-// How a tile's H entry is formed, chosen once per sweep (a uniform branch):
-//   kRowOnly: own rows are anchors, the other side's rows are not (pairwise anchors x keys, any
-//             rows x prototypes): one exponential, the anchor term;
-//   kColOnly: the other side's rows are the anchors (keys x anchors, prototypes x anchors);
-//   kBothTwoExp / kBothOneExp: the self geometry, both terms, two exponentials or one (see above).
-enum Mode : int { kRowOnly = 0, kColOnly = 1, kBothTwoExp = 2, kBothOneExp = 3 };
+// How a tile's H entry is formed, chosen once per sweep from the temperature (a uniform branch):
+// kOneExp while 2 m2 <= kOneExpMaxRange, else kTwoExp. Both serve every pass: where a side has no
+// anchors (pairwise anchors x keys, keys x anchors, prototypes) its coefficients are 0, so kOneExp
+// spends one exponential per logit in every geometry and kTwoExp two.
+enum Mode : int { kTwoExp = 0, kOneExp = 1 };
 
 // Per-column data of one column tile (32 bytes: two 16-byte shared loads per column, shared by the
 // thread's two rows).
 //   rinv, cscale: the logit factors (0 past the end);
-//   coef: the column's anchor weight coef_a (kBothOneExp: coef_a 2^(m2 - lse2), the per-column
+//   coef: the column's anchor weight coef_a (kOneExp: coef_a 2^(m2 - lse2), the per-column
 //         factor folded in), 0 when the column is no anchor;  coef_b: its per-positive weight;
 //   lse2: the column's base-2 LSE (m2 when it is no anchor, so 2^(t - lse2) <= 1 stays finite);
 //   w:    2^e_j / max(|x_j|, eps): the packed row x_j / 2^e_j times w is u_j; 0 for a column outside
@@ -64,13 +64,15 @@ struct Column {
 };
 static_assert(sizeof(Column) == 32, "two 16-byte loads");
 
-// What a thread keeps about one own row, for the whole sweep (registers).
+// An own row's data for one sweep, staged in shared memory at the sweep's start and read per tile
+// (registers are the scarce resource: the block's gradient accumulators fill half the file).
 struct Row {
-    bool live;     // inside the matrix (not past the end, not NormPenaltyOnly): its output is kept
-    float rinv, cscale;
-    float coef, coef_b, lse2;  // as Column's (coef: kBothOneExp folds 2^(m2 - lse2) in)
+    float rinv, cscale;        // 0 outside the matrix (past the end, NormPenaltyOnly)
+    float coef, coef_b, lse2;  // as Column's (coef: kOneExp folds 2^(m2 - lse2) in)
     int key, label;            // label: the class id, or INT_MIN where labels make no positive
+    int pad;
 };
+static_assert(sizeof(Row) == 32, "two 16-byte loads");
 
 
 // Stages the data of columns [col0, col0 + BN) of `other` (threads of the block, one column each).
@@ -98,7 +100,7 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
                 k.lse2 = other.lse[col] * kLog2e;
                 k.coef = other.coef_a[col];
                 k.coef_b = other.coef_b[col];
-                if (mode == kBothOneExp) k.coef *= ex2(m2 - k.lse2);
+                if (mode == kOneExp) k.coef *= ex2(m2 - k.lse2);
             }
         }
         cols[c] = k;
@@ -108,9 +110,8 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
 // An own row's data for a sweep over `other` (its positive key depends on the other side).
 __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide& other, int row, int mode,
                                         float inv_tau, float m2) {
-    Row r{false, 0.f, 0.f, 0.f, 0.f, m2, INT_MIN, INT_MIN};
+    Row r{0.f, 0.f, 0.f, 0.f, m2, INT_MIN, INT_MIN, 0};
     if (row >= own.count || (own.role != nullptr && own.role[row] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) return r;
-    r.live = true;
     const float denom = norm_denominator(own.norms[row]);
     r.rinv = 1.f / denom;
     r.cscale = r.rinv * (inv_tau * kLog2e);
@@ -127,17 +128,13 @@ __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide&
         r.lse2 = own.lse[row] * kLog2e;
         r.coef = own.coef_a[row];
         r.coef_b = own.coef_b[row];
-        if (mode == kBothOneExp) r.coef *= ex2(m2 - r.lse2);
+        if (mode == kOneExp) r.coef *= ex2(m2 - r.lse2);
     }
     return r;
 }
 
-// The mode of a sweep of `own` against `other`: both terms when both sides are anchors (the self
-// geometry), one exponential for them when the temperature allows it.
-__device__ __forceinline__ int sweep_mode(const CkGradSide& own, const CkGradSide& other, float m2) {
-    if (own.lse != nullptr && other.lse != nullptr) return 2.f * m2 <= kOneExpMaxRange ? kBothOneExp : kBothTwoExp;
-    return own.lse != nullptr ? kRowOnly : kColOnly;
-}
+// The mode of a sweep at this temperature.
+__device__ __forceinline__ int sweep_mode(float m2) { return 2.f * m2 <= kOneExpMaxRange ? kOneExp : kTwoExp; }
 
 // H of this thread's accumulators of one logit tile (Cfg: MI = 1, the warp's 16 rows; columns at
 // Cfg::acc_col in the tile): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects.
@@ -155,11 +152,7 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
                 const float a = acc[0][ni][half * 2 + e];
                 const bool positive = c.key == o.key || c.label == o.label;
                 float v;
-                if constexpr (MODE == kRowOnly) {
-                    v = o.coef * ex2((a * o.rinv) * c.cscale - o.lse2) - (positive ? o.coef_b : 0.f);
-                } else if constexpr (MODE == kColOnly) {
-                    v = c.coef * ex2((a * c.rinv) * o.cscale - c.lse2) - (positive ? c.coef_b : 0.f);
-                } else if constexpr (MODE == kBothTwoExp) {
+                if constexpr (MODE == kTwoExp) {
                     v = o.coef * ex2((a * o.rinv) * c.cscale - o.lse2) + c.coef * ex2((a * c.rinv) * o.cscale - c.lse2) -
                         (positive ? o.coef_b + c.coef_b : 0.f);
                 } else {
@@ -169,6 +162,64 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
                 h[half][ni * 2 + e] = c.w != 0.f ? v * c.w : 0.f;
             }
         }
+}
+
+// acc[nb] += H V for a warp's 16 rows: H (16 x K, row stride HS) and V (K x N, row stride VS) both
+// in shared memory; acc in the C-fragment layout (tile_config.cuh's Fragment). Tensor cores for
+// f16 / bf16 (H read by ldmatrix as the A fragment, V by ldmatrix.trans as the "col" B fragment).
+template <int K, int N, int HS, int VS, typename T>
+__device__ __forceinline__ void h_times_tile_mma(float (&acc)[N / 8][4], const T* h, const T* v) {
+    const int lane = threadIdx.x % 32;
+    // Rolled over k: one k step is N / 8 independent MMAs already, and unrolled the loads of the
+    // next steps would hold registers the block's accumulators need.
+#pragma unroll 1
+    for (int kk = 0; kk < K / 16; ++kk) {
+        uint32_t a[4];
+        ldmatrix_x4(a, h + (lane % 16) * HS + kk * 16 + (lane / 16) * 8);
+        const int m = lane / 8;
+        const T* base = v + (kk * 16 + (m % 2) * 8 + lane % 8) * VS + (m / 2) * 8;
+#pragma unroll
+        for (int nb = 0; nb < N / 8; nb += 2) {
+            uint32_t r[4];
+            ldmatrix_x4_trans(r, base + nb * 8);
+            const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+            Mma16816<T>::run(acc[nb], a, b0);
+            Mma16816<T>::run(acc[nb + 1], a, b1);
+        }
+    }
+}
+
+// f32: exact FFMA, the same accumulator elements (rows group, group + 8; columns 2 quad + {0, 1}).
+template <int K, int N, int HS, int VS>
+__device__ __forceinline__ void h_times_tile_ffma(float (&acc)[N / 8][4], const float* h, const float* v) {
+    const int group = Fragment::row(0), col = Fragment::col(0);
+    // Not unrolled over k: the FFMA body is long enough, and unrolled it raises the registers.
+#pragma unroll 1
+    for (int k = 0; k < K; ++k) {
+        const float h0 = h[group * HS + k], h1 = h[(group + 8) * HS + k];
+        const float* v_row = v + k * VS + col;
+#pragma unroll
+        for (int nb = 0; nb < N / 8; ++nb)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const float x = v_row[nb * 8 + c];
+                acc[nb][c] = fmaf(h0, x, acc[nb][c]);
+                acc[nb][2 + c] = fmaf(h1, x, acc[nb][2 + c]);
+            }
+    }
+}
+
+template <int K, int N, int HS, int VS, typename T>
+__device__ __forceinline__ void h_times_tile(float (&acc)[N / 8][4], const T* h, const T* v) {
+    if constexpr (sizeof(T) == 4) h_times_tile_ffma<K, N, HS, VS>(acc, h, v);
+    else h_times_tile_mma<K, N, HS, VS>(acc, h, v);
+}
+
+// Stores H entries (row, col), (row, col + 1) of the shared H tile (col even): T for the tensor
+// cores, f32 for the FFMA engine.
+template <typename T> __device__ __forceinline__ void store_h_pair(T* h, float v0, float v1) {
+    if constexpr (sizeof(T) == 4) *reinterpret_cast<float2*>(h) = make_float2(v0, v1);
+    else *reinterpret_cast<uint32_t*>(h) = pack_pair<T>(v0, v1);
 }
 
 }  // namespace bwd

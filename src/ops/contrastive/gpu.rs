@@ -10,6 +10,7 @@
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
 use super::{empty_positive_error, ContrastiveLoss, Geometry, LossInputs, Reduction};
@@ -22,13 +23,24 @@ use crate::gpu::params::contrastive::{
 use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
 const MODULE: &str = "contrastive";
-/// d columns of the gradient per backward block (BackwardTraits in contrastive.cu).
-fn grad_chunk(dtype: DType) -> usize {
-    if dtype == DType::F32 {
-        params::GRAD_CHUNK_F32
+/// The backward kernel's shape for d (BackwardTraits in contrastive.cu, params/contrastive.h): G
+/// d-groups of 4 warps, the smallest G (1, 2, 4) whose G x WARP_D covers d, at most the dtype's
+/// (f16 / bf16: 2; f32: 4). Returns (G, d columns per block, dynamic shared memory bytes).
+fn backward_shape(dtype: DType, d: usize) -> (usize, usize, usize) {
+    let (warp_d, max_groups) = if dtype == DType::F32 {
+        (params::BACKWARD_WARP_D_F32, params::BACKWARD_MAX_GROUPS_F32)
     } else {
-        params::GRAD_CHUNK_HALF
-    }
+        (params::BACKWARD_WARP_D_HALF, params::BACKWARD_MAX_GROUPS_HALF)
+    };
+    let groups = [1, 2, 4].into_iter().find(|&g| g * warp_d >= d || g == max_groups).unwrap_or(max_groups);
+    let smem = match (dtype == DType::F32, groups) {
+        (false, 1) => params::BACKWARD_SMEM_HALF_G1,
+        (false, _) => params::BACKWARD_SMEM_HALF_G2,
+        (true, 1) => params::BACKWARD_SMEM_F32_G1,
+        (true, 2) => params::BACKWARD_SMEM_F32_G2,
+        (true, _) => params::BACKWARD_SMEM_F32_G4,
+    };
+    (groups, groups * warp_d, smem)
 }
 /// One warp per row: pack, norm penalty backward.
 pub(super) const ROW_KERNEL_THREADS: u32 = params::ROW_THREADS as u32;
@@ -569,16 +581,20 @@ pub unsafe fn backward_raw(
     let inv_tau = 1.0f32 / loss.temperature;
     // The raw-row loads as the forward's: 16-byte chunks when d % 8 == 0 and every base is aligned.
     let aligned = d % 8 == 0 && r.features % 16 == 0 && r.keys % 16 == 0 && r.centers % 16 == 0;
-    let name = format!("contrastive_backward_{}{}", r.dtype, if aligned { "" } else { "_unaligned" });
-    let chunk = grad_chunk(r.dtype);
+    let (groups, chunk, smem) = backward_shape(r.dtype, d);
+    let name = format!("contrastive_backward_{}{}_g{groups}", r.dtype, if aligned { "" } else { "_unaligned" });
+    // Over 48 KB of shared memory needs the kernel's opt-in (set once per launch; cheap).
+    gpu.function(MODULE, &name)?
+        .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+        .during(format_args!("kernel `{name}` shared memory size"))?;
     let pass = |own: GradSide, other: GradSide, extra: GradSide, exclude_self: i32, du: &CudaSlice<f32>| -> Result<()> {
         if own.count == 0 {
             return Ok(());
         }
         let cfg = LaunchConfig {
             grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(chunk) as u32, 1),
-            block_dim: (BACKWARD_THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
+            block_dim: ((BACKWARD_THREADS * groups) as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
         };
         let params = ContrastiveBackwardParams {
             own,
