@@ -234,9 +234,9 @@ template <typename T, int G> struct BackwardShared {
 };
 static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 &&
                   sizeof(BackwardShared<__half, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 &&
+                  sizeof(BackwardShared<__half, 4>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 &&
                   sizeof(BackwardShared<float, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 &&
-                  sizeof(BackwardShared<float, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2 &&
-                  sizeof(BackwardShared<float, 4>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G4,
+                  sizeof(BackwardShared<float, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2,
               "params/contrastive.h: the backward's shared memory");
 
 // One tile's H in the sweep's mode (a uniform branch per tile).
@@ -268,7 +268,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         // The B operand of H U is issued first: it lands while the logits are recomputed
         // (mma_block_tile's waits drain this group too, and it ends with a barrier).
         if constexpr (sizeof(T) == 2) {
-            load_tile_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
+            bwd::load_rows_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
             cp_async_commit();
         } else {
             load_tile_sync<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
@@ -319,8 +319,11 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[nb][e] = 0.f;
 
-    sweep_other<T, ALIGNED, G>(dacc, sh, own, other, row0, dc0, dp, d, exclude_self != 0, inv_tau);
-    if (protos.count > 0) sweep_other<T, ALIGNED, G>(dacc, sh, own, protos, row0, dc0, dp, d, false, inv_tau);
+    // One copy of the sweep for both sides (half the code, and one register allocation).
+#pragma unroll 1
+    for (int pass = 0; pass < 2; ++pass)
+        sweep_other<T, ALIGNED, G>(dacc, sh, own, pass == 0 ? other : protos, row0, dc0, dp, d, pass == 0 && exclude_self != 0,
+                                   inv_tau);
 
     const float out_scale = inv_tau * scalars[0];  // 1 / (sigma tau)
     const int wd0 = dc0 + Cfg::warp_n() * Tr::WARP_D;
@@ -474,9 +477,9 @@ CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
         ck::contrastive_backward<type, aligned, groups>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self,     \
                                                         p.inv_tau, p.scalars, p.du);                             \
     }
-// G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators and the logit tile's
-// BK = 64 stage) spilled for f16 / bf16, which stop at G = 2 (d > 256 takes two or more chunks);
-// f32 (WARP_D = 64) has all three. params/contrastive.h: CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_*.
+// G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators, the logit tile's BK =
+// 64 stages) only for aligned f16 / bf16: the element-wise loads of `_unaligned` and the f32 FFMA
+// engine spilled there (ptxas sm_90a), so they stop at G = 2 (params/contrastive.h).
 #define CK_CONTRASTIVE_BACKWARD(name, type)                                                                    \
     CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, 1)                                         \
     CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, 2)                                         \
@@ -488,10 +491,10 @@ CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
     }
 
 CK_CONTRASTIVE_BACKWARD(f32, float)
-CK_CONTRASTIVE_BACKWARD_KERNEL(f32, float, , false, 4)
-CK_CONTRASTIVE_BACKWARD_KERNEL(f32, float, _unaligned, false, 4)
 CK_CONTRASTIVE_BACKWARD(f16, __half)
 CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
+CK_CONTRASTIVE_BACKWARD_KERNEL(f16, __half, , true, 4)
+CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, , true, 4)
 
 #define CK_NORM_PENALTY_BACKWARD(name, type)                                                                   \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \

@@ -746,8 +746,8 @@ fn gpu_backward_small_temperature_close_views() {
 /// The rebuilt backward's paths (kernels/contrastive.cu, kernels/common/contrastive_backward.cuh),
 /// each against the oracle with DESIGN.md's tolerances: temperatures on both sides of the
 /// fixed-offset threshold (tau >= ~0.029: one exponential per logit; 0.02: two), the d-group
-/// counts G = 1, 2 (f16 / bf16) and 4 (f32) with ragged row tails and a d tail, a D = 512 shape
-/// (two d chunks), an unaligned d (250: the `_unaligned_g2` kernels), every dtype, in the self
+/// counts G = 1, 2 and 4 (aligned f16 / bf16 at D = 512: one d chunk; f32 there: four chunks of
+/// G = 2) with ragged row tails, an unaligned d (250: the `_unaligned_g2` kernels, a d tail), every dtype, in the self
 /// geometry with labels (both terms), pairwise with a queue (anchor term, then column term) and
 /// with prototypes (their own pass).
 #[test]
@@ -818,7 +818,7 @@ fn gpu_backward_bitwise_repeatable_across_shapes() {
         let (_, ctx) = backend.contrastive_forward(&loss, &inputs).unwrap();
         backend.contrastive_backward(&loss, &inputs, ctx, &[1.0]).unwrap().features.data().iter().map(|v| v.to_f64()).collect()
     }
-    for (n, d) in [(130usize, 64usize), (70, 200)] {
+    for (n, d) in [(130usize, 64usize), (70, 200), (40, 320)] {
         for tau in [0.1f32, 0.02] {
             let (a, b) = (run::<bf16>(&backend, n, d, tau), run::<bf16>(&backend, n, d, tau));
             assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "bf16 {n}x{d} tau {tau}");

@@ -87,7 +87,7 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
             const float denom = norm_denominator(other.norms[col]);
             k.rinv = 1.f / denom;
             k.cscale = k.rinv * (inv_tau * kLog2e);
-            k.w = pow2_floor(denom) / denom;
+            k.w = pow2_floor(denom) * k.rinv;
             if (other.instance == nullptr) {
                 k.key = col;  // prototype columns: a row's own prototype is its positive
             } else if (own.instance == nullptr) {
@@ -162,6 +162,25 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
                 h[half][ni * 2 + e] = c.w != 0.f ? v * c.w : 0.f;
             }
         }
+}
+
+// The other side's packed rows [row0, row0 + ROWS) x columns [k0, k0 + COLS) of a row-major
+// matrix of leading dimension ld (a multiple of 8, 16-byte aligned) into a [ROWS][STRIDE] tile,
+// zeros outside. As tile.cuh's load_tile_async, with one row / column offset per thread kept
+// across the iterations instead of one per copy: fewer loop-invariant registers.
+template <int ROWS, int COLS, int STRIDE, int THREADS, typename T>
+__device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g, int rows, int ld, int row0, int k0) {
+    constexpr int CHUNKS_PER_ROW = COLS / 8;
+    static_assert(THREADS % CHUNKS_PER_ROW == 0 && ROWS % (THREADS / CHUNKS_PER_ROW) == 0, "whole rows per step");
+    constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
+    const int r0 = (int)(threadIdx.x / CHUNKS_PER_ROW), kc = (int)(threadIdx.x % CHUNKS_PER_ROW) * 8;
+    const int gk = k0 + kc;
+#pragma unroll
+    for (int it = 0; it < ROWS / ROW_STEP; ++it) {
+        const int r = r0 + it * ROW_STEP, gr = row0 + r;
+        const bool inside = gr < rows && gk < ld;
+        cp_async_16(smem + r * STRIDE + kc, inside ? g + (size_t)gr * ld + gk : g, inside ? 16 : 0);
+    }
 }
 
 // acc[nb] += H V for a warp's 16 rows: H (16 x K, row stride HS) and V (K x N, row stride VS) both

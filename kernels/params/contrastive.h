@@ -8,14 +8,15 @@
 #define CK_CONTRASTIVE_FORWARD_ROWS 128
 #define CK_CONTRASTIVE_FORWARD_THREADS 256
 // The backward block (ck::BackwardTraits): 64 own rows, 4 row warps of 16 rows times G d-groups
-// (G = 1, 2 or 4: kernels contrastive_backward_*_g{G}), so 128 G threads; a d-group's warp owns
+// (G = 1, 2, 4: kernels contrastive_backward_*_g{G}), so 128 G threads; a d-group's warp owns
 // WARP_D columns of the gradient, the block G WARP_D of them (grid.y covers d by such chunks). The
 // host takes the smallest G with G WARP_D >= d, at most MAX_GROUPS: then each logit tile is
-// computed once for the whole d (f16 / bf16: d <= 256; f32: d <= 256).
+// computed once for the whole d (aligned f16 / bf16: d <= 512; f32 and `_unaligned`: d <= 128 G).
 #define CK_CONTRASTIVE_BACKWARD_ROWS 64
 #define CK_CONTRASTIVE_BACKWARD_THREADS 128
-#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF 2
-#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_F32 4
+// G = 4 only for aligned f16 / bf16 (the others spilled at 128 registers).
+#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF 4
+#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER 2
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_HALF 128
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_F32 64
 // Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
@@ -23,9 +24,9 @@
 // tile's per-column and per-row data.
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 51200
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 67584
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 116736
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 59392
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2 75776
-#define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G4 108544
 // The one-warp-per-row kernels (pack, norm penalty backward).
 #define CK_CONTRASTIVE_ROW_THREADS 256
 #define CK_CONTRASTIVE_ROWS_PER_ROW_BLOCK (CK_CONTRASTIVE_ROW_THREADS / 32)

@@ -24,21 +24,20 @@ use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
 const MODULE: &str = "contrastive";
 /// The backward kernel's shape for d (BackwardTraits in contrastive.cu, params/contrastive.h): G
-/// d-groups of 4 warps, the smallest G (1, 2, 4) whose G x WARP_D covers d, at most the dtype's
-/// (f16 / bf16: 2; f32: 4). Returns (G, d columns per block, dynamic shared memory bytes).
-fn backward_shape(dtype: DType, d: usize) -> (usize, usize, usize) {
-    let (warp_d, max_groups) = if dtype == DType::F32 {
-        (params::BACKWARD_WARP_D_F32, params::BACKWARD_MAX_GROUPS_F32)
-    } else {
-        (params::BACKWARD_WARP_D_HALF, params::BACKWARD_MAX_GROUPS_HALF)
-    };
+/// d-groups of 4 warps, the smallest G (1, 2, 4) whose G x WARP_D covers d, at most 4 for aligned
+/// f16 / bf16 and 2 otherwise (grid.y covers the rest of d by chunks). Returns (G, d columns per
+/// block, dynamic shared memory bytes).
+fn backward_shape(dtype: DType, d: usize, aligned: bool) -> (usize, usize, usize) {
+    let warp_d = if dtype == DType::F32 { params::BACKWARD_WARP_D_F32 } else { params::BACKWARD_WARP_D_HALF };
+    let max_groups =
+        if aligned && dtype != DType::F32 { params::BACKWARD_MAX_GROUPS_ALIGNED_HALF } else { params::BACKWARD_MAX_GROUPS_OTHER };
     let groups = [1, 2, 4].into_iter().find(|&g| g * warp_d >= d || g == max_groups).unwrap_or(max_groups);
     let smem = match (dtype == DType::F32, groups) {
         (false, 1) => params::BACKWARD_SMEM_HALF_G1,
-        (false, _) => params::BACKWARD_SMEM_HALF_G2,
+        (false, 2) => params::BACKWARD_SMEM_HALF_G2,
+        (false, _) => params::BACKWARD_SMEM_HALF_G4,
         (true, 1) => params::BACKWARD_SMEM_F32_G1,
-        (true, 2) => params::BACKWARD_SMEM_F32_G2,
-        (true, _) => params::BACKWARD_SMEM_F32_G4,
+        (true, _) => params::BACKWARD_SMEM_F32_G2,
     };
     (groups, groups * warp_d, smem)
 }
@@ -581,7 +580,7 @@ pub unsafe fn backward_raw(
     let inv_tau = 1.0f32 / loss.temperature;
     // The raw-row loads as the forward's: 16-byte chunks when d % 8 == 0 and every base is aligned.
     let aligned = d % 8 == 0 && r.features % 16 == 0 && r.keys % 16 == 0 && r.centers % 16 == 0;
-    let (groups, chunk, smem) = backward_shape(r.dtype, d);
+    let (groups, chunk, smem) = backward_shape(r.dtype, d, aligned);
     let name = format!("contrastive_backward_{}{}_g{groups}", r.dtype, if aligned { "" } else { "_unaligned" });
     // Over 48 KB of shared memory needs the kernel's opt-in (set once per launch; cheap).
     gpu.function(MODULE, &name)?
