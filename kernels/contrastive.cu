@@ -187,19 +187,38 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 //   self geometry: own = the rows, other = the rows (both anchor sides), then the prototypes;
 //   pairwise:      own = anchors, other = keys, then the prototypes; and own = keys, other = anchors;
 //   prototypes:    own = the prototypes, other = the anchor rows.
-// A block owns 64 own rows and a 128-wide chunk of d. It sweeps the other side in tiles of 64 rows:
-// recomputes the logit tile with the tensor cores exactly as the forward computed it (raw rows, the
-// same k order, scaled by the same f32 inverse norms in the same order: the saved LSE normalizes
-// precisely these logits, which a separately rounded unit-row copy would not), forms H in registers
-// from the saved LSE (Tile64RowWarps: a warp owns whole rows, so its accumulator fragment of S is
-// the A fragment of H U), and multiplies it into the other side's rows. Those are not unit rows
-// rounded to the input dtype: in the gradient of a row the radial part is large and the
-// normalization backward removes it, so a per-element rounding of u_j leaks into the small
-// tangential result (about 2 % of max |grad| for bf16 SupCon at tau = 0.07 on two close views,
-// found with the CPU emulator). The packed copy holds x_j scaled by a power of two instead (exact,
-// norm in [1, 2)), and H_kj carries the scalar w_j = 2^e_j / max(|x_j|, eps) that makes it u_j:
-// its rounding error stays along u_j. No n x n matrix, no atomics: deterministic. Two
-// GEMM-equivalents per pass.
+// A block owns 64 own rows and G x WARP_D columns of d (BackwardTraits below: d up to 512 in one
+// chunk for aligned f16 / bf16, 256 for f32 and `_unaligned`; grid.y covers a larger d). It sweeps
+// the other side in tiles of 64 rows; per tile:
+//  1. the logit tile, once for the whole chunk of d, with the tensor cores (f32: exact FFMA) from
+//     the raw rows as the forward computes it (same products, same f32 inverse norms: the saved LSE
+//     normalizes precisely these logits, which a separately rounded unit-row copy would not);
+//  2. the epilogue (kernels/common/contrastive_backward.cuh): per-column data staged in shared
+//     memory once per tile, per-row data once per sweep, base-2 logits and ex2, one exponential
+//     per logit where the fixed offset 1/tau applies (tau >= ~0.029), two below; H written to
+//     shared memory in the input dtype (f32 for f32);
+//  3. every warp multiplies its 16 rows of H into its d-group's columns of the other side's
+//     packed rows (tensor cores; f32: FFMA), accumulating in registers.
+// The second product's operand is not the raw rows nor unit rows rounded to the input dtype: in
+// the gradient of a row the radial part is large and the normalization backward removes it, so a
+// per-element rounding of u_j leaks into the small tangential result (about 2 % of max |grad| for
+// bf16 SupCon at tau = 0.07 on two close views, found with the CPU emulator). The packed copy
+// (contrastive_pack_*) holds x_j scaled by a power of two (exact, norm in [1, 2)), and H_kj
+// carries w_j = 2^e_j / max(|x_j|, eps) that makes it u_j, so its rounding error stays along u_j.
+// The raw rows x_j would be as exact with 1 / max(|x_j|, eps) in H, but that scalar ranges with
+// the norms, and H in f16 (at most 2^14 after sigma) would then overflow or sink into f16's
+// subnormals for rows far from unit norm; the packed rows keep H's range fixed. So the other
+// side's rows are read twice per tile (raw for S in BK stages, packed for H U): an O(n d) extra
+// pass, against the n^2 d products. No n x n matrix, no atomics, fixed orders: deterministic.
+// Two GEMM-equivalents per pass when the chunk covers d (before: one logit tile per 128 columns
+// of d, five GEMM-equivalents at d = 512).
+//
+// The self geometry's symmetry (only tiles on and above the diagonal, each serving its rows and
+// its columns) is not used: the column side's contributions G^T U would land in other blocks'
+// rows, which needs float atomics (not deterministic), per-tile partial gradients merged in a
+// fixed order (n / 64 partials of n x d f32: far over the 64 MiB bound at n = 65536), or blocks
+// adding in turn behind a per-row-block ticket (spin-waits on other blocks: correct only if the
+// hardware schedules blocks in index order, which CUDA does not promise).
 //
 // H is scaled by sigma (a power of two, contrastive_backward_prepare) so that |H| <= 2^14: f16's
 // range holds it and its small entries stay above f16's subnormals; the epilogue divides it out.
@@ -222,6 +241,7 @@ template <typename T, int G> struct BackwardTraits {
     static constexpr int CHUNK_STRIDE = CHUNK + 16 / E;       // padded like the stages (conflict-free ldmatrix)
     static constexpr int H_STRIDE = Cfg::BN + 16 / E;
     static_assert(Cfg::MI == 1 && Cfg::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS * G, "a warp owns 16 rows of the tile");
+    static_assert(Cfg::BM == Cfg::BN, "a sweep's diagonal lies in the tile with col0 == row0");
 };
 
 template <typename T, int G> struct BackwardShared {
@@ -255,7 +275,6 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     using Cfg = typename Tr::Cfg;
     const float m2 = inv_tau * bwd::kLog2e;
     const int mode = bwd::sweep_mode(m2);
-    const int own_row[2] = {row0 + Cfg::acc_row(0, 0), row0 + Cfg::acc_row(0, 2)};
     // Published by the first tile's barriers; the previous sweep's last barrier freed sh.rows.
     for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS) sh.rows[r] = bwd::load_row(own, other, row0 + r, mode, inv_tau, m2);
     const T* own_x = static_cast<const T*>(own.x);
@@ -284,20 +303,17 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         float h[2][Cfg::NI * 2];
         const bwd::Row mine[2] = {sh.rows[Cfg::acc_row(0, 0)], sh.rows[Cfg::acc_row(0, 2)]};
         tile_h_of_mode<Cfg>(mode, h, acc, sh.cols, mine, m2);
-        const bool diagonal_tile = exclude_self && col0 < row0 + Cfg::BM && row0 < col0 + Cfg::BN;
 #pragma unroll
         for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const int c = Cfg::acc_col(ni, 0);
-                float v0 = h[half][ni * 2], v1 = h[half][ni * 2 + 1];
-                if (diagonal_tile) {  // rare (one tile per sweep): the diagonal is no logit
-                    v0 = col0 + c == own_row[half] ? 0.f : v0;
-                    v1 = col0 + c + 1 == own_row[half] ? 0.f : v1;
-                }
-                bwd::store_h_pair<T>(sh.h + Cfg::acc_row(0, 2 * half) * Tr::H_STRIDE + c, v0, v1);
-            }
+            for (int half = 0; half < 2; ++half)
+                bwd::store_h_pair<T>(sh.h + Cfg::acc_row(0, 2 * half) * Tr::H_STRIDE + Cfg::acc_col(ni, 0), h[half][ni * 2],
+                                     h[half][ni * 2 + 1]);
         __syncthreads();  // H complete
+        if (exclude_self && col0 == row0) {  // one tile per sweep (BM = BN): the diagonal is no logit
+            if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);
+            __syncthreads();
+        }
 
         // dacc += H U_other over the warp's rows and its d-group's columns.
         bwd::h_times_tile<Cfg::BN, Tr::WARP_D, Tr::H_STRIDE, Tr::CHUNK_STRIDE>(dacc, h_rows, v_cols);

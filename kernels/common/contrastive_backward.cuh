@@ -1,6 +1,7 @@
 // Pieces of the fused contrastive backward (kernels/contrastive.cu): the per-column data of a
 // logit tile staged in shared memory once per tile, the per-row data kept in registers, and the
 // epilogue that turns a recomputed logit tile into H (DESIGN.md section 4) with base-2 exponentials.
+// The self geometry's diagonal is no logit: the caller zeroes it in the stored H tile.
 //
 // Logits, as the forward computes them (kernels/common/contrastive_forward.cuh's convention):
 //   t_kj = (acc_kj * rinv_k) * cscale_j,  rinv = 1 / max(|x|, eps),  cscale = rinv * (inv_tau log2(e)),
@@ -47,8 +48,7 @@ __device__ __forceinline__ float ex2(float x) {
 // spends one exponential per logit in every geometry and kTwoExp two.
 enum Mode : int { kTwoExp = 0, kOneExp = 1 };
 
-// Per-column data of one column tile (32 bytes: two 16-byte shared loads per column, shared by the
-// thread's two rows).
+// Per-column data of one column tile (32 bytes, shared by the thread's two rows).
 //   rinv, cscale: the logit factors (0 past the end);
 //   coef: the column's anchor weight coef_a (kOneExp: coef_a 2^(m2 - lse2), the per-column
 //         factor folded in), 0 when the column is no anchor;  coef_b: its per-positive weight;
@@ -58,9 +58,9 @@ enum Mode : int { kTwoExp = 0, kOneExp = 1 };
 //   key:  instance id (prototype tiles: the prototype's index; prototypes as own rows: the
 //         column's proto_of);  label: class id, or -1 (never equal to a row's label key).
 struct Column {
-    float rinv, cscale, coef, coef_b;
-    float lse2, w;
+    float cscale, coef, coef_b, w;  // first: the one-exponential path reads 16 + 8 bytes
     int key, label;
+    float rinv, lse2;
 };
 static_assert(sizeof(Column) == 32, "two 16-byte loads");
 
@@ -82,7 +82,7 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
                                               int mode, float inv_tau, float m2) {
     for (int c = threadIdx.x; c < BN; c += THREADS) {
         const int col = col0 + c;
-        Column k{0.f, 0.f, 0.f, 0.f, m2, 0.f, -1, -1};
+        Column k{0.f, 0.f, 0.f, 0.f, -1, -1, 0.f, m2};
         if (col < other.count && !(other.role != nullptr && other.role[col] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) {
             const float denom = norm_denominator(other.norms[col]);
             k.rinv = 1.f / denom;
@@ -137,7 +137,8 @@ __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide&
 __device__ __forceinline__ int sweep_mode(float m2) { return 2.f * m2 <= kOneExpMaxRange ? kOneExp : kTwoExp; }
 
 // H of this thread's accumulators of one logit tile (Cfg: MI = 1, the warp's 16 rows; columns at
-// Cfg::acc_col in the tile): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects.
+// Cfg::acc_col in the tile): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects
+// or zero factors.
 template <class Cfg, int MODE>
 __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (&acc)[1][Cfg::NI][4],
                                        const Column* cols, const Row (&r)[2], float m2) {
@@ -151,15 +152,16 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
                 const Row& o = r[half];
                 const float a = acc[0][ni][half * 2 + e];
                 const bool positive = c.key == o.key || c.label == o.label;
-                float v;
                 if constexpr (MODE == kTwoExp) {
-                    v = o.coef * ex2((a * o.rinv) * c.cscale - o.lse2) + c.coef * ex2((a * c.rinv) * o.cscale - c.lse2) -
-                        (positive ? o.coef_b + c.coef_b : 0.f);
+                    // An exponent may overflow outside A(k) (a masked column): select, not multiply.
+                    const float v = o.coef * ex2((a * o.rinv) * c.cscale - o.lse2) +
+                                    c.coef * ex2((a * c.rinv) * o.cscale - c.lse2) - (positive ? o.coef_b + c.coef_b : 0.f);
+                    h[half][ni * 2 + e] = c.w != 0.f ? v * c.w : 0.f;
                 } else {
+                    // e <= ~1 and finite coefficients: a masked column's w = 0 gives exactly 0.
                     const float ek = ex2((a * o.rinv) * c.cscale - m2);
-                    v = ek * (o.coef + c.coef) - (positive ? o.coef_b + c.coef_b : 0.f);
+                    h[half][ni * 2 + e] = (ek * (o.coef + c.coef) - (positive ? o.coef_b + c.coef_b : 0.f)) * c.w;
                 }
-                h[half][ni * 2 + e] = c.w != 0.f ? v * c.w : 0.f;
             }
         }
 }
