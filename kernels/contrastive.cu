@@ -267,23 +267,25 @@ __device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[2][Cfg::NI *
     else bwd::tile_h<Cfg, bwd::kTwoExp>(h, acc, cols, r, m2);
 }
 
+// Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN).
 template <typename T, bool ALIGNED, int G>
 __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::WARP_D / 8][4], BackwardShared<T, G>& sh,
-                                            const GradSide& own, const GradSide& other, int row0, int dc0, int dp,
-                                            int d, bool exclude_self, float inv_tau) {
+                                            const GradSide& own, const GradSide& other, int col_begin, int col_end,
+                                            int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
     using Tr = BackwardTraits<T, G>;
     using Cfg = typename Tr::Cfg;
     const float m2 = inv_tau * bwd::kLog2e;
     const int mode = bwd::sweep_mode(m2);
     // Published by the first tile's barriers; the previous sweep's last barrier freed sh.rows.
     for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS) sh.rows[r] = bwd::load_row(own, other, row0 + r, mode, inv_tau, m2);
+    const int diagonal_col0 = exclude_self ? row0 : -1;  // the tile holding the diagonal, if any
     const T* own_x = static_cast<const T*>(own.x);
     const T* other_x = static_cast<const T*>(other.x);
     const T* other_u = static_cast<const T*>(other.u);
     const T* h_rows = sh.h + Cfg::warp_m() * 16 * Tr::H_STRIDE;  // this warp's 16 rows of H
     const T* v_cols = sh.other + Cfg::warp_n() * Tr::WARP_D;      // its d-group's columns
     float acc[1][Cfg::NI][4];
-    for (int col0 = 0; col0 < other.count; col0 += Cfg::BN) {
+    for (int col0 = col_begin; col0 < col_end; col0 += Cfg::BN) {
         // The B operand of H U is issued first: it lands while the logits are recomputed
         // (mma_block_tile's waits drain this group too, and it ends with a barrier).
         if constexpr (sizeof(T) == 2) {
@@ -310,7 +312,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
                 bwd::store_h_pair<T>(sh.h + Cfg::acc_row(0, 2 * half) * Tr::H_STRIDE + Cfg::acc_col(ni, 0), h[half][ni * 2],
                                      h[half][ni * 2 + 1]);
         __syncthreads();  // H complete
-        if (exclude_self && col0 == row0) {  // one tile per sweep (BM = BN): the diagonal is no logit
+        if (col0 == diagonal_col0) {  // one tile per sweep (BM = BN): the diagonal is no logit
             if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);
             __syncthreads();
         }
@@ -323,7 +325,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
 
 template <typename T, bool ALIGNED, int G>
 __device__ __forceinline__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos, int dp,
-                                                     int d, int exclude_self, float inv_tau, const float* scalars, float* du) {
+                                                     int d, int exclude_self, float inv_tau, const float* scalars, float* du,
+                                                     int splits) {
     using Tr = BackwardTraits<T, G>;
     using Cfg = typename Tr::Cfg;
     extern __shared__ __align__(128) unsigned char backward_smem[];
@@ -335,11 +338,22 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[nb][e] = 0.f;
 
+    // This split's slice of the other side's column tiles; the prototypes go with split 0. G = 4
+    // is never split (the host launches it with splits = 1): the bounds' registers spilled there.
+    int split = 0, col_begin = 0, col_end = other.count;
+    if constexpr (G != 4) {
+        split = blockIdx.z;
+        const int tiles = (other.count + Cfg::BN - 1) / Cfg::BN, per_split = (tiles + splits - 1) / splits;
+        col_begin = split * per_split * Cfg::BN;
+        col_end = min(other.count, (split + 1) * per_split * Cfg::BN);
+    }
     // One copy of the sweep for both sides (half the code, and one register allocation).
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass)
-        sweep_other<T, ALIGNED, G>(dacc, sh, own, pass == 0 ? other : protos, row0, dc0, dp, d, pass == 0 && exclude_self != 0,
-                                   inv_tau);
+        sweep_other<T, ALIGNED, G>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? col_begin : 0,
+                                   pass == 0 ? col_end : (split == 0 ? protos.count : 0), row0, dc0, dp, d,
+                                   pass == 0 && exclude_self != 0, inv_tau);
+    du += (size_t)split * own.count * d;
 
     const float out_scale = inv_tau * scalars[0];  // 1 / (sigma tau)
     const int wd0 = dc0 + Cfg::warp_n() * Tr::WARP_D;
@@ -491,7 +505,7 @@ CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
     extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS * groups, 1)                   \
         contrastive_backward_##name##suffix##_g##groups(const __grid_constant__ CkContrastiveBackwardParams p) { \
         ck::contrastive_backward<type, aligned, groups>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self,     \
-                                                        p.inv_tau, p.scalars, p.du);                             \
+                                                        p.inv_tau, p.scalars, p.du, p.splits);                   \
     }
 // G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators, the logit tile's BK =
 // 64 stages) only for aligned f16 / bf16: the element-wise loads of `_unaligned` and the f32 FFMA
@@ -511,6 +525,17 @@ CK_CONTRASTIVE_BACKWARD(f16, __half)
 CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
 CK_CONTRASTIVE_BACKWARD_KERNEL(f16, __half, , true, 4)
 CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, , true, 4)
+
+// The column splits' partial gradients summed in split order (a fixed order: deterministic).
+extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
+    contrastive_backward_merge(const __grid_constant__ CkBackwardMergeParams p) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.elems; i += stride) {
+        float v = p.du[i];
+        for (int z = 1; z < p.splits; ++z) v += p.du[z * p.elems + i];
+        p.du[i] = v;
+    }
+}
 
 #define CK_NORM_PENALTY_BACKWARD(name, type)                                                                   \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \

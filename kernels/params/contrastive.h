@@ -19,6 +19,16 @@
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER 2
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_HALF 128
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_F32 64
+// Column splits: a pass whose grid (row blocks x d chunks) is under SPLIT_TARGET_CTAS / G blocks
+// (G = 1: 2 blocks per SM of a 132-SM H100 / H200, G = 2: 1; a constant, so the split and hence
+// the result's bits do not depend on the device) sweeps the other side's column tiles in up to
+// MAX_SPLITS slices (grid.z), each writing its own partial gradient; contrastive_backward_merge
+// sums them in split order (deterministic). G = 4 kernels are never split. At n = 65536 no pass
+// splits.
+#define CK_CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS 264
+#define CK_CONTRASTIVE_BACKWARD_MAX_SPLITS 8
+#define CK_CONTRASTIVE_MERGE_THREADS 256
+#define CK_CONTRASTIVE_MERGE_MAX_BLOCKS 1024
 // Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
 // logit tile's two stages, the other side's packed rows (64 x G WARP_D), H (64 x 64), and the
 // tile's per-column and per-row data.
@@ -94,7 +104,7 @@ typedef struct CkGradSide {
     int32_t reserved;
 } CkGradSide;
 
-// contrastive_backward_*: dU of `own`'s rows (count x dp, f32) against `other` and `protos`.
+// contrastive_backward_*: dU of `own`'s rows (count x d, f32) against `other` and `protos`.
 typedef struct CkContrastiveBackwardParams {
     CkGradSide own;
     CkGradSide other;
@@ -104,8 +114,18 @@ typedef struct CkContrastiveBackwardParams {
     int32_t exclude_self;
     float inv_tau;
     const float* scalars;         // contrastive_backward_prepare's scalars
-    float* du;
+    float* du;                    // splits x count x d: split z's partial at z count d
+    int32_t splits;               // column slices (grid.z), at least 1
+    int32_t reserved;
 } CkContrastiveBackwardParams;
+
+// contrastive_backward_merge: du[i] = sum over z of du[z elems + i], z = 0, 1, ... in order.
+typedef struct CkBackwardMergeParams {
+    float* du;
+    int64_t elems;                // count x d
+    int32_t splits;
+    int32_t reserved;
+} CkBackwardMergeParams;
 
 // contrastive_pack_*: u = x / 2^e per row, zero padded from d to dp columns.
 typedef struct CkContrastivePackParams {
