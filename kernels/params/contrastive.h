@@ -19,12 +19,12 @@
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER 2
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_HALF 128
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_F32 64
-// Column splits: a pass whose grid (row blocks x d chunks) is under SPLIT_TARGET_CTAS / G blocks
-// (G = 1: 2 blocks per SM of a 132-SM H100 / H200, G = 2: 1; a constant, so the split and hence
-// the result's bits do not depend on the device) sweeps the other side's column tiles in up to
-// MAX_SPLITS slices (grid.z), each writing its own partial gradient; contrastive_backward_merge
-// sums them in split order (deterministic). G = 4 kernels are never split. At n = 65536 no pass
-// splits.
+// Column splits: a pass of `blocks` blocks (row blocks x d chunks) sweeps the other side's column
+// tiles in floor(SPLIT_TARGET_CTAS / G / blocks) slices (grid.z; at least 1, at most MAX_SPLITS),
+// each writing its own partial gradient; contrastive_backward_merge sums them in split order
+// (deterministic). SPLIT_TARGET_CTAS / G is one wave (G = 1: 2 blocks per SM of a 132-SM H100 /
+// H200, G = 2: 1); a constant, so the split and hence the result's bits do not depend on the
+// device. G = 4 kernels are never split. At n = 65536 no pass splits.
 #define CK_CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS 264
 #define CK_CONTRASTIVE_BACKWARD_MAX_SPLITS 8
 #define CK_CONTRASTIVE_MERGE_THREADS 256

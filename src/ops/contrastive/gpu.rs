@@ -2,8 +2,8 @@
 //! O(n) saved statistics) and the backward ((G + G^T) U from recomputed logit tiles), both in
 //! `kernels/contrastive.cu`. Device memory beyond the inputs and the gradients: the norms and
 //! per-row statistics (O(n)), and in the backward a packed copy of the rows scaled by powers of two
-//! (n x d in the input dtype) plus an f32 gradient scratch (n x d): 48 MiB at n = 65536, d = 128
-//! bf16; never O(n^2).
+//! (n x d in the input dtype) plus an f32 gradient scratch (n x d, times the column splits of a
+//! small grid, see `backward_splits`): 48 MiB at n = 65536, d = 128 bf16; never O(n^2).
 //!
 //! f16 and bf16 features run on the tensor cores (f32 accumulation); f32 features run the same
 //! kernels with exact FFMA in place of the MMA (same fragment layout), for f32 accuracy.
@@ -42,10 +42,10 @@ fn backward_shape(dtype: DType, d: usize, aligned: bool) -> (usize, usize, usize
     };
     (groups, groups * warp_d, smem)
 }
-/// Column splits of one backward pass (params/contrastive.h): enough that its row blocks x d chunks
-/// x splits reach SPLIT_TARGET_CTAS / G, at most MAX_SPLITS and one column tile per split; none for
-/// G = 4. A function of the shapes and alignment alone, so the result's bits do not depend on the
-/// device.
+/// Column splits of one backward pass (params/contrastive.h): as many as keep its row blocks x d
+/// chunks x splits within SPLIT_TARGET_CTAS / G (one wave: rounding up would start a second,
+/// mostly idle one), at most MAX_SPLITS and one column tile per split; none for G = 4. A function
+/// of the shapes and alignment alone, so the result's bits do not depend on the device.
 fn backward_splits(dtype: DType, d: usize, aligned: bool, own_rows: usize, other_rows: usize) -> usize {
     let (groups, chunk, _) = backward_shape(dtype, d, aligned);
     let blocks = own_rows.div_ceil(BACKWARD_ROWS) * d.div_ceil(chunk).max(1);
@@ -53,7 +53,7 @@ fn backward_splits(dtype: DType, d: usize, aligned: bool, own_rows: usize, other
     if groups == 4 || blocks == 0 || tiles == 0 {
         return 1;
     }
-    (params::BACKWARD_SPLIT_TARGET_CTAS / groups).div_ceil(blocks).min(params::BACKWARD_MAX_SPLITS).min(tiles).max(1)
+    (params::BACKWARD_SPLIT_TARGET_CTAS / groups / blocks).min(params::BACKWARD_MAX_SPLITS).min(tiles).max(1)
 }
 /// One warp per row: pack, norm penalty backward.
 pub(super) const ROW_KERNEL_THREADS: u32 = params::ROW_THREADS as u32;
