@@ -177,11 +177,14 @@ __device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g
     constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
     const int r0 = (int)(threadIdx.x / CHUNKS_PER_ROW), kc = (int)(threadIdx.x % CHUNKS_PER_ROW) * 8;
     const int gk = k0 + kc;
+    // One 64-bit address, stepped by ROW_STEP rows (a 64-bit add per copy, not a product).
+    const T* src = g + (size_t)(row0 + r0) * ld + gk;
+    const size_t step = (size_t)ROW_STEP * ld;
+    T* dst = smem + r0 * STRIDE + kc;
 #pragma unroll
-    for (int it = 0; it < ROWS / ROW_STEP; ++it) {
-        const int r = r0 + it * ROW_STEP, gr = row0 + r;
-        const bool inside = gr < rows && gk < ld;
-        cp_async_16(smem + r * STRIDE + kc, inside ? g + (size_t)gr * ld + gk : g, inside ? 16 : 0);
+    for (int it = 0; it < ROWS / ROW_STEP; ++it, src += step) {
+        const bool inside = row0 + r0 + it * ROW_STEP < rows && gk < ld;
+        cp_async_16(dst + it * ROW_STEP * STRIDE, inside ? src : g, inside ? 16 : 0);
     }
 }
 
