@@ -11,6 +11,7 @@
 //
 // The host reduces the per-anchor losses (weights, mean / sum, OECL's norm penalty) with
 // contrastive_reduce below, also in a fixed order.
+#include "common/contrastive_backward.cuh"
 #include "common/epilogue.cuh"
 #include "common/reduce.cuh"
 #include "common/row_stats.cuh"
@@ -186,19 +187,38 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 //   self geometry: own = the rows, other = the rows (both anchor sides), then the prototypes;
 //   pairwise:      own = anchors, other = keys, then the prototypes; and own = keys, other = anchors;
 //   prototypes:    own = the prototypes, other = the anchor rows.
-// A block owns 64 own rows and a 128-wide chunk of d. It sweeps the other side in tiles of 64 rows:
-// recomputes the logit tile with the tensor cores exactly as the forward computed it (raw rows, the
-// same k order, scaled by the same f32 inverse norms in the same order: the saved LSE normalizes
-// precisely these logits, which a separately rounded unit-row copy would not), forms H in registers
-// from the saved LSE (Tile64RowWarps: a warp owns whole rows, so its accumulator fragment of S is
-// the A fragment of H U), and multiplies it into the other side's rows. Those are not unit rows
-// rounded to the input dtype: in the gradient of a row the radial part is large and the
-// normalization backward removes it, so a per-element rounding of u_j leaks into the small
-// tangential result (about 2 % of max |grad| for bf16 SupCon at tau = 0.07 on two close views,
-// found with the CPU emulator). The packed copy holds x_j scaled by a power of two instead (exact,
-// norm in [1, 2)), and H_kj carries the scalar w_j = 2^e_j / max(|x_j|, eps) that makes it u_j:
-// its rounding error stays along u_j. No n x n matrix, no atomics: deterministic. Two
-// GEMM-equivalents per pass.
+// A block owns 64 own rows and G x WARP_D columns of d (BackwardTraits below: d up to 512 in one
+// chunk for aligned f16 / bf16, 256 for f32 and `_unaligned`; grid.y covers a larger d). It sweeps
+// the other side in tiles of 64 rows; per tile:
+//  1. the logit tile, once for the whole chunk of d, with the tensor cores (f32: exact FFMA) from
+//     the raw rows as the forward computes it (same products, same f32 inverse norms: the saved LSE
+//     normalizes precisely these logits, which a separately rounded unit-row copy would not);
+//  2. the epilogue (kernels/common/contrastive_backward.cuh): per-column data staged in shared
+//     memory once per tile, per-row data once per sweep, base-2 logits and ex2, one exponential
+//     per logit where the fixed offset 1/tau applies (tau >= ~0.029), two below; H written to
+//     shared memory in the input dtype (f32 for f32);
+//  3. every warp multiplies its 16 rows of H into its d-group's columns of the other side's
+//     packed rows (tensor cores; f32: FFMA), accumulating in registers.
+// The second product's operand is not the raw rows nor unit rows rounded to the input dtype: in
+// the gradient of a row the radial part is large and the normalization backward removes it, so a
+// per-element rounding of u_j leaks into the small tangential result (about 2 % of max |grad| for
+// bf16 SupCon at tau = 0.07 on two close views, found with the CPU emulator). The packed copy
+// (contrastive_pack_*) holds x_j scaled by a power of two (exact, norm in [1, 2)), and H_kj
+// carries w_j = 2^e_j / max(|x_j|, eps) that makes it u_j, so its rounding error stays along u_j.
+// The raw rows x_j would be as exact with 1 / max(|x_j|, eps) in H, but that scalar ranges with
+// the norms, and H in f16 (at most 2^14 after sigma) would then overflow or sink into f16's
+// subnormals for rows far from unit norm; the packed rows keep H's range fixed. So the other
+// side's rows are read twice per tile (raw for S in BK stages, packed for H U): an O(n d) extra
+// pass, against the n^2 d products. No n x n matrix, no atomics, fixed orders: deterministic.
+// Two GEMM-equivalents per pass when the chunk covers d (before: one logit tile per 128 columns
+// of d, five GEMM-equivalents at d = 512).
+//
+// The self geometry's symmetry (only tiles on and above the diagonal, each serving its rows and
+// its columns) is not used: the column side's contributions G^T U would land in other blocks'
+// rows, which needs float atomics (not deterministic), per-tile partial gradients merged in a
+// fixed order (n / 64 partials of n x d f32: far over the 64 MiB bound at n = 65536), or blocks
+// adding in turn behind a per-row-block ticket (spin-waits on other blocks: correct only if the
+// hardware schedules blocks in index order, which CUDA does not promise).
 //
 // H is scaled by sigma (a power of two, contrastive_backward_prepare) so that |H| <= 2^14: f16's
 // range holds it and its small entries stay above f16's subnormals; the epilogue divides it out.
@@ -206,147 +226,149 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // One side of a backward pass (params/contrastive.h). Optional arrays may be null.
 using GradSide = CkGradSide;
 
-// The backward's tile and the d columns of the gradient per block (grid.y): 128 for f16 / bf16,
-// 64 for f32 (whose FFMA stages and chunk must still fit 48 KB of static shared memory).
-template <typename T> struct BackwardTraits {
-    using Cfg = typename TileFor<T, Tile64RowWarps, Tile64RowWarpsF32>::type;
-    static constexpr int CHUNK = sizeof(T) == 2 ? CK_CONTRASTIVE_GRAD_CHUNK_HALF : CK_CONTRASTIVE_GRAD_CHUNK_F32;
-    static constexpr int CHUNK_STRIDE = CHUNK + 16 / (int)sizeof(T);  // padded like the stages
+// The backward's block (params/contrastive.h): BM = 64 own rows x BN = 64 other rows per logit
+// tile, 4 row warps x G d-groups. The logit tile is MmaTileConfig<64, 64, BK, 4, G>: warp (m, g)
+// computes rows 16 m.. x columns (64 / G) g.. of it, forms those H entries and writes them to
+// shared memory; then warp (m, g) multiplies H's rows 16 m.. (all 64 columns) into WARP_D columns
+// of the other side's packed rows, d-group g's share of the block's G WARP_D.
+template <typename T, int G> struct BackwardTraits {
+    static constexpr int E = (int)sizeof(T);
+    // BK: every thread copies whole 16-byte chunks of a stage (64 x BK / 8 of them per operand).
+    static constexpr int BK = E == 4 ? 16 : (G == 4 ? 64 : 32);
+    using Cfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, 4, G, E>;
+    static constexpr int WARP_D = E == 2 ? CK_CONTRASTIVE_BACKWARD_WARP_D_HALF : CK_CONTRASTIVE_BACKWARD_WARP_D_F32;
+    static constexpr int CHUNK = WARP_D * G;                  // d columns of the gradient per block
+    static constexpr int CHUNK_STRIDE = CHUNK + 16 / E;       // padded like the stages (conflict-free ldmatrix)
+    static constexpr int H_STRIDE = Cfg::BN + 16 / E;
+    static_assert(Cfg::MI == 1 && Cfg::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS * G, "a warp owns 16 rows of the tile");
+    static_assert(Cfg::BM == Cfg::BN, "a sweep's diagonal lies in the tile with col0 == row0");
 };
 
-template <typename T> struct BackwardShared {
-    T stages[BackwardTraits<T>::Cfg::SMEM_ELEMS];
-    T other[BackwardTraits<T>::Cfg::BN * BackwardTraits<T>::CHUNK_STRIDE];  // the other side's unit rows, one d chunk
+template <typename T, int G> struct BackwardShared {
+    using Tr = BackwardTraits<T, G>;
+    T stages[Tr::Cfg::SMEM_ELEMS];
+    T other[Tr::Cfg::BN * Tr::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
+    T h[Tr::Cfg::BM * Tr::H_STRIDE];          // H of the tile (f32 for the FFMA engine)
+    bwd::Column cols[Tr::Cfg::BN];            // the tile's per-column data
+    bwd::Row rows[Tr::Cfg::BM];               // the sweep's per-row data
 };
+static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 &&
+                  sizeof(BackwardShared<__half, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 &&
+                  sizeof(BackwardShared<__half, 4>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 &&
+                  sizeof(BackwardShared<float, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 &&
+                  sizeof(BackwardShared<float, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2,
+              "params/contrastive.h: the backward's shared memory");
 
-// What a thread keeps about each of its two own rows.
-struct OwnRow {
-    bool live;  // inside the matrix (not past the end, not NormPenaltyOnly)
-    int instance, label, proto;
-    float lse, a, b;
-    float factor;  // inv_tau / max(|x|, eps): the forward's row factor when this row is the anchor
-    float denom;   // max(|x|, eps): the forward's column divisor when this row is a column
-};
-
-__device__ __forceinline__ OwnRow load_own_row(const GradSide& own, int row, float inv_tau) {
-    OwnRow r{false, -1, -1, -1, 0.f, 0.f, 0.f, 0.f, 1.f};
-    if (row >= own.count || (own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly)) return r;
-    r.live = true;
-    r.denom = norm_denominator(own.norms[row]);
-    r.factor = inv_tau / r.denom;
-    if (own.instance != nullptr) {
-        r.instance = own.instance[row];
-        r.label = own.label != nullptr ? own.label[row] : -1;
-        r.proto = own.proto_of != nullptr ? own.proto_of[row] : -1;
-    }
-    if (own.lse != nullptr) {
-        r.lse = own.lse[row];
-        r.a = own.coef_a[row];
-        r.b = own.coef_b[row];
-    }
-    return r;
+// One tile's H in the sweep's mode (a uniform branch per tile).
+template <class Cfg>
+__device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[2][Cfg::NI * 2], const float (&acc)[1][Cfg::NI][4],
+                                               const bwd::Column* cols, const bwd::Row (&r)[2], float m2) {
+    if (mode == bwd::kOneExp) bwd::tile_h<Cfg, bwd::kOneExp>(h, acc, cols, r, m2);
+    else bwd::tile_h<Cfg, bwd::kTwoExp>(h, acc, cols, r, m2);
 }
 
-template <typename T, bool ALIGNED>
-__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T>::CHUNK / 8][4], BackwardShared<T>& sh,
-                                            const GradSide& own, const OwnRow (&mine)[2], const GradSide& other,
+// Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN).
+template <typename T, bool ALIGNED, int G>
+__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::WARP_D / 8][4], BackwardShared<T, G>& sh,
+                                            const GradSide& own, const GradSide& other, int col_begin, int col_end,
                                             int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
-    using Cfg = typename BackwardTraits<T>::Cfg;
-    constexpr int kGradChunk = BackwardTraits<T>::CHUNK, kGradChunkStride = BackwardTraits<T>::CHUNK_STRIDE;
-    static_assert(Cfg::MI == 1 && Cfg::WARPS_N == 1, "a warp owns 16 whole rows of the tile");
-    const int own_row[2] = {row0 + Cfg::acc_row(0, 0), row0 + Cfg::acc_row(0, 2)};
+    using Tr = BackwardTraits<T, G>;
+    using Cfg = typename Tr::Cfg;
+    const float m2 = inv_tau * bwd::kLog2e;
+    const int mode = bwd::sweep_mode(m2);
+    // Published by the first tile's barriers; the previous sweep's last barrier freed sh.rows.
+    for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS) sh.rows[r] = bwd::load_row(own, other, row0 + r, mode, inv_tau, m2);
+    const int diagonal_col0 = exclude_self ? row0 : -1;  // the tile holding the diagonal, if any
     const T* own_x = static_cast<const T*>(own.x);
     const T* other_x = static_cast<const T*>(other.x);
     const T* other_u = static_cast<const T*>(other.u);
+    const T* h_rows = sh.h + Cfg::warp_m() * 16 * Tr::H_STRIDE;  // this warp's 16 rows of H
+    const T* v_cols = sh.other + Cfg::warp_n() * Tr::WARP_D;      // its d-group's columns
     float acc[1][Cfg::NI][4];
-    for (int col0 = 0; col0 < other.count; col0 += Cfg::BN) {
+    for (int col0 = col_begin; col0 < col_end; col0 += Cfg::BN) {
         // The B operand of H U is issued first: it lands while the logits are recomputed
         // (mma_block_tile's waits drain this group too, and it ends with a barrier).
         if constexpr (sizeof(T) == 2) {
-            load_tile_async<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp,
-                                                                                 col0, dc0);
+            bwd::load_rows_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
             cp_async_commit();
         } else {
-            load_tile_sync<Cfg::BN, kGradChunk, kGradChunkStride, Cfg::THREADS>(sh.other, other_u, other.count, dp,
-                                                                                col0, dc0);
+            load_tile_sync<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
         }
+        bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, own, other, col0, mode, inv_tau, m2);
+        // S once per tile for the whole d (one chunk when G WARP_D >= d).
         mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
+        if (d == 0) {
+            cp_async_wait<0>();
+            __syncthreads();  // otherwise mma_block_tile's barriers publish the staged columns and sh.other
+        }
 
         float h[2][Cfg::NI * 2];
+        const bwd::Row mine[2] = {sh.rows[Cfg::acc_row(0, 0)], sh.rows[Cfg::acc_row(0, 2)]};
+        tile_h_of_mode<Cfg>(mode, h, acc, sh.cols, mine, m2);
 #pragma unroll
         for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
-            for (int e = 0; e < 2; ++e) {
-                const int k = ni * 2 + e;
-                const int col = col0 + Cfg::acc_col(ni, e);
-                h[0][k] = h[1][k] = 0.f;
-                if (col >= other.count || (other.role != nullptr && other.role[col] == kRoleNormPenaltyOnly)) continue;
-                int col_instance = -1, col_label = -1, col_proto = -1;
-                if (other.instance != nullptr) {
-                    col_instance = other.instance[col];
-                    col_label = other.label != nullptr ? other.label[col] : -1;
-                    col_proto = other.proto_of != nullptr ? other.proto_of[col] : -1;
-                }
-                float col_lse = 0.f, col_a = 0.f, col_b = 0.f;
-                const float col_denom = norm_denominator(other.norms[col]);
-                const float col_factor = inv_tau / col_denom;
-                const float col_w = pow2_floor(col_denom) / col_denom;  // packed row -> unit row
-                if (other.lse != nullptr) {
-                    col_lse = other.lse[col];
-                    col_a = other.coef_a[col];
-                    col_b = other.coef_b[col];
-                }
-#pragma unroll
-                for (int half = 0; half < 2; ++half) {
-                    const OwnRow& r = mine[half];
-                    if (!r.live || (exclude_self && col == own_row[half])) continue;
-                    const bool positive = other.instance == nullptr ? col == r.proto
-                                          : own.instance == nullptr
-                                              ? col_proto == own_row[half]
-                                              : col_instance == r.instance || (r.label >= 0 && col_label == r.label);
-                    // The forward's logits, bit for bit: (raw product x the anchor's factor) / the
-                    // column's divisor, once with this row as the anchor, once as the column.
-                    const float p = acc[0][ni][half * 2 + e];
-                    float v = 0.f;
-                    if (r.a != 0.f) v += r.a * __expf(p * r.factor / col_denom - r.lse) - (positive ? r.b : 0.f);
-                    if (col_a != 0.f) v += col_a * __expf(p * col_factor / r.denom - col_lse) - (positive ? col_b : 0.f);
-                    h[half][k] = v * col_w;
-                }
-            }
+            for (int half = 0; half < 2; ++half)
+                bwd::store_h_pair<T>(sh.h + Cfg::acc_row(0, 2 * half) * Tr::H_STRIDE + Cfg::acc_col(ni, 0), h[half][ni * 2],
+                                     h[half][ni * 2 + 1]);
+        __syncthreads();  // H complete
+        if (col0 == diagonal_col0) {  // one tile per sweep (BM = BN): the diagonal is no logit
+            if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);
+            __syncthreads();
+        }
 
-        // dacc += H U_other: H's accumulator layout is the A fragment of the second product.
-        EngineFor<T>::type::template registers_times_tile<Cfg::BN, kGradChunk, kGradChunkStride>(dacc, h, sh.other);
-        __syncthreads();  // sh.other is refilled by the next tile
+        // dacc += H U_other over the warp's rows and its d-group's columns.
+        bwd::h_times_tile<Cfg::BN, Tr::WARP_D, Tr::H_STRIDE, Tr::CHUNK_STRIDE>(dacc, h_rows, v_cols);
+        __syncthreads();  // sh.other, sh.h and sh.cols are refilled by the next tile
     }
 }
 
-template <typename T, bool ALIGNED>
-__device__ void contrastive_backward(GradSide own, GradSide other, GradSide protos, int dp, int d, int exclude_self,
-                                     float inv_tau, const float* scalars, float* du) {
-    using Cfg = typename BackwardTraits<T>::Cfg;
-    constexpr int kGradChunk = BackwardTraits<T>::CHUNK;
-    __shared__ __align__(128) BackwardShared<T> sh;
-    const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * kGradChunk;
-    const OwnRow mine[2] = {load_own_row(own, row0 + Cfg::acc_row(0, 0), inv_tau), load_own_row(own, row0 + Cfg::acc_row(0, 2), inv_tau)};
-    float dacc[kGradChunk / 8][4];
+template <typename T, bool ALIGNED, int G>
+__device__ __forceinline__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos, int dp,
+                                                     int d, int exclude_self, float inv_tau, const float* scalars, float* du,
+                                                     int splits) {
+    using Tr = BackwardTraits<T, G>;
+    using Cfg = typename Tr::Cfg;
+    extern __shared__ __align__(128) unsigned char backward_smem[];
+    BackwardShared<T, G>& sh = *reinterpret_cast<BackwardShared<T, G>*>(backward_smem);
+    const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * Tr::CHUNK;
+    float dacc[Tr::WARP_D / 8][4];
 #pragma unroll
-    for (int nb = 0; nb < kGradChunk / 8; ++nb)
+    for (int nb = 0; nb < Tr::WARP_D / 8; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) dacc[nb][e] = 0.f;
 
-    sweep_other<T, ALIGNED>(dacc, sh, own, mine, other, row0, dc0, dp, d, exclude_self != 0, inv_tau);
-    if (protos.count > 0) sweep_other<T, ALIGNED>(dacc, sh, own, mine, protos, row0, dc0, dp, d, false, inv_tau);
+    // This split's slice of the other side's column tiles; the prototypes go with split 0. G = 4
+    // is never split (the host launches it with splits = 1): the bounds' registers spilled there.
+    int split = 0, col_begin = 0, col_end = other.count;
+    if constexpr (G != 4) {
+        split = blockIdx.z;
+        const int tiles = (other.count + Cfg::BN - 1) / Cfg::BN, per_split = (tiles + splits - 1) / splits;
+        col_begin = split * per_split * Cfg::BN;
+        col_end = min(other.count, (split + 1) * per_split * Cfg::BN);
+    }
+    // One copy of the sweep for both sides (half the code, and one register allocation).
+#pragma unroll 1
+    for (int pass = 0; pass < 2; ++pass)
+        sweep_other<T, ALIGNED, G>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? col_begin : 0,
+                                   pass == 0 ? col_end : (split == 0 ? protos.count : 0), row0, dc0, dp, d,
+                                   pass == 0 && exclude_self != 0, inv_tau);
+    du += (size_t)split * own.count * d;
 
     const float out_scale = inv_tau * scalars[0];  // 1 / (sigma tau)
+    const int wd0 = dc0 + Cfg::warp_n() * Tr::WARP_D;
 #pragma unroll
-    for (int nb = 0; nb < kGradChunk / 8; ++nb)
+    for (int half = 0; half < 2; ++half) {
+        const int row = row0 + Cfg::acc_row(0, 2 * half);
+        // Rows outside the matrix (NormPenaltyOnly) get 0: their column terms were not masked.
+        const bool live = row < own.count && !(own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly);
 #pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int row = row0 + Cfg::acc_row(0, 2 * half);
-            const int col = dc0 + nb * 8 + Fragment::col(0);
-            store_pair<float>(du, own.count, d, row, col, dacc[nb][half * 2] * out_scale,
-                              dacc[nb][half * 2 + 1] * out_scale, d % 2 == 0);
+        for (int nb = 0; nb < Tr::WARP_D / 8; ++nb) {
+            const int col = wd0 + nb * 8 + Fragment::col(0);
+            store_pair<float>(du, own.count, d, row, col, live ? dacc[nb][half * 2] * out_scale : 0.f,
+                              live ? dacc[nb][half * 2 + 1] * out_scale : 0.f, d % 2 == 0);
         }
+    }
 }
 
 // u = x / 2^e with 2^e = pow2_floor(max(||x||, eps)): exact in T (an exponent shift; only parts
@@ -448,11 +470,6 @@ __device__ void norm_penalty_backward(const T* __restrict__ x, const unsigned ch
 static_assert(ck::Tile128::BM == CK_CONTRASTIVE_FORWARD_ROWS && ck::Tile128F32::BM == CK_CONTRASTIVE_FORWARD_ROWS, "params/contrastive.h");
 static_assert(ck::Tile128::THREADS == CK_CONTRASTIVE_FORWARD_THREADS && ck::Tile128F32::THREADS == CK_CONTRASTIVE_FORWARD_THREADS,
               "params/contrastive.h");
-static_assert(ck::Tile64RowWarps::BM == CK_CONTRASTIVE_BACKWARD_ROWS && ck::Tile64RowWarpsF32::BM == CK_CONTRASTIVE_BACKWARD_ROWS,
-              "params/contrastive.h");
-static_assert(ck::Tile64RowWarps::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS &&
-                  ck::Tile64RowWarpsF32::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS,
-              "params/contrastive.h");
 static_assert(sizeof(CkGradSide) == 88, "10 pointers, 2 ints");
 
 namespace ck {
@@ -482,26 +499,43 @@ CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
 
 // `_unaligned`: d % 8 != 0 or a raw-row base not 16-byte aligned (element-wise loads of the raw
 // rows, as the forward's `_unaligned`); f32 always loads element-wise, so both are one kernel.
-// Blocks per SM: f32 asks for 3 (at most 168 registers, which ptxas chose unasked while the
-// kernel took its arguments one by one; with the struct it then spilled 4 bytes); f16 / bf16 leave
-// ptxas free (about 200 registers).
-#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned, blocks)                                  \
-    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS, blocks)                    \
-        contrastive_backward_##name##suffix(const __grid_constant__ CkContrastiveBackwardParams p) {          \
-        ck::contrastive_backward<type, aligned>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self, p.inv_tau, \
-                                                p.scalars, p.du);                                              \
+// `_g{G}`: G d-groups of 4 warps (BackwardTraits), 128 G threads, dynamic shared memory
+// CK_CONTRASTIVE_BACKWARD_SMEM_*_G{G}.
+#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned, groups)                                    \
+    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS * groups, 1)                   \
+        contrastive_backward_##name##suffix##_g##groups(const __grid_constant__ CkContrastiveBackwardParams p) { \
+        ck::contrastive_backward<type, aligned, groups>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self,     \
+                                                        p.inv_tau, p.scalars, p.du, p.splits);                   \
     }
-#define CK_CONTRASTIVE_BACKWARD(name, type, blocks)                                                          \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, blocks)                                    \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, blocks)                                      \
+// G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators, the logit tile's BK =
+// 64 stages) only for aligned f16 / bf16: the element-wise loads of `_unaligned` and the f32 FFMA
+// engine spilled there (ptxas sm_90a), so they stop at G = 2 (params/contrastive.h).
+#define CK_CONTRASTIVE_BACKWARD(name, type)                                                                    \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, 1)                                         \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, 2)                                         \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, 1)                                           \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, 2)                                           \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
         contrastive_pack_##name(const __grid_constant__ CkContrastivePackParams p) {                           \
         ck::pack_scaled_rows<type>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u));    \
     }
 
-CK_CONTRASTIVE_BACKWARD(f32, float, 3)
-CK_CONTRASTIVE_BACKWARD(f16, __half, 1)
-CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16, 1)
+CK_CONTRASTIVE_BACKWARD(f32, float)
+CK_CONTRASTIVE_BACKWARD(f16, __half)
+CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
+CK_CONTRASTIVE_BACKWARD_KERNEL(f16, __half, , true, 4)
+CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, , true, 4)
+
+// The column splits' partial gradients summed in split order (a fixed order: deterministic).
+extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
+    contrastive_backward_merge(const __grid_constant__ CkBackwardMergeParams p) {
+    const long long stride = (long long)gridDim.x * blockDim.x;
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < p.elems; i += stride) {
+        float v = p.du[i];
+        for (int z = 1; z < p.splits; ++z) v += p.du[z * p.elems + i];
+        p.du[i] = v;
+    }
+}
 
 #define CK_NORM_PENALTY_BACKWARD(name, type)                                                                   \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \

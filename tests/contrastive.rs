@@ -742,3 +742,88 @@ fn gpu_backward_small_temperature_close_views() {
         assert_grad_close(&format!("supcon bf16 tau {tau} 512x128 two close views"), &got.features, &want.features, 1e-2, 0.0);
     }
 }
+
+/// The rebuilt backward's paths (kernels/contrastive.cu, kernels/common/contrastive_backward.cuh),
+/// each against the oracle with DESIGN.md's tolerances: temperatures on both sides of the
+/// fixed-offset threshold (tau >= ~0.029: one exponential per logit; 0.02: two), the d-group
+/// counts G = 1, 2 and 4 (aligned f16 / bf16 at D = 512: one d chunk; f32 there: four chunks of
+/// G = 2) with ragged row tails, an unaligned d (250: the `_unaligned_g2` kernels, a d tail), every dtype, in the self
+/// geometry with labels (both terms), pairwise with a queue (anchor term, then column term) and
+/// with prototypes (their own pass).
+#[test]
+fn gpu_backward_temperatures_and_d_groups() {
+    let Some(gpu) = gpu_or_skip("gpu_backward_temperatures_and_d_groups") else { return };
+    let backend = Backend::Gpu(gpu);
+    fn check<T: FloatElement>(backend: &Backend, what: &str, loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>, rel: f64, abs: f64) {
+        let want = backward(loss, inputs, &[1.0]).unwrap();
+        let (_, context) = backend.contrastive_forward(loss, inputs).unwrap();
+        let got = backend.contrastive_backward(loss, inputs, context, &[1.0]).unwrap();
+        assert_grad_close(&format!("{what} dfeatures"), &got.features, &want.features, rel, abs);
+        if let (Some(g), Some(w)) = (&got.keys, &want.keys) {
+            assert_grad_close(&format!("{what} dkeys"), g, w, rel, abs);
+        }
+        if let (Some(g), Some(w)) = (&got.prototypes, &want.prototypes) {
+            assert_grad_close(&format!("{what} dprototypes"), g, w, rel, abs);
+        }
+    }
+    fn run<T: FloatElement>(backend: &Backend, rel: f64, abs: f64) {
+        for (n, d) in [(70usize, 512usize), (67, 250), (100, 40)] {
+            let x: Matrix<T> = random_matrix(n, d, (n + d) as u64);
+            let instance: Vec<i32> = (0..n as i32).map(|i| i % (n as i32 / 2)).collect();
+            let label: Vec<i32> = instance.iter().map(|i| if i % 5 == 4 { -1 } else { i % 3 }).collect();
+            let keys: Matrix<T> = random_matrix(n + 9, d, 7);
+            let key_instance: Vec<i32> = (0..n as i32 + 9).map(|i| if i < n as i32 { instance[i as usize] } else { 1000 + i }).collect();
+            let key_label: Vec<i32> = (0..n + 9).map(|i| if i < n { label[i] } else { -1 }).collect();
+            let centers: Matrix<T> = random_matrix(3, d, 8);
+            let proto_of: Vec<i32> = (0..n as i32).map(|i| i % 4 - 1).collect();
+            for tau in [0.5f32, 0.07, 0.05, 0.02] {
+                let what = format!("{} {n}x{d} tau {tau}", T::DTYPE);
+                let self_inputs = LossInputs { label: Some(&label), ..LossInputs::new(&x, &instance) };
+                check(backend, &format!("supcon {what}"), &ContrastiveLoss::supcon(tau, 0.07), &self_inputs, rel, abs);
+                if d != 250 {
+                    continue; // the other geometries once per temperature
+                }
+                let pairwise = LossInputs {
+                    label: Some(&label),
+                    keys: Some(KeyRows { features: &keys, instance: &key_instance, label: Some(&key_label) }),
+                    ..LossInputs::new(&x, &instance)
+                };
+                check(backend, &format!("firm_pairwise {what}"), &ContrastiveLoss::firm_pairwise(tau), &pairwise, rel, abs);
+                let protos = LossInputs {
+                    label: Some(&label),
+                    prototypes: Some(PrototypeColumns { centers: &centers, proto_of: &proto_of }),
+                    ..LossInputs::new(&x, &instance)
+                };
+                check(backend, &format!("cluster_aware {what}"), &ContrastiveLoss::cluster_aware(tau), &protos, rel, abs);
+            }
+        }
+    }
+    run::<f16>(&backend, 1e-2, 0.0);
+    run::<bf16>(&backend, 1e-2, 0.0);
+    run::<f32>(&backend, 1e-4, 1e-6);
+}
+
+/// The backward is bitwise repeatable on each of its kernels' shapes (G = 1, 2, 4 d-groups, one
+/// and two exponentials): two runs give the same bits.
+#[test]
+fn gpu_backward_bitwise_repeatable_across_shapes() {
+    let Some(gpu) = gpu_or_skip("gpu_backward_bitwise_repeatable_across_shapes") else { return };
+    let backend = Backend::Gpu(gpu);
+    fn run<T: FloatElement>(backend: &Backend, n: usize, d: usize, tau: f32) -> Vec<f64> {
+        let x: Matrix<T> = random_matrix(n, d, 3);
+        let instance: Vec<i32> = (0..n as i32).map(|i| i % (n as i32 / 2)).collect();
+        let label: Vec<i32> = instance.iter().map(|i| i % 3).collect();
+        let inputs = LossInputs { label: Some(&label), ..LossInputs::new(&x, &instance) };
+        let loss = ContrastiveLoss::supcon(tau, 0.07);
+        let (_, ctx) = backend.contrastive_forward(&loss, &inputs).unwrap();
+        backend.contrastive_backward(&loss, &inputs, ctx, &[1.0]).unwrap().features.data().iter().map(|v| v.to_f64()).collect()
+    }
+    for (n, d) in [(130usize, 64usize), (70, 200), (40, 320)] {
+        for tau in [0.1f32, 0.02] {
+            let (a, b) = (run::<bf16>(&backend, n, d, tau), run::<bf16>(&backend, n, d, tau));
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "bf16 {n}x{d} tau {tau}");
+            let (a, b) = (run::<f32>(&backend, n, d, tau), run::<f32>(&backend, n, d, tau));
+            assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "f32 {n}x{d} tau {tau}");
+        }
+    }
+}

@@ -2,8 +2,9 @@
 //! oracle's gradients for every loss kind: the per-row coefficients of contrastive_backward_prepare
 //! (with the power-of-two scaling sigma), the passes ops/contrastive/gpu.rs launches (self: rows x rows plus the
 //! prototypes; pairwise: anchors x keys plus the prototypes, then keys x anchors; prototypes x
-//! anchor rows), the H entry of sweep_other (validity, the positive relation, the two anchor terms),
-//! the normalization backward and the OECL penalty. The model follows the kernel's branches line by
+//! anchor rows), the H entry of sweep_other (load_row / stage_columns' keys and coefficients, the
+//! masks, the two anchor terms by one exponential or two), the column splits and their merge, the
+//! normalization backward and the OECL penalty. The model follows the kernel's branches line by
 //! line, in f64, so a wrong pass, flag or relation fails here on any machine; the fragment mapping
 //! and the rounding are the GPU tests' business.
 
@@ -64,45 +65,85 @@ fn prepare(
     (a, b, 1.0 / sigma, penalized)
 }
 
-/// sweep_other over all of `other` for every own row: du[own] += sum_o H(own, o) u_o (unscaled).
-fn sweep(du: &mut [Vec<f64>], own: &Side, other: &Side, exclude_self: bool, inv_tau: f64) {
+/// The kernel's per-row / per-column data (kernels/common/contrastive_backward.cuh: load_row,
+/// stage_columns): the positive key and label key, and (coef, coef_b, lse2) of an anchor with a
+/// positive, else (0, 0, m2); on the one-exponential path coef carries 2^(m2 - lse2).
+struct Keyed {
+    key: i32,
+    label: i32,
+    coef: f64,
+    coef_b: f64,
+    lse2: f64,
+}
+
+const LOG2E: f64 = std::f64::consts::LOG2_E;
+
+fn anchor_data(side: &Side, i: usize, m2: f64, one_exp: bool) -> (f64, f64, f64) {
+    match side.anchor {
+        Some((lse, a, b)) if a[i] != 0.0 => {
+            let lse2 = lse[i] * LOG2E;
+            (if one_exp { a[i] * (m2 - lse2).exp2() } else { a[i] }, b[i], lse2)
+        }
+        _ => (0.0, 0.0, m2),
+    }
+}
+
+/// load_row: an own row's keys against `other`.
+fn row_data(own: &Side, other: &Side, r: usize, m2: f64, one_exp: bool) -> Keyed {
+    let (key, label) = match (own.instance, other.instance) {
+        (None, _) => (r as i32, i32::MIN),                                // a prototype
+        (Some(_), None) => (own.proto_of.map_or(-1, |p| p[r]), i32::MIN), // against prototype columns
+        (Some(inst), Some(_)) => (inst[r], own.label.map_or(-1, |l| l[r])),
+    };
+    let (coef, coef_b, lse2) = anchor_data(own, r, m2, one_exp);
+    Keyed { key, label: if label >= 0 { label } else { i32::MIN }, coef, coef_b, lse2 }
+}
+
+/// stage_columns: a column's keys against the own side.
+fn column_data(own: &Side, other: &Side, o: usize, m2: f64, one_exp: bool) -> Keyed {
+    let (key, label) = match (other.instance, own.instance) {
+        (None, _) => (o as i32, -1),                                  // prototype columns
+        (Some(_), None) => (other.proto_of.map_or(-1, |p| p[o]), -1), // prototypes as own rows
+        (Some(inst), Some(_)) => (inst[o], other.label.map_or(-1, |l| l[o])),
+    };
+    let (coef, coef_b, lse2) = anchor_data(other, o, m2, one_exp);
+    Keyed { key, label, coef, coef_b, lse2 }
+}
+
+/// sweep_other for every own row over `other`'s columns cut into `splits` slices, each slice's
+/// partial added in split order (contrastive_backward_merge): du[own] += sum_o H(own, o) u_o
+/// (unscaled). H as tile_h: one exponential 2^(t - m2) for both terms, or one per term; masked
+/// columns (NormPenaltyOnly) and the diagonal give 0; NormPenaltyOnly own rows are zeroed at the
+/// store.
+fn sweep(du: &mut [Vec<f64>], own: &Side, other: &Side, exclude_self: bool, inv_tau: f64, one_exp: bool, splits: usize) {
+    let m2 = inv_tau * LOG2E;
+    let cols = other.u.len();
+    let per_split = cols.div_ceil(splits.max(1)).max(1);
     for (r, du_r) in du.iter_mut().enumerate() {
-        // load_own_row
         if own.role.is_some_and(|role| role[r] == RowRole::NormPenaltyOnly) {
             continue;
         }
-        let (r_instance, r_label, r_proto) = match own.instance {
-            Some(inst) => (inst[r], own.label.map_or(-1, |l| l[r]), own.proto_of.map_or(-1, |p| p[r])),
-            None => (-1, -1, -1),
-        };
-        let (r_lse, r_a, r_b) = own.anchor.map_or((0.0, 0.0, 0.0), |(lse, a, b)| (lse[r], a[r], b[r]));
-        for o in 0..other.u.len() {
-            if other.role.is_some_and(|role| role[o] == RowRole::NormPenaltyOnly) || (exclude_self && o == r) {
-                continue;
+        let row = row_data(own, other, r, m2, one_exp);
+        for slice in (0..cols).collect::<Vec<_>>().chunks(per_split) {
+            let mut partial = vec![0.0; du_r.len()];
+            for &o in slice {
+                if other.role.is_some_and(|role| role[o] == RowRole::NormPenaltyOnly) || (exclude_self && o == r) {
+                    continue;
+                }
+                let col = column_data(own, other, o, m2, one_exp);
+                let positive = col.key == row.key || col.label == row.label;
+                let t = dot(&own.u[r], &other.u[o]) * inv_tau * LOG2E;
+                let pos = if positive { row.coef_b + col.coef_b } else { 0.0 };
+                let h = if one_exp {
+                    (t - m2).exp2() * (row.coef + col.coef) - pos
+                } else {
+                    row.coef * (t - row.lse2).exp2() + col.coef * (t - col.lse2).exp2() - pos
+                };
+                for (v, x) in partial.iter_mut().zip(&other.u[o]) {
+                    *v += h * x;
+                }
             }
-            let (o_instance, o_label, o_proto) = match other.instance {
-                Some(inst) => (inst[o], other.label.map_or(-1, |l| l[o]), other.proto_of.map_or(-1, |p| p[o])),
-                None => (-1, -1, -1),
-            };
-            let (o_lse, o_a, o_b) = other.anchor.map_or((0.0, 0.0, 0.0), |(lse, a, b)| (lse[o], a[o], b[o]));
-            let positive = if other.instance.is_none() {
-                o as i32 == r_proto
-            } else if own.instance.is_none() {
-                o_proto == r as i32
-            } else {
-                o_instance == r_instance || (r_label >= 0 && o_label == r_label)
-            };
-            let s = dot(&own.u[r], &other.u[o]) * inv_tau;
-            let mut h = 0.0;
-            if r_a != 0.0 {
-                h += r_a * (s - r_lse).exp() - if positive { r_b } else { 0.0 };
-            }
-            if o_a != 0.0 {
-                h += o_a * (s - o_lse).exp() - if positive { o_b } else { 0.0 };
-            }
-            for (t, v) in du_r.iter_mut().enumerate() {
-                *v += h * other.u[o][t];
-            }
+            du_r.iter_mut().zip(&partial).for_each(|(v, p)| *v += p);
         }
     }
 }
@@ -125,7 +166,7 @@ struct ModelGrads {
     prototypes: Option<Matrix<f64>>,
 }
 
-fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream: &[f64]) -> ModelGrads {
+fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream: &[f64], one_exp: bool, splits: usize) -> ModelGrads {
     let fwd = forward(loss, inputs).unwrap();
     let (a, b, inv_sigma, penalized) = prepare(loss, inputs, &fwd.positive_count, upstream);
     let inv_tau = 1.0 / loss.temperature as f64;
@@ -157,12 +198,12 @@ fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream
     let zeros = |n: usize| vec![vec![0.0; d]; n];
     let mut du_rows = zeros(rows.u.len());
     match (loss.geometry, &keys) {
-        (Geometry::SelfSimilarity, _) => sweep(&mut du_rows, &rows, &rows, true, inv_tau),
-        (Geometry::Pairwise, Some(k)) => sweep(&mut du_rows, &rows, k, false, inv_tau),
+        (Geometry::SelfSimilarity, _) => sweep(&mut du_rows, &rows, &rows, true, inv_tau, one_exp, splits),
+        (Geometry::Pairwise, Some(k)) => sweep(&mut du_rows, &rows, k, false, inv_tau, one_exp, splits),
         (Geometry::Pairwise, None) => unreachable!("pairwise has keys"),
     }
     if let Some(p) = &protos {
-        sweep(&mut du_rows, &rows, p, false, inv_tau);
+        sweep(&mut du_rows, &rows, p, false, inv_tau, one_exp, 1);
     }
     let scale = |du: &mut Vec<Vec<f64>>| du.iter_mut().flatten().for_each(|v| *v *= inv_tau * inv_sigma);
     scale(&mut du_rows);
@@ -179,13 +220,13 @@ fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream
     }
     let keys_grad = keys.as_ref().map(|k| {
         let mut du = zeros(k.u.len());
-        sweep(&mut du, k, &rows, false, inv_tau);
+        sweep(&mut du, k, &rows, false, inv_tau, one_exp, splits);
         scale(&mut du);
         normalize_backward(inputs.keys.as_ref().unwrap().features, &du)
     });
     let protos_grad = protos.as_ref().map(|p| {
         let mut du = zeros(p.u.len());
-        sweep(&mut du, p, &rows, false, inv_tau);
+        sweep(&mut du, p, &rows, false, inv_tau, one_exp, splits);
         scale(&mut du);
         normalize_backward(inputs.prototypes.as_ref().unwrap().centers, &du)
     });
@@ -211,18 +252,21 @@ fn the_kernels_decomposition_gives_the_oracles_gradients() {
             let centers = case.protos.as_ref().map(|p| p.0.clone());
             let inputs = case.inputs(&case.features, keys.as_ref(), centers.as_ref());
             let want = backward(&loss, &inputs, &upstream).unwrap();
-            let got = model_backward(&loss, &inputs, &upstream);
-            let what = format!("{} {reduction:?}", case.name);
-            assert_close(&format!("{what} dfeatures"), &got.features, &want.features);
-            match (&got.keys, &want.keys) {
-                (Some(g), Some(w)) => assert_close(&format!("{what} dkeys"), g, w),
-                (None, None) => {}
-                _ => panic!("{what}: key gradients on one side only"),
-            }
-            match (&got.prototypes, &want.prototypes) {
-                (Some(g), Some(w)) => assert_close(&format!("{what} dprototypes"), g, w),
-                (None, None) => {}
-                _ => panic!("{what}: prototype gradients on one side only"),
+            // Both exponential paths (the kernel picks one by temperature) and column splits.
+            for (one_exp, splits) in [(true, 1), (false, 1), (true, 3)] {
+                let got = model_backward(&loss, &inputs, &upstream, one_exp, splits);
+                let what = format!("{} {reduction:?} one_exp {one_exp} splits {splits}", case.name);
+                assert_close(&format!("{what} dfeatures"), &got.features, &want.features);
+                match (&got.keys, &want.keys) {
+                    (Some(g), Some(w)) => assert_close(&format!("{what} dkeys"), g, w),
+                    (None, None) => {}
+                    _ => panic!("{what}: key gradients on one side only"),
+                }
+                match (&got.prototypes, &want.prototypes) {
+                    (Some(g), Some(w)) => assert_close(&format!("{what} dprototypes"), g, w),
+                    (None, None) => {}
+                    _ => panic!("{what}: prototype gradients on one side only"),
+                }
             }
         }
     }

@@ -7,13 +7,36 @@
 // Anchor rows per forward block and its threads (ck::Tile128, ck::Tile128F32).
 #define CK_CONTRASTIVE_FORWARD_ROWS 128
 #define CK_CONTRASTIVE_FORWARD_THREADS 256
-// Rows per backward block and its threads (ck::Tile64RowWarps, ck::Tile64RowWarpsF32).
+// The backward block (ck::BackwardTraits): 64 own rows, 4 row warps of 16 rows times G d-groups
+// (G = 1, 2, 4: kernels contrastive_backward_*_g{G}), so 128 G threads; a d-group's warp owns
+// WARP_D columns of the gradient, the block G WARP_D of them (grid.y covers d by such chunks). The
+// host takes the smallest G with G WARP_D >= d, at most MAX_GROUPS: then each logit tile is
+// computed once for the whole d (aligned f16 / bf16: d <= 512; f32 and `_unaligned`: d <= 128 G).
 #define CK_CONTRASTIVE_BACKWARD_ROWS 64
 #define CK_CONTRASTIVE_BACKWARD_THREADS 128
-// d columns of the gradient per backward block (grid.y): f16 / bf16, and f32 (whose FFMA stages
-// and chunk must fit 48 KB of static shared memory).
-#define CK_CONTRASTIVE_GRAD_CHUNK_HALF 128
-#define CK_CONTRASTIVE_GRAD_CHUNK_F32 64
+// G = 4 only for aligned f16 / bf16 (the others spilled at 128 registers).
+#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF 4
+#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER 2
+#define CK_CONTRASTIVE_BACKWARD_WARP_D_HALF 128
+#define CK_CONTRASTIVE_BACKWARD_WARP_D_F32 64
+// Column splits: a pass of `blocks` blocks (row blocks x d chunks) sweeps the other side's column
+// tiles in floor(SPLIT_TARGET_CTAS / G / blocks) slices (grid.z; at least 1, at most MAX_SPLITS),
+// each writing its own partial gradient; contrastive_backward_merge sums them in split order
+// (deterministic). SPLIT_TARGET_CTAS / G is one wave (G = 1: 2 blocks per SM of a 132-SM H100 /
+// H200, G = 2: 1); a constant, so the split and hence the result's bits do not depend on the
+// device. G = 4 kernels are never split. At n = 65536 no pass splits.
+#define CK_CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS 264
+#define CK_CONTRASTIVE_BACKWARD_MAX_SPLITS 8
+#define CK_CONTRASTIVE_MERGE_THREADS 256
+#define CK_CONTRASTIVE_MERGE_MAX_BLOCKS 1024
+// Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
+// logit tile's two stages, the other side's packed rows (64 x G WARP_D), H (64 x 64), and the
+// tile's per-column and per-row data.
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 51200
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 67584
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 116736
+#define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 59392
+#define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2 75776
 // The one-warp-per-row kernels (pack, norm penalty backward).
 #define CK_CONTRASTIVE_ROW_THREADS 256
 #define CK_CONTRASTIVE_ROWS_PER_ROW_BLOCK (CK_CONTRASTIVE_ROW_THREADS / 32)
@@ -81,7 +104,7 @@ typedef struct CkGradSide {
     int32_t reserved;
 } CkGradSide;
 
-// contrastive_backward_*: dU of `own`'s rows (count x dp, f32) against `other` and `protos`.
+// contrastive_backward_*: dU of `own`'s rows (count x d, f32) against `other` and `protos`.
 typedef struct CkContrastiveBackwardParams {
     CkGradSide own;
     CkGradSide other;
@@ -91,8 +114,18 @@ typedef struct CkContrastiveBackwardParams {
     int32_t exclude_self;
     float inv_tau;
     const float* scalars;         // contrastive_backward_prepare's scalars
-    float* du;
+    float* du;                    // splits x count x d: split z's partial at z count d
+    int32_t splits;               // column slices (grid.z), at least 1
+    int32_t reserved;
 } CkContrastiveBackwardParams;
+
+// contrastive_backward_merge: du[i] = sum over z of du[z elems + i], z = 0, 1, ... in order.
+typedef struct CkBackwardMergeParams {
+    float* du;
+    int64_t elems;                // count x d
+    int32_t splits;
+    int32_t reserved;
+} CkBackwardMergeParams;
 
 // contrastive_pack_*: u = x / 2^e per row, zero padded from d to dp columns.
 typedef struct CkContrastivePackParams {

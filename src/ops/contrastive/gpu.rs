@@ -2,33 +2,58 @@
 //! O(n) saved statistics) and the backward ((G + G^T) U from recomputed logit tiles), both in
 //! `kernels/contrastive.cu`. Device memory beyond the inputs and the gradients: the norms and
 //! per-row statistics (O(n)), and in the backward a packed copy of the rows scaled by powers of two
-//! (n x d in the input dtype) plus an f32 gradient scratch (n x d): 48 MiB at n = 65536, d = 128
-//! bf16; never O(n^2).
+//! (n x d in the input dtype) plus an f32 gradient scratch (n x d, times the column splits of a
+//! small grid, see `backward_splits`): 48 MiB at n = 65536, d = 128 bf16; never O(n^2).
 //!
 //! f16 and bf16 features run on the tensor cores (f32 accumulation); f32 features run the same
 //! kernels with exact FFMA in place of the MMA (same fragment layout), for f32 accuracy.
 
 use std::sync::Arc;
 
+use cudarc::driver::sys::CUfunction_attribute;
 use cudarc::driver::{CudaSlice, CudaStream, DevicePtr, LaunchConfig};
 
 use super::{empty_positive_error, ContrastiveLoss, Geometry, LossInputs, Reduction};
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::params::contrastive::{
-    self as params, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveForwardParams, ContrastivePackParams,
-    GradSide, NormPenaltyBackwardParams, ReduceParams, RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
+    self as params, BackwardMergeParams, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveForwardParams,
+    ContrastivePackParams, GradSide, NormPenaltyBackwardParams, ReduceParams, RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS,
+    FORWARD_THREADS,
 };
 use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
 const MODULE: &str = "contrastive";
-/// d columns of the gradient per backward block (BackwardTraits in contrastive.cu).
-fn grad_chunk(dtype: DType) -> usize {
-    if dtype == DType::F32 {
-        params::GRAD_CHUNK_F32
-    } else {
-        params::GRAD_CHUNK_HALF
+/// The backward kernel's shape for d (BackwardTraits in contrastive.cu, params/contrastive.h): G
+/// d-groups of 4 warps, the smallest G (1, 2, 4) whose G x WARP_D covers d, at most 4 for aligned
+/// f16 / bf16 and 2 otherwise (grid.y covers the rest of d by chunks). Returns (G, d columns per
+/// block, dynamic shared memory bytes).
+fn backward_shape(dtype: DType, d: usize, aligned: bool) -> (usize, usize, usize) {
+    let warp_d = if dtype == DType::F32 { params::BACKWARD_WARP_D_F32 } else { params::BACKWARD_WARP_D_HALF };
+    let max_groups =
+        if aligned && dtype != DType::F32 { params::BACKWARD_MAX_GROUPS_ALIGNED_HALF } else { params::BACKWARD_MAX_GROUPS_OTHER };
+    let groups = [1, 2, 4].into_iter().find(|&g| g * warp_d >= d || g == max_groups).unwrap_or(max_groups);
+    let smem = match (dtype == DType::F32, groups) {
+        (false, 1) => params::BACKWARD_SMEM_HALF_G1,
+        (false, 2) => params::BACKWARD_SMEM_HALF_G2,
+        (false, _) => params::BACKWARD_SMEM_HALF_G4,
+        (true, 1) => params::BACKWARD_SMEM_F32_G1,
+        (true, _) => params::BACKWARD_SMEM_F32_G2,
+    };
+    (groups, groups * warp_d, smem)
+}
+/// Column splits of one backward pass (params/contrastive.h): as many as keep its row blocks x d
+/// chunks x splits within SPLIT_TARGET_CTAS / G (one wave: rounding up would start a second,
+/// mostly idle one), at most MAX_SPLITS and one column tile per split; none for G = 4. A function
+/// of the shapes and alignment alone, so the result's bits do not depend on the device.
+fn backward_splits(dtype: DType, d: usize, aligned: bool, own_rows: usize, other_rows: usize) -> usize {
+    let (groups, chunk, _) = backward_shape(dtype, d, aligned);
+    let blocks = own_rows.div_ceil(BACKWARD_ROWS) * d.div_ceil(chunk).max(1);
+    let tiles = other_rows.div_ceil(BACKWARD_ROWS);
+    if groups == 4 || blocks == 0 || tiles == 0 {
+        return 1;
     }
+    (params::BACKWARD_SPLIT_TARGET_CTAS / groups / blocks).min(params::BACKWARD_MAX_SPLITS).min(tiles).max(1)
 }
 /// One warp per row: pack, norm penalty backward.
 pub(super) const ROW_KERNEL_THREADS: u32 = params::ROW_THREADS as u32;
@@ -563,22 +588,31 @@ pub unsafe fn backward_raw(
         _ => GradSide::default(),
     };
 
-    let du_rows = alloc_f32(stream, n * d)?;
-    let du_keys = keys.map(|k| alloc_f32(stream, k.rows * d)).transpose()?;
-    let du_protos = centers.map(|c| alloc_f32(stream, c.rows * d)).transpose()?;
-    let inv_tau = 1.0f32 / loss.temperature;
+    // Each pass's split partials (splits x count x d f32); the first count x d is the merged dU.
     // The raw-row loads as the forward's: 16-byte chunks when d % 8 == 0 and every base is aligned.
     let aligned = d % 8 == 0 && r.features % 16 == 0 && r.keys % 16 == 0 && r.centers % 16 == 0;
-    let name = format!("contrastive_backward_{}{}", r.dtype, if aligned { "" } else { "_unaligned" });
-    let chunk = grad_chunk(r.dtype);
-    let pass = |own: GradSide, other: GradSide, extra: GradSide, exclude_self: i32, du: &CudaSlice<f32>| -> Result<()> {
+    let other_of_rows = keys.map_or(n, |k| k.rows);
+    let splits_rows = backward_splits(r.dtype, d, aligned, n, other_of_rows);
+    let splits_keys = keys.map_or(1, |k| backward_splits(r.dtype, d, aligned, k.rows, n));
+    let splits_protos = centers.map_or(1, |c| backward_splits(r.dtype, d, aligned, c.rows, n));
+    let du_rows = alloc_f32(stream, splits_rows * n * d)?;
+    let du_keys = keys.map(|k| alloc_f32(stream, splits_keys * k.rows * d)).transpose()?;
+    let du_protos = centers.map(|c| alloc_f32(stream, splits_protos * c.rows * d)).transpose()?;
+    let inv_tau = 1.0f32 / loss.temperature;
+    let (groups, chunk, smem) = backward_shape(r.dtype, d, aligned);
+    let name = format!("contrastive_backward_{}{}_g{groups}", r.dtype, if aligned { "" } else { "_unaligned" });
+    // Over 48 KB of shared memory needs the kernel's opt-in (set once per launch; cheap).
+    gpu.function(MODULE, &name)?
+        .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
+        .during(format_args!("kernel `{name}` shared memory size"))?;
+    let pass = |own: GradSide, other: GradSide, extra: GradSide, exclude_self: i32, du: &CudaSlice<f32>, splits: usize| -> Result<()> {
         if own.count == 0 {
             return Ok(());
         }
         let cfg = LaunchConfig {
-            grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(chunk) as u32, 1),
-            block_dim: (BACKWARD_THREADS as u32, 1, 1),
-            shared_mem_bytes: 0,
+            grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(chunk) as u32, splits as u32),
+            block_dim: ((BACKWARD_THREADS * groups) as u32, 1, 1),
+            shared_mem_bytes: smem as u32,
         };
         let params = ContrastiveBackwardParams {
             own,
@@ -590,10 +624,24 @@ pub unsafe fn backward_raw(
             d: d_i,
             exclude_self,
             inv_tau,
+            splits: splits as i32,
+            reserved: 0,
         };
         // SAFETY: every side's pointers are live buffers sized by its count (raw rows: count x d,
         // packed rows: count x dp, norms: count), and `du` holds count x d floats.
-        unsafe { gpu.launch(stream, MODULE, &name, cfg, &params) }
+        unsafe { gpu.launch(stream, MODULE, &name, cfg, &params)? };
+        if splits > 1 {
+            let elems = own.count as usize * d;
+            let params = BackwardMergeParams { du: ptr(du, stream), elems: elems as i64, splits: splits as i32, reserved: 0 };
+            let cfg = LaunchConfig {
+                grid_dim: (elems.div_ceil(params::MERGE_THREADS).clamp(1, params::MERGE_MAX_BLOCKS) as u32, 1, 1),
+                block_dim: (params::MERGE_THREADS as u32, 1, 1),
+                shared_mem_bytes: 0,
+            };
+            // SAFETY: `du` holds splits x elems floats.
+            unsafe { gpu.launch(stream, MODULE, "contrastive_backward_merge", cfg, &params)? };
+        }
+        Ok(())
     };
 
     let per_row_i = per_row as i32;
@@ -612,15 +660,15 @@ pub unsafe fn backward_raw(
     };
     gpu.launch(stream, MODULE, "contrastive_backward_prepare", SINGLE_BLOCK, &params)?;
     match keys_side {
-        None => pass(rows_side, rows_side, protos_side, 1, &du_rows)?,
+        None => pass(rows_side, rows_side, protos_side, 1, &du_rows, splits_rows)?,
         Some(keys_side) => {
-            pass(rows_side, keys_side, protos_side, 0, &du_rows)?;
-            pass(keys_side, rows_side, GradSide::default(), 0, du_keys.as_ref().expect("keys"))?;
+            pass(rows_side, keys_side, protos_side, 0, &du_rows, splits_rows)?;
+            pass(keys_side, rows_side, GradSide::default(), 0, du_keys.as_ref().expect("keys"), splits_keys)?;
         }
     }
     if let Some(du) = &du_protos {
         // Prototypes are columns of the anchor rows only (never anchors, never of each other).
-        pass(protos_side, rows_side, GradSide::default(), 0, du)?;
+        pass(protos_side, rows_side, GradSide::default(), 0, du, splits_protos)?;
     }
 
     // Normalization backward, then OECL's penalty on its rows (whose matrix gradient is 0).
@@ -686,12 +734,14 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
     let dp = d.div_ceil(8) * 8;
     let packed = |rows: usize| (rows * dp * dtype.size_bytes()).max(16);
     // upstream, U, norms, coef_a / coef_b, scalars, dU
-    let mut backward = f + packed(n) + buf(n, f) + 2 * buf(n, f) + 2 * f + buf(n * d, f);
+    // (dU: one per column split of its pass, backward_splits; the safe API's buffers are aligned)
+    let splits = |own: usize, other: usize| backward_splits(dtype, d, d % 8 == 0, own, other);
+    let mut backward = f + packed(n) + buf(n, f) + 2 * buf(n, f) + 2 * f + buf(splits(n, cols) * n * d, f);
     if let Some(k) = keys {
-        backward += packed(k) + buf(k, f) + buf(k * d, f);
+        backward += packed(k) + buf(k, f) + buf(splits(k, n) * k * d, f);
     }
     if centers > 0 {
-        backward += packed(centers) + buf(centers, f) + buf(centers * d, f);
+        backward += packed(centers) + buf(centers, f) + buf(splits(centers, n) * centers * d, f);
     }
     FusedBytes { forward: saved + scratch, saved, backward }
 }

@@ -1,0 +1,250 @@
+// Pieces of the fused contrastive backward (kernels/contrastive.cu): the per-column data of a
+// logit tile staged in shared memory once per tile, the per-row data kept in registers, and the
+// epilogue that turns a recomputed logit tile into H (DESIGN.md section 4) with base-2 exponentials.
+// The self geometry's diagonal is no logit: the caller zeroes it in the stored H tile.
+//
+// Logits, as the forward computes them (kernels/common/contrastive_forward.cuh's convention):
+//   t_kj = (acc_kj * rinv_k) * cscale_j,  rinv = 1 / max(|x|, eps),  cscale = rinv * (inv_tau log2(e)),
+//   p_kj = 2^(t_kj - lse2_k),  lse2 = lse log2(e) (the forward saves lse in natural units).
+// Row k's gradient takes p_kj (k the anchor) and p_jk (k a column of anchor j); t_jk is computed as
+// (acc * rinv_j) * cscale_k, which differs from t_kj only by f32 rounding (a relative 2^-23 of a
+// logit: far inside DESIGN.md section 7's gradient tolerances).
+//
+// One exponential per logit where it can (DESIGN.md section 6): logits of unit rows lie in
+// [-m2, m2], m2 = inv_tau log2(e), so with the fixed offset m2, e_kj = 2^(t_kj - m2) >= 2^(-2 m2)
+// stays a normal float while 2 m2 <= kOneExpMaxRange, and serves both terms:
+//   p_kj = e_kj 2^(m2 - lse2_k) (a per-row factor), p_jk ~ e_kj 2^(m2 - lse2_j) (a per-column factor).
+// Below that temperature each term keeps its own exponential.
+#pragma once
+#include <limits.h>
+#include <math.h>
+#include "../params/contrastive.h"
+#include "norm.cuh"
+#include "tile.cuh"
+
+namespace ck {
+namespace bwd {
+
+constexpr float kLog2e = 1.4426950408889634f;
+// 2 m2 at most 100: e >= 2^-100, and the per-row factor 2^(m2 - lse2) <= 2^(2 m2) <= 2^100 times a
+// coefficient below 2^14 (contrastive_backward_prepare's sigma) stays far from f32's 2^128.
+// tau >= 2 log2(e) / 100 ~ 0.0289 (DESIGN.md: 2 / tau < ~80 in natural units).
+constexpr float kOneExpMaxRange = 100.f;
+
+// 2^x by the MUFU (ex2.approx.ftz: about 2 ulp; 2^-inf = 0).
+__device__ __forceinline__ float ex2(float x) {
+#ifdef CK_EMULATOR
+    return exp2f_approx(x);
+#else
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+#endif
+}
+
+// How a tile's H entry is formed, chosen once per sweep from the temperature (a uniform branch):
+// kOneExp while 2 m2 <= kOneExpMaxRange, else kTwoExp. Both serve every pass: where a side has no
+// anchors (pairwise anchors x keys, keys x anchors, prototypes) its coefficients are 0, so kOneExp
+// spends one exponential per logit in every geometry and kTwoExp two.
+enum Mode : int { kTwoExp = 0, kOneExp = 1 };
+
+// Per-column data of one column tile (32 bytes, shared by the thread's two rows).
+//   rinv, cscale: the logit factors (0 past the end);
+//   coef: the column's anchor weight coef_a (kOneExp: coef_a 2^(m2 - lse2), the per-column
+//         factor folded in), 0 when the column is no anchor;  coef_b: its per-positive weight;
+//   lse2: the column's base-2 LSE (m2 when it is no anchor, so 2^(t - lse2) <= 1 stays finite);
+//   w:    2^e_j / max(|x_j|, eps): the packed row x_j / 2^e_j times w is u_j; 0 for a column outside
+//         the matrix (past the end, NormPenaltyOnly), which selects H = 0;
+//   key:  instance id (prototype tiles: the prototype's index; prototypes as own rows: the
+//         column's proto_of);  label: class id, or -1 (never equal to a row's label key).
+struct Column {
+    float cscale, coef, coef_b, w;  // first: the one-exponential path reads 16 + 8 bytes
+    int key, label;
+    float rinv, lse2;
+};
+static_assert(sizeof(Column) == 32, "two 16-byte loads");
+
+// An own row's data for one sweep, staged in shared memory at the sweep's start and read per tile
+// (registers are the scarce resource: the block's gradient accumulators fill half the file).
+struct Row {
+    float rinv, cscale;        // 0 outside the matrix (past the end, NormPenaltyOnly)
+    float coef, coef_b, lse2;  // as Column's (coef: kOneExp folds 2^(m2 - lse2) in)
+    int key, label;            // label: the class id, or INT_MIN where labels make no positive
+    int pad;
+};
+static_assert(sizeof(Row) == 32, "two 16-byte loads");
+
+
+// Stages the data of columns [col0, col0 + BN) of `other` (threads of the block, one column each).
+// The caller's barrier publishes it.
+template <int BN, int THREADS>
+__device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& own, const CkGradSide& other, int col0,
+                                              int mode, float inv_tau, float m2) {
+    for (int c = threadIdx.x; c < BN; c += THREADS) {
+        const int col = col0 + c;
+        Column k{0.f, 0.f, 0.f, 0.f, -1, -1, 0.f, m2};
+        if (col < other.count && !(other.role != nullptr && other.role[col] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) {
+            const float denom = norm_denominator(other.norms[col]);
+            k.rinv = 1.f / denom;
+            k.cscale = k.rinv * (inv_tau * kLog2e);
+            k.w = pow2_floor(denom) * k.rinv;
+            if (other.instance == nullptr) {
+                k.key = col;  // prototype columns: a row's own prototype is its positive
+            } else if (own.instance == nullptr) {
+                k.key = other.proto_of != nullptr ? other.proto_of[col] : -1;  // prototypes as own rows
+            } else {
+                k.key = other.instance[col];
+                k.label = other.label != nullptr ? other.label[col] : -1;
+            }
+            if (other.lse != nullptr && other.coef_a[col] != 0.f) {
+                k.lse2 = other.lse[col] * kLog2e;
+                k.coef = other.coef_a[col];
+                k.coef_b = other.coef_b[col];
+                if (mode == kOneExp) k.coef *= ex2(m2 - k.lse2);
+            }
+        }
+        cols[c] = k;
+    }
+}
+
+// An own row's data for a sweep over `other` (its positive key depends on the other side).
+__device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide& other, int row, int mode,
+                                        float inv_tau, float m2) {
+    Row r{0.f, 0.f, 0.f, 0.f, m2, INT_MIN, INT_MIN, 0};
+    if (row >= own.count || (own.role != nullptr && own.role[row] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) return r;
+    const float denom = norm_denominator(own.norms[row]);
+    r.rinv = 1.f / denom;
+    r.cscale = r.rinv * (inv_tau * kLog2e);
+    if (own.instance == nullptr) {
+        r.key = row;  // a prototype: positive of the anchors whose proto_of names it
+    } else if (other.instance == nullptr) {
+        r.key = own.proto_of != nullptr ? own.proto_of[row] : -1;  // against prototype columns (-1: none)
+    } else {
+        r.key = own.instance[row];
+        const int label = own.label != nullptr ? own.label[row] : -1;
+        r.label = label >= 0 ? label : INT_MIN;
+    }
+    if (own.lse != nullptr && own.coef_a[row] != 0.f) {
+        r.lse2 = own.lse[row] * kLog2e;
+        r.coef = own.coef_a[row];
+        r.coef_b = own.coef_b[row];
+        if (mode == kOneExp) r.coef *= ex2(m2 - r.lse2);
+    }
+    return r;
+}
+
+// The mode of a sweep at this temperature.
+__device__ __forceinline__ int sweep_mode(float m2) { return 2.f * m2 <= kOneExpMaxRange ? kOneExp : kTwoExp; }
+
+// H of this thread's accumulators of one logit tile (Cfg: MI = 1, the warp's 16 rows; columns at
+// Cfg::acc_col in the tile): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects
+// or zero factors.
+template <class Cfg, int MODE>
+__device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (&acc)[1][Cfg::NI][4],
+                                       const Column* cols, const Row (&r)[2], float m2) {
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+            const Column c = cols[Cfg::acc_col(ni, e)];
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const Row& o = r[half];
+                const float a = acc[0][ni][half * 2 + e];
+                const bool positive = c.key == o.key || c.label == o.label;
+                if constexpr (MODE == kTwoExp) {
+                    // An exponent may overflow outside A(k) (a masked column): select, not multiply.
+                    const float v = o.coef * ex2((a * o.rinv) * c.cscale - o.lse2) +
+                                    c.coef * ex2((a * c.rinv) * o.cscale - c.lse2) - (positive ? o.coef_b + c.coef_b : 0.f);
+                    h[half][ni * 2 + e] = c.w != 0.f ? v * c.w : 0.f;
+                } else {
+                    // e <= ~1 and finite coefficients: a masked column's w = 0 gives exactly 0.
+                    const float ek = ex2((a * o.rinv) * c.cscale - m2);
+                    h[half][ni * 2 + e] = (ek * (o.coef + c.coef) - (positive ? o.coef_b + c.coef_b : 0.f)) * c.w;
+                }
+            }
+        }
+}
+
+// The other side's packed rows [row0, row0 + ROWS) x columns [k0, k0 + COLS) of a row-major
+// matrix of leading dimension ld (a multiple of 8, 16-byte aligned) into a [ROWS][STRIDE] tile,
+// zeros outside. As tile.cuh's load_tile_async, with one row / column offset per thread kept
+// across the iterations instead of one per copy: fewer loop-invariant registers.
+template <int ROWS, int COLS, int STRIDE, int THREADS, typename T>
+__device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g, int rows, int ld, int row0, int k0) {
+    constexpr int CHUNKS_PER_ROW = COLS / 8;
+    static_assert(THREADS % CHUNKS_PER_ROW == 0 && ROWS % (THREADS / CHUNKS_PER_ROW) == 0, "whole rows per step");
+    constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
+    const int r0 = (int)(threadIdx.x / CHUNKS_PER_ROW), kc = (int)(threadIdx.x % CHUNKS_PER_ROW) * 8;
+    const int gk = k0 + kc;
+    // One 64-bit address, stepped by ROW_STEP rows (a 64-bit add per copy, not a product).
+    const T* src = g + (size_t)(row0 + r0) * ld + gk;
+    const size_t step = (size_t)ROW_STEP * ld;
+    T* dst = smem + r0 * STRIDE + kc;
+#pragma unroll
+    for (int it = 0; it < ROWS / ROW_STEP; ++it, src += step) {
+        const bool inside = row0 + r0 + it * ROW_STEP < rows && gk < ld;
+        cp_async_16(dst + it * ROW_STEP * STRIDE, inside ? src : g, inside ? 16 : 0);
+    }
+}
+
+// acc[nb] += H V for a warp's 16 rows: H (16 x K, row stride HS) and V (K x N, row stride VS) both
+// in shared memory; acc in the C-fragment layout (tile_config.cuh's Fragment). Tensor cores for
+// f16 / bf16 (H read by ldmatrix as the A fragment, V by ldmatrix.trans as the "col" B fragment).
+template <int K, int N, int HS, int VS, typename T>
+__device__ __forceinline__ void h_times_tile_mma(float (&acc)[N / 8][4], const T* h, const T* v) {
+    const int lane = threadIdx.x % 32;
+    // Rolled over k: one k step is N / 8 independent MMAs already, and unrolled the loads of the
+    // next steps would hold registers the block's accumulators need.
+#pragma unroll 1
+    for (int kk = 0; kk < K / 16; ++kk) {
+        uint32_t a[4];
+        ldmatrix_x4(a, h + (lane % 16) * HS + kk * 16 + (lane / 16) * 8);
+        const int m = lane / 8;
+        const T* base = v + (kk * 16 + (m % 2) * 8 + lane % 8) * VS + (m / 2) * 8;
+#pragma unroll
+        for (int nb = 0; nb < N / 8; nb += 2) {
+            uint32_t r[4];
+            ldmatrix_x4_trans(r, base + nb * 8);
+            const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
+            Mma16816<T>::run(acc[nb], a, b0);
+            Mma16816<T>::run(acc[nb + 1], a, b1);
+        }
+    }
+}
+
+// f32: exact FFMA, the same accumulator elements (rows group, group + 8; columns 2 quad + {0, 1}).
+template <int K, int N, int HS, int VS>
+__device__ __forceinline__ void h_times_tile_ffma(float (&acc)[N / 8][4], const float* h, const float* v) {
+    const int group = Fragment::row(0), col = Fragment::col(0);
+    // Not unrolled over k: the FFMA body is long enough, and unrolled it raises the registers.
+#pragma unroll 1
+    for (int k = 0; k < K; ++k) {
+        const float h0 = h[group * HS + k], h1 = h[(group + 8) * HS + k];
+        const float* v_row = v + k * VS + col;
+#pragma unroll
+        for (int nb = 0; nb < N / 8; ++nb)
+#pragma unroll
+            for (int c = 0; c < 2; ++c) {
+                const float x = v_row[nb * 8 + c];
+                acc[nb][c] = fmaf(h0, x, acc[nb][c]);
+                acc[nb][2 + c] = fmaf(h1, x, acc[nb][2 + c]);
+            }
+    }
+}
+
+template <int K, int N, int HS, int VS, typename T>
+__device__ __forceinline__ void h_times_tile(float (&acc)[N / 8][4], const T* h, const T* v) {
+    if constexpr (sizeof(T) == 4) h_times_tile_ffma<K, N, HS, VS>(acc, h, v);
+    else h_times_tile_mma<K, N, HS, VS>(acc, h, v);
+}
+
+// Stores H entries (row, col), (row, col + 1) of the shared H tile (col even): T for the tensor
+// cores, f32 for the FFMA engine.
+template <typename T> __device__ __forceinline__ void store_h_pair(T* h, float v0, float v1) {
+    if constexpr (sizeof(T) == 4) *reinterpret_cast<float2*>(h) = make_float2(v0, v1);
+    else *reinterpret_cast<uint32_t*>(h) = pack_pair<T>(v0, v1);
+}
+
+}  // namespace bwd
+}  // namespace ck
