@@ -478,15 +478,27 @@ def ceil_div(a, b):
 
 @dataclass
 class KernelModel:
-    """What the SASS does not say about a kernel: its tile (by its MmaTileConfig alias), the engine's
-    MMA opcode, and how a bench shape becomes its grid and the column tiles each CTA sweeps."""
+    """What the SASS does not say about a kernel: its tile (by its MmaTileConfig alias, or built by
+    `tile_of` for a templated one), the engine's MMA opcode, and how a bench shape becomes its grid
+    and the column tiles each CTA sweeps."""
     pattern: str
     tiles: tuple              # MmaTileConfig aliases, the first one defined is the kernel's
     mma_op: str               # "HMMA" (tensor cores; HGMMA counts too) or "FFMA" (the f32 engine)
-    schedule: object          # (N, D, header constants, kernel, Tile) -> (CTAs, column tiles per CTA)
+    schedule: object          # (N, D, header constants, kernel, Tile) -> (CTAs, column tiles per CTA), or
+                              # None when the host would not launch this kernel at that shape
     useful_flops: object      # (N, D) -> the DESIGN.md lower bound's FLOPs
     role: str                 # "forward" / "backward": pairs them in the per-shape table
     rows_constant: str = ""   # the header constant the tile's BM must equal (checked, noted if not)
+    tile_of: object = None    # (kernel, header constants) -> Tile: a template's tile (used over `tiles`)
+    dynamic_smem: object = None  # (kernel, header constants) -> bytes of dynamic shared memory per CTA
+    # (tile, d) -> trips per column tile of a second MMA loop in the column-tile loop (after the
+    # k-loop: the backward's H x U product); None: such loops get 1 trip.
+    product_trips: object = None
+    mode_arms: bool = False   # the epilogue branches per tile between two exponential paths (see mode_arms)
+    # (tile, Counts of a column-loop inner loop without MMAs) -> its trips per column tile, or None
+    # for the default of 1 trip (noted in the report).
+    inner_loop_trips: object = None
+    example: str = ""         # a kernel name the pattern matches (tests)
 
 
 def forward_splits(row_blocks, tiles, sms, blocks_per_sm, max_splits):
@@ -511,11 +523,81 @@ def forward_schedule(n, d, h, kernel, tile):
     return row_blocks * splits, ceil_div(tiles, splits)
 
 
+def backward_groups(kernel):
+    """G of a `contrastive_backward_*_g{G}` kernel (its d-groups of 4 warps)."""
+    m = re.search(r"_g(\d+)$", kernel)
+    return int(m.group(1)) if m else 1
+
+
+def backward_tile(kernel, h):
+    """BackwardTraits<T, G>::Cfg of kernels/contrastive.cu: MmaTileConfig<BACKWARD_ROWS, 64, BK, 4, G, E>
+    with BK = 16 for f32, 64 for G = 4, else 32 (whole 16-byte chunks per thread and stage)."""
+    g, e = backward_groups(kernel), 4 if "_f32" in kernel else 2
+    bk = 16 if e == 4 else (64 if g == 4 else 32)
+    return Tile(f"BackwardTraits<{'float' if e == 4 else 'half'}, {g}>::Cfg", h["CONTRASTIVE_BACKWARD_ROWS"], 64, bk,
+                4, g, e)
+
+
+def backward_dynamic_smem(kernel, h):
+    """sizeof(BackwardShared<T, G>), the header's CK_CONTRASTIVE_BACKWARD_SMEM_{HALF,F32}_G{G}."""
+    return h[f"CONTRASTIVE_BACKWARD_SMEM_{'F32' if '_f32' in kernel else 'HALF'}_G{backward_groups(kernel)}"]
+
+
+def backward_launch(dtype, aligned, d, own_rows, other_rows, h):
+    """src/ops/contrastive/gpu.rs' backward_shape + backward_splits (one pass: `own` rows against
+    `other` rows): G = the smallest of 1, 2, 4 with G WARP_D >= d, at most MAX_GROUPS (4 for aligned
+    f16 / bf16, else 2); chunk = G WARP_D columns of d per block (grid.y = ceil(d / chunk));
+    splits = floor(SPLIT_TARGET_CTAS / G / blocks) clamped to [1, min(MAX_SPLITS, column tiles)],
+    1 for G = 4. Returns (G, chunk, splits)."""
+    f32 = dtype == "f32"
+    warp_d = h["CONTRASTIVE_BACKWARD_WARP_D_F32" if f32 else "CONTRASTIVE_BACKWARD_WARP_D_HALF"]
+    most = h["CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF" if aligned and not f32 else
+             "CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER"]
+    g = next((g for g in (1, 2, 4) if g * warp_d >= d or g == most), most)
+    chunk = g * warp_d
+    blocks = ceil_div(own_rows, h["CONTRASTIVE_BACKWARD_ROWS"]) * max(ceil_div(d, chunk), 1)
+    tiles = ceil_div(other_rows, h["CONTRASTIVE_BACKWARD_ROWS"])
+    if g == 4 or blocks == 0 or tiles == 0:
+        return g, chunk, 1
+    splits = max(min(h["CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS"] // g // blocks, h["CONTRASTIVE_BACKWARD_MAX_SPLITS"],
+                     tiles), 1)
+    return g, chunk, splits
+
+
+def backward_kernel_dtype(kernel):
+    """(dtype, aligned) of a backward kernel name (gpu.rs: `_unaligned` when d % 8 or a base is not
+    16-byte aligned; f32 loads element-wise either way but has both names)."""
+    m = re.match(r"contrastive_backward_(f16|bf16|f32)(_unaligned)?", kernel)
+    return (m.group(1), m.group(2) is None) if m else (None, False)
+
+
 def backward_schedule(n, d, h, kernel, tile):
-    """src/ops/contrastive/gpu.rs, the backward's `pass` (own = the rows, one pass in the self geometry):
-    grid (ceil(n / BACKWARD_ROWS), ceil(d / GRAD_CHUNK_HALF)), each CTA sweeping every column tile."""
-    ctas = ceil_div(n, h["CONTRASTIVE_BACKWARD_ROWS"]) * ceil_div(d, h["CONTRASTIVE_GRAD_CHUNK_HALF"])
-    return ctas, ceil_div(n, tile.BN)
+    """src/ops/contrastive/gpu.rs' backward_raw, the self geometry's one pass (own = other = the n
+    rows, no prototypes): grid (ceil(n / 64), ceil(d / chunk), splits), each CTA sweeping its
+    split's ceil(tiles / splits) of the ceil(n / 64) column tiles. None when the host picks another
+    G at this d (backward_launch)."""
+    dtype, aligned = backward_kernel_dtype(kernel)
+    g, chunk, splits = backward_launch(dtype, aligned, d, n, n, h)
+    if g != backward_groups(kernel):
+        return None
+    tiles = ceil_div(n, tile.BN)
+    return ceil_div(n, tile.BM) * ceil_div(d, chunk) * splits, ceil_div(tiles, splits)
+
+
+def backward_staging_trips(tile, counts):
+    """bwd::stage_columns' per-column loop (`for (c = threadIdx.x; c < BN; c += THREADS)`, the one
+    holding MUFU: the columns' reciprocal and exponential): ptxas peels its first iteration into the
+    column loop's body and unrolls the rest, which runs 0 times when THREADS >= BN (every G). Other
+    loops: None (1 trip)."""
+    if counts.mufu and tile.threads >= tile.BN:
+        return 0
+    return None
+
+
+def backward_product_trips(tile, d):
+    """The H x U loop (bwd::h_times_tile): one k16 step of H's BN columns per trip, each of the
+    warp's WARP_D / 8 MMAs; BN / 16 trips per column tile whatever d (a block's chunk is fixed)."""
+    return tile.BN // 16
 
 
 def forward_flops(n, d):
@@ -530,17 +612,39 @@ def backward_flops(n, d):
 # or the column tiles a CTA sweeps (a triangular or persistent schedule).
 KERNEL_MODELS = [
     KernelModel(r"^contrastive_forward_(f16|bf16)(_online)?(_unaligned)?$", ("ForwardTile", "Tile128"), "HMMA",
-                forward_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS"),
-    KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?$", ("BackwardTile", "Tile64RowWarps"), "HMMA",
-                backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS"),
-    # The f32 kernels (on the Ffma engine) are not modelled: their k-loop is FFMA on the CUDA cores,
-    # whose stage loop the MMA-count rule does not find; they get the resource columns only. A model
-    # with mma_op "FFMA" is the place to start.
+                forward_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS",
+                example="contrastive_forward_bf16"),
+    # The rebuilt backward: a block = 4 row warps x G d-groups, a 64 x 64 logit tile per column tile
+    # for the whole chunk of d, H through (dynamic) shared memory, then H x U (BackwardTraits).
+    KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?_g(1|2|4)$", (), "HMMA",
+                backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS",
+                tile_of=backward_tile, dynamic_smem=backward_dynamic_smem, product_trips=backward_product_trips,
+                mode_arms=True, inner_loop_trips=backward_staging_trips, example="contrastive_backward_bf16_g1"),
+]
+
+# Kernels with the resource columns only, on purpose (pattern, why). scripts/tests checks that every
+# contrastive kernel matches a model or this list, so a rename cannot silently drop a kernel's rows.
+RESOURCE_ONLY = [
+    (r"^contrastive_(forward|backward)_f32(_unaligned)?(_g\d)?$",
+     "f32 on the FFMA engine: its k-loop (FFMA from shared memory) is not the MMA-count rule's"),
+    (r"^contrastive_backward_merge$", "memory-bound sum of the column splits' partials (no MMA)"),
+    (r"^contrastive_(pack|norm_penalty_backward)_\w+$", "one warp per row, O(N D) memory traffic"),
+    (r"^contrastive_(backward_prepare|reduce|check_inputs)$", "single-block / grid-stride checks and reductions"),
 ]
 
 
-def model_tile(model, tiles):
-    """The first of the model's tile aliases that the kernel sources define, else None."""
+def resource_only_reason(kernel):
+    return next((why for pat, why in RESOURCE_ONLY if re.match(pat, kernel)), None)
+
+
+def model_tile(model, tiles, kernel=None, header=None):
+    """The model's tile: `tile_of` (kernel, header) when it has one, else the first of its tile
+    aliases that the kernel sources define; None when neither gives one."""
+    if model.tile_of is not None:
+        try:
+            return model.tile_of(kernel or model.example, header or {})
+        except KeyError:
+            return None  # a header constant it reads is missing
     return next((tiles[name] for name in model.tiles if name in tiles), None)
 
 
@@ -564,6 +668,12 @@ class KernelCost:
     k_per_iteration: int = 0          # reduction-dim elements one k-loop iteration covers
     epilogue: Counts = None           # the column-tile loop's body minus its inner loops
     other_inner_loops: Counts = None  # inner loops of the column loop besides the k-loop (1 trip assumed)
+    product_loop: Counts = None       # the second MMA loop of the column loop (H x U), model.product_trips trips
+    product_trips: object = None      # (tile, d) -> the product loop's trips per column tile
+    k_tail: Counts = None             # whole BK steps of MMAs outside the k-loop (an unrolled k-loop's remainder)
+    k_tail_steps: int = 0
+    dynamic_smem: int = 0             # bytes per CTA, from the params header (not in ptxas' report)
+    arms: dict = None                 # the epilogue's two exponential paths: {"hot"/"cold": (insts, MUFU)}
     logits_per_thread: int = 0
     k_unrolled: bool = False          # no k-loop: the MMAs sit in the column-tile loop's own body
     notes: list = field(default_factory=list)
@@ -595,12 +705,24 @@ class KernelCost:
     def k_trips(self, d):
         return -(-d // self.k_per_iteration) if self.k_per_iteration else 0
 
+    def k_tail_trips(self, d):
+        """Passes through the k-loop's remainder code (k_tail) at reduction dim d: the BK steps left
+        over by a k-loop unrolled over several steps, k_tail_steps per pass."""
+        if not self.k_tail or not self.k_tail_steps or not self.tile:
+            return 0
+        steps, per_iteration = -(-d // self.tile.BK), max(self.k_per_iteration // self.tile.BK, 1)
+        return (steps % per_iteration) // self.k_tail_steps
+
     def per_tile(self, d):
         """One warp's counts for one column tile at reduction dim d."""
         c = Counts()
         c.add(self.epilogue)
         c.add(self.other_inner_loops)
         c.add(self.k_loop, self.k_trips(d))
+        if self.product_loop:
+            c.add(self.product_loop, self.product_trips(self.tile, d) if self.product_trips else 1)
+        if self.k_tail:
+            c.add(self.k_tail, self.k_tail_trips(d))
         return c
 
 
@@ -609,17 +731,29 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
     is the first innermost loop holding MMA instructions, the column-tile loop its parent, the epilogue
     that loop's own body (its inner loops excluded), per logit = / (BM BN / threads)."""
     model = model_for(name)
-    tile = model_tile(model, tiles) if model else None
+    tile = model_tile(model, tiles, name, header) if model else None
     threads = max_threads or (tile.threads if tile else 0)
-    ctas, limiter = occupancy(ptxas.regs, threads, ptxas.smem_bytes) if threads else (0, "unknown block size")
+    dynamic, missing = 0, None
+    if model is not None and model.dynamic_smem is not None:
+        try:
+            dynamic = model.dynamic_smem(name, header or {})
+        except KeyError as e:
+            missing = e.args[0]
+    # Occupancy counts the dynamic shared memory the host launches with (not in ptxas' report).
+    ctas, limiter = occupancy(ptxas.regs, threads, ptxas.smem_bytes + dynamic) if threads else (0, "unknown block size")
     calls = sum(ins.base == "CALL" for ins in instrs)
     cost = KernelCost(name, module, ptxas, threads, ctas, limiter, calls)
+    cost.dynamic_smem = dynamic
+    if missing:
+        cost.notes.append(f"dynamic shared memory: header constant CK_{missing} missing (counted as 0)")
     roots = find_loops(instrs)
     cost.loops = sum(1 for _ in all_loops(roots))
     if model is None:
         return cost
     if tile is None:
-        cost.notes.append(f"none of the tiles {', '.join(model.tiles)} is defined (MmaTileConfig aliases)")
+        what = "its tile_of found no header constant" if model.tile_of else \
+            f"none of the tiles {', '.join(model.tiles)} is defined (MmaTileConfig aliases)"
+        cost.notes.append(what)
         return cost
     if max_threads and max_threads != tile.threads:
         cost.notes.append(f"launch bounds {max_threads} threads != tile {tile.name}'s {tile.threads}: "
@@ -658,14 +792,64 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
     elif cost.k_loop.mma:
         cost.k_per_iteration = tile.BK
         cost.notes.append(f"k-loop holds {cost.k_loop.mma} MMAs, not a multiple of {per_step} per BK: one BK assumed")
-    cost.epilogue = count(body(instrs, column_loop), model.mma_op, slow)
+    cost.logits_per_thread = tile.BM * tile.BN // tile.threads
+    epilogue = body(instrs, column_loop)
+    if model.mode_arms:
+        arms = mode_arms(epilogue)
+        if arms is None:
+            cost.notes.append("no two exponential paths (a per-tile branch between MUFU arms) found: both counted")
+        else:
+            hot, cold = sorted(arms, key=lambda arm: (sum(i.base in MUFU_OPS for i in arm), len(arm)))
+            cost.arms = {k: (sum(i.opcode != "NOP" for i in arm) / cost.logits_per_thread,
+                             sum(i.base in MUFU_OPS for i in arm) / cost.logits_per_thread)
+                         for k, arm in (("hot", hot), ("cold", cold))}
+            slow = slow | {i.addr for i in cold}  # the cold arm: all paths only
+    cost.epilogue = count(epilogue, model.mma_op, slow)
+    if column_loop is not k_loop and cost.epilogue.mma and cost.k_per_iteration > tile.BK \
+            and cost.epilogue.mma % per_step == 0:
+        # An unrolled k-loop's remainder (odd BK steps) sits in the column loop's body: its MMAs run
+        # only when the steps do not divide evenly (k_tail_trips), not once per tile.
+        cost.k_tail = Counts(mma=cost.epilogue.mma, mma_flops=cost.epilogue.mma_flops)
+        cost.k_tail_steps = cost.epilogue.mma // per_step
+        cost.epilogue.mma, cost.epilogue.mma_flops = 0, 0
     cost.other_inner_loops = Counts()
     for child in column_loop.children:
-        if child is not k_loop:
-            cost.other_inner_loops.add(count(body(instrs, child, exclude_children=False), model.mma_op, slow))
+        if child is k_loop:
+            continue
+        counts = count(body(instrs, child, exclude_children=False), model.mma_op, slow)
+        if counts.mma and model.product_trips and cost.product_loop is None:
+            cost.product_loop, cost.product_trips = counts, model.product_trips
+            continue
+        trips = model.inner_loop_trips(tile, counts) if model.inner_loop_trips else None
+        if trips is None:
+            cost.other_inner_loops.add(counts)
             cost.notes.append(f"inner loop at 0x{child.start:x} besides the k-loop: 1 trip assumed")
-    cost.logits_per_thread = tile.BM * tile.BN // tile.threads
+        else:
+            cost.other_inner_loops.add(counts, trips)
     return cost
+
+
+def mode_arms(instrs):
+    """The two arms of the largest if / else in `instrs` (a column-tile loop's own body) whose both
+    arms hold MUFU ops: a conditional forward branch to t, the then-arm ending in an unconditional
+    BRA to t2 > t, the else-arm [t, t2). The backward's per-tile choice between one and two
+    exponentials per logit (bwd::sweep_mode). Returns ([then instructions], [else instructions]) or None."""
+    index = {ins.addr: i for i, ins in enumerate(instrs)}
+    best = None
+    for i, ins in enumerate(instrs):
+        t = branch_target(ins)
+        if t is None or not ins.pred or t <= ins.addr or t not in index or index[t] == 0:
+            continue
+        jump = instrs[index[t] - 1]
+        t2 = branch_target(jump)
+        if jump.base != "BRA" or jump.pred or t2 is None or t2 <= t:
+            continue
+        then = instrs[i + 1:index[t]]
+        other = [x for x in instrs[index[t]:] if x.addr < t2]
+        if any(x.base in MUFU_OPS for x in then) and any(x.base in MUFU_OPS for x in other):
+            if best is None or len(then) + len(other) > len(best[0]) + len(best[1]):
+                best = (then, other)
+    return best
 
 
 # ---------------------------------------------------------------------------------------------
@@ -716,7 +900,10 @@ def estimate_shape(cost, n, d, header):
     model = model_for(cost.kernel)
     if model is None or cost.epilogue is None or cost.ctas_per_sm == 0:
         return None
-    ctas, tiles = model.schedule(n, d, header, cost.kernel, cost.tile)
+    launch = model.schedule(n, d, header, cost.kernel, cost.tile)
+    if launch is None:  # the host launches another variant at this shape
+        return None
+    ctas, tiles = launch
     waves, efficiency = wave_quantization(ctas, cost.ctas_per_sm)
     per_tile = cost.per_tile(d)
     warps = cost.tile.warps
@@ -730,22 +917,27 @@ def estimate_shape(cost, n, d, header):
                          ctas * per_cta_scale * per_tile.mma_flops, t_tensor, t_issue, t_mufu, t_smem)
 
 
+def backward_for(forward, estimates, n, d):
+    """The backward kernel the host launches with `forward` at (n, d): same dtype and alignment
+    (`_online` dropped), the G variant of backward_launch, i.e. the one with an estimate there."""
+    base = forward.replace("_forward_", "_backward_").replace("_online", "")
+    return next((k for (k, kn, kd) in estimates if (kn, kd) == (n, d) and re.fullmatch(re.escape(base) + r"(_g\d+)?", k)),
+                None)
+
+
 def pair_estimates(costs, estimates):
-    """forward + backward of one dtype / alignment at each shape: times add (pack, prepare and reduce
-    kernels left out)."""
+    """forward + backward of one dtype / alignment at each shape: times add (pack, prepare, reduce
+    and the split merge kernels left out)."""
     out = []
-    by_name = {c.kernel: c for c in costs}
     for fwd in costs:
         if model_for(fwd.kernel) is None or model_for(fwd.kernel).role != "forward":
             continue
-        bwd = by_name.get(fwd.kernel.replace("_forward_", "_backward_").replace("_online", ""))
-        if bwd is None:
-            continue
         for (n, d) in BENCH_SHAPES:
-            ef, eb = estimates.get((fwd.kernel, n, d)), estimates.get((bwd.kernel, n, d))
+            bwd = backward_for(fwd.kernel, estimates, n, d)
+            ef, eb = estimates.get((fwd.kernel, n, d)), estimates.get((bwd, n, d))
             if ef and eb:
                 t = ef.time + eb.time
-                out.append({"kernel": f"{fwd.kernel} + {bwd.kernel}", "n": n, "d": d, "time_us": t * 1e6,
+                out.append({"kernel": f"{fwd.kernel} + {bwd}", "n": n, "d": d, "time_us": t * 1e6,
                             "useful_flops": ef.useful_flops + eb.useful_flops,
                             "percent_of_peak": 100.0 * (ef.useful_flops + eb.useful_flops) / t / PEAK_TENSOR_FLOPS})
     return out
@@ -770,13 +962,20 @@ TARGET_MIN_PERCENT_OF_PEAK = 35.0  # forward + backward
 
 
 def target_checks(costs, estimates, pairs):
-    """[(what, target, estimated value, met)] for TARGET_KERNELS present in `costs`."""
-    by_name = {c.kernel: c for c in costs}
+    """[(what, target, estimated value, met)] for TARGET_KERNELS present in `costs`: a name itself, or
+    its `_g{G}` variants that the host launches at a target shape (those with an estimate there)."""
+    def targeted(kernel):
+        for name in TARGET_KERNELS:
+            if kernel == name:
+                return True
+            if re.fullmatch(re.escape(name) + r"_g\d+", kernel):
+                return any((kernel, n, d) in estimates for (n, d) in TARGET_SHAPES)
+        return False
     rows = []
-    for name in TARGET_KERNELS:
-        c = by_name.get(name)
-        if c is None or c.epilogue is None:
+    for c in costs:
+        if not targeted(c.kernel) or c.epilogue is None:
             continue
+        name = c.kernel
         rows.append((f"{name}: epilogue instructions / logit", f"<= {TARGET_MAX_INSTRUCTIONS_PER_LOGIT}",
                      f"{c.epilogue_instructions_per_logit:.1f}",
                      c.epilogue_instructions_per_logit <= TARGET_MAX_INSTRUCTIONS_PER_LOGIT))
@@ -790,9 +989,9 @@ def target_checks(costs, estimates, pairs):
                 rows.append((f"{name}: wave efficiency, N = {n}, D = {d}",
                              f">= {100 * TARGET_MIN_WAVE_EFFICIENCY:.0f} %",
                              f"{100 * e.wave_efficiency:.1f} %", e.wave_efficiency >= TARGET_MIN_WAVE_EFFICIENCY))
-    pair_name = " + ".join(TARGET_KERNELS)
+    pair_name = re.escape(TARGET_KERNELS[0]) + " \\+ " + re.escape(TARGET_KERNELS[1]) + r"(_g\d+)?"
     for p in pairs:
-        if p["kernel"] == pair_name and (p["n"], p["d"]) in TARGET_SHAPES:
+        if re.fullmatch(pair_name, p["kernel"]) and (p["n"], p["d"]) in TARGET_SHAPES:
             rows.append((f"forward + backward % of 989 TFLOP/s, N = {p['n']}, D = {p['d']}",
                          f">= {TARGET_MIN_PERCENT_OF_PEAK:.0f} %", f"{p['percent_of_peak']:.1f} %",
                          p["percent_of_peak"] >= TARGET_MIN_PERCENT_OF_PEAK))
@@ -815,24 +1014,33 @@ def render_markdown(costs, estimates, pairs, sources):
         " (predicated and branched-over ones included), on the hot path: basic blocks holding a CALL (the IEEE"
         " division's slow path) left out, which `(all paths)` keeps. Per logit = / (BM x BN / threads). MMA / k-iter:"
         " one warp's MMA instructions per k-loop iteration; smem wf / MMA: shared-memory read wavefronts (LDSM / LDS,"
-        " conflict-free) per MMA in the k-loop. CALLs: call instructions anywhere in the kernel.",
+        " conflict-free) per MMA in the k-loop. CALLs: call instructions anywhere in the kernel. smem B: static (ptxas) +"
+        " dynamic (the params header's launch constant); occupancy counts both. Where the epilogue branches per tile"
+        " between two exponential paths (the backward), insts / logit and MUFU / logit take the path with fewer MUFU"
+        " (one ex2 per logit, tau >= ~0.029) and `(all paths)` both; `arm` = that path's own branch alone per logit"
+        " (insts / MUFU), the other path's in brackets.",
         "",
         "| kernel | regs | spill st/ld B | smem B | threads | CTAs/SM (limit) | tile BMxBNxBK | MMA / k-iter"
         " | k-loop insts | epilogue insts | logits / thread | insts / logit | (all paths) | MUFU / logit"
-        " | smem wf / MMA"
+        " | arm insts / MUFU per logit | smem wf / MMA"
         " | CALLs | notes |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for c in costs:
         t = c.tile
+        smem = f"{c.ptxas.smem_bytes} + {c.dynamic_smem}" if c.dynamic_smem else str(c.ptxas.smem_bytes)
+        arms = "-" if not c.arms else (f"{c.arms['hot'][0]:.1f} / {c.arms['hot'][1]:.2f}"
+                                       f" ({c.arms['cold'][0]:.1f} / {c.arms['cold'][1]:.2f})")
+        notes = c.notes + ([f"resource columns only: {resource_only_reason(c.kernel)}"]
+                           if model_for(c.kernel) is None and resource_only_reason(c.kernel) else [])
         lines.append(
-            f"| {c.kernel} | {c.ptxas.regs} | {c.ptxas.spill_stores}/{c.ptxas.spill_loads} | {c.ptxas.smem_bytes}"
+            f"| {c.kernel} | {c.ptxas.regs} | {c.ptxas.spill_stores}/{c.ptxas.spill_loads} | {smem}"
             f" | {c.threads} | {c.ctas_per_sm} ({c.occupancy_limiter}) | {f'{t.BM}x{t.BN}x{t.BK}' if t else '-'}"
             f" | {c.k_loop.mma if c.k_loop else '-'} | {c.k_loop.instructions if c.k_loop else '-'}"
             f" | {c.epilogue.instructions if c.epilogue else '-'} | {c.logits_per_thread or '-'}"
             f" | {fmt(c.epilogue_instructions_per_logit)} | {fmt(c.epilogue_instructions_per_logit_all_paths)}"
-            f" | {fmt(c.mufu_per_logit, '{:.2f}')}"
-            f" | {fmt(c.smem_wavefronts_per_mma, '{:.2f}')} | {c.calls} | {'; '.join(c.notes)} |")
+            f" | {fmt(c.mufu_per_logit, '{:.2f}')} | {arms}"
+            f" | {fmt(c.smem_wavefronts_per_mma, '{:.2f}')} | {c.calls} | {'; '.join(notes)} |")
     lines += [
         "",
         "## Per bench shape (self geometry; column tiles per CTA from the kernel's schedule)",
@@ -853,7 +1061,7 @@ def render_markdown(costs, estimates, pairs, sources):
             f" | {e.t_mufu * 1e6:.1f} | {e.t_smem * 1e6:.1f} | {e.time * 1e6:.1f} | {e.bound}"
             f" | {e.percent_of_peak:.1f} % |")
     if pairs:
-        lines += ["", "## Forward + backward (estimated; pack / prepare / reduce kernels left out)", "",
+        lines += ["", "## Forward + backward (estimated; pack / prepare / reduce / split-merge kernels left out)", "",
                   "| kernels | N | D | est. us | est. % of peak |", "|---|---|---|---|---|"]
         for p in pairs:
             lines.append(f"| {p['kernel']} | {p['n']} | {p['d']} | {p['time_us']:.1f} | {p['percent_of_peak']:.1f} % |")
@@ -884,6 +1092,7 @@ def json_records(costs, estimates, pairs):
             "spill_load_bytes": c.ptxas.spill_loads,
             "stack_bytes": c.ptxas.stack_bytes,
             "smem_bytes": c.ptxas.smem_bytes,
+            "dynamic_smem_bytes": c.dynamic_smem,
             "threads": c.threads,
             "ctas_per_sm": c.ctas_per_sm,
             "occupancy_limiter": c.occupancy_limiter,
@@ -898,6 +1107,11 @@ def json_records(costs, estimates, pairs):
             "epilogue_instructions_per_logit": c.epilogue_instructions_per_logit,
             "epilogue_instructions_per_logit_all_paths": c.epilogue_instructions_per_logit_all_paths,
             "mufu_per_logit": c.mufu_per_logit,
+            "hot_arm_instructions_per_logit": c.arms["hot"][0] if c.arms else None,
+            "hot_arm_mufu_per_logit": c.arms["hot"][1] if c.arms else None,
+            "cold_arm_instructions_per_logit": c.arms["cold"][0] if c.arms else None,
+            "cold_arm_mufu_per_logit": c.arms["cold"][1] if c.arms else None,
+            "product_loop_mma": c.product_loop.mma if c.product_loop else None,
             "smem_wavefronts_per_mma": c.smem_wavefronts_per_mma,
             "est_percent_of_peak": headline.percent_of_peak if headline else None,
             "shapes": [{"n": e.n, "d": e.d, "ctas": e.ctas, "waves": e.waves, "wave_efficiency": e.wave_efficiency,

@@ -9,6 +9,7 @@ unless CK_REQUIRE_NVCC=1 (then they fail).
 """
 
 import os
+import re
 import sys
 import tempfile
 import unittest
@@ -203,6 +204,77 @@ class ToolchainOutput(unittest.TestCase):
         self.assertEqual((c.ctas_per_sm, c.occupancy_limiter), (16, "warps"))
 
 
+REPO = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..")
+
+
+class RepositoryBackward(unittest.TestCase):
+    """kernels/contrastive.cu as this toolchain compiles it (about half a minute): every kernel has a
+    model or a stated reason for the resource columns only, and the rebuilt backward's structure is
+    found (its author's SASS counts: ~12 instructions and 1 MUFU per logit on the one-exponential
+    path, 2 CTAs per SM at G = 1, 1 at G = 4)."""
+
+    @classmethod
+    def setUpClass(cls):
+        tools = toolchain()
+        if tools is None:
+            if REQUIRE:
+                raise AssertionError("CK_REQUIRE_NVCC=1 but nvcc / cuobjdump were not found")
+            raise unittest.SkipTest("nvcc / cuobjdump not found")
+        kernels = os.path.join(REPO, "kernels")
+        cls.tmp = tempfile.TemporaryDirectory(prefix="sass-cost-repo-")
+        src = os.path.join(kernels, "contrastive.cu")
+        cubin, report = sc.compile_cubin(tools[0], src, kernels, cls.tmp.name)
+        cls.header = sc.header_constants(kernels)
+        costs = sc.analyse_cubin(cubin, report, "contrastive", tools[1], sc.tile_configs(kernels, [src]),
+                                 header=cls.header)
+        cls.costs = {c.kernel: c for c in costs}
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.tmp.cleanup()
+
+    def test_every_contrastive_kernel_has_a_model(self):
+        # A renamed kernel matches neither list: this fails instead of the report dropping its rows.
+        self.assertGreater(len(self.costs), 20)
+        for name in self.costs:
+            self.assertTrue(name.startswith("contrastive_"), name)
+            self.assertTrue(sc.model_for(name) is not None or sc.resource_only_reason(name) is not None,
+                            f"{name}: no KERNEL_MODELS entry and not in RESOURCE_ONLY")
+        for name, c in self.costs.items():
+            if re.match(r"contrastive_(forward|backward)_(f16|bf16)", name):
+                self.assertIsNotNone(sc.model_for(name), name)
+                self.assertIsNotNone(c.epilogue, f"{name}: {c.notes}")
+
+    def test_backward_structure(self):
+        for name, ctas in (("contrastive_backward_bf16_g1", 2), ("contrastive_backward_f16_g4", 1)):
+            c = self.costs[name]
+            g = sc.backward_groups(name)
+            self.assertEqual(c.threads, 128 * g, name)
+            self.assertEqual(c.dynamic_smem, self.header[f"CONTRASTIVE_BACKWARD_SMEM_HALF_G{g}"], name)
+            self.assertEqual(c.ctas_per_sm, ctas, name)
+            self.assertEqual(c.k_loop.mma % c.tile.mma_per_warp_per_k_step, 0, name)
+            self.assertEqual(c.product_loop.mma, 128 // 8, f"{name}: WARP_D / 8 MMAs per k16 step of H U")
+            self.assertEqual(c.arms["hot"][1], 1.0, f"{name}: one ex2 per logit")
+            self.assertEqual(c.arms["cold"][1], 2.0, f"{name}: two below tau ~0.029")
+            self.assertLess(c.arms["hot"][0], 14, name)
+            # + the staging's peeled per-column iteration (an rcp and an ex2 per column), counted for
+            # every warp though only the first BN / 32 warps run it.
+            self.assertLessEqual(c.mufu_per_logit, 1.0 + 2 / c.logits_per_thread, name)
+            self.assertEqual(c.other_inner_loops.instructions, 0, f"{name}: {c.notes}")
+        for name, d in (("contrastive_backward_bf16_g1", 128), ("contrastive_backward_f16_g4", 512)):
+            e = sc.estimate_shape(self.costs[name], 8192, d, self.header)
+            self.assertEqual(e.mma_flops, e.useful_flops, f"{name}: S once per tile, H U once: 4 N^2 D")
+            self.assertGreaterEqual(e.wave_efficiency, 0.9, name)
+        self.assertIsNone(sc.estimate_shape(self.costs["contrastive_backward_bf16_g1"], 8192, 512, self.header))
+
+    def test_backward_tile_mirrors_the_source(self):
+        with open(os.path.join(REPO, "kernels", "contrastive.cu"), encoding="utf-8") as f:
+            text = f.read()
+        # backward_tile mirrors these two lines of BackwardTraits.
+        self.assertIn("BK = E == 4 ? 16 : (G == 4 ? 64 : 32);", text)
+        self.assertIn("MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, 4, G, E>", text)
+
+
 class Occupancy(unittest.TestCase):
     """cuda_occupancy.h's rules for compute capability 9.x, worked by hand."""
 
@@ -253,10 +325,65 @@ class Schedules(unittest.TestCase):
         self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16", tile), (256, 16))
         self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16_online", tile), (128, 32))
 
-    def test_backward(self):
-        h = {"CONTRASTIVE_BACKWARD_ROWS": 64, "CONTRASTIVE_GRAD_CHUNK_HALF": 128}
-        tile = sc.Tile("T", 64, 64, 32, 4, 1)
-        self.assertEqual(sc.backward_schedule(8192, 512, h, "contrastive_backward_bf16", tile), (512, 128))
+    H = {"CONTRASTIVE_BACKWARD_ROWS": 64, "CONTRASTIVE_BACKWARD_WARP_D_HALF": 128, "CONTRASTIVE_BACKWARD_WARP_D_F32": 64,
+         "CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF": 4, "CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER": 2,
+         "CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS": 264, "CONTRASTIVE_BACKWARD_MAX_SPLITS": 8,
+         "CONTRASTIVE_BACKWARD_SMEM_HALF_G1": 51200, "CONTRASTIVE_BACKWARD_SMEM_HALF_G4": 116736,
+         "CONTRASTIVE_BACKWARD_SMEM_F32_G2": 75776}
+
+    def test_backward_launch(self):
+        # gpu.rs backward_shape / backward_splits, worked by hand. (G, chunk, splits):
+        # d = 128 bf16: G = 1; 128 row blocks, 264 / 1 / 128 = 2 splits (256 CTAs, one wave at 2 per SM).
+        self.assertEqual(sc.backward_launch("bf16", True, 128, 8192, 8192, self.H), (1, 128, 2))
+        # d = 512 aligned: G = 4, never split.
+        self.assertEqual(sc.backward_launch("bf16", True, 512, 8192, 8192, self.H), (4, 512, 1))
+        # d = 512 unaligned: at most G = 2, 2 chunks; 264 / 2 / 256 = 0 -> 1 split.
+        self.assertEqual(sc.backward_launch("f16", False, 512, 8192, 8192, self.H), (2, 256, 1))
+        # f32: WARP_D 64, so d = 128 takes G = 2; 264 / 2 / 128 = 1.
+        self.assertEqual(sc.backward_launch("f32", True, 128, 8192, 8192, self.H), (2, 128, 1))
+        # n = 65536: 1024 row blocks, no split; a small grid is clamped by MAX_SPLITS and the tiles.
+        self.assertEqual(sc.backward_launch("bf16", True, 128, 65536, 65536, self.H), (1, 128, 1))
+        self.assertEqual(sc.backward_launch("bf16", True, 64, 64, 8192, self.H), (1, 128, 8))
+        self.assertEqual(sc.backward_launch("bf16", True, 64, 64, 192, self.H), (1, 128, 3))
+
+    def test_backward_schedule_and_tile(self):
+        g1 = sc.backward_tile("contrastive_backward_bf16_g1", self.H)
+        g4 = sc.backward_tile("contrastive_backward_f16_g4", self.H)
+        f32 = sc.backward_tile("contrastive_backward_f32_unaligned_g2", self.H)
+        self.assertEqual((g1.BM, g1.BN, g1.BK, g1.threads, g1.mma_per_warp_per_k_step), (64, 64, 32, 128, 16))
+        self.assertEqual((g4.BK, g4.threads, g4.mma_per_warp_per_k_step), (64, 512, 8))
+        self.assertEqual((f32.BK, f32.threads, f32.elem_bytes), (16, 256, 4))
+        # 128 row blocks x 2 splits, each sweeping 32 of the 128 column tiles... (8192 / 64 = 128 tiles).
+        self.assertEqual(sc.backward_schedule(8192, 128, self.H, "contrastive_backward_bf16_g1", g1), (256, 64))
+        self.assertEqual(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_f16_g4", g4), (128, 128))
+        # The host picks G = 4 at d = 512: the G = 1 kernel is not launched there, and G = 4 not at 128.
+        self.assertIsNone(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_bf16_g1", g1))
+        self.assertIsNone(sc.backward_schedule(8192, 128, self.H, "contrastive_backward_f16_g4", g4))
+        self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_bf16_unaligned_g1", self.H), 51200)
+        self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_f32_g2", self.H), 75776)
+        # Occupancy with the dynamic shared memory: G = 1 (228 registers) stays at 2 by registers
+        # (52224 B per CTA would allow 4); 116736 B alone allows one G = 4 CTA.
+        self.assertEqual(sc.occupancy(228, 128, 51200), (2, "registers"))
+        self.assertEqual(sc.occupancy(32, 128, 116736), (1, "shared memory"))
+        self.assertEqual(sc.occupancy(32, 128, 51200), (4, "shared memory"))
+
+    def test_backward_chosen_for_a_forward(self):
+        est = {("contrastive_backward_bf16_g1", 8192, 128): 1, ("contrastive_backward_bf16_g4", 8192, 512): 1,
+               ("contrastive_backward_bf16_unaligned_g2", 8192, 512): 1}
+        self.assertEqual(sc.backward_for("contrastive_forward_bf16", est, 8192, 128), "contrastive_backward_bf16_g1")
+        self.assertEqual(sc.backward_for("contrastive_forward_bf16_online", est, 8192, 512), "contrastive_backward_bf16_g4")
+        self.assertEqual(sc.backward_for("contrastive_forward_bf16_unaligned", est, 8192, 512),
+                         "contrastive_backward_bf16_unaligned_g2")
+        self.assertIsNone(sc.backward_for("contrastive_forward_f16", est, 8192, 128))
+
+    def test_k_tail(self):
+        # A k-loop unrolled over 2 BK = 64 steps (128 per iteration), one step of remainder code.
+        c = sc.KernelCost("k", "m", sc.PtxasInfo(), 512, 1, "registers", 0)
+        c.tile, c.k_per_iteration = sc.Tile("T", 64, 64, 64, 4, 4), 128
+        c.k_tail, c.k_tail_steps = sc.Counts(mma=8, mma_flops=8 * 4096), 1
+        self.assertEqual([c.k_tail_trips(d) for d in (64, 128, 192, 512)], [1, 0, 1, 0])
+        c.epilogue, c.other_inner_loops, c.k_loop = sc.Counts(), sc.Counts(), sc.Counts(mma=16)
+        self.assertEqual([c.per_tile(d).mma for d in (64, 128, 192)], [16 + 8, 16, 32 + 8])
 
 
 class Targets(unittest.TestCase):
@@ -265,15 +392,18 @@ class Targets(unittest.TestCase):
             c = sc.KernelCost(name, "m", sc.PtxasInfo(), 256, ctas, "registers", 0)
             c.epilogue, c.logits_per_thread = sc.Counts(instructions=insts, mufu=mufu), 64
             return c
-        costs = [cost("contrastive_forward_bf16", 640, 64, 2), cost("contrastive_backward_bf16", 1000, 65, 1)]
-        pairs = [{"kernel": "contrastive_forward_bf16 + contrastive_backward_bf16", "n": 8192, "d": 128,
+        costs = [cost("contrastive_forward_bf16", 640, 64, 2), cost("contrastive_backward_bf16_g1", 1000, 65, 1),
+                 cost("contrastive_backward_bf16_g2", 100, 0, 2)]
+        pairs = [{"kernel": "contrastive_forward_bf16 + contrastive_backward_bf16_g1", "n": 8192, "d": 128,
                   "percent_of_peak": 40.0}]
-        rows = {what: met for what, _, _, met in sc.target_checks(costs, {}, pairs)}
+        # Only the G variants the host launches at a target shape (an estimate there) are targets.
+        estimates = {("contrastive_backward_bf16_g1", 8192, 128): None}
+        rows = {what: met for what, _, _, met in sc.target_checks(costs, estimates, pairs)}
         self.assertEqual(rows["contrastive_forward_bf16: epilogue instructions / logit"], True)  # 10
-        self.assertEqual(rows["contrastive_backward_bf16: epilogue instructions / logit"], False)  # 15.6
+        self.assertEqual(rows["contrastive_backward_bf16_g1: epilogue instructions / logit"], False)  # 15.6
         self.assertEqual(rows["contrastive_forward_bf16: MUFU / logit"], True)
-        self.assertEqual(rows["contrastive_backward_bf16: MUFU / logit"], False)
-        self.assertEqual(rows["contrastive_backward_bf16: CTAs / SM"], False)
+        self.assertEqual(rows["contrastive_backward_bf16_g1: MUFU / logit"], False)
+        self.assertEqual(rows["contrastive_backward_bf16_g1: CTAs / SM"], False)
         self.assertEqual(rows["forward + backward % of 989 TFLOP/s, N = 8192, D = 128"], True)
         self.assertEqual(len(rows), 7)
 
@@ -308,6 +438,21 @@ ptxas info    : Function properties for $__internal_0_$__cuda_sm3x_div_rn_noftz_
         self.assertEqual([(lp.start, lp.end) for lp in roots[0].children], [(0x10, 0x20)])
         outer = sc.count(sc.body(code, roots[0]), "HMMA")
         self.assertEqual((outer.instructions, outer.mufu, outer.mma), (3, 1, 0))
+
+    def test_mode_arms(self):
+        def ins(addr, text, pred=""):
+            op, _, rest = text.partition(" ")
+            return sc.Instr(addr, pred, op, rest)
+        # if (P0) { one ex2 } else { two ex2 }; a plain skip branch (no else) is no pair of arms.
+        code = [ins(0x00, "BRA 0x20", "@P1"), ins(0x10, "MUFU.RCP R1, R1"),
+                ins(0x20, "BRA 0x70", "@!P0"), ins(0x30, "FMUL R2, R2, R3"), ins(0x40, "MUFU.EX2 R2, R2"),
+                ins(0x50, "FADD R2, R2, R3"), ins(0x60, "BRA 0xb0"),
+                ins(0x70, "MUFU.EX2 R2, R2"), ins(0x80, "MUFU.EX2 R4, R4"), ins(0x90, "FADD R2, R2, R4"),
+                ins(0xa0, "FMUL R2, R2, R5"), ins(0xb0, "STS [R0], R2")]
+        then, other = sc.mode_arms(code)
+        self.assertEqual([i.addr for i in then], [0x30, 0x40, 0x50, 0x60])
+        self.assertEqual([i.addr for i in other], [0x70, 0x80, 0x90, 0xa0])
+        self.assertIsNone(sc.mode_arms(code[:2] + code[-1:]))
 
     def test_partial_overlaps_merge(self):
         # (50, 150) overlaps (0, 100) past a loop nested in the latter: the union, holding the nested one.
@@ -348,11 +493,13 @@ ptxas info    : Function properties for $__internal_0_$__cuda_sm3x_div_rn_noftz_
         tiles = sc.tile_configs(kernels, [os.path.join(kernels, f) for f in sorted(os.listdir(kernels)) if f.endswith(".cu")])
         header = sc.header_constants(kernels)
         for model in sc.KERNEL_MODELS:
-            tile = sc.model_tile(model, tiles)
-            self.assertIsNotNone(tile, f"{model.pattern}: none of {model.tiles} is defined")
+            self.assertRegex(model.example, model.pattern)
+            tile = sc.model_tile(model, tiles, model.example, header)
+            self.assertIsNotNone(tile, f"{model.pattern}: none of {model.tiles} is defined / a constant is missing")
             self.assertEqual(header[model.rows_constant], tile.BM, model.pattern)
-            name = model.pattern.strip("^$").split("(")[0] + "bf16"  # contrastive_forward_bf16, ...
-            ctas, tiles_per_cta = model.schedule(8192, 128, header, name, tile)  # reads constants that exist
+            if model.dynamic_smem:
+                self.assertGreater(model.dynamic_smem(model.example, header), 0, model.pattern)
+            ctas, tiles_per_cta = model.schedule(8192, 128, header, model.example, tile)  # reads constants that exist
             self.assertGreater(ctas, 0, model.pattern)
             self.assertGreater(tiles_per_cta, 0, model.pattern)
 
