@@ -406,6 +406,10 @@ class Targets(unittest.TestCase):
         self.assertEqual(rows["contrastive_backward_bf16_g1: CTAs / SM"], False)
         self.assertEqual(rows["forward + backward % of 989 TFLOP/s, N = 8192, D = 128"], True)
         self.assertEqual(len(rows), 7)
+        costs[1].arms = {"hot": (11.0, 1.0), "cold": (16.5, 2.0)}
+        rows = {what: met for what, _, _, met in sc.target_checks(costs, estimates, pairs)}
+        self.assertEqual(rows["contrastive_backward_bf16_g1: one-exponential path's own instructions / logit"], True)
+        self.assertEqual(len(rows), 8)
 
 
 class Parsing(unittest.TestCase):
