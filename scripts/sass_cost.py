@@ -14,7 +14,8 @@ Layout, one function per concern:
                    parse_tile_configs
   control flow     find_loops (backward branches -> nested loop intervals)
   per kernel       analyse_kernel (k-loop, column-tile loop, epilogue counts), occupancy
-  per bench shape  KERNEL_MODELS, forward_schedule / backward_schedule (mirror src/ops/contrastive/gpu.rs),
+  per bench shape  KERNEL_MODELS (RESOURCE_ONLY: the kernels left without one, and why),
+                   forward_schedule / backward_schedule + backward_launch (mirror src/ops/contrastive/gpu.rs),
                    estimate_shape
   output           render_markdown, json_records
 """
@@ -625,7 +626,7 @@ KERNEL_MODELS = [
 # Kernels with the resource columns only, on purpose (pattern, why). scripts/tests checks that every
 # contrastive kernel matches a model or this list, so a rename cannot silently drop a kernel's rows.
 RESOURCE_ONLY = [
-    (r"^contrastive_(forward|backward)_f32(_unaligned)?(_g\d)?$",
+    (r"^contrastive_(forward|backward)_f32(_online)?(_unaligned)?(_g\d)?$",
      "f32 on the FFMA engine: its k-loop (FFMA from shared memory) is not the MMA-count rule's"),
     (r"^contrastive_backward_merge$", "memory-bound sum of the column splits' partials (no MMA)"),
     (r"^contrastive_(pack|norm_penalty_backward)_\w+$", "one warp per row, O(N D) memory traffic"),
