@@ -4,9 +4,19 @@
 #pragma once
 #include <stdint.h>
 
-// Anchor rows per forward block and its threads (ck::Tile128, ck::Tile128F32).
+// Anchor rows and columns per forward block tile and its threads (ck::ForwardTile,
+// ck::ForwardTileF32), and the blocks per SM their __launch_bounds__ ask for: 2 (at most 128
+// registers) for the aligned fixed-offset f16 / bf16 kernels, 1 for the others. The
+// host sizes the split of the column sweep to whole waves of these.
 #define CK_CONTRASTIVE_FORWARD_ROWS 128
+#define CK_CONTRASTIVE_FORWARD_COLS 128
 #define CK_CONTRASTIVE_FORWARD_THREADS 256
+#define CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM 2
+#define CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW 1
+// The most splits of the column sweep (grid.y), which bounds the partials' scratch at
+// MAX_SPLITS x n x 16 bytes; and the threads of contrastive_forward_merge (one row each).
+#define CK_CONTRASTIVE_FORWARD_MAX_SPLITS 16
+#define CK_CONTRASTIVE_MERGE_THREADS 256
 // Rows per backward block and its threads (ck::Tile64RowWarps, ck::Tile64RowWarpsF32).
 #define CK_CONTRASTIVE_BACKWARD_ROWS 64
 #define CK_CONTRASTIVE_BACKWARD_THREADS 128
@@ -63,7 +73,21 @@ typedef struct CkContrastiveForwardParams {
     float* per_anchor;            // L_i, 0 for non-anchors and anchors without positives
     float* lse;                   // LSE over A(i); -inf for rows outside the matrix
     int32_t* positives;           // |P(i)|
+    float* partials;              // grid.y > 1: [grid.y][rows.count] x 4 f32 (m2, sum, pos_sum, count bits)
 } CkContrastiveForwardParams;
+
+// contrastive_forward_merge: the splits' partials of each row, merged in split order, to outputs.
+typedef struct CkContrastiveForwardMergeParams {
+    const float* partials;        // [splits][n] x 4 f32
+    const uint8_t* role;          // null: every row an anchor
+    float* per_anchor;
+    float* lse;
+    int32_t* positives;
+    int32_t n;
+    int32_t splits;
+    float scale;
+    int32_t reserved;
+} CkContrastiveForwardMergeParams;
 
 // One side of a backward pass. Optional arrays may be null.
 typedef struct CkGradSide {

@@ -16,8 +16,9 @@ use super::{empty_positive_error, ContrastiveLoss, Geometry, LossInputs, Reducti
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::params::contrastive::{
-    self as params, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveForwardParams, ContrastivePackParams,
-    GradSide, NormPenaltyBackwardParams, ReduceParams, RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
+    self as params, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveForwardMergeParams,
+    ContrastiveForwardParams, ContrastivePackParams, GradSide, NormPenaltyBackwardParams, ReduceParams, RowSet, BACKWARD_ROWS,
+    BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
 };
 use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
@@ -309,6 +310,51 @@ pub struct RawForwardOutputs {
     pub positives: u64,
 }
 
+/// The largest 1 / tau for which the forward uses the fixed exponent offset m = 1 / tau for every
+/// row (DESIGN.md section 6): logits of unit rows lie in [-1/tau, 1/tau], so exp(s - 1/tau) >=
+/// exp(-2/tau) >= exp(-80) = 1.8e-35 stays a normal f32 (above 1.2e-38, which ex2.approx.ftz would
+/// flush). Below tau = 1/40 the per-row online max is used instead.
+pub const FIXED_OFFSET_MAX_INV_TAU: f32 = 40.0;
+
+/// The SM count [`extra_bytes`] assumes (H100 SXM / H200): the forward's column split, and so its
+/// scratch, depends on the GPU's SM count.
+pub const REFERENCE_SMS: usize = 132;
+
+/// How many CTAs (grid.y) share one row block's column sweep: the count that minimizes the
+/// estimated time, waves x (tiles per CTA + a quarter tile of per-CTA overhead), for `row_blocks`
+/// row blocks, `tiles` column tiles (columns then prototypes), `sms` SMs of `blocks_per_sm`
+/// resident blocks each; ties go to fewer splits; at most `MAX_SPLITS` and `tiles`.
+pub fn forward_splits(row_blocks: usize, tiles: usize, sms: usize, blocks_per_sm: usize) -> usize {
+    let wave = (sms * blocks_per_sm).max(1);
+    let most = tiles.clamp(1, params::FORWARD_MAX_SPLITS);
+    (1..=most).min_by_key(|&s| ((row_blocks * s).div_ceil(wave) * (4 * tiles.div_ceil(s) + 1), s)).unwrap_or(1)
+}
+
+/// Row blocks and column tiles (columns, then prototypes) of the forward's grid.
+fn forward_grid(n: usize, columns: usize, centers: usize) -> (usize, usize) {
+    (n.div_ceil(FORWARD_ROWS).max(1), columns.div_ceil(params::FORWARD_COLS) + centers.div_ceil(params::FORWARD_COLS))
+}
+
+/// Blocks per SM of the forward kernel that runs: 2 for the aligned fixed-offset f16 / bf16 ones.
+fn forward_blocks_per_sm(dtype: DType, aligned: bool, fixed: bool) -> usize {
+    if dtype != DType::F32 && aligned && fixed {
+        params::FORWARD_BLOCKS_PER_SM
+    } else {
+        params::FORWARD_BLOCKS_PER_SM_SLOW
+    }
+}
+
+/// Overrides of the forward's launch choices, for tests that compare them (the results must agree
+/// within the tolerances, and each be bitwise repeatable).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardTuning {
+    /// Splits of the column sweep (clamped to 1..=min(tiles, MAX_SPLITS)); `None`: [`forward_splits`].
+    pub splits: Option<usize>,
+    /// Use the online-max kernel even where the fixed offset is allowed.
+    pub online_max: bool,
+}
+
 /// The forward on caller memory and stream. Returns the loss value: it waits for the stream once,
 /// to read the device-side input checks and the empty-positive flag back.
 ///
@@ -321,6 +367,22 @@ pub unsafe fn forward_raw(
     loss: &ContrastiveLoss,
     r: &RawLossInputs,
     out: &RawForwardOutputs,
+) -> Result<f32> {
+    forward_raw_tuned(gpu, stream, loss, r, out, ForwardTuning::default())
+}
+
+/// [`forward_raw`] with its launch choices overridden.
+///
+/// # Safety
+/// As [`forward_raw`].
+#[doc(hidden)]
+pub unsafe fn forward_raw_tuned(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    loss: &ContrastiveLoss,
+    r: &RawLossInputs,
+    out: &RawForwardOutputs,
+    tuning: ForwardTuning,
 ) -> Result<f32> {
     check_raw_inputs(loss, r)?;
     check_array("loss", out.loss, 1, 4, true)?;
@@ -381,9 +443,19 @@ pub unsafe fn forward_raw(
         (r.features, norms_p, r.instance, label_p, r.role)
     };
     let aligned = d % 8 == 0 && r.features % 16 == 0 && cols_x % 16 == 0 && r.centers % 16 == 0;
-    let name = format!("contrastive_forward_{}{}", r.dtype, if aligned { "" } else { "_unaligned" });
+    let inv_tau = 1.0f32 / loss.temperature;
+    let fixed = inv_tau <= FIXED_OFFSET_MAX_INV_TAU && !tuning.online_max;
+    let name = format!("contrastive_forward_{}{}{}", r.dtype, if fixed { "" } else { "_online" }, if aligned { "" } else { "_unaligned" });
     let per_anchor_p = per_anchor_scratch.as_ref().map_or(out.per_anchor, |s| ptr(s, stream));
     if n > 0 {
+        let (row_blocks, tiles) = forward_grid(n, n_keys, n_centers);
+        let splits = match tuning.splits {
+            Some(s) => s.clamp(1, tiles.clamp(1, params::FORWARD_MAX_SPLITS)),
+            None => forward_splits(row_blocks, tiles, multiprocessors(gpu), forward_blocks_per_sm(r.dtype, aligned, fixed)),
+        };
+        // [splits][n] x (m2, sum, pos_sum, count): at most MAX_SPLITS x 16 bytes per row.
+        let partials = if splits > 1 { Some(alloc_f32(stream, 4 * splits * n)?) } else { None };
+        let partials_p = partials.as_ref().map_or(0, |s| ptr(s, stream));
         let params = ContrastiveForwardParams {
             rows: RowSet { x: r.features, norms: norms_p, instance: r.instance, label: label_p, role: r.role, count: n_i },
             cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
@@ -391,13 +463,39 @@ pub unsafe fn forward_raw(
             proto_of: r.proto_of,
             d: d_i,
             exclude_self: (!pairwise) as i32,
-            inv_tau: 1.0f32 / loss.temperature,
+            inv_tau,
             scale: loss.scale,
             per_anchor: per_anchor_p,
             lse: out.lse,
             positives: out.positives,
+            partials: partials_p,
         };
-        gpu.launch(stream, MODULE, &name, rows_config(n, FORWARD_ROWS, FORWARD_THREADS as u32), &params)?;
+        let cfg = LaunchConfig {
+            grid_dim: (row_blocks as u32, splits as u32, 1),
+            block_dim: (FORWARD_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        gpu.launch(stream, MODULE, &name, cfg, &params)?;
+        if splits > 1 {
+            let params = ContrastiveForwardMergeParams {
+                partials: partials_p,
+                role: r.role,
+                per_anchor: per_anchor_p,
+                lse: out.lse,
+                positives: out.positives,
+                n: n_i,
+                splits: splits as i32,
+                scale: loss.scale,
+                reserved: 0,
+            };
+            gpu.launch(
+                stream,
+                MODULE,
+                "contrastive_forward_merge",
+                rows_config(n, params::MERGE_THREADS, params::MERGE_THREADS as u32),
+                &params,
+            )?;
+        }
     }
     let params = ReduceParams {
         per_anchor: per_anchor_p,
@@ -676,13 +774,23 @@ impl FusedBytes {
 
 /// The exact allocations of [`forward`] and [`backward`] (the safe API, `Upstream::Value`) for n
 /// feature rows, `keys` key rows (pairwise; `None` in the self geometry), `centers` prototypes and
-/// d features of `dtype`. O(n d), never O(n^2).
+/// d features of `dtype`. O(n d), never O(n^2). The forward's split partials (n x 16 bytes per
+/// split, at most MAX_SPLITS splits) depend on the GPU and the kernel: counted here as the larger
+/// of its one- and two-blocks-per-SM choices on [`REFERENCE_SMS`] SMs, so at most what runs there.
 pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtype: DType) -> FusedBytes {
     let f = 4usize;
     let buf = |elems: usize, size: usize| elems.max(1).saturating_mul(size);
     let cols = keys.unwrap_or(n);
     let saved = buf(1, f) + 3 * buf(n, f); // loss, per_anchor, lse, positives
-    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f; // norms, first_empty, flags
+    let (row_blocks, tiles) = forward_grid(n, cols, centers);
+    let splits = [params::FORWARD_BLOCKS_PER_SM, params::FORWARD_BLOCKS_PER_SM_SLOW]
+        .iter()
+        .map(|&b| forward_splits(row_blocks, tiles, REFERENCE_SMS, b))
+        .max()
+        .unwrap_or(1);
+    let partials = if splits > 1 && n > 0 { 4 * f * splits * n } else { 0 };
+    // norms, first_empty, flags, split partials
+    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials;
     let dp = d.div_ceil(8) * 8;
     let packed = |rows: usize| (rows * dp * dtype.size_bytes()).max(16);
     // upstream, U, norms, coef_a / coef_b, scalars, dU
@@ -697,6 +805,11 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
 }
 
 /// The raw description of device inputs; the slices' guards drop at once (one stream throughout).
+fn multiprocessors(gpu: &Gpu) -> usize {
+    use cudarc::driver::sys::CUdevice_attribute;
+    gpu.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_or(REFERENCE_SMS, |n| n.max(1) as usize)
+}
+
 fn describe<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>, stream: &CudaStream) -> RawLossInputs {
     let x = inputs.features;
     RawLossInputs {
@@ -720,6 +833,17 @@ fn describe<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'
 
 /// The fused forward on the GPU's default stream.
 pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<DeviceForward> {
+    forward_tuned(gpu, loss, inputs, ForwardTuning::default())
+}
+
+/// [`forward`] with its launch choices overridden (tests).
+#[doc(hidden)]
+pub fn forward_tuned<T: FloatElement>(
+    gpu: &Gpu,
+    loss: &ContrastiveLoss,
+    inputs: &DeviceLossInputs<'_, T>,
+    tuning: ForwardTuning,
+) -> Result<DeviceForward> {
     check_device_inputs(loss, inputs)?;
     let stream = gpu.stream();
     let raw = describe(loss, inputs, stream);
@@ -735,7 +859,7 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
         positives: ptr(&positives, stream),
     };
     // SAFETY: the description comes from live, checked device buffers; the outputs are sized n.
-    let value = unsafe { forward_raw(gpu, stream, loss, &raw, &out)? };
+    let value = unsafe { forward_raw_tuned(gpu, stream, loss, &raw, &out, tuning)? };
     Ok(DeviceForward {
         loss: value,
         loss_device,
