@@ -46,23 +46,29 @@ __device__ __forceinline__ void finish_row(const Lse2& total, int row, const uns
     const bool in_matrix = role != kRoleNormPenaltyOnly;
     const float lse = in_matrix ? total.lse() : -INFINITY;
     lse_out[row] = lse;
-    positives[row] = in_matrix ? total.pos_count : 0;
-    per_anchor[row] = role == kRoleAnchor && total.pos_count > 0 ? scale * (lse - total.positive_mean()) : 0.f;
+    positives[row] = in_matrix ? (int)total.pos_count : 0;
+    per_anchor[row] = role == kRoleAnchor && total.pos_count > 0.f ? scale * (lse - total.positive_mean()) : 0.f;
 }
 
-// Stages one column tile's per-column data (ColumnStage): one thread per column, once per tile.
-// `offset`: the fixed base-2 offset m2 (0 on the online-max path).
-template <class Cfg>
-__device__ __forceinline__ void stage_columns(ColumnStage<Cfg::BN / 2>& staged, const CkRowSet& c, int col0, bool proto,
-                                              float inv_tau, float offset) {
+// The per-column data of every column tile (columns, then prototypes), prepared once per forward
+// in the layout a block stages: tile b's ColumnStage is one 2560-byte copy (cp.async) instead of
+// per-tile gathers of norms, ids and roles and a division per column. One thread per column.
+constexpr int kForwardPairs = CK_CONTRASTIVE_FORWARD_COLS / 2;
+using ForwardColumns = ColumnStage<kForwardPairs>;
+static_assert(sizeof(ForwardColumns) == CK_CONTRASTIVE_FORWARD_COLUMN_TILE_BYTES, "params/contrastive.h");
+
+__device__ void contrastive_forward_columns(const CkContrastiveColumnsParams& p) {
+    const bool proto = (int)blockIdx.x >= p.col_tiles;
+    const CkRowSet& c = proto ? p.protos : p.cols;
     const int j = threadIdx.x;
-    if (j >= Cfg::BN) return;
-    const int col = col0 + j;
+    const int col = (proto ? blockIdx.x - p.col_tiles : blockIdx.x) * CK_CONTRASTIVE_FORWARD_COLS + j;
     const bool inside = col < c.count;
     const bool denominator = inside && !(c.role != nullptr && c.role[col] == kRoleNormPenaltyOnly);
-    staged.set(j, inside ? logit_column_scale(c.norms[col], inv_tau) : 0.f, denominator ? -offset : -INFINITY,
-               inside ? (proto ? col : c.instance[col]) : 0, denominator && !proto && c.label != nullptr ? c.label[col] : -2,
-               denominator ? 0 : ~0);
+    const float offset = p.fixed_offset != 0 ? p.inv_tau * kLog2e : 0.f;  // as contrastive_forward's
+    reinterpret_cast<ForwardColumns*>(p.out)[blockIdx.x].set(
+        j, inside ? logit_column_scale(c.norms[col], p.inv_tau) : 0.f, denominator ? -offset : -INFINITY,
+        inside ? (proto ? col : c.instance[col]) : 0, denominator && !proto && c.label != nullptr ? c.label[col] : -2,
+        denominator ? 0 : ~0);
 }
 
 // Is column (key, label, veto) a positive of a row (row_key, row_label)? Branch-free: one LOP3 and
@@ -113,8 +119,10 @@ __device__ __forceinline__ void fold_fixed(Lse2 (&stats)[ROWS], const float (&ac
                         pos = pos && !self;
                     }
                     stats[slot].sum += ex2_approx(x);
-                    stats[slot].pos_sum += pos ? x : 0.f;
-                    stats[slot].pos_count += pos;
+                    if (pos) {  // predicated adds (no branch, no select)
+                        stats[slot].pos_sum += x;
+                        stats[slot].pos_count += 1.f;
+                    }
                 }
             }
     }
@@ -181,8 +189,10 @@ __device__ __forceinline__ void fold_online(Lse2 (&stats)[ROWS], float (&acc)[Cf
                     bool pos = is_positive(key[slot], label[slot], ckey[e], clabel[e], cveto[e]);
                     if constexpr (DIAG) pos = pos && Cfg::acc_row(mi, 2 * half) != Cfg::acc_col(ni, e);
                     stats[slot].sum += ex2_approx(t - m_use[slot]);
-                    stats[slot].pos_sum += pos ? t : 0.f;
-                    stats[slot].pos_count += pos;
+                    if (pos) {
+                        stats[slot].pos_sum += t;
+                        stats[slot].pos_count += 1.f;
+                    }
                 }
     }
 }
@@ -198,9 +208,8 @@ template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forw
     using Cfg = typename TileFor<T, ForwardTile, ForwardTileF32>::type;
     constexpr int ROWS = Cfg::MI * 2;
     __shared__ __align__(128) T smem[Cfg::SMEM_ELEMS];
-    // Double-buffered: a tile's columns are staged while other warps may still read the previous
-    // tile's (the k-loop's barriers order the reuse two tiles on).
-    __shared__ __align__(16) ColumnStage<Cfg::BN / 2> staged[2];
+    // One tile's columns (written after a barrier, read after the k-loop's barriers).
+    __shared__ __align__(16) ColumnStage<Cfg::BN / 2> staged;
     __shared__ __align__(16) RowKeys row_keys[Cfg::BM];
     const int row0 = blockIdx.x * Cfg::BM;
     constexpr bool fixed = FIXED;
@@ -227,30 +236,37 @@ template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forw
     for (int slot = 0; slot < ROWS; ++slot) stats[slot].init(fixed ? offset : -INFINITY);
 
     float acc[Cfg::MI][Cfg::NI][4];
-    // The two kinds of tile in their own loops, so each reads its side's pointers from the
-    // parameters directly.
-    auto sweep = [&](const CkRowSet& c, bool proto, int first, int last, int exclude_self) {
-        for (int tile = first; tile < last; ++tile) {
-            const int col0 = tile * Cfg::BN;
-            ColumnStage<Cfg::BN / 2>& buf = staged[tile % 2];
-            stage_columns<Cfg>(buf, c, col0, proto, p.inv_tau, offset);
-            mma_block_tile<Cfg, ALIGNED>(acc, smem, rows_of<T>(p.rows), rows_of<T>(c), p.rows.count, c.count, p.d, row0, col0);
-            const bool diag = exclude_self != 0 && col0 == row0;
-            if constexpr (fixed) {
-                const TileRows<Cfg, ROWS> r(row_keys, proto);
-                if (diag) fold_fixed<Cfg, true>(stats, acc, r, buf);
-                else fold_fixed<Cfg, false>(stats, acc, r, buf);
-            } else {
-                if (diag) fold_online<Cfg, true>(stats, acc, row_keys, proto, buf);
-                else fold_online<Cfg, false>(stats, acc, row_keys, proto, buf);
-            }
-        }
+    // One tile: stage its columns, multiply, fold.
+    static_assert(Cfg::BN == CK_CONTRASTIVE_FORWARD_COLS, "the prepared column tiles");
+    // The host guarantees d >= 1 (ops::check_features): without this the compiler keeps a
+    // zero-k path of the k-loop, with its own copy of the accumulators' zeroing, in every tile.
+    if (p.d < 1) __builtin_unreachable();
+    auto one_tile = [&](auto diag, const CkRowSet& c, bool proto, int tile) {
+        constexpr bool DIAG = decltype(diag)::value;
+        const int col0 = tile * Cfg::BN;
+        ColumnStage<Cfg::BN / 2>& buf = staged;
+        __syncthreads();  // every warp has folded the previous tile: its staged columns are free
+        // Committed with the k-loop's first stage and retired by its waits (it ends with a barrier).
+        const char* src = reinterpret_cast<const char*>(p.columns) + (size_t)(proto ? col_tiles + tile : tile) * sizeof(buf);
+        static_assert(sizeof(buf) / 16 <= Cfg::THREADS, "one 16-byte chunk per thread at most");
+        if (threadIdx.x < sizeof(buf) / 16) cp_async_16(reinterpret_cast<char*>(&buf) + 16 * threadIdx.x, src + 16 * threadIdx.x, 16);
+        mma_block_tile<Cfg, ALIGNED>(acc, smem, rows_of<T>(p.rows), rows_of<T>(c), p.rows.count, c.count, p.d, row0, col0);
+        if constexpr (fixed) fold_fixed<Cfg, DIAG>(stats, acc, TileRows<Cfg, ROWS>(row_keys, proto), buf);
+        else fold_online<Cfg, DIAG>(stats, acc, row_keys, proto, buf);
     };
-    sweep(p.cols, false, begin, min(end, col_tiles), p.exclude_self);
-    sweep(p.protos, true, max(begin, col_tiles) - col_tiles, end - col_tiles, 0);
+    // The column tiles, then the prototype tiles. The self geometry's diagonal tile, the only one
+    // that leaves a column out per row, is folded last, outside the loop: the loop's body holds
+    // only the plain fold.
+    const int diag_tile = p.exclude_self != 0 ? (int)blockIdx.x : -1;  // BM == BN
+    for (int tile = begin; tile < end; ++tile) {
+        if (tile == diag_tile) continue;
+        const bool proto = tile >= col_tiles;
+        one_tile(BoolConstant<false>{}, proto ? p.protos : p.cols, proto, proto ? tile - col_tiles : tile);
+    }
+    if (diag_tile >= begin && diag_tile < end) one_tile(BoolConstant<true>{}, p.cols, false, diag_tile);
     if constexpr (fixed) {  // positives were summed as t - m2 there: back to t
 #pragma unroll
-        for (int slot = 0; slot < ROWS; ++slot) stats[slot].pos_sum = fmaf((float)stats[slot].pos_count, offset, stats[slot].pos_sum);
+        for (int slot = 0; slot < ROWS; ++slot) stats[slot].pos_sum = fmaf(stats[slot].pos_count, offset, stats[slot].pos_sum);
     }
 
     // Merge the 4 lanes of a quad (they hold the same rows, other columns).
@@ -632,6 +648,11 @@ CK_CONTRASTIVE_FORWARD_ALL(f16, __half, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_
 CK_CONTRASTIVE_FORWARD_ALL(bf16, __nv_bfloat16, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
 // f32 always loads element-wise, so the aligned and unaligned names are the same kernel.
 CK_CONTRASTIVE_FORWARD_ALL(f32, float, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
+
+extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_COLS)
+    contrastive_forward_columns(const __grid_constant__ CkContrastiveColumnsParams p) {
+    ck::contrastive_forward_columns(p);
+}
 
 extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
     contrastive_forward_merge(const __grid_constant__ CkContrastiveForwardMergeParams p) {

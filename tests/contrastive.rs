@@ -681,9 +681,14 @@ fn fused_extra_memory_by_hand() {
     let (n, kib) = (65536usize, 1024usize);
     let b = fused_extra_bytes(n, None, 0, 128, DType::BF16);
     // Saved: loss 4 B + per-anchor, LSE, |P| 3 x 256 KiB. Scratch: row norms and column norms
-    // 2 x 256 KiB, one empty prototype-norm slot, first-empty and 9 check flags.
+    // 2 x 256 KiB, one empty prototype-norm slot, first-empty and 9 check flags, the prepared
+    // column tiles (512 x 2560 B); no split partials (512 row blocks fill whole waves).
     assert_eq!(b.saved, 4 + 3 * 256 * kib);
-    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4);
+    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4 + 512 * 2560);
+    // n = 8192: 64 row blocks split the sweep 4 ways on 132 SMs at 2 blocks each (2 at 1):
+    // 4 x 8192 x 16 B of partials.
+    let s = fused_extra_bytes(8192, None, 0, 128, DType::BF16);
+    assert_eq!(s.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 4 + 4 + 9 * 4 + 64 * 2560 + 4 * 8192 * 16);
     // Backward: upstream 4 B, packed bf16 unit rows 16 MiB, row norms 256 KiB, coef_a / coef_b
     // 2 x 256 KiB, 2 scalars, f32 gradient scratch 32 MiB.
     assert_eq!(b.backward, 4 + 16 * kib * kib + 256 * kib + 2 * 256 * kib + 8 + 32 * kib * kib);

@@ -12,6 +12,11 @@
 
 namespace ck {
 
+// A compile-time flag passed as a value (to a generic lambda).
+template <bool B> struct BoolConstant {
+    static constexpr bool value = B;
+};
+
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr float kLn2 = 0.69314718055994531f;
 
@@ -34,15 +39,16 @@ __device__ __forceinline__ float logit_column_scale(float norm, float inv_tau) {
 
 // A row's statistics over some columns, in base 2: sum = sum_j 2^(t_ij - m2) over the row's
 // denominator columns (m2 = -inf and sum = 0 when none was seen), pos_sum = sum of t_ij over its
-// positives (base-2 logits), pos_count = |P(i)| among those columns.
+// positives (base-2 logits), pos_count = |P(i)| among those columns, as an f32 (a predicated FADD
+// per logit; exact below 2^24 columns, which the host checks).
 struct Lse2 {
     float m2, sum, pos_sum;
-    int pos_count;
+    float pos_count;
     __device__ __forceinline__ void init(float offset) {
         m2 = offset;
         sum = 0.f;
         pos_sum = 0.f;
-        pos_count = 0;
+        pos_count = 0.f;
     }
     // Folds another partial of the same row (other columns). Equal offsets (the fixed-offset path,
     // or one side empty) add the sums with no exponential.
@@ -60,14 +66,14 @@ struct Lse2 {
     // The natural-unit LSE, -inf for a row that saw no column.
     __device__ __forceinline__ float lse() const { return sum > 0.f ? (m2 + log2f(sum)) * kLn2 : -INFINITY; }
     // The mean positive logit in natural units (pos_count > 0).
-    __device__ __forceinline__ float positive_mean() const { return pos_sum / (float)pos_count * kLn2; }
+    __device__ __forceinline__ float positive_mean() const { return pos_sum / pos_count * kLn2; }
 };
 
 // A partial of one row over one split of the column sweep, as stored in the scratch buffer.
 __device__ __forceinline__ float4 pack_lse2(const Lse2& s) {
-    return make_float4(s.m2, s.sum, s.pos_sum, __int_as_float(s.pos_count));
+    return make_float4(s.m2, s.sum, s.pos_sum, s.pos_count);
 }
-__device__ __forceinline__ Lse2 unpack_lse2(float4 v) { return Lse2{v.x, v.y, v.z, __float_as_int(v.w)}; }
+__device__ __forceinline__ Lse2 unpack_lse2(float4 v) { return Lse2{v.x, v.y, v.z, v.w}; }
 
 // Per-column data of one column tile, staged in shared memory once per tile, by column pairs: a
 // thread's accumulator columns come in adjacent pairs (Fragment::col), so a pair is three vector

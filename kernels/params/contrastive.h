@@ -17,6 +17,9 @@
 // MAX_SPLITS x n x 16 bytes; and the threads of contrastive_forward_merge (one row each).
 #define CK_CONTRASTIVE_FORWARD_MAX_SPLITS 16
 #define CK_CONTRASTIVE_MERGE_THREADS 256
+// Bytes of one column tile's prepared data (ck::ColumnStage: 64 pairs x 40 bytes), written by
+// contrastive_forward_columns, one block of FORWARD_COLS threads per tile.
+#define CK_CONTRASTIVE_FORWARD_COLUMN_TILE_BYTES 2560
 // Rows per backward block and its threads (ck::Tile64RowWarps, ck::Tile64RowWarpsF32).
 #define CK_CONTRASTIVE_BACKWARD_ROWS 64
 #define CK_CONTRASTIVE_BACKWARD_THREADS 128
@@ -73,8 +76,20 @@ typedef struct CkContrastiveForwardParams {
     float* per_anchor;            // L_i, 0 for non-anchors and anchors without positives
     float* lse;                   // LSE over A(i); -inf for rows outside the matrix
     int32_t* positives;           // |P(i)|
-    float* partials;              // grid.y > 1: [grid.y][rows.count] x 4 f32 (m2, sum, pos_sum, count bits)
+    float* partials;              // grid.y > 1: [grid.y][rows.count] x 4 f32 (m2, sum, pos_sum, pos_count)
+    const void* columns;          // contrastive_forward_columns' output: column tiles, then prototype tiles
 } CkContrastiveForwardParams;
+
+// contrastive_forward_columns: every column tile's per-column data (scale, offset, ids, veto).
+typedef struct CkContrastiveColumnsParams {
+    CkRowSet cols;
+    CkRowSet protos;              // x, norms, count only
+    void* out;                    // (col_tiles + prototype tiles) x COLUMN_TILE_BYTES
+    float inv_tau;
+    int32_t fixed_offset;         // 1: for the fixed-offset kernels (bias -inv_tau log2(e)); 0: online max
+    int32_t col_tiles;
+    int32_t reserved;
+} CkContrastiveColumnsParams;
 
 // contrastive_forward_merge: the splits' partials of each row, merged in split order, to outputs.
 typedef struct CkContrastiveForwardMergeParams {

@@ -16,9 +16,9 @@ use super::{empty_positive_error, ContrastiveLoss, Geometry, LossInputs, Reducti
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::params::contrastive::{
-    self as params, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveForwardMergeParams,
-    ContrastiveForwardParams, ContrastivePackParams, GradSide, NormPenaltyBackwardParams, ReduceParams, RowSet, BACKWARD_ROWS,
-    BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
+    self as params, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveColumnsParams,
+    ContrastiveForwardMergeParams, ContrastiveForwardParams, ContrastivePackParams, GradSide, NormPenaltyBackwardParams, ReduceParams,
+    RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
 };
 use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
@@ -316,18 +316,29 @@ pub struct RawForwardOutputs {
 /// flush). Below tau = 1/40 the per-row online max is used instead.
 pub const FIXED_OFFSET_MAX_INV_TAU: f32 = 40.0;
 
+/// The most columns (keys or feature rows, plus prototypes) of the fused forward: it counts each
+/// row's positives in f32, exact up to 2^24.
+pub const MAX_COLUMNS: usize = 1 << 24;
+
 /// The SM count [`extra_bytes`] assumes (H100 SXM / H200): the forward's column split, and so its
 /// scratch, depends on the GPU's SM count.
 pub const REFERENCE_SMS: usize = 132;
 
-/// How many CTAs (grid.y) share one row block's column sweep: the count that minimizes the
-/// estimated time, waves x (tiles per CTA + a quarter tile of per-CTA overhead), for `row_blocks`
-/// row blocks, `tiles` column tiles (columns then prototypes), `sms` SMs of `blocks_per_sm`
-/// resident blocks each; ties go to fewer splits; at most `MAX_SPLITS` and `tiles`.
+/// How many CTAs (grid.y) share one row block's column sweep, for `row_blocks` row blocks,
+/// `tiles` column tiles (columns, then prototypes) and `sms` SMs of `blocks_per_sm` resident
+/// blocks: the fewest splits whose estimated efficiency, useful tile work / (waves x wave slots x
+/// tiles per CTA), reaches 90 %; where none does, the count that minimizes waves x tiles per CTA
+/// (fewer on ties). At most `MAX_SPLITS` and `tiles`. More splits than needed only add partials
+/// (16 bytes per row and split) and their merge.
 pub fn forward_splits(row_blocks: usize, tiles: usize, sms: usize, blocks_per_sm: usize) -> usize {
     let wave = (sms * blocks_per_sm).max(1);
-    let most = tiles.clamp(1, params::FORWARD_MAX_SPLITS);
-    (1..=most).min_by_key(|&s| ((row_blocks * s).div_ceil(wave) * (4 * tiles.div_ceil(s) + 1), s)).unwrap_or(1)
+    let (row_blocks, tiles) = (row_blocks.max(1), tiles.max(1));
+    let most = tiles.min(params::FORWARD_MAX_SPLITS);
+    let cost = |s: usize| (row_blocks * s).div_ceil(wave) * tiles.div_ceil(s);
+    if let Some(s) = (1..=most).find(|&s| 10 * row_blocks * tiles >= 9 * cost(s) * wave) {
+        return s;
+    }
+    (1..=most).min_by_key(|&s| (cost(s), s)).unwrap_or(1)
 }
 
 /// Row blocks and column tiles (columns, then prototypes) of the forward's grid.
@@ -390,6 +401,13 @@ pub unsafe fn forward_raw_tuned(
     check_array("lse", out.lse, r.n, 4, true)?;
     check_array("positives", out.positives, r.n, 4, true)?;
     let (n, d, n_keys, n_centers) = (r.n, r.d, r.columns(), r.centers().map_or(0, |c| c.rows));
+    if n_keys + n_centers > MAX_COLUMNS {
+        return Err(Error::shape(
+            if r.keys().is_some() { "keys" } else { "features" },
+            "at most 2^24 columns (keys or feature rows, plus prototypes) in the fused forward",
+            format!("{} columns", n_keys + n_centers),
+        ));
+    }
     let norms = alloc_f32(stream, n)?;
     let key_norms = alloc_f32(stream, n_keys)?;
     let center_norms = alloc_f32(stream, n_centers)?;
@@ -456,6 +474,23 @@ pub unsafe fn forward_raw_tuned(
         // [splits][n] x (m2, sum, pos_sum, count): at most MAX_SPLITS x 16 bytes per row.
         let partials = if splits > 1 { Some(alloc_f32(stream, 4 * splits * n)?) } else { None };
         let partials_p = partials.as_ref().map_or(0, |s| ptr(s, stream));
+        // Every column tile's staged data, prepared once (COLUMN_TILE_BYTES per tile).
+        let columns = alloc_f32(stream, tiles * params::FORWARD_COLUMN_TILE_BYTES / 4)?;
+        let columns_p = ptr(&columns, stream);
+        let col_tiles = n_keys.div_ceil(params::FORWARD_COLS);
+        if tiles > 0 {
+            let params = ContrastiveColumnsParams {
+                cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
+                protos: RowSet { x: r.centers, norms: center_norms_p, count: nc_i, ..RowSet::default() },
+                out: columns_p,
+                inv_tau,
+                fixed_offset: fixed as i32,
+                col_tiles: col_tiles as i32,
+                reserved: 0,
+            };
+            let cfg = LaunchConfig { grid_dim: (tiles as u32, 1, 1), block_dim: (params::FORWARD_COLS as u32, 1, 1), shared_mem_bytes: 0 };
+            gpu.launch(stream, MODULE, "contrastive_forward_columns", cfg, &params)?;
+        }
         let params = ContrastiveForwardParams {
             rows: RowSet { x: r.features, norms: norms_p, instance: r.instance, label: label_p, role: r.role, count: n_i },
             cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
@@ -469,6 +504,7 @@ pub unsafe fn forward_raw_tuned(
             lse: out.lse,
             positives: out.positives,
             partials: partials_p,
+            columns: columns_p,
         };
         let cfg = LaunchConfig {
             grid_dim: (row_blocks as u32, splits as u32, 1),
@@ -789,8 +825,9 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
         .max()
         .unwrap_or(1);
     let partials = if splits > 1 && n > 0 { 4 * f * splits * n } else { 0 };
-    // norms, first_empty, flags, split partials
-    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials;
+    let columns = buf(tiles * params::FORWARD_COLUMN_TILE_BYTES / 4, f);
+    // norms, first_empty, flags, split partials, prepared column tiles
+    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials + columns;
     let dp = d.div_ceil(8) * 8;
     let packed = |rows: usize| (rows * dp * dtype.size_bytes()).max(16);
     // upstream, U, norms, coef_a / coef_b, scalars, dU
