@@ -2,19 +2,39 @@
 //   L_i = scale * ( LSE_{j in A(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip ),  s_ij = <u_i, u_j> / tau,
 // over the row roles of DESIGN.md section 2, without ever writing the n x n logits.
 //
-// FlashAttention-style: a block owns BM = 128 anchor rows and sweeps every column tile (then the
-// prototype columns) with the Tile128 tensor-core core. Each thread keeps, for each of its 8 rows,
-// an online log-sum-exp (running max, running sum) and the sum / count of positive logits; those
-// are merged across the quad (4 lanes share a row) and across the WARPS_N warps at the end, in a
-// fixed order, so the result is deterministic. Normalization is fused as in similarity.cu: raw
-// products, scaled by the inverse norms (from the l2_normalize prologue) in the epilogue.
+// FlashAttention-style: a block owns BM = 128 anchor rows and sweeps its split of the column tiles
+// (then the prototype tiles) with the tensor-core tile core (ForwardTile: 8 warps as 4 x 2, a
+// thread 4 rows x 16 columns). Normalization is fused: raw products, scaled in the epilogue.
+// Logits are base 2 (common/contrastive_forward.cuh): t_ij = (acc_ij rinv_i) cscale_j with
+// cscale_j = log2(e) / (tau max(|x_j|, eps)), so exp is one ex2.approx. Per logit of the fast path
+// (fixed offset): one FMUL, one FFMA (the offset and the -inf of masked columns folded in as the
+// column's bias), one MUFU, one FADD, and the positive test as one LOP3 and two compares feeding
+// two predicated FADDs (no branch).
+//   - Per-column data (cscale, bias, instance / label / veto words) is prepared once per forward
+//     by contrastive_forward_columns in the layout a block stages: a tile costs one 2560-byte
+//     cp.async, no gathers, no division.
+//   - The offset: for tau >= 1/40 (the host's choice, DESIGN.md section 6) every row uses the
+//     fixed m2 = log2(e) / tau: exp(s - 1/tau) >= exp(-80) stays a normal f32, so no running max
+//     and no rescaling. Below that, the `_online` kernels keep a per-row running max, rescaled
+//     once per row and tile.
+//   - Split: grid.y blocks share a row block's sweep where one block per row block would leave
+//     SMs idle (the host picks whole waves); each writes its per-row partial (m2, sum, pos_sum,
+//     count) and contrastive_forward_merge merges them in split order.
+// Every reduction has a fixed order (the quad's shuffles, the warps through shared memory, the
+// splits in order): bitwise repeatable. The saved LSE is in natural units.
+//
+// Not done: the self geometry's symmetry (only tiles on and above the diagonal, each serving its
+// rows and, through the transposed sums, its columns). The column sums of tile (I, J) belong to
+// the rows of block J, which another block owns; merging them deterministically needs a partial
+// per computed tile (n^2 / 256 tiles x 128 rows x 12 bytes: 200 MB at n = 65536, against this
+// path's few-MB scratch) or float atomics (order-dependent bits), and it holds only on the
+// fixed-offset path (a row's and a column's online maxima differ).
 //
 // The host reduces the per-anchor losses (weights, mean / sum, OECL's norm penalty) with
 // contrastive_reduce below, also in a fixed order.
 #include "common/contrastive_forward.cuh"
 #include "common/epilogue.cuh"
 #include "common/reduce.cuh"
-#include "common/row_stats.cuh"
 #include "common/tile.cuh"
 #include "params/contrastive.h"
 

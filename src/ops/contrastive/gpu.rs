@@ -1,9 +1,11 @@
-//! The fused GPU path over device buffers: the forward (an online log-sum-exp over column tiles,
-//! O(n) saved statistics) and the backward ((G + G^T) U from recomputed logit tiles), both in
-//! `kernels/contrastive.cu`. Device memory beyond the inputs and the gradients: the norms and
-//! per-row statistics (O(n)), and in the backward a packed copy of the rows scaled by powers of two
-//! (n x d in the input dtype) plus an f32 gradient scratch (n x d): 48 MiB at n = 65536, d = 128
-//! bf16; never O(n^2).
+//! The fused GPU path over device buffers: the forward (a base-2 log-sum-exp over column tiles, its
+//! sweep split across blocks where the grid is short of whole waves, O(n) saved statistics) and the
+//! backward ((G + G^T) U from recomputed logit tiles), both in `kernels/contrastive.cu`. Device
+//! memory beyond the inputs and the gradients: the norms and per-row statistics (O(n)); in the
+//! forward the prepared column tiles (20 bytes per column) and the split partials (16 bytes per
+//! row and split, at most `MAX_SPLITS`, none where the row blocks fill the waves); in the backward
+//! a packed copy of the rows scaled by powers of two (n x d in the input dtype) plus an f32
+//! gradient scratch (n x d): 48 MiB at n = 65536, d = 128 bf16; never O(n^2).
 //!
 //! f16 and bf16 features run on the tensor cores (f32 accumulation); f32 features run the same
 //! kernels with exact FFMA in place of the MMA (same fragment layout), for f32 accuracy.
