@@ -221,6 +221,12 @@ __device__ __forceinline__ void fold_online(Lse2 (&stats)[ROWS], float (&acc)[Cf
 // (blockIdx.y of gridDim.y): the column tiles, then the prototype tiles. With one split it writes
 // the outputs; with several, its partial statistics (params' partials, [split][row]) for
 // contrastive_forward_merge.
+// This block's tiles of a split sweep: [x, y) of `tiles`, balanced over gridDim.y (64-bit products).
+__device__ __forceinline__ int2 split_tiles(int tiles) {
+    const long long t = tiles, s = blockIdx.y, k = gridDim.y;
+    return make_int2((int)(t * s / k), (int)(t * (s + 1) / k));
+}
+
 // FIXED: the fixed offset m2 = inv_tau log2(e) for every row (unit rows, the host's choice where
 // 2 m2 stays well inside f32's exponent range); else the online max. Two kernels: a runtime flag
 // kept both epilogues' registers alive at once, and the fixed one fits 128 registers alone.
@@ -236,8 +242,8 @@ template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forw
     const float offset = fixed ? p.inv_tau * kLog2e : 0.f;
     const int col_tiles = (p.cols.count + Cfg::BN - 1) / Cfg::BN;
     const int tiles = col_tiles + (p.protos.count + Cfg::BN - 1) / Cfg::BN;
-    const int begin = (int)((long long)tiles * blockIdx.y / gridDim.y);
-    const int end = (int)((long long)tiles * (blockIdx.y + 1) / gridDim.y);
+    const int2 range = split_tiles(tiles);
+    const int begin = range.x, end = range.y;
 
     for (int i = threadIdx.x; i < Cfg::BM; i += Cfg::THREADS) {  // read by all after the k-loop's barriers
         const int row = row0 + i;
