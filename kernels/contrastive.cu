@@ -97,17 +97,17 @@ __device__ __forceinline__ bool is_positive(int row_key, int row_label, int key,
     return ((row_key ^ key) | veto) == 0 || label == row_label;
 }
 
-// A thread's rows' data for one tile, from the staged RowKeys (prototype tiles: the prototype key).
+// A thread's rows' data for one tile, from the staged RowKeys of the tile's kind.
 template <class Cfg, int ROWS> struct TileRows {
     float rinv[ROWS];
     int key[ROWS], label[ROWS];
-    __device__ __forceinline__ TileRows(const RowKeys* rows, bool proto) {
+    __device__ __forceinline__ explicit TileRows(const RowKeys* rows) {
 #pragma unroll
         for (int slot = 0; slot < ROWS; ++slot) {
             const RowKeys k = rows[Cfg::acc_row(slot / 2, 2 * (slot % 2))];
             rinv[slot] = k.rinv;
-            key[slot] = proto ? k.proto : k.key;
-            label[slot] = proto ? kNoLabelKey : k.label;
+            key[slot] = k.key;
+            label[slot] = k.label;
         }
     }
 };
@@ -152,7 +152,7 @@ __device__ __forceinline__ void fold_fixed(Lse2 (&stats)[ROWS], const float (&ac
 // the running sum per row and tile, then the exponentials against the new max.
 template <class Cfg, bool DIAG, int ROWS>
 __device__ __forceinline__ void fold_online(Lse2 (&stats)[ROWS], float (&acc)[Cfg::MI][Cfg::NI][4], const RowKeys* rows,
-                                            bool proto, const ColumnStage<Cfg::BN / 2>& staged) {
+                                            const ColumnStage<Cfg::BN / 2>& staged) {
     // Pass 1 needs only the row factors; the ids are read for pass 2 (fewer live registers).
     float tile_max[ROWS], rinv[ROWS];
 #pragma unroll
@@ -190,8 +190,8 @@ __device__ __forceinline__ void fold_online(Lse2 (&stats)[ROWS], float (&acc)[Cf
 #pragma unroll
     for (int slot = 0; slot < ROWS; ++slot) {
         const RowKeys& k = row_keys_of<Cfg>(rows, slot);
-        key[slot] = proto ? k.proto : k.key;
-        label[slot] = proto ? kNoLabelKey : k.label;
+        key[slot] = k.key;
+        label[slot] = k.label;
     }
 #pragma unroll
     for (int ni = 0; ni < Cfg::NI; ++ni) {
@@ -236,7 +236,7 @@ template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forw
     __shared__ __align__(128) T smem[Cfg::SMEM_ELEMS];
     // One tile's columns (written after a barrier, read after the k-loop's barriers).
     __shared__ __align__(16) ColumnStage<Cfg::BN / 2> staged;
-    __shared__ __align__(16) RowKeys row_keys[Cfg::BM];
+    __shared__ __align__(16) RowKeys row_keys[2][Cfg::BM];  // [0]: column tiles, [1]: prototype tiles
     const int row0 = blockIdx.x * Cfg::BM;
     constexpr bool fixed = FIXED;
     const float offset = fixed ? p.inv_tau * kLog2e : 0.f;
@@ -247,15 +247,16 @@ template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forw
 
     for (int i = threadIdx.x; i < Cfg::BM; i += Cfg::THREADS) {  // read by all after the k-loop's barriers
         const int row = row0 + i;
-        RowKeys k{0.f, 0, kNoLabelKey, -1};
+        RowKeys k{0.f, 0, kNoLabelKey, 0}, kp{0.f, -1, kNoLabelKey, 0};
         if (row < p.rows.count) {
-            k.rinv = logit_row_inverse(p.rows.norms[row]);
+            k.rinv = kp.rinv = logit_row_inverse(p.rows.norms[row]);
             k.key = p.rows.instance[row];
             const int label = p.rows.label != nullptr ? p.rows.label[row] : -1;
             k.label = label >= 0 ? label : kNoLabelKey;
-            k.proto = p.proto_of != nullptr ? p.proto_of[row] : -1;  // prototype indices are >= 0
+            kp.key = p.proto_of != nullptr ? p.proto_of[row] : -1;  // prototype indices are >= 0
         }
-        row_keys[i] = k;
+        row_keys[0][i] = k;
+        row_keys[1][i] = kp;
     }
     Lse2 stats[ROWS];
 #pragma unroll
@@ -277,8 +278,9 @@ template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forw
         static_assert(sizeof(buf) / 16 <= Cfg::THREADS, "one 16-byte chunk per thread at most");
         if (threadIdx.x < sizeof(buf) / 16) cp_async_16(reinterpret_cast<char*>(&buf) + 16 * threadIdx.x, src + 16 * threadIdx.x, 16);
         mma_block_tile<Cfg, ALIGNED>(acc, smem, rows_of<T>(p.rows), rows_of<T>(c), p.rows.count, c.count, p.d, row0, col0);
-        if constexpr (fixed) fold_fixed<Cfg, DIAG>(stats, acc, TileRows<Cfg, ROWS>(row_keys, proto), buf);
-        else fold_online<Cfg, DIAG>(stats, acc, row_keys, proto, buf);
+        const RowKeys* rows = row_keys[proto ? 1 : 0];
+        if constexpr (fixed) fold_fixed<Cfg, DIAG>(stats, acc, TileRows<Cfg, ROWS>(rows), buf);
+        else fold_online<Cfg, DIAG>(stats, acc, rows, buf);
     };
     // The column tiles, then the prototype tiles. The self geometry's diagonal tile, the only one
     // that leaves a column out per row, is folded last, outside the loop: the loop's body holds

@@ -111,11 +111,12 @@ template <int PAIRS> struct ColumnStage {
     }
 };
 
-// Per-row data of a block's rows, staged once: the row factor rinv, its instance key, its label
-// key (the label, or a value no column label equals) and its prototype key (-1: none).
+// Per-row data of a block's rows, staged once per kind of column tile: the row factor rinv, the
+// key its columns' keys are compared with (instance id; for prototype tiles its prototype, -1 for
+// none) and its label key (the label, or a value no column label equals).
 struct RowKeys {
     float rinv;
-    int key, label, proto;
+    int key, label, unused;
 };
 
 }  // namespace ck
