@@ -2,19 +2,40 @@
 //   L_i = scale * ( LSE_{j in A(i)} s_ij - (1/|P(i)|) sum_{p in P(i)} s_ip ),  s_ij = <u_i, u_j> / tau,
 // over the row roles of DESIGN.md section 2, without ever writing the n x n logits.
 //
-// FlashAttention-style: a block owns BM = 128 anchor rows and sweeps every column tile (then the
-// prototype columns) with the Tile128 tensor-core core. Each thread keeps, for each of its 8 rows,
-// an online log-sum-exp (running max, running sum) and the sum / count of positive logits; those
-// are merged across the quad (4 lanes share a row) and across the WARPS_N warps at the end, in a
-// fixed order, so the result is deterministic. Normalization is fused as in similarity.cu: raw
-// products, scaled by the inverse norms (from the l2_normalize prologue) in the epilogue.
+// FlashAttention-style: a block owns BM = 128 anchor rows and sweeps its split of the column tiles
+// (then the prototype tiles) with the tensor-core tile core (ForwardTile: 8 warps as 4 x 2, a
+// thread 4 rows x 16 columns). Normalization is fused: raw products, scaled in the epilogue.
+// Logits are base 2 (common/contrastive_forward.cuh): t_ij = (acc_ij rinv_i) cscale_j with
+// cscale_j = log2(e) / (tau max(|x_j|, eps)), so exp is one ex2.approx. Per logit of the fast path
+// (fixed offset): one FMUL, one FFMA (the offset and the -inf of masked columns folded in as the
+// column's bias), one MUFU, one FADD, and the positive test as one LOP3 and two compares feeding
+// two predicated FADDs (no branch).
+//   - Per-column data (cscale, bias, instance / label / veto words) is prepared once per forward
+//     by contrastive_forward_columns in the layout a block stages: a tile costs one 2560-byte
+//     cp.async, no gathers, no division.
+//   - The offset: for tau >= 1/40 (the host's choice, DESIGN.md section 6) every row uses the
+//     fixed m2 = log2(e) / tau: exp(s - 1/tau) >= exp(-80) stays a normal f32, so no running max
+//     and no rescaling. Below that, the `_online` kernels keep a per-row running max, rescaled
+//     once per row and tile.
+//   - Split: grid.y blocks share a row block's sweep where one block per row block would leave
+//     SMs idle (the host picks whole waves); each writes its per-row partial (m2, sum, pos_sum,
+//     count) and contrastive_forward_merge merges them in split order.
+// Every reduction has a fixed order (the quad's shuffles, the warps through shared memory, the
+// splits in order): bitwise repeatable. The saved LSE is in natural units.
+//
+// Not done: the self geometry's symmetry (only tiles on and above the diagonal, each serving its
+// rows and, through the transposed sums, its columns). The column sums of tile (I, J) belong to
+// the rows of block J, which another block owns; merging them deterministically needs a partial
+// per computed tile (n^2 / 256 tiles x 128 rows x 12 bytes: 200 MB at n = 65536, against this
+// path's few-MB scratch) or float atomics (order-dependent bits), and it holds only on the
+// fixed-offset path (a row's and a column's online maxima differ).
 //
 // The host reduces the per-anchor losses (weights, mean / sum, OECL's norm penalty) with
 // contrastive_reduce below, also in a fixed order.
 #include "common/contrastive_backward.cuh"
+#include "common/contrastive_forward.cuh"
 #include "common/epilogue.cuh"
 #include "common/reduce.cuh"
-#include "common/row_stats.cuh"
 #include "common/tile.cuh"
 #include "params/contrastive.h"
 
@@ -29,118 +50,296 @@ constexpr unsigned char kRoleNormPenaltyOnly = CK_CONTRASTIVE_ROLE_NORM_PENALTY_
 template <typename T> using RowSet = CkRowSet;
 template <typename T> __device__ __forceinline__ const T* rows_of(const RowSet<T>& r) { return static_cast<const T*>(r.x); }
 
-struct ForwardOut {
-    float* per_anchor;  // L_i, 0 for non-anchors and anchors without positives
-    float* lse;         // LSE over A(i); -inf for rows outside the matrix
-    int* positives;     // |P(i)|
-};
+// The forward's tile: 128 x 128 outputs, 8 warps as 4 x 2 (a warp owns 32 rows x 64 columns, a
+// thread 4 rows x 16 columns). Fewer rows per thread than Tile128's 8 halves the per-row state (the
+// statistics and the row's scale and ids stay in registers across the sweep), which is what keeps
+// the kernel within 128 registers: two blocks per SM. The k-loop costs the same ldmatrix count.
+using ForwardTile = MmaTileConfig<128, 128, 32, 4, 2>;
+using ForwardTileF32 = MmaTileConfig<128, 128, 16, 4, 2, 4>;
 
-template <typename T, class Cfg, int ROW_SLOTS>
-__device__ __forceinline__ void fold_tile(RowStats (&stats)[ROW_SLOTS], const float (&acc)[Cfg::MI][Cfg::NI][4],
-                                          const RowSet<T>& rows, const RowSet<T>& cols, int row0, int col0,
-                                          bool exclude_self, const int* proto_of, float inv_tau) {
-#pragma unroll
-    for (int mi = 0; mi < Cfg::MI; ++mi)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-            const int slot = mi * 2 + half;
-            const int row = row0 + Cfg::acc_row(mi, 2 * half);
-            if (row >= rows.count) continue;
-            const float row_factor = inv_tau / norm_denominator(rows.norms[row]);
-            const int row_instance = rows.instance[row];
-            const int row_label = rows.label != nullptr ? rows.label[row] : -1;
-            const int row_proto = proto_of != nullptr ? proto_of[row] : -1;
-            float s[Cfg::NI * 2];
-            bool valid[Cfg::NI * 2];
-            float tile_max = -INFINITY;
-#pragma unroll
-            for (int ni = 0; ni < Cfg::NI; ++ni)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int k = ni * 2 + e;
-                    const int col = col0 + Cfg::acc_col(ni, e);
-                    valid[k] = col < cols.count && !(exclude_self && col == row) &&
-                               !(cols.role != nullptr && cols.role[col] == kRoleNormPenaltyOnly);
-                    s[k] = valid[k] ? acc[mi][ni][half * 2 + e] * row_factor / norm_denominator(cols.norms[col]) : -INFINITY;
-                    tile_max = fmaxf(tile_max, s[k]);
-                    if (valid[k]) {
-                        const bool positive =
-                            cols.instance != nullptr
-                                ? (cols.instance[col] == row_instance ||
-                                   (row_label >= 0 && cols.label != nullptr && cols.label[col] == row_label))
-                                : col == row_proto;  // prototype columns: the row's own prototype
-                        if (positive) {
-                            stats[slot].pos_sum += s[k];
-                            stats[slot].pos_count += 1;
-                        }
-                    }
-                }
-            if (tile_max == -INFINITY) continue;
-            float tile_sum = 0.f;
-#pragma unroll
-            for (int k = 0; k < Cfg::NI * 2; ++k) tile_sum += valid[k] ? __expf(s[k] - tile_max) : 0.f;
-            stats[slot].merge_lse(tile_max, tile_sum);
-        }
+// A label key no column label equals (column labels are >= -1, or -2 where they make no positive).
+constexpr int kNoLabelKey = -3;
+
+// Writes row `row`'s outputs from its statistics over every column.
+__device__ __forceinline__ void finish_row(const Lse2& total, int row, const unsigned char* role_of, float scale,
+                                           float* per_anchor, float* lse_out, int* positives) {
+    const unsigned char role = role_of != nullptr ? role_of[row] : kRoleAnchor;
+    const bool in_matrix = role != kRoleNormPenaltyOnly;
+    const float lse = in_matrix ? total.lse() : -INFINITY;
+    lse_out[row] = lse;
+    positives[row] = in_matrix ? (int)total.pos_count : 0;
+    per_anchor[row] = role == kRoleAnchor && total.pos_count > 0.f ? scale * (lse - total.positive_mean()) : 0.f;
 }
 
-template <typename T, bool ALIGNED>
-__device__ void contrastive_forward(const RowSet<T>& rows, const RowSet<T>& cols, const RowSet<T>& protos, const int* proto_of,
-                                    int d, int exclude_self, float inv_tau, float scale, ForwardOut out) {
-    using Cfg = typename TileFor<T, Tile128, Tile128F32>::type;
-    constexpr int ROW_SLOTS = Cfg::MI * 2;
-    __shared__ __align__(128) T smem[Cfg::SMEM_ELEMS];
-    const int row0 = blockIdx.x * Cfg::BM;
-    RowStats stats[ROW_SLOTS];
+// The per-column data of every column tile (columns, then prototypes), prepared once per forward
+// in the layout a block stages: tile b's ColumnStage is one 2560-byte copy (cp.async) instead of
+// per-tile gathers of norms, ids and roles and a division per column. One thread per column.
+constexpr int kForwardPairs = CK_CONTRASTIVE_FORWARD_COLS / 2;
+using ForwardColumns = ColumnStage<kForwardPairs>;
+static_assert(sizeof(ForwardColumns) == CK_CONTRASTIVE_FORWARD_COLUMN_TILE_BYTES, "params/contrastive.h");
+
+__device__ void contrastive_forward_columns(const CkContrastiveColumnsParams& p) {
+    const bool proto = (int)blockIdx.x >= p.col_tiles;
+    const CkRowSet& c = proto ? p.protos : p.cols;
+    const int j = threadIdx.x;
+    const int col = (proto ? blockIdx.x - p.col_tiles : blockIdx.x) * CK_CONTRASTIVE_FORWARD_COLS + j;
+    const bool inside = col < c.count;
+    const bool denominator = inside && !(c.role != nullptr && c.role[col] == kRoleNormPenaltyOnly);
+    const float offset = p.fixed_offset != 0 ? p.inv_tau * kLog2e : 0.f;  // as contrastive_forward's
+    reinterpret_cast<ForwardColumns*>(p.out)[blockIdx.x].set(
+        j, inside ? logit_column_scale(c.norms[col], p.inv_tau) : 0.f, denominator ? -offset : -INFINITY,
+        inside ? (proto ? col : c.instance[col]) : 0, denominator && !proto && c.label != nullptr ? c.label[col] : -2,
+        denominator ? 0 : ~0);
+}
+
+// Is column (key, label, veto) a positive of a row (row_key, row_label)? Branch-free: one LOP3 and
+// two chained compares.
+__device__ __forceinline__ bool is_positive(int row_key, int row_label, int key, int label, int veto) {
+    return ((row_key ^ key) | veto) == 0 || label == row_label;
+}
+
+// A thread's rows' data for one tile, from the staged RowKeys of the tile's kind.
+template <class Cfg, int ROWS> struct TileRows {
+    float rinv[ROWS];
+    int key[ROWS], label[ROWS];
+    __device__ __forceinline__ explicit TileRows(const RowKeys* rows) {
 #pragma unroll
-    for (int i = 0; i < ROW_SLOTS; ++i) stats[i].init();
+        for (int slot = 0; slot < ROWS; ++slot) {
+            const RowKeys k = rows[Cfg::acc_row(slot / 2, 2 * (slot % 2))];
+            rinv[slot] = k.rinv;
+            key[slot] = k.key;
+            label[slot] = k.label;
+        }
+    }
+};
+template <class Cfg> __device__ __forceinline__ const RowKeys& row_keys_of(const RowKeys* rows, int slot) {
+    return rows[Cfg::acc_row(slot / 2, 2 * (slot % 2))];
+}
+
+// Fixed-offset fold of one tile (unit rows, 2 m2 within f32's exponent range): x = t - m2 by one
+// FMUL and one FFMA, 2^x by one MUFU, and the masks by selects. DIAG: the tile on the diagonal of
+// the self geometry, where column == row is left out.
+template <class Cfg, bool DIAG, int ROWS>
+__device__ __forceinline__ void fold_fixed(Lse2 (&stats)[ROWS], const float (&acc)[Cfg::MI][Cfg::NI][4],
+                                           const TileRows<Cfg, ROWS>& r, const ColumnStage<Cfg::BN / 2>& staged) {
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni) {
+        const ColumnPair c = staged.pair(Cfg::acc_col(ni, 0) / 2);
+#pragma unroll
+        for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int slot = mi * 2 + half;
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    float x = fmaf(acc[mi][ni][half * 2 + e] * r.rinv[slot], c.cscale[e], c.bias[e]);
+                    bool pos = is_positive(r.key[slot], r.label[slot], c.key[e], c.label[e], c.veto[e]);
+                    if constexpr (DIAG) {
+                        const bool self = Cfg::acc_row(mi, 2 * half) == Cfg::acc_col(ni, e);
+                        x = self ? -INFINITY : x;
+                        pos = pos && !self;
+                    }
+                    stats[slot].sum += ex2_approx(x);
+                    if (pos) {  // predicated adds (no branch, no select)
+                        stats[slot].pos_sum += x;
+                        stats[slot].pos_count += 1.f;
+                    }
+                }
+            }
+    }
+}
+
+// Online-max fold (small tau): the tile's logits in place, the per-row tile max, one rescale of
+// the running sum per row and tile, then the exponentials against the new max.
+template <class Cfg, bool DIAG, int ROWS>
+__device__ __forceinline__ void fold_online(Lse2 (&stats)[ROWS], float (&acc)[Cfg::MI][Cfg::NI][4], const RowKeys* rows,
+                                            const ColumnStage<Cfg::BN / 2>& staged) {
+    // Pass 1 needs only the row factors; the ids are read for pass 2 (fewer live registers).
+    float tile_max[ROWS], rinv[ROWS];
+#pragma unroll
+    for (int slot = 0; slot < ROWS; ++slot) {
+        tile_max[slot] = -INFINITY;
+        rinv[slot] = row_keys_of<Cfg>(rows, slot).rinv;
+    }
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni) {
+        const float4 c = staged.scale_bias[Cfg::acc_col(ni, 0) / 2];
+        const float cscale[2] = {c.x, c.y}, bias[2] = {c.z, c.w};
+#pragma unroll
+        for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int slot = mi * 2 + half;
+                    float t = fmaf(acc[mi][ni][half * 2 + e] * rinv[slot], cscale[e], bias[e]);
+                    if constexpr (DIAG) t = Cfg::acc_row(mi, 2 * half) == Cfg::acc_col(ni, e) ? -INFINITY : t;
+                    acc[mi][ni][half * 2 + e] = t;
+                    tile_max[slot] = fmaxf(tile_max[slot], t);
+                }
+    }
+    float m_use[ROWS];
+#pragma unroll
+    for (int slot = 0; slot < ROWS; ++slot) {
+        Lse2& s = stats[slot];
+        const float m_new = fmaxf(s.m2, tile_max[slot]);
+        m_use[slot] = m_new == -INFINITY ? 0.f : m_new;  // a row with no column yet: its sum stays 0
+        s.sum *= s.m2 == m_use[slot] ? 1.f : ex2_approx(s.m2 - m_use[slot]);
+        s.m2 = m_new;
+    }
+    int key[ROWS], label[ROWS];
+#pragma unroll
+    for (int slot = 0; slot < ROWS; ++slot) {
+        const RowKeys& k = row_keys_of<Cfg>(rows, slot);
+        key[slot] = k.key;
+        label[slot] = k.label;
+    }
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni) {
+        const int4 ids = staged.ids[Cfg::acc_col(ni, 0) / 2];
+        const int2 veto = staged.veto[Cfg::acc_col(ni, 0) / 2];
+        const int ckey[2] = {ids.x, ids.y}, clabel[2] = {ids.z, ids.w}, cveto[2] = {veto.x, veto.y};
+#pragma unroll
+        for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const int slot = mi * 2 + half;
+                    const float t = acc[mi][ni][half * 2 + e];
+                    bool pos = is_positive(key[slot], label[slot], ckey[e], clabel[e], cveto[e]);
+                    if constexpr (DIAG) pos = pos && Cfg::acc_row(mi, 2 * half) != Cfg::acc_col(ni, e);
+                    stats[slot].sum += ex2_approx(t - m_use[slot]);
+                    if (pos) {
+                        stats[slot].pos_sum += t;
+                        stats[slot].pos_count += 1.f;
+                    }
+                }
+    }
+}
+
+// A block owns BM = 128 anchor rows and sweeps the column tiles [begin, end) of its split
+// (blockIdx.y of gridDim.y): the column tiles, then the prototype tiles. With one split it writes
+// the outputs; with several, its partial statistics (params' partials, [split][row]) for
+// contrastive_forward_merge.
+// This block's tiles of a split sweep: [x, y) of `tiles`, balanced over gridDim.y (64-bit products).
+__device__ __forceinline__ int2 split_tiles(int tiles) {
+    const long long t = tiles, s = blockIdx.y, k = gridDim.y;
+    return make_int2((int)(t * s / k), (int)(t * (s + 1) / k));
+}
+
+// FIXED: the fixed offset m2 = inv_tau log2(e) for every row (unit rows, the host's choice where
+// 2 m2 stays well inside f32's exponent range); else the online max. Two kernels: a runtime flag
+// kept both epilogues' registers alive at once, and the fixed one fits 128 registers alone.
+template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forward(const CkContrastiveForwardParams& p) {
+    using Cfg = typename TileFor<T, ForwardTile, ForwardTileF32>::type;
+    constexpr int ROWS = Cfg::MI * 2;
+    __shared__ __align__(128) T smem[Cfg::SMEM_ELEMS];
+    // One tile's columns (written after a barrier, read after the k-loop's barriers).
+    __shared__ __align__(16) ColumnStage<Cfg::BN / 2> staged;
+    __shared__ __align__(16) RowKeys row_keys[2][Cfg::BM];  // [0]: column tiles, [1]: prototype tiles
+    const int row0 = blockIdx.x * Cfg::BM;
+    constexpr bool fixed = FIXED;
+    const float offset = fixed ? p.inv_tau * kLog2e : 0.f;
+    const int col_tiles = (p.cols.count + Cfg::BN - 1) / Cfg::BN;
+    const int tiles = col_tiles + (p.protos.count + Cfg::BN - 1) / Cfg::BN;
+    const int2 range = split_tiles(tiles);
+    const int begin = range.x, end = range.y;
+
+    for (int i = threadIdx.x; i < Cfg::BM; i += Cfg::THREADS) {  // read by all after the k-loop's barriers
+        const int row = row0 + i;
+        RowKeys k{0.f, 0, kNoLabelKey, 0}, kp{0.f, -1, kNoLabelKey, 0};
+        if (row < p.rows.count) {
+            k.rinv = kp.rinv = logit_row_inverse(p.rows.norms[row]);
+            k.key = p.rows.instance[row];
+            const int label = p.rows.label != nullptr ? p.rows.label[row] : -1;
+            k.label = label >= 0 ? label : kNoLabelKey;
+            kp.key = p.proto_of != nullptr ? p.proto_of[row] : -1;  // prototype indices are >= 0
+        }
+        row_keys[0][i] = k;
+        row_keys[1][i] = kp;
+    }
+    Lse2 stats[ROWS];
+#pragma unroll
+    for (int slot = 0; slot < ROWS; ++slot) stats[slot].init(fixed ? offset : -INFINITY);
 
     float acc[Cfg::MI][Cfg::NI][4];
-    for (int col0 = 0; col0 < cols.count; col0 += Cfg::BN) {
-        mma_block_tile<Cfg, ALIGNED>(acc, smem, rows_of<T>(rows), rows_of<T>(cols), rows.count, cols.count, d, row0, col0);
-        fold_tile<T, Cfg>(stats, acc, rows, cols, row0, col0, exclude_self != 0, nullptr, inv_tau);
+    // One tile: stage its columns, multiply, fold.
+    static_assert(Cfg::BN == CK_CONTRASTIVE_FORWARD_COLS, "the prepared column tiles");
+    // The host guarantees d >= 1 (ops::check_features): without this the compiler keeps a
+    // zero-k path of the k-loop, with its own copy of the accumulators' zeroing, in every tile.
+    if (p.d < 1) __builtin_unreachable();
+    auto one_tile = [&](auto diag, const CkRowSet& c, bool proto, int tile) {
+        constexpr bool DIAG = decltype(diag)::value;
+        const int col0 = tile * Cfg::BN;
+        ColumnStage<Cfg::BN / 2>& buf = staged;
+        __syncthreads();  // every warp has folded the previous tile: its staged columns are free
+        // Committed with the k-loop's first stage and retired by its waits (it ends with a barrier).
+        const char* src = reinterpret_cast<const char*>(p.columns) + (size_t)(proto ? col_tiles + tile : tile) * sizeof(buf);
+        static_assert(sizeof(buf) / 16 <= Cfg::THREADS, "one 16-byte chunk per thread at most");
+        if (threadIdx.x < sizeof(buf) / 16) cp_async_16(reinterpret_cast<char*>(&buf) + 16 * threadIdx.x, src + 16 * threadIdx.x, 16);
+        mma_block_tile<Cfg, ALIGNED>(acc, smem, rows_of<T>(p.rows), rows_of<T>(c), p.rows.count, c.count, p.d, row0, col0);
+        const RowKeys* rows = row_keys[proto ? 1 : 0];
+        if constexpr (fixed) fold_fixed<Cfg, DIAG>(stats, acc, TileRows<Cfg, ROWS>(rows), buf);
+        else fold_online<Cfg, DIAG>(stats, acc, rows, buf);
+    };
+    // The column tiles, then the prototype tiles. The self geometry's diagonal tile, the only one
+    // that leaves a column out per row, is folded last, outside the loop: the loop's body holds
+    // only the plain fold.
+    const int diag_tile = p.exclude_self != 0 ? (int)blockIdx.x : -1;  // BM == BN
+    for (int tile = begin; tile < end; ++tile) {
+        if (tile == diag_tile) continue;
+        const bool proto = tile >= col_tiles;
+        one_tile(BoolConstant<false>{}, proto ? p.protos : p.cols, proto, proto ? tile - col_tiles : tile);
     }
-    for (int col0 = 0; col0 < protos.count; col0 += Cfg::BN) {
-        mma_block_tile<Cfg, ALIGNED>(acc, smem, rows_of<T>(rows), rows_of<T>(protos), rows.count, protos.count, d, row0, col0);
-        fold_tile<T, Cfg>(stats, acc, rows, protos, row0, col0, false, proto_of, inv_tau);
+    if (diag_tile >= begin && diag_tile < end) one_tile(BoolConstant<true>{}, p.cols, false, diag_tile);
+    if constexpr (fixed) {  // positives were summed as t - m2 there: back to t
+#pragma unroll
+        for (int slot = 0; slot < ROWS; ++slot) stats[slot].pos_sum = fmaf(stats[slot].pos_count, offset, stats[slot].pos_sum);
     }
 
     // Merge the 4 lanes of a quad (they hold the same rows, other columns).
 #pragma unroll
-    for (int i = 0; i < ROW_SLOTS; ++i)
+    for (int slot = 0; slot < ROWS; ++slot)
 #pragma unroll
-        for (int offset = 1; offset < 4; offset <<= 1) {
-            const float other_max = __shfl_xor_sync(0xffffffffu, stats[i].max, offset);
-            const float other_sum = __shfl_xor_sync(0xffffffffu, stats[i].sum, offset);
-            stats[i].pos_sum += __shfl_xor_sync(0xffffffffu, stats[i].pos_sum, offset);
-            stats[i].pos_count += __shfl_xor_sync(0xffffffffu, stats[i].pos_count, offset);
-            stats[i].merge_lse(other_max, other_sum);
+        for (int lanes = 1; lanes < 4; lanes <<= 1) {
+            Lse2 o;
+            o.m2 = __shfl_xor_sync(0xffffffffu, stats[slot].m2, lanes);
+            o.sum = __shfl_xor_sync(0xffffffffu, stats[slot].sum, lanes);
+            o.pos_sum = __shfl_xor_sync(0xffffffffu, stats[slot].pos_sum, lanes);
+            o.pos_count = __shfl_xor_sync(0xffffffffu, stats[slot].pos_count, lanes);
+            stats[slot].merge(o);
         }
 
     // Then the WARPS_N warps that share a row block, through shared memory (the tile buffers are
-    // free: mma_block_tile ends with a barrier).
-    static_assert(sizeof(RowStats) * Cfg::WARPS_N * Cfg::BM <= Cfg::SMEM_BYTES, "partials fit the tile buffers");
-    RowStats* partial = reinterpret_cast<RowStats*>(smem);  // [WARPS_N][BM]
+    // free: mma_block_tile ends with a barrier, and with no tile at all nothing used them).
+    static_assert(sizeof(float4) * Cfg::WARPS_N * Cfg::BM <= Cfg::SMEM_BYTES, "partials fit the tile buffers");
+    float4* partial = reinterpret_cast<float4*>(smem);  // [WARPS_N][BM]
     if (Fragment::col(0) == 0) {  // one lane of each quad
 #pragma unroll
-        for (int mi = 0; mi < Cfg::MI; ++mi)
-#pragma unroll
-            for (int half = 0; half < 2; ++half) partial[Cfg::warp_n() * Cfg::BM + Cfg::acc_row(mi, 2 * half)] = stats[mi * 2 + half];
+        for (int slot = 0; slot < ROWS; ++slot)
+            partial[Cfg::warp_n() * Cfg::BM + Cfg::acc_row(slot / 2, 2 * (slot % 2))] = pack_lse2(stats[slot]);
     }
     __syncthreads();
-    for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS) {
-        const int row = row0 + r;
-        if (row >= rows.count) continue;
-        RowStats total;
-        total.init();
-        for (int w = 0; w < Cfg::WARPS_N; ++w) total.merge(partial[w * Cfg::BM + r]);
-        const unsigned char role = rows.role != nullptr ? rows.role[row] : kRoleAnchor;
-        const bool in_matrix = role != kRoleNormPenaltyOnly;
-        const float lse = in_matrix ? total.lse() : -INFINITY;
-        out.lse[row] = lse;
-        out.positives[row] = in_matrix ? total.pos_count : 0;
-        out.per_anchor[row] =
-            role == kRoleAnchor && total.pos_count > 0 ? scale * (lse - total.pos_sum / total.pos_count) : 0.f;
+    for (int i = threadIdx.x; i < Cfg::BM; i += Cfg::THREADS) {
+        const int row = row0 + i;
+        if (row >= p.rows.count) continue;
+        Lse2 total = unpack_lse2(partial[i]);
+        for (int w = 1; w < Cfg::WARPS_N; ++w) total.merge(unpack_lse2(partial[w * Cfg::BM + i]));
+        if (gridDim.y == 1) finish_row(total, row, p.rows.role, p.scale, p.per_anchor, p.lse, p.positives);
+        else reinterpret_cast<float4*>(p.partials)[(size_t)blockIdx.y * p.rows.count + row] = pack_lse2(total);
     }
+}
+
+// The splits' partials of each row merged in split order (fixed: bitwise repeatable), then the
+// outputs. One thread per row.
+__device__ void contrastive_forward_merge(const CkContrastiveForwardMergeParams& p) {
+    const int row = blockIdx.x * blockDim.x + threadIdx.x;
+    if (row >= p.n) return;
+    const float4* partials = reinterpret_cast<const float4*>(p.partials);
+    Lse2 total = unpack_lse2(partials[row]);
+    for (int s = 1; s < p.splits; ++s) total.merge(unpack_lse2(partials[(size_t)s * p.n + row]));
+    finish_row(total, row, p.role, p.scale, p.per_anchor, p.lse, p.positives);
 }
 
 // Deterministic reduction of the per-anchor losses, one block:
@@ -467,35 +666,43 @@ __device__ void norm_penalty_backward(const T* __restrict__ x, const unsigned ch
 }  // namespace ck
 
 // The header's constants are the tiles' (the Rust grids come from the header).
-static_assert(ck::Tile128::BM == CK_CONTRASTIVE_FORWARD_ROWS && ck::Tile128F32::BM == CK_CONTRASTIVE_FORWARD_ROWS, "params/contrastive.h");
-static_assert(ck::Tile128::THREADS == CK_CONTRASTIVE_FORWARD_THREADS && ck::Tile128F32::THREADS == CK_CONTRASTIVE_FORWARD_THREADS,
+static_assert(ck::ForwardTile::BM == CK_CONTRASTIVE_FORWARD_ROWS && ck::ForwardTileF32::BM == CK_CONTRASTIVE_FORWARD_ROWS &&
+                  ck::ForwardTile::BN == CK_CONTRASTIVE_FORWARD_COLS && ck::ForwardTileF32::BN == CK_CONTRASTIVE_FORWARD_COLS,
+              "params/contrastive.h");
+static_assert(ck::ForwardTile::THREADS == CK_CONTRASTIVE_FORWARD_THREADS && ck::ForwardTileF32::THREADS == CK_CONTRASTIVE_FORWARD_THREADS,
               "params/contrastive.h");
 static_assert(sizeof(CkGradSide) == 88, "10 pointers, 2 ints");
 
-namespace ck {
-
-template <typename T, bool ALIGNED> __device__ __forceinline__ void contrastive_forward(const CkContrastiveForwardParams& p) {
-    contrastive_forward<T, ALIGNED>(p.rows, p.cols, p.protos, p.proto_of, p.d,
-                                    p.exclude_self, p.inv_tau, p.scale, {p.per_anchor, p.lse, p.positives});
-}
-
-}  // namespace ck
-
-#define CK_CONTRASTIVE_FORWARD(name, type, suffix, aligned)                                                     \
-    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_THREADS)                                \
-        contrastive_forward_##name##suffix(const __grid_constant__ CkContrastiveForwardParams p) {             \
-        ck::contrastive_forward<type, aligned>(p);                                                             \
+// `_online`: the online-max epilogue (small tau). Only the aligned fixed-offset f16 / bf16
+// kernels, the fast path, fit two blocks per SM (at most 128 registers, no spill); the online
+// epilogue, the element-wise loads of `_unaligned` and the f32 FFMA engine's operands need more,
+// so those ask for one.
+#define CK_CONTRASTIVE_FORWARD(name, type, suffix, aligned, fixed, blocks)                                    \
+    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_THREADS, blocks)                      \
+        contrastive_forward_##name##suffix(const __grid_constant__ CkContrastiveForwardParams p) {           \
+        ck::contrastive_forward<type, aligned, fixed>(p);                                                     \
     }
 
-#define CK_CONTRASTIVE_FORWARD_BOTH(name, type)           \
-    CK_CONTRASTIVE_FORWARD(name, type, , true)            \
-    CK_CONTRASTIVE_FORWARD(name, type, _unaligned, false)
+#define CK_CONTRASTIVE_FORWARD_ALL(name, type, aligned, blocks)                                              \
+    CK_CONTRASTIVE_FORWARD(name, type, , aligned, true, blocks)                                                \
+    CK_CONTRASTIVE_FORWARD(name, type, _unaligned, false, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)     \
+    CK_CONTRASTIVE_FORWARD(name, type, _online, aligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)     \
+    CK_CONTRASTIVE_FORWARD(name, type, _online_unaligned, false, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
 
-CK_CONTRASTIVE_FORWARD_BOTH(f16, __half)
-CK_CONTRASTIVE_FORWARD_BOTH(bf16, __nv_bfloat16)
-// f32 always loads element-wise, so both names are the same kernel.
-CK_CONTRASTIVE_FORWARD(f32, float, , false)
-CK_CONTRASTIVE_FORWARD(f32, float, _unaligned, false)
+CK_CONTRASTIVE_FORWARD_ALL(f16, __half, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
+CK_CONTRASTIVE_FORWARD_ALL(bf16, __nv_bfloat16, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
+// f32 always loads element-wise, so the aligned and unaligned names are the same kernel.
+CK_CONTRASTIVE_FORWARD_ALL(f32, float, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
+
+extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_COLS)
+    contrastive_forward_columns(const __grid_constant__ CkContrastiveColumnsParams p) {
+    ck::contrastive_forward_columns(p);
+}
+
+extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
+    contrastive_forward_merge(const __grid_constant__ CkContrastiveForwardMergeParams p) {
+    ck::contrastive_forward_merge(p);
+}
 
 // `_unaligned`: d % 8 != 0 or a raw-row base not 16-byte aligned (element-wise loads of the raw
 // rows, as the forward's `_unaligned`); f32 always loads element-wise, so both are one kernel.

@@ -38,7 +38,8 @@ mutants=(
   "missing barrier before the buffer is reloaded|common/tile.cuh|        __syncthreads();  // the buffer is overwritten by the load two iterations on|        /* planted: no barrier */|$similarity gpu_matches_oracle"
   "off-by-one k tail|common/tile.cuh|    const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;|    const int k_tiles = d / Cfg::BK;|$similarity gpu_matches_oracle"
   "swapped B fragment registers|common/tile.cuh|            b[ni + 1][0] = r[2];|            b[ni + 1][0] = r[3];|$similarity gpu_matches_oracle"
-  "column tail one past the end|contrastive.cu|valid[k] = col < cols.count|valid[k] = col <= cols.count|$contrastive gpu_forward_matches_oracle"
+  "column tail one past the end|contrastive.cu|    const bool inside = col < c.count;|    const bool inside = col <= c.count;|$contrastive gpu_forward_matches_oracle"
+  "diagonal not excluded|contrastive.cu|                        x = self ? -INFINITY : x;|                        /* planted: self kept */|$contrastive gpu_forward_matches_oracle"
   "backward split merge drops the last split|contrastive.cu|for (int z = 1; z < p.splits; ++z)|for (int z = 1; z < p.splits - 1; ++z)|$contrastive gpu_backward_matches_oracle"
   "backward two-exponential path without the column term|common/contrastive_backward.cuh|                                    c.coef * ex2((a * c.rinv) * o.cscale - c.lse2) - (positive|                                    0.f * ex2((a * c.rinv) * o.cscale - c.lse2) - (positive|$contrastive gpu_backward_temperatures_and_d_groups"
 )

@@ -514,28 +514,27 @@ fn check_forward_against_oracle<T: FloatElement>(
     rel: f64,
 ) {
     for_each_harness_case::<T>(shapes, &mut |what, loss, inputs| {
-        let n = inputs.features.rows();
         let want = forward(loss, inputs).unwrap();
         let got = run(loss, inputs).unwrap();
-        assert!(
-            (got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3),
-            "{what}: loss {} vs oracle {}",
-            got.loss,
-            want.loss
-        );
-        let scale = want.per_anchor.iter().chain(want.lse.iter().filter(|v| v.is_finite())).fold(0.0f64, |m, v| m.max(v.abs()));
-        for i in 0..n {
-            assert_eq!(got.positives[i] as usize, want.positive_count[i], "{what}: |P({i})|");
-            assert!(
-                (got.per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale,
-                "{what}: L_{i} {} vs {}",
-                got.per_anchor[i],
-                want.per_anchor[i]
-            );
-            let (g, w) = (got.lse[i] as f64, want.lse[i]);
-            assert!(g == w || (g - w).abs() <= rel * scale, "{what}: lse_{i} {g} vs {w}");
-        }
+        assert_forward_close(what, &got, &want, rel);
     });
+}
+
+/// The loss, and every row's L_i, LSE and |P(i)|, against the oracle's (rel as above).
+fn assert_forward_close(what: &str, got: &ForwardResult, want: &contrastive_kernels::ops::contrastive::cpu::LossForward, rel: f64) {
+    assert!((got.loss as f64 - want.loss).abs() <= rel * want.loss.abs().max(1e-3), "{what}: loss {} vs oracle {}", got.loss, want.loss);
+    let scale = want.per_anchor.iter().chain(want.lse.iter().filter(|v| v.is_finite())).fold(0.0f64, |m, v| m.max(v.abs()));
+    for i in 0..want.lse.len() {
+        assert_eq!(got.positives[i] as usize, want.positive_count[i], "{what}: |P({i})|");
+        assert!(
+            (got.per_anchor[i] as f64 - want.per_anchor[i]).abs() <= rel * scale,
+            "{what}: L_{i} {} vs {}",
+            got.per_anchor[i],
+            want.per_anchor[i]
+        );
+        let (g, w) = (got.lse[i] as f64, want.lse[i]);
+        assert!(g == w || (g - w).abs() <= rel * scale, "{what}: lse_{i} {g} vs {w}");
+    }
 }
 
 /// The backward through the host API of `backend` against the oracle's gradients on the same
@@ -681,9 +680,14 @@ fn fused_extra_memory_by_hand() {
     let (n, kib) = (65536usize, 1024usize);
     let b = fused_extra_bytes(n, None, 0, 128, DType::BF16);
     // Saved: loss 4 B + per-anchor, LSE, |P| 3 x 256 KiB. Scratch: row norms and column norms
-    // 2 x 256 KiB, one empty prototype-norm slot, first-empty and 9 check flags.
+    // 2 x 256 KiB, one empty prototype-norm slot, first-empty and 9 check flags, the prepared
+    // column tiles (512 x 2560 B); no split partials (512 row blocks fill whole waves).
     assert_eq!(b.saved, 4 + 3 * 256 * kib);
-    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4);
+    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4 + 512 * 2560);
+    // n = 8192: 64 row blocks split the sweep 4 ways on 132 SMs at 2 blocks each (2 at 1):
+    // 4 x 8192 x 16 B of partials.
+    let s = fused_extra_bytes(8192, None, 0, 128, DType::BF16);
+    assert_eq!(s.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 4 + 4 + 9 * 4 + 64 * 2560 + 4 * 8192 * 16);
     // Backward: upstream 4 B, packed bf16 unit rows 16 MiB, row norms 256 KiB, coef_a / coef_b
     // 2 x 256 KiB, 2 scalars, f32 gradient scratch 32 MiB.
     assert_eq!(b.backward, 4 + 16 * kib * kib + 256 * kib + 2 * 256 * kib + 8 + 32 * kib * kib);
@@ -825,5 +829,131 @@ fn gpu_backward_bitwise_repeatable_across_shapes() {
             let (a, b) = (run::<f32>(&backend, n, d, tau), run::<f32>(&backend, n, d, tau));
             assert!(a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()), "f32 {n}x{d} tau {tau}");
         }
+    }
+}
+
+/// The fused forward on the device with its launch choices overridden, downloaded.
+fn gpu_forward_tuned<T: FloatElement>(
+    gpu: &Gpu,
+    loss: &ContrastiveLoss,
+    inputs: &LossInputs<'_, T>,
+    tuning: contrastive_kernels::ops::contrastive::gpu::ForwardTuning,
+) -> ForwardResult {
+    use common::contrastive_harness::{download, upload_inputs};
+    let n = inputs.features.rows();
+    let buffers = upload_inputs(gpu, inputs);
+    let out = contrastive_kernels::ops::contrastive::gpu::forward_tuned(gpu, loss, &buffers.view(), tuning).unwrap();
+    ForwardResult {
+        loss: out.loss,
+        per_anchor: download(gpu, &out.per_anchor, n),
+        lse: download(gpu, &out.saved.lse, n),
+        positives: download(gpu, &out.saved.positives, n),
+    }
+}
+
+fn result_bits(r: &ForwardResult) -> (u32, Vec<u32>, Vec<u32>, Vec<i32>) {
+    (r.loss.to_bits(), r.per_anchor.iter().map(|v| v.to_bits()).collect(), r.lse.iter().map(|v| v.to_bits()).collect(), r.positives.clone())
+}
+
+/// Every loss kind and dtype under the forward's launch choices: the column sweep in one CTA per
+/// row block and split across CTAs (partials merged in split order), the fixed 1/tau offset and the
+/// online max, on shapes with fewer than 128 rows and with ragged row and column tails. Each
+/// agrees with the oracle (DESIGN.md section 7's bounds), and each is bitwise repeatable.
+#[test]
+fn gpu_forward_splits_and_offsets_match_oracle() {
+    use contrastive_kernels::ops::contrastive::gpu::ForwardTuning;
+    let Some(gpu) = gpu_or_skip("gpu_forward_splits_and_offsets_match_oracle") else { return };
+    let tunings = [
+        ForwardTuning { splits: Some(1), online_max: false },
+        ForwardTuning { splits: Some(2), online_max: false },
+        ForwardTuning { splits: Some(16), online_max: false }, // clamped to the tile count
+        ForwardTuning { splits: Some(1), online_max: true },
+        ForwardTuning { splits: Some(16), online_max: true },
+    ];
+    // (rows, d): under one tile; two row blocks with a tail (and 237 keys, 3 column tiles with the
+    // prototypes); three row blocks.
+    let shapes: &[(usize, usize)] = &[(6, 6), (200, 3), (257, 40)];
+    fn check<T: FloatElement>(gpu: &Gpu, shapes: &[(usize, usize)], tunings: &[ForwardTuning], rel: f64) {
+        for_each_harness_case::<T>(shapes, &mut |what, loss, inputs| {
+            let want = forward(loss, inputs).unwrap();
+            for (k, &tuning) in tunings.iter().enumerate() {
+                let what = format!("{what} {tuning:?}");
+                let got = gpu_forward_tuned(gpu, loss, inputs, tuning);
+                assert_forward_close(&what, &got, &want, rel);
+                if k == 2 || k == 4 {
+                    assert_eq!(result_bits(&got), result_bits(&gpu_forward_tuned(gpu, loss, inputs, tuning)), "{what}: a second run");
+                }
+            }
+        });
+    }
+    check::<f16>(&gpu, shapes, &tunings, 2e-3);
+    check::<bf16>(&gpu, shapes, &tunings, 5e-3);
+    check::<f32>(&gpu, shapes, &tunings, 1e-4);
+}
+
+/// Temperatures from 0.5 down to below the fixed offset's threshold (tau < 1/40 takes the online
+/// max by itself), on SupCon and NT-Xent over two close views, so the positive dominates each
+/// row's LSE and the other columns' exponentials lie far below the offset: the fixed offset and
+/// the online max both agree with the oracle in every dtype, split or not.
+#[test]
+fn gpu_forward_temperatures_fixed_and_online_offsets() {
+    use contrastive_kernels::ops::contrastive::gpu::{ForwardTuning, FIXED_OFFSET_MAX_INV_TAU};
+    let Some(gpu) = gpu_or_skip("gpu_forward_temperatures_fixed_and_online_offsets") else { return };
+    let (b, d) = (150usize, 48usize);
+    let base: Matrix<f64> = random_matrix(b, d, 80);
+    let noise: Matrix<f64> = random_matrix(b, d, 81);
+    let x64: Matrix<f64> = Matrix::from_fn(2 * b, d, |i, j| {
+        let v = base.data()[(i % b) * d + j];
+        if i < b {
+            v
+        } else {
+            v + 0.05 * noise.data()[(i % b) * d + j]
+        }
+    });
+    let instance: Vec<i32> = (0..2 * b as i32).map(|i| i % b as i32).collect();
+    let label: Vec<i32> = instance.iter().map(|i| i % 6).collect();
+    fn check<T: FloatElement>(gpu: &Gpu, x64: &Matrix<f64>, instance: &[i32], label: &[i32], rel: f64) {
+        let x: Matrix<T> = Matrix::from_fn(x64.rows(), x64.cols(), |i, j| T::from_f64(x64.data()[i * x64.cols() + j]));
+        for tau in [0.5f32, 0.2, 0.07, 0.05, 0.02] {
+            assert_eq!(1.0 / tau <= FIXED_OFFSET_MAX_INV_TAU, tau > 0.025, "the threshold lies between 0.05 and 0.02");
+            for (name, loss, inputs) in [
+                ("nt_xent", ContrastiveLoss::nt_xent(tau), LossInputs::new(&x, instance)),
+                ("supcon", ContrastiveLoss::supcon(tau, 0.07), LossInputs { label: Some(label), ..LossInputs::new(&x, instance) }),
+            ] {
+                let want = forward(&loss, &inputs).unwrap();
+                for tuning in [
+                    ForwardTuning::default(),
+                    ForwardTuning { splits: Some(1), online_max: false },
+                    ForwardTuning { splits: None, online_max: true },
+                ] {
+                    let got = gpu_forward_tuned(gpu, &loss, &inputs, tuning);
+                    assert_forward_close(&format!("{name} {} tau {tau} {tuning:?}", T::DTYPE), &got, &want, rel);
+                }
+            }
+        }
+    }
+    check::<f16>(&gpu, &x64, &instance, &label, 2e-3);
+    check::<bf16>(&gpu, &x64, &instance, &label, 5e-3);
+    check::<f32>(&gpu, &x64, &instance, &label, 1e-4);
+}
+
+/// The column-split choice: whole waves where the grid is short of one (DESIGN.md section 6's
+/// bench shapes on 132 SMs), none where row blocks already fill the waves, at most the tile count.
+#[test]
+fn forward_splits_fill_the_waves() {
+    use contrastive_kernels::ops::contrastive::gpu::forward_splits;
+    // n = 8192: 64 row blocks x 64 column tiles; 2 blocks per SM: 4 splits, 256 of 264 slots.
+    assert_eq!(forward_splits(64, 64, 132, 2), 4);
+    assert_eq!(forward_splits(64, 64, 132, 1), 2);
+    // n = 65536: 512 row blocks are 97 % of two waves already.
+    assert_eq!(forward_splits(512, 512, 132, 2), 1);
+    // Tiny problems: as many splits as tiles (one wave either way), never more.
+    assert_eq!(forward_splits(3, 3, 132, 2), 3);
+    assert_eq!(forward_splits(1, 1, 132, 2), 1);
+    // One row block, 100 tiles: 7 tiles per CTA is the best 16 splits can do, and 15 do it.
+    assert_eq!(forward_splits(1, 100, 132, 2), 15);
+    for (rb, tiles) in [(64, 64), (40, 40), (100, 100), (300, 300), (1, 7)] {
+        let s = forward_splits(rb, tiles, 132, 2);
+        assert!((1..=tiles.min(16)).contains(&s), "{rb} x {tiles}: {s}");
     }
 }

@@ -4,9 +4,21 @@
 #pragma once
 #include <stdint.h>
 
-// Anchor rows per forward block and its threads (ck::Tile128, ck::Tile128F32).
+// Anchor rows and columns per forward block tile and its threads (ck::ForwardTile,
+// ck::ForwardTileF32), and the blocks per SM their __launch_bounds__ ask for: 2 (at most 128
+// registers) for the aligned fixed-offset f16 / bf16 kernels, 1 for the others. The
+// host sizes the split of the column sweep to whole waves of these.
 #define CK_CONTRASTIVE_FORWARD_ROWS 128
+#define CK_CONTRASTIVE_FORWARD_COLS 128
 #define CK_CONTRASTIVE_FORWARD_THREADS 256
+#define CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM 2
+#define CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW 1
+// The most splits of the column sweep (grid.y), which bounds the partials' scratch at
+// MAX_SPLITS x n x 16 bytes (contrastive_forward_merge: one thread per row, MERGE_THREADS below).
+#define CK_CONTRASTIVE_FORWARD_MAX_SPLITS 16
+// Bytes of one column tile's prepared data (ck::ColumnStage: 64 pairs x 40 bytes), written by
+// contrastive_forward_columns, one block of FORWARD_COLS threads per tile.
+#define CK_CONTRASTIVE_FORWARD_COLUMN_TILE_BYTES 2560
 // The backward block (ck::BackwardTraits): 64 own rows, 4 row warps of 16 rows times G d-groups
 // (G = 1, 2, 4: kernels contrastive_backward_*_g{G}), so 128 G threads; a d-group's warp owns
 // WARP_D columns of the gradient, the block G WARP_D of them (grid.y covers d by such chunks). The
@@ -27,6 +39,7 @@
 // device. G = 4 kernels are never split. At n = 65536 no pass splits.
 #define CK_CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS 264
 #define CK_CONTRASTIVE_BACKWARD_MAX_SPLITS 8
+// Threads of the merge kernels (contrastive_forward_merge, contrastive_backward_merge).
 #define CK_CONTRASTIVE_MERGE_THREADS 256
 #define CK_CONTRASTIVE_MERGE_MAX_BLOCKS 1024
 // Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
@@ -86,7 +99,33 @@ typedef struct CkContrastiveForwardParams {
     float* per_anchor;            // L_i, 0 for non-anchors and anchors without positives
     float* lse;                   // LSE over A(i); -inf for rows outside the matrix
     int32_t* positives;           // |P(i)|
+    float* partials;              // grid.y > 1: [grid.y][rows.count] x 4 f32 (m2, sum, pos_sum, pos_count)
+    const void* columns;          // contrastive_forward_columns' output: column tiles, then prototype tiles
 } CkContrastiveForwardParams;
+
+// contrastive_forward_columns: every column tile's per-column data (scale, offset, ids, veto).
+typedef struct CkContrastiveColumnsParams {
+    CkRowSet cols;
+    CkRowSet protos;              // x, norms, count only
+    void* out;                    // (col_tiles + prototype tiles) x COLUMN_TILE_BYTES
+    float inv_tau;
+    int32_t fixed_offset;         // 1: for the fixed-offset kernels (bias -inv_tau log2(e)); 0: online max
+    int32_t col_tiles;
+    int32_t reserved;
+} CkContrastiveColumnsParams;
+
+// contrastive_forward_merge: the splits' partials of each row, merged in split order, to outputs.
+typedef struct CkContrastiveForwardMergeParams {
+    const float* partials;        // [splits][n] x 4 f32
+    const uint8_t* role;          // null: every row an anchor
+    float* per_anchor;
+    float* lse;
+    int32_t* positives;
+    int32_t n;
+    int32_t splits;
+    float scale;
+    int32_t reserved;
+} CkContrastiveForwardMergeParams;
 
 // One side of a backward pass. Optional arrays may be null.
 typedef struct CkGradSide {

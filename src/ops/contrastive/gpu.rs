@@ -1,9 +1,12 @@
-//! The fused GPU path over device buffers: the forward (an online log-sum-exp over column tiles,
-//! O(n) saved statistics) and the backward ((G + G^T) U from recomputed logit tiles), both in
-//! `kernels/contrastive.cu`. Device memory beyond the inputs and the gradients: the norms and
-//! per-row statistics (O(n)), and in the backward a packed copy of the rows scaled by powers of two
-//! (n x d in the input dtype) plus an f32 gradient scratch (n x d, times the column splits of a
-//! small grid, see `backward_splits`): 48 MiB at n = 65536, d = 128 bf16; never O(n^2).
+//! The fused GPU path over device buffers: the forward (a base-2 log-sum-exp over column tiles, its
+//! sweep split across blocks where the grid is short of whole waves, O(n) saved statistics) and the
+//! backward ((G + G^T) U from recomputed logit tiles), both in `kernels/contrastive.cu`. Device
+//! memory beyond the inputs and the gradients: the norms and per-row statistics (O(n)); in the
+//! forward the prepared column tiles (20 bytes per column) and the split partials (16 bytes per
+//! row and split, at most `MAX_SPLITS`, none where the row blocks fill the waves); in the backward
+//! a packed copy of the rows scaled by powers of two (n x d in the input dtype) plus an f32
+//! gradient scratch (n x d, times the column splits of a small grid, see
+//! `backward_splits`): 48 MiB at n = 65536, d = 128 bf16; never O(n^2).
 //!
 //! f16 and bf16 features run on the tensor cores (f32 accumulation); f32 features run the same
 //! kernels with exact FFMA in place of the MMA (same fragment layout), for f32 accuracy.
@@ -17,9 +20,9 @@ use super::{empty_positive_error, ContrastiveLoss, Geometry, LossInputs, Reducti
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::params::contrastive::{
-    self as params, BackwardMergeParams, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveForwardParams,
-    ContrastivePackParams, GradSide, NormPenaltyBackwardParams, ReduceParams, RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS,
-    FORWARD_THREADS,
+    self as params, BackwardMergeParams, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveColumnsParams,
+    ContrastiveForwardMergeParams, ContrastiveForwardParams, ContrastivePackParams, GradSide, NormPenaltyBackwardParams, ReduceParams,
+    RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
 };
 use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
@@ -334,6 +337,62 @@ pub struct RawForwardOutputs {
     pub positives: u64,
 }
 
+/// The largest 1 / tau for which the forward uses the fixed exponent offset m = 1 / tau for every
+/// row (DESIGN.md section 6): logits of unit rows lie in [-1/tau, 1/tau], so exp(s - 1/tau) >=
+/// exp(-2/tau) >= exp(-80) = 1.8e-35 stays a normal f32 (above 1.2e-38, which ex2.approx.ftz would
+/// flush). Below tau = 1/40 the per-row online max is used instead.
+pub const FIXED_OFFSET_MAX_INV_TAU: f32 = 40.0;
+
+/// The most columns (keys or feature rows, plus prototypes) of the fused forward: it counts each
+/// row's positives in f32, exact up to 2^24.
+pub const MAX_COLUMNS: usize = 1 << 24;
+
+/// The SM count [`extra_bytes`] assumes (H100 SXM / H200): the forward's column split, and so its
+/// scratch, depends on the GPU's SM count.
+pub const REFERENCE_SMS: usize = 132;
+
+/// How many CTAs (grid.y) share one row block's column sweep, for `row_blocks` row blocks,
+/// `tiles` column tiles (columns, then prototypes) and `sms` SMs of `blocks_per_sm` resident
+/// blocks: the fewest splits whose estimated efficiency, useful tile work / (waves x wave slots x
+/// tiles per CTA), reaches 90 %; where none does, the count that minimizes waves x tiles per CTA
+/// (fewer on ties). At most `MAX_SPLITS` and `tiles`. More splits than needed only add partials
+/// (16 bytes per row and split) and their merge.
+pub fn forward_splits(row_blocks: usize, tiles: usize, sms: usize, blocks_per_sm: usize) -> usize {
+    let wave = (sms * blocks_per_sm).max(1);
+    let (row_blocks, tiles) = (row_blocks.max(1), tiles.max(1));
+    let most = tiles.min(params::FORWARD_MAX_SPLITS);
+    let cost = |s: usize| (row_blocks * s).div_ceil(wave) * tiles.div_ceil(s);
+    if let Some(s) = (1..=most).find(|&s| 10 * row_blocks * tiles >= 9 * cost(s) * wave) {
+        return s;
+    }
+    (1..=most).min_by_key(|&s| (cost(s), s)).unwrap_or(1)
+}
+
+/// Row blocks and column tiles (columns, then prototypes) of the forward's grid.
+fn forward_grid(n: usize, columns: usize, centers: usize) -> (usize, usize) {
+    (n.div_ceil(FORWARD_ROWS).max(1), columns.div_ceil(params::FORWARD_COLS) + centers.div_ceil(params::FORWARD_COLS))
+}
+
+/// Blocks per SM of the forward kernel that runs: 2 for the aligned fixed-offset f16 / bf16 ones.
+fn forward_blocks_per_sm(dtype: DType, aligned: bool, fixed: bool) -> usize {
+    if dtype != DType::F32 && aligned && fixed {
+        params::FORWARD_BLOCKS_PER_SM
+    } else {
+        params::FORWARD_BLOCKS_PER_SM_SLOW
+    }
+}
+
+/// Overrides of the forward's launch choices, for tests that compare them (the results must agree
+/// within the tolerances, and each be bitwise repeatable).
+#[doc(hidden)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ForwardTuning {
+    /// Splits of the column sweep (clamped to 1..=min(tiles, MAX_SPLITS)); `None`: [`forward_splits`].
+    pub splits: Option<usize>,
+    /// Use the online-max kernel even where the fixed offset is allowed.
+    pub online_max: bool,
+}
+
 /// The forward on caller memory and stream. Returns the loss value: it waits for the stream once,
 /// to read the device-side input checks and the empty-positive flag back.
 ///
@@ -347,12 +406,35 @@ pub unsafe fn forward_raw(
     r: &RawLossInputs,
     out: &RawForwardOutputs,
 ) -> Result<f32> {
+    forward_raw_tuned(gpu, stream, loss, r, out, ForwardTuning::default())
+}
+
+/// [`forward_raw`] with its launch choices overridden.
+///
+/// # Safety
+/// As [`forward_raw`].
+#[doc(hidden)]
+pub unsafe fn forward_raw_tuned(
+    gpu: &Gpu,
+    stream: &Arc<CudaStream>,
+    loss: &ContrastiveLoss,
+    r: &RawLossInputs,
+    out: &RawForwardOutputs,
+    tuning: ForwardTuning,
+) -> Result<f32> {
     check_raw_inputs(loss, r)?;
     check_array("loss", out.loss, 1, 4, true)?;
     check_array("per_anchor", out.per_anchor, r.n, 4, false)?;
     check_array("lse", out.lse, r.n, 4, true)?;
     check_array("positives", out.positives, r.n, 4, true)?;
     let (n, d, n_keys, n_centers) = (r.n, r.d, r.columns(), r.centers().map_or(0, |c| c.rows));
+    if n_keys + n_centers > MAX_COLUMNS {
+        return Err(Error::shape(
+            if r.keys().is_some() { "keys" } else { "features" },
+            "at most 2^24 columns (keys or feature rows, plus prototypes) in the fused forward",
+            format!("{} columns", n_keys + n_centers),
+        ));
+    }
     let norms = alloc_f32(stream, n)?;
     let key_norms = alloc_f32(stream, n_keys)?;
     let center_norms = alloc_f32(stream, n_centers)?;
@@ -406,9 +488,36 @@ pub unsafe fn forward_raw(
         (r.features, norms_p, r.instance, label_p, r.role)
     };
     let aligned = d % 8 == 0 && r.features % 16 == 0 && cols_x % 16 == 0 && r.centers % 16 == 0;
-    let name = format!("contrastive_forward_{}{}", r.dtype, if aligned { "" } else { "_unaligned" });
+    let inv_tau = 1.0f32 / loss.temperature;
+    let fixed = inv_tau <= FIXED_OFFSET_MAX_INV_TAU && !tuning.online_max;
+    let name = format!("contrastive_forward_{}{}{}", r.dtype, if fixed { "" } else { "_online" }, if aligned { "" } else { "_unaligned" });
     let per_anchor_p = per_anchor_scratch.as_ref().map_or(out.per_anchor, |s| ptr(s, stream));
     if n > 0 {
+        let (row_blocks, tiles) = forward_grid(n, n_keys, n_centers);
+        let splits = match tuning.splits {
+            Some(s) => s.clamp(1, tiles.clamp(1, params::FORWARD_MAX_SPLITS)),
+            None => forward_splits(row_blocks, tiles, multiprocessors(gpu), forward_blocks_per_sm(r.dtype, aligned, fixed)),
+        };
+        // [splits][n] x (m2, sum, pos_sum, count): at most MAX_SPLITS x 16 bytes per row.
+        let partials = if splits > 1 { Some(alloc_f32(stream, 4 * splits * n)?) } else { None };
+        let partials_p = partials.as_ref().map_or(0, |s| ptr(s, stream));
+        // Every column tile's staged data, prepared once (COLUMN_TILE_BYTES per tile).
+        let columns = alloc_f32(stream, tiles * params::FORWARD_COLUMN_TILE_BYTES / 4)?;
+        let columns_p = ptr(&columns, stream);
+        let col_tiles = n_keys.div_ceil(params::FORWARD_COLS);
+        if tiles > 0 {
+            let params = ContrastiveColumnsParams {
+                cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
+                protos: RowSet { x: r.centers, norms: center_norms_p, count: nc_i, ..RowSet::default() },
+                out: columns_p,
+                inv_tau,
+                fixed_offset: fixed as i32,
+                col_tiles: col_tiles as i32,
+                reserved: 0,
+            };
+            let cfg = LaunchConfig { grid_dim: (tiles as u32, 1, 1), block_dim: (params::FORWARD_COLS as u32, 1, 1), shared_mem_bytes: 0 };
+            gpu.launch(stream, MODULE, "contrastive_forward_columns", cfg, &params)?;
+        }
         let params = ContrastiveForwardParams {
             rows: RowSet { x: r.features, norms: norms_p, instance: r.instance, label: label_p, role: r.role, count: n_i },
             cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
@@ -416,13 +525,40 @@ pub unsafe fn forward_raw(
             proto_of: r.proto_of,
             d: d_i,
             exclude_self: (!pairwise) as i32,
-            inv_tau: 1.0f32 / loss.temperature,
+            inv_tau,
             scale: loss.scale,
             per_anchor: per_anchor_p,
             lse: out.lse,
             positives: out.positives,
+            partials: partials_p,
+            columns: columns_p,
         };
-        gpu.launch(stream, MODULE, &name, rows_config(n, FORWARD_ROWS, FORWARD_THREADS as u32), &params)?;
+        let cfg = LaunchConfig {
+            grid_dim: (row_blocks as u32, splits as u32, 1),
+            block_dim: (FORWARD_THREADS as u32, 1, 1),
+            shared_mem_bytes: 0,
+        };
+        gpu.launch(stream, MODULE, &name, cfg, &params)?;
+        if splits > 1 {
+            let params = ContrastiveForwardMergeParams {
+                partials: partials_p,
+                role: r.role,
+                per_anchor: per_anchor_p,
+                lse: out.lse,
+                positives: out.positives,
+                n: n_i,
+                splits: splits as i32,
+                scale: loss.scale,
+                reserved: 0,
+            };
+            gpu.launch(
+                stream,
+                MODULE,
+                "contrastive_forward_merge",
+                rows_config(n, params::MERGE_THREADS, params::MERGE_THREADS as u32),
+                &params,
+            )?;
+        }
     }
     let params = ReduceParams {
         per_anchor: per_anchor_p,
@@ -724,13 +860,24 @@ impl FusedBytes {
 
 /// The exact allocations of [`forward`] and [`backward`] (the safe API, `Upstream::Value`) for n
 /// feature rows, `keys` key rows (pairwise; `None` in the self geometry), `centers` prototypes and
-/// d features of `dtype`. O(n d), never O(n^2).
+/// d features of `dtype`. O(n d), never O(n^2). The forward's split partials (n x 16 bytes per
+/// split, at most MAX_SPLITS splits) depend on the GPU and the kernel: counted here as the larger
+/// of its one- and two-blocks-per-SM choices on [`REFERENCE_SMS`] SMs, so at most what runs there.
 pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtype: DType) -> FusedBytes {
     let f = 4usize;
     let buf = |elems: usize, size: usize| elems.max(1).saturating_mul(size);
     let cols = keys.unwrap_or(n);
     let saved = buf(1, f) + 3 * buf(n, f); // loss, per_anchor, lse, positives
-    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f; // norms, first_empty, flags
+    let (row_blocks, tiles) = forward_grid(n, cols, centers);
+    let splits = [params::FORWARD_BLOCKS_PER_SM, params::FORWARD_BLOCKS_PER_SM_SLOW]
+        .iter()
+        .map(|&b| forward_splits(row_blocks, tiles, REFERENCE_SMS, b))
+        .max()
+        .unwrap_or(1);
+    let partials = if splits > 1 && n > 0 { 4 * f * splits * n } else { 0 };
+    let columns = buf(tiles * params::FORWARD_COLUMN_TILE_BYTES / 4, f);
+    // norms, first_empty, flags, split partials, prepared column tiles
+    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials + columns;
     let dp = d.div_ceil(8) * 8;
     let packed = |rows: usize| (rows * dp * dtype.size_bytes()).max(16);
     // upstream, U, norms, coef_a / coef_b, scalars, dU
@@ -747,6 +894,11 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
 }
 
 /// The raw description of device inputs; the slices' guards drop at once (one stream throughout).
+fn multiprocessors(gpu: &Gpu) -> usize {
+    use cudarc::driver::sys::CUdevice_attribute;
+    gpu.context().attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT).map_or(REFERENCE_SMS, |n| n.max(1) as usize)
+}
+
 fn describe<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>, stream: &CudaStream) -> RawLossInputs {
     let x = inputs.features;
     RawLossInputs {
@@ -770,6 +922,17 @@ fn describe<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'
 
 /// The fused forward on the GPU's default stream.
 pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<DeviceForward> {
+    forward_tuned(gpu, loss, inputs, ForwardTuning::default())
+}
+
+/// [`forward`] with its launch choices overridden (tests).
+#[doc(hidden)]
+pub fn forward_tuned<T: FloatElement>(
+    gpu: &Gpu,
+    loss: &ContrastiveLoss,
+    inputs: &DeviceLossInputs<'_, T>,
+    tuning: ForwardTuning,
+) -> Result<DeviceForward> {
     check_device_inputs(loss, inputs)?;
     let stream = gpu.stream();
     let raw = describe(loss, inputs, stream);
@@ -785,7 +948,7 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
         positives: ptr(&positives, stream),
     };
     // SAFETY: the description comes from live, checked device buffers; the outputs are sized n.
-    let value = unsafe { forward_raw(gpu, stream, loss, &raw, &out)? };
+    let value = unsafe { forward_raw_tuned(gpu, stream, loss, &raw, &out, tuning)? };
     Ok(DeviceForward {
         loss: value,
         loss_device,
