@@ -504,10 +504,16 @@ class KernelModel:
 
 def forward_splits(row_blocks, tiles, sms, blocks_per_sm, max_splits):
     """src/ops/contrastive/gpu.rs' forward_splits: the CTAs (grid.y) sharing one row block's column
-    sweep, minimizing waves x (tiles per CTA + a quarter tile); ties go to fewer splits."""
+    sweep. cost(s) = waves x tiles per CTA; the fewest splits whose work fills >= 90 % of cost(s)
+    x wave slots, else the cheapest (ties: fewer splits)."""
     wave = max(sms * blocks_per_sm, 1)
-    most = min(max(tiles, 1), max_splits)
-    return min(range(1, most + 1), key=lambda s: (ceil_div(row_blocks * s, wave) * (4 * ceil_div(tiles, s) + 1), s))
+    row_blocks, tiles = max(row_blocks, 1), max(tiles, 1)
+    most = min(tiles, max_splits)
+
+    def cost(s):
+        return ceil_div(row_blocks * s, wave) * ceil_div(tiles, s)
+    first = next((s for s in range(1, most + 1) if 10 * row_blocks * tiles >= 9 * cost(s) * wave), None)
+    return first if first is not None else min(range(1, most + 1), key=lambda s: (cost(s), s))
 
 
 def forward_schedule(n, d, h, kernel, tile):

@@ -319,6 +319,12 @@ class Schedules(unittest.TestCase):
         self.assertEqual(sc.forward_splits(64, 64, 132, 2, 16), 4)
         # One SM slot per CTA: 2 splits (128 CTAs, one wave of 132, 32 tiles each).
         self.assertEqual(sc.forward_splits(64, 64, 132, 1, 16), 2)
+        # n = 65536: 512 row blocks x 512 tiles, 4 waves of 132 fill 97 % unsplit: no split.
+        self.assertEqual(sc.forward_splits(512, 512, 132, 1, 16), 1)
+        # None reaches 90 % (s = 1, 2, 3 cost 1 x 3, 2 x 2, 3 x 1 waves x tiles): the cheapest, ties to fewer.
+        self.assertEqual(sc.forward_splits(100, 3, 132, 1, 16), 1)
+        # 40 row blocks x 3 tiles: s = 3 fills 120 of 132 slots in one wave (91 %).
+        self.assertEqual(sc.forward_splits(40, 3, 132, 1, 16), 3)
         h = {"CONTRASTIVE_FORWARD_ROWS": 128, "CONTRASTIVE_FORWARD_MAX_SPLITS": 16,
              "CONTRASTIVE_FORWARD_BLOCKS_PER_SM": 2, "CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW": 1}
         tile = sc.Tile("T", 128, 128, 32, 4, 2)
