@@ -929,8 +929,8 @@ def backward_for(forward, estimates, n, d):
     """The backward kernel the host launches with `forward` at (n, d): same dtype and alignment
     (`_online` dropped), the G variant of backward_launch, i.e. the one with an estimate there."""
     base = forward.replace("_forward_", "_backward_").replace("_online", "")
-    return next((k for (k, kn, kd) in estimates if (kn, kd) == (n, d) and re.fullmatch(re.escape(base) + r"(_g\d+)?", k)),
-                None)
+    variant = re.escape(base) + r"(_g\d+)?"
+    return next((k for (k, kn, kd) in estimates if (kn, kd) == (n, d) and re.fullmatch(variant, k)), None)
 
 
 def pair_estimates(costs, estimates):
@@ -1026,8 +1026,8 @@ def render_markdown(costs, estimates, pairs, sources):
         " (predicated and branched-over ones included), on the hot path: basic blocks holding a CALL (the IEEE"
         " division's slow path) left out, which `(all paths)` keeps. Per logit = / (BM x BN / threads). MMA / k-iter:"
         " one warp's MMA instructions per k-loop iteration; smem wf / MMA: shared-memory read wavefronts (LDSM / LDS,"
-        " conflict-free) per MMA in the k-loop. CALLs: call instructions anywhere in the kernel. smem B: static (ptxas) +"
-        " dynamic (the params header's launch constant); occupancy counts both. Where the epilogue branches per tile"
+        " conflict-free) per MMA in the k-loop. CALLs: call instructions anywhere in the kernel."
+        " smem B: static (ptxas) + dynamic (the params header's launch constant); occupancy counts both. Where the epilogue branches per tile"
         " between two exponential paths (the backward), insts / logit and MUFU / logit take the path with fewer MUFU"
         " (one ex2 per logit, tau >= ~0.029) and `(all paths)` both; `arm` = that path's own branch alone per logit"
         " (insts / MUFU), the other path's in brackets.",
