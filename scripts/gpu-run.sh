@@ -10,7 +10,8 @@
 #   2    compute-sanitizer memcheck, then racecheck, on a few GPU tests per kernel family; then the
 #        benches: similarity and losses at N = 8192, D = 128, top-k at its target shape (nb = 1M,
 #        d = 512, k = 50 and 1000), then any other bench (train_step) while time is left  budget 290 s
-#   3    scripts/parity.py, scripts/torch_bench.py, ckbench (the loss table), the detector demo
+#   3    scripts/parity.py, python/tests/test_cuda.py (the package's CUDA tensors), scripts/torch_bench.py,
+#        ckbench (the loss table), the detector demo
 #                                                                             budget 290 s
 #   all  1, 2 and 3 in turn, each with its own budget (about 15 minutes: more than one device call)
 #
@@ -827,6 +828,27 @@ run_phase3() {
       status="phase 3: parity done"
       checkpoint
       tail -n 5 "$logs/parity.log" | sed 's/^/  /'
+    fi
+  fi
+
+  # The Python package's CUDA-tensor paths (python/tests/test_cuda.py: CUDA against the CPU oracle,
+  # opcheck on CUDA tensors) through the kit's cdylib; the same limit as parity.
+  if [ "$gpu_present" = 1 ] && [ -f "$kit/lib/libcontrastive_kernels.so" ] && [ -f python/tests/test_cuda.py ] && has_torch; then
+    if ! lim="$(step_limit "$parity_cap" $((torch_cap + reserve_ck + reserve_demo)))"; then
+      not_run "python/tests/test_cuda.py" "$lim" "$(rerun)"
+    else
+      say "python/tests/test_cuda.py (limit $lim s)"
+      t0=$(now)
+      CONTRASTIVE_KERNELS_LIB="$kit/lib/libcontrastive_kernels.so" run_limited "$lim" \
+        python3 -m unittest discover -v -s python/tests -p test_cuda.py > "$logs/python-cuda.log" 2>&1
+      prc=$?
+      outcome="$(exit_note "$prc")"
+      if was_cut "$prc" "$lim" "$parity_cap"; then incomplete=$((incomplete + 1)); outcome="$outcome: cut by the phase's deadline"
+      elif [ "$prc" != 0 ]; then parity_failed=1; fi
+      parity_section="$parity_section
+$(fence "python/tests/test_cuda.py ($outcome)" "$(tail -n 40 "$logs/python-cuda.log")")"
+      step_done 3 "python/tests/test_cuda.py" "$lim" "$t0" "$outcome"
+      checkpoint
     fi
   fi
 
