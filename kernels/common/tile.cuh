@@ -379,8 +379,10 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
     }
     load_stage(0, 0);
     // Zeroed after the first copy is issued, and the loop entered without a guard (k_tiles >= 1):
-    // with the zeroing before the d = 0 exit and a guarded loop, ptxas re-zeroed the accumulators
-    // on each path into the loop (3 x 32 CS2R per tile in the forward, sm_90a).
+    // with the zeroing before the d = 0 exit and a guarded loop, the forward ran 3 x 32 CS2R per
+    // tile (one before each branch, one in the preheader); now 2 x 32 (sm_90a). Dropping the d = 0
+    // exit as well (one zeroing) or peeling the first stage with C = 0 made ptxas spill or grow
+    // the forward's registers (128 -> spills, 168 -> 179..197).
     zero_acc();
     int kt = 0;
     do {
