@@ -355,12 +355,14 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
     static_assert(TA::ELEMS <= Cfg::SMEM_ELEMS_A && TB::ELEMS <= Cfg::SMEM_ELEMS_B, "a stage fits Cfg's shared memory");
     static_assert(sizeof(T) == Cfg::ELEM_BYTES, "the tile config's element size is T's");
     constexpr bool ASYNC = ALIGNED && sizeof(T) == 2;
+    auto zero_acc = [&] {
 #pragma unroll
-    for (int mi = 0; mi < Cfg::MI; ++mi)
+        for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < Cfg::NI; ++ni)
+            for (int ni = 0; ni < Cfg::NI; ++ni)
 #pragma unroll
-            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+                for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+    };
 
     auto stage_a = [&](int s) { return smem + s * (Cfg::SMEM_ELEMS_A + Cfg::SMEM_ELEMS_B); };
     auto stage_b = [&](int s) { return stage_a(s) + Cfg::SMEM_ELEMS_A; };
@@ -371,9 +373,19 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
     };
 
     const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
-    if (k_tiles == 0) return;  // d = 0: a zero tile, and no copy issued that no wait would retire
+    if (k_tiles == 0) {  // d = 0: a zero tile, and no copy issued that no wait would retire
+        zero_acc();
+        return;
+    }
     load_stage(0, 0);
-    for (int kt = 0; kt < k_tiles; ++kt) {
+    // Zeroed after the first copy is issued, and the loop entered without a guard (k_tiles >= 1):
+    // with the zeroing before the d = 0 exit and a guarded loop, the forward ran 3 x 32 CS2R per
+    // tile (one before each branch, one in the preheader); now 2 x 32 (sm_90a). Dropping the d = 0
+    // exit as well (one zeroing) or peeling the first stage with C = 0 made ptxas spill or grow
+    // the forward's registers (128 -> spills, 168 -> 179..197).
+    zero_acc();
+    int kt = 0;
+    do {
         if (kt + 1 < k_tiles) {
             load_stage((kt + 1) % 2, (kt + 1) * Cfg::BK);
             cp_async_wait<1>();  // this stage's group is done; the next one may still fly
@@ -383,7 +395,7 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
         __syncthreads();
         Engine::template stage<Cfg, TRANS_A, TRANS_B>(acc, stage_a(kt % 2), stage_b(kt % 2));
         __syncthreads();  // the buffer is overwritten by the load two iterations on
-    }
+    } while (++kt < k_tiles);
 }
 
 // Calls f(row, col, v0, v1) for each pair of horizontally adjacent accumulators (col, col + 1) of
