@@ -136,11 +136,11 @@ __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide&
 // The mode of a sweep at this temperature.
 __device__ __forceinline__ int sweep_mode(float m2) { return 2.f * m2 <= kOneExpMaxRange ? kOneExp : kTwoExp; }
 
-// H of this thread's accumulators of one logit tile (Cfg: MI = 1, the warp's 16 rows; columns at
-// Cfg::acc_col in the tile): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects
+// H of this thread's accumulators of one m16 fragment of a logit tile (acc[mi] of the tile; its
+// columns at Cfg::acc_col): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects
 // or zero factors.
 template <class Cfg, int MODE>
-__device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (&acc)[1][Cfg::NI][4],
+__device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (&acc)[Cfg::NI][4],
                                        const Column* cols, const Row (&r)[2], float m2) {
 #pragma unroll
     for (int ni = 0; ni < Cfg::NI; ++ni)
@@ -150,7 +150,7 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const Row& o = r[half];
-                const float a = acc[0][ni][half * 2 + e];
+                const float a = acc[ni][half * 2 + e];
                 const bool positive = c.key == o.key || c.label == o.label;
                 if constexpr (MODE == kTwoExp) {
                     // An exponent may overflow outside A(k) (a masked column): select, not multiply.
@@ -188,18 +188,20 @@ __device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g
     }
 }
 
-// acc[nb] += H V for a warp's 16 rows: H (16 x K, row stride HS) and V (K x N, row stride VS) both
-// in shared memory; acc in the C-fragment layout (tile_config.cuh's Fragment). Tensor cores for
-// f16 / bf16 (H read by ldmatrix as the A fragment, V by ldmatrix.trans as the "col" B fragment).
-template <int K, int N, int HS, int VS, typename T>
-__device__ __forceinline__ void h_times_tile_mma(float (&acc)[N / 8][4], const T* h, const T* v) {
+// acc[mi][nb] += H V for a warp's MI x 16 rows: H (MI 16 x K, row stride HS) and V (K x N, row
+// stride VS) both in shared memory; acc in the C-fragment layout (tile_config.cuh's Fragment).
+// Tensor cores for f16 / bf16 (H read by ldmatrix as the A fragments, V by ldmatrix.trans as the
+// "col" B fragments): each B fragment serves MI MMAs, each A fragment N / 8.
+template <int MI, int K, int N, int HS, int VS, typename T>
+__device__ __forceinline__ void h_times_tile_mma(float (&acc)[MI][N / 8][4], const T* h, const T* v) {
     const int lane = threadIdx.x % 32;
-    // Rolled over k: one k step is N / 8 independent MMAs already, and unrolled the loads of the
+    // Rolled over k: one k step is MI N / 8 independent MMAs already, and unrolled the loads of the
     // next steps would hold registers the block's accumulators need.
 #pragma unroll 1
     for (int kk = 0; kk < K / 16; ++kk) {
-        uint32_t a[4];
-        ldmatrix_x4(a, h + (lane % 16) * HS + kk * 16 + (lane / 16) * 8);
+        uint32_t a[MI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) ldmatrix_x4(a[mi], h + (mi * 16 + lane % 16) * HS + kk * 16 + (lane / 16) * 8);
         const int m = lane / 8;
         const T* base = v + (kk * 16 + (m % 2) * 8 + lane % 8) * VS + (m / 2) * 8;
 #pragma unroll
@@ -207,8 +209,11 @@ __device__ __forceinline__ void h_times_tile_mma(float (&acc)[N / 8][4], const T
             uint32_t r[4];
             ldmatrix_x4_trans(r, base + nb * 8);
             const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-            Mma16816<T>::run(acc[nb], a, b0);
-            Mma16816<T>::run(acc[nb + 1], a, b1);
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                Mma16816<T>::run(acc[mi][nb], a[mi], b0);
+                Mma16816<T>::run(acc[mi][nb + 1], a[mi], b1);
+            }
         }
     }
 }
@@ -233,10 +238,14 @@ __device__ __forceinline__ void h_times_tile_ffma(float (&acc)[N / 8][4], const 
     }
 }
 
-template <int K, int N, int HS, int VS, typename T>
-__device__ __forceinline__ void h_times_tile(float (&acc)[N / 8][4], const T* h, const T* v) {
-    if constexpr (sizeof(T) == 4) h_times_tile_ffma<K, N, HS, VS>(acc, h, v);
-    else h_times_tile_mma<K, N, HS, VS>(acc, h, v);
+template <int MI, int K, int N, int HS, int VS, typename T>
+__device__ __forceinline__ void h_times_tile(float (&acc)[MI][N / 8][4], const T* h, const T* v) {
+    if constexpr (sizeof(T) == 4) {
+        static_assert(MI == 1, "the FFMA form takes 16 rows");
+        h_times_tile_ffma<K, N, HS, VS>(acc[0], h, v);
+    } else {
+        h_times_tile_mma<MI, K, N, HS, VS>(acc, h, v);
+    }
 }
 
 // Stores H entries (row, col), (row, col + 1) of the shared H tile (col even): T for the tensor
