@@ -426,18 +426,17 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 using GradSide = CkGradSide;
 
 // The backward's block (params/contrastive.h): BM = 64 own rows x BN = 64 other rows per logit
-// tile, 4 G warps, CHUNK = G x WARP_D_HALF (f32: WARP_D_F32) columns of d. Two warp layouts:
-//  - f16 / bf16 at G = 1 (SQUARE): the logit tile is 2 x 2 warps of 32 x 32 (MI = 2, NI = 4), and
-//    H U is 2 x 2 warps of 32 rows x 64 columns of d. Every ldmatrix'd fragment serves two or
-//    more MMAs in both products (a B fragment two m16 fragments, an H fragment eight n8 ones):
-//    per k16 step the logit tile reads 4 x4-ldmatrix for 8 MMAs (a 16-row warp: 5), H U 6 for 16
-//    (a 16-row warp: 9). H passes through shared memory, so no warp needs whole rows of it.
-//  - otherwise, 4 row warps x G d-groups: warp (m, g) computes rows 16 m.. x columns (64 / G) g..
-//    of the logit tile, then multiplies H's rows 16 m.. (all 64 columns) into its WARP_D columns
-//    of the other side's packed rows, d-group g's share of the chunk. (f32: the FFMA engine's
-//    h_times_tile takes 16 rows; G = 2, 4: 16 x 32 and 16 x 16 logit pieces, left for later.)
-// Both layouts give every output element the same products in the same order: the results are
-// bitwise those of either.
+// tile, 4 G warps, CHUNK = G x WARP_D_HALF (f32: WARP_D_F32) columns of d.
+// The logit tile: f16 / bf16 at G = 1 (SQUARE), 2 x 2 warps of 32 x 32 (MI = 2, NI = 4): per k16
+// step 4 x4-ldmatrix for 8 MMAs (16-row warps: 5). Otherwise 4 x G warps: warp (m, g) computes rows
+// 16 m.. x columns (64 / G) g.. (G = 2, 4: 16 x 32 and 16 x 16 pieces, whose B fragments serve
+// one m16 fragment each; a 16-warp block has no better split of 64 x 64 without splitting k).
+// H U: f16 / bf16, 2 x 2G warps of 32 rows x 64 columns of d: per k16 step 6 x4-ldmatrix for 16
+// MMAs (a B fragment serves two m16 fragments; 16 rows x 128 columns: 9). H passes through shared
+// memory, so neither product needs a warp to own whole rows. f32: 4 x G warps of 16 rows (the
+// FFMA engine's h_times_tile takes 16 rows) x WARP_D_F32 columns.
+// Every layout gives each output element the same products in the same order: bitwise the same
+// results.
 template <typename T, int G> struct BackwardTraits {
     static constexpr int E = (int)sizeof(T);
     static constexpr bool SQUARE = E == 2 && G == 1;
@@ -447,8 +446,9 @@ template <typename T, int G> struct BackwardTraits {
     using Cfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>;
     static constexpr int CHUNK =                                // d columns of the gradient per block
         G * (E == 2 ? CK_CONTRASTIVE_BACKWARD_WARP_D_HALF : CK_CONTRASTIVE_BACKWARD_WARP_D_F32);
-    // H U: U_WARPS_M x U_WARPS_D warps, each U_MI m16 fragments of rows x WARP_D columns of d.
-    static constexpr int U_WARPS_D = SQUARE ? 2 : G, U_WARPS_M = 4 * G / U_WARPS_D;
+    // H U: U_WARPS_M x U_WARPS_D warps, each U_MI m16 fragments of rows x WARP_D columns of d
+    // (f16 / bf16: 2 x 2G warps of 32 rows x 64 columns; f32: 4 x G warps of 16 rows).
+    static constexpr int U_WARPS_D = E == 2 ? 2 * G : G, U_WARPS_M = 4 * G / U_WARPS_D;
     static constexpr int U_MI = CK_CONTRASTIVE_BACKWARD_ROWS / 16 / U_WARPS_M;
     static constexpr int WARP_D = CHUNK / U_WARPS_D;
     static constexpr int CHUNK_STRIDE = CHUNK + 16 / E;       // padded like the stages (conflict-free ldmatrix)
