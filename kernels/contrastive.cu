@@ -457,12 +457,22 @@ template <typename T, int G> struct BackwardTraits {
                   "the warps cover the tile and the block's rows");
     static_assert(E == 2 || U_MI == 1, "the FFMA engine's H U takes 16 rows per warp");
     static_assert(Cfg::BM == Cfg::BN, "a sweep's diagonal lies in the tile with col0 == row0");
+    // f16 / bf16 at G = 4: the logit tile split over k (bwd::SplitKTile); Cfg then names the
+    // stages and loads, Epi the accumulators the epilogue sees.
+    static constexpr bool SPLIT_K = E == 2 && G == 4;
+    using Epi = typename bwd::Pick<SPLIT_K, bwd::SplitKTile, Cfg>::type;
     // This thread's warp in H U.
     static __device__ __forceinline__ int u_warp_m() { return (int)(threadIdx.x / 32) / U_WARPS_D; }
     static __device__ __forceinline__ int u_warp_d() { return (int)(threadIdx.x / 32) % U_WARPS_D; }
 };
 
-template <typename T, int G> struct BackwardShared {
+// The split-k logit tile's partner slots (an empty base elsewhere: no bytes).
+template <bool SPLIT_K> struct SplitKScratch {};
+template <> struct SplitKScratch<true> {
+    float red[bwd::SplitKTile::RED_FLOATS];
+};
+
+template <typename T, int G> struct BackwardShared : SplitKScratch<BackwardTraits<T, G>::SPLIT_K> {
     using Tr = BackwardTraits<T, G>;
     T stages[Tr::Cfg::SMEM_ELEMS];
     T other[Tr::Cfg::BN * Tr::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
@@ -522,7 +532,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     const T* other_u = static_cast<const T*>(other.u);
     const T* h_rows = sh.h + Tr::u_warp_m() * Tr::U_MI * 16 * Tr::H_STRIDE;  // this warp's rows of H
     const T* v_cols = sh.other + Tr::u_warp_d() * Tr::WARP_D;               // its columns of d
-    float acc[Cfg::MI][Cfg::NI][4];
+    using Epi = typename Tr::Epi;
+    float acc[Epi::MI][Epi::NI][4];
     for (int col0 = col_begin; col0 < col_end; col0 += Cfg::BN) {
         // The B operand of H U is issued first: it lands while the logits are recomputed
         // (mma_block_tile's waits drain this group too, and it ends with a barrier).
@@ -534,13 +545,17 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         }
         bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, own, other, col0, mode, inv_tau, m2);
         // S once per tile for the whole d (one chunk when G WARP_D >= d).
-        mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
+        if constexpr (Tr::SPLIT_K)
+            bwd::split_k_block_tile<Cfg, ALIGNED>(acc, sh.red, sh.stages, own_x, other_x, own.count, other.count, d, row0,
+                                                  col0);
+        else
+            mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
         if (d == 0) {
             cp_async_wait<0>();
             __syncthreads();  // otherwise mma_block_tile's barriers publish the staged columns and sh.other
         }
 
-        tile_h_of_mode<Cfg, Tr::H_STRIDE>(mode, sh.h, acc, sh.cols, sh.rows, m2);
+        tile_h_of_mode<Epi, Tr::H_STRIDE>(mode, sh.h, acc, sh.cols, sh.rows, m2);
         __syncthreads();  // H complete
         if (col0 == diagonal_col0) {  // one tile per sweep (BM = BN): the diagonal is no logit
             if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);
