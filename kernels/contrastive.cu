@@ -487,31 +487,23 @@ static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_
                   sizeof(BackwardShared<float, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2,
               "params/contrastive.h: the backward's shared memory");
 
-// One tile's H, formed and stored to shared memory (H_STRIDE apart) one m16 fragment at a time:
-// only that fragment's rows' data and H values are live.
-template <class Cfg, int MODE, int H_STRIDE, typename T>
-__device__ __forceinline__ void tile_h_store(T* sh_h, const float (&acc)[Cfg::MI][Cfg::NI][4], const bwd::Column* cols,
-                                             const bwd::Row* rows, float m2) {
+// One tile's H in the sweep's mode: one uniform branch per tile, every m16 fragment inside each
+// arm (each fragment's rows' data is loaded in turn), h[mi] from acc[mi].
+template <class Cfg, int MODE>
+__device__ __forceinline__ void tile_h_all(float (&h)[Cfg::MI][2][Cfg::NI * 2], const float (&acc)[Cfg::MI][Cfg::NI][4],
+                                           const bwd::Column* cols, const bwd::Row* rows, float m2) {
 #pragma unroll
     for (int mi = 0; mi < Cfg::MI; ++mi) {
-        float h[2][Cfg::NI * 2];
         const bwd::Row mine[2] = {rows[Cfg::acc_row(mi, 0)], rows[Cfg::acc_row(mi, 2)]};
-        bwd::tile_h<Cfg, MODE>(h, acc[mi], cols, mine, m2);
-#pragma unroll
-        for (int ni = 0; ni < Cfg::NI; ++ni)
-#pragma unroll
-            for (int half = 0; half < 2; ++half)
-                bwd::store_h_pair<T>(sh_h + Cfg::acc_row(mi, 2 * half) * H_STRIDE + Cfg::acc_col(ni, 0), h[half][ni * 2],
-                                     h[half][ni * 2 + 1]);
+        bwd::tile_h<Cfg, MODE>(h[mi], acc[mi], cols, mine, m2);
     }
 }
-
-// ... in the sweep's mode (one uniform branch per tile, both m16 fragments inside each arm).
-template <class Cfg, int H_STRIDE, typename T>
-__device__ __forceinline__ void tile_h_of_mode(int mode, T* sh_h, const float (&acc)[Cfg::MI][Cfg::NI][4],
-                                               const bwd::Column* cols, const bwd::Row* rows, float m2) {
-    if (mode == bwd::kOneExp) tile_h_store<Cfg, bwd::kOneExp, H_STRIDE>(sh_h, acc, cols, rows, m2);
-    else tile_h_store<Cfg, bwd::kTwoExp, H_STRIDE>(sh_h, acc, cols, rows, m2);
+template <class Cfg>
+__device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[Cfg::MI][2][Cfg::NI * 2],
+                                               const float (&acc)[Cfg::MI][Cfg::NI][4], const bwd::Column* cols,
+                                               const bwd::Row* rows, float m2) {
+    if (mode == bwd::kOneExp) tile_h_all<Cfg, bwd::kOneExp>(h, acc, cols, rows, m2);
+    else tile_h_all<Cfg, bwd::kTwoExp>(h, acc, cols, rows, m2);
 }
 
 // Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN).
@@ -555,7 +547,16 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
             __syncthreads();  // otherwise mma_block_tile's barriers publish the staged columns and sh.other
         }
 
-        tile_h_of_mode<Epi, Tr::H_STRIDE>(mode, sh.h, acc, sh.cols, sh.rows, m2);
+        float h[Epi::MI][2][Epi::NI * 2];
+        tile_h_of_mode<Epi>(mode, h, acc, sh.cols, sh.rows, m2);
+#pragma unroll
+        for (int mi = 0; mi < Epi::MI; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < Epi::NI; ++ni)
+#pragma unroll
+                for (int half = 0; half < 2; ++half)
+                    bwd::store_h_pair<T>(sh.h + Epi::acc_row(mi, 2 * half) * Tr::H_STRIDE + Epi::acc_col(ni, 0),
+                                         h[mi][half][ni * 2], h[mi][half][ni * 2 + 1]);
         __syncthreads();  // H complete
         if (col0 == diagonal_col0) {  // one tile per sweep (BM = BN): the diagonal is no logit
             if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);
