@@ -396,8 +396,8 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 //     memory once per tile, per-row data once per sweep, base-2 logits and ex2, one exponential
 //     per logit where the fixed offset 1/tau applies (tau >= ~0.029), two below; H written to
 //     shared memory in the input dtype (f32 for f32);
-//  3. every warp multiplies its 16 rows of H into its d-group's columns of the other side's
-//     packed rows (tensor cores; f32: FFMA), accumulating in registers.
+//  3. every warp multiplies its rows of H (32; f32: 16) into its columns of d of the other side's
+//     packed rows (tensor cores; f32: FFMA), accumulating in registers (BackwardTraits' layouts).
 // The second product's operand is not the raw rows nor unit rows rounded to the input dtype: in
 // the gradient of a row the radial part is large and the normalization backward removes it, so a
 // per-element rounding of u_j leaks into the small tangential result (about 2 % of max |grad| for
@@ -427,16 +427,18 @@ using GradSide = CkGradSide;
 
 // The backward's block (params/contrastive.h): BM = 64 own rows x BN = 64 other rows per logit
 // tile, 4 G warps, CHUNK = G x WARP_D_HALF (f32: WARP_D_F32) columns of d.
-// The logit tile: f16 / bf16 at G = 1 (SQUARE), 2 x 2 warps of 32 x 32 (MI = 2, NI = 4): per k16
-// step 4 x4-ldmatrix for 8 MMAs (16-row warps: 5). Otherwise 4 x G warps: warp (m, g) computes rows
-// 16 m.. x columns (64 / G) g.. (G = 2, 4: 16 x 32 and 16 x 16 pieces, whose B fragments serve
-// one m16 fragment each; a 16-warp block has no better split of 64 x 64 without splitting k).
+// The logit tile (f16 / bf16): G = 1 (SQUARE), 2 x 2 warps of 32 x 32 (MI = 2, NI = 4): per k16
+// step 4 x4-ldmatrix for 8 MMAs (16-row warps: 5). G = 2, 4: split over k (bwd::SplitKTile), each
+// k-half on 2 x 2 warps of 32 x 32 (G = 2) or 2 x 4 of 32 x 16 (G = 4), the halves added through
+// shared memory (unsplit, 4 x G warps would have 16 x 32 / 16 x 16 pieces whose B fragments serve
+// one m16 fragment). `_unaligned` G = 2 and f32: 4 x G warps, warp (m, g) computing rows 16 m.. x
+// columns (64 / G) g.. .
 // H U: f16 / bf16, 2 x 2G warps of 32 rows x 64 columns of d: per k16 step 6 x4-ldmatrix for 16
 // MMAs (a B fragment serves two m16 fragments; 16 rows x 128 columns: 9). H passes through shared
 // memory, so neither product needs a warp to own whole rows. f32: 4 x G warps of 16 rows (the
 // FFMA engine's h_times_tile takes 16 rows) x WARP_D_F32 columns.
-// Every layout gives each output element the same products in the same order: bitwise the same
-// results.
+// Every layout is deterministic; all but the split-k tile give each output element the same
+// products in the same order (the split-k logits differ from the forward's by f32 rounding only).
 template <typename T, int G> struct BackwardTraits {
     static constexpr int E = (int)sizeof(T);
     static constexpr bool SQUARE = E == 2 && G == 1;
@@ -457,22 +459,23 @@ template <typename T, int G> struct BackwardTraits {
                   "the warps cover the tile and the block's rows");
     static_assert(E == 2 || U_MI == 1, "the FFMA engine's H U takes 16 rows per warp");
     static_assert(Cfg::BM == Cfg::BN, "a sweep's diagonal lies in the tile with col0 == row0");
-    // f16 / bf16 at G = 4: the logit tile split over k (bwd::SplitKTile); Cfg then names the
-    // stages and loads, Epi the accumulators the epilogue sees.
-    static constexpr bool SPLIT_K = E == 2 && G == 4;
-    using Epi = typename bwd::Pick<SPLIT_K, bwd::SplitKTile, Cfg>::type;
+    // f16 / bf16 at G = 2, 4: the logit tile split over k (bwd::SplitKTile; sweep_other: aligned
+    // only at G = 2); Cfg then names the stages and loads.
+    static constexpr bool SPLIT_K = E == 2 && G > 1;
+    using Split = bwd::SplitKTile<G == 4 ? 4 : 2>;
     // This thread's warp in H U.
     static __device__ __forceinline__ int u_warp_m() { return (int)(threadIdx.x / 32) / U_WARPS_D; }
     static __device__ __forceinline__ int u_warp_d() { return (int)(threadIdx.x / 32) % U_WARPS_D; }
 };
 
 // The split-k logit tile's partner slots (an empty base elsewhere: no bytes).
-template <bool SPLIT_K> struct SplitKScratch {};
-template <> struct SplitKScratch<true> {
-    float red[bwd::SplitKTile::RED_FLOATS];
+template <bool SPLIT_K, class Split> struct SplitKScratch {};
+template <class Split> struct SplitKScratch<true, Split> {
+    float red[Split::RED_FLOATS];
 };
 
-template <typename T, int G> struct BackwardShared : SplitKScratch<BackwardTraits<T, G>::SPLIT_K> {
+template <typename T, int G>
+struct BackwardShared : SplitKScratch<BackwardTraits<T, G>::SPLIT_K, typename BackwardTraits<T, G>::Split> {
     using Tr = BackwardTraits<T, G>;
     T stages[Tr::Cfg::SMEM_ELEMS];
     T other[Tr::Cfg::BN * Tr::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
@@ -524,7 +527,10 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     const T* other_u = static_cast<const T*>(other.u);
     const T* h_rows = sh.h + Tr::u_warp_m() * Tr::U_MI * 16 * Tr::H_STRIDE;  // this warp's rows of H
     const T* v_cols = sh.other + Tr::u_warp_d() * Tr::WARP_D;               // its columns of d
-    using Epi = typename Tr::Epi;
+    // `_unaligned` G = 2 keeps the unsplit tile: its element-wise loads make it issue-bound, and
+    // the reduction's instructions would add to that bound (estimated +1.8 %).
+    constexpr bool SPLIT_K = Tr::SPLIT_K && (ALIGNED || G == 4);
+    using Epi = typename bwd::Pick<SPLIT_K, typename Tr::Split, Cfg>::type;
     float acc[Epi::MI][Epi::NI][4];
     for (int col0 = col_begin; col0 < col_end; col0 += Cfg::BN) {
         // The B operand of H U is issued first: it lands while the logits are recomputed
@@ -537,8 +543,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         }
         bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, own, other, col0, mode, inv_tau, m2);
         // S once per tile for the whole d (one chunk when G WARP_D >= d).
-        if constexpr (Tr::SPLIT_K)
-            bwd::split_k_block_tile<Cfg, ALIGNED>(acc, sh.red, sh.stages, own_x, other_x, own.count, other.count, d, row0,
+        if constexpr (SPLIT_K)
+            bwd::split_k_block_tile<Cfg, typename Tr::Split, ALIGNED>(acc, sh.red, sh.stages, own_x, other_x, own.count, other.count, d, row0,
                                                   col0);
         else
             mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);

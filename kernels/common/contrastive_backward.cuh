@@ -218,68 +218,80 @@ __device__ __forceinline__ void h_times_tile_mma(float (&acc)[MI][N / 8][4], con
     }
 }
 
-// The logit tile of a 16-warp block (G = 4), split over k: with 16 warps on 64 x 64 every warp
-// would own a 16 x 16 piece whose B fragments serve one m16 fragment (4 x4-ldmatrix per 2 MMAs).
-// Instead k-half q = warp / 8 of every stage goes to 8 warps of 32 x 16 (2 x 4 of them: 3 x4 per
-// 4 MMAs), and the two partial tiles are added through shared memory: each warp keeps m16
-// fragment q of its 32 x 16 piece and hands the other to its partner of the other k-half (f32
-// addition commutes: both orders give the same bits). The view after the reduction, as a tile
-// config for the epilogue (tile_h / tile_h_store): one m16 fragment, two n8 ones.
+// The logit tile of an 8- or 16-warp block (G = 2, 4), split over k: with 4 G warps on 64 x 64
+// every warp would own a 16 x 32 (16 x 16) piece whose B fragments serve one m16 fragment (5 (4)
+// x4-ldmatrix per 4 (2) MMAs). Instead k-half q = warp / (2 WN) of every stage goes to 2 x WN warps
+// of 32 x 64 / WN (G = 2: WN = 2, 32 x 32, 4 x4 per 8 MMAs; G = 4: WN = 4, 32 x 16, 3 per 4), and
+// the two partial tiles are added through shared memory: each warp keeps m16 fragment q of its
+// piece and hands the other to its partner of the other k-half (f32 addition commutes: both
+// partners form the same bits). The view after the reduction, as a tile config for the epilogue
+// (tile_h, acc_row / acc_col): one m16 fragment, NI n8 ones.
 template <bool B, class A, class C> struct Pick { using type = A; };
 template <class A, class C> struct Pick<false, A, C> { using type = C; };
 
-struct SplitKTile {
-    static constexpr int MI = 1, NI = 2;
+template <int WN> struct SplitKTile {
+    static constexpr int MI = 1, NI = 64 / WN / 8, HALF_WARPS = 2 * WN;
     static __device__ __forceinline__ int warp() { return (int)(threadIdx.x / 32); }
-    static __device__ __forceinline__ int half() { return warp() / 8; }      // q: the k-half
-    static __device__ __forceinline__ int warp_m() { return (warp() % 8) / 4; }  // of 32 rows
-    static __device__ __forceinline__ int warp_n() { return warp() % 4; }        // of 16 columns
+    static __device__ __forceinline__ int half() { return warp() / HALF_WARPS; }         // q: the k-half
+    static __device__ __forceinline__ int warp_m() { return (warp() % HALF_WARPS) / WN; }  // of 32 rows
+    static __device__ __forceinline__ int warp_n() { return warp() % WN; }                 // of 64 / WN columns
     static __device__ __forceinline__ int acc_row(int mi, int e) {
         return warp_m() * 32 + (half() + mi) * 16 + Fragment::row(e);
     }
-    static __device__ __forceinline__ int acc_col(int ni, int e) { return warp_n() * 16 + ni * 8 + Fragment::col(e); }
-    // The partner's shared slots: [k-half][warp % 8][n8 fragment][lane][4] floats.
-    static constexpr int RED_FLOATS = 2 * 8 * 2 * 32 * 4;
+    static __device__ __forceinline__ int acc_col(int ni, int e) {
+        return warp_n() * (64 / WN) + ni * 8 + Fragment::col(e);
+    }
+    // The partners' shared slots: [k-half][warp % HALF_WARPS][n8 fragment][lane][4] floats.
+    static constexpr int RED_FLOATS = 2 * HALF_WARPS * NI * 32 * 4;
 };
 
-// acc[mi][ni] (the 32 x 16 piece, k-half only) over one stage of Cfg (64 x BK, BK = 64).
-template <class Cfg, typename T>
-__device__ __forceinline__ void split_k_stage(float (&acc)[2][2][4], const T* sA, const T* sB) {
+// acc[mi][ni] (the warp's 32 x 64 / WN piece, its k-half only) over one stage of Cfg (64 x BK).
+template <class Cfg, class Split, typename T>
+__device__ __forceinline__ void split_k_stage(float (&acc)[2][Split::NI][4], const T* sA, const T* sB) {
     constexpr int S = Cfg::SMEM_STRIDE;
     const int lane = threadIdx.x % 32;
-    const int m0 = SplitKTile::warp_m() * 32, n0 = SplitKTile::warp_n() * 16;
+    const int m0 = Split::warp_m() * 32, n0 = Split::warp_n() * (Split::NI * 8);
 #pragma unroll
     for (int ks = 0; ks < Cfg::BK / 32; ++ks) {
-        const int kk = SplitKTile::half() * (Cfg::BK / 2) + ks * 16;
-        uint32_t a[2][4], r[4];
+        const int kk = Split::half() * (Cfg::BK / 2) + ks * 16;
+        uint32_t a[2][4], b[Split::NI][2];
 #pragma unroll
         for (int mi = 0; mi < 2; ++mi) ldmatrix_x4(a[mi], sA + (m0 + mi * 16 + lane % 16) * S + kk + (lane / 16) * 8);
-        ldmatrix_x4(r, sB + (n0 + lane % 8 + (lane / 16) * 8) * S + kk + ((lane / 8) % 2) * 8);
-        const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi) {
-            Mma16816<T>::run(acc[mi][0], a[mi], b0);
-            Mma16816<T>::run(acc[mi][1], a[mi], b1);
+        for (int ni = 0; ni < Split::NI; ni += 2) {
+            uint32_t r[4];
+            ldmatrix_x4(r, sB + (n0 + ni * 8 + lane % 8 + (lane / 16) * 8) * S + kk + ((lane / 8) % 2) * 8);
+            b[ni][0] = r[0];
+            b[ni][1] = r[1];
+            b[ni + 1][0] = r[2];
+            b[ni + 1][1] = r[3];
         }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < Split::NI; ++ni) Mma16816<T>::run(acc[mi][ni], a[mi], b[ni]);
     }
 }
 
 // tile.cuh's mma_block_tile (the same stages, loads and barriers) with split_k_stage, then the
-// reduction into out (SplitKTile's view). red: SplitKTile::RED_FLOATS floats of shared memory.
-// Its barriers publish what the caller staged before it (as mma_block_tile's do); red is free
-// again after the caller's next barrier.
-template <class Cfg, bool ALIGNED, typename T>
-__device__ __forceinline__ void split_k_block_tile(float (&out)[1][2][4], float* red, T* smem, const T* __restrict__ A,
-                                                   const T* __restrict__ B, int m, int n, int d, int row0, int col0) {
-    static_assert(sizeof(T) == 2 && Cfg::THREADS == 512 && Cfg::BM == 64 && Cfg::BN == 64 && Cfg::BK % 32 == 0,
-                  "16 warps: two k-halves of 2 x 4 warps of 32 x 16");
+// reduction into out (Split's view). red: Split::RED_FLOATS floats of shared memory. Its barriers
+// publish what the caller staged before it (as mma_block_tile's do); red is free again after the
+// caller's next barrier.
+template <class Cfg, class Split, bool ALIGNED, typename T>
+__device__ __forceinline__ void split_k_block_tile(float (&out)[1][Split::NI][4], float* red, T* smem,
+                                                   const T* __restrict__ A, const T* __restrict__ B, int m, int n, int d,
+                                                   int row0, int col0) {
+    static_assert(sizeof(T) == 2 && Cfg::THREADS == 2 * Split::HALF_WARPS * 32 && Cfg::BM == 64 && Cfg::BN == 64 &&
+                      Cfg::BK % 32 == 0,
+                  "two k-halves of 2 x WN warps of 32 x 64 / WN");
     using TA = OperandTile<Cfg, Cfg::BM, false>;
     using TB = OperandTile<Cfg, Cfg::BN, false>;
-    float acc[2][2][4];
+    constexpr int NI = Split::NI;
+    float acc[2][NI][4];
 #pragma unroll
     for (int mi = 0; mi < 2; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < 2; ++ni)
+        for (int ni = 0; ni < NI; ++ni)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
     auto stage_a = [&](int s) { return smem + s * (Cfg::SMEM_ELEMS_A + Cfg::SMEM_ELEMS_B); };
@@ -287,7 +299,7 @@ __device__ __forceinline__ void split_k_block_tile(float (&out)[1][2][4], float*
     auto load_stage = [&](int s, int k0) {
         TA::template load<ALIGNED>(stage_a(s), A, m, d, row0, k0);
         TB::template load<ALIGNED>(stage_b(s), B, n, d, col0, k0);
-        cp_async_commit();
+        cp_async_commit();  // an empty group on the sync path keeps the wait counts uniform
     };
     const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
     if (k_tiles > 0) {
@@ -300,24 +312,24 @@ __device__ __forceinline__ void split_k_block_tile(float (&out)[1][2][4], float*
                 cp_async_wait<0>();
             }
             __syncthreads();
-            split_k_stage<Cfg>(acc, stage_a(kt % 2), stage_b(kt % 2));
+            split_k_stage<Cfg, Split>(acc, stage_a(kt % 2), stage_b(kt % 2));
             __syncthreads();
         }
     }
     // Selects, not acc[q] (a runtime index would put acc in local memory).
-    const int lane = threadIdx.x % 32, q = SplitKTile::half(), w = SplitKTile::warp() % 8;
-    float4* mine = reinterpret_cast<float4*>(red) + ((q * 8 + w) * 2) * 32 + lane;
+    const int lane = threadIdx.x % 32, q = Split::half(), w = Split::warp() % Split::HALF_WARPS;
+    float4* mine = reinterpret_cast<float4*>(red) + ((q * Split::HALF_WARPS + w) * NI) * 32 + lane;
 #pragma unroll
-    for (int ni = 0; ni < 2; ++ni) {
+    for (int ni = 0; ni < NI; ++ni) {
         float give[4];
 #pragma unroll
         for (int e = 0; e < 4; ++e) give[e] = q == 0 ? acc[1][ni][e] : acc[0][ni][e];
         mine[ni * 32] = make_float4(give[0], give[1], give[2], give[3]);
     }
     __syncthreads();
-    const float4* theirs = reinterpret_cast<const float4*>(red) + (((1 - q) * 8 + w) * 2) * 32 + lane;
+    const float4* theirs = reinterpret_cast<const float4*>(red) + (((1 - q) * Split::HALF_WARPS + w) * NI) * 32 + lane;
 #pragma unroll
-    for (int ni = 0; ni < 2; ++ni) {
+    for (int ni = 0; ni < NI; ++ni) {
         const float4 t = theirs[ni * 32];
         const float theirs_e[4] = {t.x, t.y, t.z, t.w};
 #pragma unroll
