@@ -396,8 +396,8 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 //     memory once per tile, per-row data once per sweep, base-2 logits and ex2, one exponential
 //     per logit where the fixed offset 1/tau applies (tau >= ~0.029), two below; H written to
 //     shared memory in the input dtype (f32 for f32);
-//  3. every warp multiplies its 16 rows of H into its d-group's columns of the other side's
-//     packed rows (tensor cores; f32: FFMA), accumulating in registers.
+//  3. every warp multiplies its rows of H (32; f32: 16) into its columns of d of the other side's
+//     packed rows (tensor cores; f32: FFMA), accumulating in registers (BackwardTraits' layouts).
 // The second product's operand is not the raw rows nor unit rows rounded to the input dtype: in
 // the gradient of a row the radial part is large and the normalization backward removes it, so a
 // per-element rounding of u_j leaks into the small tangential result (about 2 % of max |grad| for
@@ -426,24 +426,56 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 using GradSide = CkGradSide;
 
 // The backward's block (params/contrastive.h): BM = 64 own rows x BN = 64 other rows per logit
-// tile, 4 row warps x G d-groups. The logit tile is MmaTileConfig<64, 64, BK, 4, G>: warp (m, g)
-// computes rows 16 m.. x columns (64 / G) g.. of it, forms those H entries and writes them to
-// shared memory; then warp (m, g) multiplies H's rows 16 m.. (all 64 columns) into WARP_D columns
-// of the other side's packed rows, d-group g's share of the block's G WARP_D.
+// tile, 4 G warps, CHUNK = G x WARP_D_HALF (f32: WARP_D_F32) columns of d.
+// The logit tile (f16 / bf16): G = 1 (SQUARE), 2 x 2 warps of 32 x 32 (MI = 2, NI = 4): per k16
+// step 4 x4-ldmatrix for 8 MMAs (16-row warps: 5). G = 2, 4: split over k (bwd::SplitKTile), each
+// k-half on 2 x 2 warps of 32 x 32 (G = 2) or 2 x 4 of 32 x 16 (G = 4), the halves added through
+// shared memory (unsplit, 4 x G warps would have 16 x 32 / 16 x 16 pieces whose B fragments serve
+// one m16 fragment). `_unaligned` G = 2 and f32: 4 x G warps, warp (m, g) computing rows 16 m.. x
+// columns (64 / G) g.. .
+// H U: f16 / bf16, 2 x 2G warps of 32 rows x 64 columns of d: per k16 step 6 x4-ldmatrix for 16
+// MMAs (a B fragment serves two m16 fragments; 16 rows x 128 columns: 9). H passes through shared
+// memory, so neither product needs a warp to own whole rows. f32: 4 x G warps of 16 rows (the
+// FFMA engine's h_times_tile takes 16 rows) x WARP_D_F32 columns.
+// Every layout is deterministic; all but the split-k tile give each output element the same
+// products in the same order (the split-k logits differ from the forward's by f32 rounding only).
 template <typename T, int G> struct BackwardTraits {
     static constexpr int E = (int)sizeof(T);
+    static constexpr bool SQUARE = E == 2 && G == 1;
     // BK: every thread copies whole 16-byte chunks of a stage (64 x BK / 8 of them per operand).
     static constexpr int BK = E == 4 ? 16 : (G == 4 ? 64 : 32);
-    using Cfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, 4, G, E>;
-    static constexpr int WARP_D = E == 2 ? CK_CONTRASTIVE_BACKWARD_WARP_D_HALF : CK_CONTRASTIVE_BACKWARD_WARP_D_F32;
-    static constexpr int CHUNK = WARP_D * G;                  // d columns of the gradient per block
+    static constexpr int LOGIT_WARPS_M = SQUARE ? 2 : 4, LOGIT_WARPS_N = SQUARE ? 2 : G;
+    using Cfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>;
+    static constexpr int CHUNK =                                // d columns of the gradient per block
+        G * (E == 2 ? CK_CONTRASTIVE_BACKWARD_WARP_D_HALF : CK_CONTRASTIVE_BACKWARD_WARP_D_F32);
+    // H U: U_WARPS_M x U_WARPS_D warps, each U_MI m16 fragments of rows x WARP_D columns of d
+    // (f16 / bf16: 2 x 2G warps of 32 rows x 64 columns; f32: 4 x G warps of 16 rows).
+    static constexpr int U_WARPS_D = E == 2 ? 2 * G : G, U_WARPS_M = 4 * G / U_WARPS_D;
+    static constexpr int U_MI = CK_CONTRASTIVE_BACKWARD_ROWS / 16 / U_WARPS_M;
+    static constexpr int WARP_D = CHUNK / U_WARPS_D;
     static constexpr int CHUNK_STRIDE = CHUNK + 16 / E;       // padded like the stages (conflict-free ldmatrix)
     static constexpr int H_STRIDE = Cfg::BN + 16 / E;
-    static_assert(Cfg::MI == 1 && Cfg::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS * G, "a warp owns 16 rows of the tile");
+    static_assert(Cfg::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS * G && U_MI * U_WARPS_M * 16 == Cfg::BM,
+                  "the warps cover the tile and the block's rows");
+    static_assert(E == 2 || U_MI == 1, "the FFMA engine's H U takes 16 rows per warp");
     static_assert(Cfg::BM == Cfg::BN, "a sweep's diagonal lies in the tile with col0 == row0");
+    // f16 / bf16 at G = 2, 4: the logit tile split over k (bwd::SplitKTile; sweep_other: aligned
+    // only at G = 2); Cfg then names the stages and loads.
+    static constexpr bool SPLIT_K = E == 2 && G > 1;
+    using Split = bwd::SplitKTile<G == 4 ? 4 : 2>;
+    // This thread's warp in H U.
+    static __device__ __forceinline__ int u_warp_m() { return (int)(threadIdx.x / 32) / U_WARPS_D; }
+    static __device__ __forceinline__ int u_warp_d() { return (int)(threadIdx.x / 32) % U_WARPS_D; }
 };
 
-template <typename T, int G> struct BackwardShared {
+// The split-k logit tile's partner slots (an empty base elsewhere: no bytes).
+template <bool SPLIT_K, class Split> struct SplitKScratch {};
+template <class Split> struct SplitKScratch<true, Split> {
+    float red[Split::RED_FLOATS];
+};
+
+template <typename T, int G>
+struct BackwardShared : SplitKScratch<BackwardTraits<T, G>::SPLIT_K, typename BackwardTraits<T, G>::Split> {
     using Tr = BackwardTraits<T, G>;
     T stages[Tr::Cfg::SMEM_ELEMS];
     T other[Tr::Cfg::BN * Tr::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
@@ -458,17 +490,29 @@ static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_
                   sizeof(BackwardShared<float, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2,
               "params/contrastive.h: the backward's shared memory");
 
-// One tile's H in the sweep's mode (a uniform branch per tile).
+// One tile's H in the sweep's mode: one uniform branch per tile, every m16 fragment inside each
+// arm (each fragment's rows' data is loaded in turn), h[mi] from acc[mi].
+template <class Cfg, int MODE>
+__device__ __forceinline__ void tile_h_all(float (&h)[Cfg::MI][2][Cfg::NI * 2], const float (&acc)[Cfg::MI][Cfg::NI][4],
+                                           const bwd::Column* cols, const bwd::Row* rows, float m2) {
+#pragma unroll
+    for (int mi = 0; mi < Cfg::MI; ++mi) {
+        const bwd::Row mine[2] = {rows[Cfg::acc_row(mi, 0)], rows[Cfg::acc_row(mi, 2)]};
+        bwd::tile_h<Cfg, MODE>(h[mi], acc[mi], cols, mine, m2);
+    }
+}
 template <class Cfg>
-__device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[2][Cfg::NI * 2], const float (&acc)[1][Cfg::NI][4],
-                                               const bwd::Column* cols, const bwd::Row (&r)[2], float m2) {
-    if (mode == bwd::kOneExp) bwd::tile_h<Cfg, bwd::kOneExp>(h, acc, cols, r, m2);
-    else bwd::tile_h<Cfg, bwd::kTwoExp>(h, acc, cols, r, m2);
+__device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[Cfg::MI][2][Cfg::NI * 2],
+                                               const float (&acc)[Cfg::MI][Cfg::NI][4], const bwd::Column* cols,
+                                               const bwd::Row* rows, float m2) {
+    if (mode == bwd::kOneExp) tile_h_all<Cfg, bwd::kOneExp>(h, acc, cols, rows, m2);
+    else tile_h_all<Cfg, bwd::kTwoExp>(h, acc, cols, rows, m2);
 }
 
 // Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN).
 template <typename T, bool ALIGNED, int G>
-__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::WARP_D / 8][4], BackwardShared<T, G>& sh,
+__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::U_MI][BackwardTraits<T, G>::WARP_D / 8][4],
+                                            BackwardShared<T, G>& sh,
                                             const GradSide& own, const GradSide& other, int col_begin, int col_end,
                                             int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
     using Tr = BackwardTraits<T, G>;
@@ -481,9 +525,13 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     const T* own_x = static_cast<const T*>(own.x);
     const T* other_x = static_cast<const T*>(other.x);
     const T* other_u = static_cast<const T*>(other.u);
-    const T* h_rows = sh.h + Cfg::warp_m() * 16 * Tr::H_STRIDE;  // this warp's 16 rows of H
-    const T* v_cols = sh.other + Cfg::warp_n() * Tr::WARP_D;      // its d-group's columns
-    float acc[1][Cfg::NI][4];
+    const T* h_rows = sh.h + Tr::u_warp_m() * Tr::U_MI * 16 * Tr::H_STRIDE;  // this warp's rows of H
+    const T* v_cols = sh.other + Tr::u_warp_d() * Tr::WARP_D;               // its columns of d
+    // `_unaligned` G = 2 keeps the unsplit tile: its element-wise loads make it issue-bound, and
+    // the reduction's instructions would add to that bound (estimated +1.8 %).
+    constexpr bool SPLIT_K = Tr::SPLIT_K && (ALIGNED || G == 4);
+    using Epi = typename bwd::Pick<SPLIT_K, typename Tr::Split, Cfg>::type;
+    float acc[Epi::MI][Epi::NI][4];
     for (int col0 = col_begin; col0 < col_end; col0 += Cfg::BN) {
         // The B operand of H U is issued first: it lands while the logits are recomputed
         // (mma_block_tile's waits drain this group too, and it ends with a barrier).
@@ -495,29 +543,34 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         }
         bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, own, other, col0, mode, inv_tau, m2);
         // S once per tile for the whole d (one chunk when G WARP_D >= d).
-        mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
+        if constexpr (SPLIT_K)
+            bwd::split_k_block_tile<Cfg, typename Tr::Split, ALIGNED>(acc, sh.red, sh.stages, own_x, other_x, own.count, other.count, d, row0,
+                                                  col0);
+        else
+            mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
         if (d == 0) {
             cp_async_wait<0>();
             __syncthreads();  // otherwise mma_block_tile's barriers publish the staged columns and sh.other
         }
 
-        float h[2][Cfg::NI * 2];
-        const bwd::Row mine[2] = {sh.rows[Cfg::acc_row(0, 0)], sh.rows[Cfg::acc_row(0, 2)]};
-        tile_h_of_mode<Cfg>(mode, h, acc, sh.cols, mine, m2);
+        float h[Epi::MI][2][Epi::NI * 2];
+        tile_h_of_mode<Epi>(mode, h, acc, sh.cols, sh.rows, m2);
 #pragma unroll
-        for (int ni = 0; ni < Cfg::NI; ++ni)
+        for (int mi = 0; mi < Epi::MI; ++mi)
 #pragma unroll
-            for (int half = 0; half < 2; ++half)
-                bwd::store_h_pair<T>(sh.h + Cfg::acc_row(0, 2 * half) * Tr::H_STRIDE + Cfg::acc_col(ni, 0), h[half][ni * 2],
-                                     h[half][ni * 2 + 1]);
+            for (int ni = 0; ni < Epi::NI; ++ni)
+#pragma unroll
+                for (int half = 0; half < 2; ++half)
+                    bwd::store_h_pair<T>(sh.h + Epi::acc_row(mi, 2 * half) * Tr::H_STRIDE + Epi::acc_col(ni, 0),
+                                         h[mi][half][ni * 2], h[mi][half][ni * 2 + 1]);
         __syncthreads();  // H complete
         if (col0 == diagonal_col0) {  // one tile per sweep (BM = BN): the diagonal is no logit
             if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);
             __syncthreads();
         }
 
-        // dacc += H U_other over the warp's rows and its d-group's columns.
-        bwd::h_times_tile<Cfg::BN, Tr::WARP_D, Tr::H_STRIDE, Tr::CHUNK_STRIDE>(dacc, h_rows, v_cols);
+        // dacc += H U_other over the warp's rows and its columns of d.
+        bwd::h_times_tile<Tr::U_MI, Cfg::BN, Tr::WARP_D, Tr::H_STRIDE, Tr::CHUNK_STRIDE>(dacc, h_rows, v_cols);
         __syncthreads();  // sh.other, sh.h and sh.cols are refilled by the next tile
     }
 }
@@ -531,11 +584,13 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
     extern __shared__ __align__(128) unsigned char backward_smem[];
     BackwardShared<T, G>& sh = *reinterpret_cast<BackwardShared<T, G>*>(backward_smem);
     const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * Tr::CHUNK;
-    float dacc[Tr::WARP_D / 8][4];
+    float dacc[Tr::U_MI][Tr::WARP_D / 8][4];
 #pragma unroll
-    for (int nb = 0; nb < Tr::WARP_D / 8; ++nb)
+    for (int mi = 0; mi < Tr::U_MI; ++mi)
 #pragma unroll
-        for (int e = 0; e < 4; ++e) dacc[nb][e] = 0.f;
+        for (int nb = 0; nb < Tr::WARP_D / 8; ++nb)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) dacc[mi][nb][e] = 0.f;
 
     // This split's slice of the other side's column tiles; the prototypes go with split 0. G = 4
     // is never split (the host launches it with splits = 1): the bounds' registers spilled there.
@@ -555,19 +610,21 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
     du += (size_t)split * own.count * d;
 
     const float out_scale = inv_tau * scalars[0];  // 1 / (sigma tau)
-    const int wd0 = dc0 + Cfg::warp_n() * Tr::WARP_D;
+    const int wd0 = dc0 + Tr::u_warp_d() * Tr::WARP_D;
 #pragma unroll
-    for (int half = 0; half < 2; ++half) {
-        const int row = row0 + Cfg::acc_row(0, 2 * half);
-        // Rows outside the matrix (NormPenaltyOnly) get 0: their column terms were not masked.
-        const bool live = row < own.count && !(own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly);
+    for (int mi = 0; mi < Tr::U_MI; ++mi)
 #pragma unroll
-        for (int nb = 0; nb < Tr::WARP_D / 8; ++nb) {
-            const int col = wd0 + nb * 8 + Fragment::col(0);
-            store_pair<float>(du, own.count, d, row, col, live ? dacc[nb][half * 2] * out_scale : 0.f,
-                              live ? dacc[nb][half * 2 + 1] * out_scale : 0.f, d % 2 == 0);
+        for (int half = 0; half < 2; ++half) {
+            const int row = row0 + (Tr::u_warp_m() * Tr::U_MI + mi) * 16 + Fragment::row(2 * half);
+            // Rows outside the matrix (NormPenaltyOnly) get 0: their column terms were not masked.
+            const bool live = row < own.count && !(own.role != nullptr && own.role[row] == kRoleNormPenaltyOnly);
+#pragma unroll
+            for (int nb = 0; nb < Tr::WARP_D / 8; ++nb) {
+                const int col = wd0 + nb * 8 + Fragment::col(0);
+                store_pair<float>(du, own.count, d, row, col, live ? dacc[mi][nb][half * 2] * out_scale : 0.f,
+                                  live ? dacc[mi][nb][half * 2 + 1] * out_scale : 0.f, d % 2 == 0);
+            }
         }
-    }
 }
 
 // u = x / 2^e with 2^e = pow2_floor(max(||x||, eps)): exact in T (an exponent shift; only parts

@@ -537,12 +537,14 @@ def backward_groups(kernel):
 
 
 def backward_tile(kernel, h):
-    """BackwardTraits<T, G>::Cfg of kernels/contrastive.cu: MmaTileConfig<BACKWARD_ROWS, 64, BK, 4, G, E>
-    with BK = 16 for f32, 64 for G = 4, else 32 (whole 16-byte chunks per thread and stage)."""
+    """BackwardTraits<T, G>::Cfg of kernels/contrastive.cu: MmaTileConfig<BACKWARD_ROWS, 64, BK,
+    LOGIT_WARPS_M, LOGIT_WARPS_N, E> with BK = 16 for f32, 64 for G = 4, else 32 (whole 16-byte
+    chunks per thread and stage); warps 2 x 2 for f16 / bf16 at G = 1 (SQUARE), else 4 x G."""
     g, e = backward_groups(kernel), 4 if "_f32" in kernel else 2
     bk = 16 if e == 4 else (64 if g == 4 else 32)
+    square = e == 2 and g == 1
     return Tile(f"BackwardTraits<{'float' if e == 4 else 'half'}, {g}>::Cfg", h["CONTRASTIVE_BACKWARD_ROWS"], 64, bk,
-                4, g, e)
+                2 if square else 4, 2 if square else g, e)
 
 
 def backward_dynamic_smem(kernel, h):

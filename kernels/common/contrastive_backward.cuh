@@ -136,11 +136,11 @@ __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide&
 // The mode of a sweep at this temperature.
 __device__ __forceinline__ int sweep_mode(float m2) { return 2.f * m2 <= kOneExpMaxRange ? kOneExp : kTwoExp; }
 
-// H of this thread's accumulators of one logit tile (Cfg: MI = 1, the warp's 16 rows; columns at
-// Cfg::acc_col in the tile): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects
+// H of this thread's accumulators of one m16 fragment of a logit tile (acc[mi] of the tile; its
+// columns at Cfg::acc_col): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects
 // or zero factors.
 template <class Cfg, int MODE>
-__device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (&acc)[1][Cfg::NI][4],
+__device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (&acc)[Cfg::NI][4],
                                        const Column* cols, const Row (&r)[2], float m2) {
 #pragma unroll
     for (int ni = 0; ni < Cfg::NI; ++ni)
@@ -150,7 +150,7 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
 #pragma unroll
             for (int half = 0; half < 2; ++half) {
                 const Row& o = r[half];
-                const float a = acc[0][ni][half * 2 + e];
+                const float a = acc[ni][half * 2 + e];
                 const bool positive = c.key == o.key || c.label == o.label;
                 if constexpr (MODE == kTwoExp) {
                     // An exponent may overflow outside A(k) (a masked column): select, not multiply.
@@ -188,18 +188,20 @@ __device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g
     }
 }
 
-// acc[nb] += H V for a warp's 16 rows: H (16 x K, row stride HS) and V (K x N, row stride VS) both
-// in shared memory; acc in the C-fragment layout (tile_config.cuh's Fragment). Tensor cores for
-// f16 / bf16 (H read by ldmatrix as the A fragment, V by ldmatrix.trans as the "col" B fragment).
-template <int K, int N, int HS, int VS, typename T>
-__device__ __forceinline__ void h_times_tile_mma(float (&acc)[N / 8][4], const T* h, const T* v) {
+// acc[mi][nb] += H V for a warp's MI x 16 rows: H (MI 16 x K, row stride HS) and V (K x N, row
+// stride VS) both in shared memory; acc in the C-fragment layout (tile_config.cuh's Fragment).
+// Tensor cores for f16 / bf16 (H read by ldmatrix as the A fragments, V by ldmatrix.trans as the
+// "col" B fragments): each B fragment serves MI MMAs, each A fragment N / 8.
+template <int MI, int K, int N, int HS, int VS, typename T>
+__device__ __forceinline__ void h_times_tile_mma(float (&acc)[MI][N / 8][4], const T* h, const T* v) {
     const int lane = threadIdx.x % 32;
-    // Rolled over k: one k step is N / 8 independent MMAs already, and unrolled the loads of the
+    // Rolled over k: one k step is MI N / 8 independent MMAs already, and unrolled the loads of the
     // next steps would hold registers the block's accumulators need.
 #pragma unroll 1
     for (int kk = 0; kk < K / 16; ++kk) {
-        uint32_t a[4];
-        ldmatrix_x4(a, h + (lane % 16) * HS + kk * 16 + (lane / 16) * 8);
+        uint32_t a[MI][4];
+#pragma unroll
+        for (int mi = 0; mi < MI; ++mi) ldmatrix_x4(a[mi], h + (mi * 16 + lane % 16) * HS + kk * 16 + (lane / 16) * 8);
         const int m = lane / 8;
         const T* base = v + (kk * 16 + (m % 2) * 8 + lane % 8) * VS + (m / 2) * 8;
 #pragma unroll
@@ -207,9 +209,131 @@ __device__ __forceinline__ void h_times_tile_mma(float (&acc)[N / 8][4], const T
             uint32_t r[4];
             ldmatrix_x4_trans(r, base + nb * 8);
             const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-            Mma16816<T>::run(acc[nb], a, b0);
-            Mma16816<T>::run(acc[nb + 1], a, b1);
+#pragma unroll
+            for (int mi = 0; mi < MI; ++mi) {
+                Mma16816<T>::run(acc[mi][nb], a[mi], b0);
+                Mma16816<T>::run(acc[mi][nb + 1], a[mi], b1);
+            }
         }
+    }
+}
+
+// The logit tile of an 8- or 16-warp block (G = 2, 4), split over k: with 4 G warps on 64 x 64
+// every warp would own a 16 x 32 (16 x 16) piece whose B fragments serve one m16 fragment (5 (4)
+// x4-ldmatrix per 4 (2) MMAs). Instead k-half q = warp / (2 WN) of every stage goes to 2 x WN warps
+// of 32 x 64 / WN (G = 2: WN = 2, 32 x 32, 4 x4 per 8 MMAs; G = 4: WN = 4, 32 x 16, 3 per 4), and
+// the two partial tiles are added through shared memory: each warp keeps m16 fragment q of its
+// piece and hands the other to its partner of the other k-half (f32 addition commutes: both
+// partners form the same bits). The view after the reduction, as a tile config for the epilogue
+// (tile_h, acc_row / acc_col): one m16 fragment, NI n8 ones.
+template <bool B, class A, class C> struct Pick { using type = A; };
+template <class A, class C> struct Pick<false, A, C> { using type = C; };
+
+template <int WN> struct SplitKTile {
+    static constexpr int MI = 1, NI = 64 / WN / 8, HALF_WARPS = 2 * WN;
+    static __device__ __forceinline__ int warp() { return (int)(threadIdx.x / 32); }
+    static __device__ __forceinline__ int half() { return warp() / HALF_WARPS; }         // q: the k-half
+    static __device__ __forceinline__ int warp_m() { return (warp() % HALF_WARPS) / WN; }  // of 32 rows
+    static __device__ __forceinline__ int warp_n() { return warp() % WN; }                 // of 64 / WN columns
+    static __device__ __forceinline__ int acc_row(int mi, int e) {
+        return warp_m() * 32 + (half() + mi) * 16 + Fragment::row(e);
+    }
+    static __device__ __forceinline__ int acc_col(int ni, int e) {
+        return warp_n() * (64 / WN) + ni * 8 + Fragment::col(e);
+    }
+    // The partners' shared slots: [k-half][warp % HALF_WARPS][n8 fragment][lane][4] floats.
+    static constexpr int RED_FLOATS = 2 * HALF_WARPS * NI * 32 * 4;
+};
+
+// acc[mi][ni] (the warp's 32 x 64 / WN piece, its k-half only) over one stage of Cfg (64 x BK).
+template <class Cfg, class Split, typename T>
+__device__ __forceinline__ void split_k_stage(float (&acc)[2][Split::NI][4], const T* sA, const T* sB) {
+    constexpr int S = Cfg::SMEM_STRIDE;
+    const int lane = threadIdx.x % 32;
+    const int m0 = Split::warp_m() * 32, n0 = Split::warp_n() * (Split::NI * 8);
+#pragma unroll
+    for (int ks = 0; ks < Cfg::BK / 32; ++ks) {
+        const int kk = Split::half() * (Cfg::BK / 2) + ks * 16;
+        uint32_t a[2][4], b[Split::NI][2];
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi) ldmatrix_x4(a[mi], sA + (m0 + mi * 16 + lane % 16) * S + kk + (lane / 16) * 8);
+#pragma unroll
+        for (int ni = 0; ni < Split::NI; ni += 2) {
+            uint32_t r[4];
+            ldmatrix_x4(r, sB + (n0 + ni * 8 + lane % 8 + (lane / 16) * 8) * S + kk + ((lane / 8) % 2) * 8);
+            b[ni][0] = r[0];
+            b[ni][1] = r[1];
+            b[ni + 1][0] = r[2];
+            b[ni + 1][1] = r[3];
+        }
+#pragma unroll
+        for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+            for (int ni = 0; ni < Split::NI; ++ni) Mma16816<T>::run(acc[mi][ni], a[mi], b[ni]);
+    }
+}
+
+// tile.cuh's mma_block_tile (the same stages, loads and barriers) with split_k_stage, then the
+// reduction into out (Split's view). red: Split::RED_FLOATS floats of shared memory. Its barriers
+// publish what the caller staged before it (as mma_block_tile's do); red is free again after the
+// caller's next barrier.
+template <class Cfg, class Split, bool ALIGNED, typename T>
+__device__ __forceinline__ void split_k_block_tile(float (&out)[1][Split::NI][4], float* red, T* smem,
+                                                   const T* __restrict__ A, const T* __restrict__ B, int m, int n, int d,
+                                                   int row0, int col0) {
+    static_assert(sizeof(T) == 2 && Cfg::THREADS == 2 * Split::HALF_WARPS * 32 && Cfg::BM == 64 && Cfg::BN == 64 &&
+                      Cfg::BK % 32 == 0,
+                  "two k-halves of 2 x WN warps of 32 x 64 / WN");
+    using TA = OperandTile<Cfg, Cfg::BM, false>;
+    using TB = OperandTile<Cfg, Cfg::BN, false>;
+    constexpr int NI = Split::NI;
+    float acc[2][NI][4];
+#pragma unroll
+    for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+    auto stage_a = [&](int s) { return smem + s * (Cfg::SMEM_ELEMS_A + Cfg::SMEM_ELEMS_B); };
+    auto stage_b = [&](int s) { return stage_a(s) + Cfg::SMEM_ELEMS_A; };
+    auto load_stage = [&](int s, int k0) {
+        TA::template load<ALIGNED>(stage_a(s), A, m, d, row0, k0);
+        TB::template load<ALIGNED>(stage_b(s), B, n, d, col0, k0);
+        cp_async_commit();  // an empty group on the sync path keeps the wait counts uniform
+    };
+    const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
+    if (k_tiles > 0) {
+        load_stage(0, 0);
+        for (int kt = 0; kt < k_tiles; ++kt) {
+            if (kt + 1 < k_tiles) {
+                load_stage((kt + 1) % 2, (kt + 1) * Cfg::BK);
+                cp_async_wait<1>();
+            } else {
+                cp_async_wait<0>();
+            }
+            __syncthreads();
+            split_k_stage<Cfg, Split>(acc, stage_a(kt % 2), stage_b(kt % 2));
+            __syncthreads();
+        }
+    }
+    // Selects, not acc[q] (a runtime index would put acc in local memory).
+    const int lane = threadIdx.x % 32, q = Split::half(), w = Split::warp() % Split::HALF_WARPS;
+    float4* mine = reinterpret_cast<float4*>(red) + ((q * Split::HALF_WARPS + w) * NI) * 32 + lane;
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+        float give[4];
+#pragma unroll
+        for (int e = 0; e < 4; ++e) give[e] = q == 0 ? acc[1][ni][e] : acc[0][ni][e];
+        mine[ni * 32] = make_float4(give[0], give[1], give[2], give[3]);
+    }
+    __syncthreads();
+    const float4* theirs = reinterpret_cast<const float4*>(red) + (((1 - q) * Split::HALF_WARPS + w) * NI) * 32 + lane;
+#pragma unroll
+    for (int ni = 0; ni < NI; ++ni) {
+        const float4 t = theirs[ni * 32];
+        const float theirs_e[4] = {t.x, t.y, t.z, t.w};
+#pragma unroll
+        for (int e = 0; e < 4; ++e) out[0][ni][e] = (q == 0 ? acc[0][ni][e] : acc[1][ni][e]) + theirs_e[e];
     }
 }
 
@@ -233,10 +357,14 @@ __device__ __forceinline__ void h_times_tile_ffma(float (&acc)[N / 8][4], const 
     }
 }
 
-template <int K, int N, int HS, int VS, typename T>
-__device__ __forceinline__ void h_times_tile(float (&acc)[N / 8][4], const T* h, const T* v) {
-    if constexpr (sizeof(T) == 4) h_times_tile_ffma<K, N, HS, VS>(acc, h, v);
-    else h_times_tile_mma<K, N, HS, VS>(acc, h, v);
+template <int MI, int K, int N, int HS, int VS, typename T>
+__device__ __forceinline__ void h_times_tile(float (&acc)[MI][N / 8][4], const T* h, const T* v) {
+    if constexpr (sizeof(T) == 4) {
+        static_assert(MI == 1, "the FFMA form takes 16 rows");
+        h_times_tile_ffma<K, N, HS, VS>(acc[0], h, v);
+    } else {
+        h_times_tile_mma<MI, K, N, HS, VS>(acc, h, v);
+    }
 }
 
 // Stores H entries (row, col), (row, col + 1) of the shared H tile (col even): T for the tensor

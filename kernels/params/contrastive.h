@@ -43,11 +43,11 @@
 #define CK_CONTRASTIVE_MERGE_THREADS 256
 #define CK_CONTRASTIVE_MERGE_MAX_BLOCKS 1024
 // Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
-// logit tile's two stages, the other side's packed rows (64 x G WARP_D), H (64 x 64), and the
-// tile's per-column and per-row data.
+// logit tile's two stages, the other side's packed rows (64 x G WARP_D), H (64 x 64), the
+// tile's per-column and per-row data, and (f16 / bf16, G = 2, 4) the split-k logit tile's 16 KB.
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 51200
-#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 67584
-#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 116736
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 83968
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 133120
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 59392
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2 75776
 // The one-warp-per-row kernels (pack, norm penalty backward).

@@ -270,9 +270,11 @@ class RepositoryBackward(unittest.TestCase):
     def test_backward_tile_mirrors_the_source(self):
         with open(os.path.join(REPO, "kernels", "contrastive.cu"), encoding="utf-8") as f:
             text = f.read()
-        # backward_tile mirrors these two lines of BackwardTraits.
+        # backward_tile mirrors these lines of BackwardTraits.
         self.assertIn("BK = E == 4 ? 16 : (G == 4 ? 64 : 32);", text)
-        self.assertIn("MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, 4, G, E>", text)
+        self.assertIn("SQUARE = E == 2 && G == 1;", text)
+        self.assertIn("LOGIT_WARPS_M = SQUARE ? 2 : 4, LOGIT_WARPS_N = SQUARE ? 2 : G;", text)
+        self.assertIn("MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>", text)
 
 
 class Occupancy(unittest.TestCase):
