@@ -517,7 +517,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
                                             int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
     using Tr = BackwardTraits<T, G>;
     using Cfg = typename Tr::Cfg;
-    const float m2 = inv_tau * bwd::kLog2e;
+    const float m2 = inv_tau * kLog2e;
     const int mode = bwd::sweep_mode(m2);
     // Published by the first tile's barriers; the previous sweep's last barrier freed sh.rows.
     for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS) sh.rows[r] = bwd::load_row(own, other, row0 + r, mode, inv_tau, m2);

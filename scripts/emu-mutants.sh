@@ -41,7 +41,7 @@ mutants=(
   "column tail one past the end|contrastive.cu|    const bool inside = col < c.count;|    const bool inside = col <= c.count;|$contrastive gpu_forward_matches_oracle"
   "diagonal not excluded|contrastive.cu|                        x = self ? -INFINITY : x;|                        /* planted: self kept */|$contrastive gpu_forward_matches_oracle"
   "backward split merge drops the last split|contrastive.cu|for (int z = 1; z < p.splits; ++z)|for (int z = 1; z < p.splits - 1; ++z)|$contrastive gpu_backward_matches_oracle"
-  "backward two-exponential path without the column term|common/contrastive_backward.cuh|                                    c.coef * ex2((a * c.rinv) * o.cscale - c.lse2) - (positive|                                    0.f * ex2((a * c.rinv) * o.cscale - c.lse2) - (positive|$contrastive gpu_backward_temperatures_and_d_groups"
+  "backward two-exponential path without the column term|common/contrastive_backward.cuh|                                    c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|                                    0.f * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|$contrastive gpu_backward_temperatures_and_d_groups"
 )
 
 survived=0

@@ -3,7 +3,7 @@
 // epilogue that turns a recomputed logit tile into H (DESIGN.md section 4) with base-2 exponentials.
 // The self geometry's diagonal is no logit: the caller zeroes it in the stored H tile.
 //
-// Logits, as the forward computes them (kernels/common/contrastive_forward.cuh's convention):
+// Logits, as the forward computes them (kernels/common/logits.cuh, the one convention):
 //   t_kj = (acc_kj * rinv_k) * cscale_j,  rinv = 1 / max(|x|, eps),  cscale = rinv * (inv_tau log2(e)),
 //   p_kj = 2^(t_kj - lse2_k),  lse2 = lse log2(e) (the forward saves lse in natural units).
 // Row k's gradient takes p_kj (k the anchor) and p_jk (k a column of anchor j); t_jk is computed as
@@ -19,28 +19,17 @@
 #include <limits.h>
 #include <math.h>
 #include "../params/contrastive.h"
+#include "logits.cuh"
 #include "norm.cuh"
 #include "tile.cuh"
 
 namespace ck {
 namespace bwd {
 
-constexpr float kLog2e = 1.4426950408889634f;
 // 2 m2 at most 100: e >= 2^-100, and the per-row factor 2^(m2 - lse2) <= 2^(2 m2) <= 2^100 times a
 // coefficient below 2^14 (contrastive_backward_prepare's sigma) stays far from f32's 2^128.
 // tau >= 2 log2(e) / 100 ~ 0.0289 (DESIGN.md: 2 / tau < ~80 in natural units).
 constexpr float kOneExpMaxRange = 100.f;
-
-// 2^x by the MUFU (ex2.approx.ftz: about 2 ulp; 2^-inf = 0).
-__device__ __forceinline__ float ex2(float x) {
-#ifdef CK_EMULATOR
-    return exp2f_approx(x);
-#else
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#endif
-}
 
 // How a tile's H entry is formed, chosen once per sweep from the temperature (a uniform branch):
 // kOneExp while 2 m2 <= kOneExpMaxRange, else kTwoExp. Both serve every pass: where a side has no
@@ -85,8 +74,8 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
         Column k{0.f, 0.f, 0.f, 0.f, -1, -1, 0.f, m2};
         if (col < other.count && !(other.role != nullptr && other.role[col] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) {
             const float denom = norm_denominator(other.norms[col]);
-            k.rinv = 1.f / denom;
-            k.cscale = k.rinv * (inv_tau * kLog2e);
+            k.rinv = logit_row_inverse(other.norms[col]);
+            k.cscale = logit_scale(k.rinv, inv_tau);
             k.w = pow2_floor(denom) * k.rinv;
             if (other.instance == nullptr) {
                 k.key = col;  // prototype columns: a row's own prototype is its positive
@@ -100,7 +89,7 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
                 k.lse2 = other.lse[col] * kLog2e;
                 k.coef = other.coef_a[col];
                 k.coef_b = other.coef_b[col];
-                if (mode == kOneExp) k.coef *= ex2(m2 - k.lse2);
+                if (mode == kOneExp) k.coef *= ex2_approx(m2 - k.lse2);
             }
         }
         cols[c] = k;
@@ -112,9 +101,8 @@ __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide&
                                         float inv_tau, float m2) {
     Row r{0.f, 0.f, 0.f, 0.f, m2, INT_MIN, INT_MIN, 0};
     if (row >= own.count || (own.role != nullptr && own.role[row] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) return r;
-    const float denom = norm_denominator(own.norms[row]);
-    r.rinv = 1.f / denom;
-    r.cscale = r.rinv * (inv_tau * kLog2e);
+    r.rinv = logit_row_inverse(own.norms[row]);
+    r.cscale = logit_scale(r.rinv, inv_tau);
     if (own.instance == nullptr) {
         r.key = row;  // a prototype: positive of the anchors whose proto_of names it
     } else if (other.instance == nullptr) {
@@ -128,7 +116,7 @@ __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide&
         r.lse2 = own.lse[row] * kLog2e;
         r.coef = own.coef_a[row];
         r.coef_b = own.coef_b[row];
-        if (mode == kOneExp) r.coef *= ex2(m2 - r.lse2);
+        if (mode == kOneExp) r.coef *= ex2_approx(m2 - r.lse2);
     }
     return r;
 }
@@ -154,12 +142,12 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
                 const bool positive = c.key == o.key || c.label == o.label;
                 if constexpr (MODE == kTwoExp) {
                     // An exponent may overflow outside A(k) (a masked column): select, not multiply.
-                    const float v = o.coef * ex2((a * o.rinv) * c.cscale - o.lse2) +
-                                    c.coef * ex2((a * c.rinv) * o.cscale - c.lse2) - (positive ? o.coef_b + c.coef_b : 0.f);
+                    const float v = o.coef * ex2_approx((a * o.rinv) * c.cscale - o.lse2) +
+                                    c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive ? o.coef_b + c.coef_b : 0.f);
                     h[half][ni * 2 + e] = c.w != 0.f ? v * c.w : 0.f;
                 } else {
                     // e <= ~1 and finite coefficients: a masked column's w = 0 gives exactly 0.
-                    const float ek = ex2((a * o.rinv) * c.cscale - m2);
+                    const float ek = ex2_approx((a * o.rinv) * c.cscale - m2);
                     h[half][ni * 2 + e] = (ek * (o.coef + c.coef) - (positive ? o.coef_b + c.coef_b : 0.f)) * c.w;
                 }
             }
@@ -245,38 +233,42 @@ template <int WN> struct SplitKTile {
     static constexpr int RED_FLOATS = 2 * HALF_WARPS * NI * 32 * 4;
 };
 
-// acc[mi][ni] (the warp's 32 x 64 / WN piece, its k-half only) over one stage of Cfg (64 x BK).
-template <class Cfg, class Split, typename T>
-__device__ __forceinline__ void split_k_stage(float (&acc)[2][Split::NI][4], const T* sA, const T* sB) {
-    constexpr int S = Cfg::SMEM_STRIDE;
-    const int lane = threadIdx.x % 32;
-    const int m0 = Split::warp_m() * 32, n0 = Split::warp_n() * (Split::NI * 8);
+// The split-k engine of tile.cuh's mma_block_tile: acc[mi][ni] (the warp's 32 x 64 / WN piece, its
+// k-half only) over one stage of Cfg (64 x BK).
+template <class Split> struct SplitKEngine {
+    template <class Cfg, bool TRANS_A, bool TRANS_B, typename T>
+    static __device__ __forceinline__ void stage(float (&acc)[2][Split::NI][4], const T* sA, const T* sB) {
+        static_assert(!TRANS_A && !TRANS_B, "the split-k engine reads \"rows\" operands");
+        constexpr int S = Cfg::SMEM_STRIDE;
+        const int lane = threadIdx.x % 32;
+        const int m0 = Split::warp_m() * 32, n0 = Split::warp_n() * (Split::NI * 8);
 #pragma unroll
-    for (int ks = 0; ks < Cfg::BK / 32; ++ks) {
-        const int kk = Split::half() * (Cfg::BK / 2) + ks * 16;
-        uint32_t a[2][4], b[Split::NI][2];
+        for (int ks = 0; ks < Cfg::BK / 32; ++ks) {
+            const int kk = Split::half() * (Cfg::BK / 2) + ks * 16;
+            uint32_t a[2][4], b[Split::NI][2];
 #pragma unroll
-        for (int mi = 0; mi < 2; ++mi) ldmatrix_x4(a[mi], sA + (m0 + mi * 16 + lane % 16) * S + kk + (lane / 16) * 8);
+            for (int mi = 0; mi < 2; ++mi) ldmatrix_x4(a[mi], sA + (m0 + mi * 16 + lane % 16) * S + kk + (lane / 16) * 8);
 #pragma unroll
-        for (int ni = 0; ni < Split::NI; ni += 2) {
-            uint32_t r[4];
-            ldmatrix_x4(r, sB + (n0 + ni * 8 + lane % 8 + (lane / 16) * 8) * S + kk + ((lane / 8) % 2) * 8);
-            b[ni][0] = r[0];
-            b[ni][1] = r[1];
-            b[ni + 1][0] = r[2];
-            b[ni + 1][1] = r[3];
+            for (int ni = 0; ni < Split::NI; ni += 2) {
+                uint32_t r[4];
+                ldmatrix_x4(r, sB + (n0 + ni * 8 + lane % 8 + (lane / 16) * 8) * S + kk + ((lane / 8) % 2) * 8);
+                b[ni][0] = r[0];
+                b[ni][1] = r[1];
+                b[ni + 1][0] = r[2];
+                b[ni + 1][1] = r[3];
+            }
+#pragma unroll
+            for (int mi = 0; mi < 2; ++mi)
+#pragma unroll
+                for (int ni = 0; ni < Split::NI; ++ni) Mma16816<T>::run(acc[mi][ni], a[mi], b[ni]);
         }
-#pragma unroll
-        for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < Split::NI; ++ni) Mma16816<T>::run(acc[mi][ni], a[mi], b[ni]);
     }
-}
+};
 
-// tile.cuh's mma_block_tile (the same stages, loads and barriers) with split_k_stage, then the
-// reduction into out (Split's view). red: Split::RED_FLOATS floats of shared memory. Its barriers
-// publish what the caller staged before it (as mma_block_tile's do); red is free again after the
-// caller's next barrier.
+// tile.cuh's mma_block_tile with the split-k engine, then the reduction of the two k-halves into
+// out (Split's view). red: Split::RED_FLOATS floats of shared memory. Its barriers publish what the
+// caller staged before it (as mma_block_tile's do); red is free again after the caller's next
+// barrier.
 template <class Cfg, class Split, bool ALIGNED, typename T>
 __device__ __forceinline__ void split_k_block_tile(float (&out)[1][Split::NI][4], float* red, T* smem,
                                                    const T* __restrict__ A, const T* __restrict__ B, int m, int n, int d,
@@ -284,38 +276,9 @@ __device__ __forceinline__ void split_k_block_tile(float (&out)[1][Split::NI][4]
     static_assert(sizeof(T) == 2 && Cfg::THREADS == 2 * Split::HALF_WARPS * 32 && Cfg::BM == 64 && Cfg::BN == 64 &&
                       Cfg::BK % 32 == 0,
                   "two k-halves of 2 x WN warps of 32 x 64 / WN");
-    using TA = OperandTile<Cfg, Cfg::BM, false>;
-    using TB = OperandTile<Cfg, Cfg::BN, false>;
     constexpr int NI = Split::NI;
     float acc[2][NI][4];
-#pragma unroll
-    for (int mi = 0; mi < 2; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI; ++ni)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
-    auto stage_a = [&](int s) { return smem + s * (Cfg::SMEM_ELEMS_A + Cfg::SMEM_ELEMS_B); };
-    auto stage_b = [&](int s) { return stage_a(s) + Cfg::SMEM_ELEMS_A; };
-    auto load_stage = [&](int s, int k0) {
-        TA::template load<ALIGNED>(stage_a(s), A, m, d, row0, k0);
-        TB::template load<ALIGNED>(stage_b(s), B, n, d, col0, k0);
-        cp_async_commit();  // an empty group on the sync path keeps the wait counts uniform
-    };
-    const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
-    if (k_tiles > 0) {
-        load_stage(0, 0);
-        for (int kt = 0; kt < k_tiles; ++kt) {
-            if (kt + 1 < k_tiles) {
-                load_stage((kt + 1) % 2, (kt + 1) * Cfg::BK);
-                cp_async_wait<1>();
-            } else {
-                cp_async_wait<0>();
-            }
-            __syncthreads();
-            split_k_stage<Cfg, Split>(acc, stage_a(kt % 2), stage_b(kt % 2));
-            __syncthreads();
-        }
-    }
+    mma_block_tile<Cfg, ALIGNED, false, false, T, SplitKEngine<Split>>(acc, smem, A, B, m, n, d, row0, col0);
     // Selects, not acc[q] (a runtime index would put acc in local memory).
     const int lane = threadIdx.x % 32, q = Split::half(), w = Split::warp() % Split::HALF_WARPS;
     float4* mine = reinterpret_cast<float4*>(red) + ((q * Split::HALF_WARPS + w) * NI) * 32 + lane;

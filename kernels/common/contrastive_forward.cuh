@@ -1,14 +1,11 @@
 // Pieces of the fused contrastive forward (kernels/contrastive.cu): base-2 logits, the one-MUFU
 // exponential and the per-row base-2 log-sum-exp statistics with their fixed-order merge.
 //
-// Logit convention (shared with the backward, which recomputes these logits):
-//   t_ij = (acc_ij * rinv_i) * cscale_j,  rinv_i = 1 / max(|x_i|, eps),
-//   cscale_j = (1 / max(|x_j|, eps)) * (inv_tau * log2(e)),
-// so t_ij = s_ij log2(e) and exp(s_ij - c) = 2^(t_ij - c log2(e)): one ex2.approx per logit.
+// Logit convention: logits.cuh (shared with the backward, which recomputes these logits).
 // The saved per-row LSE stays in natural units: lse_i = (m2_i + log2(sum_i)) ln(2).
 #pragma once
 #include <math.h>
-#include "norm.cuh"
+#include "logits.cuh"
 
 namespace ck {
 
@@ -16,26 +13,6 @@ namespace ck {
 template <bool B> struct BoolConstant {
     static constexpr bool value = B;
 };
-
-constexpr float kLog2e = 1.4426950408889634f;
-constexpr float kLn2 = 0.69314718055994531f;
-
-// 2^x by the MUFU (ex2.approx.ftz: about 2 ulp, subnormal results flushed to 0; 2^-inf = 0).
-__device__ __forceinline__ float ex2_approx(float x) {
-#ifdef CK_EMULATOR
-    return exp2f_approx(x);
-#else
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
-    return y;
-#endif
-}
-
-// The row factor rinv_i (one IEEE division per row) and the column's staged scale cscale_j.
-__device__ __forceinline__ float logit_row_inverse(float norm) { return 1.f / norm_denominator(norm); }
-__device__ __forceinline__ float logit_column_scale(float norm, float inv_tau) {
-    return (1.f / norm_denominator(norm)) * (inv_tau * kLog2e);
-}
 
 // A row's statistics over some columns, in base 2: sum = sum_j 2^(t_ij - m2) over the row's
 // denominator columns (m2 = -inf and sum = 0 when none was seen), pos_sum = sum of t_ij over its

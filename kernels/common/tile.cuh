@@ -245,35 +245,6 @@ struct TensorCores {
                 for (int ni = 0; ni < Cfg::NI; ++ni) Mma16816<T>::run(acc[mi][ni], a[mi], b[ni]);
         }
     }
-
-    // acc[nb] += P V for a warp that owns 16 rows: P (16 x K) in registers in the C-fragment layout,
-    // p[half][2 j + e] = P[group + 8 half][8 j + 2 quad + e], which is the m16k16 A layout (n8 blocks
-    // 2 kk and 2 kk + 1 are one k16 step); V a row-major K x N shared tile of row stride STRIDE, read
-    // by ldmatrix.trans as the "col" B fragments (matrix m = lane / 8: k half m % 2, n8 block m / 2).
-    template <int K, int N, int STRIDE, typename T>
-    static __device__ __forceinline__ void registers_times_tile(float (&acc)[N / 8][4], const float (&p)[2][K / 4],
-                                                                const T* v) {
-        static_assert(sizeof(T) == 2, "the tensor-core engine takes f16 / bf16");
-        const int lane = threadIdx.x % 32;
-#pragma unroll
-        for (int kk = 0; kk < K / 16; ++kk) {
-            uint32_t a[4];
-            a[0] = pack_pair<T>(p[0][4 * kk], p[0][4 * kk + 1]);
-            a[1] = pack_pair<T>(p[1][4 * kk], p[1][4 * kk + 1]);
-            a[2] = pack_pair<T>(p[0][4 * kk + 2], p[0][4 * kk + 3]);
-            a[3] = pack_pair<T>(p[1][4 * kk + 2], p[1][4 * kk + 3]);
-            const int m = lane / 8;
-            const T* base = v + (kk * 16 + (m % 2) * 8 + lane % 8) * STRIDE + (m / 2) * 8;
-#pragma unroll
-            for (int nb = 0; nb < N / 8; nb += 2) {
-                uint32_t r[4];
-                ldmatrix_x4_trans(r, base + nb * 8);
-                const uint32_t b0[2] = {r[0], r[1]}, b1[2] = {r[2], r[3]};
-                Mma16816<T>::run(acc[nb], a, b0);
-                Mma16816<T>::run(acc[nb + 1], a, b1);
-            }
-        }
-    }
 };
 
 // The f32 engine: the same accumulator elements by exact FFMA from an f32 stage ("rows" operands).
@@ -307,33 +278,6 @@ struct Ffma {
                         for (int e = 0; e < 2; ++e) acc[mi][ni][2 * h + e] = fmaf(a[mi][h], b[ni][e], acc[mi][ni][2 * h + e]);
         }
     }
-
-    // As TensorCores::registers_times_tile: P[row][c] for each column c = 8 j + 2 q + e of P comes
-    // from the quad lane that holds it (lane 4 group + q, element 2 j + e).
-    template <int K, int N, int STRIDE>
-    static __device__ __forceinline__ void registers_times_tile(float (&acc)[N / 8][4], const float (&p)[2][K / 4],
-                                                                const float* v) {
-        const int lane = threadIdx.x % 32;
-#pragma unroll
-        for (int j = 0; j < K / 8; ++j)
-#pragma unroll
-            for (int q = 0; q < 4; ++q)
-#pragma unroll
-                for (int e = 0; e < 2; ++e) {
-                    const int src = (lane & ~3) | q;
-                    const float p0 = __shfl_sync(0xffffffffu, p[0][j * 2 + e], src);
-                    const float p1 = __shfl_sync(0xffffffffu, p[1][j * 2 + e], src);
-                    const float* v_row = v + (j * 8 + q * 2 + e) * STRIDE + Fragment::col(0);
-#pragma unroll
-                    for (int nb = 0; nb < N / 8; ++nb)
-#pragma unroll
-                        for (int c = 0; c < 2; ++c) {
-                            const float x = v_row[nb * 8 + c];
-                            acc[nb][c] = fmaf(p0, x, acc[nb][c]);
-                            acc[nb][2 + c] = fmaf(p1, x, acc[nb][2 + c]);
-                        }
-                }
-    }
 };
 
 template <typename T> struct EngineFor { using type = TensorCores; };
@@ -346,9 +290,11 @@ template <> struct EngineFor<float> { using type = Ffma; };
 // ALIGNED: every operand's contiguous dimension is a multiple of 8 and its base 16-byte aligned
 // (cp.async chunks; f32 always loads element-wise). smem holds Cfg::SMEM_ELEMS elements. Ends with
 // a barrier (when d > 0), so the caller may reuse smem until its next call.
+// The accumulator is Cfg's MI x NI fragments for the engines above; an engine with its own warp
+// layout (the backward's split-k stage, contrastive_backward.cuh) brings its own MI_ x NI_.
 template <class Cfg, bool ALIGNED, bool TRANS_A = false, bool TRANS_B = false, typename T,
-          class Engine = typename EngineFor<T>::type>
-__device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4], T* smem, const T* __restrict__ A,
+          class Engine = typename EngineFor<T>::type, int MI_ = Cfg::MI, int NI_ = Cfg::NI>
+__device__ __forceinline__ void mma_block_tile(float (&acc)[MI_][NI_][4], T* smem, const T* __restrict__ A,
                                                const T* __restrict__ B, int m, int n, int d, int row0, int col0) {
     using TA = OperandTile<Cfg, Cfg::BM, TRANS_A>;
     using TB = OperandTile<Cfg, Cfg::BN, TRANS_B>;
@@ -357,9 +303,9 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[Cfg::MI][Cfg::NI][4]
     constexpr bool ASYNC = ALIGNED && sizeof(T) == 2;
     auto zero_acc = [&] {
 #pragma unroll
-        for (int mi = 0; mi < Cfg::MI; ++mi)
+        for (int mi = 0; mi < MI_; ++mi)
 #pragma unroll
-            for (int ni = 0; ni < Cfg::NI; ++ni)
+            for (int ni = 0; ni < NI_; ++ni)
 #pragma unroll
                 for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
     };
