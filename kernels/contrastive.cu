@@ -331,6 +331,250 @@ template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forw
     }
 }
 
+// The symmetric kernel's shared memory: the tile core's stages, one tile's staged columns, the
+// block's rows' data (for column tiles and for prototype tiles).
+template <class Cfg, typename T> struct ForwardShared {
+    T smem[Cfg::SMEM_ELEMS];
+    ColumnStage<Cfg::BN / 2> staged;
+    RowKeys row_keys[2][Cfg::BM];
+};
+
+// Fixed offset: merges the 4 lanes of a quad (they hold the same rows, other columns; the
+// offsets are equal, so three adds), then writes one partial per row and warp column,
+// red[warp_n][row] (shared; the caller's barrier publishes it).
+template <class Cfg, int ROWS> __device__ __forceinline__ void rows_to_shared(Lse2 (&stats)[ROWS], float4* red) {
+#pragma unroll
+    for (int slot = 0; slot < ROWS; ++slot)
+#pragma unroll
+        for (int lanes = 1; lanes < 4; lanes <<= 1) {
+            stats[slot].sum += __shfl_xor_sync(0xffffffffu, stats[slot].sum, lanes);
+            stats[slot].pos_sum += __shfl_xor_sync(0xffffffffu, stats[slot].pos_sum, lanes);
+            stats[slot].pos_count += __shfl_xor_sync(0xffffffffu, stats[slot].pos_count, lanes);
+        }
+    if (Fragment::col(0) == 0) {  // one lane of each quad
+#pragma unroll
+        for (int slot = 0; slot < ROWS; ++slot) red[Cfg::warp_n() * Cfg::BM + Cfg::acc_row(slot / 2, 2 * (slot % 2))] = pack_lse2(stats[slot]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The self geometry's symmetry (DESIGN.md section 6: one exponential per pair). On the fixed-offset
+// path e_ij = 2^(t_ij - m2) is the same number for row i and for row j, so a tile (I, J) above the
+// diagonal serves the rows of block I (its row sums) and those of block J (its column sums): about
+// half the tiles of the row sweep, and half the MMAs and exponentials.
+//
+// Determinism with no atomics: the row blocks are cut into Q groups of S; block x of the grid owns
+// one pair of groups (P <= Q), computes its tiles (I in P, J in Q, J >= I on the diagonal pair)
+// one at a time, and after each tile adds its row sums into partials[group Q][rows of I] and its
+// column sums into partials[group P][rows of J]. Every (group, row) slot is written by exactly
+// one block, in its fixed tile order; contrastive_forward_merge then folds each row's Q slots in
+// group order. The diagonal tile (I, I) is folded as a row tile only (with its diagonal left out).
+// Per tile, each thread sums its rows' column terms and the warp's 8 row groups add them by a
+// fixed butterfly; the warps meet in shared memory. Prototype tiles have no transposed twin: the
+// blocks after the pairs sweep them by row block (forward_row_sweep) into slot Q.
+//
+// Masks: a pair (i, j) counts for row i when j is a denominator column and for row j when i is
+// one; both are denominators whenever the sum is used (an anchor is one), so the one mask
+// "both" serves the two sides: column j's by its bias (-inf), row i's by a predicated add of the
+// column sums. Positives: ((key_i ^ key_j) | veto_i | veto_j) == 0 or label_i == label_j, with
+// -3 (rows) / -2 (columns) for "no label or not a denominator": symmetric in i and j.
+
+// A thread's rows of a symmetric tile: the row factor, the ids and the veto word (~0: not a
+// denominator: past the end, NormPenaltyOnly).
+template <class Cfg, int ROWS> struct SymRows {
+    float rinv[ROWS];
+    int key[ROWS], label[ROWS], veto[ROWS];
+    __device__ __forceinline__ explicit SymRows(const RowKeys* rows) {
+#pragma unroll
+        for (int slot = 0; slot < ROWS; ++slot) {
+            const RowKeys k = rows[Cfg::acc_row(slot / 2, 2 * (slot % 2))];
+            rinv[slot] = k.rinv;
+            key[slot] = k.key;
+            label[slot] = k.label;
+            veto[slot] = k.unused;
+        }
+    }
+};
+
+// The symmetric fold of one tile above the diagonal: the rows' sums into stats (as fold_fixed),
+// and per column the sums over this warp's rows into col_red[warp_m][column] (shared).
+template <class Cfg, int ROWS>
+__device__ __forceinline__ void fold_symmetric(Lse2 (&stats)[ROWS], const float (&acc)[Cfg::MI][Cfg::NI][4], const SymRows<Cfg, ROWS>& r,
+                                               const ColumnStage<Cfg::BN / 2>& staged, float4* col_red) {
+#pragma unroll
+    for (int ni = 0; ni < Cfg::NI; ++ni) {
+        const ColumnPair c = staged.pair(Cfg::acc_col(ni, 0) / 2);
+        float csum[2] = {0.f, 0.f}, cpos[2] = {0.f, 0.f}, ccount[2] = {0.f, 0.f};
+#pragma unroll
+        for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+            for (int half = 0; half < 2; ++half) {
+                const int slot = mi * 2 + half;
+#pragma unroll
+                for (int e = 0; e < 2; ++e) {
+                    const float x = fmaf(acc[mi][ni][half * 2 + e] * r.rinv[slot], c.cscale[e], c.bias[e]);
+                    const float ex = ex2_approx(x);
+                    stats[slot].sum += ex;
+                    if (r.veto[slot] == 0) csum[e] += ex;  // a predicated add
+                    const bool pos = ((r.key[slot] ^ c.key[e]) | r.veto[slot] | c.veto[e]) == 0 || r.label[slot] == c.label[e];
+                    if (pos) {  // predicated adds
+                        stats[slot].pos_sum += x;
+                        stats[slot].pos_count += 1.f;
+                        cpos[e] += x;
+                        ccount[e] += 1.f;
+                    }
+                }
+            }
+        // The warp's 8 row groups (lanes 4 apart) hold the same two columns: a fixed butterfly.
+#pragma unroll
+        for (int e = 0; e < 2; ++e)
+#pragma unroll
+            for (int lanes = 4; lanes < 32; lanes <<= 1) {
+                csum[e] += __shfl_xor_sync(0xffffffffu, csum[e], lanes);
+                cpos[e] += __shfl_xor_sync(0xffffffffu, cpos[e], lanes);
+                ccount[e] += __shfl_xor_sync(0xffffffffu, ccount[e], lanes);
+            }
+        if (Fragment::row(0) == 0) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e)
+                col_red[Cfg::warp_m() * Cfg::BN + Cfg::acc_col(ni, e)] = make_float4(0.f, csum[e], cpos[e], ccount[e]);
+        }
+    }
+}
+
+// Adds a tile's sums (sum, positive sum in t - m2 units, count) of one row into its slot; `first`
+// stores instead (the slot's first tile). Always the same thread for a given slot and row within
+// one tile; across tiles the block's barriers order the accesses.
+__device__ __forceinline__ void add_to_slot(float4* slot, float4 v, bool first, float offset) {
+    v.z = fmaf(v.w, offset, v.z);  // positives were summed as t - m2: back to t
+    if (!first) {
+        const float4 o = *slot;
+        v.y = o.y + v.y;
+        v.z = o.z + v.z;
+        v.w = o.w + v.w;
+    }
+    v.x = offset;
+    *slot = v;
+}
+
+// The kinds of tile of the symmetric kernel: above the diagonal (rows and columns), on it (rows,
+// the diagonal left out), a prototype tile (rows).
+enum SymTile : int { kSymPair = 0, kSymDiagonal = 1, kSymPrototypes = 2 };
+
+template <typename T, bool ALIGNED> __device__ void contrastive_forward_sym(const CkContrastiveForwardParams& p) {
+    using Cfg = typename TileFor<T, ForwardTile, ForwardTileF32>::type;
+    constexpr int ROWS = Cfg::MI * 2;
+    static_assert(Cfg::BM == Cfg::BN && Cfg::THREADS == Cfg::BM + Cfg::BN, "a thread per row and per column of a tile");
+    static_assert(Cfg::BN == CK_CONTRASTIVE_FORWARD_COLS, "the prepared column tiles");
+    __shared__ __align__(128) ForwardShared<Cfg, T> sh;
+    const int n = p.rows.count, S = p.sym_group, groups = p.sym_groups;
+    const int row_blocks = (n + Cfg::BM - 1) / Cfg::BM;
+    const int pairs = groups * (groups + 1) / 2;
+    // This block's pair of groups: the off-diagonal pairs first (they carry more tiles), row-major;
+    // the blocks after the pairs take one row block's prototype tiles each (slot `groups`).
+    int gp = 0, gq = groups, k = (int)blockIdx.x;
+    const int off_diagonal = groups * (groups - 1) / 2;
+    if (k < off_diagonal) {
+        for (int len = groups - 1; k >= len; --len) {
+            k -= len;
+            ++gp;
+        }
+        gq = gp + 1 + k;
+    } else if (k < pairs) {
+        gp = gq = k - off_diagonal;
+    }
+    const bool diagonal = gp == gq;
+    const float offset = p.inv_tau * kLog2e;
+    float4* partials = reinterpret_cast<float4*>(p.partials);
+    float4* row_red = reinterpret_cast<float4*>(sh.smem);          // [WARPS_N][BM]
+    float4* col_red = row_red + Cfg::WARPS_N * Cfg::BM;            // [WARPS_M][BN]
+    static_assert(sizeof(float4) * (Cfg::WARPS_N * Cfg::BM + Cfg::WARPS_M * Cfg::BN) <= Cfg::SMEM_BYTES, "sums fit the tile buffers");
+    if (p.d < 1) __builtin_unreachable();  // as contrastive_forward's
+
+    float acc[Cfg::MI][Cfg::NI][4];
+    // Tile (bi, bj) (bj: a prototype tile for kSymPrototypes): stage its rows' data where the row
+    // block starts, and its columns; multiply; fold; add its sums to the slots.
+    auto one_tile = [&](auto kind, int bi, int bj, bool new_rows, bool first_row, bool first_col) {
+        constexpr int KIND = decltype(kind)::value;
+        constexpr bool PAIR = KIND == kSymPair, PROTO = KIND == kSymPrototypes;
+        const int row0 = bi * Cfg::BM, col0 = bj * Cfg::BN;
+        __syncthreads();  // the previous tile's sums are added and its staged data read: all free
+        if (new_rows) {
+            for (int i = threadIdx.x; i < Cfg::BM; i += Cfg::THREADS) {
+                const int row = row0 + i;
+                const bool den = row < n && !(p.rows.role != nullptr && p.rows.role[row] == kRoleNormPenaltyOnly);
+                RowKeys key{0.f, PROTO ? -1 : 0, kNoLabelKey, ~0};
+                if (den) {
+                    key.rinv = logit_row_inverse(p.rows.norms[row]);
+                    if (PROTO) {
+                        key.key = p.proto_of != nullptr ? p.proto_of[row] : -1;  // prototype indices are >= 0
+                    } else {
+                        key.key = p.rows.instance[row];
+                        const int label = p.rows.label != nullptr ? p.rows.label[row] : -1;
+                        key.label = label >= 0 ? label : kNoLabelKey;
+                    }
+                    key.unused = 0;
+                }
+                sh.row_keys[0][i] = key;
+            }
+        }
+        ColumnStage<Cfg::BN / 2>& buf = sh.staged;
+        const char* src = reinterpret_cast<const char*>(p.columns) + (size_t)(PROTO ? row_blocks + bj : bj) * sizeof(buf);
+        if (threadIdx.x < sizeof(buf) / 16) cp_async_16(reinterpret_cast<char*>(&buf) + 16 * threadIdx.x, src + 16 * threadIdx.x, 16);
+        const CkRowSet& c = PROTO ? p.protos : p.rows;
+        mma_block_tile<Cfg, ALIGNED>(acc, sh.smem, rows_of<T>(p.rows), rows_of<T>(c), n, c.count, p.d, row0, col0);
+        Lse2 stats[ROWS];
+#pragma unroll
+        for (int slot = 0; slot < ROWS; ++slot) stats[slot].init(offset);
+        if constexpr (PAIR) fold_symmetric<Cfg>(stats, acc, SymRows<Cfg, ROWS>(sh.row_keys[0]), buf, col_red);
+        else fold_fixed<Cfg, KIND == kSymDiagonal>(stats, acc, TileRows<Cfg, ROWS>(sh.row_keys[0]), buf);
+        rows_to_shared<Cfg>(stats, row_red);
+        __syncthreads();
+        const int t = (int)threadIdx.x;
+        if (t < Cfg::BM) {  // row t of block bi: its row sums, into slot gq
+            const int row = row0 + t;
+            if (row < n) {
+                float4 v = row_red[t];
+#pragma unroll
+                for (int w = 1; w < Cfg::WARPS_N; ++w) {
+                    const float4 o = row_red[w * Cfg::BM + t];
+                    v.y += o.y;
+                    v.z += o.z;
+                    v.w += o.w;
+                }
+                add_to_slot(&partials[(size_t)gq * n + row], v, first_row, offset);
+            }
+        } else if (PAIR) {  // column t - BM of block bj: its column sums, into slot gp
+            const int col = t - Cfg::BM, row = col0 + col;
+            if (row < n) {
+                float4 v = col_red[col];
+#pragma unroll
+                for (int w = 1; w < Cfg::WARPS_M; ++w) {
+                    const float4 o = col_red[w * Cfg::BN + col];
+                    v.y += o.y;
+                    v.z += o.z;
+                    v.w += o.w;
+                }
+                add_to_slot(&partials[(size_t)gp * n + row], v, first_col, offset);
+            }
+        }
+    };
+    if ((int)blockIdx.x >= pairs) {
+        const int bi = (int)blockIdx.x - pairs, proto_tiles = (p.protos.count + Cfg::BN - 1) / Cfg::BN;
+        for (int bj = 0; bj < proto_tiles; ++bj) one_tile(IntConstant<kSymPrototypes>{}, bi, bj, bj == 0, bj == 0, false);
+        return;
+    }
+    // Rows of block bi in slot gq: on a diagonal pair, the column sums of the tiles (bi', bi) with
+    // bi' < bi came first (the first of them stores), then the row sums.
+    const int i_begin = gp * S, i_end = min(i_begin + S, row_blocks);
+    const int j_begin = gq * S, j_end = min(j_begin + S, row_blocks);
+    for (int bi = i_begin; bi < i_end; ++bi) {
+        if (diagonal) one_tile(IntConstant<kSymDiagonal>{}, bi, bi, true, bi == i_begin, false);
+        for (int bj = diagonal ? bi + 1 : j_begin; bj < j_end; ++bj)
+            one_tile(IntConstant<kSymPair>{}, bi, bj, !diagonal && bj == j_begin, !diagonal && bj == j_begin, bi == i_begin);
+    }
+}
+
 // The splits' partials of each row merged in split order (fixed: bitwise repeatable), then the
 // outputs. One thread per row.
 __device__ void contrastive_forward_merge(const CkContrastiveForwardMergeParams& p) {
@@ -750,6 +994,20 @@ CK_CONTRASTIVE_FORWARD_ALL(f16, __half, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_
 CK_CONTRASTIVE_FORWARD_ALL(bf16, __nv_bfloat16, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
 // f32 always loads element-wise, so the aligned and unaligned names are the same kernel.
 CK_CONTRASTIVE_FORWARD_ALL(f32, float, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
+
+// `_sym_`: the self geometry's symmetric form (fixed offset only: a row's and a column's online
+// maxima differ), with the fast path's register budget where it fits.
+#define CK_CONTRASTIVE_FORWARD_SYM(name, type, suffix, aligned, blocks)                                       \
+    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_THREADS, blocks)                      \
+        contrastive_forward_sym_##name##suffix(const __grid_constant__ CkContrastiveForwardParams p) {       \
+        ck::contrastive_forward_sym<type, aligned>(p);                                                        \
+    }
+CK_CONTRASTIVE_FORWARD_SYM(f16, __half, , true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
+CK_CONTRASTIVE_FORWARD_SYM(bf16, __nv_bfloat16, , true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
+CK_CONTRASTIVE_FORWARD_SYM(f16, __half, _unaligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
+CK_CONTRASTIVE_FORWARD_SYM(bf16, __nv_bfloat16, _unaligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
+CK_CONTRASTIVE_FORWARD_SYM(f32, float, , false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
+CK_CONTRASTIVE_FORWARD_SYM(f32, float, _unaligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
 
 extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_COLS)
     contrastive_forward_columns(const __grid_constant__ CkContrastiveColumnsParams p) {

@@ -499,6 +499,9 @@ class KernelModel:
     # (tile, Counts of a column-loop inner loop without MMAs) -> its trips per column tile, or None
     # for the default of 1 trip (noted in the report).
     inner_loop_trips: object = None
+    # (instrs, [k-loop candidates]) -> the k-loop whose parent is the measured column-tile loop;
+    # None: the first in address order (the main sweep).
+    pick_sweep: object = None
     example: str = ""         # a kernel name the pattern matches (tests)
 
 
@@ -528,6 +531,34 @@ def forward_schedule(n, d, h, kernel, tile):
         blocks = h["CONTRASTIVE_FORWARD_BLOCKS_PER_SM" if fast else "CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW"]
         splits = forward_splits(row_blocks, tiles, SMS, blocks, h["CONTRASTIVE_FORWARD_MAX_SPLITS"])
     return row_blocks * splits, ceil_div(tiles, splits)
+
+
+def forward_sym_groups(n, h, centers=0):
+    """src/ops/contrastive/gpu.rs' forward_sym_groups: (S, Q), Q groups of S row blocks of the
+    symmetric forward: the fewest row blocks per group whose partial slots (Q (+ 1 with prototypes)
+    x n x 16 bytes) fit SYM_PARTIAL_BYTES, but at least 23 groups where there are that many row blocks."""
+    row_blocks = max(ceil_div(n, h["CONTRASTIVE_FORWARD_ROWS"]), 1)
+    by_memory = max(h["CONTRASTIVE_FORWARD_SYM_PARTIAL_BYTES"] // (16 * max(n, 1)) - (1 if centers else 0), 0)
+    groups = min(max(by_memory, 23), row_blocks)
+    per_group = ceil_div(row_blocks, max(groups, 1))
+    return per_group, ceil_div(row_blocks, per_group)
+
+
+def forward_sym_schedule(n, d, h, kernel, tile):
+    """The symmetric forward's launch (self geometry, fixed offset): one CTA per pair of groups
+    (P <= Q), Q (Q + 1) / 2 CTAs, each computing the S x S tiles of its pair (S (S + 1) / 2 on the
+    diagonal pairs: counted as S x S, so slightly pessimistic), one tile at a time."""
+    s, q = forward_sym_groups(n, h)
+    return q * (q + 1) // 2, s * s
+
+
+def most_shuffles(instrs, candidates):
+    """The k-loop whose column-tile loop's own body holds the most SHFL: the symmetric forward's
+    tiles above the diagonal (their column sums' butterflies), not its diagonal or prototype tiles."""
+    def shuffles(lp):
+        parent = lp.parent or lp
+        return sum(i.base == "SHFL" for i in body(instrs, parent))
+    return max(candidates, key=shuffles)
 
 
 def backward_groups(kernel):
@@ -623,6 +654,11 @@ KERNEL_MODELS = [
     KernelModel(r"^contrastive_forward_(f16|bf16)(_online)?(_unaligned)?$", ("ForwardTile", "Tile128"), "HMMA",
                 forward_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS",
                 example="contrastive_forward_bf16"),
+    # The self geometry's symmetric forward: tiles on and above the diagonal, each serving its rows
+    # and its columns (useful FLOPs stay DESIGN.md's 2 N^2 D: the work of the whole matrix).
+    KernelModel(r"^contrastive_forward_sym_(f16|bf16)(_unaligned)?$", ("ForwardTile", "Tile128"), "HMMA",
+                forward_sym_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS",
+                pick_sweep=most_shuffles, example="contrastive_forward_sym_bf16"),
     # The rebuilt backward: a block = 4 row warps x G d-groups, a 64 x 64 logit tile per column tile
     # for the whole chunk of d, H through (dynamic) shared memory, then H x U (BackwardTraits).
     KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?_g(1|2|4)$", (), "HMMA",
@@ -634,7 +670,7 @@ KERNEL_MODELS = [
 # Kernels with the resource columns only, on purpose (pattern, why). scripts/tests checks that every
 # contrastive kernel matches a model or this list, so a rename cannot silently drop a kernel's rows.
 RESOURCE_ONLY = [
-    (r"^contrastive_(forward|backward)_f32(_online)?(_unaligned)?(_g\d)?$",
+    (r"^contrastive_(forward|backward)_(sym_)?f32(_online)?(_unaligned)?(_g\d)?$",
      "f32 on the FFMA engine: its k-loop (FFMA from shared memory) is not the MMA-count rule's"),
     (r"^contrastive_(forward|backward)_merge$", "memory-bound merge of the column splits' partials (no MMA)"),
     (r"^contrastive_forward_columns$", "per-column data prepared once per forward, O(N)"),
@@ -784,7 +820,9 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
     # one whose count is a whole number of the tile's BK steps (an f32 load loop has FFMAs too).
     innermost = [lp for lp in all_loops(roots) if mma_in[id(lp)] and not mma_below(lp)]
     whole = [lp for lp in innermost if mma_in[id(lp)] % per_step == 0]
-    k_loop = (whole or innermost or [None])[0]
+    candidates = whole or innermost
+    k_loop = (model.pick_sweep(instrs, candidates) if model.pick_sweep and candidates else
+              (candidates or [None])[0])
     if k_loop is None:
         cost.notes.append("no loop with MMA instructions")
         return cost
@@ -795,7 +833,8 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
                           "the compiled D; per logit leaves out the MMA pipeline's instructions)")
     sweeps = {id(lp.parent or lp): lp.parent or lp for lp in innermost}
     if len(sweeps) > 1:
-        cost.notes.append(f"{len(sweeps)} column-tile loops (e.g. a prototype sweep): the first is measured")
+        which = "the one its model picks" if model.pick_sweep else "the first"
+        cost.notes.append(f"{len(sweeps)} column-tile loops (e.g. a prototype sweep): {which} is measured")
     cost.k_loop = count(body(instrs, k_loop), model.mma_op, slow) if column_loop is not k_loop else Counts()
     if cost.k_loop.mma and cost.k_loop.mma % per_step == 0:
         cost.k_per_iteration = tile.BK * cost.k_loop.mma // per_step
@@ -930,7 +969,7 @@ def estimate_shape(cost, n, d, header):
 def backward_for(forward, estimates, n, d):
     """The backward kernel the host launches with `forward` at (n, d): same dtype and alignment
     (`_online` dropped), the G variant of backward_launch, i.e. the one with an estimate there."""
-    base = forward.replace("_forward_", "_backward_").replace("_online", "")
+    base = forward.replace("_forward_", "_backward_").replace("_online", "").replace("_sym", "")
     variant = re.escape(base) + r"(_g\d+)?"
     return next((k for (k, kn, kd) in estimates if (kn, kd) == (n, d) and re.fullmatch(variant, k)), None)
 

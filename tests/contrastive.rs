@@ -681,13 +681,18 @@ fn fused_extra_memory_by_hand() {
     let b = fused_extra_bytes(n, None, 0, 128, DType::BF16);
     // Saved: loss 4 B + per-anchor, LSE, |P| 3 x 256 KiB. Scratch: row norms and column norms
     // 2 x 256 KiB, one empty prototype-norm slot, first-empty and 9 check flags, the prepared
-    // column tiles (512 x 2560 B); no split partials (512 row blocks fill whole waves).
+    // column tiles (512 x 2560 B); the row sweep would need no split partials (512 row blocks fill
+    // whole waves), the symmetric kernel 32 groups of 16 row blocks: 32 x 65536 x 16 B = 32 MiB.
     assert_eq!(b.saved, 4 + 3 * 256 * kib);
-    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4 + 512 * 2560);
-    // n = 8192: 64 row blocks split the sweep 4 ways on 132 SMs at 2 blocks each (2 at 1):
-    // 4 x 8192 x 16 B of partials.
+    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4 + 512 * 2560 + 32 * kib * kib);
+    // n = 8192: the row sweep splits 4 ways on 132 SMs at 2 blocks each (2 at 1): 4 x 8192 x 16 B
+    // of partials; the symmetric kernel one group per row block: 64 x 8192 x 16 B (8 MiB).
     let s = fused_extra_bytes(8192, None, 0, 128, DType::BF16);
-    assert_eq!(s.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 4 + 4 + 9 * 4 + 64 * 2560 + 4 * 8192 * 16);
+    assert_eq!(s.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 4 + 4 + 9 * 4 + 64 * 2560 + 64 * 8192 * 16);
+    // With prototypes, one more slot: 65 x 8192 x 16 B, and 2 x 4 B of prototype norms, one
+    // more column tile.
+    let c = fused_extra_bytes(8192, None, 2, 128, DType::BF16);
+    assert_eq!(c.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 2 * 4 + 4 + 9 * 4 + 65 * 2560 + 65 * 8192 * 16);
     // Backward: upstream 4 B, packed bf16 unit rows 16 MiB, row norms 256 KiB, coef_a / coef_b
     // 2 x 256 KiB, 2 scalars, f32 gradient scratch 32 MiB.
     assert_eq!(b.backward, 4 + 16 * kib * kib + 256 * kib + 2 * 256 * kib + 8 + 32 * kib * kib);
@@ -857,18 +862,25 @@ fn result_bits(r: &ForwardResult) -> (u32, Vec<u32>, Vec<u32>, Vec<i32>) {
 
 /// Every loss kind and dtype under the forward's launch choices: the column sweep in one CTA per
 /// row block and split across CTAs (partials merged in split order), the fixed 1/tau offset and the
-/// online max, on shapes with fewer than 128 rows and with ragged row and column tails. Each
-/// agrees with the oracle (DESIGN.md section 7's bounds), and each is bitwise repeatable.
+/// online max, the self geometry's symmetric kernel with groups of 1, 2 and 3 row blocks, on shapes
+/// with fewer than 128 rows and with ragged row and column tails. Each agrees with the oracle
+/// (DESIGN.md section 7's bounds), and each is bitwise repeatable.
 #[test]
 fn gpu_forward_splits_and_offsets_match_oracle() {
     use contrastive_kernels::ops::contrastive::gpu::ForwardTuning;
     let Some(gpu) = gpu_or_skip("gpu_forward_splits_and_offsets_match_oracle") else { return };
     let tunings = [
-        ForwardTuning { splits: Some(1), online_max: false },
-        ForwardTuning { splits: Some(2), online_max: false },
-        ForwardTuning { splits: Some(16), online_max: false }, // clamped to the tile count
-        ForwardTuning { splits: Some(1), online_max: true },
-        ForwardTuning { splits: Some(16), online_max: true },
+        ForwardTuning { splits: Some(1), symmetric: Some(false), ..Default::default() },
+        ForwardTuning { splits: Some(2), symmetric: Some(false), ..Default::default() },
+        ForwardTuning { splits: Some(16), symmetric: Some(false), ..Default::default() }, // clamped to the tile count
+        ForwardTuning { splits: Some(1), online_max: true, ..Default::default() },
+        ForwardTuning { splits: Some(16), online_max: true, ..Default::default() },
+        // The self geometry's symmetric kernel (the pairwise case runs the row sweep), even on one
+        // row block, with 1, 2 and 3 row blocks per group: 3, 2 (one short) and 1 group(s) of the
+        // 3 row blocks of 257 rows.
+        ForwardTuning { symmetric: Some(true), sym_group: Some(1), ..Default::default() },
+        ForwardTuning { symmetric: Some(true), sym_group: Some(2), ..Default::default() },
+        ForwardTuning { symmetric: Some(true), sym_group: Some(3), ..Default::default() },
     ];
     // (rows, d): under one tile; two row blocks with a tail (and 237 keys, 3 column tiles with the
     // prototypes); three row blocks.
@@ -880,7 +892,7 @@ fn gpu_forward_splits_and_offsets_match_oracle() {
                 let what = format!("{what} {tuning:?}");
                 let got = gpu_forward_tuned(gpu, loss, inputs, tuning);
                 assert_forward_close(&what, &got, &want, rel);
-                if k == 2 || k == 4 {
+                if k == 2 || k == 4 || k == 5 || k == 6 {
                     assert_eq!(result_bits(&got), result_bits(&gpu_forward_tuned(gpu, loss, inputs, tuning)), "{what}: a second run");
                 }
             }
@@ -923,8 +935,8 @@ fn gpu_forward_temperatures_fixed_and_online_offsets() {
                 let want = forward(&loss, &inputs).unwrap();
                 for tuning in [
                     ForwardTuning::default(),
-                    ForwardTuning { splits: Some(1), online_max: false },
-                    ForwardTuning { splits: None, online_max: true },
+                    ForwardTuning { splits: Some(1), symmetric: Some(false), ..Default::default() },
+                    ForwardTuning { online_max: true, ..Default::default() },
                 ] {
                     let got = gpu_forward_tuned(gpu, &loss, &inputs, tuning);
                     assert_forward_close(&format!("{name} {} tau {tau} {tuning:?}", T::DTYPE), &got, &want, rel);

@@ -13,6 +13,9 @@ namespace ck {
 template <bool B> struct BoolConstant {
     static constexpr bool value = B;
 };
+template <int V> struct IntConstant {
+    static constexpr int value = V;
+};
 
 // A row's statistics over some columns, in base 2: sum = sum_j 2^(t_ij - m2) over the row's
 // denominator columns (m2 = -inf and sum = 0 when none was seen), pos_sum = sum of t_ij over its

@@ -16,6 +16,10 @@
 // The most splits of the column sweep (grid.y), which bounds the partials' scratch at
 // MAX_SPLITS x n x 16 bytes (contrastive_forward_merge: one thread per row, MERGE_THREADS below).
 #define CK_CONTRASTIVE_FORWARD_MAX_SPLITS 16
+// The symmetric forward's partials (contrastive_forward_sym_*: one 16-byte slot per row and group
+// of row blocks): the host takes the fewest row blocks per group whose slots fit this many bytes
+// (32 MiB: 32 groups at n = 65536; one row block per group below n = 16384).
+#define CK_CONTRASTIVE_FORWARD_SYM_PARTIAL_BYTES 33554432
 // Bytes of one column tile's prepared data (ck::ColumnStage: 64 pairs x 40 bytes), written by
 // contrastive_forward_columns, one block of FORWARD_COLS threads per tile.
 #define CK_CONTRASTIVE_FORWARD_COLUMN_TILE_BYTES 2560
@@ -101,6 +105,12 @@ typedef struct CkContrastiveForwardParams {
     int32_t* positives;           // |P(i)|
     float* partials;              // grid.y > 1: [grid.y][rows.count] x 4 f32 (m2, sum, pos_sum, pos_count)
     const void* columns;          // contrastive_forward_columns' output: column tiles, then prototype tiles
+    // contrastive_forward_sym_* only (0 elsewhere): the row blocks are cut into sym_groups groups of
+    // sym_group blocks; block x < sym_groups (sym_groups + 1) / 2 computes the tiles of one pair of
+    // groups (p <= q) on and above the diagonal, the blocks after it the prototype tiles of one row
+    // block each. partials: [sym_groups (+ 1 with prototypes)][rows.count], one slot per group.
+    int32_t sym_group;
+    int32_t sym_groups;
 } CkContrastiveForwardParams;
 
 // contrastive_forward_columns: every column tile's per-column data (scale, offset, ids, veto).

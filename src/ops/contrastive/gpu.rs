@@ -368,6 +368,22 @@ pub fn forward_splits(row_blocks: usize, tiles: usize, sms: usize, blocks_per_sm
     (1..=most).min_by_key(|&s| (cost(s), s)).unwrap_or(1)
 }
 
+/// The symmetric forward's groups (contrastive_forward_sym_*, self geometry): `(S, Q)`, Q groups of
+/// S row blocks each (the last may be short), for `row_blocks` row blocks of n rows and `centers`
+/// prototypes. Its partials take (Q + 1 with prototypes) x n x 16 bytes: the fewest row blocks
+/// per group that keep them within SYM_PARTIAL_BYTES, but never fewer than 23 groups (276 pairs of
+/// groups, a wave of 132 SMs x 2 blocks) where there are that many row blocks: above about
+/// n = 90,000 the partials grow past SYM_PARTIAL_BYTES (16 x 24 bytes per row) instead of the
+/// grid shrinking below a wave. One group per row block up to n = 16384.
+pub fn forward_sym_groups(n: usize, centers: usize) -> (usize, usize) {
+    const MIN_GROUPS: usize = 23;
+    let row_blocks = n.div_ceil(FORWARD_ROWS).max(1);
+    let by_memory = (params::FORWARD_SYM_PARTIAL_BYTES / (16 * n.max(1))).saturating_sub((centers > 0) as usize);
+    let groups = by_memory.max(MIN_GROUPS).clamp(1, row_blocks);
+    let per_group = row_blocks.div_ceil(groups);
+    (per_group, row_blocks.div_ceil(per_group))
+}
+
 /// Row blocks and column tiles (columns, then prototypes) of the forward's grid.
 fn forward_grid(n: usize, columns: usize, centers: usize) -> (usize, usize) {
     (n.div_ceil(FORWARD_ROWS).max(1), columns.div_ceil(params::FORWARD_COLS) + centers.div_ceil(params::FORWARD_COLS))
@@ -391,6 +407,12 @@ pub struct ForwardTuning {
     pub splits: Option<usize>,
     /// Use the online-max kernel even where the fixed offset is allowed.
     pub online_max: bool,
+    /// The self geometry's symmetric kernel where it applies (self geometry, fixed offset): `None`
+    /// wherever there are two row blocks or more, `Some(false)` never (the row sweep).
+    pub symmetric: Option<bool>,
+    /// Row blocks per group of the symmetric kernel (clamped to 1..=row blocks);
+    /// `None`: [`forward_sym_groups`].
+    pub sym_group: Option<usize>,
 }
 
 /// The forward on caller memory and stream. Returns the loss value: it waits for the stream once,
@@ -494,12 +516,27 @@ pub unsafe fn forward_raw_tuned(
     let per_anchor_p = per_anchor_scratch.as_ref().map_or(out.per_anchor, |s| ptr(s, stream));
     if n > 0 {
         let (row_blocks, tiles) = forward_grid(n, n_keys, n_centers);
-        let splits = match tuning.splits {
-            Some(s) => s.clamp(1, tiles.clamp(1, params::FORWARD_MAX_SPLITS)),
-            None => forward_splits(row_blocks, tiles, multiprocessors(gpu), forward_blocks_per_sm(r.dtype, aligned, fixed)),
+        // The self geometry's symmetric kernel (fixed offset only): tiles on and above the diagonal.
+        let symmetric = !pairwise && fixed && tuning.symmetric.unwrap_or(row_blocks >= 2);
+        let (sym_group, sym_groups) = match tuning.sym_group {
+            Some(s) => {
+                let s = s.clamp(1, row_blocks);
+                (s, row_blocks.div_ceil(s))
+            }
+            None => forward_sym_groups(n, n_centers),
         };
-        // [splits][n] x (m2, sum, pos_sum, count): at most MAX_SPLITS x 16 bytes per row.
-        let partials = if splits > 1 { Some(alloc_f32(stream, 4 * splits * n)?) } else { None };
+        let splits = if symmetric {
+            sym_groups + (n_centers > 0) as usize // one slot per group (and the prototypes')
+        } else {
+            match tuning.splits {
+                Some(s) => s.clamp(1, tiles.clamp(1, params::FORWARD_MAX_SPLITS)),
+                None => forward_splits(row_blocks, tiles, multiprocessors(gpu), forward_blocks_per_sm(r.dtype, aligned, fixed)),
+            }
+        };
+        let name = if symmetric { format!("contrastive_forward_sym_{}{}", r.dtype, if aligned { "" } else { "_unaligned" }) } else { name };
+        // [splits][n] x (m2, sum, pos_sum, count): at most MAX_SPLITS x 16 bytes per row (the
+        // symmetric kernel: one slot per group, forward_sym_groups).
+        let partials = if splits > 1 || symmetric { Some(alloc_f32(stream, 4 * splits * n)?) } else { None };
         let partials_p = partials.as_ref().map_or(0, |s| ptr(s, stream));
         // Every column tile's staged data, prepared once (COLUMN_TILE_BYTES per tile).
         let columns = alloc_f32(stream, tiles * params::FORWARD_COLUMN_TILE_BYTES / 4)?;
@@ -532,14 +569,19 @@ pub unsafe fn forward_raw_tuned(
             positives: out.positives,
             partials: partials_p,
             columns: columns_p,
+            sym_group: if symmetric { sym_group as i32 } else { 0 },
+            sym_groups: if symmetric { sym_groups as i32 } else { 0 },
         };
+        // The symmetric kernel: one block per pair of groups, then one per row block for the
+        // prototype tiles.
+        let pairs = sym_groups * (sym_groups + 1) / 2 + if n_centers > 0 { row_blocks } else { 0 };
         let cfg = LaunchConfig {
-            grid_dim: (row_blocks as u32, splits as u32, 1),
+            grid_dim: if symmetric { (pairs as u32, 1, 1) } else { (row_blocks as u32, splits as u32, 1) },
             block_dim: (FORWARD_THREADS as u32, 1, 1),
             shared_mem_bytes: 0,
         };
         gpu.launch(stream, MODULE, &name, cfg, &params)?;
-        if splits > 1 {
+        if splits > 1 || symmetric {
             let params = ContrastiveForwardMergeParams {
                 partials: partials_p,
                 role: r.role,
@@ -861,8 +903,10 @@ impl FusedBytes {
 /// The exact allocations of [`forward`] and [`backward`] (the safe API, `Upstream::Value`) for n
 /// feature rows, `keys` key rows (pairwise; `None` in the self geometry), `centers` prototypes and
 /// d features of `dtype`. O(n d), never O(n^2). The forward's split partials (n x 16 bytes per
-/// split, at most MAX_SPLITS splits) depend on the GPU and the kernel: counted here as the larger
-/// of its one- and two-blocks-per-SM choices on [`REFERENCE_SMS`] SMs, so at most what runs there.
+/// split, at most MAX_SPLITS splits) depend on the GPU, the kernel and the temperature: counted
+/// here as the largest of the row sweep's one- and two-blocks-per-SM choices on [`REFERENCE_SMS`]
+/// SMs and, in the self geometry, the symmetric kernel's slots ([`forward_sym_groups`]), so at
+/// most what runs there.
 pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtype: DType) -> FusedBytes {
     let f = 4usize;
     let buf = |elems: usize, size: usize| elems.max(1).saturating_mul(size);
@@ -874,7 +918,11 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
         .map(|&b| forward_splits(row_blocks, tiles, REFERENCE_SMS, b))
         .max()
         .unwrap_or(1);
-    let partials = if splits > 1 && n > 0 { 4 * f * splits * n } else { 0 };
+    let mut partials = if splits > 1 && n > 0 { 4 * f * splits * n } else { 0 };
+    if keys.is_none() && n > 0 {
+        let slots = forward_sym_groups(n, centers).1 + (centers > 0) as usize;
+        partials = partials.max(4 * f * slots * n);
+    }
     let columns = buf(tiles * params::FORWARD_COLUMN_TILE_BYTES / 4, f);
     // norms, first_empty, flags, split partials, prepared column tiles
     let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials + columns;
