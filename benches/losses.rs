@@ -2,7 +2,11 @@
 //! writing the n x n logits, masked log-softmax, backward through the materialized matrix), side by
 //! side in one run: InfoNCE / NT-Xent, SupCon and FIRM (self geometry, 2B rows = two views per
 //! sample), N in {1024, 4096, 8192, 32768}, D in {128, 512}, f16 and bf16, forward and
-//! forward+backward. Criterion ids: `losses/<loss>/<fused|unfused>/<fwd|fwd_bwd>/n<N>_d<D>_<dtype>`.
+//! forward+backward. Criterion ids: `losses/<loss>/<fused|unfused>/<fwd|fwd_bwd>/n<N>_d<D>_<dtype>`,
+//! and `losses/nt_xent/fused_rowsweep/fwd/...`: the fused forward without the self geometry's
+//! symmetry (every tile computed, as in the pairwise geometry), so one run measures what the
+//! symmetric kernel gains (the summary's `sym x` column, every loss: row-sweep time / symmetric
+//! time).
 //!
 //! Timing: CUDA events around whole calls of the device-buffer API (the forward reads back its
 //! input checks and the loss, as a training step would). A summary table follows the criterion
@@ -13,7 +17,7 @@
 //! fused path still runs.
 //!
 //! Without a usable GPU the bench prints one `losses bench skipped: ...` line and exits 0. Without
-//! libcublas it benches the fused path alone. The full grid is 192 criterion functions: give
+//! libcublas it benches the fused path alone. The full grid is 208 criterion functions: give
 //! scripts/gpu-run.sh a larger CK_BENCH_TIMEOUT, or pass a filter (e.g. `losses/nt_xent`).
 
 use std::sync::Arc;
@@ -23,7 +27,9 @@ use contrastive_kernels::bench::{
     calls_ms, fused_call, gib, median_call_us, mib, unfused_call, unfused_fits, BenchInputs, BenchLoss, DevicePeaks, Pass,
 };
 use contrastive_kernels::cudarc::driver::CudaStream;
-use contrastive_kernels::ops::contrastive::gpu::{extra_bytes as fused_extra_bytes, forward as forward_device};
+use contrastive_kernels::ops::contrastive::gpu::{
+    extra_bytes as fused_extra_bytes, forward as forward_device, forward_tuned, ForwardTuning,
+};
 use contrastive_kernels::ops::contrastive::unfused;
 use contrastive_kernels::{bf16, f16, DType, Error, FloatElement, Gpu};
 use criterion::measurement::WallTime;
@@ -61,6 +67,8 @@ struct SummaryRow {
     flops: f64,
     fused_us: f64,
     unfused_us: Option<f64>,
+    /// The forward without the symmetric kernel (fwd rows only).
+    rowsweep_us: Option<f64>,
     fused_bytes: usize,
     /// Peak extra bytes, or why the unfused path did not run.
     unfused: Result<usize, String>,
@@ -144,6 +152,11 @@ fn bench_case<T: FloatElement>(
         group.bench_function(id("fused"), |bencher| {
             bencher.iter_custom(|iters| time_calls(stream, iters, || fused_call(gpu, &loss, &view, pass)))
         });
+        let row_sweep = ForwardTuning { symmetric: Some(false), ..ForwardTuning::default() };
+        let rowsweep_call = || forward_tuned(gpu, &loss, &view, row_sweep).map(|out| out.loss);
+        if pass == Pass::Fwd && kind == BenchLoss::NtXent {
+            group.bench_function(id("fused_rowsweep"), |bencher| bencher.iter_custom(|iters| time_calls(stream, iters, rowsweep_call)));
+        }
         if unfused_ok.is_ok() {
             group.bench_function(id("unfused"), |bencher| {
                 bencher.iter_custom(|iters| time_calls(stream, iters, || unfused_call(gpu, &loss, &view, pass)))
@@ -159,8 +172,10 @@ fn bench_case<T: FloatElement>(
                 Pass::Fwd => (fused_bytes.forward, unfused_bytes.forward),
                 Pass::FwdBwd => (fused_bytes.peak(), unfused_bytes.peak()),
             };
+            let rowsweep_us =
+                if pass == Pass::Fwd { Some(median_call_us(stream, WARMUP_CALLS, SUMMARY_RUNS, rowsweep_call)?) } else { None };
             let unfused = unfused_ok.clone().map(|_| unfused_peak);
-            rows.push(SummaryRow { id: id("*"), flops, fused_us, unfused_us, fused_bytes: fused_peak, unfused });
+            rows.push(SummaryRow { id: id("*"), flops, fused_us, unfused_us, rowsweep_us, fused_bytes: fused_peak, unfused });
         }
     }
     gpu.synchronize()?;
@@ -185,12 +200,13 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
     println!("TFLOP/s convention (issue 3): 2*N*N*D per GEMM-equivalent; fwd = 1 GEMM-equivalent, fwd_bwd = 4 (2 forward-and-recompute, 2 for dZ)");
     println!("%peak: of {peak} TFLOP/s dense f16/bf16 (H100 SXM, DESIGN.md section 6); ratio = unfused time / fused time");
     println!("MiB: peak extra device memory beyond inputs and gradients (fused: O(n d); unfused: S f32 + G in T + O(n d))");
+    println!("sym x: the fused forward without the self geometry's symmetry (every tile) / with it (tiles on and above the diagonal)");
     if peaks.tensor_tflops.is_none() {
         println!("note: this device is not an H100/H200; %peak is still relative to the H100's figure");
     }
     println!(
-        "{:<36} {:>10} {:>11} {:>7} {:>8} {:>7} {:>8} {:>7} {:>9} {:>11}",
-        "case", "fused us", "unfused us", "ratio", "fused TF", "%peak", "unf. TF", "%peak", "fused MiB", "unfused MiB"
+        "{:<36} {:>10} {:>11} {:>7} {:>8} {:>7} {:>8} {:>7} {:>9} {:>11} {:>6}",
+        "case", "fused us", "unfused us", "ratio", "fused TF", "%peak", "unf. TF", "%peak", "fused MiB", "unfused MiB", "sym x"
     );
     for row in rows {
         let tf = |us: f64| row.flops / (us * 1e-6) / 1e12;
@@ -207,8 +223,9 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
             Ok(b) => format!("{:.1}", mib(*b)),
             Err(why) => format!("({why})"),
         };
+        let sym = row.rowsweep_us.map_or("-".into(), |us| format!("{:.2}", us / row.fused_us));
         println!(
-            "{:<36} {:>10.1} {:>11} {:>7} {:>8.1} {:>7} {:>8} {:>7} {:>9.1} {:>11}",
+            "{:<36} {:>10.1} {:>11} {:>7} {:>8.1} {:>7} {:>8} {:>7} {:>9.1} {:>11} {:>6}",
             row.id,
             row.fused_us,
             unf_us,
@@ -218,7 +235,8 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
             unf_tf,
             unf_pct,
             mib(row.fused_bytes),
-            unf_mem
+            unf_mem,
+            sym
         );
     }
 }

@@ -23,12 +23,11 @@
 // Every reduction has a fixed order (the quad's shuffles, the warps through shared memory, the
 // splits in order): bitwise repeatable. The saved LSE is in natural units.
 //
-// Not done: the self geometry's symmetry (only tiles on and above the diagonal, each serving its
-// rows and, through the transposed sums, its columns). The column sums of tile (I, J) belong to
-// the rows of block J, which another block owns; merging them deterministically needs a partial
-// per computed tile (n^2 / 256 tiles x 128 rows x 12 bytes: 200 MB at n = 65536, against this
-// path's few-MB scratch) or float atomics (order-dependent bits), and it holds only on the
-// fixed-offset path (a row's and a column's online maxima differ).
+// The self geometry on the fixed-offset path runs contrastive_forward_sym instead (below): only
+// the tiles on and above the diagonal, each serving its rows and, by its column sums, its columns
+// (about half the MMAs and exponentials), still deterministic: the row blocks are grouped, and
+// each (group, row) slot of the partials is added to by one block in a fixed order. The online
+// path (small tau) keeps the row sweep: a row's and a column's running maxima differ.
 //
 // The host reduces the per-anchor losses (weights, mean / sum, OECL's norm penalty) with
 // contrastive_reduce below, also in a fixed order.
@@ -371,19 +370,22 @@ template <class Cfg, int ROWS> __device__ __forceinline__ void rows_to_shared(Ls
 // group order. The diagonal tile (I, I) is folded as a row tile only (with its diagonal left out).
 // Per tile, each thread sums its rows' column terms and the warp's 8 row groups add them by a
 // fixed butterfly; the warps meet in shared memory. Prototype tiles have no transposed twin: the
-// blocks after the pairs sweep them by row block (forward_row_sweep) into slot Q.
+// blocks after the pairs sweep them by row block, rows only, into the last slot. The host sizes
+// the groups (ops::contrastive::gpu::forward_sym_groups): one row block per group up to
+// n = 16384 (2080 single-tile blocks at n = 8192), the slots within 32 MiB above.
 //
 // Masks: a pair (i, j) counts for row i when j is a denominator column and for row j when i is
 // one; both are denominators whenever the sum is used (an anchor is one), so the one mask
 // "both" serves the two sides: column j's by its bias (-inf), row i's by a predicated add of the
-// column sums. Positives: ((key_i ^ key_j) | veto_i | veto_j) == 0 or label_i == label_j, with
-// -3 (rows) / -2 (columns) for "no label or not a denominator": symmetric in i and j.
+// column sums. Positives: ((key_i ^ key_j) | veto_j) == 0 and i a denominator, or label_i ==
+// label_j, with -3 (rows) / -2 (columns) for "no label or not a denominator": symmetric in i and j.
 
-// A thread's rows of a symmetric tile: the row factor, the ids and the veto word (~0: not a
-// denominator: past the end, NormPenaltyOnly).
+// A thread's rows of a symmetric tile: the row factor, the ids, and whether the row is a
+// denominator (not past the end, not NormPenaltyOnly): a predicate, folded into the compares.
 template <class Cfg, int ROWS> struct SymRows {
     float rinv[ROWS];
-    int key[ROWS], label[ROWS], veto[ROWS];
+    int key[ROWS], label[ROWS];
+    bool den[ROWS];
     __device__ __forceinline__ explicit SymRows(const RowKeys* rows) {
 #pragma unroll
         for (int slot = 0; slot < ROWS; ++slot) {
@@ -391,7 +393,7 @@ template <class Cfg, int ROWS> struct SymRows {
             rinv[slot] = k.rinv;
             key[slot] = k.key;
             label[slot] = k.label;
-            veto[slot] = k.unused;
+            den[slot] = k.unused == 0;
         }
     }
 };
@@ -415,8 +417,10 @@ __device__ __forceinline__ void fold_symmetric(Lse2 (&stats)[ROWS], const float 
                     const float x = fmaf(acc[mi][ni][half * 2 + e] * r.rinv[slot], c.cscale[e], c.bias[e]);
                     const float ex = ex2_approx(x);
                     stats[slot].sum += ex;
-                    if (r.veto[slot] == 0) csum[e] += ex;  // a predicated add
-                    const bool pos = ((r.key[slot] ^ c.key[e]) | r.veto[slot] | c.veto[e]) == 0 || r.label[slot] == c.label[e];
+                    if (r.den[slot]) csum[e] += ex;  // a predicated add
+                    // A row outside the denominators is no positive on either side (its own sums
+                    // are never read); its label key never equals a column's.
+                    const bool pos = (((r.key[slot] ^ c.key[e]) | c.veto[e]) == 0 && r.den[slot]) || r.label[slot] == c.label[e];
                     if (pos) {  // predicated adds
                         stats[slot].pos_sum += x;
                         stats[slot].pos_count += 1.f;
@@ -576,7 +580,7 @@ template <typename T, bool ALIGNED> __device__ void contrastive_forward_sym(cons
 }
 
 // The splits' partials of each row merged in split order (fixed: bitwise repeatable), then the
-// outputs. One thread per row.
+// outputs (the symmetric kernel's group slots likewise, in group order). One thread per row.
 __device__ void contrastive_forward_merge(const CkContrastiveForwardMergeParams& p) {
     const int row = blockIdx.x * blockDim.x + threadIdx.x;
     if (row >= p.n) return;

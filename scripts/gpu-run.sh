@@ -46,7 +46,7 @@
 # CK_SANITIZE (runs as "binary:test,test ..."; empty: no sanitizer); CK_SANITIZER_TIMEOUT (30 per
 # run); CK_SANITIZER_BUDGET (120); CK_BENCHES (bench names in order; default similarity topk losses,
 # then the others); CK_BENCH_TIMEOUT (one cap for every bench; default similarity 35, topk 70,
-# losses 85, others 45); CK_BENCH_ARGS (criterion arguments, default "--warm-up-time 0.5
+# losses 90, others 45); CK_BENCH_ARGS (criterion arguments, default "--warm-up-time 0.5
 # --measurement-time 2"; empty for criterion's defaults); criterion filters CK_SIMILARITY_FILTER
 # ("d128"), CK_LOSSES_FILTER ("n8192_d128"), CK_TOPK_FILTER ("nb1000000_d512_k(50|1000)$"), empty
 # for every shape (the benches' summary tables always cover every shape); CK_PARITY_TIMEOUT (60),
@@ -629,7 +629,7 @@ bench_cap() { # name -> its cap in seconds
   case "$1" in
     similarity) echo 35 ;;
     topk) echo 70 ;;
-    losses) echo 85 ;;
+    losses) echo 90 ;;
     *) echo 45 ;;
   esac
 }

@@ -949,6 +949,29 @@ fn gpu_forward_temperatures_fixed_and_online_offsets() {
     check::<f32>(&gpu, &x64, &instance, &label, 1e-4);
 }
 
+/// The symmetric forward's groups (S row blocks per group, Q groups): one row block per group while
+/// the Q x n x 16-byte slots fit 32 MiB (n <= 16384), then the fewest blocks per group that fit,
+/// but never fewer than 23 groups (a wave of pairs) where there are that many row blocks.
+#[test]
+fn forward_sym_groups_bound_the_partials() {
+    use contrastive_kernels::ops::contrastive::gpu::forward_sym_groups;
+    assert_eq!(forward_sym_groups(8192, 0), (1, 64)); // 2080 pairs, 8 MiB
+    assert_eq!(forward_sym_groups(16384, 0), (1, 128)); // 32 MiB exactly
+    assert_eq!(forward_sym_groups(16384, 3), (2, 64)); // the prototypes' slot makes 129: over
+    assert_eq!(forward_sym_groups(65536, 0), (16, 32)); // 528 pairs, 32 MiB
+    assert_eq!(forward_sym_groups(32768, 0), (4, 64));
+    assert_eq!(forward_sym_groups(1 << 20, 0), (357, 23)); // 8192 row blocks: 23 groups, 368 MiB
+    assert_eq!(forward_sym_groups(300, 0), (1, 3));
+    assert_eq!(forward_sym_groups(1, 0), (1, 1));
+    for n in [1usize, 129, 1000, 8192, 12345, 65536, 100_000, 300_000] {
+        let (s, q) = forward_sym_groups(n, 0);
+        let row_blocks = n.div_ceil(128);
+        assert!(s >= 1 && (q - 1) * s < row_blocks && q * s >= row_blocks, "n = {n}: {s} x {q}");
+        assert!(q >= 23.min(row_blocks), "n = {n}: {q} groups");
+        assert!(q * n * 16 <= 32 << 20 || q <= 23, "n = {n}: {} MiB", (q * n * 16) >> 20);
+    }
+}
+
 /// The column-split choice: whole waves where the grid is short of one (DESIGN.md section 6's
 /// bench shapes on 132 SMs), none where row blocks already fill the waves, at most the tile count.
 #[test]

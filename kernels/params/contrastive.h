@@ -103,7 +103,7 @@ typedef struct CkContrastiveForwardParams {
     float* per_anchor;            // L_i, 0 for non-anchors and anchors without positives
     float* lse;                   // LSE over A(i); -inf for rows outside the matrix
     int32_t* positives;           // |P(i)|
-    float* partials;              // grid.y > 1: [grid.y][rows.count] x 4 f32 (m2, sum, pos_sum, pos_count)
+    float* partials;              // grid.y > 1 (or the symmetric kernel, below): [slot][rows.count] x 4 f32 (m2, sum, pos_sum, pos_count)
     const void* columns;          // contrastive_forward_columns' output: column tiles, then prototype tiles
     // contrastive_forward_sym_* only (0 elsewhere): the row blocks are cut into sym_groups groups of
     // sym_group blocks; block x < sym_groups (sym_groups + 1) / 2 computes the tiles of one pair of

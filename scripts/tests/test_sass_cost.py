@@ -333,6 +333,17 @@ class Schedules(unittest.TestCase):
         self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16", tile), (256, 16))
         self.assertEqual(sc.forward_schedule(8192, 128, h, "contrastive_forward_bf16_online", tile), (128, 32))
 
+    def test_forward_symmetric(self):
+        # The values tests/contrastive.rs' forward_sym_groups_bound_the_partials checks on the Rust side.
+        h = {"CONTRASTIVE_FORWARD_ROWS": 128, "CONTRASTIVE_FORWARD_SYM_PARTIAL_BYTES": 33554432}
+        for n, centers, want in [(8192, 0, (1, 64)), (16384, 0, (1, 128)), (16384, 3, (2, 64)), (65536, 0, (16, 32)),
+                                 (32768, 0, (4, 64)), (1 << 20, 0, (357, 23)), (300, 0, (1, 3)), (1, 0, (1, 1))]:
+            self.assertEqual(sc.forward_sym_groups(n, h, centers), want, n)
+        tile = sc.Tile("T", 128, 128, 32, 4, 2)
+        # One CTA per pair of groups, S x S tiles each: 2080 single tiles at n = 8192, 528 of 256 at 65536.
+        self.assertEqual(sc.forward_sym_schedule(8192, 128, h, "contrastive_forward_sym_bf16", tile), (2080, 1))
+        self.assertEqual(sc.forward_sym_schedule(65536, 512, h, "contrastive_forward_sym_bf16", tile), (528, 256))
+
     H = {"CONTRASTIVE_BACKWARD_ROWS": 64,
          "CONTRASTIVE_BACKWARD_WARP_D_HALF": 128, "CONTRASTIVE_BACKWARD_WARP_D_F32": 64,
          "CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF": 4, "CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER": 2,
@@ -413,8 +424,29 @@ class Targets(unittest.TestCase):
         self.assertEqual(rows["contrastive_forward_bf16: MUFU / logit"], True)
         self.assertEqual(rows["contrastive_backward_bf16_g1: MUFU / logit"], False)
         self.assertEqual(rows["contrastive_backward_bf16_g1: CTAs / SM"], False)
-        self.assertEqual(rows["forward + backward % of 989 TFLOP/s, N = 8192, D = 128"], True)
+        self.assertEqual(
+            rows["contrastive_forward_bf16 + contrastive_backward_bf16_g1: forward + backward % of 989 TFLOP/s, "
+                 "N = 8192, D = 128"], True)
         self.assertEqual(len(rows), 7)
+        # A symmetric forward (half the logits computed, each serving two): its per-logit figures
+        # also per logit of the n x n matrix, and its pair with the backward is a target too.
+        costs.append(cost("contrastive_forward_sym_bf16", 1600, 64, 2))  # 25 / logit, 1 MUFU
+        sym = sc.ShapeEstimate("contrastive_forward_sym_bf16", 8192, 128, 2080, 8, 0.985, 1024, 100.0, 51.0,
+                               1e-6, 1e-6, 1e-6, 1e-6)
+        estimates[("contrastive_forward_sym_bf16", 8192, 128)] = sym
+        pairs.append({"kernel": "contrastive_forward_sym_bf16 + contrastive_backward_bf16_g1", "n": 8192, "d": 128,
+                      "percent_of_peak": 30.0})
+        rows = {what: met for what, _, _, met in sc.target_checks(costs, estimates, pairs)}
+        self.assertEqual(rows["contrastive_forward_sym_bf16: epilogue instructions / logit"], False)  # 25
+        self.assertEqual(rows["contrastive_forward_sym_bf16: epilogue instructions / logit of the n x n matrix "
+                              "(x 0.51 computed), N = 8192"], False)  # 12.75
+        self.assertEqual(rows["contrastive_forward_sym_bf16: MUFU / logit of the n x n matrix, N = 8192"], True)
+        self.assertEqual(
+            rows["contrastive_forward_sym_bf16 + contrastive_backward_bf16_g1: forward + backward % of 989 TFLOP/s, "
+                 "N = 8192, D = 128"], False)
+        costs.pop()
+        del estimates[("contrastive_forward_sym_bf16", 8192, 128)]
+        pairs.pop()
         costs[1].arms = {"hot": (11.0, 1.0), "cold": (16.5, 2.0)}
         rows = {what: met for what, _, _, met in sc.target_checks(costs, estimates, pairs)}
         self.assertEqual(rows["contrastive_backward_bf16_g1: one-exponential path's own instructions / logit"], True)
