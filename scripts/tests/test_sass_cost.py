@@ -520,6 +520,14 @@ ptxas info    : Function properties for $__internal_0_$__cuda_sm3x_div_rn_noftz_
             return sc.smem_wavefronts(sc.Instr(0, "", op, ""))
         self.assertEqual([w("LDSM.16.M88.4"), w("LDSM.16.MT88.2"), w("LDS"), w("LDS.64"), w("LDS.128"),
                           w("LDGSTS.E.BYPASS.128"), w("FADD")], [4, 2, 1, 2, 4, 4, 0])
+        # The floor: a (possibly broadcast) LDS / STS takes one wavefront; ldmatrix and cp.async do not shrink.
+        def w_min(op):
+            return sc.smem_wavefronts_min(sc.Instr(0, "", op, ""))
+        self.assertEqual([w_min("LDSM.16.M88.4"), w_min("LDS.128"), w_min("LDS.64"), w_min("STS.128"), w_min("LDS"),
+                          w_min("LDGSTS.E.BYPASS.128"), w_min("FADD")], [4, 1, 1, 1, 1, 4, 0])
+        code = [sc.Instr(0, "", "LDS.128", ""), sc.Instr(16, "", "LDSM.16.M88.4", ""), sc.Instr(32, "", "STS.64", "")]
+        c = sc.count(code, "HMMA")
+        self.assertEqual((c.smem_wavefronts, c.smem_wavefronts_min), (10, 6))
         self.assertEqual(sc.mma_flops(sc.Instr(0, "", "HMMA.16816.F32.BF16", "")), 4096)
         self.assertEqual(sc.mma_flops(sc.Instr(0, "", "HMMA.1688.F32.TF32", "")), 2048)
         self.assertEqual(sc.mma_flops(sc.Instr(0, "", "HGMMA.64x128x16.F32.BF16", "")), 2 * 64 * 128 * 16 // 4)
