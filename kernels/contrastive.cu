@@ -654,9 +654,14 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // carries w_j = 2^e_j / max(|x_j|, eps) that makes it u_j, so its rounding error stays along u_j.
 // The raw rows x_j would be as exact with 1 / max(|x_j|, eps) in H, but that scalar ranges with
 // the norms, and H in f16 (at most 2^14 after sigma) would then overflow or sink into f16's
-// subnormals for rows far from unit norm; the packed rows keep H's range fixed. So the other
-// side's rows are read twice per tile (raw for S in BK stages, packed for H U): an O(n d) extra
-// pass, against the n^2 d products. No n x n matrix, no atomics, fixed orders: deterministic.
+// subnormals for rows far from unit norm; the packed rows keep H's range fixed. Aligned f16 /
+// bf16 at G = 1 (d <= 128) multiplies S from the packed rows as well, both sides resident in
+// shared memory for the whole d (BackwardTraits::RESIDENT): products of x / 2^e are the raw ones
+// scaled by 2^(e_i + e_j), exactly, and the logit factors carry the 2^e (w_i, 2^e_j cscale_j), so
+// the logits come out as the forward's (scaling by a power of two commutes with f32 rounding; only
+// values at the edge of f32's normal range could differ), and each tile reads the other rows once. Elsewhere the other side's rows are read twice per tile (raw for S in BK
+// stages, packed for H U): an O(n d) extra pass, against the n^2 d products. No n x n matrix, no
+// atomics, fixed orders: deterministic.
 // Two GEMM-equivalents per pass when the chunk covers d (before: one logit tile per 128 columns
 // of d, five GEMM-equivalents at d = 512).
 //
@@ -710,6 +715,13 @@ template <typename T, int G> struct BackwardTraits {
     // f16 / bf16 at G = 2, 4: the logit tile split over k (bwd::SplitKTile; sweep_other: aligned
     // only at G = 2); Cfg then names the stages and loads.
     static constexpr bool SPLIT_K = E == 2 && G > 1;
+    // f16 / bf16 at G = 1 (aligned; sweep_other): the logit tile from the packed rows, both sides
+    // resident in shared memory for the whole chunk of d (the own rows once per sweep, in the
+    // stages' space; the other side's chunk is H U's operand anyway): each tile's other rows are
+    // read from memory once instead of twice, and the k-loop has no copies or barriers.
+    static constexpr bool RESIDENT = E == 2 && G == 1;
+    using ResidentCfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E, CHUNK_STRIDE>;
+    static_assert(!RESIDENT || Cfg::BM * CHUNK_STRIDE <= Cfg::SMEM_ELEMS, "the own rows fit the stages' space");
     using Split = bwd::SplitKTile<G == 4 ? 4 : 2>;
     // This thread's warp in H U.
     static __device__ __forceinline__ int u_warp_m() { return (int)(threadIdx.x / 32) / U_WARPS_D; }
@@ -767,8 +779,16 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     using Cfg = typename Tr::Cfg;
     const float m2 = inv_tau * kLog2e;
     const int mode = bwd::sweep_mode(m2);
+    constexpr bool RESIDENT = Tr::RESIDENT && ALIGNED;
     // Published by the first tile's barriers; the previous sweep's last barrier freed sh.rows.
-    for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS) sh.rows[r] = bwd::load_row(own, other, row0 + r, mode, inv_tau, m2);
+    for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS)
+        sh.rows[r] = bwd::load_row<RESIDENT>(own, other, row0 + r, mode, inv_tau, m2);
+    T* own_rows = sh.stages;  // RESIDENT: the own packed rows [BM][CHUNK_STRIDE], for the whole sweep
+    if (RESIDENT && col_begin < col_end) {  // waited for with the first tile's copies (none: no copy)
+        bwd::load_rows_async<Cfg::BM, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(own_rows, static_cast<const T*>(own.u), own.count, dp,
+                                                                              row0, dc0);
+        cp_async_commit();
+    }
     const int diagonal_col0 = exclude_self ? row0 : -1;  // the tile holding the diagonal, if any
     const T* own_x = static_cast<const T*>(own.x);
     const T* other_x = static_cast<const T*>(other.x);
@@ -789,14 +809,18 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         } else {
             load_tile_sync<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
         }
-        bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, own, other, col0, mode, inv_tau, m2);
+        bwd::stage_columns<Cfg::BN, Cfg::THREADS, RESIDENT>(sh.cols, own, other, col0, mode, inv_tau, m2);
         // S once per tile for the whole d (one chunk when G WARP_D >= d).
-        if constexpr (SPLIT_K)
+        if constexpr (RESIDENT) {
+            cp_async_wait<0>();
+            __syncthreads();  // the rows (own: first tile) and the staged columns are in
+            mma_resident_tile<typename Tr::ResidentCfg>(acc, own_rows, sh.other, d);
+        } else if constexpr (SPLIT_K)
             bwd::split_k_block_tile<Cfg, typename Tr::Split, ALIGNED>(acc, sh.red, sh.stages, own_x, other_x, own.count, other.count, d, row0,
                                                   col0);
         else
             mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
-        if (d == 0) {
+        if (!RESIDENT && d == 0) {
             cp_async_wait<0>();
             __syncthreads();  // otherwise mma_block_tile's barriers publish the staged columns and sh.other
         }

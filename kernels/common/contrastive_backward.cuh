@@ -66,7 +66,9 @@ static_assert(sizeof(Row) == 32, "two 16-byte loads");
 
 // Stages the data of columns [col0, col0 + BN) of `other` (threads of the block, one column each).
 // The caller's barrier publishes it.
-template <int BN, int THREADS>
+// PACKED: the logit tile was multiplied from the packed rows x / 2^e (exact): the logit factors
+// carry 2^e (rinv -> w, cscale -> 2^e cscale, both exact), so t comes out bitwise the same.
+template <int BN, int THREADS, bool PACKED = false>
 __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& own, const CkGradSide& other, int col0,
                                               int mode, float inv_tau, float m2) {
     for (int c = threadIdx.x; c < BN; c += THREADS) {
@@ -74,9 +76,10 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
         Column k{0.f, 0.f, 0.f, 0.f, -1, -1, 0.f, m2};
         if (col < other.count && !(other.role != nullptr && other.role[col] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) {
             const float denom = norm_denominator(other.norms[col]);
-            k.rinv = logit_row_inverse(other.norms[col]);
+            const float rinv = logit_row_inverse(other.norms[col]);
+            k.w = pow2_floor(denom) * rinv;
+            k.rinv = PACKED ? k.w : rinv;
             k.cscale = logit_scale(k.rinv, inv_tau);
-            k.w = pow2_floor(denom) * k.rinv;
             if (other.instance == nullptr) {
                 k.key = col;  // prototype columns: a row's own prototype is its positive
             } else if (own.instance == nullptr) {
@@ -97,11 +100,14 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
 }
 
 // An own row's data for a sweep over `other` (its positive key depends on the other side).
+// PACKED: as stage_columns'.
+template <bool PACKED = false>
 __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide& other, int row, int mode,
                                         float inv_tau, float m2) {
     Row r{0.f, 0.f, 0.f, 0.f, m2, INT_MIN, INT_MIN, 0};
     if (row >= own.count || (own.role != nullptr && own.role[row] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) return r;
     r.rinv = logit_row_inverse(own.norms[row]);
+    if (PACKED) r.rinv *= pow2_floor(norm_denominator(own.norms[row]));
     r.cscale = logit_scale(r.rinv, inv_tau);
     if (own.instance == nullptr) {
         r.key = row;  // a prototype: positive of the anchors whose proto_of names it

@@ -344,6 +344,23 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[MI_][NI_][4], T* sme
     } while (++kt < k_tiles);
 }
 
+// The k-loop over operands already resident in shared memory, "rows" [BM][SMEM_STRIDE] and
+// [BN][SMEM_STRIDE] (Cfg's stride, wider than BK), zero from d to a multiple of BK: the engine over
+// BK-wide slices, with no copies and no barriers (the caller's barrier publishes the operands).
+// acc = A B^T over [0, ceil(d / BK) BK).
+template <class Cfg, typename T, class Engine = typename EngineFor<T>::type>
+__device__ __forceinline__ void mma_resident_tile(float (&acc)[Cfg::MI][Cfg::NI][4], const T* sA, const T* sB, int d) {
+#pragma unroll
+    for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < Cfg::NI; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+    const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
+#pragma unroll 1
+    for (int kt = 0; kt < k_tiles; ++kt) Engine::template stage<Cfg, false, false>(acc, sA + kt * Cfg::BK, sB + kt * Cfg::BK);
+}
+
 // Calls f(row, col, v0, v1) for each pair of horizontally adjacent accumulators (col, col + 1) of
 // this thread, in block-tile coordinates; the epilogue decides what bounds and stores mean.
 template <class Cfg, typename F>

@@ -20,7 +20,10 @@ struct Fragment {
 // ELEM_BYTES = 4 is the f32 form of the same tile: the FFMA engine (tile.cuh) computes, on CUDA
 // cores, the very accumulator elements the tensor-core fragments would hold, so every epilogue
 // written against acc_row / acc_col serves f32 unchanged.
-template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_, int ELEM_BYTES_ = 2>
+// STRIDE_: the shared rows' stride in elements, by default BK + 16 bytes of padding; a wider one
+// describes operands resident in shared memory for the whole d (mma_resident_tile), read BK at a
+// time.
+template <int BM_, int BN_, int BK_, int WARPS_M_, int WARPS_N_, int ELEM_BYTES_ = 2, int STRIDE_ = BK_ + 16 / ELEM_BYTES_>
 struct MmaTileConfig {
     static constexpr int BM = BM_, BN = BN_, BK = BK_;
     static constexpr int WARPS_M = WARPS_M_, WARPS_N = WARPS_N_;
@@ -34,7 +37,9 @@ struct MmaTileConfig {
     // Shared rows are padded by 16 bytes: 8 consecutive rows then start in 8 distinct 16-byte bank
     // groups, so every ldmatrix phase is conflict-free (and the f32 FFMA reads of 8 rows hit 8
     // distinct banks), and cp.async stays 16-B aligned.
-    static constexpr int SMEM_STRIDE = BK + 16 / ELEM_BYTES;
+    static constexpr int SMEM_STRIDE = STRIDE_;
+    static_assert(STRIDE_ >= BK && (STRIDE_ * ELEM_BYTES) % 16 == 0 && (STRIDE_ * ELEM_BYTES / 16) % 2 == 1,
+                  "rows 16-byte aligned, an odd number of 16-byte groups apart (conflict-free ldmatrix)");
     static constexpr int SMEM_ELEMS_A = BM * SMEM_STRIDE;
     static constexpr int SMEM_ELEMS_B = BN * SMEM_STRIDE;
     static constexpr int SMEM_ELEMS = STAGES * (SMEM_ELEMS_A + SMEM_ELEMS_B);
