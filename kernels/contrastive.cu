@@ -715,13 +715,16 @@ template <typename T, int G> struct BackwardTraits {
     // f16 / bf16 at G = 2, 4: the logit tile split over k (bwd::SplitKTile; sweep_other: aligned
     // only at G = 2); Cfg then names the stages and loads.
     static constexpr bool SPLIT_K = E == 2 && G > 1;
-    // f16 / bf16 at G = 1 (aligned; sweep_other): the logit tile from the packed rows, both sides
-    // resident in shared memory for the whole chunk of d (the own rows once per sweep, in the
-    // stages' space; the other side's chunk is H U's operand anyway): each tile's other rows are
-    // read from memory once instead of twice, and the k-loop has no copies or barriers.
-    static constexpr bool RESIDENT = E == 2 && G == 1;
+    // f16 / bf16 at G = 1 and 4 (aligned, one chunk: d <= 128 G; sweep_other): the logit tile from
+    // the packed rows, both sides resident in shared memory for the whole chunk of d (the own rows
+    // once per sweep, in the stages' space, widened at G = 4; the other side's chunk is H U's
+    // operand anyway): each tile's other rows are read from memory once instead of twice, and the
+    // k-loop has no copies or barriers. (G = 2 keeps the stages: the `_unaligned` kernel shares
+    // its shared-memory layout, and no bench shape takes it.)
+    static constexpr bool RESIDENT = E == 2 && (G == 1 || G == 4);
     using ResidentCfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E, CHUNK_STRIDE>;
-    static_assert(!RESIDENT || Cfg::BM * CHUNK_STRIDE <= Cfg::SMEM_ELEMS, "the own rows fit the stages' space");
+    // The stages' space, or the resident own rows where they are larger.
+    static constexpr int STAGE_ELEMS = RESIDENT && Cfg::BM * CHUNK_STRIDE > Cfg::SMEM_ELEMS ? Cfg::BM * CHUNK_STRIDE : Cfg::SMEM_ELEMS;
     using Split = bwd::SplitKTile<G == 4 ? 4 : 2>;
     // This thread's warp in H U.
     static __device__ __forceinline__ int u_warp_m() { return (int)(threadIdx.x / 32) / U_WARPS_D; }
@@ -737,7 +740,7 @@ template <class Split> struct SplitKScratch<true, Split> {
 template <typename T, int G>
 struct BackwardShared : SplitKScratch<BackwardTraits<T, G>::SPLIT_K, typename BackwardTraits<T, G>::Split> {
     using Tr = BackwardTraits<T, G>;
-    T stages[Tr::Cfg::SMEM_ELEMS];
+    T stages[Tr::STAGE_ELEMS];
     T other[Tr::Cfg::BN * Tr::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
     T h[Tr::Cfg::BM * Tr::H_STRIDE];          // H of the tile (f32 for the FFMA engine)
     bwd::Column cols[Tr::Cfg::BN];            // the tile's per-column data
@@ -814,7 +817,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         if constexpr (RESIDENT) {
             cp_async_wait<0>();
             __syncthreads();  // the rows (own: first tile) and the staged columns are in
-            mma_resident_tile<typename Tr::ResidentCfg>(acc, own_rows, sh.other, d);
+            if constexpr (SPLIT_K) bwd::split_k_resident_tile<typename Tr::ResidentCfg, typename Tr::Split>(acc, sh.red, own_rows, sh.other, d);
+            else mma_resident_tile<typename Tr::ResidentCfg>(acc, own_rows, sh.other, d);
         } else if constexpr (SPLIT_K)
             bwd::split_k_block_tile<Cfg, typename Tr::Split, ALIGNED>(acc, sh.red, sh.stages, own_x, other_x, own.count, other.count, d, row0,
                                                   col0);

@@ -275,6 +275,9 @@ template <class Split> struct SplitKEngine {
 // out (Split's view). red: Split::RED_FLOATS floats of shared memory. Its barriers publish what the
 // caller staged before it (as mma_block_tile's do); red is free again after the caller's next
 // barrier.
+template <class Split>
+__device__ __forceinline__ void split_k_reduce(float (&out)[1][Split::NI][4], const float (&acc)[2][Split::NI][4], float* red);
+
 template <class Cfg, class Split, bool ALIGNED, typename T>
 __device__ __forceinline__ void split_k_block_tile(float (&out)[1][Split::NI][4], float* red, T* smem,
                                                    const T* __restrict__ A, const T* __restrict__ B, int m, int n, int d,
@@ -282,9 +285,28 @@ __device__ __forceinline__ void split_k_block_tile(float (&out)[1][Split::NI][4]
     static_assert(sizeof(T) == 2 && Cfg::THREADS == 2 * Split::HALF_WARPS * 32 && Cfg::BM == 64 && Cfg::BN == 64 &&
                       Cfg::BK % 32 == 0,
                   "two k-halves of 2 x WN warps of 32 x 64 / WN");
-    constexpr int NI = Split::NI;
-    float acc[2][NI][4];
+    float acc[2][Split::NI][4];
     mma_block_tile<Cfg, ALIGNED, false, false, T, SplitKEngine<Split>>(acc, smem, A, B, m, n, d, row0, col0);
+    split_k_reduce<Split>(out, acc, red);
+}
+
+// The same over operands resident in shared memory (Cfg's stride; tile.cuh's mma_resident_tile):
+// the caller's barrier publishes them, and red is free (the caller's previous tile ended with one).
+template <class Cfg, class Split, typename T>
+__device__ __forceinline__ void split_k_resident_tile(float (&out)[1][Split::NI][4], float* red, const T* sA, const T* sB, int d) {
+    static_assert(sizeof(T) == 2 && Cfg::THREADS == 2 * Split::HALF_WARPS * 32 && Cfg::BM == 64 && Cfg::BN == 64 &&
+                      Cfg::BK % 32 == 0,
+                  "two k-halves of 2 x WN warps of 32 x 64 / WN");
+    float acc[2][Split::NI][4];
+    mma_resident_tile<Cfg, T, SplitKEngine<Split>>(acc, sA, sB, d);
+    split_k_reduce<Split>(out, acc, red);
+}
+
+// The two k-halves' partial tiles added through shared memory (red: Split::RED_FLOATS floats):
+// each warp keeps m16 fragment q of its piece and hands the other to its partner.
+template <class Split>
+__device__ __forceinline__ void split_k_reduce(float (&out)[1][Split::NI][4], const float (&acc)[2][Split::NI][4], float* red) {
+    constexpr int NI = Split::NI;
     // Selects, not acc[q] (a runtime index would put acc in local memory).
     const int lane = threadIdx.x % 32, q = Split::half(), w = Split::warp() % Split::HALF_WARPS;
     float4* mine = reinterpret_cast<float4*>(red) + ((q * Split::HALF_WARPS + w) * NI) * 32 + lane;

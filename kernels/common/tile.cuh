@@ -348,12 +348,13 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[MI_][NI_][4], T* sme
 // [BN][SMEM_STRIDE] (Cfg's stride, wider than BK), zero from d to a multiple of BK: the engine over
 // BK-wide slices, with no copies and no barriers (the caller's barrier publishes the operands).
 // acc = A B^T over [0, ceil(d / BK) BK).
-template <class Cfg, typename T, class Engine = typename EngineFor<T>::type>
-__device__ __forceinline__ void mma_resident_tile(float (&acc)[Cfg::MI][Cfg::NI][4], const T* sA, const T* sB, int d) {
+// An engine with its own warp layout brings its MI_ x NI_ (as mma_block_tile's).
+template <class Cfg, typename T, class Engine = typename EngineFor<T>::type, int MI_ = Cfg::MI, int NI_ = Cfg::NI>
+__device__ __forceinline__ void mma_resident_tile(float (&acc)[MI_][NI_][4], const T* sA, const T* sB, int d) {
 #pragma unroll
-    for (int mi = 0; mi < Cfg::MI; ++mi)
+    for (int mi = 0; mi < MI_; ++mi)
 #pragma unroll
-        for (int ni = 0; ni < Cfg::NI; ++ni)
+        for (int ni = 0; ni < NI_; ++ni)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
     const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;

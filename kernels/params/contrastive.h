@@ -47,11 +47,12 @@
 #define CK_CONTRASTIVE_MERGE_THREADS 256
 #define CK_CONTRASTIVE_MERGE_MAX_BLOCKS 1024
 // Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
-// logit tile's two stages, the other side's packed rows (64 x G WARP_D), H (64 x 64), the
-// tile's per-column and per-row data, and (f16 / bf16, G = 2, 4) the split-k logit tile's 16 KB.
+// logit tile's two stages (f16 / bf16 at G = 1 and 4: or the own packed rows resident for the
+// sweep, 64 x G WARP_D, where larger), the other side's packed rows (64 x G WARP_D), H (64 x 64),
+// the tile's per-column and per-row data, and (f16 / bf16, G = 2, 4) the split-k logit tile's 16 KB.
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 51200
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 83968
-#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 133120
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 162816
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 59392
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2 75776
 // The one-warp-per-row kernels (pack, norm penalty backward).
