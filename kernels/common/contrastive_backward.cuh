@@ -55,11 +55,13 @@ static_assert(sizeof(Column) == 32, "two 16-byte loads");
 
 // An own row's data for one sweep, staged in shared memory at the sweep's start and read per tile
 // (registers are the scarce resource: the block's gradient accumulators fill half the file).
+// The one-exponential path reads the first 20 bytes (rinv, coef, coef_b, key; label).
 struct Row {
-    float rinv, cscale;        // 0 outside the matrix (past the end, NormPenaltyOnly)
-    float coef, coef_b, lse2;  // as Column's (coef: kOneExp folds 2^(m2 - lse2) in)
+    float rinv, coef, coef_b;  // rinv: 0 outside the matrix (past the end, NormPenaltyOnly); coef,
+                               // coef_b as Column's (coef: kOneExp folds 2^(m2 - lse2) in)
     int key, label;            // label: the class id, or INT_MIN where labels make no positive
     int pad;
+    float cscale, lse2;        // 0 / as Column's
 };
 static_assert(sizeof(Row) == 32, "two 16-byte loads");
 
@@ -104,7 +106,7 @@ __device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& ow
 template <bool PACKED = false>
 __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide& other, int row, int mode,
                                         float inv_tau, float m2) {
-    Row r{0.f, 0.f, 0.f, 0.f, m2, INT_MIN, INT_MIN, 0};
+    Row r{0.f, 0.f, 0.f, INT_MIN, INT_MIN, 0, 0.f, m2};
     if (row >= own.count || (own.role != nullptr && own.role[row] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) return r;
     r.rinv = logit_row_inverse(own.norms[row]);
     if (PACKED) r.rinv *= pow2_floor(norm_denominator(own.norms[row]));
