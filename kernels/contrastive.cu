@@ -805,7 +805,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     float acc[Epi::MI][Epi::NI][4];
     for (int col0 = col_begin; col0 < col_end; col0 += Cfg::BN) {
         // The B operand of H U is issued first: it lands while the logits are recomputed
-        // (mma_block_tile's waits drain this group too, and it ends with a barrier).
+        // (mma_block_tile's waits drain this group too, and it ends with a barrier). RESIDENT: it
+        // is the logit tile's operand as well, waited for before it.
         if constexpr (sizeof(T) == 2) {
             bwd::load_rows_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
             cp_async_commit();
