@@ -357,9 +357,8 @@ __device__ __forceinline__ void mma_resident_tile(float (&acc)[MI_][NI_][4], con
         for (int ni = 0; ni < NI_; ++ni)
 #pragma unroll
             for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
-    const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
 #pragma unroll 1
-    for (int kt = 0; kt < k_tiles; ++kt) Engine::template stage<Cfg, false, false>(acc, sA + kt * Cfg::BK, sB + kt * Cfg::BK);
+    for (int k0 = 0; k0 < d; k0 += Cfg::BK) Engine::template stage<Cfg, false, false>(acc, sA + k0, sB + k0);
 }
 
 // Calls f(row, col, v0, v1) for each pair of horizontally adjacent accumulators (col, col + 1) of
