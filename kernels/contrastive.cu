@@ -217,6 +217,33 @@ __device__ __forceinline__ void fold_online(Lse2 (&stats)[ROWS], float (&acc)[Cf
     }
 }
 
+// Merges the 4 lanes of a quad (they hold the same rows, other columns), then writes one partial
+// per row and warp column, red[warp_n][row] (shared; the caller's barrier publishes it). ADD: the
+// offsets are equal (the fixed offset), so a merge is three adds; else Lse2::merge.
+template <class Cfg, bool ADD, int ROWS> __device__ __forceinline__ void rows_to_shared(Lse2 (&stats)[ROWS], float4* red) {
+#pragma unroll
+    for (int slot = 0; slot < ROWS; ++slot)
+#pragma unroll
+        for (int lanes = 1; lanes < 4; lanes <<= 1) {
+            if constexpr (ADD) {
+                stats[slot].sum += __shfl_xor_sync(0xffffffffu, stats[slot].sum, lanes);
+                stats[slot].pos_sum += __shfl_xor_sync(0xffffffffu, stats[slot].pos_sum, lanes);
+                stats[slot].pos_count += __shfl_xor_sync(0xffffffffu, stats[slot].pos_count, lanes);
+            } else {
+                Lse2 o;
+                o.m2 = __shfl_xor_sync(0xffffffffu, stats[slot].m2, lanes);
+                o.sum = __shfl_xor_sync(0xffffffffu, stats[slot].sum, lanes);
+                o.pos_sum = __shfl_xor_sync(0xffffffffu, stats[slot].pos_sum, lanes);
+                o.pos_count = __shfl_xor_sync(0xffffffffu, stats[slot].pos_count, lanes);
+                stats[slot].merge(o);
+            }
+        }
+    if (Fragment::col(0) == 0) {  // one lane of each quad
+#pragma unroll
+        for (int slot = 0; slot < ROWS; ++slot) red[Cfg::warp_n() * Cfg::BM + Cfg::acc_row(slot / 2, 2 * (slot % 2))] = pack_lse2(stats[slot]);
+    }
+}
+
 // A block owns BM = 128 anchor rows and sweeps the column tiles [begin, end) of its split
 // (blockIdx.y of gridDim.y): the column tiles, then the prototype tiles. With one split it writes
 // the outputs; with several, its partial statistics (params' partials, [split][row]) for
@@ -297,28 +324,11 @@ template <typename T, bool ALIGNED, bool FIXED> __device__ void contrastive_forw
         for (int slot = 0; slot < ROWS; ++slot) stats[slot].pos_sum = fmaf(stats[slot].pos_count, offset, stats[slot].pos_sum);
     }
 
-    // Merge the 4 lanes of a quad (they hold the same rows, other columns).
-#pragma unroll
-    for (int slot = 0; slot < ROWS; ++slot)
-#pragma unroll
-        for (int lanes = 1; lanes < 4; lanes <<= 1) {
-            Lse2 o;
-            o.m2 = __shfl_xor_sync(0xffffffffu, stats[slot].m2, lanes);
-            o.sum = __shfl_xor_sync(0xffffffffu, stats[slot].sum, lanes);
-            o.pos_sum = __shfl_xor_sync(0xffffffffu, stats[slot].pos_sum, lanes);
-            o.pos_count = __shfl_xor_sync(0xffffffffu, stats[slot].pos_count, lanes);
-            stats[slot].merge(o);
-        }
-
-    // Then the WARPS_N warps that share a row block, through shared memory (the tile buffers are
-    // free: mma_block_tile ends with a barrier, and with no tile at all nothing used them).
+    // The quads, then the WARPS_N warps that share a row block, through shared memory (the tile
+    // buffers are free: mma_block_tile ends with a barrier, and with no tile at all nothing used them).
     static_assert(sizeof(float4) * Cfg::WARPS_N * Cfg::BM <= Cfg::SMEM_BYTES, "partials fit the tile buffers");
     float4* partial = reinterpret_cast<float4*>(smem);  // [WARPS_N][BM]
-    if (Fragment::col(0) == 0) {  // one lane of each quad
-#pragma unroll
-        for (int slot = 0; slot < ROWS; ++slot)
-            partial[Cfg::warp_n() * Cfg::BM + Cfg::acc_row(slot / 2, 2 * (slot % 2))] = pack_lse2(stats[slot]);
-    }
+    rows_to_shared<Cfg, false>(stats, partial);
     __syncthreads();
     for (int i = threadIdx.x; i < Cfg::BM; i += Cfg::THREADS) {
         const int row = row0 + i;
@@ -338,23 +348,6 @@ template <class Cfg, typename T> struct ForwardShared {
     RowKeys row_keys[2][Cfg::BM];
 };
 
-// Fixed offset: merges the 4 lanes of a quad (they hold the same rows, other columns; the
-// offsets are equal, so three adds), then writes one partial per row and warp column,
-// red[warp_n][row] (shared; the caller's barrier publishes it).
-template <class Cfg, int ROWS> __device__ __forceinline__ void rows_to_shared(Lse2 (&stats)[ROWS], float4* red) {
-#pragma unroll
-    for (int slot = 0; slot < ROWS; ++slot)
-#pragma unroll
-        for (int lanes = 1; lanes < 4; lanes <<= 1) {
-            stats[slot].sum += __shfl_xor_sync(0xffffffffu, stats[slot].sum, lanes);
-            stats[slot].pos_sum += __shfl_xor_sync(0xffffffffu, stats[slot].pos_sum, lanes);
-            stats[slot].pos_count += __shfl_xor_sync(0xffffffffu, stats[slot].pos_count, lanes);
-        }
-    if (Fragment::col(0) == 0) {  // one lane of each quad
-#pragma unroll
-        for (int slot = 0; slot < ROWS; ++slot) red[Cfg::warp_n() * Cfg::BM + Cfg::acc_row(slot / 2, 2 * (slot % 2))] = pack_lse2(stats[slot]);
-    }
-}
 
 // ---------------------------------------------------------------------------------------------
 // The self geometry's symmetry (DESIGN.md section 6: one exponential per pair). On the fixed-offset
@@ -461,6 +454,21 @@ __device__ __forceinline__ void add_to_slot(float4* slot, float4 v, bool first, 
     *slot = v;
 }
 
+// The sums of WARPS warps' partials red[w * STRIDE + i] (w in order) of one row added to its slot,
+// as add_to_slot.
+template <int WARPS, int STRIDE>
+__device__ __forceinline__ void add_warp_sums_to_slot(float4* slot, const float4* red, int i, bool first, float offset) {
+    float4 v = red[i];
+#pragma unroll
+    for (int w = 1; w < WARPS; ++w) {
+        const float4 o = red[w * STRIDE + i];
+        v.y += o.y;
+        v.z += o.z;
+        v.w += o.w;
+    }
+    add_to_slot(slot, v, first, offset);
+}
+
 // The kinds of tile of the symmetric kernel: above the diagonal (rows and columns), on it (rows,
 // the diagonal left out), a prototype tile (rows).
 enum SymTile : int { kSymPair = 0, kSymDiagonal = 1, kSymPrototypes = 2 };
@@ -532,35 +540,15 @@ template <typename T, bool ALIGNED> __device__ void contrastive_forward_sym(cons
         for (int slot = 0; slot < ROWS; ++slot) stats[slot].init(offset);
         if constexpr (PAIR) fold_symmetric<Cfg>(stats, acc, SymRows<Cfg, ROWS>(sh.row_keys[0]), buf, col_red);
         else fold_fixed<Cfg, KIND == kSymDiagonal>(stats, acc, TileRows<Cfg, ROWS>(sh.row_keys[0]), buf);
-        rows_to_shared<Cfg>(stats, row_red);
+        rows_to_shared<Cfg, true>(stats, row_red);
         __syncthreads();
         const int t = (int)threadIdx.x;
         if (t < Cfg::BM) {  // row t of block bi: its row sums, into slot gq
             const int row = row0 + t;
-            if (row < n) {
-                float4 v = row_red[t];
-#pragma unroll
-                for (int w = 1; w < Cfg::WARPS_N; ++w) {
-                    const float4 o = row_red[w * Cfg::BM + t];
-                    v.y += o.y;
-                    v.z += o.z;
-                    v.w += o.w;
-                }
-                add_to_slot(&partials[(size_t)gq * n + row], v, first_row, offset);
-            }
+            if (row < n) add_warp_sums_to_slot<Cfg::WARPS_N, Cfg::BM>(&partials[(size_t)gq * n + row], row_red, t, first_row, offset);
         } else if (PAIR) {  // column t - BM of block bj: its column sums, into slot gp
             const int col = t - Cfg::BM, row = col0 + col;
-            if (row < n) {
-                float4 v = col_red[col];
-#pragma unroll
-                for (int w = 1; w < Cfg::WARPS_M; ++w) {
-                    const float4 o = col_red[w * Cfg::BN + col];
-                    v.y += o.y;
-                    v.z += o.z;
-                    v.w += o.w;
-                }
-                add_to_slot(&partials[(size_t)gp * n + row], v, first_col, offset);
-            }
+            if (row < n) add_warp_sums_to_slot<Cfg::WARPS_M, Cfg::BN>(&partials[(size_t)gp * n + row], col_red, col, first_col, offset);
         }
     };
     if ((int)blockIdx.x >= pairs) {

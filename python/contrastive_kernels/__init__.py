@@ -378,6 +378,7 @@ if _torch_module is not None:
         norm_weighted_mean_topk,
     )
     from . import distributed  # noqa: E402,F401
+    from . import search as _search  # noqa: E402
 
     __all__ += [
         "ops",
@@ -389,15 +390,7 @@ if _torch_module is not None:
         "OECLLoss",
         "OutlierExposureLoss",
         "SupConLoss",
-        "KNNIndex",
-        "knn_search",
-        "knn_distance",
-        "mean_topk_similarity",
-        "norm_weighted_mean_topk",
-        "csi_score",
-        "norm_score",
-        "mcod_score",
-    ]
+    ] + _search.__all__  # the search module's names, imported above
 else:
 
     def contrastive_loss(*args, **kwargs):

@@ -92,16 +92,22 @@ def toolchain():
 REQUIRE = os.environ.get("CK_REQUIRE_NVCC") == "1"
 
 
+def toolchain_or_skip():
+    """toolchain(), or the test class skipped (an error under CK_REQUIRE_NVCC=1) where it is missing."""
+    tools = toolchain()
+    if tools is None:
+        if REQUIRE:
+            raise AssertionError("CK_REQUIRE_NVCC=1 but nvcc / cuobjdump were not found")
+        raise unittest.SkipTest("nvcc / cuobjdump not found")
+    return tools
+
+
 class ToolchainOutput(unittest.TestCase):
     """This toolchain's real ptxas / cuobjdump output, on the kernel above."""
 
     @classmethod
     def setUpClass(cls):
-        tools = toolchain()
-        if tools is None:
-            if REQUIRE:
-                raise AssertionError("CK_REQUIRE_NVCC=1 but nvcc / cuobjdump were not found")
-            raise unittest.SkipTest("nvcc / cuobjdump not found")
+        tools = toolchain_or_skip()
         cls.tmp = tempfile.TemporaryDirectory(prefix="sass-cost-test-")
         src = os.path.join(cls.tmp.name, "planted.cu")
         with open(src, "w") as f:
@@ -215,11 +221,7 @@ class RepositoryBackward(unittest.TestCase):
 
     @classmethod
     def setUpClass(cls):
-        tools = toolchain()
-        if tools is None:
-            if REQUIRE:
-                raise AssertionError("CK_REQUIRE_NVCC=1 but nvcc / cuobjdump were not found")
-            raise unittest.SkipTest("nvcc / cuobjdump not found")
+        tools = toolchain_or_skip()
         kernels = os.path.join(REPO, "kernels")
         cls.tmp = tempfile.TemporaryDirectory(prefix="sass-cost-repo-")
         src = os.path.join(kernels, "contrastive.cu")
