@@ -597,14 +597,14 @@ def backward_dynamic_smem(kernel, h):
 def backward_launch(dtype, aligned, d, own_rows, other_rows, h):
     """src/ops/contrastive/gpu.rs' backward_shape + backward_splits (one pass: `own` rows against
     `other` rows): G = the smallest of 1, 2, 4 with G WARP_D >= d, at most MAX_GROUPS (4 for aligned
-    f16 / bf16, else 2); chunk = G WARP_D columns of d per block (grid.y = ceil(d / chunk));
+    f16 / bf16, else 2), or 2 where none covers d (the resident G = 1, 4 kernels take one chunk); chunk = G WARP_D columns of d per block (grid.y = ceil(d / chunk));
     splits = floor(SPLIT_TARGET_CTAS / G / blocks) clamped to [1, min(MAX_SPLITS, column tiles)],
     1 for G = 4. Returns (G, chunk, splits)."""
     f32 = dtype == "f32"
     warp_d = h["CONTRASTIVE_BACKWARD_WARP_D_F32" if f32 else "CONTRASTIVE_BACKWARD_WARP_D_HALF"]
     most = h["CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF" if aligned and not f32 else
              "CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER"]
-    g = next((g for g in (1, 2, 4) if g * warp_d >= d or g == most), most)
+    g = next((g for g in (1, 2, 4) if g <= most and g * warp_d >= d), h["CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER"])
     chunk = g * warp_d
     blocks = ceil_div(own_rows, h["CONTRASTIVE_BACKWARD_ROWS"]) * max(ceil_div(d, chunk), 1)
     tiles = ceil_div(other_rows, h["CONTRASTIVE_BACKWARD_ROWS"])

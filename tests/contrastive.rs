@@ -756,7 +756,8 @@ fn gpu_backward_small_temperature_close_views() {
 /// each against the oracle with DESIGN.md's tolerances: temperatures on both sides of the
 /// fixed-offset threshold (tau >= ~0.029: one exponential per logit; 0.02: two), the d-group
 /// counts G = 1, 2 and 4 (aligned f16 / bf16 at D = 512: one d chunk; f32 there: four chunks of
-/// G = 2) with ragged row tails, an unaligned d (250: the `_unaligned_g2` kernels, a d tail), every dtype, in the self
+/// G = 2) with ragged row tails, an unaligned d (250: the `_unaligned_g2` kernels, a d tail), an
+/// aligned d over one G = 4 chunk (640: G = 2 chunks; the resident G = 4 kernel gave NaN there), every dtype, in the self
 /// geometry with labels (both terms), pairwise with a queue (anchor term, then column term) and
 /// with prototypes (their own pass).
 #[test]
@@ -776,7 +777,7 @@ fn gpu_backward_temperatures_and_d_groups() {
         }
     }
     fn run<T: FloatElement>(backend: &Backend, rel: f64, abs: f64) {
-        for (n, d) in [(70usize, 512usize), (67, 250), (100, 40)] {
+        for (n, d) in [(70usize, 512usize), (67, 250), (100, 40), (33, 640)] {
             let x: Matrix<T> = random_matrix(n, d, (n + d) as u64);
             let instance: Vec<i32> = (0..n as i32).map(|i| i % (n as i32 / 2)).collect();
             let label: Vec<i32> = instance.iter().map(|i| if i % 5 == 4 { -1 } else { i % 3 }).collect();

@@ -30,7 +30,8 @@
 // computed once for the whole d (aligned f16 / bf16: d <= 512; f32 and `_unaligned`: d <= 128 G).
 #define CK_CONTRASTIVE_BACKWARD_ROWS 64
 #define CK_CONTRASTIVE_BACKWARD_THREADS 128
-// G = 4 only for aligned f16 / bf16 (the others spilled at 128 registers).
+// G = 4 only for aligned f16 / bf16 (the others spilled at 128 registers), and only where its one
+// chunk covers d (its S comes from rows resident for one chunk): beyond, G = 2 chunks (MAX_GROUPS_OTHER).
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF 4
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER 2
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_HALF 128

@@ -359,6 +359,9 @@ class Schedules(unittest.TestCase):
         self.assertEqual(sc.backward_launch("bf16", True, 128, 8192, 8192, self.H), (1, 128, 2))
         # d = 512 aligned: G = 4, never split.
         self.assertEqual(sc.backward_launch("bf16", True, 512, 8192, 8192, self.H), (4, 512, 1))
+        # d = 640 aligned: no G covers it in one chunk (G = 4's S needs d resident): G = 2, 3 chunks of
+        # 256; 264 / 2 / (128 x 3) = 0 -> 1 split.
+        self.assertEqual(sc.backward_launch("bf16", True, 640, 8192, 8192, self.H), (2, 256, 1))
         # d = 512 unaligned: at most G = 2, 2 chunks; 264 / 2 / 256 = 0 -> 1 split.
         self.assertEqual(sc.backward_launch("f16", False, 512, 8192, 8192, self.H), (2, 256, 1))
         # f32: WARP_D 64, so d = 128 takes G = 2; 264 / 2 / 128 = 1.

@@ -29,13 +29,14 @@ use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 const MODULE: &str = "contrastive";
 /// The backward kernel's shape for d (BackwardTraits in contrastive.cu, params/contrastive.h): G
 /// d-groups of 4 warps, the smallest G (1, 2, 4) whose G x WARP_D covers d, at most 4 for aligned
-/// f16 / bf16 and 2 otherwise (grid.y covers the rest of d by chunks). Returns (G, d columns per
-/// block, dynamic shared memory bytes).
+/// f16 / bf16 and 2 otherwise; where none covers d, G = 2 and grid.y covers d by chunks (aligned
+/// f16 / bf16 too: their G = 1 and 4 kernels multiply S from rows resident for one chunk, so they
+/// take d in one chunk only). Returns (G, d columns per block, dynamic shared memory bytes).
 fn backward_shape(dtype: DType, d: usize, aligned: bool) -> (usize, usize, usize) {
     let warp_d = if dtype == DType::F32 { params::BACKWARD_WARP_D_F32 } else { params::BACKWARD_WARP_D_HALF };
     let max_groups =
         if aligned && dtype != DType::F32 { params::BACKWARD_MAX_GROUPS_ALIGNED_HALF } else { params::BACKWARD_MAX_GROUPS_OTHER };
-    let groups = [1, 2, 4].into_iter().find(|&g| g * warp_d >= d || g == max_groups).unwrap_or(max_groups);
+    let groups = [1, 2, 4].into_iter().find(|&g| g <= max_groups && g * warp_d >= d).unwrap_or(params::BACKWARD_MAX_GROUPS_OTHER);
     let smem = match (dtype == DType::F32, groups) {
         (false, 1) => params::BACKWARD_SMEM_HALF_G1,
         (false, 2) => params::BACKWARD_SMEM_HALF_G2,
