@@ -628,8 +628,9 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 //  1. the logit tile, once for the whole chunk of d, with the tensor cores (f32: exact FFMA) from
 //     the raw rows as the forward computes it (same products, same f32 inverse norms: the saved LSE
 //     normalizes precisely these logits, which a separately rounded unit-row copy would not);
-//  2. the epilogue (kernels/common/contrastive_backward.cuh): per-column data staged in shared
-//     memory once per tile, per-row data once per sweep, base-2 logits and ex2, one exponential
+//  2. the epilogue (kernels/common/contrastive_backward.cuh): per-column data prepared once per
+//     pass (contrastive_backward_columns) and staged in shared memory by one 16-byte copy per
+//     thread and tile, per-row data once per sweep, base-2 logits and ex2, one exponential
 //     per logit where the fixed offset 1/tau applies (tau >= ~0.029), two below; H written to
 //     shared memory in the input dtype (f32 for f32);
 //  3. every warp multiplies its rows of H (32; f32: 16) into its columns of d of the other side's
@@ -709,7 +710,9 @@ template <typename T, int G> struct BackwardTraits {
     // operand anyway): each tile's other rows are read from memory once instead of twice, and the
     // k-loop has no copies or barriers. (G = 2 keeps the stages: the `_unaligned` kernel shares
     // its shared-memory layout, and no bench shape takes it.)
-    static constexpr bool RESIDENT = E == 2 && (G == 1 || G == 4);
+    static constexpr bool RESIDENT =
+        E == 2 && (G == 1 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 : G == 2 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G2
+                                                                          : CK_CONTRASTIVE_BACKWARD_RESIDENT_G4) != 0;
     using ResidentCfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E, CHUNK_STRIDE>;
     // The stages' space, or the resident own rows where they are larger.
     static constexpr int STAGE_ELEMS = RESIDENT && Cfg::BM * CHUNK_STRIDE > Cfg::SMEM_ELEMS ? Cfg::BM * CHUNK_STRIDE : Cfg::SMEM_ELEMS;
@@ -760,11 +763,12 @@ __device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[Cfg::MI][2][
     else tile_h_all<Cfg, bwd::kTwoExp>(h, acc, cols, rows, m2);
 }
 
-// Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN).
+// Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN); columns:
+// contrastive_backward_columns' output for (own, other).
 template <typename T, bool ALIGNED, int G>
 __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::U_MI][BackwardTraits<T, G>::WARP_D / 8][4],
                                             BackwardShared<T, G>& sh,
-                                            const GradSide& own, const GradSide& other, int col_begin, int col_end,
+                                            const GradSide& own, const GradSide& other, const bwd::Column* columns, int col_begin, int col_end,
                                             int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
     using Tr = BackwardTraits<T, G>;
     using Cfg = typename Tr::Cfg;
@@ -792,16 +796,21 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     using Epi = typename bwd::Pick<SPLIT_K, typename Tr::Split, Cfg>::type;
     float acc[Epi::MI][Epi::NI][4];
     for (int col0 = col_begin; col0 < col_end; col0 += Cfg::BN) {
-        // The B operand of H U is issued first: it lands while the logits are recomputed
-        // (mma_block_tile's waits drain this group too, and it ends with a barrier). RESIDENT: it
-        // is the logit tile's operand as well, waited for before it.
+        // The B operand of H U and the tile's prepared per-column data are issued first: they land
+        // while the logits are recomputed (mma_block_tile's waits drain this group too, whatever the
+        // dtype and alignment, and it ends with a barrier). RESIDENT: the rows are the logit tile's
+        // operand as well, waited for before it. (The copies' order and form move ptxas' register
+        // allocation by up to 18 on some kernels, sm_90a; this one is the best of those tried.)
+        const bwd::Column* tile_columns = columns + col0;
         if constexpr (sizeof(T) == 2) {
             bwd::load_rows_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
+            bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, tile_columns);
             cp_async_commit();
         } else {
+            bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, tile_columns);
+            cp_async_commit();
             load_tile_sync<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
         }
-        bwd::stage_columns<Cfg::BN, Cfg::THREADS, RESIDENT>(sh.cols, own, other, col0, mode, inv_tau, m2);
         // S once per tile for the whole d (one chunk when G WARP_D >= d).
         if constexpr (RESIDENT) {
             cp_async_wait<0>();
@@ -841,7 +850,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
 }
 
 template <typename T, bool ALIGNED, int G>
-__device__ __forceinline__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos, int dp,
+__device__ __forceinline__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos,
+                                                     const bwd::Column* columns, const bwd::Column* proto_columns, int dp,
                                                      int d, int exclude_self, float inv_tau, const float* scalars, float* du,
                                                      int splits) {
     using Tr = BackwardTraits<T, G>;
@@ -869,7 +879,8 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
     // One copy of the sweep for both sides (half the code, and one register allocation).
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass)
-        sweep_other<T, ALIGNED, G>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? col_begin : 0,
+        sweep_other<T, ALIGNED, G>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? columns : proto_columns,
+                                   pass == 0 ? col_begin : 0,
                                    pass == 0 ? col_end : (split == 0 ? protos.count : 0), row0, dc0, dp, d,
                                    pass == 0 && exclude_self != 0, inv_tau);
     du += (size_t)split * own.count * d;
@@ -1047,8 +1058,10 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
 #define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned, groups)                                    \
     extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS * groups, 1)                   \
         contrastive_backward_##name##suffix##_g##groups(const __grid_constant__ CkContrastiveBackwardParams p) { \
-        ck::contrastive_backward<type, aligned, groups>(p.own, p.other, p.protos, p.dp, p.d, p.exclude_self,     \
-                                                        p.inv_tau, p.scalars, p.du, p.splits);                   \
+        ck::contrastive_backward<type, aligned, groups>(                                                       \
+            p.own, p.other, p.protos, static_cast<const ck::bwd::Column*>(p.columns),                          \
+            static_cast<const ck::bwd::Column*>(p.proto_columns), p.dp, p.d, p.exclude_self, p.inv_tau, p.scalars, \
+            p.du, p.splits);                                                                                     \
     }
 // G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators, the logit tile's BK =
 // 64 stages) only for aligned f16 / bf16: the element-wise loads of `_unaligned` and the f32 FFMA
@@ -1068,6 +1081,19 @@ CK_CONTRASTIVE_BACKWARD(f16, __half)
 CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
 CK_CONTRASTIVE_BACKWARD_KERNEL(f16, __half, , true, 4)
 CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, , true, 4)
+
+// Every column tile's per-column data for one backward sweep (bwd::column_data), in the layout a
+// block stages: one 2048-byte copy per tile instead of per-tile gathers, a division and an
+// exponential per column in every block. One thread per column.
+static_assert(CK_CONTRASTIVE_BACKWARD_COLUMN_TILE_BYTES == CK_CONTRASTIVE_BACKWARD_ROWS * sizeof(ck::bwd::Column),
+              "params/contrastive.h: a backward column tile");
+extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_ROWS)
+    contrastive_backward_columns(const __grid_constant__ CkBackwardColumnsParams p) {
+    const float m2 = p.inv_tau * ck::kLog2e;
+    const int col = blockIdx.x * CK_CONTRASTIVE_BACKWARD_ROWS + threadIdx.x;
+    static_cast<ck::bwd::Column*>(p.out)[col] =
+        ck::bwd::column_data(p.own, p.other, col, p.packed != 0, ck::bwd::sweep_mode(m2), p.inv_tau, m2);
+}
 
 // The column splits' partial gradients summed in split order (a fixed order: deterministic).
 extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)

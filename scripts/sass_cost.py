@@ -507,9 +507,6 @@ class KernelModel:
     # k-loop: the backward's H x U product); None: such loops get 1 trip.
     product_trips: object = None
     mode_arms: bool = False   # the epilogue branches per tile between two exponential paths (see mode_arms)
-    # (tile, Counts of a column-loop inner loop without MMAs) -> its trips per column tile, or None
-    # for the default of 1 trip (noted in the report).
-    inner_loop_trips: object = None
     # (instrs, [k-loop candidates]) -> the k-loop whose parent is the measured column-tile loop;
     # None: the first in address order (the main sweep).
     pick_sweep: object = None
@@ -635,16 +632,6 @@ def backward_schedule(n, d, h, kernel, tile):
     return ceil_div(n, tile.BM) * ceil_div(d, chunk) * splits, ceil_div(tiles, splits)
 
 
-def backward_staging_trips(tile, counts):
-    """bwd::stage_columns' per-column loop (`for (c = threadIdx.x; c < BN; c += THREADS)`, the one
-    holding MUFU: the columns' reciprocal and exponential): ptxas peels its first iteration into the
-    column loop's body and unrolls the rest, which runs 0 times when THREADS >= BN (every G). Other
-    loops: None (1 trip)."""
-    if counts.mufu and tile.threads >= tile.BN:
-        return 0
-    return None
-
-
 def backward_product_trips(tile, d):
     """The H x U loop (bwd::h_times_tile): one k16 step of H's BN columns per trip, each of the
     warp's WARP_D / 8 MMAs; BN / 16 trips per column tile whatever d (a block's chunk is fixed)."""
@@ -675,7 +662,7 @@ KERNEL_MODELS = [
     KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?_g(1|2|4)$", (), "HMMA",
                 backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS",
                 tile_of=backward_tile, dynamic_smem=backward_dynamic_smem, product_trips=backward_product_trips,
-                mode_arms=True, inner_loop_trips=backward_staging_trips, example="contrastive_backward_bf16_g1"),
+                mode_arms=True, example="contrastive_backward_bf16_g1"),
 ]
 
 # Kernels with the resource columns only, on purpose (pattern, why). scripts/tests checks that every
@@ -880,12 +867,8 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
         if counts.mma and model.product_trips and cost.product_loop is None:
             cost.product_loop, cost.product_trips = counts, model.product_trips
             continue
-        trips = model.inner_loop_trips(tile, counts) if model.inner_loop_trips else None
-        if trips is None:
-            cost.other_inner_loops.add(counts)
-            cost.notes.append(f"inner loop at 0x{child.start:x} besides the k-loop: 1 trip assumed")
-        else:
-            cost.other_inner_loops.add(counts, trips)
+        cost.other_inner_loops.add(counts)
+        cost.notes.append(f"inner loop at 0x{child.start:x} besides the k-loop: 1 trip assumed")
     return cost
 
 

@@ -694,14 +694,16 @@ fn fused_extra_memory_by_hand() {
     let c = fused_extra_bytes(8192, None, 2, 128, DType::BF16);
     assert_eq!(c.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 2 * 4 + 4 + 9 * 4 + 65 * 2560 + 65 * 8192 * 16);
     // Backward: upstream 4 B, packed bf16 unit rows 16 MiB, row norms 256 KiB, coef_a / coef_b
-    // 2 x 256 KiB, 2 scalars, f32 gradient scratch 32 MiB.
-    assert_eq!(b.backward, 4 + 16 * kib * kib + 256 * kib + 2 * 256 * kib + 8 + 32 * kib * kib);
+    // 2 x 256 KiB, 2 scalars, f32 gradient scratch 32 MiB, the prepared column tiles (1024 x 2048 B).
+    assert_eq!(b.backward, 4 + 16 * kib * kib + 256 * kib + 2 * 256 * kib + 8 + 32 * kib * kib + 1024 * 2048);
     assert!(b.peak() < 64 << 20, "{} MiB", b.peak() >> 20);
     // d = 3 pads to 8 in the packed copy; keys and prototypes add their own copies and scratch.
     let p = fused_extra_bytes(4, Some(6), 2, 3, DType::F16);
     assert_eq!(
         p.backward,
         4 + 4 * 8 * 2 + 4 * 4 + 2 * 16 + 8 + 4 * 3 * 4 + (6 * 8 * 2 + 6 * 4 + 6 * 3 * 4) + (2 * 8 * 2).max(16) + 2 * 4 + 2 * 3 * 4
+            // column tiles: the rows' pass over 6 keys and 2 prototypes, one tile each
+            + 2 * 2048
     );
 }
 

@@ -66,43 +66,51 @@ struct Row {
 static_assert(sizeof(Row) == 32, "two 16-byte loads");
 
 
-// Stages the data of columns [col0, col0 + BN) of `other` (threads of the block, one column each).
-// The caller's barrier publishes it.
-// PACKED: the logit tile was multiplied from the packed rows x / 2^e (exact): the logit factors
+// The data of column `col` of `other` for a sweep of `own` (contrastive_backward_columns: once per
+// pass, not per tile and block).
+// packed: the logit tile is multiplied from the packed rows x / 2^e (exact): the logit factors
 // carry 2^e (rinv -> w, cscale -> 2^e cscale, both exact), so t comes out bitwise the same.
-template <int BN, int THREADS, bool PACKED = false>
-__device__ __forceinline__ void stage_columns(Column* cols, const CkGradSide& own, const CkGradSide& other, int col0,
+__device__ __forceinline__ Column column_data(const CkGradSide& own, const CkGradSide& other, int col, bool packed,
                                               int mode, float inv_tau, float m2) {
-    for (int c = threadIdx.x; c < BN; c += THREADS) {
-        const int col = col0 + c;
-        Column k{0.f, 0.f, 0.f, 0.f, -1, -1, 0.f, m2};
-        if (col < other.count && !(other.role != nullptr && other.role[col] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) {
-            const float denom = norm_denominator(other.norms[col]);
-            const float rinv = logit_row_inverse(other.norms[col]);
-            k.w = pow2_floor(denom) * rinv;
-            k.rinv = PACKED ? k.w : rinv;
-            k.cscale = logit_scale(k.rinv, inv_tau);
-            if (other.instance == nullptr) {
-                k.key = col;  // prototype columns: a row's own prototype is its positive
-            } else if (own.instance == nullptr) {
-                k.key = other.proto_of != nullptr ? other.proto_of[col] : -1;  // prototypes as own rows
-            } else {
-                k.key = other.instance[col];
-                k.label = other.label != nullptr ? other.label[col] : -1;
-            }
-            if (other.lse != nullptr && other.coef_a[col] != 0.f) {
-                k.lse2 = other.lse[col] * kLog2e;
-                k.coef = other.coef_a[col];
-                k.coef_b = other.coef_b[col];
-                if (mode == kOneExp) k.coef *= ex2_approx(m2 - k.lse2);
-            }
+    Column k{0.f, 0.f, 0.f, 0.f, -1, -1, 0.f, m2};
+    if (col < other.count && !(other.role != nullptr && other.role[col] == CK_CONTRASTIVE_ROLE_NORM_PENALTY_ONLY)) {
+        const float denom = norm_denominator(other.norms[col]);
+        const float rinv = logit_row_inverse(other.norms[col]);
+        k.w = pow2_floor(denom) * rinv;
+        k.rinv = packed ? k.w : rinv;
+        k.cscale = logit_scale(k.rinv, inv_tau);
+        if (other.instance == nullptr) {
+            k.key = col;  // prototype columns: a row's own prototype is its positive
+        } else if (own.instance == nullptr) {
+            k.key = other.proto_of != nullptr ? other.proto_of[col] : -1;  // prototypes as own rows
+        } else {
+            k.key = other.instance[col];
+            k.label = other.label != nullptr ? other.label[col] : -1;
         }
-        cols[c] = k;
+        if (other.lse != nullptr && other.coef_a[col] != 0.f) {
+            k.lse2 = other.lse[col] * kLog2e;
+            k.coef = other.coef_a[col];
+            k.coef_b = other.coef_b[col];
+            if (mode == kOneExp) k.coef *= ex2_approx(m2 - k.lse2);
+        }
     }
+    return k;
+}
+
+// Stages a column tile's prepared data (BN Columns of contrastive_backward_columns' output) in
+// shared memory: one 16-byte chunk per thread by cp.async, which the caller commits and waits for.
+// (A grid-stride loop here compiled to a 4-way unrolled loop with a remainder: ptxas does not
+// bound threadIdx.x by the launch bounds.)
+template <int BN, int THREADS>
+__device__ __forceinline__ void stage_columns(Column* cols, const Column* __restrict__ tile) {
+    constexpr int CHUNKS = BN * (int)sizeof(Column) / 16;
+    static_assert(THREADS >= CHUNKS, "one chunk per thread");
+    const int c = (int)threadIdx.x;
+    if (c < CHUNKS) cp_async_16(reinterpret_cast<uint4*>(cols) + c, reinterpret_cast<const uint4*>(tile) + c, 16);
 }
 
 // An own row's data for a sweep over `other` (its positive key depends on the other side).
-// PACKED: as stage_columns'.
+// PACKED: as column_data's packed.
 template <bool PACKED = false>
 __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide& other, int row, int mode,
                                         float inv_tau, float m2) {

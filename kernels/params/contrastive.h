@@ -34,6 +34,15 @@
 // chunk covers d (its S comes from rows resident for one chunk): beyond, G = 2 chunks (MAX_GROUPS_OTHER).
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF 4
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER 2
+// The aligned f16 / bf16 kernels of G = 1, 2, 4 whose S comes from the packed rows resident in
+// shared memory (1) rather than from the raw rows in stages (0): their per-column data carries the
+// packing's powers of two (contrastive_backward_columns' `packed`).
+#define CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 1
+#define CK_CONTRASTIVE_BACKWARD_RESIDENT_G2 0
+#define CK_CONTRASTIVE_BACKWARD_RESIDENT_G4 1
+// Bytes of one backward column tile's per-column data (ck::bwd::Column: 64 x 32 bytes), written
+// by contrastive_backward_columns, one block of BACKWARD_ROWS threads per tile.
+#define CK_CONTRASTIVE_BACKWARD_COLUMN_TILE_BYTES 2048
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_HALF 128
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_F32 64
 // Column splits: a pass of `blocks` blocks (row blocks x d chunks) sweeps the other side's column
@@ -166,9 +175,24 @@ typedef struct CkContrastiveBackwardParams {
     float inv_tau;
     const float* scalars;         // contrastive_backward_prepare's scalars
     float* du;                    // splits x count x d: split z's partial at z count d
+    const void* columns;          // contrastive_backward_columns' output for (own, other)
+    const void* proto_columns;    // and for (own, protos); null when protos.count is 0
     int32_t splits;               // column slices (grid.z), at least 1
     int32_t reserved;
 } CkContrastiveBackwardParams;
+
+// contrastive_backward_columns: the per-column data of every column tile of `other` for a sweep
+// of `own` (instance / label / prototype keys, logit factors, anchor coefficients), as the
+// backward kernel stages it (COLUMN_TILE_BYTES per tile, zeros past other.count).
+typedef struct CkBackwardColumnsParams {
+    CkGradSide own;
+    CkGradSide other;
+    void* out;                    // tiles x COLUMN_TILE_BYTES
+    float inv_tau;
+    int32_t packed;               // 1 for the RESIDENT_G* kernels (S from the packed rows)
+    int32_t tiles;                // ceil(other.count / BACKWARD_ROWS)
+    int32_t reserved;
+} CkBackwardColumnsParams;
 
 // contrastive_backward_merge: du[i] = sum over z of du[z elems + i], z = 0, 1, ... in order.
 typedef struct CkBackwardMergeParams {

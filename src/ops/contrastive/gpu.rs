@@ -20,9 +20,9 @@ use super::{empty_positive_error, ContrastiveLoss, Geometry, LossInputs, Reducti
 use crate::dtype::{DType, FloatElement};
 use crate::error::{CudaContext as _, Error, Result};
 use crate::gpu::params::contrastive::{
-    self as params, BackwardMergeParams, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams, ContrastiveColumnsParams,
-    ContrastiveForwardMergeParams, ContrastiveForwardParams, ContrastivePackParams, GradSide, NormPenaltyBackwardParams, ReduceParams,
-    RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
+    self as params, BackwardColumnsParams, BackwardMergeParams, BackwardPrepareParams, CheckInputsParams, ContrastiveBackwardParams,
+    ContrastiveColumnsParams, ContrastiveForwardMergeParams, ContrastiveForwardParams, ContrastivePackParams, GradSide,
+    NormPenaltyBackwardParams, ReduceParams, RowSet, BACKWARD_ROWS, BACKWARD_THREADS, FORWARD_ROWS, FORWARD_THREADS,
 };
 use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
@@ -784,10 +784,43 @@ pub unsafe fn backward_raw(
     gpu.function(MODULE, &name)?
         .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
         .during(format_args!("kernel `{name}` shared memory size"))?;
+    // The kernels whose S comes from the packed rows take per-column data carrying the packing's
+    // powers of two (contrastive_backward_columns' `packed`).
+    let resident = r.dtype != DType::F32
+        && aligned
+        && match groups {
+            1 => params::BACKWARD_RESIDENT_G1,
+            2 => params::BACKWARD_RESIDENT_G2,
+            _ => params::BACKWARD_RESIDENT_G4,
+        } != 0;
+    // Every column tile's per-column data for a sweep of `own` over `other` (COLUMN_TILE_BYTES per
+    // tile of BACKWARD_ROWS columns), prepared once per pass instead of in every block per tile.
+    let columns = |own: GradSide, other: GradSide| -> Result<Option<CudaSlice<f32>>> {
+        if other.count == 0 {
+            return Ok(None);
+        }
+        let tiles = (other.count as usize).div_ceil(BACKWARD_ROWS);
+        let out = alloc_f32(stream, tiles * params::BACKWARD_COLUMN_TILE_BYTES / 4)?;
+        let params = BackwardColumnsParams {
+            own,
+            other,
+            out: ptr(&out, stream),
+            inv_tau,
+            packed: resident as i32,
+            tiles: tiles as i32,
+            reserved: 0,
+        };
+        let cfg = LaunchConfig { grid_dim: (tiles as u32, 1, 1), block_dim: (BACKWARD_ROWS as u32, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: both sides' arrays are live and sized by their counts; `out` holds tiles x BACKWARD_ROWS Columns.
+        unsafe { gpu.launch(stream, MODULE, "contrastive_backward_columns", cfg, &params)? };
+        Ok(Some(out))
+    };
     let pass = |own: GradSide, other: GradSide, extra: GradSide, exclude_self: i32, du: &CudaSlice<f32>, splits: usize| -> Result<()> {
         if own.count == 0 {
             return Ok(());
         }
+        let other_columns = columns(own, other)?;
+        let extra_columns = columns(own, extra)?;
         let cfg = LaunchConfig {
             grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(chunk) as u32, splits as u32),
             block_dim: ((BACKWARD_THREADS * groups) as u32, 1, 1),
@@ -799,6 +832,8 @@ pub unsafe fn backward_raw(
             protos: extra,
             scalars: scalars_p,
             du: ptr(du, stream),
+            columns: other_columns.as_ref().map_or(0, |c| ptr(c, stream)),
+            proto_columns: extra_columns.as_ref().map_or(0, |c| ptr(c, stream)),
             dp: dp_i,
             d: d_i,
             exclude_self,
@@ -939,6 +974,12 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
     if centers > 0 {
         backward += packed(centers) + buf(centers, f) + buf(splits(centers, n) * centers * d, f);
     }
+    // Each pass's prepared column tiles (contrastive_backward_columns), freed after the pass: the
+    // largest pass's (the rows' sweep over the keys or themselves and the prototypes; the keys' and
+    // the prototypes' over the rows).
+    let tiles = |rows: usize| rows.div_ceil(BACKWARD_ROWS) * params::BACKWARD_COLUMN_TILE_BYTES;
+    let others = if keys.is_some() || centers > 0 { tiles(n) } else { 0 };
+    backward += (tiles(cols) + tiles(centers)).max(others);
     FusedBytes { forward: saved + scratch, saved, backward }
 }
 
