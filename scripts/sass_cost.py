@@ -672,6 +672,7 @@ RESOURCE_ONLY = [
      "f32 on the FFMA engine: its k-loop (FFMA from shared memory) is not the MMA-count rule's"),
     (r"^contrastive_(forward|backward)_merge$", "memory-bound merge of the column splits' partials (no MMA)"),
     (r"^contrastive_forward_columns$", "per-column data prepared once per forward, O(N)"),
+    (r"^contrastive_backward_columns$", "per-column data prepared once per backward pass, O(N)"),
     (r"^contrastive_(pack|norm_penalty_backward)_\w+$", "one warp per row, O(N D) memory traffic"),
     (r"^contrastive_(backward_prepare|reduce|check_inputs)$", "single-block / grid-stride checks and reductions"),
 ]
