@@ -780,8 +780,8 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         sh.rows[r] = bwd::load_row<RESIDENT>(own, other, row0 + r, mode, inv_tau, m2);
     T* own_rows = sh.stages;  // RESIDENT: the own packed rows [BM][CHUNK_STRIDE], for the whole sweep
     if (RESIDENT && col_begin < col_end) {  // waited for with the first tile's copies (none: no copy)
-        bwd::load_rows_async<Cfg::BM, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(own_rows, static_cast<const T*>(own.u), own.count, dp,
-                                                                              row0, dc0);
+        bwd::load_rows_async<Cfg::BM, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(own_rows, static_cast<const T*>(own.u), dp, row0,
+                                                                              dc0);
         cp_async_commit();
     }
     const int diagonal_col0 = exclude_self ? row0 : -1;  // the tile holding the diagonal, if any
@@ -803,7 +803,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         // allocation by up to 18 on some kernels, sm_90a; this one is the best of those tried.)
         const bwd::Column* tile_columns = columns + col0;
         if constexpr (sizeof(T) == 2) {
-            bwd::load_rows_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, other.count, dp, col0, dc0);
+            bwd::load_rows_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, dp, col0, dc0);
             bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, tile_columns);
             cp_async_commit();
         } else {

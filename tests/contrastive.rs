@@ -673,7 +673,6 @@ fn gpu_device_input_checks() {
 /// The fused path's extra memory, by hand, and issue 3's target: under 64 MiB at n = 65536,
 /// d = 128 (the unfused path needs over 16 GiB there).
 #[test]
-#[allow(clippy::unnecessary_min_or_max)] // `.max(16)` spells out the kernel's rule
 fn fused_extra_memory_by_hand() {
     use contrastive_kernels::ops::contrastive::gpu::extra_bytes as fused_extra_bytes;
     use contrastive_kernels::DType;
@@ -697,11 +696,12 @@ fn fused_extra_memory_by_hand() {
     // 2 x 256 KiB, 2 scalars, f32 gradient scratch 32 MiB, the prepared column tiles (1024 x 2048 B).
     assert_eq!(b.backward, 4 + 16 * kib * kib + 256 * kib + 2 * 256 * kib + 8 + 32 * kib * kib + 1024 * 2048);
     assert!(b.peak() < 64 << 20, "{} MiB", b.peak() >> 20);
-    // d = 3 pads to 8 in the packed copy; keys and prototypes add their own copies and scratch.
+    // d = 3 pads to 8 in the packed copy, and its rows to a whole tile of 64; keys and prototypes
+    // add their own copies and scratch.
     let p = fused_extra_bytes(4, Some(6), 2, 3, DType::F16);
     assert_eq!(
         p.backward,
-        4 + 4 * 8 * 2 + 4 * 4 + 2 * 16 + 8 + 4 * 3 * 4 + (6 * 8 * 2 + 6 * 4 + 6 * 3 * 4) + (2 * 8 * 2).max(16) + 2 * 4 + 2 * 3 * 4
+        4 + 64 * 8 * 2 + 4 * 4 + 2 * 16 + 8 + 4 * 3 * 4 + (64 * 8 * 2 + 6 * 4 + 6 * 3 * 4) + 64 * 8 * 2 + 2 * 4 + 2 * 3 * 4
             // column tiles: the rows' pass over 6 keys and 2 prototypes, one tile each
             + 2 * 2048
     );

@@ -170,26 +170,25 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
         }
 }
 
-// The other side's packed rows [row0, row0 + ROWS) x columns [k0, k0 + COLS) of a row-major
-// matrix of leading dimension ld (a multiple of 8, 16-byte aligned) into a [ROWS][STRIDE] tile,
-// zeros outside. As tile.cuh's load_tile_async, with one row / column offset per thread kept
-// across the iterations instead of one per copy: fewer loop-invariant registers.
+// Packed rows [row0, row0 + ROWS) x columns [k0, k0 + COLS) of a row-major matrix of leading
+// dimension ld (a multiple of 8, 16-byte aligned) into a [ROWS][STRIDE] tile, zeros past column ld.
+// The packed copies hold whole tiles of rows (contrastive_pack_*'s buffers are zero padded to a
+// multiple of BACKWARD_ROWS rows), so no row is checked: one 64-bit address per thread, stepped by
+// ROW_STEP rows, and a loop-invariant size (0 past ld: a pure zero fill that reads nothing) make a
+// copy one address add and one cp.async.
 template <int ROWS, int COLS, int STRIDE, int THREADS, typename T>
-__device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g, int rows, int ld, int row0, int k0) {
+__device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g, int ld, int row0, int k0) {
     constexpr int CHUNKS_PER_ROW = COLS / 8;
     static_assert(THREADS % CHUNKS_PER_ROW == 0 && ROWS % (THREADS / CHUNKS_PER_ROW) == 0, "whole rows per step");
     constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
     const int r0 = (int)(threadIdx.x / CHUNKS_PER_ROW), kc = (int)(threadIdx.x % CHUNKS_PER_ROW) * 8;
-    const int gk = k0 + kc;
-    // One 64-bit address, stepped by ROW_STEP rows (a 64-bit add per copy, not a product).
-    const T* src = g + (size_t)(row0 + r0) * ld + gk;
-    const size_t step = (size_t)ROW_STEP * ld;
+    const bool inside = k0 + kc < ld;
+    const T* src = inside ? g + (size_t)(row0 + r0) * ld + k0 + kc : g;
+    const size_t step = inside ? (size_t)ROW_STEP * ld : 0;
+    const int bytes = inside ? 16 : 0;
     T* dst = smem + r0 * STRIDE + kc;
 #pragma unroll
-    for (int it = 0; it < ROWS / ROW_STEP; ++it, src += step) {
-        const bool inside = row0 + r0 + it * ROW_STEP < rows && gk < ld;
-        cp_async_16(dst + it * ROW_STEP * STRIDE, inside ? src : g, inside ? 16 : 0);
-    }
+    for (int it = 0; it < ROWS / ROW_STEP; ++it, src += step) cp_async_16(dst + it * ROW_STEP * STRIDE, src, bytes);
 }
 
 // acc[mi][nb] += H V for a warp's MI x 16 rows: H (MI 16 x K, row stride HS) and V (K x N, row

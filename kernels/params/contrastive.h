@@ -152,7 +152,8 @@ typedef struct CkContrastiveForwardMergeParams {
 typedef struct CkGradSide {
     const void* x;                // the raw rows (count x d of the kernel's dtype)
     const float* norms;           // their f32 norms
-    const void* u;                // x / 2^e per row: count x dp, zero padded
+    const void* u;                // x / 2^e per row: count x dp, zero padded to dp columns and to
+                                  // a multiple of BACKWARD_ROWS rows (the backward copies whole tiles)
     const int32_t* instance;      // null: this side is the prototypes
     const int32_t* label;         // null: labels make no positives
     const uint8_t* role;          // null: every row an anchor

@@ -649,10 +649,11 @@ pub struct RawGradOutputs {
 }
 
 /// Rows x / 2^e (2^e = the power of two at or below max(||x||, eps): exact, norm in [1, 2)) in the
-/// input dtype, padded with zeros to `dp` (a multiple of 8), as raw bytes: the backward's H U
-/// operand (contrastive.cu's backward comment says why not rounded unit rows).
+/// input dtype, padded with zeros to `dp` (a multiple of 8) and to whole tiles of BACKWARD_ROWS
+/// rows (the backward copies tiles without row checks), as raw bytes: the backward's H U operand
+/// (contrastive.cu's backward comment says why not rounded unit rows).
 unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
-    let out = stream.alloc_zeros::<u8>((m.rows * dp * m.dtype.size_bytes()).max(16)).during("device allocation")?;
+    let out = stream.alloc_zeros::<u8>(packed_bytes(m.rows, dp, m.dtype)).during("device allocation")?;
     if m.rows > 0 {
         let params = ContrastivePackParams {
             x: m.ptr,
@@ -665,6 +666,11 @@ unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> 
         gpu.launch(stream, MODULE, &format!("contrastive_pack_{}", m.dtype), cfg, &params)?;
     }
     Ok(out)
+}
+
+/// Bytes of [`pack`]'s buffer: whole tiles of BACKWARD_ROWS rows of dp elements (at least 16).
+fn packed_bytes(rows: usize, dp: usize, dtype: DType) -> usize {
+    (rows.div_ceil(BACKWARD_ROWS) * BACKWARD_ROWS * dp * dtype.size_bytes()).max(16)
 }
 
 /// The backward on caller memory and stream: consumes the forward's `lse` and `positives` (same
@@ -963,7 +969,7 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
     // norms, first_empty, flags, split partials, prepared column tiles
     let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials + columns;
     let dp = d.div_ceil(8) * 8;
-    let packed = |rows: usize| (rows * dp * dtype.size_bytes()).max(16);
+    let packed = |rows: usize| packed_bytes(rows, dp, dtype);
     // upstream, U, norms, coef_a / coef_b, scalars, dU
     // (dU: one per column split of its pass, backward_splits; the safe API's buffers are aligned)
     let splits = |own: usize, other: usize| backward_splits(dtype, d, d % 8 == 0, own, other);
