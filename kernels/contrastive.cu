@@ -89,7 +89,17 @@ __device__ void contrastive_forward_columns(const CkContrastiveColumnsParams& p)
         j, inside ? logit_column_scale(c.norms[col], p.inv_tau) : 0.f, denominator ? -offset : -INFINITY,
         inside ? (proto ? col : c.instance[col]) : 0, denominator && !proto && c.label != nullptr ? c.label[col] : -2,
         denominator ? 0 : ~0);
+    // The same rows as the symmetric kernel's rows (the self geometry: the columns are the rows).
+    if (!proto && p.row_keys != nullptr) {
+        RowKeys key{0.f, 0, kNoLabelKey, ~0};  // outside the denominators: no sums, no positives
+        if (denominator) {
+            const int label = c.label != nullptr ? c.label[col] : -1;
+            key = RowKeys{logit_row_inverse(c.norms[col]), c.instance[col], label >= 0 ? label : kNoLabelKey, 0};
+        }
+        static_cast<RowKeys*>(p.row_keys)[col] = key;
+    }
 }
+static_assert(sizeof(RowKeys) == 16, "params/contrastive.h: 16-byte row records");
 
 // Is column (key, label, veto) a positive of a row (row_key, row_label)? Branch-free: one LOP3 and
 // two chained compares.
@@ -512,22 +522,23 @@ template <typename T, bool ALIGNED> __device__ void contrastive_forward_sym(cons
         const int row0 = bi * Cfg::BM, col0 = bj * Cfg::BN;
         __syncthreads();  // the previous tile's sums are added and its staged data read: all free
         if (new_rows) {
-            for (int i = threadIdx.x; i < Cfg::BM; i += Cfg::THREADS) {
-                const int row = row0 + i;
-                const bool den = row < n && !(p.rows.role != nullptr && p.rows.role[row] == kRoleNormPenaltyOnly);
-                RowKeys key{0.f, PROTO ? -1 : 0, kNoLabelKey, ~0};
-                if (den) {
-                    key.rinv = logit_row_inverse(p.rows.norms[row]);
-                    if (PROTO) {
-                        key.key = p.proto_of != nullptr ? p.proto_of[row] : -1;  // prototype indices are >= 0
-                    } else {
-                        key.key = p.rows.instance[row];
-                        const int label = p.rows.label != nullptr ? p.rows.label[row] : -1;
-                        key.label = label >= 0 ? label : kNoLabelKey;
+            // The rows' records, prepared by contrastive_forward_columns: one 16-byte copy per row,
+            // spelled as the columns' copy below (other forms spilled at 128 registers, sm_90a).
+            if constexpr (!PROTO) {
+                const char* rsrc = reinterpret_cast<const char*>(p.row_keys) + (size_t)row0 * sizeof(RowKeys);
+                if (threadIdx.x < Cfg::BM) cp_async_16(reinterpret_cast<char*>(sh.row_keys[0]) + 16 * threadIdx.x, rsrc + 16 * threadIdx.x, 16);
+            } else {  // prototype tiles: a row's key is its prototype (-1: none; indices are >= 0)
+                for (int i = threadIdx.x; i < Cfg::BM; i += Cfg::THREADS) {
+                    const int row = row0 + i;
+                    const bool den = row < n && !(p.rows.role != nullptr && p.rows.role[row] == kRoleNormPenaltyOnly);
+                    RowKeys key{0.f, -1, kNoLabelKey, ~0};
+                    if (den) {
+                        key.rinv = logit_row_inverse(p.rows.norms[row]);
+                        key.key = p.proto_of != nullptr ? p.proto_of[row] : -1;
+                        key.unused = 0;
                     }
-                    key.unused = 0;
+                    sh.row_keys[0][i] = key;
                 }
-                sh.row_keys[0][i] = key;
             }
         }
         ColumnStage<Cfg::BN / 2>& buf = sh.staged;

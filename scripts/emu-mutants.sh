@@ -42,6 +42,7 @@ mutants=(
   "column tail one past the end|contrastive.cu|    const bool inside = col < c.count;|    const bool inside = col <= c.count;|$contrastive gpu_forward_matches_oracle"
   "diagonal not excluded|contrastive.cu|                        x = self ? -INFINITY : x;|                        /* planted: self kept */|$contrastive gpu_forward_matches_oracle"
   "symmetric column sums keep rows outside the denominators|contrastive.cu|                    if (r.den[slot]) csum[e] += ex;  // a predicated add|                    csum[e] += ex;  /* planted */|$contrastive gpu_forward_matches_oracle"
+  "symmetric row records keep the label -1|contrastive.cu|c.instance[col], label >= 0 ? label : kNoLabelKey, 0};|c.instance[col], label, 0};|$contrastive gpu_forward_matches_oracle"
   "symmetric slot overwritten by a later tile|contrastive.cu|(&partials[(size_t)gp * n + row], col_red, col, first_col, offset);|(&partials[(size_t)gp * n + row], col_red, col, true, offset);|$contrastive gpu_forward_splits_and_offsets_match_oracle"
   "backward logits from the packed rows without the rows' power of two|common/contrastive_backward.cuh|    if (PACKED) r.rinv *= pow2_floor(norm_denominator(own.norms[row]));|    /* planted: no 2^e */|$contrastive gpu_backward_matches_oracle"
   "backward column data without the packing's power of two|common/contrastive_backward.cuh|        k.rinv = packed ? k.w : rinv;|        k.rinv = rinv;|$contrastive gpu_backward_matches_oracle"

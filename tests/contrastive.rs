@@ -680,18 +680,19 @@ fn fused_extra_memory_by_hand() {
     let b = fused_extra_bytes(n, None, 0, 128, DType::BF16);
     // Saved: loss 4 B + per-anchor, LSE, |P| 3 x 256 KiB. Scratch: row norms and column norms
     // 2 x 256 KiB, one empty prototype-norm slot, first-empty and 9 check flags, the prepared
-    // column tiles (512 x 2560 B); the row sweep would need no split partials (512 row blocks fill
-    // whole waves), the symmetric kernel 32 groups of 16 row blocks: 32 x 65536 x 16 B = 32 MiB.
+    // column tiles (512 x 2560 B) and the symmetric kernel's row records (65536 x 16 B); the row
+    // sweep would need no split partials (512 row blocks fill whole waves), the symmetric kernel 32
+    // groups of 16 row blocks: 32 x 65536 x 16 B = 32 MiB.
     assert_eq!(b.saved, 4 + 3 * 256 * kib);
-    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4 + 512 * 2560 + 32 * kib * kib);
+    assert_eq!(b.forward, b.saved + 2 * 256 * kib + 4 + 4 + 9 * 4 + 512 * 2560 + 65536 * 16 + 32 * kib * kib);
     // n = 8192: the row sweep splits 4 ways on 132 SMs at 2 blocks each (2 at 1): 4 x 8192 x 16 B
     // of partials; the symmetric kernel one group per row block: 64 x 8192 x 16 B (8 MiB).
     let s = fused_extra_bytes(8192, None, 0, 128, DType::BF16);
-    assert_eq!(s.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 4 + 4 + 9 * 4 + 64 * 2560 + 64 * 8192 * 16);
+    assert_eq!(s.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 4 + 4 + 9 * 4 + 64 * 2560 + 8192 * 16 + 64 * 8192 * 16);
     // With prototypes, one more slot: 65 x 8192 x 16 B, and 2 x 4 B of prototype norms, one
     // more column tile.
     let c = fused_extra_bytes(8192, None, 2, 128, DType::BF16);
-    assert_eq!(c.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 2 * 4 + 4 + 9 * 4 + 65 * 2560 + 65 * 8192 * 16);
+    assert_eq!(c.forward, 4 + 3 * 32 * kib + 2 * 32 * kib + 2 * 4 + 4 + 9 * 4 + 65 * 2560 + 8192 * 16 + 65 * 8192 * 16);
     // Backward: upstream 4 B, packed bf16 unit rows 16 MiB, row norms 256 KiB, coef_a / coef_b
     // 2 x 256 KiB, 2 scalars, f32 gradient scratch 32 MiB, the prepared column tiles (1024 x 2048 B).
     assert_eq!(b.backward, 4 + 16 * kib * kib + 256 * kib + 2 * 256 * kib + 8 + 32 * kib * kib + 1024 * 2048);

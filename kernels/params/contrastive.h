@@ -116,6 +116,8 @@ typedef struct CkContrastiveForwardParams {
     int32_t* positives;           // |P(i)|
     float* partials;              // grid.y > 1 (or the symmetric kernel, below): [slot][rows.count] x 4 f32 (m2, sum, pos_sum, pos_count)
     const void* columns;          // contrastive_forward_columns' output: column tiles, then prototype tiles
+    const void* row_keys;         // the symmetric kernel (null elsewhere): its rows' data, prepared
+                                  // by contrastive_forward_columns (FORWARD_COLS x 16 bytes per tile)
     // contrastive_forward_sym_* only (0 elsewhere): the row blocks are cut into sym_groups groups of
     // sym_group blocks; block x < sym_groups (sym_groups + 1) / 2 computes the tiles of one pair of
     // groups (p <= q) on and above the diagonal, the blocks after it the prototype tiles of one row
@@ -129,6 +131,8 @@ typedef struct CkContrastiveColumnsParams {
     CkRowSet cols;
     CkRowSet protos;              // x, norms, count only
     void* out;                    // (col_tiles + prototype tiles) x COLUMN_TILE_BYTES
+    void* row_keys;               // null, or col_tiles x FORWARD_COLS row records (ck::RowKeys, 16
+                                  // bytes: the self geometry's columns as the symmetric kernel's rows)
     float inv_tau;
     int32_t fixed_offset;         // 1: for the fixed-offset kernels (bias -inv_tau log2(e)); 0: online max
     int32_t col_tiles;

@@ -543,11 +543,16 @@ pub unsafe fn forward_raw_tuned(
         let columns = alloc_f32(stream, tiles * params::FORWARD_COLUMN_TILE_BYTES / 4)?;
         let columns_p = ptr(&columns, stream);
         let col_tiles = n_keys.div_ceil(params::FORWARD_COLS);
+        // The symmetric kernel's rows (the self geometry's columns), prepared with them: 16 bytes
+        // per row of every column tile.
+        let row_keys = if symmetric { Some(alloc_f32(stream, col_tiles * params::FORWARD_COLS * 4)?) } else { None };
+        let row_keys_p = row_keys.as_ref().map_or(0, |s| ptr(s, stream));
         if tiles > 0 {
             let params = ContrastiveColumnsParams {
                 cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
                 protos: RowSet { x: r.centers, norms: center_norms_p, count: nc_i, ..RowSet::default() },
                 out: columns_p,
+                row_keys: row_keys_p,
                 inv_tau,
                 fixed_offset: fixed as i32,
                 col_tiles: col_tiles as i32,
@@ -570,6 +575,7 @@ pub unsafe fn forward_raw_tuned(
             positives: out.positives,
             partials: partials_p,
             columns: columns_p,
+            row_keys: row_keys_p,
             sym_group: if symmetric { sym_group as i32 } else { 0 },
             sym_groups: if symmetric { sym_groups as i32 } else { 0 },
         };
@@ -965,8 +971,12 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
         let slots = forward_sym_groups(n, centers).1 + (centers > 0) as usize;
         partials = partials.max(4 * f * slots * n);
     }
-    let columns = buf(tiles * params::FORWARD_COLUMN_TILE_BYTES / 4, f);
-    // norms, first_empty, flags, split partials, prepared column tiles
+    let mut columns = buf(tiles * params::FORWARD_COLUMN_TILE_BYTES / 4, f);
+    if keys.is_none() && n > 0 {
+        columns += n.div_ceil(params::FORWARD_COLS) * params::FORWARD_COLS * 16;
+        // the symmetric kernel's row records
+    }
+    // norms, first_empty, flags, split partials, prepared column tiles (and row records)
     let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials + columns;
     let dp = d.div_ceil(8) * 8;
     let packed = |rows: usize| packed_bytes(rows, dp, dtype);
