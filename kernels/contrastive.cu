@@ -432,7 +432,9 @@ __device__ __forceinline__ void fold_symmetric(Lse2 (&stats)[ROWS], const float 
                     }
                 }
             }
-        // The warp's 8 row groups (lanes 4 apart) hold the same two columns: a fixed butterfly.
+        // The warp's 8 row groups (lanes 4 apart) hold the same two columns: a fixed butterfly. (A
+        // reduce-scatter, 7 shuffles for the 6 sums instead of 18, took more instructions, its
+        // selects, and spilled at 128 registers: sm_90a, tried 2026-12-02.)
 #pragma unroll
         for (int e = 0; e < 2; ++e)
 #pragma unroll
