@@ -2,11 +2,13 @@
 //! sweep split across blocks where the grid is short of whole waves, O(n) saved statistics) and the
 //! backward ((G + G^T) U from recomputed logit tiles), both in `kernels/contrastive.cu`. Device
 //! memory beyond the inputs and the gradients: the norms and per-row statistics (O(n)); in the
-//! forward the prepared column tiles (20 bytes per column) and the split partials (16 bytes per
-//! row and split, at most `MAX_SPLITS`, none where the row blocks fill the waves); in the backward
-//! a packed copy of the rows scaled by powers of two (n x d in the input dtype) plus an f32
-//! gradient scratch (n x d, times the column splits of a small grid, see
-//! `backward_splits`): 48 MiB at n = 65536, d = 128 bf16; never O(n^2).
+//! forward the prepared column tiles (20 bytes per column; the symmetric kernel's row records, 16
+//! bytes per row) and the split partials (16 bytes per row and split, at most `MAX_SPLITS`, none
+//! where the row blocks fill the waves; the symmetric kernel's group slots, within
+//! `FORWARD_SYM_PARTIAL_BYTES`); in the backward a packed copy of the rows scaled by powers of two
+//! (n x d in the input dtype, whole tiles of rows), the prepared column tiles (32 bytes per column)
+//! plus an f32 gradient scratch (n x d, times the column splits of a small grid, see
+//! `backward_splits`): about 51 MiB at n = 65536, d = 128 bf16 ([`extra_bytes`]); never O(n^2).
 //!
 //! f16 and bf16 features run on the tensor cores (f32 accumulation); f32 features run the same
 //! kernels with exact FFMA in place of the MMA (same fragment layout), for f32 accuracy.
