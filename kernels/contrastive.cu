@@ -99,7 +99,7 @@ __device__ void contrastive_forward_columns(const CkContrastiveColumnsParams& p)
         static_cast<RowKeys*>(p.row_keys)[col] = key;
     }
 }
-static_assert(sizeof(RowKeys) == 16, "params/contrastive.h: 16-byte row records");
+static_assert(sizeof(RowKeys) == CK_CONTRASTIVE_FORWARD_ROW_RECORD_BYTES, "params/contrastive.h: the row records");
 
 // Is column (key, label, veto) a positive of a row (row_key, row_label)? Branch-free: one LOP3 and
 // two chained compares.

@@ -66,6 +66,18 @@ struct Row {
 static_assert(sizeof(Row) == 32, "two 16-byte loads");
 
 
+// Row i of `side` as an anchor (Column's and Row's coef, coef_b, lse2), when it is one in this pass:
+// its base-2 LSE and coefficients, kOneExp folding 2^(m2 - lse2) into coef.
+template <class Data>
+__device__ __forceinline__ void set_anchor_terms(Data& k, const CkGradSide& side, int i, int mode, float m2) {
+    if (side.lse != nullptr && side.coef_a[i] != 0.f) {
+        k.lse2 = side.lse[i] * kLog2e;
+        k.coef = side.coef_a[i];
+        k.coef_b = side.coef_b[i];
+        if (mode == kOneExp) k.coef *= ex2_approx(m2 - k.lse2);
+    }
+}
+
 // The data of column `col` of `other` for a sweep of `own` (contrastive_backward_columns: once per
 // pass, not per tile and block).
 // packed: the logit tile is multiplied from the packed rows x / 2^e (exact): the logit factors
@@ -87,12 +99,7 @@ __device__ __forceinline__ Column column_data(const CkGradSide& own, const CkGra
             k.key = other.instance[col];
             k.label = other.label != nullptr ? other.label[col] : -1;
         }
-        if (other.lse != nullptr && other.coef_a[col] != 0.f) {
-            k.lse2 = other.lse[col] * kLog2e;
-            k.coef = other.coef_a[col];
-            k.coef_b = other.coef_b[col];
-            if (mode == kOneExp) k.coef *= ex2_approx(m2 - k.lse2);
-        }
+        set_anchor_terms(k, other, col, mode, m2);
     }
     return k;
 }
@@ -128,12 +135,7 @@ __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide&
         const int label = own.label != nullptr ? own.label[row] : -1;
         r.label = label >= 0 ? label : INT_MIN;
     }
-    if (own.lse != nullptr && own.coef_a[row] != 0.f) {
-        r.lse2 = own.lse[row] * kLog2e;
-        r.coef = own.coef_a[row];
-        r.coef_b = own.coef_b[row];
-        if (mode == kOneExp) r.coef *= ex2_approx(m2 - r.lse2);
-    }
+    set_anchor_terms(r, own, row, mode, m2);
     return r;
 }
 

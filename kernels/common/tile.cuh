@@ -283,6 +283,16 @@ struct Ffma {
 template <typename T> struct EngineFor { using type = TensorCores; };
 template <> struct EngineFor<float> { using type = Ffma; };
 
+// Zeroes MI x NI accumulator fragments (the k-loops' start).
+template <int MI, int NI> __device__ __forceinline__ void zero_fragments(float (&acc)[MI][NI][4]) {
+#pragma unroll
+    for (int mi = 0; mi < MI; ++mi)
+#pragma unroll
+        for (int ni = 0; ni < NI; ++ni)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+}
+
 // ---------------------------------------------------------------------------------------------
 // The k-loop of one BM x BN block tile: acc = op(A)[row0 : row0 + BM] op(B)[col0 : col0 + BN]^T
 // over the reduction dim d, double-buffered (the next stage's copy is in flight while this stage's
@@ -301,14 +311,6 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[MI_][NI_][4], T* sme
     static_assert(TA::ELEMS <= Cfg::SMEM_ELEMS_A && TB::ELEMS <= Cfg::SMEM_ELEMS_B, "a stage fits Cfg's shared memory");
     static_assert(sizeof(T) == Cfg::ELEM_BYTES, "the tile config's element size is T's");
     constexpr bool ASYNC = ALIGNED && sizeof(T) == 2;
-    auto zero_acc = [&] {
-#pragma unroll
-        for (int mi = 0; mi < MI_; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < NI_; ++ni)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
-    };
 
     auto stage_a = [&](int s) { return smem + s * (Cfg::SMEM_ELEMS_A + Cfg::SMEM_ELEMS_B); };
     auto stage_b = [&](int s) { return stage_a(s) + Cfg::SMEM_ELEMS_A; };
@@ -320,7 +322,7 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[MI_][NI_][4], T* sme
 
     const int k_tiles = (d + Cfg::BK - 1) / Cfg::BK;
     if (k_tiles == 0) {  // d = 0: a zero tile, and no copy issued that no wait would retire
-        zero_acc();
+        zero_fragments(acc);
         return;
     }
     load_stage(0, 0);
@@ -329,7 +331,7 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[MI_][NI_][4], T* sme
     // tile (one before each branch, one in the preheader); now 2 x 32 (sm_90a). Dropping the d = 0
     // exit as well (one zeroing) or peeling the first stage with C = 0 made ptxas spill or grow
     // the forward's registers (128 -> spills, 168 -> 179..197).
-    zero_acc();
+    zero_fragments(acc);
     int kt = 0;
     do {
         if (kt + 1 < k_tiles) {
@@ -351,12 +353,7 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[MI_][NI_][4], T* sme
 // An engine with its own warp layout brings its MI_ x NI_ (as mma_block_tile's).
 template <class Cfg, typename T, class Engine = typename EngineFor<T>::type, int MI_ = Cfg::MI, int NI_ = Cfg::NI>
 __device__ __forceinline__ void mma_resident_tile(float (&acc)[MI_][NI_][4], const T* sA, const T* sB, int d) {
-#pragma unroll
-    for (int mi = 0; mi < MI_; ++mi)
-#pragma unroll
-        for (int ni = 0; ni < NI_; ++ni)
-#pragma unroll
-            for (int e = 0; e < 4; ++e) acc[mi][ni][e] = 0.f;
+    zero_fragments(acc);
 #pragma unroll 1
     for (int k0 = 0; k0 < d; k0 += Cfg::BK) Engine::template stage<Cfg, false, false>(acc, sA + k0, sB + k0);
 }

@@ -23,6 +23,8 @@
 // Bytes of one column tile's prepared data (ck::ColumnStage: 64 pairs x 40 bytes), written by
 // contrastive_forward_columns, one block of FORWARD_COLS threads per tile.
 #define CK_CONTRASTIVE_FORWARD_COLUMN_TILE_BYTES 2560
+// Bytes of one row record of the symmetric kernel (ck::RowKeys), written with the column tiles.
+#define CK_CONTRASTIVE_FORWARD_ROW_RECORD_BYTES 16
 // The backward block (ck::BackwardTraits): 64 own rows, 4 row warps of 16 rows times G d-groups
 // (G = 1, 2, 4: kernels contrastive_backward_*_g{G}), so 128 G threads; a d-group's warp owns
 // WARP_D columns of the gradient, the block G WARP_D of them (grid.y covers d by such chunks). The

@@ -545,9 +545,13 @@ pub unsafe fn forward_raw_tuned(
         let columns = alloc_f32(stream, tiles * params::FORWARD_COLUMN_TILE_BYTES / 4)?;
         let columns_p = ptr(&columns, stream);
         let col_tiles = n_keys.div_ceil(params::FORWARD_COLS);
-        // The symmetric kernel's rows (the self geometry's columns), prepared with them: 16 bytes
+        // The symmetric kernel's rows (the self geometry's columns), prepared with them: one record
         // per row of every column tile.
-        let row_keys = if symmetric { Some(alloc_f32(stream, col_tiles * params::FORWARD_COLS * 4)?) } else { None };
+        let row_keys = if symmetric {
+            Some(alloc_f32(stream, col_tiles * params::FORWARD_COLS * params::FORWARD_ROW_RECORD_BYTES / 4)?)
+        } else {
+            None
+        };
         let row_keys_p = row_keys.as_ref().map_or(0, |s| ptr(s, stream));
         if tiles > 0 {
             let params = ContrastiveColumnsParams {
@@ -975,8 +979,8 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
     }
     let mut columns = buf(tiles * params::FORWARD_COLUMN_TILE_BYTES / 4, f);
     if keys.is_none() && n > 0 {
-        columns += n.div_ceil(params::FORWARD_COLS) * params::FORWARD_COLS * 16;
         // the symmetric kernel's row records
+        columns += n.div_ceil(params::FORWARD_COLS) * params::FORWARD_COLS * params::FORWARD_ROW_RECORD_BYTES;
     }
     // norms, first_empty, flags, split partials, prepared column tiles (and row records)
     let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials + columns;
