@@ -636,11 +636,12 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 //   pairwise:      own = anchors, other = keys, then the prototypes; and own = keys, other = anchors;
 //   prototypes:    own = the prototypes, other = the anchor rows.
 // A block owns 64 own rows and G x WARP_D columns of d (BackwardTraits below: d up to 512 in one
-// chunk for aligned f16 / bf16, 256 for f32 and `_unaligned`; grid.y covers a larger d). It sweeps
-// the other side in tiles of 64 rows; per tile:
-//  1. the logit tile, once for the whole chunk of d, with the tensor cores (f32: exact FFMA) from
-//     the raw rows as the forward computes it (same products, same f32 inverse norms: the saved LSE
-//     normalizes precisely these logits, which a separately rounded unit-row copy would not);
+// chunk for f16 / bf16, 128 for f32; grid.y covers a larger d). It sweeps the other side in tiles
+// of 64 rows; per tile:
+//  1. the logit tile, once for the whole chunk of d, with the tensor cores (f32: exact FFMA) as
+//     the forward computes it (the same products up to exact powers of two, the same f32 inverse
+//     norms: the saved LSE normalizes precisely these logits, which a separately rounded unit-row
+//     copy would not);
 //  2. the epilogue (kernels/common/contrastive_backward.cuh): per-column data prepared once per
 //     pass (contrastive_backward_columns) and staged in shared memory by one 16-byte copy per
 //     thread and tile, per-row data once per sweep, base-2 logits and ex2, one exponential
@@ -656,14 +657,18 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // carries w_j = 2^e_j / max(|x_j|, eps) that makes it u_j, so its rounding error stays along u_j.
 // The raw rows x_j would be as exact with 1 / max(|x_j|, eps) in H, but that scalar ranges with
 // the norms, and H in f16 (at most 2^14 after sigma) would then overflow or sink into f16's
-// subnormals for rows far from unit norm; the packed rows keep H's range fixed. Aligned f16 /
-// bf16 at G = 1 (d <= 128) multiplies S from the packed rows as well, both sides resident in
-// shared memory for the whole d (BackwardTraits::RESIDENT): products of x / 2^e are the raw ones
-// scaled by 2^(e_i + e_j), exactly, and the logit factors carry the 2^e (w_i, 2^e_j cscale_j), so
-// the logits come out as the forward's (scaling by a power of two commutes with f32 rounding; only
-// values at the edge of f32's normal range could differ), and each tile reads the other rows once. Elsewhere the other side's rows are read twice per tile (raw for S in BK
-// stages, packed for H U): an O(n d) extra pass, against the n^2 d products. No n x n matrix, no
-// atomics, fixed orders: deterministic.
+// subnormals for rows far from unit norm; the packed rows keep H's range fixed. f16 / bf16
+// multiply S from the packed rows as well (BackwardTraits::FROM_PACKED): products of x / 2^e are
+// the raw ones scaled by 2^(e_i + e_j), exactly, and the logit factors carry the 2^e (w_i,
+// 2^e_j cscale_j), so the logits come out as the forward's (scaling by a power of two commutes
+// with f32 rounding; only values at the edge of f32's normal range could differ). The packed rows
+// are always aligned and zero padded to dp (a multiple of 8): one kernel, with 16-byte copies,
+// whatever the alignment of the caller's rows or of d (before, d % 8 != 0 or a misaligned base
+// took `_unaligned` kernels with element-wise loads: estimated 1.3x slower at d <= 128, 2.6x at
+// 256 < d <= 512, where they stopped at G = 2). At G = 1 and 4 both sides stay resident in shared
+// memory for the whole d (BackwardTraits::RESIDENT), so each tile reads the other rows once; at
+// G = 2 S's operands pass through the stages. f32 reads its raw rows for S, element-wise, and the
+// packed ones for H U. No n x n matrix, no atomics, fixed orders: deterministic.
 // Two GEMM-equivalents per pass when the chunk covers d (before: one logit tile per 128 columns
 // of d, five GEMM-equivalents at d = 512).
 //
@@ -686,8 +691,7 @@ using GradSide = CkGradSide;
 // step 4 x4-ldmatrix for 8 MMAs (16-row warps: 5). G = 2, 4: split over k (bwd::SplitKTile), each
 // k-half on 2 x 2 warps of 32 x 32 (G = 2) or 2 x 4 of 32 x 16 (G = 4), the halves added through
 // shared memory (unsplit, 4 x G warps would have 16 x 32 / 16 x 16 pieces whose B fragments serve
-// one m16 fragment). `_unaligned` G = 2 and f32: 4 x G warps, warp (m, g) computing rows 16 m.. x
-// columns (64 / G) g.. .
+// one m16 fragment). f32: 4 x G warps, warp (m, g) computing rows 16 m.. x columns (64 / G) g.. .
 // H U: f16 / bf16, 2 x 2G warps of 32 rows x 64 columns of d: per k16 step 6 x4-ldmatrix for 16
 // MMAs (a B fragment serves two m16 fragments; 16 rows x 128 columns: 9). H passes through shared
 // memory, so neither product needs a warp to own whole rows. f32: 4 x G warps of 16 rows (the
@@ -714,15 +718,19 @@ template <typename T, int G> struct BackwardTraits {
                   "the warps cover the tile and the block's rows");
     static_assert(E == 2 || U_MI == 1, "the FFMA engine's H U takes 16 rows per warp");
     static_assert(Cfg::BM == Cfg::BN, "a sweep's diagonal lies in the tile with col0 == row0");
-    // f16 / bf16 at G = 2, 4: the logit tile split over k (bwd::SplitKTile; sweep_other: aligned
-    // only at G = 2); Cfg then names the stages and loads.
+    // f16 / bf16 at G = 2, 4: the logit tile split over k (bwd::SplitKTile); Cfg then names the
+    // stages and loads.
     static constexpr bool SPLIT_K = E == 2 && G > 1;
-    // f16 / bf16 at G = 1 and 4 (aligned, one chunk: d <= 128 G; sweep_other): the logit tile from
-    // the packed rows, both sides resident in shared memory for the whole chunk of d (the own rows
-    // once per sweep, in the stages' space, widened at G = 4; the other side's chunk is H U's
-    // operand anyway): each tile's other rows are read from memory once instead of twice, and the
-    // k-loop has no copies or barriers. (G = 2 keeps the stages: the `_unaligned` kernel shares
-    // its shared-memory layout, and no bench shape takes it.)
+    // f16 / bf16: S from the packed rows (always aligned: one kernel whatever the raw rows'
+    // alignment, and the 16-byte cp.async loads), the logit factors carrying their powers of two;
+    // f32: from the raw rows, element-wise.
+    static constexpr bool FROM_PACKED = E == 2;
+    // f16 / bf16 at G = 1 and 4 (one chunk: d <= 128 G; sweep_other): the packed rows of both
+    // sides resident in shared memory for the whole chunk of d (the own rows once per sweep, in
+    // the stages' space, widened at G = 4; the other side's chunk is H U's operand anyway): each
+    // tile's other rows are read from memory once instead of twice, and the k-loop has no copies or
+    // barriers. (G = 2 reads S's operands through the stages: it also serves d over 512 by chunks,
+    // whose S spans the whole d, and no bench shape takes it.)
     static constexpr bool RESIDENT =
         E == 2 && (G == 1 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 : G == 2 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G2
                                                                           : CK_CONTRASTIVE_BACKWARD_RESIDENT_G4) != 0;
@@ -787,10 +795,13 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     using Cfg = typename Tr::Cfg;
     const float m2 = inv_tau * kLog2e;
     const int mode = bwd::sweep_mode(m2);
+    // f16 / bf16 (ALIGNED: always, BackwardTraits::FROM_PACKED) multiply S from the packed rows,
+    // whatever the raw rows' alignment; RESIDENT ones keep both sides in shared memory.
     constexpr bool RESIDENT = Tr::RESIDENT && ALIGNED;
+    static_assert(ALIGNED == Tr::FROM_PACKED, "f16 / bf16: aligned packed rows; f32: element-wise raw rows");
     // Published by the first tile's barriers; the previous sweep's last barrier freed sh.rows.
     for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS)
-        sh.rows[r] = bwd::load_row<RESIDENT>(own, other, row0 + r, mode, inv_tau, m2);
+        sh.rows[r] = bwd::load_row<Tr::FROM_PACKED>(own, other, row0 + r, mode, inv_tau, m2);
     T* own_rows = sh.stages;  // RESIDENT: the own packed rows [BM][CHUNK_STRIDE], for the whole sweep
     if (RESIDENT && col_begin < col_end) {  // waited for with the first tile's copies (none: no copy)
         bwd::load_rows_async<Cfg::BM, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(own_rows, static_cast<const T*>(own.u), dp, row0,
@@ -798,14 +809,14 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
         cp_async_commit();
     }
     const int diagonal_col0 = exclude_self ? row0 : -1;  // the tile holding the diagonal, if any
-    const T* own_x = static_cast<const T*>(own.x);
-    const T* other_x = static_cast<const T*>(other.x);
     const T* other_u = static_cast<const T*>(other.u);
+    // S's operands: the packed rows ([count][dp], zero past d) or the raw ones ([count][d]).
+    const T* own_s = static_cast<const T*>(Tr::FROM_PACKED ? own.u : own.x);
+    const T* other_s = Tr::FROM_PACKED ? other_u : static_cast<const T*>(other.x);
+    const int s_d = Tr::FROM_PACKED ? dp : d;
     const T* h_rows = sh.h + Tr::u_warp_m() * Tr::U_MI * 16 * Tr::H_STRIDE;  // this warp's rows of H
     const T* v_cols = sh.other + Tr::u_warp_d() * Tr::WARP_D;               // its columns of d
-    // `_unaligned` G = 2 keeps the unsplit tile: its element-wise loads make it issue-bound, and
-    // the reduction's instructions would add to that bound (estimated +1.8 %).
-    constexpr bool SPLIT_K = Tr::SPLIT_K && (ALIGNED || G == 4);
+    constexpr bool SPLIT_K = Tr::SPLIT_K;
     using Epi = typename bwd::Pick<SPLIT_K, typename Tr::Split, Cfg>::type;
     float acc[Epi::MI][Epi::NI][4];
     for (int col0 = col_begin; col0 < col_end; col0 += Cfg::BN) {
@@ -831,10 +842,10 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
             if constexpr (SPLIT_K) bwd::split_k_resident_tile<typename Tr::ResidentCfg, typename Tr::Split>(acc, sh.red, own_rows, sh.other, d);
             else mma_resident_tile<typename Tr::ResidentCfg>(acc, own_rows, sh.other, d);
         } else if constexpr (SPLIT_K)
-            bwd::split_k_block_tile<Cfg, typename Tr::Split, ALIGNED>(acc, sh.red, sh.stages, own_x, other_x, own.count, other.count, d, row0,
-                                                  col0);
+            bwd::split_k_block_tile<Cfg, typename Tr::Split, ALIGNED>(acc, sh.red, sh.stages, own_s, other_s, own.count, other.count, s_d,
+                                                                   row0, col0);
         else
-            mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_x, other_x, own.count, other.count, d, row0, col0);
+            mma_block_tile<Cfg, ALIGNED>(acc, sh.stages, own_s, other_s, own.count, other.count, s_d, row0, col0);
         if (!RESIDENT && d == 0) {
             cp_async_wait<0>();
             __syncthreads();  // otherwise mma_block_tile's barriers publish the staged columns and sh.other
@@ -1064,26 +1075,24 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
     ck::contrastive_forward_merge(p);
 }
 
-// `_unaligned`: d % 8 != 0 or a raw-row base not 16-byte aligned (element-wise loads of the raw
-// rows, as the forward's `_unaligned`); f32 always loads element-wise, so both are one kernel.
+// No `_unaligned` form: f16 / bf16 multiply S from the packed rows (always aligned, zero padded to
+// dp), f32 loads its raw rows element-wise (ALIGNED = false) whatever their alignment.
 // `_g{G}`: G d-groups of 4 warps (BackwardTraits), 128 G threads, dynamic shared memory
 // CK_CONTRASTIVE_BACKWARD_SMEM_*_G{G}.
-#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, suffix, aligned, groups)                                    \
+#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, groups)                                                     \
     extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS * groups, 1)                   \
-        contrastive_backward_##name##suffix##_g##groups(const __grid_constant__ CkContrastiveBackwardParams p) { \
-        ck::contrastive_backward<type, aligned, groups>(                                                       \
+        contrastive_backward_##name##_g##groups(const __grid_constant__ CkContrastiveBackwardParams p) {        \
+        ck::contrastive_backward<type, sizeof(type) == 2, groups>(                                             \
             p.own, p.other, p.protos, static_cast<const ck::bwd::Column*>(p.columns),                          \
             static_cast<const ck::bwd::Column*>(p.proto_columns), p.dp, p.d, p.exclude_self, p.inv_tau, p.scalars, \
             p.du, p.splits);                                                                                     \
     }
 // G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators, the logit tile's BK =
-// 64 stages) only for aligned f16 / bf16: the element-wise loads of `_unaligned` and the f32 FFMA
-// engine spilled there (ptxas sm_90a), so they stop at G = 2 (params/contrastive.h).
+// 64 stages) only for f16 / bf16: the f32 FFMA engine spilled there (ptxas sm_90a), so it stops at
+// G = 2 (params/contrastive.h).
 #define CK_CONTRASTIVE_BACKWARD(name, type)                                                                    \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, 1)                                         \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, , sizeof(type) == 2, 2)                                         \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, 1)                                           \
-    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, _unaligned, false, 2)                                           \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, 1)                                                              \
+    CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, 2)                                                              \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
         contrastive_pack_##name(const __grid_constant__ CkContrastivePackParams p) {                           \
         ck::pack_scaled_rows<type>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u));    \
@@ -1092,8 +1101,8 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
 CK_CONTRASTIVE_BACKWARD(f32, float)
 CK_CONTRASTIVE_BACKWARD(f16, __half)
 CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
-CK_CONTRASTIVE_BACKWARD_KERNEL(f16, __half, , true, 4)
-CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, , true, 4)
+CK_CONTRASTIVE_BACKWARD_KERNEL(f16, __half, 4)
+CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, 4)
 
 // Every column tile's per-column data for one backward sweep (bwd::column_data), in the layout a
 // block stages: one 2048-byte copy per tile instead of per-tile gathers, a division and an

@@ -591,17 +591,18 @@ def backward_dynamic_smem(kernel, h):
     return h[f"CONTRASTIVE_BACKWARD_SMEM_{'F32' if '_f32' in kernel else 'HALF'}_G{backward_groups(kernel)}"]
 
 
-def backward_launch(dtype, aligned, d, own_rows, other_rows, h):
+def backward_launch(dtype, d, own_rows, other_rows, h):
     """src/ops/contrastive/gpu.rs' backward_shape + backward_splits (one pass: `own` rows against
-    `other` rows): G = the smallest of 1, 2, 4 with G WARP_D >= d, at most MAX_GROUPS (4 for aligned
-    f16 / bf16, else 2), or 2 where none covers d (the resident G = 1, 4 kernels take one chunk); chunk = G WARP_D columns of d per block (grid.y = ceil(d / chunk));
+    `other` rows; the same whatever the rows' alignment): G = the smallest of 1, 2, 4 with G WARP_D
+    >= d, at most MAX_GROUPS (4 for f16 / bf16, 2 for f32), or CHUNKED_GROUPS (2) where none covers
+    d (the resident G = 1, 4 kernels take one chunk); chunk = G WARP_D columns of d per block
+    (grid.y = ceil(d / chunk));
     splits = floor(SPLIT_TARGET_CTAS / G / blocks) clamped to [1, min(MAX_SPLITS, column tiles)],
     1 for G = 4. Returns (G, chunk, splits)."""
     f32 = dtype == "f32"
     warp_d = h["CONTRASTIVE_BACKWARD_WARP_D_F32" if f32 else "CONTRASTIVE_BACKWARD_WARP_D_HALF"]
-    most = h["CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF" if aligned and not f32 else
-             "CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER"]
-    g = next((g for g in (1, 2, 4) if g <= most and g * warp_d >= d), h["CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER"])
+    most = h["CONTRASTIVE_BACKWARD_MAX_GROUPS_F32" if f32 else "CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF"]
+    g = next((g for g in (1, 2, 4) if g <= most and g * warp_d >= d), h["CONTRASTIVE_BACKWARD_CHUNKED_GROUPS"])
     chunk = g * warp_d
     blocks = ceil_div(own_rows, h["CONTRASTIVE_BACKWARD_ROWS"]) * max(ceil_div(d, chunk), 1)
     tiles = ceil_div(other_rows, h["CONTRASTIVE_BACKWARD_ROWS"])
@@ -613,10 +614,10 @@ def backward_launch(dtype, aligned, d, own_rows, other_rows, h):
 
 
 def backward_kernel_dtype(kernel):
-    """(dtype, aligned) of a backward kernel name (gpu.rs: `_unaligned` when d % 8 or a base is not
-    16-byte aligned; f32 loads element-wise either way but has both names)."""
-    m = re.match(r"contrastive_backward_(f16|bf16|f32)(_unaligned)?", kernel)
-    return (m.group(1), m.group(2) is None) if m else (None, False)
+    """The dtype of a backward kernel name (one kernel per dtype and G: f16 / bf16 multiply S from
+    the packed rows, always aligned; f32 loads element-wise)."""
+    m = re.match(r"contrastive_backward_(f16|bf16|f32)_g", kernel)
+    return m.group(1) if m else None
 
 
 def backward_schedule(n, d, h, kernel, tile):
@@ -624,8 +625,7 @@ def backward_schedule(n, d, h, kernel, tile):
     rows, no prototypes): grid (ceil(n / 64), ceil(d / chunk), splits), each CTA sweeping its
     split's ceil(tiles / splits) of the ceil(n / 64) column tiles. None when the host picks another
     G at this d (backward_launch)."""
-    dtype, aligned = backward_kernel_dtype(kernel)
-    g, chunk, splits = backward_launch(dtype, aligned, d, n, n, h)
+    g, chunk, splits = backward_launch(backward_kernel_dtype(kernel), d, n, n, h)
     if g != backward_groups(kernel):
         return None
     tiles = ceil_div(n, tile.BN)
@@ -659,7 +659,7 @@ KERNEL_MODELS = [
                 pick_sweep=most_shuffles, example="contrastive_forward_sym_bf16"),
     # The rebuilt backward: a block = 4 row warps x G d-groups, a 64 x 64 logit tile per column tile
     # for the whole chunk of d, H through (dynamic) shared memory, then H x U (BackwardTraits).
-    KernelModel(r"^contrastive_backward_(f16|bf16)(_unaligned)?_g(1|2|4)$", (), "HMMA",
+    KernelModel(r"^contrastive_backward_(f16|bf16)_g(1|2|4)$", (), "HMMA",
                 backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS",
                 tile_of=backward_tile, dynamic_smem=backward_dynamic_smem, product_trips=backward_product_trips,
                 mode_arms=True, example="contrastive_backward_bf16_g1"),
@@ -668,7 +668,7 @@ KERNEL_MODELS = [
 # Kernels with the resource columns only, on purpose (pattern, why). scripts/tests checks that every
 # contrastive kernel matches a model or this list, so a rename cannot silently drop a kernel's rows.
 RESOURCE_ONLY = [
-    (r"^contrastive_(forward|backward)_(sym_)?f32(_online)?(_unaligned)?(_g\d)?$",
+    (r"^contrastive_(forward_(sym_)?f32(_online)?(_unaligned)?|backward_f32_g\d)$",
      "f32 on the FFMA engine: its k-loop (FFMA from shared memory) is not the MMA-count rule's"),
     (r"^contrastive_(forward|backward)_merge$", "memory-bound merge of the column splits' partials (no MMA)"),
     (r"^contrastive_forward_columns$", "per-column data prepared once per forward, O(N)"),
@@ -974,9 +974,10 @@ def estimate_shape(cost, n, d, header):
 
 
 def backward_for(forward, estimates, n, d):
-    """The backward kernel the host launches with `forward` at (n, d): same dtype and alignment
-    (`_online` dropped), the G variant of backward_launch, i.e. the one with an estimate there."""
-    base = forward.replace("_forward_", "_backward_").replace("_online", "").replace("_sym", "")
+    """The backward kernel the host launches with `forward` at (n, d): same dtype (`_online`,
+    `_sym` and `_unaligned` dropped: the backward has one kernel per dtype and G), the G variant of
+    backward_launch, i.e. the one with an estimate there."""
+    base = forward.replace("_forward_", "_backward_").replace("_online", "").replace("_sym", "").replace("_unaligned", "")
     variant = re.escape(base) + r"(_g\d+)?"
     return next((k for (k, kn, kd) in estimates if (kn, kd) == (n, d) and re.fullmatch(variant, k)), None)
 

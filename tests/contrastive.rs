@@ -758,11 +758,12 @@ fn gpu_backward_small_temperature_close_views() {
 /// The rebuilt backward's paths (kernels/contrastive.cu, kernels/common/contrastive_backward.cuh),
 /// each against the oracle with DESIGN.md's tolerances: temperatures on both sides of the
 /// fixed-offset threshold (tau >= ~0.029: one exponential per logit; 0.02: two), the d-group
-/// counts G = 1, 2 and 4 (aligned f16 / bf16 at D = 512: one d chunk; f32 there: four chunks of
-/// G = 2) with ragged row tails, an unaligned d (250: the `_unaligned_g2` kernels, a d tail), an
-/// aligned d over one G = 4 chunk (640: G = 2 chunks; the resident G = 4 kernel gave NaN there), every dtype, in the self
-/// geometry with labels (both terms), pairwise with a queue (anchor term, then column term) and
-/// with prototypes (their own pass).
+/// counts G = 1, 2 and 4 (f16 / bf16 at D = 512: one d chunk; f32 there: four chunks of G = 2)
+/// with ragged row tails, d not a multiple of 8 for each G (37: G = 1, 250: G = 2 through the
+/// stages, 300: G = 4; f16 / bf16 multiply S from the packed rows, zero padded to dp, and took
+/// `_unaligned` kernels before), a d over one G = 4 chunk (640: G = 2 chunks; the resident G = 4
+/// kernel gave NaN there), every dtype, in the self geometry with labels (both terms), pairwise
+/// with a queue (anchor term, then column term) and with prototypes (their own pass).
 #[test]
 fn gpu_backward_temperatures_and_d_groups() {
     let Some(gpu) = gpu_or_skip("gpu_backward_temperatures_and_d_groups") else { return };
@@ -780,7 +781,7 @@ fn gpu_backward_temperatures_and_d_groups() {
         }
     }
     fn run<T: FloatElement>(backend: &Backend, rel: f64, abs: f64) {
-        for (n, d) in [(70usize, 512usize), (67, 250), (100, 40), (33, 640)] {
+        for (n, d) in [(70usize, 512usize), (67, 250), (100, 40), (33, 640), (45, 37), (40, 300)] {
             let x: Matrix<T> = random_matrix(n, d, (n + d) as u64);
             let instance: Vec<i32> = (0..n as i32).map(|i| i % (n as i32 / 2)).collect();
             let label: Vec<i32> = instance.iter().map(|i| if i % 5 == 4 { -1 } else { i % 3 }).collect();
@@ -814,6 +815,78 @@ fn gpu_backward_temperatures_and_d_groups() {
     run::<f16>(&backend, 1e-2, 0.0);
     run::<bf16>(&backend, 1e-2, 0.0);
     run::<f32>(&backend, 1e-4, 1e-6);
+}
+
+/// Caller rows that are only element aligned (a frame's buffer at an odd element offset, through
+/// the raw API as the C ABI and the Python package pass them): the forward takes its `_unaligned`
+/// loaders; the f16 / bf16 backward has no such form, it multiplies S from its own packed rows
+/// (always aligned). Both against the oracle, at d = 64 (G = 1) and 300 (G = 4, d % 8 != 0).
+#[test]
+fn gpu_raw_unaligned_rows_match_oracle() {
+    use contrastive_kernels::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};
+    use contrastive_kernels::ops::contrastive::gpu::{
+        backward_raw, forward_raw, RawForwardOutputs, RawGradOutputs, RawLossInputs, RawUpstream,
+    };
+    use contrastive_kernels::DeviceMatrix;
+    fn dptr<E>(s: &CudaSlice<E>, stream: &CudaStream) -> u64 {
+        s.device_ptr(stream).0
+    }
+    let Some(gpu) = gpu_or_skip("gpu_raw_unaligned_rows_match_oracle") else { return };
+    let stream = gpu.stream();
+    for (n, d) in [(70usize, 64usize), (40, 300)] {
+        let x: Matrix<bf16> = random_matrix(n, d, 11);
+        let instance: Vec<i32> = (0..n as i32).map(|i| i % (n as i32 / 2)).collect();
+        let label: Vec<i32> = instance.iter().map(|i| i % 3).collect();
+        let loss = ContrastiveLoss::supcon(0.1, 0.07);
+        let inputs = LossInputs { label: Some(&label), ..LossInputs::new(&x, &instance) };
+        let want_fwd = forward(&loss, &inputs).unwrap();
+        let want = backward(&loss, &inputs, &[1.0]).unwrap();
+
+        let mut shifted = vec![bf16::from_f64(0.0)];
+        shifted.extend_from_slice(x.data());
+        let len = shifted.len();
+        let dev = DeviceMatrix::upload(&gpu, &Matrix::new(1, len, shifted).unwrap()).unwrap();
+        let instance_dev = stream.clone_htod(&instance).unwrap();
+        let label_dev = stream.clone_htod(&label).unwrap();
+        let loss_dev = stream.alloc_zeros::<f32>(1).unwrap();
+        let per_anchor = stream.alloc_zeros::<f32>(n).unwrap();
+        let lse = stream.alloc_zeros::<f32>(n).unwrap();
+        let positives = stream.alloc_zeros::<i32>(n).unwrap();
+        let upstream = stream.clone_htod(&[1.0f32]).unwrap();
+        let grad = DeviceMatrix::<bf16>::zeros(&gpu, n, d).unwrap();
+        let base = dptr(dev.slice(), stream);
+        let raw = RawLossInputs {
+            dtype: contrastive_kernels::DType::BF16,
+            n,
+            d,
+            features: base + 2, // 2-byte aligned, not 16
+            instance: dptr(&instance_dev, stream),
+            label: dptr(&label_dev, stream),
+            role: 0,
+            weight: 0,
+            n_keys: 0,
+            keys: 0,
+            key_instance: 0,
+            key_label: 0,
+            n_centers: 0,
+            centers: 0,
+            proto_of: 0,
+        };
+        let out = RawForwardOutputs {
+            loss: dptr(&loss_dev, stream),
+            per_anchor: dptr(&per_anchor, stream),
+            lse: dptr(&lse, stream),
+            positives: dptr(&positives, stream),
+        };
+        let value = unsafe { forward_raw(&gpu, stream, &loss, &raw, &out) }.unwrap();
+        let (value, oracle) = (value as f64, want_fwd.loss as f64);
+        assert!((value - oracle).abs() <= 5e-3 * oracle.abs().max(1.0), "{n}x{d} loss {value}, oracle {oracle}");
+        let up = RawUpstream { ptr: dptr(&upstream, stream), per_row: false };
+        let grads = RawGradOutputs { features: dptr(grad.slice(), stream), keys: 0, prototypes: 0 };
+        unsafe { backward_raw(&gpu, stream, &loss, &raw, out.lse, out.positives, up, &grads) }.unwrap();
+        let got = grad.download(&gpu).unwrap();
+        assert_grad_close(&format!("raw unaligned bf16 {n}x{d} dfeatures"), &got, &want.features, 1e-2, 0.0);
+    }
 }
 
 /// The backward is bitwise repeatable on each of its kernels' shapes (G = 1, 2, 4 d-groups, one

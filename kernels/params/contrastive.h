@@ -29,16 +29,18 @@
 // (G = 1, 2, 4: kernels contrastive_backward_*_g{G}), so 128 G threads; a d-group's warp owns
 // WARP_D columns of the gradient, the block G WARP_D of them (grid.y covers d by such chunks). The
 // host takes the smallest G with G WARP_D >= d, at most MAX_GROUPS: then each logit tile is
-// computed once for the whole d (aligned f16 / bf16: d <= 512; f32 and `_unaligned`: d <= 128 G).
+// computed once for the whole d (f16 / bf16: d <= 512; f32: d <= 128).
 #define CK_CONTRASTIVE_BACKWARD_ROWS 64
 #define CK_CONTRASTIVE_BACKWARD_THREADS 128
-// G = 4 only for aligned f16 / bf16 (the others spilled at 128 registers), and only where its one
-// chunk covers d (its S comes from rows resident for one chunk): beyond, G = 2 chunks (MAX_GROUPS_OTHER).
-#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF 4
-#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER 2
-// The aligned f16 / bf16 kernels of G = 1, 2, 4 whose S comes from the packed rows resident in
-// shared memory (1) rather than from the raw rows in stages (0): their per-column data carries the
-// packing's powers of two (contrastive_backward_columns' `packed`).
+// G = 4 only for f16 / bf16 (f32's FFMA engine spilled at 128 registers), and only where its one
+// chunk covers d (its S comes from rows resident for one chunk): beyond, G = 2 chunks
+// (CHUNKED_GROUPS), for every dtype.
+#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF 4
+#define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_F32 2
+#define CK_CONTRASTIVE_BACKWARD_CHUNKED_GROUPS 2
+// The f16 / bf16 kernels of G = 1, 2, 4 whose S's operands, the packed rows, stay resident in
+// shared memory for the sweep (1) rather than pass through the stages (0). Every f16 / bf16
+// kernel multiplies S from the packed rows (contrastive_backward_columns' `packed`).
 #define CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 1
 #define CK_CONTRASTIVE_BACKWARD_RESIDENT_G2 0
 #define CK_CONTRASTIVE_BACKWARD_RESIDENT_G4 1
@@ -196,7 +198,7 @@ typedef struct CkBackwardColumnsParams {
     CkGradSide other;
     void* out;                    // tiles x COLUMN_TILE_BYTES
     float inv_tau;
-    int32_t packed;               // 1 for the RESIDENT_G* kernels (S from the packed rows)
+    int32_t packed;               // 1 for f16 / bf16 (S from the packed rows), 0 for f32
     int32_t tiles;                // ceil(other.count / BACKWARD_ROWS)
     int32_t reserved;
 } CkBackwardColumnsParams;

@@ -348,7 +348,8 @@ class Schedules(unittest.TestCase):
 
     H = {"CONTRASTIVE_BACKWARD_ROWS": 64,
          "CONTRASTIVE_BACKWARD_WARP_D_HALF": 128, "CONTRASTIVE_BACKWARD_WARP_D_F32": 64,
-         "CONTRASTIVE_BACKWARD_MAX_GROUPS_ALIGNED_HALF": 4, "CONTRASTIVE_BACKWARD_MAX_GROUPS_OTHER": 2,
+         "CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF": 4, "CONTRASTIVE_BACKWARD_MAX_GROUPS_F32": 2,
+         "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS": 2,
          "CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS": 264, "CONTRASTIVE_BACKWARD_MAX_SPLITS": 8,
          "CONTRASTIVE_BACKWARD_SMEM_HALF_G1": 51200, "CONTRASTIVE_BACKWARD_SMEM_HALF_G4": 116736,
          "CONTRASTIVE_BACKWARD_SMEM_F32_G2": 75776}
@@ -356,25 +357,27 @@ class Schedules(unittest.TestCase):
     def test_backward_launch(self):
         # gpu.rs backward_shape / backward_splits, worked by hand. (G, chunk, splits):
         # d = 128 bf16: G = 1; 128 row blocks, 264 / 1 / 128 = 2 splits (256 CTAs, one wave at 2 per SM).
-        self.assertEqual(sc.backward_launch("bf16", True, 128, 8192, 8192, self.H), (1, 128, 2))
-        # d = 512 aligned: G = 4, never split.
-        self.assertEqual(sc.backward_launch("bf16", True, 512, 8192, 8192, self.H), (4, 512, 1))
-        # d = 640 aligned: no G covers it in one chunk (G = 4's S needs d resident): G = 2, 3 chunks of
+        self.assertEqual(sc.backward_launch("bf16", 128, 8192, 8192, self.H), (1, 128, 2))
+        # d = 512: G = 4, never split.
+        self.assertEqual(sc.backward_launch("bf16", 512, 8192, 8192, self.H), (4, 512, 1))
+        # d = 640: no G covers it in one chunk (G = 4's S needs d resident): G = 2, 3 chunks of
         # 256; 264 / 2 / (128 x 3) = 0 -> 1 split.
-        self.assertEqual(sc.backward_launch("bf16", True, 640, 8192, 8192, self.H), (2, 256, 1))
-        # d = 512 unaligned: at most G = 2, 2 chunks; 264 / 2 / 256 = 0 -> 1 split.
-        self.assertEqual(sc.backward_launch("f16", False, 512, 8192, 8192, self.H), (2, 256, 1))
+        self.assertEqual(sc.backward_launch("bf16", 640, 8192, 8192, self.H), (2, 256, 1))
+        # d = 300 (not a multiple of 8: the same kernels, from the packed rows): G = 4, one chunk.
+        self.assertEqual(sc.backward_launch("f16", 300, 8192, 8192, self.H), (4, 512, 1))
+        # f32 at d = 300: at most G = 2, 3 chunks of 128; 264 / 2 / 384 = 0 -> 1 split.
+        self.assertEqual(sc.backward_launch("f32", 300, 8192, 8192, self.H), (2, 128, 1))
         # f32: WARP_D 64, so d = 128 takes G = 2; 264 / 2 / 128 = 1.
-        self.assertEqual(sc.backward_launch("f32", True, 128, 8192, 8192, self.H), (2, 128, 1))
+        self.assertEqual(sc.backward_launch("f32", 128, 8192, 8192, self.H), (2, 128, 1))
         # n = 65536: 1024 row blocks, no split; a small grid is clamped by MAX_SPLITS and the tiles.
-        self.assertEqual(sc.backward_launch("bf16", True, 128, 65536, 65536, self.H), (1, 128, 1))
-        self.assertEqual(sc.backward_launch("bf16", True, 64, 64, 8192, self.H), (1, 128, 8))
-        self.assertEqual(sc.backward_launch("bf16", True, 64, 64, 192, self.H), (1, 128, 3))
+        self.assertEqual(sc.backward_launch("bf16", 128, 65536, 65536, self.H), (1, 128, 1))
+        self.assertEqual(sc.backward_launch("bf16", 64, 64, 8192, self.H), (1, 128, 8))
+        self.assertEqual(sc.backward_launch("bf16", 64, 64, 192, self.H), (1, 128, 3))
 
     def test_backward_schedule_and_tile(self):
         g1 = sc.backward_tile("contrastive_backward_bf16_g1", self.H)
         g4 = sc.backward_tile("contrastive_backward_f16_g4", self.H)
-        f32 = sc.backward_tile("contrastive_backward_f32_unaligned_g2", self.H)
+        f32 = sc.backward_tile("contrastive_backward_f32_g2", self.H)
         self.assertEqual((g1.BM, g1.BN, g1.BK, g1.threads, g1.mma_per_warp_per_k_step), (64, 64, 32, 128, 16))
         self.assertEqual((g4.BK, g4.threads, g4.mma_per_warp_per_k_step), (64, 512, 8))
         self.assertEqual((f32.BK, f32.threads, f32.elem_bytes), (16, 256, 4))
@@ -384,7 +387,7 @@ class Schedules(unittest.TestCase):
         # The host picks G = 4 at d = 512: the G = 1 kernel is not launched there, and G = 4 not at 128.
         self.assertIsNone(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_bf16_g1", g1))
         self.assertIsNone(sc.backward_schedule(8192, 128, self.H, "contrastive_backward_f16_g4", g4))
-        self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_bf16_unaligned_g1", self.H), 51200)
+        self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_bf16_g1", self.H), 51200)
         self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_f32_g2", self.H), 75776)
         # Occupancy with the dynamic shared memory: G = 1 (228 registers) stays at 2 by registers
         # (52224 B per CTA would allow 4); 116736 B alone allows one G = 4 CTA.
@@ -393,12 +396,12 @@ class Schedules(unittest.TestCase):
         self.assertEqual(sc.occupancy(32, 128, 51200), (4, "shared memory"))
 
     def test_backward_chosen_for_a_forward(self):
-        est = {("contrastive_backward_bf16_g1", 8192, 128): 1, ("contrastive_backward_bf16_g4", 8192, 512): 1,
-               ("contrastive_backward_bf16_unaligned_g2", 8192, 512): 1}
+        est = {("contrastive_backward_bf16_g1", 8192, 128): 1, ("contrastive_backward_bf16_g4", 8192, 512): 1}
         self.assertEqual(sc.backward_for("contrastive_forward_bf16", est, 8192, 128), "contrastive_backward_bf16_g1")
         self.assertEqual(sc.backward_for("contrastive_forward_bf16_online", est, 8192, 512), "contrastive_backward_bf16_g4")
-        self.assertEqual(sc.backward_for("contrastive_forward_bf16_unaligned", est, 8192, 512),
-                         "contrastive_backward_bf16_unaligned_g2")
+        # No `_unaligned` backward: an unaligned forward pairs with its dtype's backward.
+        self.assertEqual(sc.backward_for("contrastive_forward_bf16_unaligned", est, 8192, 512), "contrastive_backward_bf16_g4")
+        self.assertEqual(sc.backward_for("contrastive_forward_sym_bf16_unaligned", est, 8192, 128), "contrastive_backward_bf16_g1")
         self.assertIsNone(sc.backward_for("contrastive_forward_f16", est, 8192, 128))
 
     def test_k_tail(self):

@@ -30,15 +30,16 @@ use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
 const MODULE: &str = "contrastive";
 /// The backward kernel's shape for d (BackwardTraits in contrastive.cu, params/contrastive.h): G
-/// d-groups of 4 warps, the smallest G (1, 2, 4) whose G x WARP_D covers d, at most 4 for aligned
-/// f16 / bf16 and 2 otherwise; where none covers d, G = 2 and grid.y covers d by chunks (aligned
-/// f16 / bf16 too: their G = 1 and 4 kernels multiply S from rows resident for one chunk, so they
-/// take d in one chunk only). Returns (G, d columns per block, dynamic shared memory bytes).
-fn backward_shape(dtype: DType, d: usize, aligned: bool) -> (usize, usize, usize) {
+/// d-groups of 4 warps, the smallest G (1, 2, 4) whose G x WARP_D covers d, at most 4 for f16 /
+/// bf16 and 2 for f32; where none covers d, G = 2 and grid.y covers d by chunks (f16 / bf16 too:
+/// their G = 1 and 4 kernels multiply S from rows resident for one chunk, so they take d in one
+/// chunk only). The same whatever the alignment of the caller's rows: f16 / bf16 multiply S from
+/// the packed rows, always aligned, and f32 loads element-wise. Returns (G, d columns per block,
+/// dynamic shared memory bytes).
+fn backward_shape(dtype: DType, d: usize) -> (usize, usize, usize) {
     let warp_d = if dtype == DType::F32 { params::BACKWARD_WARP_D_F32 } else { params::BACKWARD_WARP_D_HALF };
-    let max_groups =
-        if aligned && dtype != DType::F32 { params::BACKWARD_MAX_GROUPS_ALIGNED_HALF } else { params::BACKWARD_MAX_GROUPS_OTHER };
-    let groups = [1, 2, 4].into_iter().find(|&g| g <= max_groups && g * warp_d >= d).unwrap_or(params::BACKWARD_MAX_GROUPS_OTHER);
+    let max_groups = if dtype == DType::F32 { params::BACKWARD_MAX_GROUPS_F32 } else { params::BACKWARD_MAX_GROUPS_HALF };
+    let groups = [1, 2, 4].into_iter().find(|&g| g <= max_groups && g * warp_d >= d).unwrap_or(params::BACKWARD_CHUNKED_GROUPS);
     let smem = match (dtype == DType::F32, groups) {
         (false, 1) => params::BACKWARD_SMEM_HALF_G1,
         (false, 2) => params::BACKWARD_SMEM_HALF_G2,
@@ -51,9 +52,9 @@ fn backward_shape(dtype: DType, d: usize, aligned: bool) -> (usize, usize, usize
 /// Column splits of one backward pass (params/contrastive.h): as many as keep its row blocks x d
 /// chunks x splits within SPLIT_TARGET_CTAS / G (one wave: rounding up would start a second,
 /// mostly idle one), at most MAX_SPLITS and one column tile per split; none for G = 4. A function
-/// of the shapes and alignment alone, so the result's bits do not depend on the device.
-fn backward_splits(dtype: DType, d: usize, aligned: bool, own_rows: usize, other_rows: usize) -> usize {
-    let (groups, chunk, _) = backward_shape(dtype, d, aligned);
+/// of the shapes alone, so the result's bits do not depend on the device.
+fn backward_splits(dtype: DType, d: usize, own_rows: usize, other_rows: usize) -> usize {
+    let (groups, chunk, _) = backward_shape(dtype, d);
     let blocks = own_rows.div_ceil(BACKWARD_ROWS) * d.div_ceil(chunk).max(1);
     let tiles = other_rows.div_ceil(BACKWARD_ROWS);
     if groups == 4 || blocks == 0 || tiles == 0 {
@@ -786,31 +787,24 @@ pub unsafe fn backward_raw(
     };
 
     // Each pass's split partials (splits x count x d f32); the first count x d is the merged dU.
-    // The raw-row loads as the forward's: 16-byte chunks when d % 8 == 0 and every base is aligned.
-    let aligned = d % 8 == 0 && r.features % 16 == 0 && r.keys % 16 == 0 && r.centers % 16 == 0;
     let other_of_rows = keys.map_or(n, |k| k.rows);
-    let splits_rows = backward_splits(r.dtype, d, aligned, n, other_of_rows);
-    let splits_keys = keys.map_or(1, |k| backward_splits(r.dtype, d, aligned, k.rows, n));
-    let splits_protos = centers.map_or(1, |c| backward_splits(r.dtype, d, aligned, c.rows, n));
+    let splits_rows = backward_splits(r.dtype, d, n, other_of_rows);
+    let splits_keys = keys.map_or(1, |k| backward_splits(r.dtype, d, k.rows, n));
+    let splits_protos = centers.map_or(1, |c| backward_splits(r.dtype, d, c.rows, n));
     let du_rows = alloc_f32(stream, splits_rows * n * d)?;
     let du_keys = keys.map(|k| alloc_f32(stream, splits_keys * k.rows * d)).transpose()?;
     let du_protos = centers.map(|c| alloc_f32(stream, splits_protos * c.rows * d)).transpose()?;
     let inv_tau = 1.0f32 / loss.temperature;
-    let (groups, chunk, smem) = backward_shape(r.dtype, d, aligned);
-    let name = format!("contrastive_backward_{}{}_g{groups}", r.dtype, if aligned { "" } else { "_unaligned" });
+    // One kernel per dtype and G, whatever the rows' alignment (backward_shape).
+    let (groups, chunk, smem) = backward_shape(r.dtype, d);
+    let name = format!("contrastive_backward_{}_g{groups}", r.dtype);
     // Over 48 KB of shared memory needs the kernel's opt-in (set once per launch; cheap).
     gpu.function(MODULE, &name)?
         .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
         .during(format_args!("kernel `{name}` shared memory size"))?;
-    // The kernels whose S comes from the packed rows take per-column data carrying the packing's
+    // f16 / bf16 multiply S from the packed rows: their per-column data carries the packing's
     // powers of two (contrastive_backward_columns' `packed`).
-    let resident = r.dtype != DType::F32
-        && aligned
-        && match groups {
-            1 => params::BACKWARD_RESIDENT_G1,
-            2 => params::BACKWARD_RESIDENT_G2,
-            _ => params::BACKWARD_RESIDENT_G4,
-        } != 0;
+    let packed = r.dtype != DType::F32;
     // Every column tile's per-column data for a sweep of `own` over `other` (COLUMN_TILE_BYTES per
     // tile of BACKWARD_ROWS columns), prepared once per pass instead of in every block per tile.
     let columns = |own: GradSide, other: GradSide| -> Result<Option<CudaSlice<f32>>> {
@@ -819,15 +813,8 @@ pub unsafe fn backward_raw(
         }
         let tiles = (other.count as usize).div_ceil(BACKWARD_ROWS);
         let out = alloc_f32(stream, tiles * params::BACKWARD_COLUMN_TILE_BYTES / 4)?;
-        let params = BackwardColumnsParams {
-            own,
-            other,
-            out: ptr(&out, stream),
-            inv_tau,
-            packed: resident as i32,
-            tiles: tiles as i32,
-            reserved: 0,
-        };
+        let params =
+            BackwardColumnsParams { own, other, out: ptr(&out, stream), inv_tau, packed: packed as i32, tiles: tiles as i32, reserved: 0 };
         let cfg = LaunchConfig { grid_dim: (tiles as u32, 1, 1), block_dim: (BACKWARD_ROWS as u32, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: both sides' arrays are live and sized by their counts; `out` holds tiles x BACKWARD_ROWS Columns.
         unsafe { gpu.launch(stream, MODULE, "contrastive_backward_columns", cfg, &params)? };
@@ -987,8 +974,8 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
     let dp = d.div_ceil(8) * 8;
     let packed = |rows: usize| packed_bytes(rows, dp, dtype);
     // upstream, U, norms, coef_a / coef_b, scalars, dU
-    // (dU: one per column split of its pass, backward_splits; the safe API's buffers are aligned)
-    let splits = |own: usize, other: usize| backward_splits(dtype, d, d % 8 == 0, own, other);
+    // (dU: one per column split of its pass, backward_splits)
+    let splits = |own: usize, other: usize| backward_splits(dtype, d, own, other);
     let mut backward = f + packed(n) + buf(n, f) + 2 * buf(n, f) + 2 * f + buf(splits(n, cols) * n * d, f);
     if let Some(k) = keys {
         backward += packed(k) + buf(k, f) + buf(splits(k, n) * k * d, f);
