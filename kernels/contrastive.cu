@@ -944,6 +944,19 @@ template <typename T> __device__ void pack_scaled_rows(const T* __restrict__ x, 
     for (int j = lane; j < dp; j += 32) ur[j] = from_float<T>(j < d ? to_float(xr[j]) * inv_scale : 0.f);
 }
 
+// x copied as it is into rows of dp >= d elements, zero padded: the forward's f16 / bf16 operands
+// where the caller's rows cannot be read by 16-byte copies (d % 8 != 0 or a base not 16-byte
+// aligned), so that the one aligned kernel serves them; the zero columns add exact zeros to every
+// product. One warp per row.
+template <typename T> __device__ void pad_rows(const T* __restrict__ x, int n, int d, int dp, T* __restrict__ u) {
+    const int lane = threadIdx.x % 32;
+    const long row = (long)blockIdx.x * (kPackThreads / 32) + threadIdx.x / 32;
+    if (row >= n) return;
+    const T* xr = x + row * d;
+    T* ur = u + row * dp;
+    for (int j = lane; j < dp; j += 32) ur[j] = j < d ? xr[j] : from_float<T>(0.f);
+}
+
 // Per-row coefficients of the backward, one block:
 //   c_i = upstream_i w_i / divisor for anchors with a positive (upstream_i = upstream[0] unless
 //   per_row; divisor = the number of anchor rows when mean, else 1), 0 otherwise;
@@ -1030,10 +1043,11 @@ static_assert(ck::ForwardTile::THREADS == CK_CONTRASTIVE_FORWARD_THREADS && ck::
               "params/contrastive.h");
 static_assert(sizeof(CkGradSide) == 88, "10 pointers, 2 ints");
 
-// `_online`: the online-max epilogue (small tau). Only the aligned fixed-offset f16 / bf16
-// kernels, the fast path, fit two blocks per SM (at most 128 registers, no spill); the online
-// epilogue, the element-wise loads of `_unaligned` and the f32 FFMA engine's operands need more,
-// so those ask for one.
+// `_online`: the online-max epilogue (small tau). Only the fixed-offset f16 / bf16 kernels, the
+// fast path, fit two blocks per SM (at most 128 registers, no spill); the online epilogue and the
+// f32 FFMA engine's operands need more, so those ask for one. No `_unaligned` form: f16 / bf16 rows
+// that 16-byte copies cannot read are padded first (contrastive_pad_*, the host), and f32 loads
+// element-wise (ALIGNED = false) whatever the alignment.
 #define CK_CONTRASTIVE_FORWARD(name, type, suffix, aligned, fixed, blocks)                                    \
     extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_THREADS, blocks)                      \
         contrastive_forward_##name##suffix(const __grid_constant__ CkContrastiveForwardParams p) {           \
@@ -1042,13 +1056,10 @@ static_assert(sizeof(CkGradSide) == 88, "10 pointers, 2 ints");
 
 #define CK_CONTRASTIVE_FORWARD_ALL(name, type, aligned, blocks)                                              \
     CK_CONTRASTIVE_FORWARD(name, type, , aligned, true, blocks)                                                \
-    CK_CONTRASTIVE_FORWARD(name, type, _unaligned, false, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)     \
-    CK_CONTRASTIVE_FORWARD(name, type, _online, aligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)     \
-    CK_CONTRASTIVE_FORWARD(name, type, _online_unaligned, false, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
+    CK_CONTRASTIVE_FORWARD(name, type, _online, aligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
 
 CK_CONTRASTIVE_FORWARD_ALL(f16, __half, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
 CK_CONTRASTIVE_FORWARD_ALL(bf16, __nv_bfloat16, true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
-// f32 always loads element-wise, so the aligned and unaligned names are the same kernel.
 CK_CONTRASTIVE_FORWARD_ALL(f32, float, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
 
 // `_sym_`: the self geometry's symmetric form (fixed offset only: a row's and a column's online
@@ -1060,10 +1071,7 @@ CK_CONTRASTIVE_FORWARD_ALL(f32, float, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_
     }
 CK_CONTRASTIVE_FORWARD_SYM(f16, __half, , true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
 CK_CONTRASTIVE_FORWARD_SYM(bf16, __nv_bfloat16, , true, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM)
-CK_CONTRASTIVE_FORWARD_SYM(f16, __half, _unaligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
-CK_CONTRASTIVE_FORWARD_SYM(bf16, __nv_bfloat16, _unaligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
 CK_CONTRASTIVE_FORWARD_SYM(f32, float, , false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
-CK_CONTRASTIVE_FORWARD_SYM(f32, float, _unaligned, false, CK_CONTRASTIVE_FORWARD_BLOCKS_PER_SM_SLOW)
 
 extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_FORWARD_COLS)
     contrastive_forward_columns(const __grid_constant__ CkContrastiveColumnsParams p) {
@@ -1103,6 +1111,15 @@ CK_CONTRASTIVE_BACKWARD(f16, __half)
 CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
 CK_CONTRASTIVE_BACKWARD_KERNEL(f16, __half, 4)
 CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, 4)
+
+// The forward's padded operands (pad_rows; f16 / bf16 only: f32 loads element-wise).
+#define CK_CONTRASTIVE_PAD(name, type)                                                                         \
+    extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
+        contrastive_pad_##name(const __grid_constant__ CkContrastivePackParams p) {                            \
+        ck::pad_rows<type>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u));            \
+    }
+CK_CONTRASTIVE_PAD(f16, __half)
+CK_CONTRASTIVE_PAD(bf16, __nv_bfloat16)
 
 // Every column tile's per-column data for one backward sweep (bwd::column_data), in the layout a
 // block stages: one 2048-byte copy per tile instead of per-tile gathers, a division and an

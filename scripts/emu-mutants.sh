@@ -2,7 +2,8 @@
 # Planted bugs the CPU emulator must catch: each mutant is a one-line change to a copy of kernels/
 # (a missing cp.async.wait_group, a missing __syncthreads, an off-by-one k tail, a swapped mma
 # fragment register, a column tail taken one past the end, the symmetric forward's row mask and
-# slot order, the backward's packed-row and packed-column logit factors and packed-row stride), compiled into its own emulator build
+# slot order, the forward's padded rows, the backward's packed-row and packed-column logit factors and
+# packed-row stride), compiled into its own emulator build
 # (CKEMU_KERNELS_DIR, its own target folder), under which a few GPU tests must FAIL. The test
 # binaries are the ones `cargo test --release` built: only the emulated libcuda changes.
 #
@@ -46,6 +47,7 @@ mutants=(
   "symmetric slot overwritten by a later tile|contrastive.cu|(&partials[(size_t)gp * n + row], col_red, col, first_col, offset);|(&partials[(size_t)gp * n + row], col_red, col, true, offset);|$contrastive gpu_forward_splits_and_offsets_match_oracle"
   "backward logits from the packed rows without the rows' power of two|common/contrastive_backward.cuh|    if (PACKED) r.rinv *= pow2_floor(norm_denominator(own.norms[row]));|    /* planted: no 2^e */|$contrastive gpu_backward_matches_oracle"
   "backward column data without the packing's power of two|common/contrastive_backward.cuh|        k.rinv = packed ? k.w : rinv;|        k.rinv = rinv;|$contrastive gpu_backward_matches_oracle"
+  "forward's padded rows keep the next row's head|contrastive.cu|    for (int j = lane; j < dp; j += 32) ur[j] = j < d ? xr[j] : from_float<T>(0.f);|    for (int j = lane; j < dp; j += 32) ur[j] = j < dp ? xr[j] : from_float<T>(0.f);|$contrastive gpu_forward_matches_oracle"
   "backward S from the packed rows at the raw rows' stride|contrastive.cu|    const int s_d = Tr::FROM_PACKED ? dp : d;|    const int s_d = d;|$contrastive gpu_backward_temperatures_and_d_groups"
   "backward split merge drops the last split|contrastive.cu|for (int z = 1; z < p.splits; ++z)|for (int z = 1; z < p.splits - 1; ++z)|$contrastive gpu_backward_matches_oracle"
   "backward two-exponential path without the column term|common/contrastive_backward.cuh|                                    c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|                                    0.f * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|$contrastive gpu_backward_temperatures_and_d_groups"

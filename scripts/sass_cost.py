@@ -649,12 +649,12 @@ def backward_flops(n, d):
 # Kernel name -> model. Edit here when a kernel changes its tile (its MmaTileConfig alias), its grid
 # or the column tiles a CTA sweeps (a triangular or persistent schedule).
 KERNEL_MODELS = [
-    KernelModel(r"^contrastive_forward_(f16|bf16)(_online)?(_unaligned)?$", ("ForwardTile", "Tile128"), "HMMA",
+    KernelModel(r"^contrastive_forward_(f16|bf16)(_online)?$", ("ForwardTile", "Tile128"), "HMMA",
                 forward_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS",
                 example="contrastive_forward_bf16"),
     # The self geometry's symmetric forward: tiles on and above the diagonal, each serving its rows
     # and its columns (useful FLOPs stay DESIGN.md's 2 N^2 D: the work of the whole matrix).
-    KernelModel(r"^contrastive_forward_sym_(f16|bf16)(_unaligned)?$", ("ForwardTile", "Tile128"), "HMMA",
+    KernelModel(r"^contrastive_forward_sym_(f16|bf16)$", ("ForwardTile", "Tile128"), "HMMA",
                 forward_sym_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS",
                 pick_sweep=most_shuffles, example="contrastive_forward_sym_bf16"),
     # The rebuilt backward: a block = 4 row warps x G d-groups, a 64 x 64 logit tile per column tile
@@ -668,12 +668,12 @@ KERNEL_MODELS = [
 # Kernels with the resource columns only, on purpose (pattern, why). scripts/tests checks that every
 # contrastive kernel matches a model or this list, so a rename cannot silently drop a kernel's rows.
 RESOURCE_ONLY = [
-    (r"^contrastive_(forward_(sym_)?f32(_online)?(_unaligned)?|backward_f32_g\d)$",
+    (r"^contrastive_(forward_(sym_)?f32(_online)?|backward_f32_g\d)$",
      "f32 on the FFMA engine: its k-loop (FFMA from shared memory) is not the MMA-count rule's"),
     (r"^contrastive_(forward|backward)_merge$", "memory-bound merge of the column splits' partials (no MMA)"),
     (r"^contrastive_forward_columns$", "per-column data prepared once per forward, O(N)"),
     (r"^contrastive_backward_columns$", "per-column data prepared once per backward pass, O(N)"),
-    (r"^contrastive_(pack|norm_penalty_backward)_\w+$", "one warp per row, O(N D) memory traffic"),
+    (r"^contrastive_(pack|pad|norm_penalty_backward)_\w+$", "one warp per row, O(N D) memory traffic"),
     (r"^contrastive_(backward_prepare|reduce|check_inputs)$", "single-block / grid-stride checks and reductions"),
 ]
 
@@ -974,10 +974,9 @@ def estimate_shape(cost, n, d, header):
 
 
 def backward_for(forward, estimates, n, d):
-    """The backward kernel the host launches with `forward` at (n, d): same dtype (`_online`,
-    `_sym` and `_unaligned` dropped: the backward has one kernel per dtype and G), the G variant of
-    backward_launch, i.e. the one with an estimate there."""
-    base = forward.replace("_forward_", "_backward_").replace("_online", "").replace("_sym", "").replace("_unaligned", "")
+    """The backward kernel the host launches with `forward` at (n, d): same dtype (`_online` and
+    `_sym` dropped), the G variant of backward_launch, i.e. the one with an estimate there."""
+    base = forward.replace("_forward_", "_backward_").replace("_online", "").replace("_sym", "")
     variant = re.escape(base) + r"(_g\d+)?"
     return next((k for (k, kn, kd) in estimates if (kn, kd) == (n, d) and re.fullmatch(variant, k)), None)
 

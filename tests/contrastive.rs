@@ -706,6 +706,11 @@ fn fused_extra_memory_by_hand() {
             // column tiles: the rows' pass over 6 keys and 2 prototypes, one tile each
             + 2 * 2048
     );
+    // The forward pads f16 / bf16 rows whose d is not a multiple of 8 (rows, keys, prototypes: dp =
+    // 8 elements each); f32 reads them as they are.
+    let aligned = fused_extra_bytes(4, Some(6), 2, 8, DType::F16);
+    assert_eq!(p.forward - aligned.forward, (4 + 6 + 2) * 8 * 2);
+    assert_eq!(fused_extra_bytes(4, Some(6), 2, 3, DType::F32).forward, fused_extra_bytes(4, Some(6), 2, 8, DType::F32).forward);
 }
 
 /// The fused forward and backward are deterministic: two runs give the same bits (no float
@@ -818,9 +823,10 @@ fn gpu_backward_temperatures_and_d_groups() {
 }
 
 /// Caller rows that are only element aligned (a frame's buffer at an odd element offset, through
-/// the raw API as the C ABI and the Python package pass them): the forward takes its `_unaligned`
-/// loaders; the f16 / bf16 backward has no such form, it multiplies S from its own packed rows
-/// (always aligned). Both against the oracle, at d = 64 (G = 1) and 300 (G = 4, d % 8 != 0).
+/// the raw API as the C ABI and the Python package pass them): the f16 / bf16 forward copies them
+/// into padded rows first (contrastive_pad_*), the backward multiplies S from its own packed rows;
+/// both always aligned, no `_unaligned` kernel. Against the oracle, at d = 64 (G = 1) and 300
+/// (G = 4, d % 8 != 0).
 #[test]
 fn gpu_raw_unaligned_rows_match_oracle() {
     use contrastive_kernels::cudarc::driver::{CudaSlice, CudaStream, DevicePtr};

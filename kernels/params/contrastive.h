@@ -211,7 +211,8 @@ typedef struct CkBackwardMergeParams {
     int32_t reserved;
 } CkBackwardMergeParams;
 
-// contrastive_pack_*: u = x / 2^e per row, zero padded from d to dp columns.
+// contrastive_pack_*: u = x / 2^e per row, zero padded from d to dp columns; contrastive_pad_*:
+// u = x per row, zero padded likewise (the forward's f16 / bf16 operands that 16-byte copies cannot read).
 typedef struct CkContrastivePackParams {
     const void* x;
     void* u;

@@ -399,9 +399,7 @@ class Schedules(unittest.TestCase):
         est = {("contrastive_backward_bf16_g1", 8192, 128): 1, ("contrastive_backward_bf16_g4", 8192, 512): 1}
         self.assertEqual(sc.backward_for("contrastive_forward_bf16", est, 8192, 128), "contrastive_backward_bf16_g1")
         self.assertEqual(sc.backward_for("contrastive_forward_bf16_online", est, 8192, 512), "contrastive_backward_bf16_g4")
-        # No `_unaligned` backward: an unaligned forward pairs with its dtype's backward.
-        self.assertEqual(sc.backward_for("contrastive_forward_bf16_unaligned", est, 8192, 512), "contrastive_backward_bf16_g4")
-        self.assertEqual(sc.backward_for("contrastive_forward_sym_bf16_unaligned", est, 8192, 128), "contrastive_backward_bf16_g1")
+        self.assertEqual(sc.backward_for("contrastive_forward_sym_bf16", est, 8192, 128), "contrastive_backward_bf16_g1")
         self.assertIsNone(sc.backward_for("contrastive_forward_f16", est, 8192, 128))
 
     def test_k_tail(self):

@@ -393,9 +393,9 @@ fn forward_grid(n: usize, columns: usize, centers: usize) -> (usize, usize) {
     (n.div_ceil(FORWARD_ROWS).max(1), columns.div_ceil(params::FORWARD_COLS) + centers.div_ceil(params::FORWARD_COLS))
 }
 
-/// Blocks per SM of the forward kernel that runs: 2 for the aligned fixed-offset f16 / bf16 ones.
-fn forward_blocks_per_sm(dtype: DType, aligned: bool, fixed: bool) -> usize {
-    if dtype != DType::F32 && aligned && fixed {
+/// Blocks per SM of the forward kernel that runs: 2 for the fixed-offset f16 / bf16 ones.
+fn forward_blocks_per_sm(dtype: DType, fixed: bool) -> usize {
+    if dtype != DType::F32 && fixed {
         params::FORWARD_BLOCKS_PER_SM
     } else {
         params::FORWARD_BLOCKS_PER_SM_SLOW
@@ -471,8 +471,8 @@ pub unsafe fn forward_raw_tuned(
     let (norms_p, key_norms_p, center_norms_p) = (ptr(&norms, stream), ptr(&key_norms, stream), ptr(&center_norms, stream));
     let label_p = if loss.use_labels { r.label } else { 0 };
     let key_label_p = if loss.use_labels { r.key_label } else { 0 };
-    let (n_i, nk_i, nc_i, d_i) =
-        (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_keys)?, dim_i32("prototypes.rows", n_centers)?, dim_i32("features.cols", d)?);
+    let (n_i, nk_i, nc_i) = (dim_i32("features.rows", n)?, dim_i32("keys.rows", n_keys)?, dim_i32("prototypes.rows", n_centers)?);
+    dim_i32("features.cols", d)?;
     crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, r.features(), None, Some(norms_p))?;
     if let Some(k) = r.keys() {
         crate::ops::normalize::gpu::l2_normalize_raw(gpu, stream, k, None, Some(key_norms_p))?;
@@ -513,10 +513,26 @@ pub unsafe fn forward_raw_tuned(
     } else {
         (r.features, norms_p, r.instance, label_p, r.role)
     };
-    let aligned = d % 8 == 0 && r.features % 16 == 0 && cols_x % 16 == 0 && r.centers % 16 == 0;
+    // f16 / bf16 rows that 16-byte copies cannot read (d % 8 != 0 or a base not 16-byte aligned)
+    // are copied once into rows of dp elements, zero padded (contrastive_pad_*): the one aligned
+    // kernel serves them, the zero columns adding exact zeros to every product. f32 loads
+    // element-wise whatever the alignment (one kernel).
+    let pad = r.dtype != DType::F32 && !(d % 8 == 0 && r.features % 16 == 0 && cols_x % 16 == 0 && r.centers % 16 == 0);
+    let dp = if pad { d.div_ceil(8) * 8 } else { d };
+    let padded = |m: Option<RawMatrix>| -> Result<Option<CudaSlice<u8>>> {
+        match m {
+            Some(m) if pad => Ok(Some(pad_rows(gpu, stream, m, dp)?)),
+            _ => Ok(None),
+        }
+    };
+    let (rows_pad, keys_pad, centers_pad) = (padded(Some(r.features()))?, padded(r.keys())?, padded(r.centers())?);
+    let x_of = |copy: &Option<CudaSlice<u8>>, raw: u64| copy.as_ref().map_or(raw, |c| ptr(c, stream));
+    let (rows_x, centers_x) = (x_of(&rows_pad, r.features), x_of(&centers_pad, r.centers));
+    let cols_x = if pairwise { x_of(&keys_pad, r.keys) } else { rows_x };
+    let dp_i = dim_i32("features.cols", dp)?;
     let inv_tau = 1.0f32 / loss.temperature;
     let fixed = inv_tau <= FIXED_OFFSET_MAX_INV_TAU && !tuning.online_max;
-    let name = format!("contrastive_forward_{}{}{}", r.dtype, if fixed { "" } else { "_online" }, if aligned { "" } else { "_unaligned" });
+    let name = format!("contrastive_forward_{}{}", r.dtype, if fixed { "" } else { "_online" });
     let per_anchor_p = per_anchor_scratch.as_ref().map_or(out.per_anchor, |s| ptr(s, stream));
     if n > 0 {
         let (row_blocks, tiles) = forward_grid(n, n_keys, n_centers);
@@ -534,10 +550,10 @@ pub unsafe fn forward_raw_tuned(
         } else {
             match tuning.splits {
                 Some(s) => s.clamp(1, tiles.clamp(1, params::FORWARD_MAX_SPLITS)),
-                None => forward_splits(row_blocks, tiles, multiprocessors(gpu), forward_blocks_per_sm(r.dtype, aligned, fixed)),
+                None => forward_splits(row_blocks, tiles, multiprocessors(gpu), forward_blocks_per_sm(r.dtype, fixed)),
             }
         };
-        let name = if symmetric { format!("contrastive_forward_sym_{}{}", r.dtype, if aligned { "" } else { "_unaligned" }) } else { name };
+        let name = if symmetric { format!("contrastive_forward_sym_{}", r.dtype) } else { name };
         // [splits][n] x (m2, sum, pos_sum, count): at most MAX_SPLITS x 16 bytes per row (the
         // symmetric kernel: one slot per group, forward_sym_groups).
         let partials = if splits > 1 || symmetric { Some(alloc_f32(stream, 4 * splits * n)?) } else { None };
@@ -557,7 +573,7 @@ pub unsafe fn forward_raw_tuned(
         if tiles > 0 {
             let params = ContrastiveColumnsParams {
                 cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
-                protos: RowSet { x: r.centers, norms: center_norms_p, count: nc_i, ..RowSet::default() },
+                protos: RowSet { x: centers_x, norms: center_norms_p, count: nc_i, ..RowSet::default() },
                 out: columns_p,
                 row_keys: row_keys_p,
                 inv_tau,
@@ -569,11 +585,11 @@ pub unsafe fn forward_raw_tuned(
             gpu.launch(stream, MODULE, "contrastive_forward_columns", cfg, &params)?;
         }
         let params = ContrastiveForwardParams {
-            rows: RowSet { x: r.features, norms: norms_p, instance: r.instance, label: label_p, role: r.role, count: n_i },
+            rows: RowSet { x: rows_x, norms: norms_p, instance: r.instance, label: label_p, role: r.role, count: n_i },
             cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
-            protos: RowSet { x: r.centers, norms: center_norms_p, count: nc_i, ..RowSet::default() },
+            protos: RowSet { x: centers_x, norms: center_norms_p, count: nc_i, ..RowSet::default() },
             proto_of: r.proto_of,
-            d: d_i,
+            d: dp_i,
             exclude_self: (!pairwise) as i32,
             inv_tau,
             scale: loss.scale,
@@ -679,6 +695,29 @@ unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> 
         gpu.launch(stream, MODULE, &format!("contrastive_pack_{}", m.dtype), cfg, &params)?;
     }
     Ok(out)
+}
+
+/// Rows of `m` copied as they are into rows of dp elements, zero padded (contrastive_pad_*): the
+/// forward's f16 / bf16 operand where 16-byte copies cannot read the caller's rows.
+unsafe fn pad_rows(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
+    let out = stream.alloc_zeros::<u8>(padded_bytes(m.rows, dp, m.dtype)).during("device allocation")?;
+    if m.rows > 0 {
+        let params = ContrastivePackParams {
+            x: m.ptr,
+            u: ptr(&out, stream),
+            n: dim_i32("rows", m.rows)?,
+            d: dim_i32("cols", m.cols)?,
+            dp: dim_i32("cols", dp)?,
+        };
+        let cfg = rows_config(m.rows, ROWS_PER_ROW_BLOCK, ROW_KERNEL_THREADS);
+        gpu.launch(stream, MODULE, &format!("contrastive_pad_{}", m.dtype), cfg, &params)?;
+    }
+    Ok(out)
+}
+
+/// Bytes of [`pad_rows`]' buffer (at least 16).
+fn padded_bytes(rows: usize, dp: usize, dtype: DType) -> usize {
+    (rows * dp * dtype.size_bytes()).max(16)
 }
 
 /// Bytes of [`pack`]'s buffer: whole tiles of BACKWARD_ROWS rows of dp elements (at least 16).
@@ -925,7 +964,8 @@ pub unsafe fn backward_raw(
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FusedBytes {
     /// Allocated by [`forward`]: its outputs (loss, per-anchor, LSE, |P|; the last two are the
-    /// saved statistics) and its scratch (norms, flags), freed on return.
+    /// saved statistics) and its scratch (norms, flags, split partials, column tiles; f16 / bf16 rows
+    /// with d % 8 != 0 padded to a multiple of 8), freed on return.
     pub forward: usize,
     /// What stays allocated between the two calls: the saved statistics and the per-anchor losses.
     pub saved: usize,
@@ -969,9 +1009,18 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
         // the symmetric kernel's row records
         columns += n.div_ceil(params::FORWARD_COLS) * params::FORWARD_COLS * params::FORWARD_ROW_RECORD_BYTES;
     }
-    // norms, first_empty, flags, split partials, prepared column tiles (and row records)
-    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials + columns;
     let dp = d.div_ceil(8) * 8;
+    // f16 / bf16 rows whose d is not a multiple of 8, padded for the forward's 16-byte copies
+    // (pad_rows; the safe API's buffers are 16-byte aligned, so d alone decides)
+    let pads = if dtype != DType::F32 && d % 8 != 0 {
+        padded_bytes(n, dp, dtype)
+            + keys.map_or(0, |k| padded_bytes(k, dp, dtype))
+            + if centers > 0 { padded_bytes(centers, dp, dtype) } else { 0 }
+    } else {
+        0
+    };
+    // norms, first_empty, flags, split partials, prepared column tiles (and row records), padded rows
+    let scratch = buf(n, f) + buf(cols, f) + buf(centers, f) + f + CHECK_NAMES.len() * f + partials + columns + pads;
     let packed = |rows: usize| packed_bytes(rows, dp, dtype);
     // upstream, U, norms, coef_a / coef_b, scalars, dU
     // (dU: one per column split of its pass, backward_splits)
