@@ -698,7 +698,7 @@ using GradSide = CkGradSide;
 // FFMA engine's h_times_tile takes 16 rows) x WARP_D_F32 columns.
 // Every layout is deterministic; all but the split-k tile give each output element the same
 // products in the same order (the split-k logits differ from the forward's by f32 rounding only).
-template <typename T, int G> struct BackwardTraits {
+template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     static constexpr int E = (int)sizeof(T);
     static constexpr bool SQUARE = E == 2 && G == 1;
     // BK: every thread copies whole 16-byte chunks of a stage (64 x BK / 8 of them per operand).
@@ -729,11 +729,13 @@ template <typename T, int G> struct BackwardTraits {
     // sides resident in shared memory for the whole chunk of d (the own rows once per sweep, in
     // the stages' space, widened at G = 4; the other side's chunk is H U's operand anyway): each
     // tile's other rows are read from memory once instead of twice, and the k-loop has no copies or
-    // barriers. (G = 2 reads S's operands through the stages: it also serves d over 512 by chunks,
-    // whose S spans the whole d, and no bench shape takes it.)
+    // barriers. (G = 2 reads S's operands through the stages; no bench shape takes it.)
+    // CHUNKED (`_g4_chunked`, f16 / bf16 d over 512): grid.y chunks of G WARP_D columns, each block
+    // computing S for the whole d, so S's operands pass through the stages (before 2026-12-02,
+    // G = 2 chunks of 256: S twice as often; estimated 1.43x slower at d = 1024).
     static constexpr bool RESIDENT =
-        E == 2 && (G == 1 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 : G == 2 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G2
-                                                                          : CK_CONTRASTIVE_BACKWARD_RESIDENT_G4) != 0;
+        E == 2 && !CHUNKED &&
+        (G == 1 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 : G == 2 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G2 : CK_CONTRASTIVE_BACKWARD_RESIDENT_G4) != 0;
     using ResidentCfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E, CHUNK_STRIDE>;
     // The stages' space, or the resident own rows where they are larger.
     static constexpr int STAGE_ELEMS = RESIDENT && Cfg::BM * CHUNK_STRIDE > Cfg::SMEM_ELEMS ? Cfg::BM * CHUNK_STRIDE : Cfg::SMEM_ELEMS;
@@ -749,9 +751,10 @@ template <class Split> struct SplitKScratch<true, Split> {
     float red[Split::RED_FLOATS];
 };
 
-template <typename T, int G>
-struct BackwardShared : SplitKScratch<BackwardTraits<T, G>::SPLIT_K, typename BackwardTraits<T, G>::Split> {
-    using Tr = BackwardTraits<T, G>;
+template <typename T, int G, bool CHUNKED = false>
+struct BackwardShared
+    : SplitKScratch<BackwardTraits<T, G, CHUNKED>::SPLIT_K, typename BackwardTraits<T, G, CHUNKED>::Split> {
+    using Tr = BackwardTraits<T, G, CHUNKED>;
     T stages[Tr::STAGE_ELEMS];
     T other[Tr::Cfg::BN * Tr::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
     T h[Tr::Cfg::BM * Tr::H_STRIDE];          // H of the tile (f32 for the FFMA engine)
@@ -761,6 +764,7 @@ struct BackwardShared : SplitKScratch<BackwardTraits<T, G>::SPLIT_K, typename Ba
 static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 &&
                   sizeof(BackwardShared<__half, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 &&
                   sizeof(BackwardShared<__half, 4>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 &&
+                  sizeof(BackwardShared<__half, 4, true>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4_CHUNKED &&
                   sizeof(BackwardShared<float, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 &&
                   sizeof(BackwardShared<float, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2,
               "params/contrastive.h: the backward's shared memory");
@@ -786,12 +790,12 @@ __device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[Cfg::MI][2][
 
 // Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN); columns:
 // contrastive_backward_columns' output for (own, other).
-template <typename T, bool ALIGNED, int G>
-__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::U_MI][BackwardTraits<T, G>::WARP_D / 8][4],
-                                            BackwardShared<T, G>& sh,
+template <typename T, bool ALIGNED, int G, bool CHUNKED>
+__device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, CHUNKED>::U_MI][BackwardTraits<T, G, CHUNKED>::WARP_D / 8][4],
+                                            BackwardShared<T, G, CHUNKED>& sh,
                                             const GradSide& own, const GradSide& other, const bwd::Column* columns, int col_begin, int col_end,
                                             int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
-    using Tr = BackwardTraits<T, G>;
+    using Tr = BackwardTraits<T, G, CHUNKED>;
     using Cfg = typename Tr::Cfg;
     const float m2 = inv_tau * kLog2e;
     const int mode = bwd::sweep_mode(m2);
@@ -873,15 +877,15 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G>::
     }
 }
 
-template <typename T, bool ALIGNED, int G>
+template <typename T, bool ALIGNED, int G, bool CHUNKED>
 __device__ __forceinline__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos,
                                                      const bwd::Column* columns, const bwd::Column* proto_columns, int dp,
                                                      int d, int exclude_self, float inv_tau, const float* scalars, float* du,
                                                      int splits) {
-    using Tr = BackwardTraits<T, G>;
+    using Tr = BackwardTraits<T, G, CHUNKED>;
     using Cfg = typename Tr::Cfg;
     extern __shared__ __align__(128) unsigned char backward_smem[];
-    BackwardShared<T, G>& sh = *reinterpret_cast<BackwardShared<T, G>*>(backward_smem);
+    BackwardShared<T, G, CHUNKED>& sh = *reinterpret_cast<BackwardShared<T, G, CHUNKED>*>(backward_smem);
     const int row0 = blockIdx.x * Cfg::BM, dc0 = blockIdx.y * Tr::CHUNK;
     float dacc[Tr::U_MI][Tr::WARP_D / 8][4];
 #pragma unroll
@@ -903,7 +907,7 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
     // One copy of the sweep for both sides (half the code, and one register allocation).
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass)
-        sweep_other<T, ALIGNED, G>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? columns : proto_columns,
+        sweep_other<T, ALIGNED, G, CHUNKED>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? columns : proto_columns,
                                    pass == 0 ? col_begin : 0,
                                    pass == 0 ? col_end : (split == 0 ? protos.count : 0), row0, dc0, dp, d,
                                    pass == 0 && exclude_self != 0, inv_tau);
@@ -1086,15 +1090,16 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
 // No `_unaligned` form: f16 / bf16 multiply S from the packed rows (always aligned, zero padded to
 // dp), f32 loads its raw rows element-wise (ALIGNED = false) whatever their alignment.
 // `_g{G}`: G d-groups of 4 warps (BackwardTraits), 128 G threads, dynamic shared memory
-// CK_CONTRASTIVE_BACKWARD_SMEM_*_G{G}.
-#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, groups)                                                     \
+// CK_CONTRASTIVE_BACKWARD_SMEM_*_G{G}; `_chunked`: d over one chunk (grid.y chunks).
+#define CK_CONTRASTIVE_BACKWARD_KERNEL_AS(name, type, groups, chunked, suffix)                                 \
     extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS * groups, 1)                   \
-        contrastive_backward_##name##_g##groups(const __grid_constant__ CkContrastiveBackwardParams p) {        \
-        ck::contrastive_backward<type, sizeof(type) == 2, groups>(                                             \
+        contrastive_backward_##name##_g##groups##suffix(const __grid_constant__ CkContrastiveBackwardParams p) { \
+        ck::contrastive_backward<type, sizeof(type) == 2, groups, chunked>(                                    \
             p.own, p.other, p.protos, static_cast<const ck::bwd::Column*>(p.columns),                          \
             static_cast<const ck::bwd::Column*>(p.proto_columns), p.dp, p.d, p.exclude_self, p.inv_tau, p.scalars, \
             p.du, p.splits);                                                                                     \
     }
+#define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, groups) CK_CONTRASTIVE_BACKWARD_KERNEL_AS(name, type, groups, false, )
 // G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators, the logit tile's BK =
 // 64 stages) only for f16 / bf16: the f32 FFMA engine spilled there (ptxas sm_90a), so it stops at
 // G = 2 (params/contrastive.h).
@@ -1111,6 +1116,10 @@ CK_CONTRASTIVE_BACKWARD(f16, __half)
 CK_CONTRASTIVE_BACKWARD(bf16, __nv_bfloat16)
 CK_CONTRASTIVE_BACKWARD_KERNEL(f16, __half, 4)
 CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, 4)
+// d over 512 (f16 / bf16): chunks of 512 columns, S once per chunk from the stages (two per tile at
+// d = 1024 where G = 2 chunks of 256 took four).
+CK_CONTRASTIVE_BACKWARD_KERNEL_AS(f16, __half, 4, true, _chunked)
+CK_CONTRASTIVE_BACKWARD_KERNEL_AS(bf16, __nv_bfloat16, 4, true, _chunked)
 
 // The forward's padded operands (pad_rows; f16 / bf16 only: f32 loads element-wise).
 #define CK_CONTRASTIVE_PAD(name, type)                                                                         \

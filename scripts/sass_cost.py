@@ -570,9 +570,14 @@ def most_shuffles(instrs, candidates):
 
 
 def backward_groups(kernel):
-    """G of a `contrastive_backward_*_g{G}` kernel (its d-groups of 4 warps)."""
-    m = re.search(r"_g(\d+)$", kernel)
+    """G of a `contrastive_backward_*_g{G}[_chunked]` kernel (its d-groups of 4 warps)."""
+    m = re.search(r"_g(\d+)(_chunked)?$", kernel)
     return int(m.group(1)) if m else 1
+
+
+def backward_chunked(kernel):
+    """Whether a backward kernel is the `_chunked` form (d over one chunk, S through the stages)."""
+    return kernel.endswith("_chunked")
 
 
 def backward_tile(kernel, h):
@@ -587,30 +592,34 @@ def backward_tile(kernel, h):
 
 
 def backward_dynamic_smem(kernel, h):
-    """sizeof(BackwardShared<T, G>), the header's CK_CONTRASTIVE_BACKWARD_SMEM_{HALF,F32}_G{G}."""
-    return h[f"CONTRASTIVE_BACKWARD_SMEM_{'F32' if '_f32' in kernel else 'HALF'}_G{backward_groups(kernel)}"]
+    """sizeof(BackwardShared<T, G>), the header's CK_CONTRASTIVE_BACKWARD_SMEM_{HALF,F32}_G{G}[_CHUNKED]."""
+    chunked = "_CHUNKED" if backward_chunked(kernel) else ""
+    return h[f"CONTRASTIVE_BACKWARD_SMEM_{'F32' if '_f32' in kernel else 'HALF'}_G{backward_groups(kernel)}{chunked}"]
 
 
 def backward_launch(dtype, d, own_rows, other_rows, h):
     """src/ops/contrastive/gpu.rs' backward_shape + backward_splits (one pass: `own` rows against
     `other` rows; the same whatever the rows' alignment): G = the smallest of 1, 2, 4 with G WARP_D
-    >= d, at most MAX_GROUPS (4 for f16 / bf16, 2 for f32), or CHUNKED_GROUPS (2) where none covers
-    d (the resident G = 1, 4 kernels take one chunk); chunk = G WARP_D columns of d per block
-    (grid.y = ceil(d / chunk));
+    >= d, at most MAX_GROUPS (4 for f16 / bf16, 2 for f32), or CHUNKED_GROUPS_* (4 / 2) where none
+    covers d (chunked: f16 / bf16 `_g4_chunked`, the resident G = 1, 4 kernels take one chunk);
+    chunk = G WARP_D columns of d per block (grid.y = ceil(d / chunk));
     splits = floor(SPLIT_TARGET_CTAS / G / blocks) clamped to [1, min(MAX_SPLITS, column tiles)],
-    1 for G = 4. Returns (G, chunk, splits)."""
+    1 for G = 4. Returns (G, chunk, splits, chunked)."""
     f32 = dtype == "f32"
     warp_d = h["CONTRASTIVE_BACKWARD_WARP_D_F32" if f32 else "CONTRASTIVE_BACKWARD_WARP_D_HALF"]
     most = h["CONTRASTIVE_BACKWARD_MAX_GROUPS_F32" if f32 else "CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF"]
-    g = next((g for g in (1, 2, 4) if g <= most and g * warp_d >= d), h["CONTRASTIVE_BACKWARD_CHUNKED_GROUPS"])
+    g = next((g for g in (1, 2, 4) if g <= most and g * warp_d >= d), None)
+    chunked = g is None
+    if chunked:
+        g = h["CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_F32" if f32 else "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_HALF"]
     chunk = g * warp_d
     blocks = ceil_div(own_rows, h["CONTRASTIVE_BACKWARD_ROWS"]) * max(ceil_div(d, chunk), 1)
     tiles = ceil_div(other_rows, h["CONTRASTIVE_BACKWARD_ROWS"])
     if g == 4 or blocks == 0 or tiles == 0:
-        return g, chunk, 1
+        return g, chunk, 1, chunked
     splits = max(min(h["CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS"] // g // blocks, h["CONTRASTIVE_BACKWARD_MAX_SPLITS"],
                      tiles), 1)
-    return g, chunk, splits
+    return g, chunk, splits, chunked
 
 
 def backward_kernel_dtype(kernel):
@@ -624,9 +633,11 @@ def backward_schedule(n, d, h, kernel, tile):
     """src/ops/contrastive/gpu.rs' backward_raw, the self geometry's one pass (own = other = the n
     rows, no prototypes): grid (ceil(n / 64), ceil(d / chunk), splits), each CTA sweeping its
     split's ceil(tiles / splits) of the ceil(n / 64) column tiles. None when the host picks another
-    G at this d (backward_launch)."""
-    g, chunk, splits = backward_launch(backward_kernel_dtype(kernel), d, n, n, h)
-    if g != backward_groups(kernel):
+    G or chunking at this d (backward_launch)."""
+    dtype = backward_kernel_dtype(kernel)
+    g, chunk, splits, chunked = backward_launch(dtype, d, n, n, h)
+    # f32's G = 2 kernel takes chunks itself (no `_chunked` name)
+    if g != backward_groups(kernel) or (chunked and dtype != "f32") != backward_chunked(kernel):
         return None
     tiles = ceil_div(n, tile.BN)
     return ceil_div(n, tile.BM) * ceil_div(d, chunk) * splits, ceil_div(tiles, splits)
@@ -659,7 +670,7 @@ KERNEL_MODELS = [
                 pick_sweep=most_shuffles, example="contrastive_forward_sym_bf16"),
     # The rebuilt backward: a block = 4 row warps x G d-groups, a 64 x 64 logit tile per column tile
     # for the whole chunk of d, H through (dynamic) shared memory, then H x U (BackwardTraits).
-    KernelModel(r"^contrastive_backward_(f16|bf16)_g(1|2|4)$", (), "HMMA",
+    KernelModel(r"^contrastive_backward_(f16|bf16)_g(1|2|4)(_chunked)?$", (), "HMMA",
                 backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS",
                 tile_of=backward_tile, dynamic_smem=backward_dynamic_smem, product_trips=backward_product_trips,
                 mode_arms=True, example="contrastive_backward_bf16_g1"),
@@ -977,7 +988,7 @@ def backward_for(forward, estimates, n, d):
     """The backward kernel the host launches with `forward` at (n, d): same dtype (`_online` and
     `_sym` dropped), the G variant of backward_launch, i.e. the one with an estimate there."""
     base = forward.replace("_forward_", "_backward_").replace("_online", "").replace("_sym", "")
-    variant = re.escape(base) + r"(_g\d+)?"
+    variant = re.escape(base) + r"(_g\d+(_chunked)?)?"
     return next((k for (k, kn, kd) in estimates if (kn, kd) == (n, d) and re.fullmatch(variant, k)), None)
 
 

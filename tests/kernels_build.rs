@@ -32,6 +32,7 @@ const EXPECTED_KERNELS: &[&str] = &[
     "contrastive_backward_f32_g1",
     "contrastive_backward_bf16_g4",
     "contrastive_backward_f16_g4",
+    "contrastive_backward_bf16_g4_chunked",
     "contrastive_backward_columns",
     "contrastive_backward_merge",
     "contrastive_backward_prepare",

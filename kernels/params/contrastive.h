@@ -26,18 +26,19 @@
 // Bytes of one row record of the symmetric kernel (ck::RowKeys), written with the column tiles.
 #define CK_CONTRASTIVE_FORWARD_ROW_RECORD_BYTES 16
 // The backward block (ck::BackwardTraits): 64 own rows, 4 row warps of 16 rows times G d-groups
-// (G = 1, 2, 4: kernels contrastive_backward_*_g{G}), so 128 G threads; a d-group's warp owns
-// WARP_D columns of the gradient, the block G WARP_D of them (grid.y covers d by such chunks). The
-// host takes the smallest G with G WARP_D >= d, at most MAX_GROUPS: then each logit tile is
+// (G = 1, 2, 4: kernels contrastive_backward_*_g{G}[_chunked]), so 128 G threads; a d-group's warp
+// owns WARP_D columns of the gradient, the block G WARP_D of them (grid.y covers d by such chunks).
+// The host takes the smallest G with G WARP_D >= d, at most MAX_GROUPS: then each logit tile is
 // computed once for the whole d (f16 / bf16: d <= 512; f32: d <= 128).
 #define CK_CONTRASTIVE_BACKWARD_ROWS 64
 #define CK_CONTRASTIVE_BACKWARD_THREADS 128
-// G = 4 only for f16 / bf16 (f32's FFMA engine spilled at 128 registers), and only where its one
-// chunk covers d (its S comes from rows resident for one chunk): beyond, G = 2 chunks
-// (CHUNKED_GROUPS), for every dtype.
+// G = 4 only for f16 / bf16 (f32's FFMA engine spilled at 128 registers). Beyond one chunk, the
+// CHUNKED_GROUPS_* kernels take d by chunks (f16 / bf16: `_g4_chunked`, 512 columns per chunk, S's
+// operands through the stages since S spans the whole d; f32: G = 2, 128 columns).
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF 4
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_F32 2
-#define CK_CONTRASTIVE_BACKWARD_CHUNKED_GROUPS 2
+#define CK_CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_HALF 4
+#define CK_CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_F32 2
 // The f16 / bf16 kernels of G = 1, 2, 4 whose S's operands, the packed rows, stay resident in
 // shared memory for the sweep (1) rather than pass through the stages (0). Every f16 / bf16
 // kernel multiplies S from the packed rows (contrastive_backward_columns' `packed`).
@@ -61,12 +62,13 @@
 #define CK_CONTRASTIVE_MERGE_THREADS 256
 #define CK_CONTRASTIVE_MERGE_MAX_BLOCKS 1024
 // Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
-// logit tile's two stages (f16 / bf16 at G = 1 and 4: or the own packed rows resident for the
-// sweep, 64 x G WARP_D, where larger), the other side's packed rows (64 x G WARP_D), H (64 x 64),
+// logit tile's two stages (f16 / bf16 at G = 1 and 4, not `_chunked`: or the own packed rows
+// resident for the sweep, 64 x G WARP_D, where larger), the other side's packed rows (64 x G WARP_D), H (64 x 64),
 // the tile's per-column and per-row data, and (f16 / bf16, G = 2, 4) the split-k logit tile's 16 KB.
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 51200
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 83968
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 162816
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4_CHUNKED 133120
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 59392
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2 75776
 // The one-warp-per-row kernels (pack, norm penalty backward).

@@ -349,30 +349,31 @@ class Schedules(unittest.TestCase):
     H = {"CONTRASTIVE_BACKWARD_ROWS": 64,
          "CONTRASTIVE_BACKWARD_WARP_D_HALF": 128, "CONTRASTIVE_BACKWARD_WARP_D_F32": 64,
          "CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF": 4, "CONTRASTIVE_BACKWARD_MAX_GROUPS_F32": 2,
-         "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS": 2,
+         "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_HALF": 4, "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_F32": 2,
          "CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS": 264, "CONTRASTIVE_BACKWARD_MAX_SPLITS": 8,
          "CONTRASTIVE_BACKWARD_SMEM_HALF_G1": 51200, "CONTRASTIVE_BACKWARD_SMEM_HALF_G4": 116736,
+         "CONTRASTIVE_BACKWARD_SMEM_HALF_G4_CHUNKED": 133120,
          "CONTRASTIVE_BACKWARD_SMEM_F32_G2": 75776}
 
     def test_backward_launch(self):
-        # gpu.rs backward_shape / backward_splits, worked by hand. (G, chunk, splits):
+        # gpu.rs BackwardShape / backward_splits, worked by hand. (G, chunk, splits, chunked):
         # d = 128 bf16: G = 1; 128 row blocks, 264 / 1 / 128 = 2 splits (256 CTAs, one wave at 2 per SM).
-        self.assertEqual(sc.backward_launch("bf16", 128, 8192, 8192, self.H), (1, 128, 2))
+        self.assertEqual(sc.backward_launch("bf16", 128, 8192, 8192, self.H), (1, 128, 2, False))
         # d = 512: G = 4, never split.
-        self.assertEqual(sc.backward_launch("bf16", 512, 8192, 8192, self.H), (4, 512, 1))
-        # d = 640: no G covers it in one chunk (G = 4's S needs d resident): G = 2, 3 chunks of
-        # 256; 264 / 2 / (128 x 3) = 0 -> 1 split.
-        self.assertEqual(sc.backward_launch("bf16", 640, 8192, 8192, self.H), (2, 256, 1))
+        self.assertEqual(sc.backward_launch("bf16", 512, 8192, 8192, self.H), (4, 512, 1, False))
+        # d = 640: no G covers it in one chunk (the resident G = 4's S needs d resident): the
+        # `_g4_chunked` kernel, 2 chunks of 512, never split.
+        self.assertEqual(sc.backward_launch("bf16", 640, 8192, 8192, self.H), (4, 512, 1, True))
         # d = 300 (not a multiple of 8: the same kernels, from the packed rows): G = 4, one chunk.
-        self.assertEqual(sc.backward_launch("f16", 300, 8192, 8192, self.H), (4, 512, 1))
+        self.assertEqual(sc.backward_launch("f16", 300, 8192, 8192, self.H), (4, 512, 1, False))
         # f32 at d = 300: at most G = 2, 3 chunks of 128; 264 / 2 / 384 = 0 -> 1 split.
-        self.assertEqual(sc.backward_launch("f32", 300, 8192, 8192, self.H), (2, 128, 1))
+        self.assertEqual(sc.backward_launch("f32", 300, 8192, 8192, self.H), (2, 128, 1, True))
         # f32: WARP_D 64, so d = 128 takes G = 2; 264 / 2 / 128 = 1.
-        self.assertEqual(sc.backward_launch("f32", 128, 8192, 8192, self.H), (2, 128, 1))
+        self.assertEqual(sc.backward_launch("f32", 128, 8192, 8192, self.H), (2, 128, 1, False))
         # n = 65536: 1024 row blocks, no split; a small grid is clamped by MAX_SPLITS and the tiles.
-        self.assertEqual(sc.backward_launch("bf16", 128, 65536, 65536, self.H), (1, 128, 1))
-        self.assertEqual(sc.backward_launch("bf16", 64, 64, 8192, self.H), (1, 128, 8))
-        self.assertEqual(sc.backward_launch("bf16", 64, 64, 192, self.H), (1, 128, 3))
+        self.assertEqual(sc.backward_launch("bf16", 128, 65536, 65536, self.H), (1, 128, 1, False))
+        self.assertEqual(sc.backward_launch("bf16", 64, 64, 8192, self.H), (1, 128, 8, False))
+        self.assertEqual(sc.backward_launch("bf16", 64, 64, 192, self.H), (1, 128, 3, False))
 
     def test_backward_schedule_and_tile(self):
         g1 = sc.backward_tile("contrastive_backward_bf16_g1", self.H)
@@ -387,6 +388,13 @@ class Schedules(unittest.TestCase):
         # The host picks G = 4 at d = 512: the G = 1 kernel is not launched there, and G = 4 not at 128.
         self.assertIsNone(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_bf16_g1", g1))
         self.assertIsNone(sc.backward_schedule(8192, 128, self.H, "contrastive_backward_f16_g4", g4))
+        # d = 1024: the chunked G = 4 kernel, 128 row blocks x 2 chunks; the resident one not there.
+        g4c = sc.backward_tile("contrastive_backward_f16_g4_chunked", self.H)
+        self.assertEqual((g4c.BK, g4c.threads), (64, 512))
+        self.assertEqual(sc.backward_schedule(8192, 1024, self.H, "contrastive_backward_f16_g4_chunked", g4c), (256, 128))
+        self.assertIsNone(sc.backward_schedule(8192, 1024, self.H, "contrastive_backward_f16_g4", g4))
+        self.assertIsNone(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_f16_g4_chunked", g4c))
+        self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_bf16_g4_chunked", self.H), 133120)
         self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_bf16_g1", self.H), 51200)
         self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_f32_g2", self.H), 75776)
         # Occupancy with the dynamic shared memory: G = 1 (228 registers) stays at 2 by registers

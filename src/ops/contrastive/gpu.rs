@@ -29,32 +29,54 @@ use crate::gpu::params::contrastive::{
 use crate::gpu::{dim_i32, DeviceMatrix, Gpu, RawMatrix};
 
 const MODULE: &str = "contrastive";
-/// The backward kernel's shape for d (BackwardTraits in contrastive.cu, params/contrastive.h): G
-/// d-groups of 4 warps, the smallest G (1, 2, 4) whose G x WARP_D covers d, at most 4 for f16 /
-/// bf16 and 2 for f32; where none covers d, G = 2 and grid.y covers d by chunks (f16 / bf16 too:
-/// their G = 1 and 4 kernels multiply S from rows resident for one chunk, so they take d in one
-/// chunk only). The same whatever the alignment of the caller's rows: f16 / bf16 multiply S from
-/// the packed rows, always aligned, and f32 loads element-wise. Returns (G, d columns per block,
-/// dynamic shared memory bytes).
-fn backward_shape(dtype: DType, d: usize) -> (usize, usize, usize) {
-    let warp_d = if dtype == DType::F32 { params::BACKWARD_WARP_D_F32 } else { params::BACKWARD_WARP_D_HALF };
-    let max_groups = if dtype == DType::F32 { params::BACKWARD_MAX_GROUPS_F32 } else { params::BACKWARD_MAX_GROUPS_HALF };
-    let groups = [1, 2, 4].into_iter().find(|&g| g <= max_groups && g * warp_d >= d).unwrap_or(params::BACKWARD_CHUNKED_GROUPS);
-    let smem = match (dtype == DType::F32, groups) {
-        (false, 1) => params::BACKWARD_SMEM_HALF_G1,
-        (false, 2) => params::BACKWARD_SMEM_HALF_G2,
-        (false, _) => params::BACKWARD_SMEM_HALF_G4,
-        (true, 1) => params::BACKWARD_SMEM_F32_G1,
-        (true, _) => params::BACKWARD_SMEM_F32_G2,
-    };
-    (groups, groups * warp_d, smem)
+/// The backward kernel for d (BackwardTraits in contrastive.cu, params/contrastive.h).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct BackwardShape {
+    /// d-groups of 4 warps: the smallest of 1, 2, 4 whose G x WARP_D covers d, at most 4 for f16 /
+    /// bf16 and 2 for f32; where none covers d, CHUNKED_GROUPS_* (4 / 2) and grid.y covers d by
+    /// chunks (`chunked`: the f16 / bf16 G = 1 and 4 kernels keep S's rows resident for one chunk,
+    /// so chunks take their own kernel, `_g4_chunked`).
+    groups: usize,
+    /// d columns per block.
+    chunk: usize,
+    chunked: bool,
+    /// Dynamic shared memory bytes.
+    smem: usize,
+}
+
+impl BackwardShape {
+    /// The same whatever the alignment of the caller's rows: f16 / bf16 multiply S from the packed
+    /// rows, always aligned, and f32 loads element-wise.
+    fn of(dtype: DType, d: usize) -> Self {
+        let f32 = dtype == DType::F32;
+        let warp_d = if f32 { params::BACKWARD_WARP_D_F32 } else { params::BACKWARD_WARP_D_HALF };
+        let max_groups = if f32 { params::BACKWARD_MAX_GROUPS_F32 } else { params::BACKWARD_MAX_GROUPS_HALF };
+        let fits = [1, 2, 4].into_iter().find(|&g| g <= max_groups && g * warp_d >= d);
+        let chunked = fits.is_none();
+        let groups = fits.unwrap_or(if f32 { params::BACKWARD_CHUNKED_GROUPS_F32 } else { params::BACKWARD_CHUNKED_GROUPS_HALF });
+        let smem = match (f32, groups, chunked) {
+            (false, 1, _) => params::BACKWARD_SMEM_HALF_G1,
+            (false, 2, _) => params::BACKWARD_SMEM_HALF_G2,
+            (false, _, false) => params::BACKWARD_SMEM_HALF_G4,
+            (false, _, true) => params::BACKWARD_SMEM_HALF_G4_CHUNKED,
+            (true, 1, _) => params::BACKWARD_SMEM_F32_G1,
+            (true, _, _) => params::BACKWARD_SMEM_F32_G2,
+        };
+        BackwardShape { groups, chunk: groups * warp_d, chunked, smem }
+    }
+    /// The kernel's name.
+    fn kernel(&self, dtype: DType) -> String {
+        // f32's G = 2 takes chunks in the same kernel (its stages serve both).
+        let suffix = if self.chunked && dtype != DType::F32 { "_chunked" } else { "" };
+        format!("contrastive_backward_{dtype}_g{}{suffix}", self.groups)
+    }
 }
 /// Column splits of one backward pass (params/contrastive.h): as many as keep its row blocks x d
 /// chunks x splits within SPLIT_TARGET_CTAS / G (one wave: rounding up would start a second,
 /// mostly idle one), at most MAX_SPLITS and one column tile per split; none for G = 4. A function
 /// of the shapes alone, so the result's bits do not depend on the device.
 fn backward_splits(dtype: DType, d: usize, own_rows: usize, other_rows: usize) -> usize {
-    let (groups, chunk, _) = backward_shape(dtype, d);
+    let BackwardShape { groups, chunk, .. } = BackwardShape::of(dtype, d);
     let blocks = own_rows.div_ceil(BACKWARD_ROWS) * d.div_ceil(chunk).max(1);
     let tiles = other_rows.div_ceil(BACKWARD_ROWS);
     if groups == 4 || blocks == 0 || tiles == 0 {
@@ -834,9 +856,10 @@ pub unsafe fn backward_raw(
     let du_keys = keys.map(|k| alloc_f32(stream, splits_keys * k.rows * d)).transpose()?;
     let du_protos = centers.map(|c| alloc_f32(stream, splits_protos * c.rows * d)).transpose()?;
     let inv_tau = 1.0f32 / loss.temperature;
-    // One kernel per dtype and G, whatever the rows' alignment (backward_shape).
-    let (groups, chunk, smem) = backward_shape(r.dtype, d);
-    let name = format!("contrastive_backward_{}_g{groups}", r.dtype);
+    // One kernel per dtype and G (and chunking), whatever the rows' alignment.
+    let shape = BackwardShape::of(r.dtype, d);
+    let (groups, chunk, smem) = (shape.groups, shape.chunk, shape.smem);
+    let name = shape.kernel(r.dtype);
     // Over 48 KB of shared memory needs the kernel's opt-in (set once per launch; cheap).
     gpu.function(MODULE, &name)?
         .set_attribute(CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem as i32)
