@@ -665,9 +665,9 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // are always aligned and zero padded to dp (a multiple of 8): one kernel, with 16-byte copies,
 // whatever the alignment of the caller's rows or of d (before, d % 8 != 0 or a misaligned base
 // took `_unaligned` kernels with element-wise loads: estimated 1.3x slower at d <= 128, 2.6x at
-// 256 < d <= 512, where they stopped at G = 2). At G = 1 and 4 both sides stay resident in shared
-// memory for the whole d (BackwardTraits::RESIDENT), so each tile reads the other rows once; at
-// G = 2 S's operands pass through the stages. f32 reads its raw rows for S, element-wise, and the
+// 256 < d <= 512, where they stopped at G = 2). Where one chunk covers d, both sides stay resident
+// in shared memory for the whole d (BackwardTraits::RESIDENT), so each tile reads the other rows
+// once; beyond (`_g4_chunked`), S's operands pass through the stages. f32 reads its raw rows for S, element-wise, and the
 // packed ones for H U. No n x n matrix, no atomics, fixed orders: deterministic.
 // Two GEMM-equivalents per pass when the chunk covers d (before: one logit tile per 128 columns
 // of d, five GEMM-equivalents at d = 512).
@@ -725,11 +725,12 @@ template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     // alignment, and the 16-byte cp.async loads), the logit factors carrying their powers of two;
     // f32: from the raw rows, element-wise.
     static constexpr bool FROM_PACKED = E == 2;
-    // f16 / bf16 at G = 1 and 4 (one chunk: d <= 128 G; sweep_other): the packed rows of both
+    // f16 / bf16 at G = 1, 2, 4 (one chunk: d <= 128 G; sweep_other): the packed rows of both
     // sides resident in shared memory for the whole chunk of d (the own rows once per sweep, in
     // the stages' space, widened at G = 4; the other side's chunk is H U's operand anyway): each
     // tile's other rows are read from memory once instead of twice, and the k-loop has no copies or
-    // barriers. (G = 2 reads S's operands through the stages; no bench shape takes it.)
+    // barriers. (G = 2 resident since 2026-12-02, when chunks moved to `_g4_chunked`: estimated
+    // 1.35x at d = 256.)
     // CHUNKED (`_g4_chunked`, f16 / bf16 d over 512): grid.y chunks of G WARP_D columns, each block
     // computing S for the whole d, so S's operands pass through the stages (before 2026-12-02,
     // G = 2 chunks of 256: S twice as often; estimated 1.43x slower at d = 1024).

@@ -764,11 +764,11 @@ fn gpu_backward_small_temperature_close_views() {
 /// each against the oracle with DESIGN.md's tolerances: temperatures on both sides of the
 /// fixed-offset threshold (tau >= ~0.029: one exponential per logit; 0.02: two), the d-group
 /// counts G = 1, 2 and 4 (f16 / bf16 at D = 512: one d chunk; f32 there: four chunks of G = 2)
-/// with ragged row tails, d not a multiple of 8 for each G (37: G = 1, 250: G = 2 through the
-/// stages, 300: G = 4; f16 / bf16 multiply S from the packed rows, zero padded to dp, and took
-/// `_unaligned` kernels before), d over one G = 4 chunk (640, 1100: `_g4_chunked`, 2 and 3 chunks of
-/// 512 with a partial last one, S through the stages; f32: G = 2 chunks of 128; the resident G = 4
-/// kernel gave NaN there), every dtype, in the self geometry with labels (both terms), pairwise
+/// with ragged row tails, a whole G = 2 chunk (256), d not a multiple of 8 for each G (37: G = 1,
+/// 250: G = 2, 300: G = 4; f16 / bf16 multiply S from the packed rows, zero padded to dp, and took
+/// `_unaligned` kernels before), d over one G = 4 chunk (640, 1100: `_g4_chunked`, 2 and 3 chunks
+/// of 512 with a partial last one, S through the stages; f32: G = 2 chunks of 128; the resident
+/// G = 4 kernel gave NaN there), every dtype, in the self geometry with labels (both terms), pairwise
 /// with a queue (anchor term, then column term) and with prototypes (their own pass).
 #[test]
 fn gpu_backward_temperatures_and_d_groups() {
@@ -787,7 +787,7 @@ fn gpu_backward_temperatures_and_d_groups() {
         }
     }
     fn run<T: FloatElement>(backend: &Backend, rel: f64, abs: f64) {
-        for (n, d) in [(70usize, 512usize), (67, 250), (100, 40), (33, 640), (45, 37), (40, 300), (20, 1100)] {
+        for (n, d) in [(70usize, 512usize), (67, 250), (100, 40), (33, 640), (45, 37), (40, 300), (20, 1100), (30, 256)] {
             let x: Matrix<T> = random_matrix(n, d, (n + d) as u64);
             let instance: Vec<i32> = (0..n as i32).map(|i| i % (n as i32 / 2)).collect();
             let label: Vec<i32> = instance.iter().map(|i| if i % 5 == 4 { -1 } else { i % 3 }).collect();

@@ -43,7 +43,7 @@
 // shared memory for the sweep (1) rather than pass through the stages (0). Every f16 / bf16
 // kernel multiplies S from the packed rows (contrastive_backward_columns' `packed`).
 #define CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 1
-#define CK_CONTRASTIVE_BACKWARD_RESIDENT_G2 0
+#define CK_CONTRASTIVE_BACKWARD_RESIDENT_G2 1
 #define CK_CONTRASTIVE_BACKWARD_RESIDENT_G4 1
 // Bytes of one backward column tile's per-column data (ck::bwd::Column: 64 x 32 bytes), written
 // by contrastive_backward_columns, one block of BACKWARD_ROWS threads per tile.
@@ -62,11 +62,11 @@
 #define CK_CONTRASTIVE_MERGE_THREADS 256
 #define CK_CONTRASTIVE_MERGE_MAX_BLOCKS 1024
 // Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
-// logit tile's two stages (f16 / bf16 at G = 1 and 4, not `_chunked`: or the own packed rows
+// logit tile's two stages (f16 / bf16 at G = 1, 2 and 4, not `_chunked`: or the own packed rows
 // resident for the sweep, 64 x G WARP_D, where larger), the other side's packed rows (64 x G WARP_D), H (64 x 64),
 // the tile's per-column and per-row data, and (f16 / bf16, G = 2, 4) the split-k logit tile's 16 KB.
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 51200
-#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 83968
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 97280
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 162816
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4_CHUNKED 133120
 #define CK_CONTRASTIVE_BACKWARD_SMEM_F32_G1 59392

@@ -34,7 +34,7 @@ const MODULE: &str = "contrastive";
 struct BackwardShape {
     /// d-groups of 4 warps: the smallest of 1, 2, 4 whose G x WARP_D covers d, at most 4 for f16 /
     /// bf16 and 2 for f32; where none covers d, CHUNKED_GROUPS_* (4 / 2) and grid.y covers d by
-    /// chunks (`chunked`: the f16 / bf16 G = 1 and 4 kernels keep S's rows resident for one chunk,
+    /// chunks (`chunked`: the f16 / bf16 G = 1, 2, 4 kernels keep S's rows resident for one chunk,
     /// so chunks take their own kernel, `_g4_chunked`).
     groups: usize,
     /// d columns per block.
