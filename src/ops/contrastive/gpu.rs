@@ -704,25 +704,19 @@ pub struct RawGradOutputs {
 /// rows (the backward copies tiles without row checks), as raw bytes: the backward's H U operand
 /// (contrastive.cu's backward comment says why not rounded unit rows).
 unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
-    let out = stream.alloc_zeros::<u8>(packed_bytes(m.rows, dp, m.dtype)).during("device allocation")?;
-    if m.rows > 0 {
-        let params = ContrastivePackParams {
-            x: m.ptr,
-            u: ptr(&out, stream),
-            n: dim_i32("rows", m.rows)?,
-            d: dim_i32("cols", m.cols)?,
-            dp: dim_i32("cols", dp)?,
-        };
-        let cfg = rows_config(m.rows, ROWS_PER_ROW_BLOCK, ROW_KERNEL_THREADS);
-        gpu.launch(stream, MODULE, &format!("contrastive_pack_{}", m.dtype), cfg, &params)?;
-    }
-    Ok(out)
+    copy_rows(gpu, stream, m, dp, "pack", packed_bytes(m.rows, dp, m.dtype))
 }
 
 /// Rows of `m` copied as they are into rows of dp elements, zero padded (contrastive_pad_*): the
 /// forward's f16 / bf16 operand where 16-byte copies cannot read the caller's rows.
 unsafe fn pad_rows(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
-    let out = stream.alloc_zeros::<u8>(padded_bytes(m.rows, dp, m.dtype)).during("device allocation")?;
+    copy_rows(gpu, stream, m, dp, "pad", padded_bytes(m.rows, dp, m.dtype))
+}
+
+/// A zeroed buffer of `bytes` filled by contrastive_{kind}_{dtype} (pack or pad: one warp per row
+/// of `m`, rows of dp elements).
+unsafe fn copy_rows(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize, kind: &str, bytes: usize) -> Result<CudaSlice<u8>> {
+    let out = stream.alloc_zeros::<u8>(bytes).during("device allocation")?;
     if m.rows > 0 {
         let params = ContrastivePackParams {
             x: m.ptr,
@@ -732,7 +726,7 @@ unsafe fn pad_rows(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize)
             dp: dim_i32("cols", dp)?,
         };
         let cfg = rows_config(m.rows, ROWS_PER_ROW_BLOCK, ROW_KERNEL_THREADS);
-        gpu.launch(stream, MODULE, &format!("contrastive_pad_{}", m.dtype), cfg, &params)?;
+        gpu.launch(stream, MODULE, &format!("contrastive_{kind}_{}", m.dtype), cfg, &params)?;
     }
     Ok(out)
 }
