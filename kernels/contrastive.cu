@@ -667,8 +667,9 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // took `_unaligned` kernels with element-wise loads: estimated 1.3x slower at d <= 128, 2.6x at
 // 256 < d <= 512, where they stopped at G = 2). Where one chunk covers d, both sides stay resident
 // in shared memory for the whole d (BackwardTraits::RESIDENT), so each tile reads the other rows
-// once; beyond (`_g4_chunked`), S's operands pass through the stages. f32 reads its raw rows for S, element-wise, and the
-// packed ones for H U. No n x n matrix, no atomics, fixed orders: deterministic.
+// once; beyond (`_g4_chunked`), S's operands pass through the stages. f32 reads its raw rows for
+// S, element-wise, and the packed ones for H U. No n x n matrix, no atomics, fixed orders:
+// deterministic.
 // Two GEMM-equivalents per pass when the chunk covers d (before: one logit tile per 128 columns
 // of d, five GEMM-equivalents at d = 512).
 //
