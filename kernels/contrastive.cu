@@ -723,8 +723,8 @@ template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     // stages and loads.
     static constexpr bool SPLIT_K = E == 2 && G > 1;
     // f16 / bf16: S from the packed rows (always aligned: one kernel whatever the raw rows'
-    // alignment, and the 16-byte cp.async loads), the logit factors carrying their powers of two;
-    // f32: from the raw rows, element-wise.
+    // alignment, and the 16-byte cp.async loads; contrastive_backward_columns' `packed`), the logit
+    // factors carrying their powers of two; f32: from the raw rows, element-wise.
     static constexpr bool FROM_PACKED = E == 2;
     // f16 / bf16 at G = 1, 2, 4 (one chunk: d <= 128 G; sweep_other): the packed rows of both
     // sides resident in shared memory for the whole chunk of d (the own rows once per sweep, in
@@ -735,9 +735,7 @@ template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     // CHUNKED (`_g4_chunked`, f16 / bf16 d over 512): grid.y chunks of G WARP_D columns, each block
     // computing S for the whole d, so S's operands pass through the stages (before 2026-12-02,
     // G = 2 chunks of 256: S twice as often; estimated 1.43x slower at d = 1024).
-    static constexpr bool RESIDENT =
-        E == 2 && !CHUNKED &&
-        (G == 1 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 : G == 2 ? CK_CONTRASTIVE_BACKWARD_RESIDENT_G2 : CK_CONTRASTIVE_BACKWARD_RESIDENT_G4) != 0;
+    static constexpr bool RESIDENT = FROM_PACKED && !CHUNKED;
     using ResidentCfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E, CHUNK_STRIDE>;
     // The stages' space, or the resident own rows where they are larger.
     static constexpr int STAGE_ELEMS = RESIDENT && Cfg::BM * CHUNK_STRIDE > Cfg::SMEM_ELEMS ? Cfg::BM * CHUNK_STRIDE : Cfg::SMEM_ELEMS;
@@ -792,7 +790,7 @@ __device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[Cfg::MI][2][
 
 // Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN); columns:
 // contrastive_backward_columns' output for (own, other).
-template <typename T, bool ALIGNED, int G, bool CHUNKED>
+template <typename T, int G, bool CHUNKED>
 __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, CHUNKED>::U_MI][BackwardTraits<T, G, CHUNKED>::WARP_D / 8][4],
                                             BackwardShared<T, G, CHUNKED>& sh,
                                             const GradSide& own, const GradSide& other, const bwd::Column* columns, int col_begin, int col_end,
@@ -801,10 +799,10 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, C
     using Cfg = typename Tr::Cfg;
     const float m2 = inv_tau * kLog2e;
     const int mode = bwd::sweep_mode(m2);
-    // f16 / bf16 (ALIGNED: always, BackwardTraits::FROM_PACKED) multiply S from the packed rows,
-    // whatever the raw rows' alignment; RESIDENT ones keep both sides in shared memory.
-    constexpr bool RESIDENT = Tr::RESIDENT && ALIGNED;
-    static_assert(ALIGNED == Tr::FROM_PACKED, "f16 / bf16: aligned packed rows; f32: element-wise raw rows");
+    // f16 / bf16 multiply S from the packed rows (Tr::FROM_PACKED: always aligned, 16-byte copies),
+    // whatever the raw rows' alignment; RESIDENT ones keep both sides in shared memory. f32 loads
+    // its raw rows element-wise.
+    constexpr bool RESIDENT = Tr::RESIDENT, ALIGNED = Tr::FROM_PACKED;
     // Published by the first tile's barriers; the previous sweep's last barrier freed sh.rows.
     for (int r = threadIdx.x; r < Cfg::BM; r += Cfg::THREADS)
         sh.rows[r] = bwd::load_row<Tr::FROM_PACKED>(own, other, row0 + r, mode, inv_tau, m2);
@@ -879,7 +877,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, C
     }
 }
 
-template <typename T, bool ALIGNED, int G, bool CHUNKED>
+template <typename T, int G, bool CHUNKED>
 __device__ __forceinline__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos,
                                                      const bwd::Column* columns, const bwd::Column* proto_columns, int dp,
                                                      int d, int exclude_self, float inv_tau, const float* scalars, float* du,
@@ -909,7 +907,7 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
     // One copy of the sweep for both sides (half the code, and one register allocation).
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass)
-        sweep_other<T, ALIGNED, G, CHUNKED>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? columns : proto_columns,
+        sweep_other<T, G, CHUNKED>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? columns : proto_columns,
                                    pass == 0 ? col_begin : 0,
                                    pass == 0 ? col_end : (split == 0 ? protos.count : 0), row0, dc0, dp, d,
                                    pass == 0 && exclude_self != 0, inv_tau);
@@ -933,34 +931,26 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
         }
 }
 
-// u = x / 2^e with 2^e = pow2_floor(max(||x||, eps)): exact in T (an exponent shift; only parts
-// below T's subnormals of a row whose norm is far above 1 are lost), into rows of dp >= d elements
-// (zero padded to a multiple of 8, so the backward's loads are whole aligned 16-byte chunks). One
-// warp per row.
+// SCALED (contrastive_pack_*): u = x / 2^e with 2^e = pow2_floor(max(||x||, eps)): exact in T (an
+// exponent shift; only parts below T's subnormals of a row whose norm is far above 1 are lost),
+// into rows of dp >= d elements (zero padded to a multiple of 8, so the backward's loads are whole
+// aligned 16-byte chunks). One warp per row.
 constexpr int kPackThreads = CK_CONTRASTIVE_ROW_THREADS;
 static_assert(CK_CONTRASTIVE_ROWS_PER_ROW_BLOCK * 32 == kPackThreads, "one warp per row");
 
-template <typename T> __device__ void pack_scaled_rows(const T* __restrict__ x, int n, int d, int dp, T* __restrict__ u) {
+// SCALED = false (contrastive_pad_*): x copied as it is (the factor 1 is exact) into the same
+// zero-padded rows: the forward's f16 / bf16 operands where the caller's rows cannot be read by
+// 16-byte copies (d % 8 != 0 or a base not 16-byte aligned), so that the one aligned kernel serves
+// them; the zero columns add exact zeros to every product.
+template <typename T, bool SCALED>
+__device__ void copy_padded_rows(const T* __restrict__ x, int n, int d, int dp, T* __restrict__ u) {
     const int lane = threadIdx.x % 32;
     const long row = (long)blockIdx.x * (kPackThreads / 32) + threadIdx.x / 32;
     if (row >= n) return;
     const T* xr = x + row * d;
-    const float inv_scale = inv_pow2_floor(norm_denominator(warp_row_norm(xr, d)));
+    const float inv_scale = SCALED ? inv_pow2_floor(norm_denominator(warp_row_norm(xr, d))) : 1.f;
     T* ur = u + row * dp;
     for (int j = lane; j < dp; j += 32) ur[j] = from_float<T>(j < d ? to_float(xr[j]) * inv_scale : 0.f);
-}
-
-// x copied as it is into rows of dp >= d elements, zero padded: the forward's f16 / bf16 operands
-// where the caller's rows cannot be read by 16-byte copies (d % 8 != 0 or a base not 16-byte
-// aligned), so that the one aligned kernel serves them; the zero columns add exact zeros to every
-// product. One warp per row.
-template <typename T> __device__ void pad_rows(const T* __restrict__ x, int n, int d, int dp, T* __restrict__ u) {
-    const int lane = threadIdx.x % 32;
-    const long row = (long)blockIdx.x * (kPackThreads / 32) + threadIdx.x / 32;
-    if (row >= n) return;
-    const T* xr = x + row * d;
-    T* ur = u + row * dp;
-    for (int j = lane; j < dp; j += 32) ur[j] = j < d ? xr[j] : from_float<T>(0.f);
 }
 
 // Per-row coefficients of the backward, one block:
@@ -1090,13 +1080,13 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
 }
 
 // No `_unaligned` form: f16 / bf16 multiply S from the packed rows (always aligned, zero padded to
-// dp), f32 loads its raw rows element-wise (ALIGNED = false) whatever their alignment.
+// dp), f32 loads its raw rows element-wise whatever their alignment (BackwardTraits::FROM_PACKED).
 // `_g{G}`: G d-groups of 4 warps (BackwardTraits), 128 G threads, dynamic shared memory
 // CK_CONTRASTIVE_BACKWARD_SMEM_*_G{G}; `_chunked`: d over one chunk (grid.y chunks).
 #define CK_CONTRASTIVE_BACKWARD_KERNEL_AS(name, type, groups, chunked, suffix)                                 \
     extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS * groups, 1)                   \
         contrastive_backward_##name##_g##groups##suffix(const __grid_constant__ CkContrastiveBackwardParams p) { \
-        ck::contrastive_backward<type, sizeof(type) == 2, groups, chunked>(                                    \
+        ck::contrastive_backward<type, groups, chunked>(                                                       \
             p.own, p.other, p.protos, static_cast<const ck::bwd::Column*>(p.columns),                          \
             static_cast<const ck::bwd::Column*>(p.proto_columns), p.dp, p.d, p.exclude_self, p.inv_tau, p.scalars, \
             p.du, p.splits);                                                                                     \
@@ -1110,7 +1100,7 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
     CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, 2)                                                              \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
         contrastive_pack_##name(const __grid_constant__ CkContrastivePackParams p) {                           \
-        ck::pack_scaled_rows<type>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u));    \
+        ck::copy_padded_rows<type, true>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u)); \
     }
 
 CK_CONTRASTIVE_BACKWARD(f32, float)
@@ -1123,11 +1113,11 @@ CK_CONTRASTIVE_BACKWARD_KERNEL(bf16, __nv_bfloat16, 4)
 CK_CONTRASTIVE_BACKWARD_KERNEL_AS(f16, __half, 4, true, _chunked)
 CK_CONTRASTIVE_BACKWARD_KERNEL_AS(bf16, __nv_bfloat16, 4, true, _chunked)
 
-// The forward's padded operands (pad_rows; f16 / bf16 only: f32 loads element-wise).
+// The forward's padded operands (copy_padded_rows unscaled; f16 / bf16 only: f32 loads element-wise).
 #define CK_CONTRASTIVE_PAD(name, type)                                                                         \
     extern "C" __global__ void __launch_bounds__(ck::kPackThreads)                                             \
         contrastive_pad_##name(const __grid_constant__ CkContrastivePackParams p) {                            \
-        ck::pad_rows<type>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u));            \
+        ck::copy_padded_rows<type, false>(static_cast<const type*>(p.x), p.n, p.d, p.dp, static_cast<type*>(p.u)); \
     }
 CK_CONTRASTIVE_PAD(f16, __half)
 CK_CONTRASTIVE_PAD(bf16, __nv_bfloat16)

@@ -39,12 +39,6 @@
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_F32 2
 #define CK_CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_HALF 4
 #define CK_CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_F32 2
-// The f16 / bf16 kernels of G = 1, 2, 4 whose S's operands, the packed rows, stay resident in
-// shared memory for the sweep (1) rather than pass through the stages (0). Every f16 / bf16
-// kernel multiplies S from the packed rows (contrastive_backward_columns' `packed`).
-#define CK_CONTRASTIVE_BACKWARD_RESIDENT_G1 1
-#define CK_CONTRASTIVE_BACKWARD_RESIDENT_G2 1
-#define CK_CONTRASTIVE_BACKWARD_RESIDENT_G4 1
 // Bytes of one backward column tile's per-column data (ck::bwd::Column: 64 x 32 bytes), written
 // by contrastive_backward_columns, one block of BACKWARD_ROWS threads per tile.
 #define CK_CONTRASTIVE_BACKWARD_COLUMN_TILE_BYTES 2048
