@@ -401,15 +401,16 @@ template <class Cfg, int ROWS> struct SymRows {
     }
 };
 
-// The symmetric fold of one tile above the diagonal: the rows' sums into stats (as fold_fixed),
-// and per column the sums over this warp's rows into col_red[warp_m][column] (shared).
+// The symmetric fold of one tile above the diagonal: the rows' sums into stats (as fold_fixed, but
+// stats just initialized: its positive sums are set by the tile's first column, not added to), and
+// per column the sums over this warp's rows into col_red[warp_m][column] (shared).
 template <class Cfg, int ROWS>
 __device__ __forceinline__ void fold_symmetric(Lse2 (&stats)[ROWS], const float (&acc)[Cfg::MI][Cfg::NI][4], const SymRows<Cfg, ROWS>& r,
                                                const ColumnStage<Cfg::BN / 2>& staged, float4* col_red) {
 #pragma unroll
     for (int ni = 0; ni < Cfg::NI; ++ni) {
         const ColumnPair c = staged.pair(Cfg::acc_col(ni, 0) / 2);
-        float csum[2] = {0.f, 0.f}, cpos[2] = {0.f, 0.f}, ccount[2] = {0.f, 0.f};
+        float csum[2], cpos[2], ccount[2];  // set by the first row's selects
 #pragma unroll
         for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
@@ -420,15 +421,28 @@ __device__ __forceinline__ void fold_symmetric(Lse2 (&stats)[ROWS], const float 
                     const float x = fmaf(acc[mi][ni][half * 2 + e] * r.rinv[slot], c.cscale[e], c.bias[e]);
                     const float ex = ex2_approx(x);
                     stats[slot].sum += ex;
-                    if (r.den[slot]) csum[e] += ex;  // a predicated add
                     // A row outside the denominators is no positive on either side (its own sums
                     // are never read); its label key never equals a column's.
                     const bool pos = (((r.key[slot] ^ c.key[e]) | c.veto[e]) == 0 && r.den[slot]) || r.label[slot] == c.label[e];
-                    if (pos) {  // predicated adds
+                    // A sum's first term is a select, not a predicated add to a zero (two
+                    // instructions there: sm_90a, 2026-12-03).
+                    if (mi == 0 && half == 0) {  // a column's first row
+                        csum[e] = r.den[slot] ? ex : 0.f;
+                        cpos[e] = pos ? x : 0.f;
+                        ccount[e] = pos ? 1.f : 0.f;
+                    } else {  // predicated adds
+                        if (r.den[slot]) csum[e] += ex;
+                        if (pos) {
+                            cpos[e] += x;
+                            ccount[e] += 1.f;
+                        }
+                    }
+                    if (ni == 0 && e == 0) {  // a row's first column
+                        stats[slot].pos_sum = pos ? x : 0.f;
+                        stats[slot].pos_count = pos ? 1.f : 0.f;
+                    } else if (pos) {
                         stats[slot].pos_sum += x;
                         stats[slot].pos_count += 1.f;
-                        cpos[e] += x;
-                        ccount[e] += 1.f;
                     }
                 }
             }
@@ -677,8 +691,9 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // its columns) is not used: the column side's contributions G^T U would land in other blocks'
 // rows, which needs float atomics (not deterministic), per-tile partial gradients merged in a
 // fixed order (n / 64 partials of n x d f32: far over the 64 MiB bound at n = 65536), or blocks
-// adding in turn behind a per-row-block ticket (spin-waits on other blocks: correct only if the
-// hardware schedules blocks in index order, which CUDA does not promise).
+// adding in turn behind tickets (safe when drawn from an atomic counter, a block then waiting only
+// on running ones, but each column block's turns chain across all row blocks, longer than the row
+// sweep at the bench shapes, and read-modify-write 64 x d f32 per tile: README, "Contrastive losses").
 //
 // H is scaled by sigma (a power of two, contrastive_backward_prepare) so that |H| <= 2^14: f16's
 // range holds it and its small entries stay above f16's subnormals; the epilogue divides it out.

@@ -24,11 +24,14 @@ template <int V> struct IntConstant {
 struct Lse2 {
     float m2, sum, pos_sum;
     float pos_count;
+    // The sums start at -0: -0 + x is x for every x, so the compiler folds the first add of a
+    // fully unrolled fold away (0 + x is not x for x = -0, IEEE 754); a row or column that saw
+    // nothing keeps -0, which every reader treats as 0 (lse -inf, count 0).
     __device__ __forceinline__ void init(float offset) {
         m2 = offset;
-        sum = 0.f;
-        pos_sum = 0.f;
-        pos_count = 0.f;
+        sum = -0.f;
+        pos_sum = -0.f;
+        pos_count = -0.f;
     }
     // Folds another partial of the same row (other columns). Equal offsets (the fixed-offset path,
     // or one side empty) add the sums with no exponential.
