@@ -651,7 +651,7 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 //   prototypes:    own = the prototypes, other = the anchor rows.
 // A block owns 64 own rows and G x WARP_D columns of d (BackwardTraits below: d up to 512 in one
 // chunk for f16 / bf16, 128 for f32; grid.y covers a larger d). It sweeps the other side in tiles
-// of 64 rows; per tile:
+// of BN rows (f16 / bf16 at G = 1: 128, else 64); per tile:
 //  1. the logit tile, once for the whole chunk of d, with the tensor cores (f32: exact FFMA) as
 //     the forward computes it (the same products up to exact powers of two, the same f32 inverse
 //     norms: the saved LSE normalizes precisely these logits, which a separately rounded unit-row
@@ -701,10 +701,14 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 // One side of a backward pass (params/contrastive.h). Optional arrays may be null.
 using GradSide = CkGradSide;
 
-// The backward's block (params/contrastive.h): BM = 64 own rows x BN = 64 other rows per logit
-// tile, 4 G warps, CHUNK = G x WARP_D_HALF (f32: WARP_D_F32) columns of d.
-// The logit tile (f16 / bf16): G = 1 (SQUARE), 2 x 2 warps of 32 x 32 (MI = 2, NI = 4): per k16
-// step 4 x4-ldmatrix for 8 MMAs (16-row warps: 5). G = 2, 4: split over k (bwd::SplitKTile), each
+// The backward's block (params/contrastive.h): BM = 64 own rows x BN other rows per logit tile
+// (BN = WIDE_COLS = 128 for f16 / bf16 at G = 1, else 64), 4 G warps, CHUNK = G x WARP_D_HALF
+// (f32: WARP_D_F32) columns of d.
+// The logit tile (f16 / bf16): G = 1 (SQUARE), 64 x 128 on 2 x 2 warps of 32 x 64 (MI = 2, NI =
+// 8): per k16 step 6 x4-ldmatrix for 16 MMAs (32 x 32 warps of a 64 x 64 tile: 4 for 8; static
+// model at N = 8192, D = 128: 101.5 -> 88.7 us, 2026-12-03); H U then spans k = 128 per tile, and
+// the block's registers (225) and shared memory (74 KiB) still fit 2 blocks per SM. G = 2, 4 keep
+// 64 (their blocks' shared memory and registers are full). G = 2, 4: split over k (bwd::SplitKTile), each
 // k-half on 2 x 2 warps of 32 x 32 (G = 2) or 2 x 4 of 32 x 16 (G = 4), the halves added through
 // shared memory (unsplit, 4 x G warps would have 16 x 32 / 16 x 16 pieces whose B fragments serve
 // one m16 fragment). f32: 4 x G warps, warp (m, g) computing rows 16 m.. x columns (64 / G) g.. .
@@ -720,7 +724,11 @@ template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     // BK: every thread copies whole 16-byte chunks of a stage (64 x BK / 8 of them per operand).
     static constexpr int BK = E == 4 ? 16 : (G == 4 ? 64 : 32);
     static constexpr int LOGIT_WARPS_M = SQUARE ? 2 : 4, LOGIT_WARPS_N = SQUARE ? 2 : G;
-    using Cfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>;
+    // Column tile: WIDE_COLS at SQUARE (warps of 32 x 64: per k16 step 6 x4-ldmatrix for 16 MMAs,
+    // where 32 x 32 took 4 for 8, and H U's k spans 128 columns), else 64 (the G = 2, 4 blocks'
+    // shared memory and registers are full).
+    static constexpr int BN = SQUARE ? CK_CONTRASTIVE_BACKWARD_WIDE_COLS : 64;
+    using Cfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, BN, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>;
     static constexpr int CHUNK =                                // d columns of the gradient per block
         G * (E == 2 ? CK_CONTRASTIVE_BACKWARD_WARP_D_HALF : CK_CONTRASTIVE_BACKWARD_WARP_D_F32);
     // H U: U_WARPS_M x U_WARPS_D warps, each U_MI m16 fragments of rows x WARP_D columns of d
@@ -733,7 +741,8 @@ template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     static_assert(Cfg::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS * G && U_MI * U_WARPS_M * 16 == Cfg::BM,
                   "the warps cover the tile and the block's rows");
     static_assert(E == 2 || U_MI == 1, "the FFMA engine's H U takes 16 rows per warp");
-    static_assert(Cfg::BM == Cfg::BN, "a sweep's diagonal lies in the tile with col0 == row0");
+    static_assert(Cfg::BN % Cfg::BM == 0 && CK_CONTRASTIVE_BACKWARD_WIDE_COLS % Cfg::BN == 0,
+                  "a row block's diagonal lies in one column tile; the padding holds whole tiles");
     // f16 / bf16 at G = 2, 4: the logit tile split over k (bwd::SplitKTile); Cfg then names the
     // stages and loads.
     static constexpr bool SPLIT_K = E == 2 && G > 1;
@@ -751,9 +760,9 @@ template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     // computing S for the whole d, so S's operands pass through the stages (before 2026-12-02,
     // G = 2 chunks of 256: S twice as often; estimated 1.43x slower at d = 1024).
     static constexpr bool RESIDENT = FROM_PACKED && !CHUNKED;
-    using ResidentCfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E, CHUNK_STRIDE>;
-    // The stages' space, or the resident own rows where they are larger.
-    static constexpr int STAGE_ELEMS = RESIDENT && Cfg::BM * CHUNK_STRIDE > Cfg::SMEM_ELEMS ? Cfg::BM * CHUNK_STRIDE : Cfg::SMEM_ELEMS;
+    using ResidentCfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, BN, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E, CHUNK_STRIDE>;
+    // The resident own rows, or the stages (a resident sweep has none).
+    static constexpr int STAGE_ELEMS = RESIDENT ? Cfg::BM * CHUNK_STRIDE : Cfg::SMEM_ELEMS;
     using Split = bwd::SplitKTile<G == 4 ? 4 : 2>;
     // This thread's warp in H U.
     static __device__ __forceinline__ int u_warp_m() { return (int)(threadIdx.x / 32) / U_WARPS_D; }
@@ -776,7 +785,7 @@ struct BackwardShared
     bwd::Column cols[Tr::Cfg::BN];            // the tile's per-column data
     bwd::Row rows[Tr::Cfg::BM];               // the sweep's per-row data
 };
-static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 &&
+static_assert(
                   sizeof(BackwardShared<__half, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 &&
                   sizeof(BackwardShared<__half, 4>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 &&
                   sizeof(BackwardShared<__half, 4, true>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4_CHUNKED &&
@@ -784,23 +793,12 @@ static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_
                   sizeof(BackwardShared<float, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_F32_G2,
               "params/contrastive.h: the backward's shared memory");
 
-// One tile's H in the sweep's mode: one uniform branch per tile, every m16 fragment inside each
-// arm (each fragment's rows' data is loaded in turn), h[mi] from acc[mi].
-template <class Cfg, int MODE>
-__device__ __forceinline__ void tile_h_all(float (&h)[Cfg::MI][2][Cfg::NI * 2], const float (&acc)[Cfg::MI][Cfg::NI][4],
-                                           const bwd::Column* cols, const bwd::Row* rows, float m2) {
-#pragma unroll
-    for (int mi = 0; mi < Cfg::MI; ++mi) {
-        const bwd::Row mine[2] = {rows[Cfg::acc_row(mi, 0)], rows[Cfg::acc_row(mi, 2)]};
-        bwd::tile_h<Cfg, MODE>(h[mi], acc[mi], cols, mine, m2);
-    }
-}
-template <class Cfg>
-__device__ __forceinline__ void tile_h_of_mode(int mode, float (&h)[Cfg::MI][2][Cfg::NI * 2],
-                                               const float (&acc)[Cfg::MI][Cfg::NI][4], const bwd::Column* cols,
-                                               const bwd::Row* rows, float m2) {
-    if (mode == bwd::kOneExp) tile_h_all<Cfg, bwd::kOneExp>(h, acc, cols, rows, m2);
-    else tile_h_all<Cfg, bwd::kTwoExp>(h, acc, cols, rows, m2);
+// One tile's H in the sweep's mode, stored to the shared H tile: one uniform branch per tile.
+template <class Cfg, int HS, typename T>
+__device__ __forceinline__ void tile_h_of_mode(int mode, T* sh_h, const float (&acc)[Cfg::MI][Cfg::NI][4],
+                                               const bwd::Column* cols, const bwd::Row* rows, float m2) {
+    if (mode == bwd::kOneExp) bwd::tile_h_store<Cfg, bwd::kOneExp, HS>(sh_h, acc, cols, rows, m2);
+    else bwd::tile_h_store<Cfg, bwd::kTwoExp, HS>(sh_h, acc, cols, rows, m2);
 }
 
 // Sweeps the column tiles [col_begin, col_end) of `other` (col_begin a multiple of BN); columns:
@@ -827,7 +825,9 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, C
                                                                               dc0);
         cp_async_commit();
     }
-    const int diagonal_col0 = exclude_self ? row0 : -1;  // the tile holding the diagonal, if any
+    // The column tile holding the block's diagonal, if any (tiles start at multiples of BN, a
+    // multiple of BM): own row r is its column row0 - col0 + r.
+    const int diagonal_col0 = exclude_self ? row0 - row0 % Cfg::BN : -1;
     const T* other_u = static_cast<const T*>(other.u);
     // S's operands: the packed rows ([count][dp], zero past d) or the raw ones ([count][d]).
     const T* own_s = static_cast<const T*>(Tr::FROM_PACKED ? own.u : own.x);
@@ -870,19 +870,10 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, C
             __syncthreads();  // otherwise mma_block_tile's barriers publish the staged columns and sh.other
         }
 
-        float h[Epi::MI][2][Epi::NI * 2];
-        tile_h_of_mode<Epi>(mode, h, acc, sh.cols, sh.rows, m2);
-#pragma unroll
-        for (int mi = 0; mi < Epi::MI; ++mi)
-#pragma unroll
-            for (int ni = 0; ni < Epi::NI; ++ni)
-#pragma unroll
-                for (int half = 0; half < 2; ++half)
-                    bwd::store_h_pair<T>(sh.h + Epi::acc_row(mi, 2 * half) * Tr::H_STRIDE + Epi::acc_col(ni, 0),
-                                         h[mi][half][ni * 2], h[mi][half][ni * 2 + 1]);
+        tile_h_of_mode<Epi, Tr::H_STRIDE>(mode, sh.h, acc, sh.cols, sh.rows, m2);
         __syncthreads();  // H complete
-        if (col0 == diagonal_col0) {  // one tile per sweep (BM = BN): the diagonal is no logit
-            if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);
+        if (col0 == diagonal_col0) {  // one tile per sweep: the diagonal is no logit
+            if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + row0 - col0 + threadIdx.x] = from_float<T>(0.f);
             __syncthreads();
         }
 

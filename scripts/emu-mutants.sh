@@ -2,9 +2,10 @@
 # Planted bugs the CPU emulator must catch: each mutant is a one-line change to a copy of kernels/
 # (a missing cp.async.wait_group, a missing __syncthreads, an off-by-one k tail, a swapped mma
 # fragment register, a column tail taken one past the end, the symmetric forward's row mask and
-# slot order, the forward's padded rows, the backward's packed-row and packed-column logit factors and
-# packed-row stride), compiled into its own emulator build
-# (CKEMU_KERNELS_DIR, its own target folder), under which a few GPU tests must FAIL. The test
+# slot order, the forward's padded rows, the backward's packed-row and packed-column logit factors,
+# packed-row stride, one-exponential positive term and diagonal in a 128-column tile), compiled
+# into its own emulator build (CKEMU_KERNELS_DIR, its own target folder), under which a few GPU
+# tests must FAIL. The test
 # binaries are the ones `cargo test --release` built: only the emulated libcuda changes.
 #
 #   bash scripts/emu-mutants.sh          # every mutant; exit 1 if one survives (its tests pass)
@@ -51,7 +52,9 @@ mutants=(
   "padded rows (the forward's pad, the backward's pack) keep the next row's head|contrastive.cu|ur[j] = from_float<T>(j < d ? to_float(xr[j]) * inv_scale : 0.f);|ur[j] = from_float<T>(j < dp ? to_float(xr[j]) * inv_scale : 0.f);|$contrastive gpu_forward_matches_oracle"
   "backward S from the packed rows at the raw rows' stride|contrastive.cu|    const int s_d = Tr::FROM_PACKED ? dp : d;|    const int s_d = d;|$contrastive gpu_backward_temperatures_and_d_groups"
   "backward split merge drops the last split|contrastive.cu|for (int z = 1; z < p.splits; ++z)|for (int z = 1; z < p.splits - 1; ++z)|$contrastive gpu_backward_matches_oracle"
-  "backward two-exponential path without the column term|common/contrastive_backward.cuh|                                    c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|                                    0.f * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|$contrastive gpu_backward_temperatures_and_d_groups"
+  "backward two-exponential path without the column term|common/contrastive_backward.cuh|                        c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|                        0.f * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|$contrastive gpu_backward_temperatures_and_d_groups"
+  "backward one-exponential path without the positives' column weight|common/contrastive_backward.cuh|        const float pos = positive ? fmaf(o.coef_b, c.w, c.coef_b) : 0.f;|        const float pos = positive ? o.coef_b * c.w : 0.f;|$contrastive gpu_backward_matches_oracle"
+  "backward diagonal zeroed at the row block's offset 0 of a 128-column tile|contrastive.cu|sh.h[threadIdx.x * Tr::H_STRIDE + row0 - col0 + threadIdx.x] = from_float<T>(0.f);|sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);|$contrastive gpu_backward_matches_oracle"
 )
 
 survived=0

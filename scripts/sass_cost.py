@@ -581,13 +581,15 @@ def backward_chunked(kernel):
 
 
 def backward_tile(kernel, h):
-    """BackwardTraits<T, G>::Cfg of kernels/contrastive.cu: MmaTileConfig<BACKWARD_ROWS, 64, BK,
+    """BackwardTraits<T, G>::Cfg of kernels/contrastive.cu: MmaTileConfig<BACKWARD_ROWS, BN, BK,
     LOGIT_WARPS_M, LOGIT_WARPS_N, E> with BK = 16 for f32, 64 for G = 4, else 32 (whole 16-byte
-    chunks per thread and stage); warps 2 x 2 for f16 / bf16 at G = 1 (SQUARE), else 4 x G."""
+    chunks per thread and stage); for f16 / bf16 at G = 1 (SQUARE) BN = WIDE_COLS and 2 x 2 warps,
+    else BN = 64 and 4 x G warps."""
     g, e = backward_groups(kernel), 4 if "_f32" in kernel else 2
     bk = 16 if e == 4 else (64 if g == 4 else 32)
     square = e == 2 and g == 1
-    return Tile(f"BackwardTraits<{'float' if e == 4 else 'half'}, {g}>::Cfg", h["CONTRASTIVE_BACKWARD_ROWS"], 64, bk,
+    bn = h["CONTRASTIVE_BACKWARD_WIDE_COLS"] if square else 64
+    return Tile(f"BackwardTraits<{'float' if e == 4 else 'half'}, {g}>::Cfg", h["CONTRASTIVE_BACKWARD_ROWS"], bn, bk,
                 2 if square else 4, 2 if square else g, e)
 
 
@@ -603,7 +605,8 @@ def backward_launch(dtype, d, own_rows, other_rows, h):
     >= d, at most MAX_GROUPS (4 for f16 / bf16, 2 for f32), or CHUNKED_GROUPS_* (4 / 2) where none
     covers d (chunked: f16 / bf16 `_g4_chunked`, the resident G = 1, 4 kernels take one chunk);
     chunk = G WARP_D columns of d per block (grid.y = ceil(d / chunk));
-    splits = floor(SPLIT_TARGET_CTAS / G / blocks) clamped to [1, min(MAX_SPLITS, column tiles)],
+    splits = floor(SPLIT_TARGET_CTAS / G / blocks) clamped to [1, min(MAX_SPLITS, column tiles)]
+    (tiles of WIDE_COLS columns for f16 / bf16 at G = 1, else of BACKWARD_ROWS),
     1 for G = 4. Returns (G, chunk, splits, chunked)."""
     f32 = dtype == "f32"
     warp_d = h["CONTRASTIVE_BACKWARD_WARP_D_F32" if f32 else "CONTRASTIVE_BACKWARD_WARP_D_HALF"]
@@ -614,7 +617,8 @@ def backward_launch(dtype, d, own_rows, other_rows, h):
         g = h["CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_F32" if f32 else "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_HALF"]
     chunk = g * warp_d
     blocks = ceil_div(own_rows, h["CONTRASTIVE_BACKWARD_ROWS"]) * max(ceil_div(d, chunk), 1)
-    tiles = ceil_div(other_rows, h["CONTRASTIVE_BACKWARD_ROWS"])
+    cols = h["CONTRASTIVE_BACKWARD_WIDE_COLS"] if not f32 and g == 1 else h["CONTRASTIVE_BACKWARD_ROWS"]
+    tiles = ceil_div(other_rows, cols)  # the kernel's column tiles (backward_tile's BN)
     if g == 4 or blocks == 0 or tiles == 0:
         return g, chunk, 1, chunked
     splits = max(min(h["CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS"] // g // blocks, h["CONTRASTIVE_BACKWARD_MAX_SPLITS"],
@@ -632,7 +636,7 @@ def backward_kernel_dtype(kernel):
 def backward_schedule(n, d, h, kernel, tile):
     """src/ops/contrastive/gpu.rs' backward_raw, the self geometry's one pass (own = other = the n
     rows, no prototypes): grid (ceil(n / 64), ceil(d / chunk), splits), each CTA sweeping its
-    split's ceil(tiles / splits) of the ceil(n / 64) column tiles. None when the host picks another
+    split's ceil(tiles / splits) of the ceil(n / BN) column tiles. None when the host picks another
     G or chunking at this d (backward_launch)."""
     dtype = backward_kernel_dtype(kernel)
     g, chunk, splits, chunked = backward_launch(dtype, d, n, n, h)
@@ -668,7 +672,7 @@ KERNEL_MODELS = [
     KernelModel(r"^contrastive_forward_sym_(f16|bf16)$", ("ForwardTile", "Tile128"), "HMMA",
                 forward_sym_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS",
                 pick_sweep=most_shuffles, example="contrastive_forward_sym_bf16"),
-    # The rebuilt backward: a block = 4 row warps x G d-groups, a 64 x 64 logit tile per column tile
+    # The rebuilt backward: a block = 4 row warps x G d-groups, a 64 x BN logit tile per column tile
     # for the whole chunk of d, H through (dynamic) shared memory, then H x U (BackwardTraits).
     KernelModel(r"^contrastive_backward_(f16|bf16)_g(1|2|4)(_chunked)?$", (), "HMMA",
                 backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS",

@@ -697,14 +697,15 @@ fn fused_extra_memory_by_hand() {
     // 2 x 256 KiB, 2 scalars, f32 gradient scratch 32 MiB, the prepared column tiles (1024 x 2048 B).
     assert_eq!(b.backward, 4 + 16 * kib * kib + 256 * kib + 2 * 256 * kib + 8 + 32 * kib * kib + 1024 * 2048);
     assert!(b.peak() < 64 << 20, "{} MiB", b.peak() >> 20);
-    // d = 3 pads to 8 in the packed copy, and its rows to a whole tile of 64; keys and prototypes
-    // add their own copies and scratch.
+    // d = 3 pads to 8 in the packed copy, and its rows to a multiple of 128 (the G = 1 kernels'
+    // column tile); keys and prototypes add their own copies and scratch.
     let p = fused_extra_bytes(4, Some(6), 2, 3, DType::F16);
     assert_eq!(
         p.backward,
-        4 + 64 * 8 * 2 + 4 * 4 + 2 * 16 + 8 + 4 * 3 * 4 + (64 * 8 * 2 + 6 * 4 + 6 * 3 * 4) + 64 * 8 * 2 + 2 * 4 + 2 * 3 * 4
-            // column tiles: the rows' pass over 6 keys and 2 prototypes, one tile each
-            + 2 * 2048
+        4 + 128 * 8 * 2 + 4 * 4 + 2 * 16 + 8 + 4 * 3 * 4 + (128 * 8 * 2 + 6 * 4 + 6 * 3 * 4) + 128 * 8 * 2 + 2 * 4 + 2 * 3 * 4
+            // column tiles: the rows' pass over 6 keys and 2 prototypes, 128 columns (two tiles
+            // of 64) each
+            + 2 * 2 * 2048
     );
     // The forward pads f16 / bf16 rows whose d is not a multiple of 8 (rows, keys, prototypes: dp =
     // 8 elements each); f32 reads them as they are.

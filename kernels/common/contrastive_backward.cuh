@@ -39,8 +39,9 @@ enum Mode : int { kTwoExp = 0, kOneExp = 1 };
 
 // Per-column data of one column tile (32 bytes, shared by the thread's two rows).
 //   rinv, cscale: the logit factors (0 past the end);
-//   coef: the column's anchor weight coef_a (kOneExp: coef_a 2^(m2 - lse2), the per-column
-//         factor folded in), 0 when the column is no anchor;  coef_b: its per-positive weight;
+//   coef: the column's anchor weight coef_a (kOneExp: coef_a 2^(m2 - lse2) w, the per-column
+//         factor and w folded in), 0 when the column is no anchor;  coef_b: its per-positive
+//         weight (kOneExp: times w);
 //   lse2: the column's base-2 LSE (m2 when it is no anchor, so 2^(t - lse2) <= 1 stays finite);
 //   w:    2^e_j / max(|x_j|, eps): the packed row x_j / 2^e_j times w is u_j; 0 for a column outside
 //         the matrix (past the end, NormPenaltyOnly), which selects H = 0;
@@ -100,6 +101,10 @@ __device__ __forceinline__ Column column_data(const CkGradSide& own, const CkGra
             k.label = other.label != nullptr ? other.label[col] : -1;
         }
         set_anchor_terms(k, other, col, mode, m2);
+        if (mode == kOneExp) {  // h_entry's FFMAs: (o.coef + c.coef) w as o.coef w + c.coef w
+            k.coef *= k.w;
+            k.coef_b *= k.w;
+        }
     }
     return k;
 }
@@ -111,9 +116,13 @@ __device__ __forceinline__ Column column_data(const CkGradSide& own, const CkGra
 template <int BN, int THREADS>
 __device__ __forceinline__ void stage_columns(Column* cols, const Column* __restrict__ tile) {
     constexpr int CHUNKS = BN * (int)sizeof(Column) / 16;
-    static_assert(THREADS >= CHUNKS, "one chunk per thread");
+    static_assert(CHUNKS % THREADS == 0 || THREADS >= CHUNKS, "whole chunks per thread");
     const int c = (int)threadIdx.x;
-    if (c < CHUNKS) cp_async_16(reinterpret_cast<uint4*>(cols) + c, reinterpret_cast<const uint4*>(tile) + c, 16);
+    if constexpr (CHUNKS > THREADS) {
+#pragma unroll
+        for (int i = 0; i < CHUNKS / THREADS; ++i)
+            cp_async_16(reinterpret_cast<uint4*>(cols) + c + i * THREADS, reinterpret_cast<const uint4*>(tile) + c + i * THREADS, 16);
+    } else if (c < CHUNKS) cp_async_16(reinterpret_cast<uint4*>(cols) + c, reinterpret_cast<const uint4*>(tile) + c, 16);
 }
 
 // An own row's data for a sweep over `other` (its positive key depends on the other side).
@@ -142,34 +151,57 @@ __device__ __forceinline__ Row load_row(const CkGradSide& own, const CkGradSide&
 // The mode of a sweep at this temperature.
 __device__ __forceinline__ int sweep_mode(float m2) { return 2.f * m2 <= kOneExpMaxRange ? kOneExp : kTwoExp; }
 
-// H of this thread's accumulators of one m16 fragment of a logit tile (acc[mi] of the tile; its
-// columns at Cfg::acc_col): h[half][2 ni + e] for the rows r[half]. Branch-free: masks are selects
-// or zero factors.
-template <class Cfg, int MODE>
-__device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (&acc)[Cfg::NI][4],
-                                       const Column* cols, const Row (&r)[2], float m2) {
+// Stores H entries (row, col), (row, col + 1) of the shared H tile (col even): T for the tensor
+// cores, f32 for the FFMA engine.
+template <typename T> __device__ __forceinline__ void store_h_pair(T* h, float v0, float v1) {
+    if constexpr (sizeof(T) == 4) *reinterpret_cast<float2*>(h) = make_float2(v0, v1);
+    else *reinterpret_cast<uint32_t*>(h) = pack_pair<T>(v0, v1);
+}
+
+// One H entry of logit accumulator a between own row o and column c. Branch-free: masks are
+// selects or zero factors.
+template <int MODE>
+__device__ __forceinline__ float h_entry(float a, const Column& c, const Row& o, float m2) {
+    const bool positive = c.key == o.key || c.label == o.label;
+    if constexpr (MODE == kTwoExp) {
+        // An exponent may overflow outside A(k) (a masked column): select, not multiply.
+        const float v = o.coef * ex2_approx((a * o.rinv) * c.cscale - o.lse2) +
+                        c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive ? o.coef_b + c.coef_b : 0.f);
+        return c.w != 0.f ? v * c.w : 0.f;
+    } else {
+        // (e (o.coef + coef_a') - [positive] (o.coef_b + coef_b)) w, with Column's coef and coef_b
+        // carrying w: three FFMAs. e <= ~1 and finite coefficients: a masked column's w = 0 (and
+        // so its coef and coef_b) gives exactly 0.
+        const float ek = ex2_approx((a * o.rinv) * c.cscale - m2);
+        const float pos = positive ? fmaf(o.coef_b, c.w, c.coef_b) : 0.f;
+        return fmaf(ek, fmaf(o.coef, c.w, c.coef), -pos);
+    }
+}
+
+// H of a logit tile (this thread's accumulators acc, Cfg's fragment layout) stored to the shared H
+// tile h (row stride HS; T: the input dtype, f32 for the FFMA engine). Column by column pair: each
+// column's data is read once per tile and each pair stored as soon as it is formed (the rows' data,
+// read first, stays in registers; loaded per m16 fragment with the stores in between, every
+// column would be read again, since a store to h may alias them for the compiler).
+template <class Cfg, int MODE, int HS, typename T>
+__device__ __forceinline__ void tile_h_store(T* h, const float (&acc)[Cfg::MI][Cfg::NI][4], const Column* cols,
+                                             const Row* rows, float m2) {
+    Row mine[Cfg::MI][2];
 #pragma unroll
-    for (int ni = 0; ni < Cfg::NI; ++ni)
+    for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll
-        for (int e = 0; e < 2; ++e) {
-            const Column c = cols[Cfg::acc_col(ni, e)];
+        for (int half = 0; half < 2; ++half) mine[mi][half] = rows[Cfg::acc_row(mi, 2 * half)];
 #pragma unroll
-            for (int half = 0; half < 2; ++half) {
-                const Row& o = r[half];
-                const float a = acc[ni][half * 2 + e];
-                const bool positive = c.key == o.key || c.label == o.label;
-                if constexpr (MODE == kTwoExp) {
-                    // An exponent may overflow outside A(k) (a masked column): select, not multiply.
-                    const float v = o.coef * ex2_approx((a * o.rinv) * c.cscale - o.lse2) +
-                                    c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive ? o.coef_b + c.coef_b : 0.f);
-                    h[half][ni * 2 + e] = c.w != 0.f ? v * c.w : 0.f;
-                } else {
-                    // e <= ~1 and finite coefficients: a masked column's w = 0 gives exactly 0.
-                    const float ek = ex2_approx((a * o.rinv) * c.cscale - m2);
-                    h[half][ni * 2 + e] = (ek * (o.coef + c.coef) - (positive ? o.coef_b + c.coef_b : 0.f)) * c.w;
-                }
-            }
-        }
+    for (int ni = 0; ni < Cfg::NI; ++ni) {
+        const Column c[2] = {cols[Cfg::acc_col(ni, 0)], cols[Cfg::acc_col(ni, 1)]};
+#pragma unroll
+        for (int mi = 0; mi < Cfg::MI; ++mi)
+#pragma unroll
+            for (int half = 0; half < 2; ++half)
+                store_h_pair<T>(h + Cfg::acc_row(mi, 2 * half) * HS + Cfg::acc_col(ni, 0),
+                                h_entry<MODE>(acc[mi][ni][half * 2], c[0], mine[mi][half], m2),
+                                h_entry<MODE>(acc[mi][ni][half * 2 + 1], c[1], mine[mi][half], m2));
+    }
 }
 
 // Packed rows [row0, row0 + ROWS) x columns [k0, k0 + COLS) of a row-major matrix of leading
@@ -177,7 +209,7 @@ __device__ __forceinline__ void tile_h(float (&h)[2][Cfg::NI * 2], const float (
 // The packed copies hold whole tiles of rows (contrastive_pack_*'s buffers are zero padded to a
 // multiple of BACKWARD_ROWS rows), so no row is checked: one 64-bit address per thread, stepped by
 // ROW_STEP rows, and a loop-invariant size (0 past ld: a pure zero fill that reads nothing) make a
-// copy one address add and one cp.async.
+// copy one address product-add and one cp.async.
 template <int ROWS, int COLS, int STRIDE, int THREADS, typename T>
 __device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g, int ld, int row0, int k0) {
     constexpr int CHUNKS_PER_ROW = COLS / 8;
@@ -185,12 +217,16 @@ __device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g
     constexpr int ROW_STEP = THREADS / CHUNKS_PER_ROW;
     const int r0 = (int)(threadIdx.x / CHUNKS_PER_ROW), kc = (int)(threadIdx.x % CHUNKS_PER_ROW) * 8;
     const bool inside = k0 + kc < ld;
-    const T* src = inside ? g + (size_t)(row0 + r0) * ld + k0 + kc : g;
-    const size_t step = inside ? (size_t)ROW_STEP * ld : 0;
+    const char* src = reinterpret_cast<const char*>(inside ? g + (size_t)(row0 + r0) * ld + k0 + kc : g);
+    const unsigned row_elems = inside ? (unsigned)ld : 0u;
     const int bytes = inside ? 16 : 0;
     T* dst = smem + r0 * STRIDE + kc;
+    // Copy it's source: a 32 x 32 -> 64-bit product (ld times a constant) added to src, one
+    // IMAD.WIDE.U32 (a 64-bit pointer step took two instructions per copy, sm_90a).
 #pragma unroll
-    for (int it = 0; it < ROWS / ROW_STEP; ++it, src += step) cp_async_16(dst + it * ROW_STEP * STRIDE, src, bytes);
+    for (int it = 0; it < ROWS / ROW_STEP; ++it)
+        cp_async_16(dst + it * ROW_STEP * STRIDE,
+                    src + (unsigned long long)row_elems * (unsigned)(it * ROW_STEP * sizeof(T)), bytes);
 }
 
 // acc[mi][nb] += H V for a warp's MI x 16 rows: H (MI 16 x K, row stride HS) and V (K x N, row
@@ -367,13 +403,6 @@ __device__ __forceinline__ void h_times_tile(float (&acc)[MI][N / 8][4], const T
     } else {
         h_times_tile_mma<MI, K, N, HS, VS>(acc, h, v);
     }
-}
-
-// Stores H entries (row, col), (row, col + 1) of the shared H tile (col even): T for the tensor
-// cores, f32 for the FFMA engine.
-template <typename T> __device__ __forceinline__ void store_h_pair(T* h, float v0, float v1) {
-    if constexpr (sizeof(T) == 4) *reinterpret_cast<float2*>(h) = make_float2(v0, v1);
-    else *reinterpret_cast<uint32_t*>(h) = pack_pair<T>(v0, v1);
 }
 
 }  // namespace bwd

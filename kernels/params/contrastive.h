@@ -39,8 +39,14 @@
 #define CK_CONTRASTIVE_BACKWARD_MAX_GROUPS_F32 2
 #define CK_CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_HALF 4
 #define CK_CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_F32 2
+// The widest column tile a backward kernel sweeps: f16 / bf16 at G = 1 take 128 columns per logit
+// tile (2 x 2 warps of 32 x 64: an ldmatrix.x4 per 2 MMAs where warps of 32 x 32 needed one per
+// MMA), every other kernel BACKWARD_ROWS. The packed rows and the prepared column data are padded
+// to whole multiples of it, so that every kernel copies whole tiles without row checks.
+#define CK_CONTRASTIVE_BACKWARD_WIDE_COLS 128
 // Bytes of one backward column tile's per-column data (ck::bwd::Column: 64 x 32 bytes), written
-// by contrastive_backward_columns, one block of BACKWARD_ROWS threads per tile.
+// by contrastive_backward_columns, one block of BACKWARD_ROWS threads per tile (a pass prepares
+// whole multiples of WIDE_COLS columns).
 #define CK_CONTRASTIVE_BACKWARD_COLUMN_TILE_BYTES 2048
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_HALF 128
 #define CK_CONTRASTIVE_BACKWARD_WARP_D_F32 64
@@ -56,10 +62,11 @@
 #define CK_CONTRASTIVE_MERGE_THREADS 256
 #define CK_CONTRASTIVE_MERGE_MAX_BLOCKS 1024
 // Dynamic shared memory of a backward block (sizeof ck::BackwardShared<T, G>, checked there): the
-// logit tile's two stages (f16 / bf16 at G = 1, 2 and 4, not `_chunked`: or the own packed rows
-// resident for the sweep, 64 x G WARP_D, where larger), the other side's packed rows (64 x G WARP_D), H (64 x 64),
-// the tile's per-column and per-row data, and (f16 / bf16, G = 2, 4) the split-k logit tile's 16 KB.
-#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 51200
+// own packed rows resident for the sweep (f16 / bf16 within one chunk: 64 x G WARP_D) or else the
+// logit tile's two stages, the other side's packed rows (BN x G WARP_D; BN = WIDE_COLS for f16 /
+// bf16 at G = 1, else 64), H (64 x BN), the tile's per-column (BN) and per-row data, and (f16 /
+// bf16, G = 2, 4) the split-k logit tile's 16 KB.
+#define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 75776
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 97280
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 162816
 #define CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4_CHUNKED 133120
@@ -157,7 +164,7 @@ typedef struct CkGradSide {
     const void* x;                // the raw rows (count x d of the kernel's dtype)
     const float* norms;           // their f32 norms
     const void* u;                // x / 2^e per row: count x dp, zero padded to dp columns and to
-                                  // a multiple of BACKWARD_ROWS rows (the backward copies whole tiles)
+                                  // a multiple of WIDE_COLS rows (the backward copies whole tiles)
     const int32_t* instance;      // null: this side is the prototypes
     const int32_t* label;         // null: labels make no positives
     const uint8_t* role;          // null: every row an anchor
@@ -188,14 +195,15 @@ typedef struct CkContrastiveBackwardParams {
 
 // contrastive_backward_columns: the per-column data of every column tile of `other` for a sweep
 // of `own` (instance / label / prototype keys, logit factors, anchor coefficients), as the
-// backward kernel stages it (COLUMN_TILE_BYTES per tile, zeros past other.count).
+// backward kernel stages it (COLUMN_TILE_BYTES per tile of BACKWARD_ROWS columns, columns past
+// other.count masked: w = 0).
 typedef struct CkBackwardColumnsParams {
     CkGradSide own;
     CkGradSide other;
     void* out;                    // tiles x COLUMN_TILE_BYTES
     float inv_tau;
     int32_t packed;               // 1 for f16 / bf16 (S from the packed rows), 0 for f32
-    int32_t tiles;                // ceil(other.count / BACKWARD_ROWS)
+    int32_t tiles;                // ceil(other.count / WIDE_COLS) x WIDE_COLS / BACKWARD_ROWS
     int32_t reserved;
 } CkBackwardColumnsParams;
 

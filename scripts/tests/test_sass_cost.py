@@ -276,7 +276,8 @@ class RepositoryBackward(unittest.TestCase):
         self.assertIn("BK = E == 4 ? 16 : (G == 4 ? 64 : 32);", text)
         self.assertIn("SQUARE = E == 2 && G == 1;", text)
         self.assertIn("LOGIT_WARPS_M = SQUARE ? 2 : 4, LOGIT_WARPS_N = SQUARE ? 2 : G;", text)
-        self.assertIn("MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, 64, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>", text)
+        self.assertIn("BN = SQUARE ? CK_CONTRASTIVE_BACKWARD_WIDE_COLS : 64;", text)
+        self.assertIn("MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, BN, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>", text)
 
 
 class Occupancy(unittest.TestCase):
@@ -346,12 +347,12 @@ class Schedules(unittest.TestCase):
         self.assertEqual(sc.forward_sym_schedule(8192, 128, h, "contrastive_forward_sym_bf16", tile), (2080, 1))
         self.assertEqual(sc.forward_sym_schedule(65536, 512, h, "contrastive_forward_sym_bf16", tile), (528, 256))
 
-    H = {"CONTRASTIVE_BACKWARD_ROWS": 64,
+    H = {"CONTRASTIVE_BACKWARD_ROWS": 64, "CONTRASTIVE_BACKWARD_WIDE_COLS": 128,
          "CONTRASTIVE_BACKWARD_WARP_D_HALF": 128, "CONTRASTIVE_BACKWARD_WARP_D_F32": 64,
          "CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF": 4, "CONTRASTIVE_BACKWARD_MAX_GROUPS_F32": 2,
          "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_HALF": 4, "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_F32": 2,
          "CONTRASTIVE_BACKWARD_SPLIT_TARGET_CTAS": 264, "CONTRASTIVE_BACKWARD_MAX_SPLITS": 8,
-         "CONTRASTIVE_BACKWARD_SMEM_HALF_G1": 51200, "CONTRASTIVE_BACKWARD_SMEM_HALF_G4": 116736,
+         "CONTRASTIVE_BACKWARD_SMEM_HALF_G1": 75776, "CONTRASTIVE_BACKWARD_SMEM_HALF_G4": 116736,
          "CONTRASTIVE_BACKWARD_SMEM_HALF_G4_CHUNKED": 133120,
          "CONTRASTIVE_BACKWARD_SMEM_F32_G2": 75776}
 
@@ -373,17 +374,20 @@ class Schedules(unittest.TestCase):
         # n = 65536: 1024 row blocks, no split; a small grid is clamped by MAX_SPLITS and the tiles.
         self.assertEqual(sc.backward_launch("bf16", 128, 65536, 65536, self.H), (1, 128, 1, False))
         self.assertEqual(sc.backward_launch("bf16", 64, 64, 8192, self.H), (1, 128, 8, False))
-        self.assertEqual(sc.backward_launch("bf16", 64, 64, 192, self.H), (1, 128, 3, False))
+        # 192 columns are 2 of G = 1's 128-column tiles (f32's G = 2 tiles are 64 wide: 3).
+        self.assertEqual(sc.backward_launch("bf16", 64, 64, 192, self.H), (1, 128, 2, False))
+        self.assertEqual(sc.backward_launch("f32", 64, 64, 192, self.H), (1, 64, 3, False))
 
     def test_backward_schedule_and_tile(self):
         g1 = sc.backward_tile("contrastive_backward_bf16_g1", self.H)
         g4 = sc.backward_tile("contrastive_backward_f16_g4", self.H)
         f32 = sc.backward_tile("contrastive_backward_f32_g2", self.H)
-        self.assertEqual((g1.BM, g1.BN, g1.BK, g1.threads, g1.mma_per_warp_per_k_step), (64, 64, 32, 128, 16))
+        # G = 1: 64 x 128 on 2 x 2 warps of 32 x 64, 2 x 8 MMAs per k16 step, two per BK = 32.
+        self.assertEqual((g1.BM, g1.BN, g1.BK, g1.threads, g1.mma_per_warp_per_k_step), (64, 128, 32, 128, 32))
         self.assertEqual((g4.BK, g4.threads, g4.mma_per_warp_per_k_step), (64, 512, 8))
         self.assertEqual((f32.BK, f32.threads, f32.elem_bytes), (16, 256, 4))
-        # 128 row blocks x 2 splits, each sweeping 32 of the 128 column tiles... (8192 / 64 = 128 tiles).
-        self.assertEqual(sc.backward_schedule(8192, 128, self.H, "contrastive_backward_bf16_g1", g1), (256, 64))
+        # 128 row blocks x 2 splits, each sweeping 32 of the 64 column tiles (8192 / 128).
+        self.assertEqual(sc.backward_schedule(8192, 128, self.H, "contrastive_backward_bf16_g1", g1), (256, 32))
         self.assertEqual(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_f16_g4", g4), (128, 128))
         # The host picks G = 4 at d = 512: the G = 1 kernel is not launched there, and G = 4 not at 128.
         self.assertIsNone(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_bf16_g1", g1))
@@ -395,13 +399,16 @@ class Schedules(unittest.TestCase):
         self.assertIsNone(sc.backward_schedule(8192, 1024, self.H, "contrastive_backward_f16_g4", g4))
         self.assertIsNone(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_f16_g4_chunked", g4c))
         self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_bf16_g4_chunked", self.H), 133120)
-        self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_bf16_g1", self.H), 51200)
+        self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_bf16_g1", self.H), 75776)
         self.assertEqual(sc.backward_dynamic_smem("contrastive_backward_f32_g2", self.H), 75776)
         # Occupancy with the dynamic shared memory: G = 1 (228 registers) stays at 2 by registers
         # (52224 B per CTA would allow 4); 116736 B alone allows one G = 4 CTA.
         self.assertEqual(sc.occupancy(228, 128, 51200), (2, "registers"))
         self.assertEqual(sc.occupancy(32, 128, 116736), (1, "shared memory"))
         self.assertEqual(sc.occupancy(32, 128, 51200), (4, "shared memory"))
+        # G = 1 since its 128-column tile: 225 registers (232 x 32 = 7424 per warp, 2 per
+        # sub-partition: two 4-warp CTAs) and 75776 + 1024 B (3 would fit): 2 by registers.
+        self.assertEqual(sc.occupancy(225, 128, 75776), (2, "registers"))
 
     def test_backward_chosen_for_a_forward(self):
         est = {("contrastive_backward_bf16_g1", 8192, 128): 1, ("contrastive_backward_bf16_g4", 8192, 512): 1}

@@ -42,6 +42,9 @@ struct BackwardShape {
     chunked: bool,
     /// Dynamic shared memory bytes.
     smem: usize,
+    /// Columns of the other side per logit tile (BackwardTraits::BN): WIDE_COLS for f16 / bf16 at
+    /// G = 1, BACKWARD_ROWS otherwise.
+    cols: usize,
 }
 
 impl BackwardShape {
@@ -62,7 +65,8 @@ impl BackwardShape {
             (true, 1, _) => params::BACKWARD_SMEM_F32_G1,
             (true, _, _) => params::BACKWARD_SMEM_F32_G2,
         };
-        BackwardShape { groups, chunk: groups * warp_d, chunked, smem }
+        let cols = if !f32 && groups == 1 { params::BACKWARD_WIDE_COLS } else { BACKWARD_ROWS };
+        BackwardShape { groups, chunk: groups * warp_d, chunked, smem, cols }
     }
     /// The kernel's name.
     fn kernel(&self, dtype: DType) -> String {
@@ -73,12 +77,13 @@ impl BackwardShape {
 }
 /// Column splits of one backward pass (params/contrastive.h): as many as keep its row blocks x d
 /// chunks x splits within SPLIT_TARGET_CTAS / G (one wave: rounding up would start a second,
-/// mostly idle one), at most MAX_SPLITS and one column tile per split; none for G = 4. A function
+/// mostly idle one), at most MAX_SPLITS and one column tile (of the kernel's width) per split; none
+/// for G = 4. A function
 /// of the shapes alone, so the result's bits do not depend on the device.
 fn backward_splits(dtype: DType, d: usize, own_rows: usize, other_rows: usize) -> usize {
-    let BackwardShape { groups, chunk, .. } = BackwardShape::of(dtype, d);
+    let BackwardShape { groups, chunk, cols, .. } = BackwardShape::of(dtype, d);
     let blocks = own_rows.div_ceil(BACKWARD_ROWS) * d.div_ceil(chunk).max(1);
-    let tiles = other_rows.div_ceil(BACKWARD_ROWS);
+    let tiles = other_rows.div_ceil(cols);
     if groups == 4 || blocks == 0 || tiles == 0 {
         return 1;
     }
@@ -700,8 +705,8 @@ pub struct RawGradOutputs {
 }
 
 /// Rows x / 2^e (2^e = the power of two at or below max(||x||, eps): exact, norm in [1, 2)) in the
-/// input dtype, padded with zeros to `dp` (a multiple of 8) and to whole tiles of BACKWARD_ROWS
-/// rows (the backward copies tiles without row checks), as raw bytes: the backward's H U operand
+/// input dtype, padded with zeros to `dp` (a multiple of 8) and to a multiple of WIDE_COLS rows
+/// (the widest column tile) (the backward copies tiles without row checks), as raw bytes: the backward's H U operand
 /// (contrastive.cu's backward comment says why not rounded unit rows).
 unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
     copy_rows(gpu, stream, m, dp, "pack", packed_bytes(m.rows, dp, m.dtype))
@@ -736,9 +741,15 @@ fn padded_bytes(rows: usize, dp: usize, dtype: DType) -> usize {
     (rows * dp * dtype.size_bytes()).max(16)
 }
 
-/// Bytes of [`pack`]'s buffer: whole tiles of BACKWARD_ROWS rows of dp elements (at least 16).
+/// Bytes of [`pack`]'s buffer: a multiple of WIDE_COLS rows of dp elements (at least 16).
 fn packed_bytes(rows: usize, dp: usize, dtype: DType) -> usize {
-    (rows.div_ceil(BACKWARD_ROWS) * BACKWARD_ROWS * dp * dtype.size_bytes()).max(16)
+    (backward_padded_rows(rows) * dp * dtype.size_bytes()).max(16)
+}
+
+/// Rows rounded up to a multiple of WIDE_COLS (the widest column tile a backward kernel sweeps,
+/// params/contrastive.h): the packed rows and the prepared column data hold whole tiles.
+fn backward_padded_rows(rows: usize) -> usize {
+    rows.div_ceil(params::BACKWARD_WIDE_COLS) * params::BACKWARD_WIDE_COLS
 }
 
 /// The backward on caller memory and stream: consumes the forward's `lse` and `positives` (same
@@ -862,12 +873,13 @@ pub unsafe fn backward_raw(
     // powers of two (contrastive_backward_columns' `packed`).
     let packed = r.dtype != DType::F32;
     // Every column tile's per-column data for a sweep of `own` over `other` (COLUMN_TILE_BYTES per
-    // tile of BACKWARD_ROWS columns), prepared once per pass instead of in every block per tile.
+    // tile of BACKWARD_ROWS columns, whole multiples of WIDE_COLS columns: a G = 1 kernel stages
+    // two such tiles at once), prepared once per pass instead of in every block per tile.
     let columns = |own: GradSide, other: GradSide| -> Result<Option<CudaSlice<f32>>> {
         if other.count == 0 {
             return Ok(None);
         }
-        let tiles = (other.count as usize).div_ceil(BACKWARD_ROWS);
+        let tiles = backward_padded_rows(other.count as usize) / BACKWARD_ROWS;
         let out = alloc_f32(stream, tiles * params::BACKWARD_COLUMN_TILE_BYTES / 4)?;
         let params =
             BackwardColumnsParams { own, other, out: ptr(&out, stream), inv_tau, packed: packed as i32, tiles: tiles as i32, reserved: 0 };
@@ -1052,7 +1064,7 @@ pub fn extra_bytes(n: usize, keys: Option<usize>, centers: usize, d: usize, dtyp
     // Each pass's prepared column tiles (contrastive_backward_columns), freed after the pass: the
     // largest pass's (the rows' sweep over the keys or themselves and the prototypes; the keys' and
     // the prototypes' over the rows).
-    let tiles = |rows: usize| rows.div_ceil(BACKWARD_ROWS) * params::BACKWARD_COLUMN_TILE_BYTES;
+    let tiles = |rows: usize| backward_padded_rows(rows) / BACKWARD_ROWS * params::BACKWARD_COLUMN_TILE_BYTES;
     let others = if keys.is_some() || centers > 0 { tiles(n) } else { 0 };
     backward += (tiles(cols) + tiles(centers)).max(others);
     FusedBytes { forward: saved + scratch, saved, backward }
