@@ -707,7 +707,7 @@ using GradSide = CkGradSide;
 // The logit tile (f16 / bf16): G = 1 (SQUARE), 64 x 128 on 2 x 2 warps of 32 x 64 (MI = 2, NI =
 // 8): per k16 step 6 x4-ldmatrix for 16 MMAs (32 x 32 warps of a 64 x 64 tile: 4 for 8; static
 // model at N = 8192, D = 128: 101.5 -> 88.7 us, 2026-12-03); H U then spans k = 128 per tile, and
-// the block's registers (225) and shared memory (74 KiB) still fit 2 blocks per SM. G = 2, 4 keep
+// the block's registers (221) and shared memory (74 KiB) still fit 2 blocks per SM. G = 2, 4 keep
 // 64 (their blocks' shared memory and registers are full). G = 2, 4: split over k (bwd::SplitKTile), each
 // k-half on 2 x 2 warps of 32 x 32 (G = 2) or 2 x 4 of 32 x 16 (G = 4), the halves added through
 // shared memory (unsplit, 4 x G warps would have 16 x 32 / 16 x 16 pieces whose B fragments serve
@@ -785,7 +785,7 @@ struct BackwardShared
     bwd::Column cols[Tr::Cfg::BN];            // the tile's per-column data
     bwd::Row rows[Tr::Cfg::BM];               // the sweep's per-row data
 };
-static_assert(
+static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 &&
                   sizeof(BackwardShared<__half, 2>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G2 &&
                   sizeof(BackwardShared<__half, 4>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4 &&
                   sizeof(BackwardShared<__half, 4, true>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G4_CHUNKED &&

@@ -116,13 +116,13 @@ __device__ __forceinline__ Column column_data(const CkGradSide& own, const CkGra
 template <int BN, int THREADS>
 __device__ __forceinline__ void stage_columns(Column* cols, const Column* __restrict__ tile) {
     constexpr int CHUNKS = BN * (int)sizeof(Column) / 16;
-    static_assert(CHUNKS % THREADS == 0 || THREADS >= CHUNKS, "whole chunks per thread");
-    const int c = (int)threadIdx.x;
-    if constexpr (CHUNKS > THREADS) {
+    static_assert(CHUNKS % THREADS == 0 || CHUNKS < THREADS, "the same chunks per thread, or at most one");
 #pragma unroll
-        for (int i = 0; i < CHUNKS / THREADS; ++i)
-            cp_async_16(reinterpret_cast<uint4*>(cols) + c + i * THREADS, reinterpret_cast<const uint4*>(tile) + c + i * THREADS, 16);
-    } else if (c < CHUNKS) cp_async_16(reinterpret_cast<uint4*>(cols) + c, reinterpret_cast<const uint4*>(tile) + c, 16);
+    for (int i = 0; i < (CHUNKS + THREADS - 1) / THREADS; ++i) {
+        const int c = (int)threadIdx.x + i * THREADS;
+        if (CHUNKS % THREADS == 0 || c < CHUNKS)
+            cp_async_16(reinterpret_cast<uint4*>(cols) + c, reinterpret_cast<const uint4*>(tile) + c, 16);
+    }
 }
 
 // An own row's data for a sweep over `other` (its positive key depends on the other side).
@@ -207,7 +207,7 @@ __device__ __forceinline__ void tile_h_store(T* h, const float (&acc)[Cfg::MI][C
 // Packed rows [row0, row0 + ROWS) x columns [k0, k0 + COLS) of a row-major matrix of leading
 // dimension ld (a multiple of 8, 16-byte aligned) into a [ROWS][STRIDE] tile, zeros past column ld.
 // The packed copies hold whole tiles of rows (contrastive_pack_*'s buffers are zero padded to a
-// multiple of BACKWARD_ROWS rows), so no row is checked: one 64-bit address per thread, stepped by
+// multiple of WIDE_COLS rows, the widest tile), so no row is checked: one 64-bit address per thread, stepped by
 // ROW_STEP rows, and a loop-invariant size (0 past ld: a pure zero fill that reads nothing) make a
 // copy one address product-add and one cp.async.
 template <int ROWS, int COLS, int STRIDE, int THREADS, typename T>
@@ -221,7 +221,7 @@ __device__ __forceinline__ void load_rows_async(T* smem, const T* __restrict__ g
     const unsigned row_elems = inside ? (unsigned)ld : 0u;
     const int bytes = inside ? 16 : 0;
     T* dst = smem + r0 * STRIDE + kc;
-    // Copy it's source: a 32 x 32 -> 64-bit product (ld times a constant) added to src, one
+    // Copy it: its source address is src plus a 32 x 32 -> 64-bit product (ld times a constant): one
     // IMAD.WIDE.U32 (a 64-bit pointer step took two instructions per copy, sm_90a).
 #pragma unroll
     for (int it = 0; it < ROWS / ROW_STEP; ++it)

@@ -77,9 +77,8 @@ impl BackwardShape {
 }
 /// Column splits of one backward pass (params/contrastive.h): as many as keep its row blocks x d
 /// chunks x splits within SPLIT_TARGET_CTAS / G (one wave: rounding up would start a second,
-/// mostly idle one), at most MAX_SPLITS and one column tile (of the kernel's width) per split; none
-/// for G = 4. A function
-/// of the shapes alone, so the result's bits do not depend on the device.
+/// mostly idle one), at most MAX_SPLITS and one column tile (of the kernel's width) per split;
+/// none for G = 4. A function of the shapes alone, so the result's bits do not depend on the device.
 fn backward_splits(dtype: DType, d: usize, own_rows: usize, other_rows: usize) -> usize {
     let BackwardShape { groups, chunk, cols, .. } = BackwardShape::of(dtype, d);
     let blocks = own_rows.div_ceil(BACKWARD_ROWS) * d.div_ceil(chunk).max(1);
@@ -705,9 +704,9 @@ pub struct RawGradOutputs {
 }
 
 /// Rows x / 2^e (2^e = the power of two at or below max(||x||, eps): exact, norm in [1, 2)) in the
-/// input dtype, padded with zeros to `dp` (a multiple of 8) and to a multiple of WIDE_COLS rows
-/// (the widest column tile) (the backward copies tiles without row checks), as raw bytes: the backward's H U operand
-/// (contrastive.cu's backward comment says why not rounded unit rows).
+/// input dtype, padded with zeros to `dp` (a multiple of 8) and to a multiple of WIDE_COLS rows,
+/// the widest column tile (the backward copies tiles without row checks), as raw bytes: the
+/// backward's H U operand (contrastive.cu's backward comment says why not rounded unit rows).
 unsafe fn pack(gpu: &Gpu, stream: &Arc<CudaStream>, m: RawMatrix, dp: usize) -> Result<CudaSlice<u8>> {
     copy_rows(gpu, stream, m, dp, "pack", packed_bytes(m.rows, dp, m.dtype))
 }
