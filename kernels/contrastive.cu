@@ -702,43 +702,52 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
 using GradSide = CkGradSide;
 
 // The backward's block (params/contrastive.h): BM = 64 own rows x BN other rows per logit tile
-// (BN = WIDE_COLS = 128 for f16 / bf16 at G = 1, else 64), 4 G warps, CHUNK = G x WARP_D_HALF
-// (f32: WARP_D_F32) columns of d.
+// (BN = WIDE_COLS = 128 for f16 / bf16 at G = 1, else 64), 4 G warps (f16 / bf16 at G = 4:
+// WARPS_HALF_G4 = 8), CHUNK = G x WARP_D_HALF (f32: WARP_D_F32) columns of d.
 // The logit tile (f16 / bf16): G = 1 (SQUARE), 64 x 128 on 2 x 2 warps of 32 x 64 (MI = 2, NI =
 // 8): per k16 step 6 x4-ldmatrix for 16 MMAs (32 x 32 warps of a 64 x 64 tile: 4 for 8; static
 // model at N = 8192, D = 128: 101.5 -> 88.7 us, 2026-12-03); H U then spans k = 128 per tile, and
 // the block's registers (221) and shared memory (74 KiB) still fit 2 blocks per SM. G = 2, 4 keep
-// 64 (their blocks' shared memory and registers are full). G = 2, 4: split over k (bwd::SplitKTile), each
-// k-half on 2 x 2 warps of 32 x 32 (G = 2) or 2 x 4 of 32 x 16 (G = 4), the halves added through
-// shared memory (unsplit, 4 x G warps would have 16 x 32 / 16 x 16 pieces whose B fragments serve
-// one m16 fragment). f32: 4 x G warps, warp (m, g) computing rows 16 m.. x columns (64 / G) g.. .
-// H U: f16 / bf16, 2 x 2G warps of 32 rows x 64 columns of d: per k16 step 6 x4-ldmatrix for 16
-// MMAs (a B fragment serves two m16 fragments; 16 rows x 128 columns: 9). H passes through shared
-// memory, so neither product needs a warp to own whole rows. f32: 4 x G warps of 16 rows (the
-// FFMA engine's h_times_tile takes 16 rows) x WARP_D_F32 columns.
+// 64 (their blocks' shared memory and registers are full). G = 2, 4: split over k (bwd::SplitKTile),
+// each k-half on 2 x 2 warps of 32 x 32, the halves added through shared memory (unsplit, 8 warps
+// would have 16 x 32 pieces whose B fragments serve one m16 fragment). f32: 4 x G warps, warp
+// (m, g) computing rows 16 m.. x columns (64 / G) g.. .
+// H U: f16 / bf16, 2 x 2G warps of 32 rows x 64 columns of d (G = 4: 1 x 8 warps of 64 rows x 64
+// columns, U_MI = 4): per k16 step 6 x4-ldmatrix for 16 MMAs (a B fragment serves two m16
+// fragments; 16 rows x 128 columns: 9; G = 4: 10 for 32). H passes through shared memory, so
+// neither product needs a warp to own whole rows. f32: 4 x G warps of 16 rows (the FFMA engine's
+// h_times_tile takes 16 rows) x WARP_D_F32 columns.
+// G = 4 on 8 warps, not 16 (static model, estimated, bf16 N = 8192, D = 512, 2026-12-03): 2.00
+// shared-memory wavefronts per MMA instead of 3.00 (the 16-warp split tile had 32 x 16 pieces),
+// 28.2 -> 20.6 epilogue instructions per logit, 445.8 -> 323.2 us; 223 registers (the 256-thread
+// bound allows 255), still 1 block per SM, so 8 warps per SM hide latency (the model does not
+// see latency).
 // Every layout is deterministic; all but the split-k tile give each output element the same
 // products in the same order (the split-k logits differ from the forward's by f32 rounding only).
 template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     static constexpr int E = (int)sizeof(T);
     static constexpr bool SQUARE = E == 2 && G == 1;
+    static constexpr bool WIDE_D = E == 2 && G == 4;
+    static constexpr int WARPS = WIDE_D ? CK_CONTRASTIVE_BACKWARD_WARPS_HALF_G4 : 4 * G;
     // BK: every thread copies whole 16-byte chunks of a stage (64 x BK / 8 of them per operand).
     static constexpr int BK = E == 4 ? 16 : (G == 4 ? 64 : 32);
-    static constexpr int LOGIT_WARPS_M = SQUARE ? 2 : 4, LOGIT_WARPS_N = SQUARE ? 2 : G;
+    static constexpr int LOGIT_WARPS_M = SQUARE ? 2 : 4, LOGIT_WARPS_N = SQUARE ? 2 : WARPS / 4;
     // Column tile: WIDE_COLS at SQUARE (warps of 32 x 64: per k16 step 6 x4-ldmatrix for 16 MMAs,
     // where 32 x 32 took 4 for 8, and H U's k spans 128 columns), else 64 (the G = 2, 4 blocks'
     // shared memory and registers are full).
     static constexpr int BN = SQUARE ? CK_CONTRASTIVE_BACKWARD_WIDE_COLS : 64;
     using Cfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, BN, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>;
+    static constexpr int THREADS = Cfg::THREADS;
     static constexpr int CHUNK =                                // d columns of the gradient per block
         G * (E == 2 ? CK_CONTRASTIVE_BACKWARD_WARP_D_HALF : CK_CONTRASTIVE_BACKWARD_WARP_D_F32);
     // H U: U_WARPS_M x U_WARPS_D warps, each U_MI m16 fragments of rows x WARP_D columns of d
     // (f16 / bf16: 2 x 2G warps of 32 rows x 64 columns; f32: 4 x G warps of 16 rows).
-    static constexpr int U_WARPS_D = E == 2 ? 2 * G : G, U_WARPS_M = 4 * G / U_WARPS_D;
+    static constexpr int U_WARPS_D = WIDE_D ? WARPS : E == 2 ? 2 * G : G, U_WARPS_M = WARPS / U_WARPS_D;
     static constexpr int U_MI = CK_CONTRASTIVE_BACKWARD_ROWS / 16 / U_WARPS_M;
     static constexpr int WARP_D = CHUNK / U_WARPS_D;
     static constexpr int CHUNK_STRIDE = CHUNK + 16 / E;       // padded like the stages (conflict-free ldmatrix)
     static constexpr int H_STRIDE = Cfg::BN + 16 / E;
-    static_assert(Cfg::THREADS == CK_CONTRASTIVE_BACKWARD_THREADS * G && U_MI * U_WARPS_M * 16 == Cfg::BM,
+    static_assert(Cfg::THREADS == 32 * WARPS && U_MI * U_WARPS_M * 16 == Cfg::BM,
                   "the warps cover the tile and the block's rows");
     static_assert(E == 2 || U_MI == 1, "the FFMA engine's H U takes 16 rows per warp");
     static_assert(Cfg::BN % Cfg::BM == 0 && CK_CONTRASTIVE_BACKWARD_WIDE_COLS % Cfg::BN == 0,
@@ -763,7 +772,7 @@ template <typename T, int G, bool CHUNKED = false> struct BackwardTraits {
     using ResidentCfg = MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, BN, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E, CHUNK_STRIDE>;
     // The resident own rows, or the stages (a resident sweep has none).
     static constexpr int STAGE_ELEMS = RESIDENT ? Cfg::BM * CHUNK_STRIDE : Cfg::SMEM_ELEMS;
-    using Split = bwd::SplitKTile<G == 4 ? 4 : 2>;
+    using Split = bwd::SplitKTile<WARPS / 4>;
     // This thread's warp in H U.
     static __device__ __forceinline__ int u_warp_m() { return (int)(threadIdx.x / 32) / U_WARPS_D; }
     static __device__ __forceinline__ int u_warp_d() { return (int)(threadIdx.x / 32) % U_WARPS_D; }
@@ -902,7 +911,8 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
             for (int e = 0; e < 4; ++e) dacc[mi][nb][e] = 0.f;
 
     // This split's slice of the other side's column tiles; the prototypes go with split 0. G = 4
-    // is never split (the host launches it with splits = 1): the bounds' registers spilled there.
+    // is never split (the host launches it with splits = 1): at n = 8192 its 128 blocks, 1 per SM,
+    // fill 97 % of a wave; splitting it for small n is not done yet.
     int split = 0, col_begin = 0, col_end = other.count;
     if constexpr (G != 4) {
         split = blockIdx.z;
@@ -1087,10 +1097,10 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
 
 // No `_unaligned` form: f16 / bf16 multiply S from the packed rows (always aligned, zero padded to
 // dp), f32 loads its raw rows element-wise whatever their alignment (BackwardTraits::FROM_PACKED).
-// `_g{G}`: G d-groups of 4 warps (BackwardTraits), 128 G threads, dynamic shared memory
+// `_g{G}`: G d-groups (BackwardTraits::THREADS: 128 G threads, f16 / bf16 G = 4: 256), dynamic shared memory
 // CK_CONTRASTIVE_BACKWARD_SMEM_*_G{G}; `_chunked`: d over one chunk (grid.y chunks).
 #define CK_CONTRASTIVE_BACKWARD_KERNEL_AS(name, type, groups, chunked, suffix)                                 \
-    extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_THREADS * groups, 1)                   \
+    extern "C" __global__ void __launch_bounds__(ck::BackwardTraits<type, groups, chunked>::THREADS, 1)          \
         contrastive_backward_##name##_g##groups##suffix(const __grid_constant__ CkContrastiveBackwardParams p) { \
         ck::contrastive_backward<type, groups, chunked>(                                                       \
             p.own, p.other, p.protos, static_cast<const ck::bwd::Column*>(p.columns),                          \
@@ -1098,8 +1108,8 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
             p.du, p.splits);                                                                                     \
     }
 #define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, groups) CK_CONTRASTIVE_BACKWARD_KERNEL_AS(name, type, groups, false, )
-// G = 4 (512 threads, at most 128 registers: the 64 gradient accumulators, the logit tile's BK =
-// 64 stages) only for f16 / bf16: the f32 FFMA engine spilled there (ptxas sm_90a), so it stops at
+// G = 4 (256 threads, 223 registers: the 128 gradient accumulators, the logit tile's BK = 64
+// stages) only for f16 / bf16: the f32 FFMA engine spilled there (ptxas sm_90a), so it stops at
 // G = 2 (params/contrastive.h).
 #define CK_CONTRASTIVE_BACKWARD(name, type)                                                                    \
     CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, 1)                                                              \

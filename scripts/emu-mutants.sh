@@ -54,6 +54,7 @@ mutants=(
   "backward split merge drops the last split|contrastive.cu|for (int z = 1; z < p.splits; ++z)|for (int z = 1; z < p.splits - 1; ++z)|$contrastive gpu_backward_matches_oracle"
   "backward two-exponential path without the column term|common/contrastive_backward.cuh|                        c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|                        0.f * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|$contrastive gpu_backward_temperatures_and_d_groups"
   "backward one-exponential path without the positives' column weight|common/contrastive_backward.cuh|        const float pos = positive ? fmaf(o.coef_b, c.w, c.coef_b) : 0.f;|        const float pos = positive ? o.coef_b * c.w : 0.f;|$contrastive gpu_backward_matches_oracle"
+  "backward split-k: both k-halves keep m16 fragment 0|common/contrastive_backward.cuh|ldmatrix_x4(a[mi], sA + (m0 + (mi ^ Split::half()) * 16|ldmatrix_x4(a[mi], sA + (m0 + mi * 16|$contrastive gpu_backward_temperatures_and_d_groups"
   "backward diagonal zeroed at the row block's offset 0 of a 128-column tile|contrastive.cu|sh.h[threadIdx.x * Tr::H_STRIDE + row0 - col0 + threadIdx.x] = from_float<T>(0.f);|sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);|$contrastive gpu_backward_matches_oracle"
 )
 

@@ -584,13 +584,14 @@ def backward_tile(kernel, h):
     """BackwardTraits<T, G>::Cfg of kernels/contrastive.cu: MmaTileConfig<BACKWARD_ROWS, BN, BK,
     LOGIT_WARPS_M, LOGIT_WARPS_N, E> with BK = 16 for f32, 64 for G = 4, else 32 (whole 16-byte
     chunks per thread and stage); for f16 / bf16 at G = 1 (SQUARE) BN = WIDE_COLS and 2 x 2 warps,
-    else BN = 64 and 4 x G warps."""
+    else BN = 64 and 4 x G warps (f16 / bf16 at G = 4: WARPS_HALF_G4, the logit tile on 4 x 2)."""
     g, e = backward_groups(kernel), 4 if "_f32" in kernel else 2
     bk = 16 if e == 4 else (64 if g == 4 else 32)
     square = e == 2 and g == 1
     bn = h["CONTRASTIVE_BACKWARD_WIDE_COLS"] if square else 64
+    warps = h["CONTRASTIVE_BACKWARD_WARPS_HALF_G4"] if e == 2 and g == 4 else 4 * g
     return Tile(f"BackwardTraits<{'float' if e == 4 else 'half'}, {g}>::Cfg", h["CONTRASTIVE_BACKWARD_ROWS"], bn, bk,
-                2 if square else 4, 2 if square else g, e)
+                2 if square else 4, 2 if square else warps // 4, e)
 
 
 def backward_dynamic_smem(kernel, h):
@@ -672,8 +673,9 @@ KERNEL_MODELS = [
     KernelModel(r"^contrastive_forward_sym_(f16|bf16)$", ("ForwardTile", "Tile128"), "HMMA",
                 forward_sym_schedule, forward_flops, "forward", "CONTRASTIVE_FORWARD_ROWS",
                 pick_sweep=most_shuffles, example="contrastive_forward_sym_bf16"),
-    # The rebuilt backward: a block = 4 row warps x G d-groups, a 64 x BN logit tile per column tile
-    # for the whole chunk of d, H through (dynamic) shared memory, then H x U (BackwardTraits).
+    # The rebuilt backward: a block = 4 row warps x G d-groups (f16 / bf16 G = 4: 8 warps), a 64 x BN
+    # logit tile per column tile for the whole chunk of d, H through (dynamic) shared memory, then H x U
+    # (BackwardTraits).
     KernelModel(r"^contrastive_backward_(f16|bf16)_g(1|2|4)(_chunked)?$", (), "HMMA",
                 backward_schedule, backward_flops, "backward", "CONTRASTIVE_BACKWARD_ROWS",
                 tile_of=backward_tile, dynamic_smem=backward_dynamic_smem, product_trips=backward_product_trips,

@@ -259,10 +259,10 @@ __device__ __forceinline__ void h_times_tile_mma(float (&acc)[MI][N / 8][4], con
     }
 }
 
-// The logit tile of an 8- or 16-warp block (G = 2, 4), split over k: with 4 G warps on 64 x 64
-// every warp would own a 16 x 32 (16 x 16) piece whose B fragments serve one m16 fragment (5 (4)
-// x4-ldmatrix per 4 (2) MMAs). Instead k-half q = warp / (2 WN) of every stage goes to 2 x WN warps
-// of 32 x 64 / WN (G = 2: WN = 2, 32 x 32, 4 x4 per 8 MMAs; G = 4: WN = 4, 32 x 16, 3 per 4), and
+// The logit tile of an 8-warp block (G = 2, 4), split over k: with 8 warps on 64 x 64 every warp
+// would own a 16 x 32 piece whose B fragments serve one m16 fragment (5 x4-ldmatrix per 4 MMAs).
+// Instead k-half q = warp / (2 WN) of every stage goes to 2 x WN warps of 32 x 64 / WN (WN = 2:
+// 32 x 32, 4 x4 per 8 MMAs; WN = 4, a 16-warp block: 32 x 16, 3 per 4), and
 // the two partial tiles are added through shared memory: each warp keeps m16 fragment q of its
 // piece and hands the other to its partner of the other k-half (f32 addition commutes: both
 // partners form the same bits). The view after the reduction, as a tile config for the epilogue
@@ -300,7 +300,8 @@ template <class Split> struct SplitKEngine {
             const int kk = Split::half() * (Cfg::BK / 2) + ks * 16;
             uint32_t a[2][4], b[Split::NI][2];
 #pragma unroll
-            for (int mi = 0; mi < 2; ++mi) ldmatrix_x4(a[mi], sA + (m0 + mi * 16 + lane % 16) * S + kk + (lane / 16) * 8);
+            for (int mi = 0; mi < 2; ++mi)  // acc[0]: the m16 fragment this k-half keeps (split_k_reduce)
+                ldmatrix_x4(a[mi], sA + (m0 + (mi ^ Split::half()) * 16 + lane % 16) * S + kk + (lane / 16) * 8);
 #pragma unroll
             for (int ni = 0; ni < Split::NI; ni += 2) {
                 uint32_t r[4];
@@ -354,16 +355,12 @@ __device__ __forceinline__ void split_k_resident_tile(float (&out)[1][Split::NI]
 template <class Split>
 __device__ __forceinline__ void split_k_reduce(float (&out)[1][Split::NI][4], const float (&acc)[2][Split::NI][4], float* red) {
     constexpr int NI = Split::NI;
-    // Selects, not acc[q] (a runtime index would put acc in local memory).
+    // SplitKEngine puts the kept fragment (q) in acc[0] and the partner's (1 - q) in acc[1]: no
+    // selects by q here (they cost 2 instructions per logit at G = 4).
     const int lane = threadIdx.x % 32, q = Split::half(), w = Split::warp() % Split::HALF_WARPS;
     float4* mine = reinterpret_cast<float4*>(red) + ((q * Split::HALF_WARPS + w) * NI) * 32 + lane;
 #pragma unroll
-    for (int ni = 0; ni < NI; ++ni) {
-        float give[4];
-#pragma unroll
-        for (int e = 0; e < 4; ++e) give[e] = q == 0 ? acc[1][ni][e] : acc[0][ni][e];
-        mine[ni * 32] = make_float4(give[0], give[1], give[2], give[3]);
-    }
+    for (int ni = 0; ni < NI; ++ni) mine[ni * 32] = make_float4(acc[1][ni][0], acc[1][ni][1], acc[1][ni][2], acc[1][ni][3]);
     __syncthreads();
     const float4* theirs = reinterpret_cast<const float4*>(red) + (((1 - q) * Split::HALF_WARPS + w) * NI) * 32 + lane;
 #pragma unroll
@@ -371,7 +368,7 @@ __device__ __forceinline__ void split_k_reduce(float (&out)[1][Split::NI][4], co
         const float4 t = theirs[ni * 32];
         const float theirs_e[4] = {t.x, t.y, t.z, t.w};
 #pragma unroll
-        for (int e = 0; e < 4; ++e) out[0][ni][e] = (q == 0 ? acc[0][ni][e] : acc[1][ni][e]) + theirs_e[e];
+        for (int e = 0; e < 4; ++e) out[0][ni][e] = acc[0][ni][e] + theirs_e[e];
     }
 }
 

@@ -26,12 +26,15 @@
 // Bytes of one row record of the symmetric kernel (ck::RowKeys), written with the column tiles.
 #define CK_CONTRASTIVE_FORWARD_ROW_RECORD_BYTES 16
 // The backward block (ck::BackwardTraits): 64 own rows, 4 row warps of 16 rows times G d-groups
-// (G = 1, 2, 4: kernels contrastive_backward_*_g{G}[_chunked]), so 128 G threads; a d-group's warp
-// owns WARP_D columns of the gradient, the block G WARP_D of them (grid.y covers d by such chunks).
+// (G = 1, 2, 4: kernels contrastive_backward_*_g{G}[_chunked]), so 128 G threads, except f16 / bf16
+// at G = 4: WARPS_HALF_G4 warps (each 64 rows x 64 columns of the gradient: 16 warps needed 3
+// shared-memory wavefronts per MMA for 2); the block covers G WARP_D columns of the gradient
+// (grid.y covers d by such chunks).
 // The host takes the smallest G with G WARP_D >= d, at most MAX_GROUPS: then each logit tile is
 // computed once for the whole d (f16 / bf16: d <= 512; f32: d <= 128).
 #define CK_CONTRASTIVE_BACKWARD_ROWS 64
 #define CK_CONTRASTIVE_BACKWARD_THREADS 128
+#define CK_CONTRASTIVE_BACKWARD_WARPS_HALF_G4 8
 // G = 4 only for f16 / bf16 (f32's FFMA engine spilled at 128 registers). Beyond one chunk, the
 // CHUNKED_GROUPS_* kernels take d by chunks (f16 / bf16: `_g4_chunked`, 512 columns per chunk, S's
 // operands through the stages since S spans the whole d; f32: G = 2, 128 columns).

@@ -248,14 +248,16 @@ class RepositoryBackward(unittest.TestCase):
                 self.assertIsNotNone(c.epilogue, f"{name}: {c.notes}")
 
     def test_backward_structure(self):
-        for name, ctas in (("contrastive_backward_bf16_g1", 2), ("contrastive_backward_f16_g4", 1)):
+        # G = 1: 4 warps; G = 4: 8 (WARPS_HALF_G4), each with all 64 rows of H U (4 m16 fragments).
+        for name, ctas, threads, u_mma in (("contrastive_backward_bf16_g1", 2, 128, 16),
+                                           ("contrastive_backward_f16_g4", 1, 256, 32)):
             c = self.costs[name]
             g = sc.backward_groups(name)
-            self.assertEqual(c.threads, 128 * g, name)
+            self.assertEqual(c.threads, threads, name)
             self.assertEqual(c.dynamic_smem, self.header[f"CONTRASTIVE_BACKWARD_SMEM_HALF_G{g}"], name)
             self.assertEqual(c.ctas_per_sm, ctas, name)
             self.assertEqual(c.k_loop.mma % c.tile.mma_per_warp_per_k_step, 0, name)
-            self.assertEqual(c.product_loop.mma, 128 // 8, f"{name}: WARP_D / 8 MMAs per k16 step of H U")
+            self.assertEqual(c.product_loop.mma, u_mma, f"{name}: U_MI x WARP_D / 8 MMAs per k16 step of H U")
             self.assertEqual(c.arms["hot"][1], 1.0, f"{name}: one ex2 per logit")
             self.assertEqual(c.arms["cold"][1], 2.0, f"{name}: two below tau ~0.029")
             self.assertLess(c.arms["hot"][0], 14, name)
@@ -275,7 +277,9 @@ class RepositoryBackward(unittest.TestCase):
         # backward_tile mirrors these lines of BackwardTraits.
         self.assertIn("BK = E == 4 ? 16 : (G == 4 ? 64 : 32);", text)
         self.assertIn("SQUARE = E == 2 && G == 1;", text)
-        self.assertIn("LOGIT_WARPS_M = SQUARE ? 2 : 4, LOGIT_WARPS_N = SQUARE ? 2 : G;", text)
+        self.assertIn("LOGIT_WARPS_M = SQUARE ? 2 : 4, LOGIT_WARPS_N = SQUARE ? 2 : WARPS / 4;", text)
+        self.assertIn("WARPS = WIDE_D ? CK_CONTRASTIVE_BACKWARD_WARPS_HALF_G4 : 4 * G;", text)
+        self.assertIn("WIDE_D = E == 2 && G == 4;", text)
         self.assertIn("BN = SQUARE ? CK_CONTRASTIVE_BACKWARD_WIDE_COLS : 64;", text)
         self.assertIn("MmaTileConfig<CK_CONTRASTIVE_BACKWARD_ROWS, BN, BK, LOGIT_WARPS_M, LOGIT_WARPS_N, E>", text)
 
@@ -347,7 +351,7 @@ class Schedules(unittest.TestCase):
         self.assertEqual(sc.forward_sym_schedule(8192, 128, h, "contrastive_forward_sym_bf16", tile), (2080, 1))
         self.assertEqual(sc.forward_sym_schedule(65536, 512, h, "contrastive_forward_sym_bf16", tile), (528, 256))
 
-    H = {"CONTRASTIVE_BACKWARD_ROWS": 64, "CONTRASTIVE_BACKWARD_WIDE_COLS": 128,
+    H = {"CONTRASTIVE_BACKWARD_ROWS": 64, "CONTRASTIVE_BACKWARD_WIDE_COLS": 128, "CONTRASTIVE_BACKWARD_WARPS_HALF_G4": 8,
          "CONTRASTIVE_BACKWARD_WARP_D_HALF": 128, "CONTRASTIVE_BACKWARD_WARP_D_F32": 64,
          "CONTRASTIVE_BACKWARD_MAX_GROUPS_HALF": 4, "CONTRASTIVE_BACKWARD_MAX_GROUPS_F32": 2,
          "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_HALF": 4, "CONTRASTIVE_BACKWARD_CHUNKED_GROUPS_F32": 2,
@@ -384,7 +388,9 @@ class Schedules(unittest.TestCase):
         f32 = sc.backward_tile("contrastive_backward_f32_g2", self.H)
         # G = 1: 64 x 128 on 2 x 2 warps of 32 x 64, 2 x 8 MMAs per k16 step, two per BK = 32.
         self.assertEqual((g1.BM, g1.BN, g1.BK, g1.threads, g1.mma_per_warp_per_k_step), (64, 128, 32, 128, 32))
-        self.assertEqual((g4.BK, g4.threads, g4.mma_per_warp_per_k_step), (64, 512, 8))
+        # G = 4 (f16 / bf16): 8 warps (the header's WARPS_HALF_G4), 4 x 2 of 16 x 32 in the
+        # stages' terms (the split-k engine's warps: 2 k-halves of 2 x 2 warps of 32 x 32).
+        self.assertEqual((g4.BK, g4.threads, g4.mma_per_warp_per_k_step), (64, 256, 16))
         self.assertEqual((f32.BK, f32.threads, f32.elem_bytes), (16, 256, 4))
         # 128 row blocks x 2 splits, each sweeping 32 of the 64 column tiles (8192 / 128).
         self.assertEqual(sc.backward_schedule(8192, 128, self.H, "contrastive_backward_bf16_g1", g1), (256, 32))
@@ -394,7 +400,7 @@ class Schedules(unittest.TestCase):
         self.assertIsNone(sc.backward_schedule(8192, 128, self.H, "contrastive_backward_f16_g4", g4))
         # d = 1024: the chunked G = 4 kernel, 128 row blocks x 2 chunks; the resident one not there.
         g4c = sc.backward_tile("contrastive_backward_f16_g4_chunked", self.H)
-        self.assertEqual((g4c.BK, g4c.threads), (64, 512))
+        self.assertEqual((g4c.BK, g4c.threads), (64, 256))
         self.assertEqual(sc.backward_schedule(8192, 1024, self.H, "contrastive_backward_f16_g4_chunked", g4c), (256, 128))
         self.assertIsNone(sc.backward_schedule(8192, 1024, self.H, "contrastive_backward_f16_g4", g4))
         self.assertIsNone(sc.backward_schedule(8192, 512, self.H, "contrastive_backward_f16_g4_chunked", g4c))

@@ -45,6 +45,9 @@ struct BackwardShape {
     /// Columns of the other side per logit tile (BackwardTraits::BN): WIDE_COLS for f16 / bf16 at
     /// G = 1, BACKWARD_ROWS otherwise.
     cols: usize,
+    /// Threads per block (BackwardTraits::THREADS): 4 G warps, but WARPS_HALF_G4 for f16 / bf16 at
+    /// G = 4.
+    threads: usize,
 }
 
 impl BackwardShape {
@@ -66,7 +69,8 @@ impl BackwardShape {
             (true, _, _) => params::BACKWARD_SMEM_F32_G2,
         };
         let cols = if !f32 && groups == 1 { params::BACKWARD_WIDE_COLS } else { BACKWARD_ROWS };
-        BackwardShape { groups, chunk: groups * warp_d, chunked, smem, cols }
+        let threads = if !f32 && groups == 4 { params::BACKWARD_WARPS_HALF_G4 * 32 } else { BACKWARD_THREADS * groups };
+        BackwardShape { groups, chunk: groups * warp_d, chunked, smem, cols, threads }
     }
     /// The kernel's name.
     fn kernel(&self, dtype: DType) -> String {
@@ -862,7 +866,7 @@ pub unsafe fn backward_raw(
     let inv_tau = 1.0f32 / loss.temperature;
     // One kernel per dtype and G (and chunking), whatever the rows' alignment.
     let shape = BackwardShape::of(r.dtype, d);
-    let (groups, chunk, smem) = (shape.groups, shape.chunk, shape.smem);
+    let (chunk, smem, threads) = (shape.chunk, shape.smem, shape.threads);
     let name = shape.kernel(r.dtype);
     // Over 48 KB of shared memory needs the kernel's opt-in (set once per launch; cheap).
     gpu.function(MODULE, &name)?
@@ -895,7 +899,7 @@ pub unsafe fn backward_raw(
         let extra_columns = columns(own, extra)?;
         let cfg = LaunchConfig {
             grid_dim: ((own.count as usize).div_ceil(BACKWARD_ROWS) as u32, d.div_ceil(chunk) as u32, splits as u32),
-            block_dim: ((BACKWARD_THREADS * groups) as u32, 1, 1),
+            block_dim: (threads as u32, 1, 1),
             shared_mem_bytes: smem as u32,
         };
         let params = ContrastiveBackwardParams {
