@@ -760,7 +760,7 @@ fn backward_padded_rows(rows: usize) -> usize {
 ///
 /// # Safety
 /// As [`forward_raw`]; `lse` and `positives` are the forward's outputs for these inputs.
-#[allow(clippy::too_many_arguments)] // until the launches take one parameter struct (issue 12)
+#[allow(clippy::too_many_arguments)] // the raw entry point takes the C ABI's device pointers one by one
 pub unsafe fn backward_raw(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,

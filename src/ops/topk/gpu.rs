@@ -157,7 +157,7 @@ fn check_raw(queries: RawMatrix, bank: RawMatrix, values: CUdeviceptr, indices: 
 ///
 /// # Safety
 /// As [`topk_raw`]; `bias` holds bank.rows f32.
-#[allow(clippy::too_many_arguments)] // until the launches take one parameter struct (issue 12)
+#[allow(clippy::too_many_arguments)] // the raw entry point takes the C ABI's device pointers one by one
 pub(crate) unsafe fn top1_biased_raw(
     gpu: &Gpu,
     stream: &Arc<CudaStream>,
