@@ -171,6 +171,13 @@ typedef struct CkLossInputs {
    */
   const void *centers;
   const int32_t *proto_of;
+  /**
+   * Self geometry: only rows 0 .. anchor_rows are anchors (by their roles); the rows after them
+   * are columns only, and the forward computes anchor_rows x n logits (their per_anchor and
+   * positives 0, lse -inf). A process holding part of a batch split over several puts its own
+   * rows first. 0 (a zero-filled struct): every row. At most n; the pairwise geometry takes 0.
+   */
+  int64_t anchor_rows;
 } CkLossInputs;
 
 /**

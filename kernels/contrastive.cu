@@ -609,23 +609,28 @@ __device__ void contrastive_forward_merge(const CkContrastiveForwardMergeParams&
 //   out[0] = sum_i w_i L_i / divisor + penalty / n_o * sum_{role == NormPenaltyOnly} ||x_o||,
 //   divisor = the number of anchor rows (at least 1) when mean, else 1;
 //   first_empty[0] = the smallest anchor row with no positive, or -1.
+// Rows at or past anchor_rows, which the forward did not sweep, are no anchors: their outputs are
+// written here as the forward writes a row outside the matrix (0, -inf, 0).
 constexpr int kReduceThreads = CK_CONTRASTIVE_SINGLE_BLOCK_THREADS;
 
-__device__ void contrastive_reduce(const float* per_anchor, const float* weight, const unsigned char* role,
-                                   const int* positives, const float* norms, int n, int mean, float penalty,
-                                   float* out, int* first_empty) {
+__device__ void contrastive_reduce(const CkReduceParams& p) {
     __shared__ float f_scratch[kReduceThreads / 32];
     __shared__ int i_scratch[kReduceThreads / 32];
     float loss = 0.f, norm_sum = 0.f;
     int penalized = 0, empty = 0x7fffffff, anchors = 0;
-    for (int i = threadIdx.x; i < n; i += kReduceThreads) {
-        const unsigned char r = role != nullptr ? role[i] : kRoleAnchor;
-        if (r == kRoleAnchor) {
+    for (int i = threadIdx.x; i < p.n; i += kReduceThreads) {
+        const unsigned char r = p.role != nullptr ? p.role[i] : kRoleAnchor;
+        if (i >= p.anchor_rows) {
+            p.per_anchor[i] = 0.f;
+            p.lse[i] = -INFINITY;
+            p.positives[i] = 0;
+        } else if (r == kRoleAnchor) {
             anchors += 1;
-            loss += (weight != nullptr ? weight[i] : 1.f) * per_anchor[i];
-            if (positives[i] == 0) empty = min(empty, i);
-        } else if (r == kRoleNormPenaltyOnly) {
-            norm_sum += norms[i];
+            loss += (p.weight != nullptr ? p.weight[i] : 1.f) * p.per_anchor[i];
+            if (p.positives[i] == 0) empty = min(empty, i);
+        }
+        if (r == kRoleNormPenaltyOnly) {
+            norm_sum += p.norms[i];
             penalized += 1;
         }
     }
@@ -635,9 +640,9 @@ __device__ void contrastive_reduce(const float* per_anchor, const float* weight,
     const int anchor_count = block_reduce<kReduceThreads>(anchors, Sum(), i_scratch);
     const int first = block_reduce<kReduceThreads>(empty, Min(), i_scratch);
     if (threadIdx.x == 0) {
-        const float divisor = mean ? (float)max(anchor_count, 1) : 1.f;
-        out[0] = total / divisor + (count > 0 ? penalty * norms_total / count : 0.f);
-        first_empty[0] = first == 0x7fffffff ? -1 : first;
+        const float divisor = p.mean ? (float)max(anchor_count, 1) : 1.f;
+        p.out[0] = total / divisor + (count > 0 ? p.penalty * norms_total / count : 0.f);
+        p.first_empty[0] = first == 0x7fffffff ? -1 : first;
     }
 }
 
@@ -913,19 +918,24 @@ __device__ __forceinline__ void contrastive_backward(const GradSide& own, const 
     // This split's slice of the other side's column tiles; the prototypes go with split 0. G = 4
     // is never split (the host launches it with splits = 1): at n = 8192 its 128 blocks, 1 per SM,
     // fill 97 % of a wave; splitting it for small n is not done yet.
-    int split = 0, col_begin = 0, col_end = other.count;
+    // A block whose own rows are all no anchors (at or past own.anchors: keys, prototypes, rows past
+    // anchor_rows) has H_kj = G_jk only: the other side's columns past other.anchors, no anchors
+    // either, add exact zeros, and its rows take no prototype terms.
+    const bool own_anchors = row0 < own.anchors;
+    const int cols = own_anchors ? other.count : min(other.count, other.anchors);
+    int split = 0, col_begin = 0, col_end = cols;
     if constexpr (G != 4) {
         split = blockIdx.z;
-        const int tiles = (other.count + Cfg::BN - 1) / Cfg::BN, per_split = (tiles + splits - 1) / splits;
+        const int tiles = (cols + Cfg::BN - 1) / Cfg::BN, per_split = (tiles + splits - 1) / splits;
         col_begin = split * per_split * Cfg::BN;
-        col_end = min(other.count, (split + 1) * per_split * Cfg::BN);
+        col_end = min(cols, (split + 1) * per_split * Cfg::BN);
     }
     // One copy of the sweep for both sides (half the code, and one register allocation).
 #pragma unroll 1
     for (int pass = 0; pass < 2; ++pass)
         sweep_other<T, G, CHUNKED>(dacc, sh, own, pass == 0 ? other : protos, pass == 0 ? columns : proto_columns,
                                    pass == 0 ? col_begin : 0,
-                                   pass == 0 ? col_end : (split == 0 ? protos.count : 0), row0, dc0, dp, d,
+                                   pass == 0 ? col_end : (split == 0 && own_anchors ? protos.count : 0), row0, dc0, dp, d,
                                    pass == 0 && exclude_self != 0, inv_tau);
     du += (size_t)split * own.count * d;
 
@@ -971,22 +981,24 @@ __device__ void copy_padded_rows(const T* __restrict__ x, int n, int d, int dp, 
 
 // Per-row coefficients of the backward, one block:
 //   c_i = upstream_i w_i / divisor for anchors with a positive (upstream_i = upstream[0] unless
-//   per_row; divisor = the number of anchor rows when mean, else 1), 0 otherwise;
+//   per_row; divisor = the number of anchor rows when mean, else 1), 0 otherwise (rows at or past
+//   anchor_rows are no anchors: their positives are not read);
 //   coef_a = sigma c_i scale, coef_b = coef_a / |P(i)|;
 //   scalars[0] = 1 / sigma, scalars[1] = the number of NormPenaltyOnly rows.
 constexpr int kPrepareThreads = CK_CONTRASTIVE_SINGLE_BLOCK_THREADS;
 
 // upstream_i w_i scale for anchors with a positive, else 0 (before the division by the count).
 __device__ __forceinline__ float anchor_weight(int i, const unsigned char* role, const float* weight,
-                                               const int* positives, const float* upstream, int per_row, float scale) {
+                                               const int* positives, const float* upstream, int per_row, float scale,
+                                               int anchor_rows) {
     const unsigned char r = role != nullptr ? role[i] : kRoleAnchor;
-    if (r != kRoleAnchor || positives[i] == 0) return 0.f;
+    if (r != kRoleAnchor || i >= anchor_rows || positives[i] == 0) return 0.f;
     return (per_row ? upstream[i] : upstream[0]) * (weight != nullptr ? weight[i] : 1.f) * scale;
 }
 
 __device__ void contrastive_backward_prepare(const unsigned char* role, const float* weight, const int* positives,
                                              const float* upstream, int per_row, int mean, float scale, int n,
-                                             float* coef_a, float* coef_b, float* scalars) {
+                                             int anchor_rows, float* coef_a, float* coef_b, float* scalars) {
     __shared__ float f_scratch[kPrepareThreads / 32];
     __shared__ int i_scratch[kPrepareThreads / 32];
     __shared__ float s_factor;
@@ -995,10 +1007,10 @@ __device__ void contrastive_backward_prepare(const unsigned char* role, const fl
     // Not unrolled: at 1024 threads a thread has 64 registers, and unrolled bodies spill.
 #pragma unroll 1
     for (int i = threadIdx.x; i < n; i += kPrepareThreads) {
-        local_max = fmaxf(local_max, fabsf(anchor_weight(i, role, weight, positives, upstream, per_row, scale)));
+        local_max = fmaxf(local_max, fabsf(anchor_weight(i, role, weight, positives, upstream, per_row, scale, anchor_rows)));
         const unsigned char r = role != nullptr ? role[i] : kRoleAnchor;
         penalized += r == kRoleNormPenaltyOnly;
-        anchors += r == kRoleAnchor;
+        anchors += r == kRoleAnchor && i < anchor_rows;
     }
     float m = block_reduce<kPrepareThreads>(local_max, Max(), f_scratch);
     const int count = block_reduce<kPrepareThreads>(penalized, Sum(), i_scratch);
@@ -1024,7 +1036,7 @@ __device__ void contrastive_backward_prepare(const unsigned char* role, const fl
     const float factor = s_factor;
 #pragma unroll 1
     for (int i = threadIdx.x; i < n; i += kPrepareThreads) {
-        const float a = factor * anchor_weight(i, role, weight, positives, upstream, per_row, scale);
+        const float a = factor * anchor_weight(i, role, weight, positives, upstream, per_row, scale, anchor_rows);
         coef_a[i] = a;
         coef_b[i] = a != 0.f ? __fdividef(a, (float)positives[i]) : 0.f;
     }
@@ -1172,8 +1184,8 @@ CK_FOR_EACH_FLOAT(CK_NORM_PENALTY_BACKWARD)
 
 extern "C" __global__ void __launch_bounds__(ck::kPrepareThreads)
     contrastive_backward_prepare(const __grid_constant__ CkBackwardPrepareParams p) {
-    ck::contrastive_backward_prepare(p.role, p.weight, p.positives, p.upstream, p.per_row, p.mean, p.scale, p.n, p.coef_a,
-                                     p.coef_b, p.scalars);
+    ck::contrastive_backward_prepare(p.role, p.weight, p.positives, p.upstream, p.per_row, p.mean, p.scale, p.n,
+                                     p.anchor_rows, p.coef_a, p.coef_b, p.scalars);
 }
 
 // Checks of device-resident inputs (the host API checks on the host): flags[k] becomes the first
@@ -1209,5 +1221,5 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_CHECK_THREADS)
 }
 
 extern "C" __global__ void __launch_bounds__(ck::kReduceThreads) contrastive_reduce(const __grid_constant__ CkReduceParams p) {
-    ck::contrastive_reduce(p.per_anchor, p.weight, p.role, p.positives, p.norms, p.n, p.mean, p.penalty, p.out, p.first_empty);
+    ck::contrastive_reduce(p);
 }

@@ -3,12 +3,14 @@
 # (a missing cp.async.wait_group, a missing __syncthreads, an off-by-one k tail, a swapped mma
 # fragment register, a column tail taken one past the end, the symmetric forward's row mask and
 # slot order, the forward's padded rows, the backward's packed-row and packed-column logit factors,
-# packed-row stride, one-exponential positive term and diagonal in a 128-column tile), compiled
+# packed-row stride, one-exponential positive term and diagonal in a 128-column tile, the
+# anchor_rows bounds of the backward's sweep, its Mean count and the reduce's outputs), compiled
 # into its own emulator build (CKEMU_KERNELS_DIR, its own target folder), under which a few GPU
 # tests must FAIL. The test
 # binaries are the ones `cargo test --release` built: only the emulated libcuda changes.
 #
 #   bash scripts/emu-mutants.sh          # every mutant; exit 1 if one survives (its tests pass)
+#   bash scripts/emu-mutants.sh WORD     # only the mutants whose name contains WORD
 #
 # Prints one line per mutant: caught (and the first failure) or SURVIVED. Run by scripts/test.sh
 # when CK_EMU_MUTANTS=1 (CI sets it). About 40 s per mutant on 2 cores.
@@ -55,12 +57,16 @@ mutants=(
   "backward two-exponential path without the column term|common/contrastive_backward.cuh|                        c.coef * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|                        0.f * ex2_approx((a * c.rinv) * o.cscale - c.lse2) - (positive|$contrastive gpu_backward_temperatures_and_d_groups"
   "backward one-exponential path without the positives' column weight|common/contrastive_backward.cuh|        const float pos = positive ? fmaf(o.coef_b, c.w, c.coef_b) : 0.f;|        const float pos = positive ? o.coef_b * c.w : 0.f;|$contrastive gpu_backward_matches_oracle"
   "backward split-k: both k-halves keep m16 fragment 0|common/contrastive_backward.cuh|ldmatrix_x4(a[mi], sA + (m0 + (mi ^ Split::half()) * 16|ldmatrix_x4(a[mi], sA + (m0 + mi * 16|$contrastive gpu_backward_temperatures_and_d_groups"
+  "backward: blocks past anchor_rows skip the anchors' last partial column tile|contrastive.cu|    const int cols = own_anchors ? other.count : min(other.count, other.anchors);|    const int cols = own_anchors ? other.count : min(other.count, other.anchors & ~63);|$contrastive gpu_backward_matches_oracle"
+  "backward prepare: Mean counts anchors past anchor_rows|contrastive.cu|        anchors += r == kRoleAnchor && i < anchor_rows;|        anchors += r == kRoleAnchor;|$contrastive gpu_backward_matches_oracle"
+  "reduce: the first row past anchor_rows keeps unwritten outputs|contrastive.cu|        if (i >= p.anchor_rows) {|        if (i > p.anchor_rows) {|$contrastive gpu_forward_matches_oracle"
   "backward diagonal zeroed at the row block's offset 0 of a 128-column tile|contrastive.cu|sh.h[threadIdx.x * Tr::H_STRIDE + row0 - col0 + threadIdx.x] = from_float<T>(0.f);|sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);|$contrastive gpu_backward_matches_oracle"
 )
 
 survived=0
 for m in "${mutants[@]}"; do
   IFS='|' read -r name file from to test <<<"$m"
+  [[ -z "${1:-}" || "$name" == *"$1"* ]] || continue
   rm -rf "$work/kernels"
   cp -r kernels "$work/kernels"
   python3 - "$work/kernels/$file" "$from" "$to" <<'EOF'

@@ -225,6 +225,7 @@ impl Backend {
                         .as_ref()
                         .zip(centers.as_ref())
                         .map(|(p, centers)| PrototypeColumns { centers, proto_of: p.proto_of }),
+                    anchor_rows: inputs.anchor_rows,
                 };
                 let (out, context) = self.contrastive_forward(loss, &inputs32)?;
                 let grads = self.contrastive_backward(loss, &inputs32, context, &[1.0])?;

@@ -206,6 +206,7 @@ struct Case<T> {
     weight: Option<Vec<f32>>,
     keys: Option<Keys<T>>,
     centers: Option<(Matrix<T>, Vec<i32>)>,
+    anchor_rows: Option<usize>,
 }
 
 impl<T: contrastive_kernels::FloatElement> Case<T> {
@@ -221,6 +222,7 @@ impl<T: contrastive_kernels::FloatElement> Case<T> {
             weight: None,
             keys: None,
             centers: None,
+            anchor_rows: None,
         }
     }
 
@@ -268,6 +270,7 @@ impl<T: contrastive_kernels::FloatElement> Case<T> {
             n_centers: self.centers.as_ref().map_or(0, |c| c.0.rows() as i64),
             centers: self.centers.as_ref().map_or(null(), |c| c.0.data().as_ptr() as *const c_void),
             proto_of: self.centers.as_ref().map_or(null(), |c| c.1.as_ptr()),
+            anchor_rows: self.anchor_rows.map_or(0, |m| m as i64),
         }
     }
 
@@ -280,6 +283,7 @@ impl<T: contrastive_kernels::FloatElement> Case<T> {
             weight: self.weight.as_deref(),
             keys: self.keys.as_ref().map(|(features, instance, label)| KeyRows { features, instance, label: label.as_deref() }),
             prototypes: self.centers.as_ref().map(|(centers, proto_of)| PrototypeColumns { centers, proto_of }),
+            anchor_rows: self.anchor_rows,
         }
     }
 
@@ -384,6 +388,7 @@ fn host_losses_equal_the_oracle() {
     check_host_against_oracle(&oecl_case::<f32>());
     check_host_against_oracle(&outlier_exposure_case::<f16>());
     check_host_against_oracle(&cluster_aware_case::<f32>());
+    check_host_against_oracle(&cluster_aware_share_case::<bf16>());
 }
 
 /// FIRM, the paper's pairwise form: B anchors against B keys plus a queue of 3; sum.
@@ -418,6 +423,16 @@ fn cluster_aware_case<T: contrastive_kernels::FloatElement>() -> Case<T> {
     let mut c = Case::new("cluster_aware", ContrastiveLoss::cluster_aware(0.3).with_empty_positives(EmptyPositives::Zero), 6, 1, 7, 7);
     c.label = Some(vec![0, 1, 2, 0, 1, -1]);
     c.centers = Some((random_matrix(3, 7, 8), vec![0, 1, 2, 0, 1, -1]));
+    c
+}
+
+/// Cluster-aware as one process's share of a batch split over several: its rows first, only they
+/// anchors (`anchor_rows` 4 of 6), summed.
+fn cluster_aware_share_case<T: contrastive_kernels::FloatElement>() -> Case<T> {
+    let mut c = cluster_aware_case();
+    c.name = "cluster_aware_share";
+    c.loss = c.loss.with_reduction(Reduction::Sum);
+    c.anchor_rows = Some(4);
     c
 }
 
@@ -514,6 +529,8 @@ fn bad_arguments_are_named_with_or_without_a_gpu() {
     let labelled = CkLossConfig { use_labels: 1, ..config };
     all(&labelled, &good, CK_ERR_INVALID_ARGUMENT, "inputs.label");
     all(&config, &CkLossInputs { n_centers: 2, ..good }, CK_ERR_INVALID_ARGUMENT, "inputs.centers");
+    all(&config, &CkLossInputs { anchor_rows: -1, ..good }, CK_ERR_INVALID_ARGUMENT, "inputs.anchor_rows");
+    all(&config, &CkLossInputs { anchor_rows: good.n + 1, ..good }, CK_ERR_INVALID_ARGUMENT, "inputs.anchor_rows");
     // Config meaning.
     all(&CkLossConfig { temperature: 0.0, ..config }, &good, CK_ERR_INVALID_ARGUMENT, "temperature");
     all(&CkLossConfig { temperature: f32::NAN, ..config }, &good, CK_ERR_INVALID_ARGUMENT, "temperature");
@@ -888,6 +905,7 @@ fn gpu_device_and_host_calls_agree() {
     check(&firm_pairwise_case::<bf16>(), 5e-3, 1e-2);
     check(&oecl_case::<f32>(), 1e-4, 1e-4);
     check(&cluster_aware_case::<f32>(), 1e-4, 1e-4);
+    check(&cluster_aware_share_case::<f32>(), 1e-4, 1e-4);
 
     // Top-k: the device call against the host call.
     let (nq, nb, d, k) = (5usize, 40usize, 12usize, 6usize);

@@ -268,6 +268,83 @@ fn invalid_arg<R>(r: contrastive_kernels::Result<R>) -> &'static str {
     }
 }
 
+/// f64 gradients equal up to rounding: within 1e-12 x max |want|.
+fn same_gradient(what: &str, got: &Matrix<f64>, want: &Matrix<f64>) {
+    let scale = want.data().iter().fold(0.0f64, |m, v| m.max(v.abs()));
+    assert!(scale > 0.0, "{what}: zero gradient");
+    for (k, (g, w)) in got.data().iter().zip(want.data()).enumerate() {
+        assert!((g - w).abs() <= 1e-12 * scale, "{what}[{k}]: {g} vs {w}");
+    }
+}
+
+/// `anchor_rows` two ways: against the same batch with the rows after them made `NegativeOnly`
+/// (the loss's own definition of a column-only row), and as the shares of a batch split over
+/// processes, each with its own rows first, adding up to the whole batch's loss and gradients.
+#[test]
+fn anchor_rows_are_negative_only_rows_and_shares_add_up() {
+    let n = 9;
+    let x: Matrix<f64> = random_matrix(n, 5, 41);
+    let instance: Vec<i32> = (0..n as i32).map(|i| i % 4).collect();
+    let label: Vec<i32> = (0..n).map(|i| [0, 1, -1][i % 3]).collect();
+    let role: Vec<RowRole> = (0..n).map(|i| if i == 4 { RowRole::NegativeOnly } else { RowRole::Anchor }).collect();
+    let weight: Vec<f32> = (0..n).map(|i| 0.5 + 0.25 * (i % 3) as f32).collect();
+    let loss = ContrastiveLoss::supcon(0.3, 0.07).with_empty_positives(EmptyPositives::Zero).with_reduction(Reduction::Sum);
+    let full = LossInputs { label: Some(&label), role: Some(&role), weight: Some(&weight), ..LossInputs::new(&x, &instance) };
+
+    // Rows 0..m anchors: the same as NegativeOnly rows past m.
+    for m in [1, 5, n] {
+        let share = LossInputs { anchor_rows: Some(m), ..full };
+        let as_roles: Vec<RowRole> = (0..n).map(|i| if i < m { role[i] } else { RowRole::NegativeOnly }).collect();
+        let by_roles = LossInputs { role: Some(&as_roles), ..full };
+        let (got, want) = (forward(&loss, &share).unwrap(), forward(&loss, &by_roles).unwrap());
+        close(got.loss, want.loss);
+        for i in 0..n {
+            close(got.per_anchor[i], want.per_anchor[i]);
+            if i < m {
+                close(got.lse[i], want.lse[i]);
+                assert_eq!(got.positive_count[i], want.positive_count[i], "m {m} row {i}");
+            } else {
+                assert_eq!((got.lse[i], got.positive_count[i]), (f64::NEG_INFINITY, 0), "m {m} row {i}: outside the block");
+            }
+        }
+        let (g, w) = (backward(&loss, &share, &[1.3]).unwrap(), backward(&loss, &by_roles, &[1.3]).unwrap());
+        same_gradient(&format!("anchor_rows {m}"), &g.features, &w.features);
+        // Mean divides by the anchors among the first m rows.
+        let mean = loss.with_reduction(Reduction::Mean);
+        let anchors = (0..m).filter(|&i| role[i] == RowRole::Anchor).count() as f64;
+        close(forward(&mean, &share).unwrap().loss, got.loss / anchors);
+    }
+
+    // Three processes holding rows 0..3, 3..7, 7..9: each puts its own rows first.
+    fn pick<E: Copy>(v: &[E], order: &[usize]) -> Vec<E> {
+        order.iter().map(|&i| v[i]).collect()
+    }
+    let whole = forward(&loss, &full).unwrap().loss;
+    let whole_grad = backward(&loss, &full, &[1.0]).unwrap().features;
+    let (mut total, mut grad) = (0.0, Matrix::from_fn(n, x.cols(), |_, _| 0.0));
+    for (start, end) in [(0, 3), (3, 7), (7, 9)] {
+        let order: Vec<usize> = (start..end).chain(0..start).chain(end..n).collect();
+        let rows = Matrix::from_fn(n, x.cols(), |i, j| *x.get(order[i], j));
+        let (inst, lab, rol, w) = (pick(&instance, &order), pick(&label, &order), pick(&role, &order), pick(&weight, &order));
+        let inputs = LossInputs {
+            label: Some(&lab),
+            role: Some(&rol),
+            weight: Some(&w),
+            anchor_rows: Some(end - start),
+            ..LossInputs::new(&rows, &inst)
+        };
+        total += forward(&loss, &inputs).unwrap().loss;
+        let g = backward(&loss, &inputs, &[1.0]).unwrap().features;
+        for (i, &row) in order.iter().enumerate() {
+            for j in 0..x.cols() {
+                grad.data_mut()[row * x.cols() + j] += *g.get(i, j);
+            }
+        }
+    }
+    close(total, whole);
+    same_gradient("shares", &grad, &whole_grad);
+}
+
 #[test]
 fn input_errors() {
     let x: Matrix<f64> = random_matrix(4, 3, 1);
@@ -293,6 +370,16 @@ fn input_errors() {
     assert_eq!(shape_arg(forward(&nt, &LossInputs { prototypes: Some(protos), ..plain })), "prototypes.centers");
     let empty: Matrix<f64> = Matrix::new(4, 0, vec![]).unwrap();
     assert_eq!(shape_arg(forward(&nt, &LossInputs::new(&empty, &instance))), "features");
+    // anchor_rows: 1..=n, self geometry only.
+    for m in [0, 5] {
+        assert_eq!(invalid_arg(forward(&nt, &LossInputs { anchor_rows: Some(m), ..plain })), "anchor_rows", "m = {m}");
+    }
+    let keys = KeyRows { features: &x, instance: &instance, label: None };
+    let pairwise = LossInputs { keys: Some(keys), anchor_rows: Some(2), ..plain };
+    assert_eq!(
+        invalid_arg(forward(&ContrastiveLoss { use_labels: false, ..ContrastiveLoss::firm_pairwise(0.2) }, &pairwise)),
+        "anchor_rows"
+    );
 
     // Scalars.
     for tau in [-1.0f32, 0.0, f32::NAN, f32::INFINITY] {
@@ -879,6 +966,7 @@ fn gpu_raw_unaligned_rows_match_oracle() {
             n_centers: 0,
             centers: 0,
             proto_of: 0,
+            anchor_rows: None,
         };
         let out = RawForwardOutputs {
             loss: dptr(&loss_dev, stream),

@@ -15,9 +15,11 @@ use contrastive_kernels::ops::contrastive::cpu::{backward, forward};
 use contrastive_kernels::ops::contrastive::{ContrastiveLoss, Geometry, LossInputs, Reduction, RowRole};
 use contrastive_kernels::Matrix;
 
-/// ck::GradSide, host form: unit rows and the per-row arrays; `anchor` = lse / coef_a / coef_b set.
+/// ck::GradSide, host form: unit rows and the per-row arrays; `anchor` = lse / coef_a / coef_b set;
+/// rows at or past `anchors` are no anchors (the kernel's GradSide::anchors).
 struct Side<'a> {
     u: Vec<Vec<f64>>,
+    anchors: usize,
     instance: Option<&'a [i32]>,
     label: Option<&'a [i32]>,
     role: Option<&'a [RowRole]>,
@@ -49,13 +51,14 @@ fn prepare(
     let n = inputs.features.rows();
     let per_row = loss.reduction == Reduction::PerAnchor;
     let role = |i: usize| inputs.role_of(i);
+    let m = inputs.anchor_row_count();
     let weight = |i: usize| -> f64 {
-        if role(i) != RowRole::Anchor || positives[i] == 0 {
+        if role(i) != RowRole::Anchor || i >= m || positives[i] == 0 {
             return 0.0;
         }
         (if per_row { upstream[i] } else { upstream[0] }) * inputs.weight.map_or(1.0, |w| w[i] as f64) * loss.scale as f64
     };
-    let anchors = (0..n).filter(|&i| role(i) == RowRole::Anchor).count();
+    let anchors = (0..m).filter(|&i| role(i) == RowRole::Anchor).count();
     let penalized = (0..n).filter(|&i| role(i) == RowRole::NormPenaltyOnly).count();
     let inv_divisor = if loss.reduction == Reduction::Mean { 1.0 / anchors.max(1) as f64 } else { 1.0 };
     let max = (0..n).map(|i| weight(i).abs()).fold(0.0, f64::max) * inv_divisor;
@@ -114,15 +117,31 @@ fn column_data(own: &Side, other: &Side, o: usize, m2: f64, one_exp: bool) -> Ke
 /// partial added in split order (contrastive_backward_merge): du[own] += sum_o H(own, o) u_o
 /// (unscaled). H as tile_h: one exponential 2^(t - m2) for both terms, or one per term; masked
 /// columns (NormPenaltyOnly) and the diagonal give 0; NormPenaltyOnly own rows are zeroed at the
-/// store.
-fn sweep(du: &mut [Vec<f64>], own: &Side, other: &Side, exclude_self: bool, inv_tau: f64, one_exp: bool, splits: usize) {
+/// store. A block of `block` own rows all at or past own.anchors sweeps only the columns below
+/// other.anchors, and a prototype sweep (`prototypes`) none (contrastive_backward's clamp).
+#[allow(clippy::too_many_arguments)] // the kernel's parameters, one by one
+fn sweep(
+    du: &mut [Vec<f64>],
+    own: &Side,
+    other: &Side,
+    exclude_self: bool,
+    inv_tau: f64,
+    one_exp: bool,
+    splits: usize,
+    block: usize,
+    prototypes: bool,
+) {
     let m2 = inv_tau * LOG2E;
-    let cols = other.u.len();
-    let per_split = cols.div_ceil(splits.max(1)).max(1);
     for (r, du_r) in du.iter_mut().enumerate() {
         if own.role.is_some_and(|role| role[r] == RowRole::NormPenaltyOnly) {
             continue;
         }
+        let own_anchors = r / block * block < own.anchors;
+        if prototypes && !own_anchors {
+            continue;
+        }
+        let cols = if own_anchors { other.u.len() } else { other.u.len().min(other.anchors) };
+        let per_split = cols.div_ceil(splits.max(1)).max(1);
         let row = row_data(own, other, r, m2, one_exp);
         for slice in (0..cols).collect::<Vec<_>>().chunks(per_split) {
             let mut partial = vec![0.0; du_r.len()];
@@ -166,13 +185,21 @@ struct ModelGrads {
     prototypes: Option<Matrix<f64>>,
 }
 
-fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream: &[f64], one_exp: bool, splits: usize) -> ModelGrads {
+fn model_backward(
+    loss: &ContrastiveLoss,
+    inputs: &LossInputs<'_, f64>,
+    upstream: &[f64],
+    one_exp: bool,
+    splits: usize,
+    block: usize,
+) -> ModelGrads {
     let fwd = forward(loss, inputs).unwrap();
     let (a, b, inv_sigma, penalized) = prepare(loss, inputs, &fwd.positive_count, upstream);
     let inv_tau = 1.0 / loss.temperature as f64;
     let d = inputs.features.cols();
     let rows = Side {
         u: unit_rows(inputs.features),
+        anchors: inputs.anchor_row_count(),
         instance: Some(inputs.instance),
         label: inputs.label.filter(|_| loss.use_labels),
         role: inputs.role,
@@ -181,6 +208,7 @@ fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream
     };
     let keys = inputs.keys.as_ref().map(|k| Side {
         u: unit_rows(k.features),
+        anchors: 0,
         instance: Some(k.instance),
         label: k.label.filter(|_| loss.use_labels),
         role: None,
@@ -189,6 +217,7 @@ fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream
     });
     let protos = inputs.prototypes.as_ref().map(|p| Side {
         u: unit_rows(p.centers),
+        anchors: 0,
         instance: None,
         label: None,
         role: None,
@@ -198,12 +227,12 @@ fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream
     let zeros = |n: usize| vec![vec![0.0; d]; n];
     let mut du_rows = zeros(rows.u.len());
     match (loss.geometry, &keys) {
-        (Geometry::SelfSimilarity, _) => sweep(&mut du_rows, &rows, &rows, true, inv_tau, one_exp, splits),
-        (Geometry::Pairwise, Some(k)) => sweep(&mut du_rows, &rows, k, false, inv_tau, one_exp, splits),
+        (Geometry::SelfSimilarity, _) => sweep(&mut du_rows, &rows, &rows, true, inv_tau, one_exp, splits, block, false),
+        (Geometry::Pairwise, Some(k)) => sweep(&mut du_rows, &rows, k, false, inv_tau, one_exp, splits, block, false),
         (Geometry::Pairwise, None) => unreachable!("pairwise has keys"),
     }
     if let Some(p) = &protos {
-        sweep(&mut du_rows, &rows, p, false, inv_tau, one_exp, 1);
+        sweep(&mut du_rows, &rows, p, false, inv_tau, one_exp, 1, block, true);
     }
     let scale = |du: &mut Vec<Vec<f64>>| du.iter_mut().flatten().for_each(|v| *v *= inv_tau * inv_sigma);
     scale(&mut du_rows);
@@ -220,13 +249,13 @@ fn model_backward(loss: &ContrastiveLoss, inputs: &LossInputs<'_, f64>, upstream
     }
     let keys_grad = keys.as_ref().map(|k| {
         let mut du = zeros(k.u.len());
-        sweep(&mut du, k, &rows, false, inv_tau, one_exp, splits);
+        sweep(&mut du, k, &rows, false, inv_tau, one_exp, splits, block, false);
         scale(&mut du);
         normalize_backward(inputs.keys.as_ref().unwrap().features, &du)
     });
     let protos_grad = protos.as_ref().map(|p| {
         let mut du = zeros(p.u.len());
-        sweep(&mut du, p, &rows, false, inv_tau, one_exp, splits);
+        sweep(&mut du, p, &rows, false, inv_tau, one_exp, splits, block, false);
         scale(&mut du);
         normalize_backward(inputs.prototypes.as_ref().unwrap().centers, &du)
     });
@@ -252,10 +281,11 @@ fn the_kernels_decomposition_gives_the_oracles_gradients() {
             let centers = case.protos.as_ref().map(|p| p.0.clone());
             let inputs = case.inputs(&case.features, keys.as_ref(), centers.as_ref());
             let want = backward(&loss, &inputs, &upstream).unwrap();
-            // Both exponential paths (the kernel picks one by temperature) and column splits.
-            for (one_exp, splits) in [(true, 1), (false, 1), (true, 3)] {
-                let got = model_backward(&loss, &inputs, &upstream, one_exp, splits);
-                let what = format!("{} {reduction:?} one_exp {one_exp} splits {splits}", case.name);
+            // Both exponential paths (the kernel picks one by temperature), column splits, and the
+            // clamp of blocks with no anchor rows at the kernel's 64 rows and at every row.
+            for (one_exp, splits, block) in [(true, 1, 64), (false, 1, 64), (true, 3, 64), (true, 1, 1), (false, 3, 1)] {
+                let got = model_backward(&loss, &inputs, &upstream, one_exp, splits, block);
+                let what = format!("{} {reduction:?} one_exp {one_exp} splits {splits} block {block}", case.name);
                 assert_close(&format!("{what} dfeatures"), &got.features, &want.features);
                 match (&got.keys, &want.keys) {
                     (Some(g), Some(w)) => assert_close(&format!("{what} dkeys"), g, w),

@@ -118,7 +118,8 @@ typedef struct CkContrastiveForwardParams {
     CkRowSet protos;              // prototype columns (x, norms, count only)
     const int32_t* proto_of;      // each row's own prototype (-1: none), or null
     int32_t d;
-    int32_t exclude_self;
+    int32_t exclude_self;         // self geometry: row i is column i (rows: the first rows.count of
+                                  // cols; fewer under anchor_rows, the row sweep only)
     float inv_tau;
     float scale;
     float* per_anchor;            // L_i, 0 for non-anchors and anchors without positives
@@ -176,7 +177,10 @@ typedef struct CkGradSide {
     const float* coef_a;          // sigma c_i scale: weight of the softmax term of anchor i
     const float* coef_b;          // coef_a / |P(i)|: weight of each of its positives
     int32_t count;
-    int32_t reserved;
+    int32_t anchors;              // rows at or past it are no anchors in this pass (coef_a 0): a
+                                  // block of own rows all past own.anchors sweeps only the other
+                                  // side's columns below other.anchors (count, or fewer under
+                                  // anchor_rows; 0 for keys and prototypes)
 } CkGradSide;
 
 // contrastive_backward_*: dU of `own`'s rows (count x d, f32) against `other` and `protos`.
@@ -254,6 +258,8 @@ typedef struct CkBackwardPrepareParams {
     int32_t mean;
     int32_t n;
     float scale;
+    int32_t anchor_rows;          // rows at or past it are no anchors (coefficients 0, not counted)
+    int32_t reserved;
 } CkBackwardPrepareParams;
 
 // contrastive_check_inputs: the CHECK_ codes above.
@@ -273,16 +279,20 @@ typedef struct CkCheckInputsParams {
     int32_t has_penalty;
 } CkCheckInputsParams;
 
-// contrastive_reduce: the loss from the per-anchor terms (and OECL's norm penalty).
+// contrastive_reduce: the loss from the per-anchor terms (and OECL's norm penalty). Rows at or
+// past anchor_rows (the forward swept only the rows before it) are no anchors: it writes their
+// outputs (per_anchor 0, lse -inf, positives 0).
 typedef struct CkReduceParams {
-    const float* per_anchor;
+    float* per_anchor;
     const float* weight;
     const uint8_t* role;
-    const int32_t* positives;
+    int32_t* positives;
+    float* lse;
     const float* norms;
     float* out;
     int32_t* first_empty;
     int32_t n;
     int32_t mean;
     float penalty;
+    int32_t anchor_rows;
 } CkReduceParams;

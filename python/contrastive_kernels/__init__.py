@@ -269,9 +269,10 @@ def _ptr(t) -> Optional[int]:
     return None if t is None else t.data_ptr()
 
 
-def describe_inputs(config: LossConfig, features, instance, label=None, role=None, weight=None, keys=None, key_instance=None, key_label=None, centers=None, proto_of=None) -> _LossInputs:
+def describe_inputs(config: LossConfig, features, instance, label=None, role=None, weight=None, keys=None, key_instance=None, key_label=None, centers=None, proto_of=None, anchor_rows=None) -> _LossInputs:
     """Checks the tensors of one loss evaluation (all on one CPU or CUDA device; ids int32, roles
-    uint8, weights float32) and returns their C description."""
+    uint8, weights float32) and returns their C description. ``anchor_rows`` (self geometry):
+    only the first rows are anchors, the others columns only; None: every row."""
     if len(tuple(features.shape)) != 2:
         raise ValueError(f"features: expected an n x d matrix, got shape {tuple(features.shape)}")
     n, d = tuple(features.shape)
@@ -311,10 +312,24 @@ def describe_inputs(config: LossConfig, features, instance, label=None, role=Non
         _check_tensor("proto_of", proto_of, shape=(n,), dtype="torch.int32", device=dev)
     elif proto_of is not None:
         raise ValueError("proto_of: only with centers (the prototype rows)")
+    _check_anchor_rows(anchor_rows, n, config.geometry == "pairwise")
     return _LossInputs(
         code, n, d, _ptr(features), _ptr(instance), _ptr(label), _ptr(role), _ptr(weight),
         n_keys, _ptr(keys), _ptr(key_instance), _ptr(key_label), n_centers, _ptr(centers), _ptr(proto_of),
+        0 if anchor_rows is None else anchor_rows,
     )
+
+
+def _check_anchor_rows(anchor_rows, n: int, pairwise: bool) -> None:
+    """anchor_rows: None (every row) or an int in 1..=n, self geometry only."""
+    if anchor_rows is None:
+        return
+    if isinstance(anchor_rows, bool) or not isinstance(anchor_rows, int):
+        raise TypeError(f"anchor_rows: expected an int or None, got {type(anchor_rows).__name__}")
+    if pairwise:
+        raise ValueError("anchor_rows: only the self geometry takes anchor_rows (the pairwise anchors are the features: pass only those)")
+    if not 1 <= anchor_rows <= n:
+        raise ValueError(f"anchor_rows: must be in 1..={n} (the feature rows; None for every row), got {anchor_rows}")
 
 
 def detection_report(inlier_scores, outlier_scores) -> dict:

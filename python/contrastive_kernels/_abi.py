@@ -82,6 +82,7 @@ class CkLossInputs(ctypes.Structure):
         ("n_centers", ctypes.c_int64),
         ("centers", ctypes.c_void_p),
         ("proto_of", ctypes.c_void_p),
+        ("anchor_rows", ctypes.c_int64),
     ]
 
 

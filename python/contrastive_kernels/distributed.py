@@ -2,25 +2,31 @@
 kernels never communicate; these functions do, with torch.distributed's collectives.
 
 :func:`gather_loss` -- the loss of the batch concatenated over the ranks of a group. Each rank
-all-gathers the features (and keys), ids, labels, roles and prototype indices (shards may differ
-in size), evaluates the loss over the global batch with weight 0 on the other ranks' anchors
-(``Mean`` still divides by the global number of anchors: the library counts anchors, not weights,
-so the shares add up exactly), and backpropagates through an all-gather whose backward sums every
-rank's gradient and hands each row's to its owner (reduce-scatter on NCCL; all-reduce then slice
-on gloo, which has no reduce-scatter). So:
+all-gathers what it needs of the other ranks' rows (shards may differ in size, even be empty)
+and computes only its own anchors against every column:
 
-* every rank returns the loss of the concatenated batch (its own share plus the others', summed
-  with one all-reduce of a scalar; per-anchor reduction returns the rank's own rows' losses);
+* self geometry: the gathered rows with this rank's own first (the loss does not depend on the
+  columns' order) and the library's ``anchor_rows`` set to them, so the kernels compute an
+  m x N block of logits (m own rows, N global) in the forward, and in the backward the m x N
+  block plus the other rows' columns against the m anchors: about 2 m N of the N^2 logit
+  products, so the work per rank shrinks with the number of ranks;
+* pairwise geometry: this rank's anchors (its features, not gathered) against every rank's keys.
+
+Each rank's share is summed with weights w_i / (the global number of anchors) for ``mean`` (the
+library's count: every anchor row, empty-positive ones included), so the shares add up to the
+global loss; every rank returns that total (one all-reduce of a scalar), or for ``per_anchor``
+its own rows' losses. The backward runs through an all-gather whose backward sums every rank's
+gradient and hands each row's to its owner (reduce-scatter on NCCL; all-reduce then slice on
+gloo, which has no reduce-scatter). So:
+
 * ``loss.backward()`` on every rank (all ranks must call it: the backward communicates) leaves in
   each rank's features, keys and prototypes exactly the gradient of that global loss;
 * with DistributedDataParallel, which averages parameter gradients over ranks, multiply the loss
   by the world size to step on the global loss's gradient (each rank's encoder gradient is the
   part that flows through its own rows; their sum is the global gradient).
 
-Cost, honestly: each rank evaluates N_global x N_global logits (its weights zero the other rows'
-losses, not their work), so the loss's compute does not shrink with more ranks; memory stays
-O(N d). The faster form -- each rank only its own anchors' rows against all columns -- needs a
-row offset in the kernels and the oracle (a follow-up in the C ABI).
+A library error on one rank (an anchor with no positive under the "error" policy) is raised on
+every rank, naming the global row, instead of leaving the others waiting in a collective.
 
 OECL's norm-penalty rows never enter the similarity matrix: here they are left out of the
 library's call and their penalty (alpha times the mean raw norm over every rank's penalty rows) is
@@ -35,6 +41,7 @@ identical to one search over the whole bank.
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from typing import List
 
@@ -42,7 +49,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor
 
-from . import ROLE_NORM_PENALTY_ONLY, LossConfig
+from . import ROLE_ANCHOR, ROLE_NORM_PENALTY_ONLY, CkError, LossConfig
 from .ops import _as_tensor, contrastive_loss, topk
 
 __all__ = ["gather_loss", "sharded_search", "sample_offset", "all_gather_rows"]
@@ -202,85 +209,103 @@ def gather_loss(
         m = 0
     centers = _as_tensor("centers", centers)
 
-    # One small collective: every rank's sizes and which optional arguments it passes.
+    # One small collective: every rank's sizes, its anchor count (the library's: rows of role
+    # anchor) and which optional arguments it passes.
     optional = [rows["label"], rows["role"], rows["proto_of"], key_label, centers]
-    table = _counts([n, m] + [int(t is not None) for t in optional], group, dev)
+    own_anchors = n if rows["role"] is None else int((rows["role"].to(torch.int64) == ROLE_ANCHOR).sum())
+    table = _counts([n, m, own_anchors] + [int(t is not None) for t in optional], group, dev)
     names = ["label", "role", "proto_of", "key_label", "centers"]
     for j, name in enumerate(names):
-        flags = {r[2 + j] for r in table}
+        flags = {r[3 + j] for r in table}
         if len(flags) != 1:
             raise ValueError(f"{name}: given on some ranks and not on others (every rank must pass the same arguments)")
     n_sizes, m_sizes = [r[0] for r in table], [r[1] for r in table]
+    global_anchors = sum(r[2] for r in table)
     start = sum(n_sizes[:rank])
-    n_global = sum(n_sizes)
-
-    # Features (and keys) in one differentiable gather, so the backward has one collective.
-    both = torch.cat([features, keys]) if pairwise else features
-    gathered = _AllGatherRows.apply(both, [a + b for a, b in zip(n_sizes, m_sizes)], rank, group)
-    pieces_f, pieces_k, offset = [], [], 0
-    for a, b in zip(n_sizes, m_sizes):
-        pieces_f.append(gathered[offset : offset + a])
-        pieces_k.append(gathered[offset + a : offset + a + b])
-        offset += a + b
-    all_features = torch.cat(pieces_f) if world > 1 else pieces_f[0]
-    all_keys = (torch.cat(pieces_k) if world > 1 else pieces_k[0]) if pairwise else None
+    per_anchor = config.reduction == "per_anchor"
+    all_centers = None if centers is None else _SumGradients.apply(centers, group)
 
     def ids(t, sizes):
         return None if t is None else _gather_padded(t.to(device=dev, dtype=torch.int64), sizes, group)
 
-    all_rows = {name: ids(t, n_sizes) for name, t in rows.items()}
-    all_key_instance = ids(key_instance, m_sizes) if pairwise else None
-    all_key_label = ids(key_label, m_sizes) if pairwise else None
+    # This rank's weights: Sum of w_i L_i / (the global anchor count) for mean, so that the
+    # shares add up to the global mean; per_anchor weights its own outputs below.
+    own_weight = torch.ones(n, dtype=torch.float32, device=dev) if weight is None else weight.to(device=dev, dtype=torch.float32)
+    if config.reduction == "mean":
+        own_weight = own_weight / max(global_anchors, 1)
+    library_config = replace(config, norm_penalty=0.0, reduction="per_anchor" if per_anchor else "sum")
 
-    # This rank's anchors keep their weights; the others' get 0.
-    own = torch.zeros(n_global, dtype=torch.float32, device=dev)
-    own[start : start + n] = 1.0 if weight is None else weight.to(device=dev, dtype=torch.float32)
-    all_weight = own
-
-    # OECL's penalty rows: out of the library's call, their penalty computed here in shares.
     penalty = None
-    per_anchor = config.reduction == "per_anchor"
-    if all_rows["role"] is not None:
-        penalized = all_rows["role"] == ROLE_NORM_PENALTY_ONLY
-        if bool(penalized.any()):
-            keep = torch.nonzero(~penalized).squeeze(1)
-            n_o = int(penalized.sum())
-            mine = penalized[start : start + n]
-            if config.norm_penalty > 0.0 and not per_anchor:
-                own_norms = torch.linalg.vector_norm(features.float(), dim=1)
-                penalty = config.norm_penalty * torch.where(mine, own_norms, torch.zeros_like(own_norms)).sum() / n_o
-            all_features = all_features.index_select(0, keep)
-            all_weight = all_weight.index_select(0, keep)
-            all_rows = {k: None if v is None else v.index_select(0, keep) for k, v in all_rows.items()}
-            kept_positions = torch.full((n_global,), -1, dtype=torch.int64, device=dev)
-            kept_positions[keep] = torch.arange(keep.shape[0], device=dev)
-        else:
-            kept_positions = None
+    if pairwise:
+        # The anchors are this rank's own features; the keys every rank's (one differentiable gather).
+        all_keys = _AllGatherRows.apply(keys, m_sizes, rank, group)
+        call = dict(
+            features=features, instance=rows["instance"], label=rows["label"], role=rows["role"], proto_of=rows["proto_of"],
+            keys=all_keys, key_instance=ids(key_instance, m_sizes), key_label=ids(key_label, m_sizes),
+            weight=None if per_anchor else own_weight, anchor_rows=None,
+        )
+        own_rows = torch.arange(n, device=dev)  # library row i (an anchor) is local row i
+        anchor_count = n
+        connected = [all_keys]
     else:
-        kept_positions = None
+        gathered = _AllGatherRows.apply(features, n_sizes, rank, group)
+        all_rows = {name: ids(t, n_sizes) for name, t in rows.items()}
+        n_global = sum(n_sizes)
+        mine = torch.zeros(n_global, dtype=torch.bool, device=dev)
+        mine[start : start + n] = True
+        # OECL's penalty rows: out of the library's call, their penalty computed here in shares.
+        kept = torch.ones(n_global, dtype=torch.bool, device=dev)
+        if all_rows["role"] is not None:
+            penalized = all_rows["role"] == ROLE_NORM_PENALTY_ONLY
+            if bool(penalized.any()):
+                kept = ~penalized
+                if config.norm_penalty > 0.0 and not per_anchor:
+                    own_norms = torch.linalg.vector_norm(features.float(), dim=1)
+                    n_o = int(penalized.sum())
+                    penalty = config.norm_penalty * torch.where(penalized[start : start + n], own_norms, torch.zeros_like(own_norms)).sum() / n_o
+        # This rank's kept rows first (the anchors: anchor_rows), then every other kept row.
+        order = torch.cat([torch.nonzero(kept & mine).squeeze(1), torch.nonzero(kept & ~mine).squeeze(1)])
+        anchor_count = int((kept & mine).sum())
+        own_rows = order[:anchor_count] - start
+        weight_rows = torch.zeros(order.shape[0], dtype=torch.float32, device=dev)
+        weight_rows[:anchor_count] = own_weight.index_select(0, own_rows)
+        call = dict(
+            features=gathered.index_select(0, order),
+            **{name: None if t is None else t.index_select(0, order) for name, t in all_rows.items()},
+            keys=None, key_instance=None, key_label=None,
+            weight=None if per_anchor else weight_rows, anchor_rows=anchor_count,
+        )
+        connected = [gathered]
+    if all_centers is not None:
+        connected.append(all_centers)
 
-    all_centers = None if centers is None else _SumGradients.apply(centers, group)
-    library_config = replace(config, norm_penalty=0.0)
-    out = contrastive_loss(
-        all_features,
-        all_rows["instance"],
-        config=library_config,
-        label=all_rows["label"],
-        role=all_rows["role"],
-        weight=None if per_anchor else all_weight,
-        keys=all_keys,
-        key_instance=all_key_instance,
-        key_label=all_key_label,
-        centers=all_centers,
-        proto_of=all_rows["proto_of"],
-    )
+    # The library call, then (before any other collective) whether any rank failed: a failure on
+    # one rank is raised on every rank instead of leaving the others in a collective.
+    error, out = None, None
+    if anchor_count > 0:
+        try:
+            out = contrastive_loss(call.pop("features"), call.pop("instance"), config=library_config, centers=all_centers, **call)
+        except CkError as e:
+            error = e
+    failed = _counts([0 if error is None else 1], group, dev)
+    if any(f[0] for f in failed):
+        if error is not None:
+            message = re.sub(r"\brow (\d+)\b", lambda g: f"row {start + int(own_rows[int(g.group(1))])} (global)", error.message)
+            raise CkError(error.status, f"rank {rank}: {message}")
+        raise RuntimeError(f"gather_loss: failed on rank(s) {[r for r, f in enumerate(failed) if f[0]]} (their error names the row)")
+    if out is None:
+        # No anchor here: a zero share that still takes part in the backward's collectives.
+        out = sum(t.sum() for t in connected) * 0.0
+        if per_anchor:
+            out = out.expand(0)
     if per_anchor:
-        if kept_positions is not None:
-            pos = kept_positions[start : start + n]
-            out = torch.where(pos >= 0, out[pos.clamp(min=0)], torch.zeros((), dtype=out.dtype, device=dev))
+        # The library's per-anchor output holds L_i of its first anchor_count rows: this rank's.
+        own = torch.zeros(n, dtype=torch.float32, device=dev)
+        if anchor_count > 0:
+            own = own.index_copy(0, own_rows, out[:anchor_count].to(torch.float32))
         else:
-            out = out[start : start + n]
-        return out if weight is None else out * weight.to(device=dev, dtype=out.dtype)
+            own = own + out.sum()
+        return own if weight is None else own * weight.to(device=dev, dtype=own.dtype)
     share = out if penalty is None else out + penalty
     total = share.detach().clone()
     dist.all_reduce(total, group=group)

@@ -27,6 +27,7 @@ from . import (
     REDUCTIONS,
     LossConfig,
     _check,
+    _check_anchor_rows,
     _host_function,
     describe_inputs,
     load_library,
@@ -96,7 +97,7 @@ def _matrix(name: str, t: Tensor, d: Optional[int], dtype, device) -> None:
         raise ValueError(f"{name}: expected {d} columns (the features' d), got shape {tuple(t.shape)}")
 
 
-def _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry: int, use_labels: bool) -> None:
+def _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry: int, use_labels: bool, anchor_rows: int = 0) -> None:
     _matrix("features", features, None, None, None)
     n, d = features.shape
     dev, dt = features.device, features.dtype
@@ -127,6 +128,7 @@ def _check_loss_shapes(features, instance, label, role, weight, keys, key_instan
         _vector("proto_of", proto_of, n, dev, _INT_DTYPES, "each feature row's prototype, or -1")
     elif proto_of is not None:
         raise ValueError("proto_of: only with centers (the prototype rows)")
+    _check_anchor_rows(anchor_rows or None, n, geometry == _abi.CK_GEOMETRY_PAIRWISE)
 
 
 def _ids32(name: str, t: Optional[Tensor]) -> Optional[Tensor]:
@@ -149,7 +151,7 @@ def _roles8(t: Optional[Tensor]) -> Optional[Tensor]:
     return t.to(torch.uint8).contiguous()
 
 
-def _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config: LossConfig):
+def _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config: LossConfig, anchor_rows: int):
     """Contiguous tensors of the library's dtypes, and their C description (kept alive together)."""
     t = dict(
         features=features.contiguous(),
@@ -163,7 +165,7 @@ def _prepared(features, instance, label, role, weight, keys, key_instance, key_l
         centers=None if centers is None else centers.contiguous(),
         proto_of=_ids32("proto_of", proto_of),
     )
-    return t, describe_inputs(config, **t)
+    return t, describe_inputs(config, **t, anchor_rows=anchor_rows or None)
 
 
 def _cuda_call(device: torch.device):
@@ -194,13 +196,15 @@ def contrastive_forward(
     reduction: int,
     empty_positives: int,
     norm_penalty: float,
+    anchor_rows: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The loss forward: (out, lse, positives). ``out`` is the reduced loss (0-dim float32) for
     mean / sum, the per-anchor losses (n float32) for per_anchor; lse (n float32) and positives
-    (n int32) are what the backward needs."""
+    (n int32) are what the backward needs. ``anchor_rows`` > 0 (self geometry): only the first
+    anchor_rows rows are anchors (0: every row)."""
     config = _config(geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty)
-    _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels)
-    tensors, inputs = _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config)
+    _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels, anchor_rows)
+    tensors, inputs = _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config, anchor_rows)
     c_config = config.to_c()
     n, dev = features.shape[0], features.device
     loss = torch.empty((), dtype=torch.float32, device=dev)
@@ -223,9 +227,9 @@ def contrastive_forward(
 
 
 @contrastive_forward.register_fake
-def _(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty):
+def _(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty, anchor_rows):
     _config(geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty)
-    _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels)
+    _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels, anchor_rows)
     n = features.shape[0]
     out_shape = (n,) if reduction == _abi.CK_REDUCTION_PER_ANCHOR else ()
     return (
@@ -257,14 +261,15 @@ def contrastive_backward(
     reduction: int,
     empty_positives: int,
     norm_penalty: float,
+    anchor_rows: int,
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The loss backward: (grad_features, grad_keys, grad_centers) in the features' dtype;
     grad_keys is (0, d) without keys and grad_centers (0, d) without centers. ``grad`` is the
     upstream gradient of the forward's ``out`` (0-dim, or n for per_anchor)."""
     config = _config(geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty)
-    _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels)
+    _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels, anchor_rows)
     _check_saved(grad, lse, positives, features, reduction)
-    tensors, inputs = _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config)
+    tensors, inputs = _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config, anchor_rows)
     c_config = config.to_c()
     features = tensors["features"]
     d, dev = features.shape[1], features.device
@@ -301,9 +306,9 @@ def _check_saved(grad, lse, positives, features, reduction: int) -> None:
 
 
 @contrastive_backward.register_fake
-def _(grad, lse, positives, features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty):
+def _(grad, lse, positives, features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty, anchor_rows):
     _config(geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty)
-    _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels)
+    _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels, anchor_rows)
     _check_saved(grad, lse, positives, features, reduction)
     d = features.shape[1]
     return (
@@ -412,16 +417,21 @@ def _as_tensor(name: str, x, dtype=None):
     raise TypeError(f"{name}: expected a torch.Tensor or a numpy array, got {type(x).__name__}")
 
 
-def contrastive_loss(features, instance, *, config: LossConfig, label=None, role=None, weight=None, keys=None, key_instance=None, key_label=None, centers=None, proto_of=None) -> Tensor:
+def contrastive_loss(features, instance, *, config: LossConfig, label=None, role=None, weight=None, keys=None, key_instance=None, key_label=None, centers=None, proto_of=None, anchor_rows=None) -> Tensor:
     """The loss of ``config`` (:class:`LossConfig`, e.g. ``LossConfig.preset("supcon", 0.1)``),
     differentiable with respect to features, keys and centers: a 0-dim float32 tensor (mean /
     sum) or one loss per feature row (per_anchor, multiplied by ``weight`` when given; the OECL
     norm penalty is part of the reduced loss only). CUDA tensors run the fused kernels, CPU
     tensors (or numpy arrays) the library's f64 oracle. Ids int32 or int64; roles uint8 (0
-    anchor, 1 negative-only, 2 norm-penalty-only); weights >= 0."""
+    anchor, 1 negative-only, 2 norm-penalty-only); weights >= 0. ``anchor_rows`` (self geometry,
+    1..=n): only the first anchor_rows rows are anchors, the rest columns only (their per-anchor
+    loss 0), and the kernels compute anchor_rows x n logits; ``mean`` divides by the anchors among
+    them. None: every row."""
     if not isinstance(config, LossConfig):
         raise TypeError(f"config: expected a contrastive_kernels.LossConfig, got {type(config).__name__}")
     geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty = config.codes()  # checked, naming them
+    if anchor_rows is not None and (isinstance(anchor_rows, bool) or not isinstance(anchor_rows, int) or anchor_rows < 1):
+        raise ValueError(f"anchor_rows: expected None or an int >= 1 (the leading rows that are anchors), got {anchor_rows!r}")
     args = [
         _as_tensor(name, x)
         for name, x in (
@@ -435,7 +445,7 @@ def contrastive_loss(features, instance, *, config: LossConfig, label=None, role
         # its per-anchor backward by w_i): the weight is applied here, under autograd, instead.
         row_weight, args[4] = args[4], None
     out, _, _ = torch.ops.contrastive_kernels.contrastive_forward(
-        *args, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty
+        *args, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty, anchor_rows or 0
     )
     if row_weight is not None:
         out = out * row_weight.to(out.dtype)

@@ -3,6 +3,7 @@ shards): the gather-mode losses and their gradients equal the single-process los
 concatenated batch (DESIGN.md's f32 tolerances), and the sharded bank search equals one search
 over the whole bank exactly, ties included."""
 
+import datetime
 import os
 import socket
 import sys
@@ -81,7 +82,8 @@ def _worker(rank, world, port):
     # name, which on some machines names an interface whose connections reset under load.
     if os.path.exists("/sys/class/net/lo"):  # Linux's loopback
         os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    # A rank left waiting in a collective fails after 2 minutes instead of gloo's default 30.
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world, timeout=datetime.timedelta(seconds=120))
     ok = False
     try:
         data = _global_data()
@@ -154,6 +156,38 @@ def _worker(rank, world, port):
                 total = xs.grad.clone()
                 torch.distributed.all_reduce(total)
                 assert_grad_close(_T, mine.grad, total[own], "per_anchor")
+
+        # Shards that leave ranks empty: rank 0 holds every row, the others none (their share 0,
+        # still in the backward's collectives).
+        config = ck.LossConfig.preset("nt_xent", 0.5)
+        rows = torch.cat(torch.unbind(data["views"], 1))
+        inst = torch.arange(6).repeat(2)
+        n_rows = [12] + [0] * (world - 1)
+        own = _slices(n_rows, rank)
+        mine = _leaf(rows[own])
+        xs = _leaf(rows)
+        got = ck.distributed.gather_loss(mine, inst[own], config=config)
+        want = ck.contrastive_loss(xs, inst, config=config)
+        assert_loss_close(_T, got.detach(), want.detach(), what=f"empty ranks, world {world} rank {rank}")
+        got.backward()
+        want.backward()
+        assert_grad_close(_T, mine.grad, xs.grad[own], f"empty ranks, world {world} rank {rank}")
+
+        # An anchor with no positive on the last rank (global row 11's instance is its own): the
+        # library's error there, naming the global row, and an error on every other rank (none
+        # left waiting in a collective).
+        lonely = inst.clone()
+        lonely[11], lonely[5] = 99, 4  # row 5, row 11's other view, joins sample 4
+        owner = world - 1
+        n_rows = [4] * (world - 1) + [12 - 4 * (world - 1)]
+        own = _slices(n_rows, rank)
+        try:
+            ck.distributed.gather_loss(rows[own], lonely[own], config=config)
+            raise AssertionError(f"world {world} rank {rank}: no error for an anchor without a positive")
+        except ck.CkError as e:
+            assert rank == owner and "row 11 (global)" in e.message, f"rank {rank}: {e.message}"
+        except RuntimeError as e:
+            assert rank != owner and f"[{owner}]" in str(e), f"rank {rank}: {e}"
 
         # Sharded search: identical to one search over the whole bank, ties included.
         shard = data["bank"][_slices(n_bank, rank)]

@@ -83,6 +83,26 @@ class LossAgainstReference(unittest.TestCase):
         out = self.check(config, x, inst, {}, role=role, weight=weight)
         self.assertEqual(tuple(out.shape), (10,))
 
+    def test_anchor_rows_are_leading_anchors(self):
+        # anchor_rows = 7 of 12: the reference's rows after them negative-only (columns only).
+        x, c = leaf(12, 8, seed=14), leaf(3, 8, seed=15)
+        cluster = torch.tensor([0, 1, 2, 0, 1, 2] * 2)
+        for reduction in ("mean", "per_anchor"):
+            config = ck.LossConfig.preset("cluster_aware", 0.5, reduction=reduction)
+            x.grad, c.grad = None, None
+            out = ck.contrastive_loss(x, pairs(6), config=config, label=cluster, centers=c, proto_of=cluster, anchor_rows=7)
+            xr, cr = x.detach().double().requires_grad_(True), c.detach().double().requires_grad_(True)
+            role = torch.tensor([0] * 7 + [1] * 5, dtype=torch.uint8)
+            want = reference_loss(xr, pairs(6), temperature=0.5, label=cluster, role=role, centers=cr, proto_of=cluster, reduction=reduction)
+            assert_loss_close(self, out.detach(), want.detach(), what=reduction)
+            g = torch.linspace(0.5, 1.5, 12, dtype=torch.float64) if reduction == "per_anchor" else torch.tensor(1.0, dtype=torch.float64)
+            (out * g.float()).sum().backward()
+            (want * g).sum().backward()
+            assert_grad_close(self, x.grad, xr.grad, f"features {reduction}")
+            assert_grad_close(self, c.grad, cr.grad, f"centers {reduction}")
+            if reduction == "per_anchor":
+                self.assertTrue(torch.equal(out.detach()[7:], torch.zeros(5)), "rows past anchor_rows: no loss")
+
     def test_int32_and_int64_ids_agree(self):
         x = leaf(8, 4, seed=9)
         config = ck.LossConfig.preset("nt_xent", 0.5)
@@ -132,6 +152,11 @@ class LossAgainstReference(unittest.TestCase):
             (lambda: ck.contrastive_loss(x, pairs(4), config=nt, centers=torch.ones(2, 3), proto_of=pairs(4)), "centers"),
             (lambda: ck.contrastive_loss(x, pairs(4), config="nt_xent"), "config"),
             (lambda: ck.contrastive_loss(x, pairs(4), config=ck.LossConfig(reduction="median")), "reduction"),
+            (lambda: ck.contrastive_loss(x, pairs(4), config=nt, anchor_rows=0), "anchor_rows"),
+            (lambda: ck.contrastive_loss(x, pairs(4), config=nt, anchor_rows=9), "anchor_rows"),
+            (lambda: ck.contrastive_loss(x, pairs(4), config=nt, anchor_rows=2.5), "anchor_rows"),
+            (lambda: ck.contrastive_loss(x, pairs(4), config=ck.LossConfig.preset("firm_pairwise", 0.2), label=pairs(4), keys=x,
+                                         key_instance=pairs(4), key_label=pairs(4), anchor_rows=2), "anchor_rows"),
             (lambda: ck.topk(x, x[:, :3], 2), "bank"),
             (lambda: ck.topk(x, x, 9), "k"),
             (lambda: ck.topk(x, x, 8, exclude_self=True), "k"),
@@ -150,7 +175,8 @@ class OpCheck(unittest.TestCase):
         x = leaf(8, 4, seed=11)
         c = ck.LossConfig.preset("nt_xent", 0.5)
         a = dict(features=x, instance=pairs(4), label=None, role=None, weight=None, keys=None, key_instance=None, key_label=None, centers=None, proto_of=None,
-                 geometry=0, temperature=c.temperature, scale=c.scale, use_labels=False, reduction=0, empty_positives=0, norm_penalty=0.0)
+                 geometry=0, temperature=c.temperature, scale=c.scale, use_labels=False, reduction=0, empty_positives=0, norm_penalty=0.0,
+                 anchor_rows=0)
         a.update(over)
         return a
 
@@ -162,6 +188,7 @@ class OpCheck(unittest.TestCase):
         torch.library.opcheck(op, tuple(self.args(label=cluster, use_labels=True, centers=centers, proto_of=cluster, reduction=2).values()))
         k = leaf(8, 4, seed=13)
         torch.library.opcheck(op, tuple(self.args(geometry=1, keys=k, key_instance=pairs(4)).values()))
+        torch.library.opcheck(op, tuple(self.args(anchor_rows=5, reduction=2).values()))
 
     def test_backward(self):
         a = self.args()

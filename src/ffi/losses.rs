@@ -81,6 +81,11 @@ pub struct CkLossInputs {
     /// n_centers x d.
     pub centers: *const c_void,
     pub proto_of: *const i32,
+    /// Self geometry: only rows 0 .. anchor_rows are anchors (by their roles); the rows after them
+    /// are columns only, and the forward computes anchor_rows x n logits (their per_anchor and
+    /// positives 0, lse -inf). A process holding part of a batch split over several puts its own
+    /// rows first. 0 (a zero-filled struct): every row. At most n; the pairwise geometry takes 0.
+    pub anchor_rows: i64,
 }
 
 /// Fills `out` with a preset (`CK_LOSS_*`): `temperature` is tau (finite, > 0); `extra` is
@@ -191,6 +196,10 @@ unsafe fn inputs_of(inputs: *const CkLossInputs) -> Result<RawLossInputs> {
         n_centers: size("inputs.n_centers", i.n_centers)?,
         centers: i.centers as u64,
         proto_of: i.proto_of as u64,
+        anchor_rows: match size("inputs.anchor_rows", i.anchor_rows)? {
+            0 => None,
+            m => Some(m),
+        },
     })
 }
 
@@ -233,7 +242,13 @@ fn check_input_pointers(loss: &ContrastiveLoss, r: &RawLossInputs) -> Result<()>
         device_array("inputs.centers", ptr(r.centers), elements("inputs.centers", r.n_centers, r.d, e)?, e, true)?;
         device_array("inputs.proto_of", ptr(r.proto_of), r.n, 4, true)?;
     }
-    Ok(())
+    match r.anchor_rows {
+        Some(_) if loss.geometry == Geometry::Pairwise => {
+            Err(Error::invalid("inputs.anchor_rows", "only the self geometry takes anchor_rows (0 in the pairwise geometry)"))
+        }
+        Some(m) if m > r.n => Err(Error::invalid("inputs.anchor_rows", format!("must be in 0..={} (n; 0: every row), got {m}", r.n))),
+        _ => Ok(()),
+    }
 }
 
 /// The fused forward. Writes the reduced loss to `loss` (1 f32, device), and per row: `per_anchor`
@@ -346,6 +361,7 @@ struct HostRows<'a, T> {
     weight: Option<&'a [f32]>,
     keys: Option<HostKeys<'a, T>>,
     centers: Option<(Matrix<T>, &'a [i32])>,
+    anchor_rows: Option<usize>,
 }
 
 /// Upper bound on the oracle's working memory: the feature copies and unit rows, and per
@@ -408,6 +424,7 @@ impl<'a, T: Float> HostRows<'a, T> {
             } else {
                 None
             },
+            anchor_rows: r.anchor_rows,
         })
     }
 
@@ -420,6 +437,7 @@ impl<'a, T: Float> HostRows<'a, T> {
             weight: self.weight,
             keys: self.keys.as_ref().map(|(features, instance, label)| KeyRows { features, instance, label: *label }),
             prototypes: self.centers.as_ref().map(|(centers, proto_of)| PrototypeColumns { centers, proto_of }),
+            anchor_rows: self.anchor_rows,
         }
     }
 }

@@ -23,6 +23,8 @@ pub struct Case {
     pub weight: Option<Vec<f32>>,
     pub keys: Option<Keys>,
     pub protos: Option<(Matrix<f64>, Vec<i32>)>,
+    /// Self geometry: only the first rows are anchors (the harness scales it with the rows).
+    pub anchor_rows: Option<usize>,
 }
 
 impl Case {
@@ -41,6 +43,7 @@ impl Case {
             weight: self.weight.as_deref(),
             keys: self.keys.as_ref().map(|(_, i, l)| KeyRows { features: keys.unwrap(), instance: i, label: l.as_deref() }),
             prototypes: self.protos.as_ref().map(|(_, p)| PrototypeColumns { centers: centers.unwrap(), proto_of: p }),
+            anchor_rows: self.anchor_rows,
         }
     }
 }
@@ -58,6 +61,7 @@ pub fn cases() -> Vec<Case> {
         weight: None,
         keys: None,
         protos: None,
+        anchor_rows: None,
     };
     vec![
         base("nt_xent", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 2]),
@@ -101,6 +105,17 @@ pub fn cases() -> Vec<Case> {
             loss: ContrastiveLoss::nt_xent(0.5).with_empty_positives(EmptyPositives::Zero),
             ..base("weighted_with_empty_anchor", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 9])
         },
+        // One process's share of a batch split over several (its rows first): 4 of 6 rows anchors.
+        Case { anchor_rows: Some(4), ..base("nt_xent_anchor_rows", ContrastiveLoss::nt_xent(0.5), 6, vec![0, 1, 2, 0, 1, 2]) },
+        // With prototypes, labels, a negative-only row and weights: 5 of 6 rows anchors.
+        Case {
+            label: Some(vec![0, 1, 0, 0, 1, 1]),
+            protos: Some((x(3, 78), vec![0, 1, 0, 0, 1, -1])),
+            role: Some(vec![RowRole::Anchor, RowRole::NegativeOnly, RowRole::Anchor, RowRole::Anchor, RowRole::Anchor, RowRole::Anchor]),
+            weight: Some(vec![1.0, 1.0, 0.5, 2.0, 1.0, 1.0]),
+            anchor_rows: Some(5),
+            ..base("cluster_aware_anchor_rows", ContrastiveLoss::cluster_aware(0.5), 6, vec![0, 1, 2, 0, 1, 2])
+        },
     ]
 }
 
@@ -120,6 +135,7 @@ pub fn gradient_only_cases() -> Vec<Case> {
             weight: Some(vec![1.0, 0.25, 2.0, 0.5]),
             keys: Some((x(6, 32), vec![0, 1, 2, 3, 10, 11], Some(vec![0, 1, 0, -1, 1, -1]))),
             protos: Some((x(2, 33), vec![0, 1, 0, -1])),
+            anchor_rows: None,
         },
         // SupCon with an outlier whose instance is unique (empty positives, Zero) next to
         // NegativeOnly and NormPenaltyOnly rows, weighted.
@@ -141,6 +157,29 @@ pub fn gradient_only_cases() -> Vec<Case> {
             weight: Some(vec![1.5, 1.0, 3.0, 0.5, 1.0, 2.0, 1.0]),
             keys: None,
             protos: None,
+            anchor_rows: None,
+        },
+        // OECL's penalty rows and a negative-only row, split as a process's share: the first 3 of
+        // 7 rows anchors (a penalty row among them, one after them).
+        Case {
+            name: "oecl_anchor_rows",
+            loss: ContrastiveLoss::oecl(0.4, 0.3).with_empty_positives(EmptyPositives::Zero),
+            features: x(7, 35),
+            instance: vec![0, 1, 2, 0, 1, 2, 3],
+            label: None,
+            role: Some(vec![
+                RowRole::Anchor,
+                RowRole::NormPenaltyOnly,
+                RowRole::Anchor,
+                RowRole::Anchor,
+                RowRole::NegativeOnly,
+                RowRole::Anchor,
+                RowRole::NormPenaltyOnly,
+            ]),
+            weight: None,
+            keys: None,
+            protos: None,
+            anchor_rows: Some(3),
         },
     ]
 }
@@ -195,6 +234,8 @@ pub fn for_each_harness_case<T: FloatElement>(
                 weight: weight.as_deref(),
                 keys: keys_x.as_ref().map(|k| KeyRows { features: k, instance: &key_instance, label: key_label.as_deref() }),
                 prototypes: centers.as_ref().map(|c| PrototypeColumns { centers: c, proto_of: proto_of.as_deref().unwrap() }),
+                // Scaled with the rows, so that it cuts row blocks off their boundaries.
+                anchor_rows: case.anchor_rows.map(|m| (m * n / base_n).max(1)),
             };
             check(&format!("{} {} {n}x{d}", case.name, T::DTYPE), &case.loss, &inputs);
         }

@@ -19,7 +19,8 @@ pub struct LossForward {
     /// L_i (unweighted): 0 for non-anchors and for anchors without positives.
     pub per_anchor: Vec<f64>,
     /// LSE over A(i) for every row in the matrix (`NegativeOnly` rows included, as the kernel
-    /// saves it); -inf for `NormPenaltyOnly` rows and for rows with no column at all.
+    /// saves it); -inf for `NormPenaltyOnly` rows, rows at or past `anchor_rows` and rows with no
+    /// column at all.
     pub lse: Vec<f64>,
     /// |P(i)| (also for `NegativeOnly` rows; 0 for `NormPenaltyOnly` rows).
     pub positive_count: Vec<usize>,
@@ -82,7 +83,8 @@ impl Problem {
         let n = rows.rows();
         let mut entries = vec![Vec::new(); n];
         let mut anchors = vec![false; n];
-        for i in 0..n {
+        // Rows past anchor_rows are columns only: no row of the matrix.
+        for i in 0..inputs.anchor_row_count() {
             let role = inputs.role_of(i);
             anchors[i] = role == RowRole::Anchor;
             if role == RowRole::NormPenaltyOnly {
@@ -145,7 +147,7 @@ pub fn forward<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>) -> 
     let mut per_anchor = vec![0.0; n];
     let mut lse = vec![f64::NEG_INFINITY; n];
     let mut positive_count = vec![0; n];
-    for i in 0..n {
+    for i in 0..inputs.anchor_row_count() {
         if problem.entries[i].is_empty() && inputs.role_of(i) == RowRole::NormPenaltyOnly {
             continue;
         }

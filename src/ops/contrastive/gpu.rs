@@ -110,6 +110,8 @@ pub struct DeviceLossInputs<'a, T> {
     pub weight: Option<&'a CudaSlice<f32>>,
     pub keys: Option<DeviceKeyRows<'a, T>>,
     pub prototypes: Option<DevicePrototypeColumns<'a, T>>,
+    /// As [`super::LossInputs::anchor_rows`]: self geometry, only the first m rows are anchors.
+    pub anchor_rows: Option<usize>,
 }
 
 #[derive(Clone, Copy)]
@@ -128,7 +130,7 @@ pub struct DevicePrototypeColumns<'a, T> {
 impl<'a, T: FloatElement> DeviceLossInputs<'a, T> {
     /// Self geometry over `features` with instance ids only.
     pub fn new(features: &'a DeviceMatrix<T>, instance: &'a CudaSlice<i32>) -> Self {
-        DeviceLossInputs { features, instance, label: None, role: None, weight: None, keys: None, prototypes: None }
+        DeviceLossInputs { features, instance, label: None, role: None, weight: None, keys: None, prototypes: None, anchor_rows: None }
     }
 }
 
@@ -235,7 +237,7 @@ pub(crate) fn check_device_inputs<T: FloatElement>(loss: &ContrastiveLoss, input
         crate::ops::check_features("prototypes.centers", p.centers.rows(), d)?;
         check_slice("prototypes.proto_of", p.proto_of, n, "feature row")?;
     }
-    Ok(())
+    super::check_anchor_rows(loss, inputs.anchor_rows, n)
 }
 
 pub(super) fn ptr<E>(s: &CudaSlice<E>, stream: &CudaStream) -> u64 {
@@ -294,9 +296,15 @@ pub struct RawLossInputs {
     pub n_centers: usize,
     pub centers: u64,
     pub proto_of: u64,
+    /// As [`super::LossInputs::anchor_rows`] (None: every row).
+    pub anchor_rows: Option<usize>,
 }
 
 impl RawLossInputs {
+    /// The rows that may be anchors (the forward's row sweep).
+    fn anchor_row_count(&self) -> usize {
+        self.anchor_rows.unwrap_or(self.n)
+    }
     fn features(&self) -> RawMatrix {
         RawMatrix::new(self.features, self.n, self.d, self.dtype)
     }
@@ -358,7 +366,7 @@ pub(crate) fn check_raw_inputs(loss: &ContrastiveLoss, r: &RawLossInputs) -> Res
         c.check_pointer("prototypes.centers")?;
         check_array("prototypes.proto_of", r.proto_of, r.n, 4, true)?;
     }
-    Ok(())
+    super::check_anchor_rows(loss, r.anchor_rows, r.n)
 }
 
 /// Where the forward writes: `loss` (1 f32), `per_anchor`, `lse` (n f32 each) and `positives`
@@ -564,10 +572,14 @@ pub unsafe fn forward_raw_tuned(
     let fixed = inv_tau <= FIXED_OFFSET_MAX_INV_TAU && !tuning.online_max;
     let name = format!("contrastive_forward_{}{}", r.dtype, if fixed { "" } else { "_online" });
     let per_anchor_p = per_anchor_scratch.as_ref().map_or(out.per_anchor, |s| ptr(s, stream));
-    if n > 0 {
-        let (row_blocks, tiles) = forward_grid(n, n_keys, n_centers);
-        // The self geometry's symmetric kernel (fixed offset only): tiles on and above the diagonal.
-        let symmetric = !pairwise && fixed && tuning.symmetric.unwrap_or(row_blocks >= 2);
+    // The row sweep's rows: the first m (anchor_rows), against every column.
+    let m = r.anchor_row_count();
+    let m_i = dim_i32("anchor_rows", m)?;
+    if m > 0 {
+        let (row_blocks, tiles) = forward_grid(m, n_keys, n_centers);
+        // The self geometry's symmetric kernel (fixed offset only): tiles on and above the diagonal,
+        // of a square matrix (not under anchor_rows < n).
+        let symmetric = !pairwise && fixed && m == n && tuning.symmetric.unwrap_or(row_blocks >= 2);
         let (sym_group, sym_groups) = match tuning.sym_group {
             Some(s) => {
                 let s = s.clamp(1, row_blocks);
@@ -586,7 +598,7 @@ pub unsafe fn forward_raw_tuned(
         let name = if symmetric { format!("contrastive_forward_sym_{}", r.dtype) } else { name };
         // [splits][n] x (m2, sum, pos_sum, count): at most MAX_SPLITS x 16 bytes per row (the
         // symmetric kernel: one slot per group, forward_sym_groups).
-        let partials = if splits > 1 || symmetric { Some(alloc_f32(stream, 4 * splits * n)?) } else { None };
+        let partials = if splits > 1 || symmetric { Some(alloc_f32(stream, 4 * splits * m)?) } else { None };
         let partials_p = partials.as_ref().map_or(0, |s| ptr(s, stream));
         // Every column tile's staged data, prepared once (COLUMN_TILE_BYTES per tile).
         let columns = alloc_f32(stream, tiles * params::FORWARD_COLUMN_TILE_BYTES / 4)?;
@@ -615,7 +627,7 @@ pub unsafe fn forward_raw_tuned(
             gpu.launch(stream, MODULE, "contrastive_forward_columns", cfg, &params)?;
         }
         let params = ContrastiveForwardParams {
-            rows: RowSet { x: rows_x, norms: norms_p, instance: r.instance, label: label_p, role: r.role, count: n_i },
+            rows: RowSet { x: rows_x, norms: norms_p, instance: r.instance, label: label_p, role: r.role, count: m_i },
             cols: RowSet { x: cols_x, norms: cols_norms, instance: cols_inst, label: cols_label, role: cols_role, count: nk_i },
             protos: RowSet { x: centers_x, norms: center_norms_p, count: nc_i, ..RowSet::default() },
             proto_of: r.proto_of,
@@ -648,7 +660,7 @@ pub unsafe fn forward_raw_tuned(
                 per_anchor: per_anchor_p,
                 lse: out.lse,
                 positives: out.positives,
-                n: n_i,
+                n: m_i,
                 splits: splits as i32,
                 scale: loss.scale,
                 reserved: 0,
@@ -657,22 +669,25 @@ pub unsafe fn forward_raw_tuned(
                 stream,
                 MODULE,
                 "contrastive_forward_merge",
-                rows_config(n, params::MERGE_THREADS, params::MERGE_THREADS as u32),
+                rows_config(m, params::MERGE_THREADS, params::MERGE_THREADS as u32),
                 &params,
             )?;
         }
     }
+    // Also writes the outputs of the rows past anchor_rows.
     let params = ReduceParams {
         per_anchor: per_anchor_p,
         weight: r.weight,
         role: r.role,
         positives: out.positives,
+        lse: out.lse,
         norms: norms_p,
         out: out.loss,
         first_empty: ptr(&first_empty, stream),
         n: n_i,
         mean: (loss.reduction == Reduction::Mean) as i32,
         penalty: loss.norm_penalty,
+        anchor_rows: m_i,
     };
     gpu.launch(stream, MODULE, "contrastive_reduce", SINGLE_BLOCK, &params)?;
 
@@ -829,7 +844,7 @@ pub unsafe fn backward_raw(
         coef_a: ptr(&coef_a, stream),
         coef_b: ptr(&coef_b, stream),
         count: n_i,
-        reserved: 0,
+        anchors: dim_i32("anchor_rows", r.anchor_row_count())?,
     };
     // Keys and prototypes are only ever columns of the anchors' logits: no anchor terms of their own.
     let keys_side = match (keys, &u_keys, &norms_keys) {
@@ -947,6 +962,8 @@ pub unsafe fn backward_raw(
         mean: (loss.reduction == Reduction::Mean) as i32,
         n: n_i,
         scale: loss.scale,
+        anchor_rows: rows_side.anchors,
+        reserved: 0,
     };
     gpu.launch(stream, MODULE, "contrastive_backward_prepare", SINGLE_BLOCK, &params)?;
     match keys_side {
@@ -1097,6 +1114,7 @@ fn describe<T: FloatElement>(loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'
         n_centers: inputs.prototypes.as_ref().map_or(0, |p| p.centers.rows()),
         centers: inputs.prototypes.as_ref().map_or(0, |p| p.centers.raw(stream).0.ptr),
         proto_of: inputs.prototypes.as_ref().map_or(0, |p| ptr(p.proto_of, stream)),
+        anchor_rows: inputs.anchor_rows,
     }
 }
 
@@ -1200,6 +1218,7 @@ pub struct DeviceLossBuffers<T> {
     weight: Option<CudaSlice<f32>>,
     keys: Option<DeviceKeys<T>>,
     prototypes: Option<(DeviceMatrix<T>, CudaSlice<i32>)>,
+    anchor_rows: Option<usize>,
 }
 
 /// The keys' features, instance ids and labels on the device.
@@ -1234,6 +1253,7 @@ impl<T: FloatElement> DeviceLossBuffers<T> {
                 Some(p) => Some((DeviceMatrix::upload(gpu, p.centers)?, upload_slice(gpu, p.proto_of)?)),
                 None => None,
             },
+            anchor_rows: inputs.anchor_rows,
         })
     }
 
@@ -1246,6 +1266,7 @@ impl<T: FloatElement> DeviceLossBuffers<T> {
             weight: self.weight.as_ref(),
             keys: self.keys.as_ref().map(|(features, instance, label)| DeviceKeyRows { features, instance, label: label.as_ref() }),
             prototypes: self.prototypes.as_ref().map(|(centers, proto_of)| DevicePrototypeColumns { centers, proto_of }),
+            anchor_rows: self.anchor_rows,
         }
     }
 }

@@ -191,6 +191,13 @@ pub struct LossInputs<'a, T> {
     pub keys: Option<KeyRows<'a, T>>,
     /// Optional prototype columns (cluster-aware loss).
     pub prototypes: Option<PrototypeColumns<'a, T>>,
+    /// Self geometry only: `Some(m)` (1..=n) makes only the first m rows anchors (by their roles);
+    /// the rows after them are columns only, as if `NegativeOnly` (`NormPenaltyOnly` ones stay
+    /// outside the matrix), and the forward computes an m x n block of logits instead of n x n:
+    /// their per-anchor loss and |P| are 0 and their LSE -inf. `Mean` divides by the anchors among
+    /// the first m rows. A rank of a batch split over processes puts its own rows first and the
+    /// others' after them (the loss does not depend on the columns' order). `None`: every row.
+    pub anchor_rows: Option<usize>,
 }
 
 /// The key side of the pairwise geometry.
@@ -213,11 +220,16 @@ pub struct PrototypeColumns<'a, T> {
 impl<'a, T: Float> LossInputs<'a, T> {
     /// Self geometry over `features` with instance ids only.
     pub fn new(features: &'a Matrix<T>, instance: &'a [i32]) -> Self {
-        LossInputs { features, instance, label: None, role: None, weight: None, keys: None, prototypes: None }
+        LossInputs { features, instance, label: None, role: None, weight: None, keys: None, prototypes: None, anchor_rows: None }
     }
 
     pub fn role_of(&self, i: usize) -> RowRole {
         self.role.map_or(RowRole::Anchor, |r| r[i])
+    }
+
+    /// The rows that may be anchors: `anchor_rows`, or every row.
+    pub fn anchor_row_count(&self) -> usize {
+        self.anchor_rows.unwrap_or(self.features.rows())
     }
 }
 
@@ -325,10 +337,26 @@ pub fn check_inputs<T: Float>(loss: &ContrastiveLoss, inputs: &LossInputs<'_, T>
         }
         check_finite("prototypes.centers", c)?;
     }
+    check_anchor_rows(loss, inputs.anchor_rows, n)?;
     if loss.norm_penalty == 0.0 && inputs.role.is_some_and(|r| r.contains(&RowRole::NormPenaltyOnly)) {
         return Err(Error::invalid("role", "NormPenaltyOnly rows need a loss with norm_penalty > 0 (ContrastiveLoss::oecl)"));
     }
     Ok(())
+}
+
+/// `anchor_rows` (shared by every backend): the self geometry's, in 1..=n.
+pub(crate) fn check_anchor_rows(loss: &ContrastiveLoss, anchor_rows: Option<usize>, n: usize) -> Result<()> {
+    match anchor_rows {
+        None => Ok(()),
+        Some(_) if loss.geometry == Geometry::Pairwise => Err(Error::invalid(
+            "anchor_rows",
+            "only the self geometry takes anchor_rows (the pairwise geometry's anchors are its features: pass only those rows)",
+        )),
+        Some(m) if m == 0 || m > n => {
+            Err(Error::invalid("anchor_rows", format!("must be in 1..={n} (the feature rows; None for every row), got {m}")))
+        }
+        Some(_) => Ok(()),
+    }
 }
 
 /// What the forward returns on the host (f32, as the kernels compute it).
@@ -338,7 +366,8 @@ pub struct ForwardResult {
     pub loss: f32,
     /// L_i per feature row: 0 for non-anchors and for anchors without positives.
     pub per_anchor: Vec<f32>,
-    /// LSE over A(i) per row (saved for the backward); -inf for `NormPenaltyOnly` rows.
+    /// LSE over A(i) per row (saved for the backward); -inf for `NormPenaltyOnly` rows and rows
+    /// at or past `anchor_rows`.
     pub lse: Vec<f32>,
     /// |P(i)| per row.
     pub positives: Vec<i32>,

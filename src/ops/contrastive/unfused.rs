@@ -249,9 +249,21 @@ fn normalize<T: FloatElement>(gpu: &Gpu, m: RawMatrix, tally: &mut usize) -> Res
     Ok((u, norms))
 }
 
+/// The baseline materializes the whole n x n matrix: a restriction of the anchors to the first
+/// rows is the fused path's (it computes only their block).
+fn check_every_row_anchors<T: FloatElement>(inputs: &DeviceLossInputs<'_, T>) -> Result<()> {
+    match inputs.anchor_rows {
+        Some(m) if m != inputs.features.rows() => {
+            Err(Error::invalid("anchor_rows", "the unfused baseline takes every row as an anchor (None); anchor_rows is the fused path's"))
+        }
+        _ => Ok(()),
+    }
+}
+
 /// The unfused forward on the GPU's default stream: same results as [`super::gpu::forward`].
 pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &DeviceLossInputs<'_, T>) -> Result<UnfusedForward<T>> {
     check_device_inputs(loss, inputs)?;
+    check_every_row_anchors(inputs)?;
     let stream = gpu.stream();
     let x = raw(inputs.features, stream);
     let (n, d) = (x.rows, x.cols);
@@ -381,12 +393,14 @@ pub fn forward<T: FloatElement>(gpu: &Gpu, loss: &ContrastiveLoss, inputs: &Devi
             weight: weight_p,
             role: role_p,
             positives: positives_p,
+            lse: lse_p,
             norms: norms_p,
             out: total_p,
             first_empty: first_empty_p,
             n: n_i,
             mean,
             penalty: loss.norm_penalty,
+            anchor_rows: n_i,
         };
         gpu.launch(stream, CONTRASTIVE_MODULE, "contrastive_reduce", cfg, &params)?;
     }
@@ -445,6 +459,7 @@ pub fn backward_measured<T: FloatElement>(
     upstream: Upstream<'_>,
 ) -> Result<(DeviceGradients<T>, usize)> {
     check_device_inputs(loss, inputs)?;
+    check_every_row_anchors(inputs)?;
     let stream = gpu.stream();
     let x = raw(inputs.features, stream);
     let (n, d) = (x.rows, x.cols);
@@ -513,6 +528,8 @@ pub fn backward_measured<T: FloatElement>(
             mean,
             n: n_i,
             scale: loss.scale,
+            anchor_rows: n_i,
+            reserved: 0,
         };
         gpu.launch(stream, CONTRASTIVE_MODULE, "contrastive_backward_prepare", cfg, &params)?;
         // Grid at least 1: block 0 also writes gemm_scalars.
