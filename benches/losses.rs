@@ -6,7 +6,10 @@
 //! and `losses/nt_xent/fused_rowsweep/fwd/...`: the fused forward without the self geometry's
 //! symmetry (every tile computed, as in the pairwise geometry), so one run measures what the
 //! symmetric kernel gains (the summary's `sym x` column, every loss: row-sweep time / symmetric
-//! time).
+//! time); and `losses/nt_xent/fused_share4/<fwd|fwd_bwd>/...`: one rank's share of the batch split
+//! over four processes (`anchor_rows` = N / 4: its rows first, only they anchors), what
+//! `distributed.gather_loss` runs on each rank (the summary's `1/4 x` column: share time / whole
+//! time; the logit work predicts about 0.25 forward and 0.44 backward, 2 m N - m^2 of N^2).
 //!
 //! Timing: CUDA events around whole calls of the device-buffer API (the forward reads back its
 //! input checks and the loss, as a training step would). A summary table follows the criterion
@@ -17,7 +20,7 @@
 //! fused path still runs.
 //!
 //! Without a usable GPU the bench prints one `losses bench skipped: ...` line and exits 0. Without
-//! libcublas it benches the fused path alone. The full grid is 208 criterion functions: give
+//! libcublas it benches the fused path alone. The full grid is 240 criterion functions: give
 //! scripts/gpu-run.sh a larger CK_BENCH_TIMEOUT, or pass a filter (e.g. `losses/nt_xent`).
 
 use std::sync::Arc;
@@ -28,7 +31,7 @@ use contrastive_kernels::bench::{
 };
 use contrastive_kernels::cudarc::driver::CudaStream;
 use contrastive_kernels::ops::contrastive::gpu::{
-    extra_bytes as fused_extra_bytes, forward as forward_device, forward_tuned, ForwardTuning,
+    extra_bytes as fused_extra_bytes, forward as forward_device, forward_tuned, DeviceLossInputs, ForwardTuning,
 };
 use contrastive_kernels::ops::contrastive::unfused;
 use contrastive_kernels::{bf16, f16, DType, Error, FloatElement, Gpu};
@@ -69,6 +72,8 @@ struct SummaryRow {
     unfused_us: Option<f64>,
     /// The forward without the symmetric kernel (fwd rows only).
     rowsweep_us: Option<f64>,
+    /// One rank's share of four (`anchor_rows` = n / 4; NT-Xent rows only).
+    share_us: Option<f64>,
     fused_bytes: usize,
     /// Peak extra bytes, or why the unfused path did not run.
     unfused: Result<usize, String>,
@@ -157,6 +162,11 @@ fn bench_case<T: FloatElement>(
         if pass == Pass::Fwd && kind == BenchLoss::NtXent {
             group.bench_function(id("fused_rowsweep"), |bencher| bencher.iter_custom(|iters| time_calls(stream, iters, rowsweep_call)));
         }
+        let share_view = DeviceLossInputs { anchor_rows: Some((n / 4).max(1)), ..view };
+        let share_call = || fused_call(gpu, &loss, &share_view, pass);
+        if kind == BenchLoss::NtXent {
+            group.bench_function(id("fused_share4"), |bencher| bencher.iter_custom(|iters| time_calls(stream, iters, share_call)));
+        }
         if unfused_ok.is_ok() {
             group.bench_function(id("unfused"), |bencher| {
                 bencher.iter_custom(|iters| time_calls(stream, iters, || unfused_call(gpu, &loss, &view, pass)))
@@ -174,8 +184,10 @@ fn bench_case<T: FloatElement>(
             };
             let rowsweep_us =
                 if pass == Pass::Fwd { Some(median_call_us(stream, WARMUP_CALLS, SUMMARY_RUNS, rowsweep_call)?) } else { None };
+            let share_us =
+                if kind == BenchLoss::NtXent { Some(median_call_us(stream, WARMUP_CALLS, SUMMARY_RUNS, share_call)?) } else { None };
             let unfused = unfused_ok.clone().map(|_| unfused_peak);
-            rows.push(SummaryRow { id: id("*"), flops, fused_us, unfused_us, rowsweep_us, fused_bytes: fused_peak, unfused });
+            rows.push(SummaryRow { id: id("*"), flops, fused_us, unfused_us, rowsweep_us, share_us, fused_bytes: fused_peak, unfused });
         }
     }
     gpu.synchronize()?;
@@ -201,12 +213,13 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
     println!("%peak: of {peak} TFLOP/s dense f16/bf16 (H100 SXM, DESIGN.md section 6); ratio = unfused time / fused time");
     println!("MiB: peak extra device memory beyond inputs and gradients (fused: O(n d); unfused: S f32 + G in T + O(n d))");
     println!("sym x: the fused forward without the self geometry's symmetry (every tile) / with it (tiles on and above the diagonal)");
+    println!("1/4 x: one rank's share of four (anchor_rows = N / 4, distributed.gather_loss) / the whole batch; logit work: about 0.25 fwd, 0.44 bwd");
     if peaks.tensor_tflops.is_none() {
         println!("note: this device is not an H100/H200; %peak is still relative to the H100's figure");
     }
     println!(
-        "{:<36} {:>10} {:>11} {:>7} {:>8} {:>7} {:>8} {:>7} {:>9} {:>11} {:>6}",
-        "case", "fused us", "unfused us", "ratio", "fused TF", "%peak", "unf. TF", "%peak", "fused MiB", "unfused MiB", "sym x"
+        "{:<36} {:>10} {:>11} {:>7} {:>8} {:>7} {:>8} {:>7} {:>9} {:>11} {:>6} {:>6}",
+        "case", "fused us", "unfused us", "ratio", "fused TF", "%peak", "unf. TF", "%peak", "fused MiB", "unfused MiB", "sym x", "1/4 x"
     );
     for row in rows {
         let tf = |us: f64| row.flops / (us * 1e-6) / 1e12;
@@ -224,8 +237,9 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
             Err(why) => format!("({why})"),
         };
         let sym = row.rowsweep_us.map_or("-".into(), |us| format!("{:.2}", us / row.fused_us));
+        let share = row.share_us.map_or("-".into(), |us| format!("{:.2}", us / row.fused_us));
         println!(
-            "{:<36} {:>10.1} {:>11} {:>7} {:>8.1} {:>7} {:>8} {:>7} {:>9.1} {:>11} {:>6}",
+            "{:<36} {:>10.1} {:>11} {:>7} {:>8.1} {:>7} {:>8} {:>7} {:>9.1} {:>11} {:>6} {:>6}",
             row.id,
             row.fused_us,
             unf_us,
@@ -236,7 +250,8 @@ fn print_summary(gpu: &Gpu, rows: &[SummaryRow]) {
             unf_pct,
             mib(row.fused_bytes),
             unf_mem,
-            sym
+            sym,
+            share
         );
     }
 }

@@ -7,8 +7,11 @@
 #    ~/.cache/contrastive-kernels/torch-venv) with PINNED torch, numpy and setuptools from PyPI.
 #    PyPI's Linux torch wheel brings its CUDA libraries (about 2.5 GB): the venv is the cache, and
 #    a second run finds everything installed and downloads nothing.
-# 2. `pip install .` of the package into it (no build isolation: the venv's pinned setuptools
-#    builds it, so no download either; setup.py runs cargo, which finds its build up to date).
+# 2. `pip wheel .` (checked: one platform-tagged wheel with the shared library inside), installed
+#    into a NEW venv with no torch, where the package imports, loads its bundled library and runs
+#    a metric through it; then `pip install .` of the package into the torch venv (no build
+#    isolation: the venv's pinned setuptools builds it, so no download either; setup.py runs
+#    cargo, which finds its build up to date).
 # 3. Runs python/tests against the INSTALLED package (CK_TEST_INSTALLED=1: the tests do not put
 #    the tree's python/ on sys.path) with torch required (CK_REQUIRE_TORCH=1: a missing torch
 #    fails instead of skipping): the ops against float64 references, torch.library.opcheck,
@@ -44,6 +47,33 @@ if ! pinned; then
     exit 1
   fi
 fi
+
+echo "== pip wheel . (then into a new venv with no torch: the wheel alone)"
+wheel_dir="$(mktemp -d)"
+fresh="$(mktemp -d)"
+trap 'rm -rf "$wheel_dir" "$fresh"' EXIT
+"$py" -m pip wheel --quiet --no-build-isolation --no-deps -w "$wheel_dir" .
+python3 - "$wheel_dir" <<'PY'
+import pathlib, sys, zipfile
+wheels = list(pathlib.Path(sys.argv[1]).glob("*.whl"))
+assert len(wheels) == 1, wheels
+name = wheels[0].name
+assert "-py3-none-" in name and not name.endswith("-any.whl"), f"{name}: not tagged for a platform (the wheel holds native code)"
+files = zipfile.ZipFile(wheels[0]).namelist()
+assert "contrastive_kernels/libcontrastive_kernels.so" in files, f"{name}: no shared library inside ({files})"
+print(f"{name}: {len(files)} files, the shared library inside")
+PY
+python3 -m venv "$fresh/venv"
+"$fresh/venv/bin/python" -m pip install --quiet --no-index --no-deps "$wheel_dir"/*.whl
+(cd "$fresh" && "$fresh/venv/bin/python" - <<'PY'
+import contrastive_kernels as ck
+assert "site-packages" in str(ck.library_path()), ck.library_path()
+assert ck.__version__ == ck.version(), (ck.__version__, ck.version())
+report = ck.detection_report([0.1, 0.2, 0.3], [0.9, 0.8])  # through the bundled library, no torch
+assert report["auroc"] == 1.0, report
+print(f"the wheel in a new venv: contrastive_kernels {ck.__version__}, its library loads without torch")
+PY
+)
 
 echo "== pip install . (into $venv)"
 "$py" -m pip install --quiet --no-build-isolation --no-deps --force-reinstall .
