@@ -28,9 +28,9 @@ gloo, which has no reduce-scatter). So:
 A library error on one rank (an anchor with no positive under the "error" policy) is raised on
 every rank, naming the global row, instead of leaving the others waiting in a collective.
 
-OECL's norm-penalty rows never enter the similarity matrix: here they are left out of the
-library's call and their penalty (alpha times the mean raw norm over every rank's penalty rows) is
-computed with torch, so that it too is split into exact shares.
+OECL's norm-penalty rows never enter the similarity matrix: here (in either geometry) they are
+left out of the library's call and their penalty (alpha times the mean raw norm over every rank's
+penalty rows) is computed with torch, so that it too is split into exact shares.
 
 :func:`sharded_search` -- each rank holds a shard of the bank (rows in rank order; shards may
 differ in size, even be empty) and the same queries; each searches its shard, the (value, global
@@ -209,18 +209,20 @@ def gather_loss(
         m = 0
     centers = _as_tensor("centers", centers)
 
-    # One small collective: every rank's sizes, its anchor count (the library's: rows of role
-    # anchor) and which optional arguments it passes.
+    # One small collective: every rank's sizes, its anchor and norm-penalty row counts (the
+    # library's: rows of role anchor, of role norm-penalty-only) and which optional arguments it passes.
     optional = [rows["label"], rows["role"], rows["proto_of"], key_label, centers]
-    own_anchors = n if rows["role"] is None else int((rows["role"].to(torch.int64) == ROLE_ANCHOR).sum())
-    table = _counts([n, m, own_anchors] + [int(t is not None) for t in optional], group, dev)
+    role_codes = None if rows["role"] is None else rows["role"].to(device=dev, dtype=torch.int64)
+    own_penalized = torch.zeros(n, dtype=torch.bool, device=dev) if role_codes is None else role_codes == ROLE_NORM_PENALTY_ONLY
+    own_anchors = n if role_codes is None else int((role_codes == ROLE_ANCHOR).sum())
+    table = _counts([n, m, own_anchors, int(own_penalized.sum())] + [int(t is not None) for t in optional], group, dev)
     names = ["label", "role", "proto_of", "key_label", "centers"]
     for j, name in enumerate(names):
-        flags = {r[3 + j] for r in table}
+        flags = {r[4 + j] for r in table}
         if len(flags) != 1:
             raise ValueError(f"{name}: given on some ranks and not on others (every rank must pass the same arguments)")
     n_sizes, m_sizes = [r[0] for r in table], [r[1] for r in table]
-    global_anchors = sum(r[2] for r in table)
+    global_anchors, global_penalized = sum(r[2] for r in table), sum(r[3] for r in table)
     start = sum(n_sizes[:rank])
     per_anchor = config.reduction == "per_anchor"
     all_centers = None if centers is None else _SumGradients.apply(centers, group)
@@ -235,34 +237,34 @@ def gather_loss(
         own_weight = own_weight / max(global_anchors, 1)
     library_config = replace(config, norm_penalty=0.0, reduction="per_anchor" if per_anchor else "sum")
 
+    # OECL's penalty rows: out of the library's call, their penalty (alpha times the mean raw norm
+    # over every rank's penalty rows) computed here, this rank's share of it.
     penalty = None
+    if global_penalized > 0 and config.norm_penalty > 0.0 and not per_anchor:
+        own_norms = torch.linalg.vector_norm(features.float(), dim=1)
+        penalty = config.norm_penalty * torch.where(own_penalized, own_norms, torch.zeros_like(own_norms)).sum() / global_penalized
     if pairwise:
-        # The anchors are this rank's own features; the keys every rank's (one differentiable gather).
+        # The anchors are this rank's own (kept) features; the keys every rank's (one
+        # differentiable gather).
         all_keys = _AllGatherRows.apply(keys, m_sizes, rank, group)
+        own_rows = torch.nonzero(~own_penalized).squeeze(1)  # library row i is local row own_rows[i]
+        anchor_count = int(own_rows.shape[0])
+        pick = (lambda t: t) if anchor_count == n else (lambda t: None if t is None else t.index_select(0, own_rows))
         call = dict(
-            features=features, instance=rows["instance"], label=rows["label"], role=rows["role"], proto_of=rows["proto_of"],
+            features=pick(features), **{name: pick(t) for name, t in rows.items()},
             keys=all_keys, key_instance=ids(key_instance, m_sizes), key_label=ids(key_label, m_sizes),
-            weight=None if per_anchor else own_weight, anchor_rows=None,
+            weight=None if per_anchor else pick(own_weight), anchor_rows=None,
         )
-        own_rows = torch.arange(n, device=dev)  # library row i (an anchor) is local row i
-        anchor_count = n
-        connected = [all_keys]
+        connected = [all_keys, features]
     else:
         gathered = _AllGatherRows.apply(features, n_sizes, rank, group)
         all_rows = {name: ids(t, n_sizes) for name, t in rows.items()}
         n_global = sum(n_sizes)
         mine = torch.zeros(n_global, dtype=torch.bool, device=dev)
         mine[start : start + n] = True
-        # OECL's penalty rows: out of the library's call, their penalty computed here in shares.
         kept = torch.ones(n_global, dtype=torch.bool, device=dev)
         if all_rows["role"] is not None:
-            penalized = all_rows["role"] == ROLE_NORM_PENALTY_ONLY
-            if bool(penalized.any()):
-                kept = ~penalized
-                if config.norm_penalty > 0.0 and not per_anchor:
-                    own_norms = torch.linalg.vector_norm(features.float(), dim=1)
-                    n_o = int(penalized.sum())
-                    penalty = config.norm_penalty * torch.where(penalized[start : start + n], own_norms, torch.zeros_like(own_norms)).sum() / n_o
+            kept = all_rows["role"] != ROLE_NORM_PENALTY_ONLY
         # This rank's kept rows first (the anchors: anchor_rows), then every other kept row.
         order = torch.cat([torch.nonzero(kept & mine).squeeze(1), torch.nonzero(kept & ~mine).squeeze(1)])
         anchor_count = int((kept & mine).sum())

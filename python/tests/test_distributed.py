@@ -157,6 +157,31 @@ def _worker(rank, world, port):
                 torch.distributed.all_reduce(total)
                 assert_grad_close(_T, mine.grad, total[own], "per_anchor")
 
+        # Pairwise with OECL's penalty rows among the anchors (each rank: its samples' view 1 and
+        # its outliers as anchors, its samples' view 2 as keys), sum.
+        from dataclasses import replace
+
+        config = replace(ck.LossConfig.preset("firm_pairwise", 0.2, reduction="sum"), norm_penalty=0.3)
+        anchors_of = lambda r: torch.cat([data["views"][_slices(bsz, r), 0], data["outliers"][_slices(n_out, r)]])
+        role_of = lambda r: torch.tensor([0] * bsz[r] + [2] * n_out[r], dtype=torch.uint8)
+        inst_of = lambda r: torch.cat([torch.arange(6)[_slices(bsz, r)], 100 + torch.arange(3)[_slices(n_out, r)]])
+        label_of = lambda r: torch.cat([data["firm_labels"][_slices(bsz, r)], torch.full((n_out[r],), -1)])
+        mine, mine_keys = _leaf(anchors_of(rank)), _leaf(data["views"][_slices(bsz, rank), 1])
+        got = ck.distributed.gather_loss(mine, inst_of(rank), config=config, label=label_of(rank), role=role_of(rank), keys=mine_keys,
+                                         key_instance=torch.arange(6)[_slices(bsz, rank)], key_label=data["firm_labels"][_slices(bsz, rank)])
+        xs = _leaf(torch.cat([anchors_of(r) for r in range(world)]))
+        ks = _leaf(torch.cat([data["views"][_slices(bsz, r), 1] for r in range(world)]))
+        want = ck.contrastive_loss(xs, torch.cat([inst_of(r) for r in range(world)]), config=config,
+                                   label=torch.cat([label_of(r) for r in range(world)]), role=torch.cat([role_of(r) for r in range(world)]),
+                                   keys=ks, key_instance=torch.cat([torch.arange(6)[_slices(bsz, r)] for r in range(world)]),
+                                   key_label=torch.cat([data["firm_labels"][_slices(bsz, r)] for r in range(world)]))
+        assert_loss_close(_T, got.detach(), want.detach(), what=f"pairwise with penalty rows, world {world} rank {rank}")
+        got.backward()
+        want.backward()
+        rows_before = sum(bsz[r] + n_out[r] for r in range(rank))
+        assert_grad_close(_T, mine.grad, xs.grad[rows_before : rows_before + bsz[rank] + n_out[rank]], "pairwise anchors")
+        assert_grad_close(_T, mine_keys.grad, ks.grad[_slices(bsz, rank)], "pairwise keys")
+
         # Shards that leave ranks empty: rank 0 holds every row, the others none (their share 0,
         # still in the backward's collectives).
         config = ck.LossConfig.preset("nt_xent", 0.5)
