@@ -97,7 +97,7 @@ def _matrix(name: str, t: Tensor, d: Optional[int], dtype, device) -> None:
         raise ValueError(f"{name}: expected {d} columns (the features' d), got shape {tuple(t.shape)}")
 
 
-def _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry: int, use_labels: bool, anchor_rows: int = 0) -> None:
+def _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry: int, use_labels: bool, anchor_rows: Optional[int] = None) -> None:
     _matrix("features", features, None, None, None)
     n, d = features.shape
     dev, dt = features.device, features.dtype
@@ -128,7 +128,7 @@ def _check_loss_shapes(features, instance, label, role, weight, keys, key_instan
         _vector("proto_of", proto_of, n, dev, _INT_DTYPES, "each feature row's prototype, or -1")
     elif proto_of is not None:
         raise ValueError("proto_of: only with centers (the prototype rows)")
-    _check_anchor_rows(anchor_rows or None, n, geometry == _abi.CK_GEOMETRY_PAIRWISE)
+    _check_anchor_rows(anchor_rows, n, geometry == _abi.CK_GEOMETRY_PAIRWISE)
 
 
 def _ids32(name: str, t: Optional[Tensor]) -> Optional[Tensor]:
@@ -151,7 +151,7 @@ def _roles8(t: Optional[Tensor]) -> Optional[Tensor]:
     return t.to(torch.uint8).contiguous()
 
 
-def _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config: LossConfig, anchor_rows: int):
+def _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config: LossConfig, anchor_rows: Optional[int]):
     """Contiguous tensors of the library's dtypes, and their C description (kept alive together)."""
     t = dict(
         features=features.contiguous(),
@@ -165,7 +165,7 @@ def _prepared(features, instance, label, role, weight, keys, key_instance, key_l
         centers=None if centers is None else centers.contiguous(),
         proto_of=_ids32("proto_of", proto_of),
     )
-    return t, describe_inputs(config, **t, anchor_rows=anchor_rows or None)
+    return t, describe_inputs(config, **t, anchor_rows=anchor_rows)
 
 
 def _cuda_call(device: torch.device):
@@ -196,12 +196,12 @@ def contrastive_forward(
     reduction: int,
     empty_positives: int,
     norm_penalty: float,
-    anchor_rows: int,
+    anchor_rows: Optional[int],
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The loss forward: (out, lse, positives). ``out`` is the reduced loss (0-dim float32) for
     mean / sum, the per-anchor losses (n float32) for per_anchor; lse (n float32) and positives
-    (n int32) are what the backward needs. ``anchor_rows`` > 0 (self geometry): only the first
-    anchor_rows rows are anchors (0: every row)."""
+    (n int32) are what the backward needs. ``anchor_rows`` (self geometry, 1..=n): only the first
+    anchor_rows rows are anchors (None: every row)."""
     config = _config(geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty)
     _check_loss_shapes(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, geometry, use_labels, anchor_rows)
     tensors, inputs = _prepared(features, instance, label, role, weight, keys, key_instance, key_label, centers, proto_of, config, anchor_rows)
@@ -261,7 +261,7 @@ def contrastive_backward(
     reduction: int,
     empty_positives: int,
     norm_penalty: float,
-    anchor_rows: int,
+    anchor_rows: Optional[int],
 ) -> Tuple[Tensor, Tensor, Tensor]:
     """The loss backward: (grad_features, grad_keys, grad_centers) in the features' dtype;
     grad_keys is (0, d) without keys and grad_centers (0, d) without centers. ``grad`` is the
@@ -430,8 +430,8 @@ def contrastive_loss(features, instance, *, config: LossConfig, label=None, role
     if not isinstance(config, LossConfig):
         raise TypeError(f"config: expected a contrastive_kernels.LossConfig, got {type(config).__name__}")
     geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty = config.codes()  # checked, naming them
-    if anchor_rows is not None and (isinstance(anchor_rows, bool) or not isinstance(anchor_rows, int) or anchor_rows < 1):
-        raise ValueError(f"anchor_rows: expected None or an int >= 1 (the leading rows that are anchors), got {anchor_rows!r}")
+    if anchor_rows is not None and (isinstance(anchor_rows, bool) or not isinstance(anchor_rows, int)):
+        raise TypeError(f"anchor_rows: expected an int or None, got {type(anchor_rows).__name__}")  # before the op's schema
     args = [
         _as_tensor(name, x)
         for name, x in (
@@ -445,7 +445,7 @@ def contrastive_loss(features, instance, *, config: LossConfig, label=None, role
         # its per-anchor backward by w_i): the weight is applied here, under autograd, instead.
         row_weight, args[4] = args[4], None
     out, _, _ = torch.ops.contrastive_kernels.contrastive_forward(
-        *args, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty, anchor_rows or 0
+        *args, geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty, anchor_rows
     )
     if row_weight is not None:
         out = out * row_weight.to(out.dtype)

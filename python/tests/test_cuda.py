@@ -63,7 +63,7 @@ class CudaAgainstCpu(unittest.TestCase):
         x = torch.randn(16, 8, device="cuda", requires_grad=True)
         ids = torch.arange(8, device="cuda").repeat(2)
         c = ck.LossConfig.preset("nt_xent", 0.5)
-        args = (x, ids, None, None, None, None, None, None, None, None, 0, c.temperature, c.scale, False, 0, 0, 0.0, 0)
+        args = (x, ids, None, None, None, None, None, None, None, None, 0, c.temperature, c.scale, False, 0, 0, 0.0, None)
         torch.library.opcheck(torch.ops.contrastive_kernels.contrastive_forward.default, args)
         torch.library.opcheck(torch.ops.contrastive_kernels.topk.default, (x.detach(), x.detach(), 3, False, 0))
 

@@ -176,7 +176,7 @@ class OpCheck(unittest.TestCase):
         c = ck.LossConfig.preset("nt_xent", 0.5)
         a = dict(features=x, instance=pairs(4), label=None, role=None, weight=None, keys=None, key_instance=None, key_label=None, centers=None, proto_of=None,
                  geometry=0, temperature=c.temperature, scale=c.scale, use_labels=False, reduction=0, empty_positives=0, norm_penalty=0.0,
-                 anchor_rows=0)
+                 anchor_rows=None)
         a.update(over)
         return a
 
