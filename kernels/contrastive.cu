@@ -712,7 +712,7 @@ using GradSide = CkGradSide;
 // The logit tile (f16 / bf16): G = 1 (SQUARE), 64 x 128 on 2 x 2 warps of 32 x 64 (MI = 2, NI =
 // 8): per k16 step 6 x4-ldmatrix for 16 MMAs (32 x 32 warps of a 64 x 64 tile: 4 for 8; static
 // model at N = 8192, D = 128: 101.5 -> 88.7 us, 2026-12-03); H U then spans k = 128 per tile, and
-// the block's registers (221) and shared memory (74 KiB) still fit 2 blocks per SM. G = 2, 4 keep
+// the block's registers (227) and shared memory (74 KiB) still fit 2 blocks per SM. G = 2, 4 keep
 // 64 (their blocks' shared memory and registers are full). G = 2, 4: split over k (bwd::SplitKTile),
 // each k-half on 2 x 2 warps of 32 x 32, the halves added through shared memory (unsplit, 8 warps
 // would have 16 x 32 pieces whose B fragments serve one m16 fragment). f32: 4 x G warps, warp
@@ -724,7 +724,7 @@ using GradSide = CkGradSide;
 // h_times_tile takes 16 rows) x WARP_D_F32 columns.
 // G = 4 on 8 warps, not 16 (static model, estimated, bf16 N = 8192, D = 512, 2026-12-03): 2.00
 // shared-memory wavefronts per MMA instead of 3.00 (the 16-warp split tile had 32 x 16 pieces),
-// 28.2 -> 20.6 epilogue instructions per logit, 445.8 -> 323.2 us; 223 registers (the 256-thread
+// 28.2 -> 20.6 epilogue instructions per logit, 445.8 -> 323.2 us; 227 registers (the 256-thread
 // bound allows 255), still 1 block per SM, so 8 warps per SM hide latency (the model does not
 // see latency).
 // Every layout is deterministic; all but the split-k tile give each output element the same
@@ -796,7 +796,7 @@ struct BackwardShared
     T stages[Tr::STAGE_ELEMS];
     T other[Tr::Cfg::BN * Tr::CHUNK_STRIDE];  // the other side's packed rows, one d chunk
     T h[Tr::Cfg::BM * Tr::H_STRIDE];          // H of the tile (f32 for the FFMA engine)
-    bwd::Column cols[Tr::Cfg::BN];            // the tile's per-column data
+    bwd::ColumnPair cols[Tr::Cfg::BN / 2];    // the tile's per-column data
     bwd::Row rows[Tr::Cfg::BM];               // the sweep's per-row data
 };
 static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_HALF_G1 &&
@@ -810,7 +810,7 @@ static_assert(sizeof(BackwardShared<__half, 1>) == CK_CONTRASTIVE_BACKWARD_SMEM_
 // One tile's H in the sweep's mode, stored to the shared H tile: one uniform branch per tile.
 template <class Cfg, int HS, typename T>
 __device__ __forceinline__ void tile_h_of_mode(int mode, T* sh_h, const float (&acc)[Cfg::MI][Cfg::NI][4],
-                                               const bwd::Column* cols, const bwd::Row* rows, float m2) {
+                                               const bwd::ColumnPair* cols, const bwd::Row* rows, float m2) {
     if (mode == bwd::kOneExp) bwd::tile_h_store<Cfg, bwd::kOneExp, HS>(sh_h, acc, cols, rows, m2);
     else bwd::tile_h_store<Cfg, bwd::kTwoExp, HS>(sh_h, acc, cols, rows, m2);
 }
@@ -820,7 +820,7 @@ __device__ __forceinline__ void tile_h_of_mode(int mode, T* sh_h, const float (&
 template <typename T, int G, bool CHUNKED>
 __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, CHUNKED>::U_MI][BackwardTraits<T, G, CHUNKED>::WARP_D / 8][4],
                                             BackwardShared<T, G, CHUNKED>& sh,
-                                            const GradSide& own, const GradSide& other, const bwd::Column* columns, int col_begin, int col_end,
+                                            const GradSide& own, const GradSide& other, const bwd::ColumnPair* columns, int col_begin, int col_end,
                                             int row0, int dc0, int dp, int d, bool exclude_self, float inv_tau) {
     using Tr = BackwardTraits<T, G, CHUNKED>;
     using Cfg = typename Tr::Cfg;
@@ -842,6 +842,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, C
     // The column tile holding the block's diagonal, if any (tiles start at multiples of BN, a
     // multiple of BM): own row r is its column row0 - col0 + r.
     const int diagonal_col0 = exclude_self ? row0 - row0 % Cfg::BN : -1;
+    T* diagonal_h = sh.h + threadIdx.x * (Tr::H_STRIDE + 1) + row0 % Cfg::BN;  // H_rr for thread r < BM
     const T* other_u = static_cast<const T*>(other.u);
     // S's operands: the packed rows ([count][dp], zero past d) or the raw ones ([count][d]).
     const T* own_s = static_cast<const T*>(Tr::FROM_PACKED ? own.u : own.x);
@@ -858,7 +859,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, C
         // dtype and alignment, and it ends with a barrier). RESIDENT: the rows are the logit tile's
         // operand as well, waited for before it. (The copies' order and form move ptxas' register
         // allocation by up to 18 on some kernels, sm_90a; this one is the best of those tried.)
-        const bwd::Column* tile_columns = columns + col0;
+        const bwd::ColumnPair* tile_columns = columns + col0 / 2;
         if constexpr (sizeof(T) == 2) {
             bwd::load_rows_async<Cfg::BN, Tr::CHUNK, Tr::CHUNK_STRIDE, Cfg::THREADS>(sh.other, other_u, dp, col0, dc0);
             bwd::stage_columns<Cfg::BN, Cfg::THREADS>(sh.cols, tile_columns);
@@ -887,7 +888,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, C
         tile_h_of_mode<Epi, Tr::H_STRIDE>(mode, sh.h, acc, sh.cols, sh.rows, m2);
         __syncthreads();  // H complete
         if (col0 == diagonal_col0) {  // one tile per sweep: the diagonal is no logit
-            if (threadIdx.x < Cfg::BM) sh.h[threadIdx.x * Tr::H_STRIDE + row0 - col0 + threadIdx.x] = from_float<T>(0.f);
+            if (threadIdx.x < Cfg::BM) *diagonal_h = from_float<T>(0.f);
             __syncthreads();
         }
 
@@ -899,7 +900,7 @@ __device__ __forceinline__ void sweep_other(float (&dacc)[BackwardTraits<T, G, C
 
 template <typename T, int G, bool CHUNKED>
 __device__ __forceinline__ void contrastive_backward(const GradSide& own, const GradSide& other, const GradSide& protos,
-                                                     const bwd::Column* columns, const bwd::Column* proto_columns, int dp,
+                                                     const bwd::ColumnPair* columns, const bwd::ColumnPair* proto_columns, int dp,
                                                      int d, int exclude_self, float inv_tau, const float* scalars, float* du,
                                                      int splits) {
     using Tr = BackwardTraits<T, G, CHUNKED>;
@@ -1115,12 +1116,12 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_MERGE_THREADS)
     extern "C" __global__ void __launch_bounds__(ck::BackwardTraits<type, groups, chunked>::THREADS, 1)          \
         contrastive_backward_##name##_g##groups##suffix(const __grid_constant__ CkContrastiveBackwardParams p) { \
         ck::contrastive_backward<type, groups, chunked>(                                                       \
-            p.own, p.other, p.protos, static_cast<const ck::bwd::Column*>(p.columns),                          \
-            static_cast<const ck::bwd::Column*>(p.proto_columns), p.dp, p.d, p.exclude_self, p.inv_tau, p.scalars, \
+            p.own, p.other, p.protos, static_cast<const ck::bwd::ColumnPair*>(p.columns),                          \
+            static_cast<const ck::bwd::ColumnPair*>(p.proto_columns), p.dp, p.d, p.exclude_self, p.inv_tau, p.scalars, \
             p.du, p.splits);                                                                                     \
     }
 #define CK_CONTRASTIVE_BACKWARD_KERNEL(name, type, groups) CK_CONTRASTIVE_BACKWARD_KERNEL_AS(name, type, groups, false, )
-// G = 4 (256 threads, 223 registers: the 128 gradient accumulators, the logit tile's BK = 64
+// G = 4 (256 threads, 227 registers: the 128 gradient accumulators, the logit tile's BK = 64
 // stages) only for f16 / bf16: the f32 FFMA engine spilled there (ptxas sm_90a), so it stops at
 // G = 2 (params/contrastive.h).
 #define CK_CONTRASTIVE_BACKWARD(name, type)                                                                    \
@@ -1159,8 +1160,8 @@ extern "C" __global__ void __launch_bounds__(CK_CONTRASTIVE_BACKWARD_ROWS)
     contrastive_backward_columns(const __grid_constant__ CkBackwardColumnsParams p) {
     const float m2 = p.inv_tau * ck::kLog2e;
     const int col = blockIdx.x * CK_CONTRASTIVE_BACKWARD_ROWS + threadIdx.x;
-    static_cast<ck::bwd::Column*>(p.out)[col] =
-        ck::bwd::column_data(p.own, p.other, col, p.packed != 0, ck::bwd::sweep_mode(m2), p.inv_tau, m2);
+    ck::bwd::store_column(static_cast<ck::bwd::ColumnPair*>(p.out), col,
+                          ck::bwd::column_data(p.own, p.other, col, p.packed != 0, ck::bwd::sweep_mode(m2), p.inv_tau, m2));
 }
 
 // The column splits' partial gradients summed in split order (a fixed order: deterministic).

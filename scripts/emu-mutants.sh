@@ -4,7 +4,8 @@
 # fragment register, a column tail taken one past the end, the symmetric forward's row mask and
 # slot order, the forward's padded rows, the backward's packed-row and packed-column logit factors,
 # packed-row stride, one-exponential positive term and diagonal in a 128-column tile, the
-# anchor_rows bounds of the backward's sweep, its Mean count and the reduce's outputs), compiled
+# anchor_rows bounds of the backward's sweep, its Mean count and the reduce's outputs, the resident
+# logit tile's peeled first k-step, the backward's column pairs), compiled
 # into its own emulator build (CKEMU_KERNELS_DIR, its own target folder), under which a few GPU
 # tests must FAIL. The test
 # binaries are the ones `cargo test --release` built: only the emulated libcuda changes.
@@ -60,7 +61,9 @@ mutants=(
   "backward: blocks past anchor_rows skip the anchors' last partial column tile|contrastive.cu|    const int cols = own_anchors ? other.count : min(other.count, other.anchors);|    const int cols = own_anchors ? other.count : min(other.count, other.anchors & ~63);|$contrastive gpu_backward_matches_oracle"
   "backward prepare: Mean counts anchors past anchor_rows|contrastive.cu|        anchors += r == kRoleAnchor && i < anchor_rows;|        anchors += r == kRoleAnchor;|$contrastive gpu_backward_matches_oracle"
   "reduce: the first row past anchor_rows keeps unwritten outputs|contrastive.cu|        if (i >= p.anchor_rows) {|        if (i > p.anchor_rows) {|$contrastive gpu_forward_matches_oracle"
-  "backward diagonal zeroed at the row block's offset 0 of a 128-column tile|contrastive.cu|sh.h[threadIdx.x * Tr::H_STRIDE + row0 - col0 + threadIdx.x] = from_float<T>(0.f);|sh.h[threadIdx.x * Tr::H_STRIDE + threadIdx.x] = from_float<T>(0.f);|$contrastive gpu_backward_matches_oracle"
+  "backward diagonal zeroed at the row block's offset 0 of a 128-column tile|contrastive.cu|    T* diagonal_h = sh.h + threadIdx.x * (Tr::H_STRIDE + 1) + row0 % Cfg::BN;|    T* diagonal_h = sh.h + threadIdx.x * (Tr::H_STRIDE + 1);|$contrastive gpu_backward_matches_oracle"
+  "resident logit tile without its peeled first k-step|common/tile.cuh|    Engine::template stage<Cfg, false, false>(acc, sA, sB);|    /* planted: no first k-step */|$contrastive gpu_backward_matches_oracle"
+  "backward column pairs: the odd column takes the even one's key and label|common/contrastive_backward.cuh|e == 0 ? keys.x : keys.z, e == 0 ? keys.y : keys.w,|keys.x, keys.y,|$contrastive gpu_backward_matches_oracle"
 )
 
 survived=0

@@ -734,6 +734,8 @@ class KernelCost:
     product_trips: object = None      # (tile, d) -> the product loop's trips per column tile
     k_tail: Counts = None             # whole BK steps of MMAs outside the k-loop (an unrolled k-loop's remainder)
     k_tail_steps: int = 0
+    k_peel_steps: int = 0             # BK steps of the k-loop peeled into the column loop's body (run once per tile)
+    k_peel_pipeline: int = 0          # their MMA and ldmatrix instructions, k-loop work: not the epilogue's
     dynamic_smem: int = 0             # bytes per CTA, from the params header (not in ptxas' report)
     arms: dict = None                 # the epilogue's two exponential paths: {"hot"/"cold": (insts, MUFU)}
     logits_per_thread: int = 0
@@ -744,14 +746,14 @@ class KernelCost:
     def epilogue_instructions_per_logit(self):
         if not self.epilogue:
             return None
-        pipeline = self.epilogue.mma_pipeline if self.k_unrolled else 0
+        pipeline = self.epilogue.mma_pipeline if self.k_unrolled else self.k_peel_pipeline
         return (self.epilogue.instructions - pipeline) / self.logits_per_thread
 
     @property
     def epilogue_instructions_per_logit_all_paths(self):
         if not self.epilogue:
             return None
-        pipeline = self.epilogue.mma_pipeline if self.k_unrolled else 0
+        pipeline = self.epilogue.mma_pipeline if self.k_unrolled else self.k_peel_pipeline
         return (self.epilogue.instructions_all_paths - pipeline) / self.logits_per_thread
 
     @property
@@ -765,7 +767,11 @@ class KernelCost:
         return self.k_loop.smem_read_wavefronts / self.k_loop.mma
 
     def k_trips(self, d):
-        return -(-d // self.k_per_iteration) if self.k_per_iteration else 0
+        """k-loop trips per column tile at reduction dim d (after a peeled first step, if any)."""
+        if not self.k_per_iteration:
+            return 0
+        peeled = self.k_peel_steps * self.tile.BK if self.k_peel_steps and self.tile else 0
+        return -(-max(d - peeled, 0) // self.k_per_iteration)
 
     def k_tail_trips(self, d):
         """Passes through the k-loop's remainder code (k_tail) at reduction dim d: the BK steps left
@@ -877,6 +883,15 @@ def analyse_kernel(name, module, instrs, ptxas, max_threads, tiles, header=None)
         cost.k_tail = Counts(mma=cost.epilogue.mma, mma_flops=cost.epilogue.mma_flops)
         cost.k_tail_steps = cost.epilogue.mma // per_step
         cost.epilogue.mma, cost.epilogue.mma_flops = 0, 0
+    elif column_loop is not k_loop and cost.epilogue.mma and cost.epilogue.mma % per_step == 0:
+        # A peeled first k-step (tile.cuh's mma_resident_tile: its MMAs take a zero accumulator, so
+        # the tile's accumulators need no zeroing): it runs once per tile in place of a k-loop trip
+        # (k_trips), and its MMAs and ldmatrix loads are k-loop work, not the epilogue's.
+        cost.k_peel_steps = cost.epilogue.mma // per_step
+        cost.k_peel_pipeline = sum(1 for ins in epilogue if ins.addr not in slow and
+                                   (is_mma(ins, model.mma_op) or ins.base == "LDSM"))
+        cost.notes.append(f"first k-step peeled into the column loop: its {cost.k_peel_pipeline} MMA / ldmatrix "
+                          "instructions counted as k-loop work (one trip fewer)")
     cost.other_inner_loops = Counts()
     for child in column_loop.children:
         if child is k_loop:
@@ -1199,6 +1214,7 @@ def json_records(costs, estimates, pairs):
                                                  "threads": c.tile.threads},
             "mma_per_k_iteration": c.k_loop.mma if c.k_loop else None,
             "k_loop_instructions": c.k_loop.instructions if c.k_loop else None,
+            "k_peeled_steps": c.k_peel_steps,
             "epilogue_instructions": c.epilogue.instructions if c.epilogue else None,
             "logits_per_thread": c.logits_per_thread or None,
             "epilogue_instructions_per_logit": c.epilogue_instructions_per_logit,

@@ -48,11 +48,44 @@ enum Mode : int { kTwoExp = 0, kOneExp = 1 };
 //   key:  instance id (prototype tiles: the prototype's index; prototypes as own rows: the
 //         column's proto_of);  label: class id, or -1 (never equal to a row's label key).
 struct Column {
-    float cscale, coef, coef_b, w;  // first: the one-exponential path reads 16 + 8 bytes
+    float cscale, coef, coef_b, w;
     int key, label;
     float rinv, lse2;
 };
-static_assert(sizeof(Column) == 32, "two 16-byte loads");
+
+// Two adjacent columns 2p and 2p + 1, as prepared and staged (64 bytes, 16-byte lines): a thread's
+// accumulator pairs cover both (tile_h_store), so the one-exponential path reads them in three
+// LDS.128 (the two heads and the keys) where two Columns took two LDS.128 and two LDS.64 (estimated
+// 8 instructions of 800 per warp and tile at G = 1, sm_90a); the two-exponential path adds the tails.
+struct ColumnPair {
+    float4 head[2];  // column e: cscale, coef, coef_b, w
+    int4 keys;       // key_0, label_0, key_1, label_1
+    float4 tails;    // rinv_0, lse2_0, rinv_1, lse2_1
+};
+static_assert(sizeof(ColumnPair) == 2 * sizeof(Column), "the prepared tiles' bytes per column");
+
+// Column e of a pair: TAILS (the two-exponential path) reads rinv and lse2, else they stay unset.
+template <bool TAILS>
+__device__ __forceinline__ void load_column_pair(Column (&c)[2], const ColumnPair& p) {
+    const int4 keys = p.keys;
+    float4 tails = make_float4(0.f, 0.f, 0.f, 0.f);
+    if constexpr (TAILS) tails = p.tails;
+#pragma unroll
+    for (int e = 0; e < 2; ++e) {
+        const float4 h = p.head[e];
+        c[e] = Column{h.x, h.y, h.z, h.w, e == 0 ? keys.x : keys.z, e == 0 ? keys.y : keys.w, e == 0 ? tails.x : tails.z,
+                      e == 0 ? tails.y : tails.w};
+    }
+}
+
+// Stores column `col`'s data into its pair (contrastive_backward_columns).
+__device__ __forceinline__ void store_column(ColumnPair* pairs, int col, const Column& k) {
+    ColumnPair& p = pairs[col / 2];
+    const int e = col % 2;
+    p.head[e] = make_float4(k.cscale, k.coef, k.coef_b, k.w);
+    reinterpret_cast<int2*>(&p.keys)[e] = make_int2(k.key, k.label);
+    reinterpret_cast<float2*>(&p.tails)[e] = make_float2(k.rinv, k.lse2);
+}
 
 // An own row's data for one sweep, staged in shared memory at the sweep's start and read per tile
 // (registers are the scarce resource: the block's gradient accumulators fill half the file).
@@ -109,13 +142,13 @@ __device__ __forceinline__ Column column_data(const CkGradSide& own, const CkGra
     return k;
 }
 
-// Stages a column tile's prepared data (BN Columns of contrastive_backward_columns' output) in
-// shared memory: one 16-byte chunk per thread by cp.async, which the caller commits and waits for.
+// Stages a column tile's prepared data (BN / 2 ColumnPairs of contrastive_backward_columns' output)
+// in shared memory: one 16-byte chunk per thread by cp.async, which the caller commits and waits for.
 // (A grid-stride loop here compiled to a 4-way unrolled loop with a remainder: ptxas does not
 // bound threadIdx.x by the launch bounds.)
 template <int BN, int THREADS>
-__device__ __forceinline__ void stage_columns(Column* cols, const Column* __restrict__ tile) {
-    constexpr int CHUNKS = BN * (int)sizeof(Column) / 16;
+__device__ __forceinline__ void stage_columns(ColumnPair* cols, const ColumnPair* __restrict__ tile) {
+    constexpr int CHUNKS = BN / 2 * (int)sizeof(ColumnPair) / 16;
     static_assert(CHUNKS % THREADS == 0 || CHUNKS < THREADS, "the same chunks per thread, or at most one");
 #pragma unroll
     for (int i = 0; i < (CHUNKS + THREADS - 1) / THREADS; ++i) {
@@ -184,7 +217,7 @@ __device__ __forceinline__ float h_entry(float a, const Column& c, const Row& o,
 // read first, stays in registers; loaded per m16 fragment with the stores in between, every
 // column would be read again, since a store to h may alias them for the compiler).
 template <class Cfg, int MODE, int HS, typename T>
-__device__ __forceinline__ void tile_h_store(T* h, const float (&acc)[Cfg::MI][Cfg::NI][4], const Column* cols,
+__device__ __forceinline__ void tile_h_store(T* h, const float (&acc)[Cfg::MI][Cfg::NI][4], const ColumnPair* cols,
                                              const Row* rows, float m2) {
     Row mine[Cfg::MI][2];
 #pragma unroll
@@ -193,7 +226,8 @@ __device__ __forceinline__ void tile_h_store(T* h, const float (&acc)[Cfg::MI][C
         for (int half = 0; half < 2; ++half) mine[mi][half] = rows[Cfg::acc_row(mi, 2 * half)];
 #pragma unroll
     for (int ni = 0; ni < Cfg::NI; ++ni) {
-        const Column c[2] = {cols[Cfg::acc_col(ni, 0)], cols[Cfg::acc_col(ni, 1)]};
+        Column c[2];  // columns acc_col(ni, 0) (even) and acc_col(ni, 1) = acc_col(ni, 0) + 1: one pair
+        load_column_pair<MODE == kTwoExp>(c, cols[Cfg::acc_col(ni, 0) / 2]);
 #pragma unroll
         for (int mi = 0; mi < Cfg::MI; ++mi)
 #pragma unroll

@@ -349,13 +349,17 @@ __device__ __forceinline__ void mma_block_tile(float (&acc)[MI_][NI_][4], T* sme
 // The k-loop over operands already resident in shared memory, "rows" [BM][SMEM_STRIDE] and
 // [BN][SMEM_STRIDE] (Cfg's stride, wider than BK), zero from d to a multiple of BK: the engine over
 // BK-wide slices, with no copies and no barriers (the caller's barrier publishes the operands).
-// acc = A B^T over [0, ceil(d / BK) BK).
+// acc = A B^T over [0, max(ceil(d / BK), 1) BK): the first slice always (the operands hold at least
+// BK columns, zero past d), peeled out of the loop so that its MMAs add to a known zero (HMMA with
+// RZ, sm_90a) and nothing zeroes the accumulators per tile (32 instructions of every tile of the
+// backward at G = 1).
 // An engine with its own warp layout brings its MI_ x NI_ (as mma_block_tile's).
 template <class Cfg, typename T, class Engine = typename EngineFor<T>::type, int MI_ = Cfg::MI, int NI_ = Cfg::NI>
 __device__ __forceinline__ void mma_resident_tile(float (&acc)[MI_][NI_][4], const T* sA, const T* sB, int d) {
-    zero_fragments(acc);
+    zero_fragments(acc);  // folded into the first slice's MMAs
+    Engine::template stage<Cfg, false, false>(acc, sA, sB);
 #pragma unroll 1
-    for (int k0 = 0; k0 < d; k0 += Cfg::BK) Engine::template stage<Cfg, false, false>(acc, sA + k0, sB + k0);
+    for (int k0 = Cfg::BK; k0 < d; k0 += Cfg::BK) Engine::template stage<Cfg, false, false>(acc, sA + k0, sB + k0);
 }
 
 // Calls f(row, col, v0, v1) for each pair of horizontally adjacent accumulators (col, col + 1) of

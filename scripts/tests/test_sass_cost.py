@@ -69,6 +69,34 @@ extern "C" __global__ void __launch_bounds__(32) planted_unrolled(const unsigned
     }
     out[blockIdx.x * 32 + lane] = sum;
 }
+// The first k step peeled (tile.cuh's mma_resident_tile): its MMA takes a zero accumulator (RZ), so
+// nothing zeroes the accumulators per tile, and the k-loop starts at k = 16.
+extern "C" __global__ void __launch_bounds__(32) planted_peeled(const unsigned* a, const unsigned* b, const float* norms, int n, int d, float* out) {
+    const int lane = threadIdx.x % 32;
+    float sum = 0.f;
+#pragma unroll 1
+    for (int col0 = 0; col0 < n; col0 += 8) {
+        float c[4] = {0.f, 0.f, 0.f, 0.f};
+        {  // k0 = 0
+            const unsigned* ak = a + (blockIdx.x * 16 * d) / 2 + lane * 4;
+            const unsigned* bk = b + (col0 * d) / 2 + lane * 2;
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
+        }
+#pragma unroll 1
+        for (int k0 = 16; k0 < d; k0 += 16) {
+            const unsigned* ak = a + (blockIdx.x * 16 * d + k0) / 2 + lane * 4;
+            const unsigned* bk = b + (col0 * d + k0) / 2 + lane * 2;
+            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
+        }
+#pragma unroll
+        for (int e = 0; e < 4; ++e) sum += c[e] * norms[col0 + (lane % 4) * 2 + e % 2];
+    }
+    out[blockIdx.x * 32 + lane] = sum;
+}
 // Resources only: 4000 bytes of static shared memory, 128 threads.
 extern "C" __global__ void __launch_bounds__(128) smem_probe(const float* x, float* out) {
     __shared__ float buf[1000];
@@ -79,7 +107,7 @@ extern "C" __global__ void __launch_bounds__(128) smem_probe(const float* x, flo
 """
 
 TEST_TILE = sc.Tile("PlantedTile", 16, 8, 16, 1, 1)
-TEST_MODEL = sc.KernelModel(r"^planted_(mul|div|unrolled)$", ("PlantedTile",), "HMMA",
+TEST_MODEL = sc.KernelModel(r"^planted_(mul|div|unrolled|peeled)$", ("PlantedTile",), "HMMA",
                             lambda n, d, h, kernel, tile: (sc.ceil_div(n, 16), sc.ceil_div(n, tile.BN)),
                             sc.forward_flops, "forward")
 
@@ -128,7 +156,7 @@ class ToolchainOutput(unittest.TestCase):
 
     def test_ptxas_report_parses(self):
         info = sc.parse_ptxas_report(self.report)
-        self.assertEqual(set(info), {"planted_mul", "planted_div", "planted_unrolled", "smem_probe"})
+        self.assertEqual(set(info), {"planted_mul", "planted_div", "planted_unrolled", "planted_peeled", "smem_probe"})
         for name, i in info.items():
             self.assertTrue(8 <= i.regs <= 255, (name, i))
             self.assertEqual((i.spill_stores, i.spill_loads), (0, 0), name)
@@ -138,11 +166,12 @@ class ToolchainOutput(unittest.TestCase):
 
     def test_launch_bounds_from_the_elf(self):
         threads = sc.parse_elf_max_threads(sc.run_tool(self.cuobjdump, "-elf", self.cubin))
-        self.assertEqual(threads, {"planted_mul": 32, "planted_div": 32, "planted_unrolled": 32, "smem_probe": 128})
+        self.assertEqual(threads, {"planted_mul": 32, "planted_div": 32, "planted_unrolled": 32, "planted_peeled": 32,
+                                   "smem_probe": 128})
 
     def test_sass_and_loops(self):
         sass = sc.parse_sass(sc.run_tool(self.cuobjdump, "-sass", self.cubin))
-        self.assertEqual(set(sass), {"planted_mul", "planted_div", "planted_unrolled", "smem_probe"})
+        self.assertEqual(set(sass), {"planted_mul", "planted_div", "planted_unrolled", "planted_peeled", "smem_probe"})
         mul = sass["planted_mul"]
         self.assertEqual(sum(i.base == "HMMA" for i in mul), 1)
         self.assertTrue(any(i.base == "EXIT" for i in mul))
@@ -201,6 +230,27 @@ class ToolchainOutput(unittest.TestCase):
         finally:
             sc.KERNEL_MODELS.remove(TEST_MODEL)
         self.assertEqual(e.mma_flops, e.useful_flops, "the four MMAs per tile count once")
+
+    def test_peeled_first_k_step(self):
+        c, mul = self.costs["planted_peeled"], self.costs["planted_mul"]
+        sass = sc.parse_sass(sc.run_tool(self.cuobjdump, "-sass", self.cubin))["planted_peeled"]
+        self.assertTrue(any(i.base == "HMMA" and i.operands.endswith("RZ") for i in sass), "the peeled MMA adds to zero")
+        self.assertFalse(c.k_unrolled)
+        self.assertEqual((c.k_peel_steps, c.epilogue.mma), (1, 1), c.notes)
+        self.assertGreaterEqual(c.k_peel_pipeline, 1)
+        self.assertTrue(any("peeled" in n for n in c.notes), c.notes)
+        # Its MMA is k-loop work: the per-logit figure leaves it out, and one k-loop trip fewer.
+        self.assertEqual(c.epilogue_instructions_per_logit,
+                         (c.epilogue.instructions - c.k_peel_pipeline) / c.logits_per_thread)
+        self.assertEqual([c.k_trips(d) for d in (16, 64, 72)], [0, 3, 4])
+        self.assertEqual([mul.k_trips(d) for d in (16, 64, 72)], [1, 4, 5])
+        sc.KERNEL_MODELS.append(TEST_MODEL)
+        try:
+            e, em = sc.estimate_shape(c, 8192, 128, {}), sc.estimate_shape(mul, 8192, 128, {})
+        finally:
+            sc.KERNEL_MODELS.remove(TEST_MODEL)
+        self.assertEqual(e.mma_flops, e.useful_flops, "the peeled MMA and the k-loop's count once each")
+        self.assertEqual(e.mma_flops, em.mma_flops)
 
     def test_resource_only_kernel(self):
         c = self.costs["smem_probe"]
@@ -265,6 +315,7 @@ class RepositoryBackward(unittest.TestCase):
             # every warp though only the first BN / 32 warps run it.
             self.assertLessEqual(c.mufu_per_logit, 1.0 + 2 / c.logits_per_thread, name)
             self.assertEqual(c.other_inner_loops.instructions, 0, f"{name}: {c.notes}")
+            self.assertEqual(c.k_peel_steps, 1, f"{name}: mma_resident_tile's first k-step: {c.notes}")
         for name, d in (("contrastive_backward_bf16_g1", 128), ("contrastive_backward_f16_g4", 512)):
             e = sc.estimate_shape(self.costs[name], 8192, d, self.header)
             self.assertEqual(e.mma_flops, e.useful_flops, f"{name}: S once per tile, H U once: 4 N^2 D")
