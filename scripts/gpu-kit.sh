@@ -14,11 +14,12 @@
 #                         like the CUDA toolchain), for gpu-run.sh's phase 2: the GPU machine has the
 #                         driver and PyTorch, no CUDA toolkit. Best effort: without pip or PyPI, or
 #                         with CK_KIT_SANITIZER=0, the kit has none (and phase 2's report says so)
+#   .gpu/sass-cost.jsonl  the static cost model's estimates (scripts/sass_cost.py --json), for phase 4
 #   .gpu/binaries.tar.xz  tests/, benches/, lib/ and bin/ packed (when xz is present; gpu-run.sh unpacks it)
 #   .gpu/sanitizer.tar.xz sanitizer/ packed (about 4.5 MiB); left out if the kit would not fit
 #
 # With the device tool: carry [".gpu"], one call per phase: `bash .gpu/gpu-run.sh 1 "$OUT"`, then 2,
-# then 3 (README, "GPU run kit").
+# then 3, then 4 if time is left (README, "GPU run kit").
 # The binaries load libcuda at run time and link only libc/libm/libgcc, so they run there as they
 # are. They are stripped; the kit plus the working tree must stay under the 64 MiB a device call
 # carries, and the script fails if it does not. It also fails if the build embedded no kernels.
@@ -204,6 +205,16 @@ if [ $(( $(count_kit_bytes) + tree_bytes )) -gt "$limit_bytes" ] && command -v s
   strip --strip-unneeded "$kit"/tests/* "$kit"/benches/* 2>/dev/null || true
 fi
 add_sanitizer
+# The static cost model's estimates of this build's loss kernels (scripts/sass_cost.py --json), which
+# phase 4 sets beside ncu's measurements (scripts/ncu_compare.py). Best effort: without it phase 4
+# still profiles, and its report says the comparison is missing.
+echo "== the static cost model's estimates for phase 4 (scripts/sass_cost.py --json)"
+if NVCC="$nvcc" python3 scripts/sass_cost.py kernels/contrastive.cu --json --out - > "$kit/sass-cost.jsonl.tmp"; then
+  mv -f "$kit/sass-cost.jsonl.tmp" "$kit/sass-cost.jsonl"
+else
+  echo "gpu-kit: warning: scripts/sass_cost.py failed: the kit has no sass-cost.jsonl (phase 4 profiles without the model)" >&2
+  rm -f "$kit/sass-cost.jsonl.tmp"
+fi
 write_manifest
 # Every binary embeds the same fatbins, so one xz archive with a dictionary larger than the tar
 # (-9: 64 MiB) stores them about once: the kit shrinks several-fold. gpu-run.sh unpacks it.
@@ -242,3 +253,4 @@ echo "next: three device tool runs with carry [\".gpu\"], one per phase (each fi
 echo "  bash .gpu/gpu-run.sh 1 \"\$OUT\"   # tests"
 echo "  bash .gpu/gpu-run.sh 2 \"\$OUT\"   # compute-sanitizer on a few GPU tests, benches at the target shapes"
 echo "  bash .gpu/gpu-run.sh 3 \"\$OUT\"   # parity with PyTorch, the loss table, the detector demo"
+echo "and, when device time is left: bash .gpu/gpu-run.sh 4 \"\$OUT\"   # ncu on the fused loss against the cost model"

@@ -13,6 +13,10 @@
 #   3    scripts/parity.py, python/tests/test_cuda.py (the package's CUDA tensors), scripts/torch_bench.py,
 #        ckbench (the loss table), the detector demo
 #                                                                             budget 290 s
+#   4    (optional, when device time is left) Nsight Compute on ckbench's NT-Xent forward + backward,
+#        bf16, N = 8192, once per D (128, 512), the fused loss kernels only; scripts/ncu_compare.py
+#        sets its measurements beside the static cost model's (the kit's sass-cost.jsonl)
+#                                                                             budget 290 s
 #   all  1, 2 and 3 in turn, each with its own budget (about 15 minutes: more than one device call)
 #
 # With the device tool: carry [".gpu"], one call per phase: `bash .gpu/gpu-run.sh 1 "$OUT"`, then
@@ -34,6 +38,7 @@
 #   logs-phaseN.tar.gz  (logs.tar.gz for all) the full output of every step, repacked after each
 #   criterion.tar.gz    phase 2: criterion's data (its folders nest too deep to come back as they are)
 #   parity.json, torch.tsv, ckbench.json   phase 3
+#   ncu-d128.csv, ncu-d512.csv             phase 4 (ncu --import R --csv --page raw: every collected metric)
 # When a GPU is visible (nvidia-smi or /dev/nvidia0), CONTRASTIVE_KERNELS_REQUIRE_GPU=1 makes a test
 # that cannot reach it fail instead of skipping; without one (a dry run) the GPU halves skip, the
 # benches print one line, the sanitizer, parity, ckbench and the demo are not run, and the report
@@ -51,7 +56,9 @@
 # ("d128"), CK_LOSSES_FILTER ("n8192_d128"), CK_TOPK_FILTER ("nb1000000_d512_k(50|1000)$"), empty
 # for every shape (the benches' summary tables always cover every shape); CK_PARITY_TIMEOUT (60),
 # CK_TORCH_TIMEOUT (75), CK_TORCH_BENCH_ARGS ("--n 8192"), CK_CKBENCH_TIMEOUT (45),
-# CK_CKBENCH_ARGS (""), CK_DEMO_TIMEOUT (75).
+# CK_CKBENCH_ARGS (""), CK_DEMO_TIMEOUT (75); phase 4: CK_NCU (the ncu binary; default PATH, then
+# /opt/nvidia/nsight-compute/*, /usr/local/cuda*), CK_PROFILE_TIMEOUT (100 per D), CK_PROFILE_N
+# (8192), CK_PROFILE_DIMS ("128 512").
 # Exit status, always after writing the report: 0 every step ran and passed; 1 a test, bench,
 # sanitizer run (an error found, or its tests failed), parity, ckbench or the demo failed or timed
 # out; 2 no kit, or a bad argument; 3 nothing failed but a step was not run, or a sanitizer run was
@@ -64,12 +71,12 @@ usage() { sed -n '2,/^set -uo/p' "$0" | sed '$d' | sed 's/^# \{0,1\}//'; }
 out_arg=""
 case "${1:-}" in
   -h|--help) usage; exit 0 ;;
-  1|2|3|all) phase="$1"; out_arg="${2:-}" ;;
-  phase1|phase2|phase3) phase="${1#phase}"; out_arg="${2:-}" ;;
+  1|2|3|4|all) phase="$1"; out_arg="${2:-}" ;;
+  phase1|phase2|phase3|phase4) phase="${1#phase}"; out_arg="${2:-}" ;;
   "") phase=all ;;
   *) phase=all; out_arg="$1"       # the single-argument form of earlier versions: OUT_DIR
      if [ $# -gt 1 ]; then
-       echo "gpu-run: '$1' is not a phase (1, 2, 3 or all); usage: gpu-run.sh PHASE [OUT_DIR]" >&2; exit 2
+       echo "gpu-run: '$1' is not a phase (1, 2, 3, 4 or all); usage: gpu-run.sh PHASE [OUT_DIR]" >&2; exit 2
      fi ;;
 esac
 if [ $# -gt 2 ]; then echo "gpu-run: too many arguments; usage: gpu-run.sh PHASE [OUT_DIR]" >&2; exit 2; fi
@@ -123,6 +130,7 @@ logs_archive="$out/logs$suffix.tar.gz"
 rm -f "$report" "$logs_archive"
 want 2 && rm -f "$out/criterion.tar.gz"
 want 3 && rm -f "$out/parity.json" "$out/torch.tsv" "$out/ckbench.json"
+want 4 && rm -f "$out"/ncu-d*.csv
 # Logs and criterion's data grow in a scratch folder, NOT in OUT_DIR (a run cut short must not
 # leave more files there than the device tool returns); they are packed into OUT_DIR after each step.
 work="$(mktemp -d 2>/dev/null)" || { work="$out/.gpu-run-work"; mkdir -p "$work"; }
@@ -141,6 +149,7 @@ parity_cap="${CK_PARITY_TIMEOUT:-60}"
 torch_cap="${CK_TORCH_TIMEOUT:-75}"
 ckbench_cap="${CK_CKBENCH_TIMEOUT:-45}"
 demo_cap="${CK_DEMO_TIMEOUT:-75}"
+profile_cap="${CK_PROFILE_TIMEOUT:-100}"
 started="$(date -u +'%Y-%m-%d %H:%M:%S UTC')"
 phase_deadline=$((t_script + phase_budget))
 current_phase="${phases[0]}"
@@ -345,6 +354,10 @@ parity_section="Not run (it needs a GPU, PyTorch, scripts/parity.py and lib/ in 
 table_section="Not run (it needs a GPU and bin/ckbench in the kit)."
 demo_section="Not run (it needs a GPU and bin/detect in the kit)."
 parity_failed=0; table_failed=0; demo_failed=0
+# phase 4
+profile_heading="## Profile (ncu) against the static cost model"
+profile_section="$profile_heading"$'\n\n'"Not run (it needs a GPU, Nsight Compute and bin/ckbench in the kit)."
+profile_failed=0
 reached=""          # phases started so far
 incomplete=0        # steps not run or cut for lack of time
 
@@ -370,6 +383,7 @@ phase_title() {
     1) echo "Phase 1: tests" ;;
     2) echo "Phase 2: compute-sanitizer and benches" ;;
     3) echo "Phase 3: parity, loss table, detector demo" ;;
+    4) echo "Phase 4: profile (ncu) against the static cost model" ;;
   esac
 }
 not_reached() { # phase: a note when the phase has not started
@@ -505,6 +519,11 @@ write_report() {
       echo "## Detector demo on the GPU"
       echo
       not_reached 3 || printf '%s\n' "$demo_section"
+    fi
+    if want 4; then
+      echo
+      if not_reached 4 > /dev/null; then printf '%s\n\n' "$profile_heading"; not_reached 4
+      else printf '%s\n' "$profile_section"; fi
     fi
   } > "$report.tmp" && mv -f "$report.tmp" "$report"
 }
@@ -921,6 +940,94 @@ $(fence "python/tests/test_cuda.py ($outcome)" "$(tail -n 40 "$logs/python-cuda.
   fi
 }
 
+# --- phase 4: Nsight Compute against the static cost model ------------------------------------------
+find_ncu() { # the ncu binary: $CK_NCU, PATH, Nsight Compute's own folders, the CUDA toolkit's
+  local c
+  for c in "${CK_NCU:-}" "$(command -v ncu 2>/dev/null)" /opt/nvidia/nsight-compute/*/ncu \
+           /usr/local/cuda*/bin/ncu /usr/local/cuda*/nsight-compute*/ncu; do
+    if [ -n "$c" ] && [ -f "$c" ] && [ -x "$c" ]; then echo "$c"; return 0; fi
+  done
+  return 1
+}
+
+# The fused loss kernels of ckbench's NT-Xent forward + backward (bf16: the symmetric forward, the
+# row sweep where the host picks it, the backward at G = 1 / 4), and what to collect: the sections
+# (stable names) plus the metrics scripts/ncu_compare.py reads; a run whose metric names this ncu
+# does not know is repeated with the sections alone.
+profile_kernels='regex:^contrastive_(forward_sym|forward|backward)_bf16(_online|_g1|_g2|_g4|_g4_chunked)?$'
+profile_sections=(--section SpeedOfLight --section Occupancy --section LaunchStats --section InstructionStats
+                  --section ComputeWorkloadAnalysis --section MemoryWorkloadAnalysis_Tables)
+profile_metrics="gpu__time_duration.sum,sm__warps_active.avg.pct_of_peak_sustained_active,smsp__inst_executed.sum,l1tex__data_pipe_lsu_wavefronts_mem_shared.sum,sm__inst_executed_pipe_xu.sum,sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active"
+
+run_phase4() {
+  local ncu n d i lim t0 rc outcome reserve rep log dims=() profiles=() blocks=""
+  if [ "$gpu_present" != 1 ] || [ ! -f "$kit/bin/ckbench" ]; then
+    profile_section="$profile_heading"$'\n\n'"Not run (it needs a GPU and bin/ckbench in the kit)."
+    return
+  fi
+  if ! ncu="$(find_ncu)"; then
+    profile_section="$profile_heading"$'\n\n'"Nsight Compute not found (looked at \$CK_NCU, PATH, /opt/nvidia/nsight-compute/*, /usr/local/cuda*): not run."
+    profile_failed=1
+    return
+  fi
+  say "ncu: $ncu ($("$ncu" --version 2>&1 | tail -n 1))"
+  chmod +x "$kit/bin/ckbench" 2>/dev/null
+  n="${CK_PROFILE_N:-8192}"
+  for d in ${CK_PROFILE_DIMS:-128 512}; do dims+=("$d"); done
+  for i in "${!dims[@]}"; do
+    d="${dims[$i]}"
+    reserve=$(( (${#dims[@]} - i - 1) * profile_cap ))
+    if ! lim="$(step_limit "$profile_cap" "$reserve")"; then
+      not_run "ncu on ckbench at N = $n, D = $d" "$lim" "$(rerun "CK_PROFILE_DIMS=$d")"
+      continue
+    fi
+    say "ncu on ckbench NT-Xent fwd_bwd bf16 N = $n, D = $d (limit $lim s)"
+    status="running ncu at D = $d (since $(date -u +%H:%M:%S), limit $lim s)"
+    write_report
+    rep="$work/ncu-d$d"
+    log="$logs/ncu-d$d.log"
+    t0=$(now)
+    # --clock-control none: the device's clocks are left as they are (the device tool's METHOD.md).
+    local app=("$kit/bin/ckbench" --loss nt_xent --n "$n" --d "$d" --dtype bf16 --pass fwd_bwd --runs 1 --warmup 0 --no-unfused)
+    run_limited "$lim" "$ncu" --clock-control none -k "$profile_kernels" --launch-count 12 "${profile_sections[@]}" \
+      --metrics "$profile_metrics" -f -o "$rep" "${app[@]}" > "$log" 2>&1
+    rc=$?
+    if [ "$rc" != 0 ] && ! timed_out "$rc" && grep -qi "metric" "$log"; then
+      echo "== again with the sections alone (a metric name above is unknown to this ncu)" >> "$log"
+      lim="$(step_limit "$profile_cap" "$reserve")" || lim="$min_step"
+      run_limited "$lim" "$ncu" --clock-control none \
+        -k "$profile_kernels" --launch-count 12 "${profile_sections[@]}" -f -o "$rep" "${app[@]}" >> "$log" 2>&1
+      rc=$?
+    fi
+    outcome="$(exit_note "$rc")"
+    if [ "$rc" = 0 ] && [ -f "$rep.ncu-rep" ]; then
+      if "$ncu" --import "$rep.ncu-rep" --csv --page raw > "$out/ncu-d$d.csv" 2>> "$log"; then
+        profiles+=(--ncu "$out/ncu-d$d.csv:$n:$d")
+      else
+        outcome="$outcome; ncu --import failed"; profile_failed=1; rm -f "$out/ncu-d$d.csv"
+      fi
+    elif was_cut "$rc" "$lim" "$profile_cap"; then
+      incomplete=$((incomplete + 1)); outcome="$outcome: cut by the phase's deadline"
+    else
+      profile_failed=1
+    fi
+    blocks+=$'\n'"$(fence "ncu, ckbench at N = $n, D = $d ($outcome): the last lines" "$(tail -n 25 "$log")")"
+    step_done 4 "ncu ckbench N = $n, D = $d" "$lim" "$t0" "$outcome"
+    checkpoint
+  done
+  if [ "${#profiles[@]}" = 0 ]; then
+    profile_section="$profile_heading"$'\n\n'"No profile was taken."$'\n'"$blocks"
+  elif [ ! -f "$kit/sass-cost.jsonl" ] || ! command -v python3 >/dev/null 2>&1; then
+    profile_section="$profile_heading"$'\n\n'"Profiles in ncu-d*.csv; no comparison (the kit has no sass-cost.jsonl, or python3 is missing)."$'\n'"$blocks"
+  elif python3 scripts/ncu_compare.py --model "$kit/sass-cost.jsonl" "${profiles[@]}" > "$logs/ncu_compare.log" 2>&1; then
+    profile_section="$(cat "$logs/ncu_compare.log")"$'\n'"$blocks"
+  else
+    profile_failed=1
+    profile_section="$profile_heading"$'\n\n'"scripts/ncu_compare.py failed:"$'\n'"$(fence "ncu_compare" "$(cat "$logs/ncu_compare.log")")"$'\n'"$blocks"
+  fi
+  status="phase 4: profile done"
+}
+
 # --- the phases ----------------------------------------------------------------------------------
 first=1
 for p in "${phases[@]}"; do
@@ -932,7 +1039,7 @@ for p in "${phases[@]}"; do
   say "== $(phase_title "$p") (deadline $(clock "$phase_deadline"))"
   status="running $(phase_title "$p")"
   write_report
-  case "$p" in 1) run_phase1 ;; 2) run_phase2 ;; 3) run_phase3 ;; esac
+  case "$p" in 1) run_phase1 ;; 2) run_phase2 ;; 3) run_phase3 ;; 4) run_phase4 ;; esac
   checkpoint
 done
 
@@ -945,6 +1052,7 @@ failed_parts=()
 [ "$parity_failed" = 0 ] || failed_parts+=("parity FAILED")
 [ "$table_failed" = 0 ] || failed_parts+=("ckbench FAILED")
 [ "$demo_failed" = 0 ] || failed_parts+=("detector demo FAILED")
+[ "$profile_failed" = 0 ] || failed_parts+=("profile (ncu) FAILED")
 if [ "${#failed_parts[@]}" != 0 ]; then
   status="complete: $(IFS=';'; echo "${failed_parts[*]}")"
   status="${status//;/, }"

@@ -948,6 +948,14 @@ class ShapeEstimate:
     t_mufu: float
     t_smem: float
     t_smem_min: float = 0.0      # the shared-memory bound with LDS / STS at one wavefront each
+    # Whole-launch totals of the column-tile loops (every CTA, tile and warp; prologues and final
+    # stores left out), the counts a profiler reports (scripts/ncu_compare.py): warp instructions,
+    # MMA and MUFU instructions, shared-memory wavefronts by the width rule and at its floor.
+    warp_instructions: float = 0.0
+    mma_instructions: float = 0.0
+    mufu_instructions: float = 0.0
+    smem_wavefronts: float = 0.0
+    smem_wavefronts_min: float = 0.0
 
     @property
     def time(self):
@@ -1001,8 +1009,13 @@ def estimate_shape(cost, n, d, header):
     t_mufu = ctas_busiest_sm * per_cta_scale * per_tile.mufu * WARP / (MUFU_PER_CLK_PER_SM * CLOCK_HZ)
     t_smem = ctas_busiest_sm * per_cta_scale * per_tile.smem_wavefronts / (SMEM_WAVEFRONTS_PER_CLK * CLOCK_HZ)
     t_smem_min = ctas_busiest_sm * per_cta_scale * per_tile.smem_wavefronts_min / (SMEM_WAVEFRONTS_PER_CLK * CLOCK_HZ)
+    launch_scale = ctas * per_cta_scale
     return ShapeEstimate(cost.kernel, n, d, ctas, waves, efficiency, per_tile.mma * warps, model.useful_flops(n, d),
-                         ctas * per_cta_scale * per_tile.mma_flops, t_tensor, t_issue, t_mufu, t_smem, t_smem_min)
+                         launch_scale * per_tile.mma_flops, t_tensor, t_issue, t_mufu, t_smem, t_smem_min,
+                         warp_instructions=launch_scale * per_tile.instructions,
+                         mma_instructions=launch_scale * per_tile.mma, mufu_instructions=launch_scale * per_tile.mufu,
+                         smem_wavefronts=launch_scale * per_tile.smem_wavefronts,
+                         smem_wavefronts_min=launch_scale * per_tile.smem_wavefronts_min)
 
 
 def backward_for(forward, estimates, n, d):
@@ -1207,6 +1220,7 @@ def json_records(costs, estimates, pairs):
             "dynamic_smem_bytes": c.dynamic_smem,
             "threads": c.threads,
             "ctas_per_sm": c.ctas_per_sm,
+            "theoretical_occupancy": (c.ctas_per_sm * c.threads / WARP / MAX_WARPS_PER_SM) if c.threads else None,
             "occupancy_limiter": c.occupancy_limiter,
             "calls": c.calls,
             "loops": c.loops,
@@ -1232,7 +1246,10 @@ def json_records(costs, estimates, pairs):
                         "t_tensor_us": e.t_tensor * 1e6, "t_issue_us": e.t_issue * 1e6, "t_mufu_us": e.t_mufu * 1e6,
                         "t_smem_us": e.t_smem * 1e6, "est_time_us": e.time * 1e6, "bound": e.bound,
                         "est_percent_of_peak": e.percent_of_peak, "t_smem_min_us": e.t_smem_min * 1e6,
-                        "est_percent_of_peak_at_smem_min": e.percent_of_peak_max} for e in shapes],
+                        "est_percent_of_peak_at_smem_min": e.percent_of_peak_max,
+                        "warp_instructions": e.warp_instructions, "mma_instructions": e.mma_instructions,
+                        "mufu_instructions": e.mufu_instructions, "smem_wavefronts": e.smem_wavefronts,
+                        "smem_wavefronts_min": e.smem_wavefronts_min} for e in shapes],
             "notes": c.notes,
         })
     for p in pairs:

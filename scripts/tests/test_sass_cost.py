@@ -319,6 +319,13 @@ class RepositoryBackward(unittest.TestCase):
         for name, d in (("contrastive_backward_bf16_g1", 128), ("contrastive_backward_f16_g4", 512)):
             e = sc.estimate_shape(self.costs[name], 8192, d, self.header)
             self.assertEqual(e.mma_flops, e.useful_flops, f"{name}: S once per tile, H U once: 4 N^2 D")
+            # The whole-launch counts that scripts/ncu_compare.py sets beside ncu's.
+            self.assertEqual(e.mma_instructions * 2 * 16 * 8 * 16, e.mma_flops, f"{name}: m16n8k16 MMAs")
+            self.assertGreater(e.warp_instructions, e.mma_instructions, name)
+            self.assertLess(0, e.smem_wavefronts_min)
+            self.assertLessEqual(e.smem_wavefronts_min, e.smem_wavefronts, name)
+            # One warp MUFU instruction serves 32 logits: n^2 / 32 x MUFU per logit over the launch.
+            self.assertAlmostEqual(e.mufu_instructions, 8192 * 8192 / 32 * self.costs[name].mufu_per_logit, delta=1)
             self.assertGreaterEqual(e.wave_efficiency, 0.9, name)
         self.assertIsNone(sc.estimate_shape(self.costs["contrastive_backward_bf16_g1"], 8192, 512, self.header))
 
