@@ -988,15 +988,14 @@ run_phase4() {
     log="$logs/ncu-d$d.log"
     t0=$(now)
     # --clock-control none: the device's clocks are left as they are (the device tool's METHOD.md).
+    local profile=("$ncu" --clock-control none -k "$profile_kernels" --launch-count 12 "${profile_sections[@]}" -f -o "$rep")
     local app=("$kit/bin/ckbench" --loss nt_xent --n "$n" --d "$d" --dtype bf16 --pass fwd_bwd --runs 1 --warmup 0 --no-unfused)
-    run_limited "$lim" "$ncu" --clock-control none -k "$profile_kernels" --launch-count 12 "${profile_sections[@]}" \
-      --metrics "$profile_metrics" -f -o "$rep" "${app[@]}" > "$log" 2>&1
+    run_limited "$lim" "${profile[@]}" --metrics "$profile_metrics" "${app[@]}" > "$log" 2>&1
     rc=$?
     if [ "$rc" != 0 ] && ! timed_out "$rc" && grep -qi "metric" "$log"; then
       echo "== again with the sections alone (a metric name above is unknown to this ncu)" >> "$log"
       lim="$(step_limit "$profile_cap" "$reserve")" || lim="$min_step"
-      run_limited "$lim" "$ncu" --clock-control none \
-        -k "$profile_kernels" --launch-count 12 "${profile_sections[@]}" -f -o "$rep" "${app[@]}" >> "$log" 2>&1
+      run_limited "$lim" "${profile[@]}" "${app[@]}" >> "$log" 2>&1
       rc=$?
     fi
     outcome="$(exit_note "$rc")"

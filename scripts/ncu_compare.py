@@ -19,6 +19,7 @@ little above the model's are expected; a time far above the estimate is latency 
 """
 
 import argparse
+import collections
 import csv
 import io
 import json
@@ -137,16 +138,15 @@ def ratio(measured, estimated):
 
 
 def compare(model, profiles):
-    """profiles: [(n, d, units, launches)]. Returns (rows, notes): one row per kernel and shape that
-    the model knows (the last launch of each; the count is shown), notes for the rest."""
+    """profiles: [(n, d, units, launches)]. Returns (rows, notes, metrics used): one row per kernel and
+    shape that the model knows (the last launch of each; the count is shown), notes for the rest."""
     rows, notes, used = [], [], set()
     for n, d, units, launches in profiles:
-        last = {}
-        count = {}
+        last, count = {}, collections.Counter()
         for rec in launches:
             name = kernel_name(rec.get("Kernel Name"))
             last[name] = rec
-            count[name] = count.get(name, 0) + 1
+            count[name] += 1
         for name, rec in last.items():
             m = model.get(name)
             shape = shape_of(m, n, d) if m else None

@@ -21,6 +21,15 @@ import sass_cost as sc  # noqa: E402
 # k-loop inside a column-tile loop, as the fused loss kernels. `OP` is planted: * or /.
 PLANTED_KERNEL = r"""
 #include <cuda_bf16.h>
+// One m16n8k16 step of block row blockIdx.x against column tile col0 at k0 (d columns per row).
+__device__ __forceinline__ void mma_k16(float (&c)[4], const unsigned* a, const unsigned* b, int col0, int d, int k0) {
+    const int lane = threadIdx.x % 32;
+    const unsigned* ak = a + (blockIdx.x * 16 * d + k0) / 2 + lane * 4;
+    const unsigned* bk = b + (col0 * d + k0) / 2 + lane * 2;
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
+}
 template <bool DIV>
 __device__ __forceinline__ void sweep(const unsigned* a, const unsigned* b, const float* norms, int n, int d, float* out) {
     const int lane = threadIdx.x % 32;
@@ -29,13 +38,7 @@ __device__ __forceinline__ void sweep(const unsigned* a, const unsigned* b, cons
     for (int col0 = 0; col0 < n; col0 += 8) {
         float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll 1
-        for (int k0 = 0; k0 < d; k0 += 16) {
-            const unsigned* ak = a + (blockIdx.x * 16 * d + k0) / 2 + lane * 4;
-            const unsigned* bk = b + (col0 * d + k0) / 2 + lane * 2;
-            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
-        }
+        for (int k0 = 0; k0 < d; k0 += 16) mma_k16(c, a, b, col0, d, k0);
 #pragma unroll
         for (int e = 0; e < 4; ++e) {
             const float w = norms[col0 + (lane % 4) * 2 + e % 2];
@@ -58,13 +61,7 @@ extern "C" __global__ void __launch_bounds__(32) planted_unrolled(const unsigned
     for (int col0 = 0; col0 < n; col0 += 8) {
         float c[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
-        for (int k0 = 0; k0 < 64; k0 += 16) {
-            const unsigned* ak = a + (blockIdx.x * 16 * 64 + k0) / 2 + lane * 4;
-            const unsigned* bk = b + (col0 * 64 + k0) / 2 + lane * 2;
-            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
-        }
+        for (int k0 = 0; k0 < 64; k0 += 16) mma_k16(c, a, b, col0, 64, k0);
         sum += c[0] + c[1] + c[2] + c[3];
     }
     out[blockIdx.x * 32 + lane] = sum;
@@ -77,21 +74,9 @@ extern "C" __global__ void __launch_bounds__(32) planted_peeled(const unsigned* 
 #pragma unroll 1
     for (int col0 = 0; col0 < n; col0 += 8) {
         float c[4] = {0.f, 0.f, 0.f, 0.f};
-        {  // k0 = 0
-            const unsigned* ak = a + (blockIdx.x * 16 * d) / 2 + lane * 4;
-            const unsigned* bk = b + (col0 * d) / 2 + lane * 2;
-            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
-        }
+        mma_k16(c, a, b, col0, d, 0);
 #pragma unroll 1
-        for (int k0 = 16; k0 < d; k0 += 16) {
-            const unsigned* ak = a + (blockIdx.x * 16 * d + k0) / 2 + lane * 4;
-            const unsigned* bk = b + (col0 * d + k0) / 2 + lane * 2;
-            asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};"
-                         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                         : "r"(ak[0]), "r"(ak[1]), "r"(ak[2]), "r"(ak[3]), "r"(bk[0]), "r"(bk[1]));
-        }
+        for (int k0 = 16; k0 < d; k0 += 16) mma_k16(c, a, b, col0, d, k0);
 #pragma unroll
         for (int e = 0; e < 4; ++e) sum += c[e] * norms[col0 + (lane % 4) * 2 + e % 2];
     }
