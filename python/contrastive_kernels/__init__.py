@@ -320,12 +320,17 @@ def describe_inputs(config: LossConfig, features, instance, label=None, role=Non
     )
 
 
+def _check_anchor_rows_type(anchor_rows) -> None:
+    """anchor_rows: None or an int (not a bool)."""
+    if anchor_rows is not None and (isinstance(anchor_rows, bool) or not isinstance(anchor_rows, int)):
+        raise TypeError(f"anchor_rows: expected an int or None, got {type(anchor_rows).__name__}")
+
+
 def _check_anchor_rows(anchor_rows, n: int, pairwise: bool) -> None:
     """anchor_rows: None (every row) or an int in 1..=n, self geometry only."""
+    _check_anchor_rows_type(anchor_rows)
     if anchor_rows is None:
         return
-    if isinstance(anchor_rows, bool) or not isinstance(anchor_rows, int):
-        raise TypeError(f"anchor_rows: expected an int or None, got {type(anchor_rows).__name__}")
     if pairwise:
         raise ValueError("anchor_rows: only the self geometry takes anchor_rows (the pairwise anchors are the features: pass only those)")
     if not 1 <= anchor_rows <= n:

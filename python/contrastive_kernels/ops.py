@@ -28,6 +28,7 @@ from . import (
     LossConfig,
     _check,
     _check_anchor_rows,
+    _check_anchor_rows_type,
     _host_function,
     describe_inputs,
     load_library,
@@ -430,8 +431,7 @@ def contrastive_loss(features, instance, *, config: LossConfig, label=None, role
     if not isinstance(config, LossConfig):
         raise TypeError(f"config: expected a contrastive_kernels.LossConfig, got {type(config).__name__}")
     geometry, temperature, scale, use_labels, reduction, empty_positives, norm_penalty = config.codes()  # checked, naming them
-    if anchor_rows is not None and (isinstance(anchor_rows, bool) or not isinstance(anchor_rows, int)):
-        raise TypeError(f"anchor_rows: expected an int or None, got {type(anchor_rows).__name__}")  # before the op's schema
+    _check_anchor_rows_type(anchor_rows)  # before the op's schema converts it
     args = [
         _as_tensor(name, x)
         for name, x in (
